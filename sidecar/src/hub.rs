@@ -1,0 +1,433 @@
+//! The hub: a bounded history ring of records shared by every subscriber.
+//!
+//! ```text
+//!  tailer / puller ──publish──► Ring [first_idx .. next_idx) ──read──► Session (one per client)
+//!                                  │ bounded by lines and bytes        (its own position, filter,
+//!                                  └─► watch<Head> wakes sessions        cursor; no queue of its own)
+//! ```
+//!
+//! Records are serialised once when published; sessions share them as
+//! `Arc<Entry>`, so fan-out costs no per-client copies of history and a slow
+//! client only holds a position, never a growing queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::protocol::{Level, Record, Source, SourceId, SplitPart};
+
+/// One source known to the hub; `slot` indexes per-source arrays.
+#[derive(Debug)]
+pub struct SourceInfo {
+    pub slot: u32,
+    pub sid: SourceId,
+    pub source: Source,
+    next_seq: AtomicU64,
+}
+
+impl SourceInfo {
+    /// Allocates the next sequence number of this source (starting at 1).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// A record ready to be published.
+#[derive(Debug)]
+pub struct Pending {
+    pub source: Arc<SourceInfo>,
+    pub seq: u64,
+    pub ts_ns: i64,
+    pub level: Option<Level>,
+    pub line: String,
+    pub partial: bool,
+    pub split: Option<SplitPart>,
+}
+
+/// A published record.
+#[derive(Debug)]
+pub struct Entry {
+    pub idx: u64,
+    pub source: Arc<SourceInfo>,
+    pub seq: u64,
+    pub ts_ns: i64,
+    pub level: Option<Level>,
+    pub line: Box<str>,
+    pub partial: bool,
+    pub split: Option<SplitPart>,
+    /// The record serialised as a JSON object.
+    pub json: Bytes,
+    /// Bytes published before this entry (cumulative), for lag accounting.
+    pub start_bytes: u64,
+}
+
+impl Entry {
+    pub fn size(&self) -> usize {
+        self.json.len() + self.line.len() + std::mem::size_of::<Entry>()
+    }
+
+    pub fn to_record(&self) -> Record {
+        Record {
+            sid: self.source.sid,
+            seq: self.seq,
+            ts: format_ts(self.ts_ns),
+            source: self.source.source.clone(),
+            level: self.level,
+            line: self.line.to_string(),
+            partial: self.partial,
+            split: self.split,
+        }
+    }
+}
+
+/// What sessions wait on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    pub next_idx: u64,
+    /// No more records will be published (drain finished).
+    pub closed: bool,
+}
+
+/// Bounds of the history.
+#[derive(Clone, Copy, Debug)]
+pub struct HubLimits {
+    pub max_lines: usize,
+    pub max_bytes: usize,
+}
+
+pub struct Ring {
+    entries: VecDeque<Arc<Entry>>,
+    first_idx: u64,
+    bytes: usize,
+    total_bytes: u64,
+    sources: Vec<Arc<SourceInfo>>,
+    by_sid: HashMap<SourceId, u32>,
+    /// Highest published sequence per slot.
+    last_seq: Vec<u64>,
+    evicted: u64,
+}
+
+impl Ring {
+    pub fn first_idx(&self) -> u64 {
+        self.first_idx
+    }
+    pub fn next_idx(&self) -> u64 {
+        self.first_idx + self.entries.len() as u64
+    }
+    pub fn get(&self, idx: u64) -> Option<&Arc<Entry>> {
+        let off = idx.checked_sub(self.first_idx)?;
+        self.entries.get(usize::try_from(off).ok()?)
+    }
+    /// Cumulative bytes published so far.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+    /// Cumulative bytes published before `idx` (`idx` may be the head).
+    pub fn bytes_before(&self, idx: u64) -> u64 {
+        self.get(idx).map_or(self.total_bytes, |e| e.start_bytes)
+    }
+    pub fn sources(&self) -> &[Arc<SourceInfo>] {
+        &self.sources
+    }
+    pub fn slot_of(&self, sid: SourceId) -> Option<u32> {
+        self.by_sid.get(&sid).copied()
+    }
+    pub fn last_seq(&self, slot: u32) -> u64 {
+        self.last_seq.get(slot as usize).copied().unwrap_or(0)
+    }
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+    pub fn iter_from(&self, idx: u64) -> impl Iterator<Item = &Arc<Entry>> {
+        let off = idx.saturating_sub(self.first_idx).min(self.entries.len() as u64) as usize;
+        self.entries.range(off..)
+    }
+}
+
+pub struct Hub {
+    ring: Mutex<Ring>,
+    head: watch::Sender<Head>,
+    limits: HubLimits,
+    incarnation: String,
+}
+
+impl Hub {
+    pub fn new(limits: HubLimits, incarnation: impl Into<String>) -> Arc<Hub> {
+        let (head, _) = watch::channel(Head::default());
+        Arc::new(Hub {
+            ring: Mutex::new(Ring {
+                entries: VecDeque::new(),
+                first_idx: 0,
+                bytes: 0,
+                total_bytes: 0,
+                sources: Vec::new(),
+                by_sid: HashMap::new(),
+                last_seq: Vec::new(),
+                evicted: 0,
+            }),
+            head,
+            limits,
+            incarnation: incarnation.into(),
+        })
+    }
+
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    pub fn limits(&self) -> HubLimits {
+        self.limits
+    }
+
+    /// Locks the ring. A panic while holding the lock cannot leave the ring
+    /// half-updated in a way readers care about, so poisoning is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn watch(&self) -> watch::Receiver<Head> {
+        self.head.subscribe()
+    }
+
+    pub fn head(&self) -> Head {
+        *self.head.borrow()
+    }
+
+    /// Registers a local source (its id derives from this hub's incarnation).
+    pub fn source(&self, source: Source) -> Arc<SourceInfo> {
+        let sid = SourceId::derive(&source, &self.incarnation);
+        self.source_with_id(source, sid)
+    }
+
+    /// Registers a source whose id was chosen upstream (aggregator).
+    pub fn source_with_id(&self, source: Source, sid: SourceId) -> Arc<SourceInfo> {
+        let mut ring = self.lock();
+        if let Some(slot) = ring.by_sid.get(&sid) {
+            return ring.sources[*slot as usize].clone();
+        }
+        let slot = ring.sources.len() as u32;
+        let info = Arc::new(SourceInfo {
+            slot,
+            sid,
+            source,
+            next_seq: AtomicU64::new(0),
+        });
+        ring.sources.push(info.clone());
+        ring.by_sid.insert(sid, slot);
+        ring.last_seq.push(0);
+        info
+    }
+
+    /// Appends records in order and wakes the sessions.
+    pub fn publish(&self, batch: Vec<Pending>) {
+        if batch.is_empty() {
+            return;
+        }
+        // Serialise outside the lock: it is the expensive part.
+        let built: Vec<(Pending, Bytes)> = batch
+            .into_iter()
+            .map(|p| {
+                let json = serialise(&p);
+                (p, json)
+            })
+            .collect();
+        let next_idx = {
+            let mut ring = self.lock();
+            for (p, json) in built {
+                let idx = ring.next_idx();
+                let slot = p.source.slot as usize;
+                if let Some(last) = ring.last_seq.get_mut(slot) {
+                    *last = (*last).max(p.seq);
+                }
+                let entry = Entry {
+                    idx,
+                    source: p.source,
+                    seq: p.seq,
+                    ts_ns: p.ts_ns,
+                    level: p.level,
+                    line: p.line.into_boxed_str(),
+                    partial: p.partial,
+                    split: p.split,
+                    json,
+                    start_bytes: ring.total_bytes,
+                };
+                let size = entry.size();
+                ring.total_bytes += size as u64;
+                ring.bytes += size;
+                ring.entries.push_back(Arc::new(entry));
+            }
+            while ring.entries.len() > self.limits.max_lines.max(1)
+                || (ring.bytes > self.limits.max_bytes && ring.entries.len() > 1)
+            {
+                if let Some(old) = ring.entries.pop_front() {
+                    ring.bytes -= old.size();
+                    ring.first_idx += 1;
+                    ring.evicted += 1;
+                }
+            }
+            ring.next_idx()
+        };
+        self.head.send_modify(|h| h.next_idx = next_idx);
+    }
+
+    /// Marks the end of the stream: sessions finish once they reach the head.
+    pub fn close(&self) {
+        self.head.send_modify(|h| h.closed = true);
+    }
+}
+
+fn serialise(p: &Pending) -> Bytes {
+    let rec = RecordRef {
+        sid: p.source.sid,
+        seq: p.seq,
+        ts: format_ts(p.ts_ns),
+        source: &p.source.source,
+        level: p.level,
+        line: &p.line,
+        partial: p.partial,
+        split: p.split,
+    };
+    // Serialising plain strings and numbers into a Vec cannot fail.
+    Bytes::from(serde_json::to_vec(&rec).unwrap_or_default())
+}
+
+/// Borrowing twin of [`Record`] used to serialise without copies; a golden
+/// test checks both produce the same JSON.
+#[derive(serde::Serialize)]
+struct RecordRef<'a> {
+    sid: SourceId,
+    seq: u64,
+    ts: String,
+    #[serde(flatten)]
+    source: &'a Source,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    level: Option<Level>,
+    line: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    partial: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    split: Option<SplitPart>,
+}
+
+/// RFC 3339 UTC with nanoseconds.
+pub fn format_ts(ns: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond()
+    )
+}
+
+/// Parses RFC 3339 into nanoseconds since the epoch.
+pub fn parse_ts(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos()).ok()
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn src(file: &str) -> Source {
+        Source {
+            namespace: "ns".into(),
+            pod: "pod".into(),
+            container: "app".into(),
+            file: file.into(),
+        }
+    }
+
+    pub fn publish_lines(hub: &Hub, info: &Arc<SourceInfo>, lines: &[&str]) {
+        hub.publish(
+            lines
+                .iter()
+                .map(|l| Pending {
+                    source: info.clone(),
+                    seq: info.next_seq(),
+                    ts_ns: now_ns(),
+                    level: None,
+                    line: l.to_string(),
+                    partial: false,
+                    split: None,
+                })
+                .collect(),
+        );
+    }
+
+    #[test]
+    fn ring_is_bounded_by_lines() {
+        let hub = Hub::new(HubLimits { max_lines: 3, max_bytes: 1 << 20 }, "t");
+        let a = hub.source(src("a.log"));
+        publish_lines(&hub, &a, &["1", "2", "3", "4", "5"]);
+        let ring = hub.lock();
+        assert_eq!(ring.len(), 3);
+        assert_eq!(ring.first_idx(), 2);
+        assert_eq!(ring.get(2).unwrap().line.as_ref(), "3");
+        assert_eq!(ring.evicted(), 2);
+        assert_eq!(hub.head().next_idx, 5);
+    }
+
+    #[test]
+    fn ring_is_bounded_by_bytes() {
+        let hub = Hub::new(HubLimits { max_lines: 1000, max_bytes: 2000 }, "t");
+        let a = hub.source(src("a.log"));
+        let long = "x".repeat(300);
+        for _ in 0..20 {
+            publish_lines(&hub, &a, &[&long]);
+        }
+        let ring = hub.lock();
+        assert!(ring.bytes() <= 2000, "{}", ring.bytes());
+        assert!(ring.len() >= 1 && ring.len() < 20);
+    }
+
+    #[test]
+    fn serialised_entry_matches_record_type() {
+        let hub = Hub::new(HubLimits { max_lines: 10, max_bytes: 1 << 20 }, "t");
+        let a = hub.source(src("a.log"));
+        hub.publish(vec![Pending {
+            source: a.clone(),
+            seq: a.next_seq(),
+            ts_ns: 1_700_000_000_123_456_789,
+            level: Some(Level::Warn),
+            line: "quote \" and \u{1}".into(),
+            partial: true,
+            split: Some(SplitPart::Last),
+        }]);
+        let ring = hub.lock();
+        let e = ring.get(0).unwrap();
+        let rec: Record = serde_json::from_slice(&e.json).unwrap();
+        assert_eq!(rec.seq, 1);
+        assert_eq!(rec.ts, "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(parse_ts(&rec.ts), Some(1_700_000_000_123_456_789));
+        assert_eq!(rec.level, Some(Level::Warn));
+        assert!(rec.partial);
+        assert_eq!(rec.split, Some(SplitPart::Last));
+        assert_eq!(rec.line, "quote \" and \u{1}");
+        assert_eq!(rec.source, src("a.log"));
+    }
+}

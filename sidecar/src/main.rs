@@ -1,0 +1,294 @@
+//! The `logstream` binary: local mode, sidecar, demo writer, client, schema.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use logstream::hub::HubLimits;
+use logstream::parse::ParseMode;
+use logstream::protocol::{Format, ServerMessage, Subscribe};
+use logstream::run::{StreamerOptions, run_streamer, termination};
+use logstream::server::{AuthConfig, ServerConfig};
+use logstream::session::{SessionLimits, SlowPolicy};
+use logstream::tailer::TailConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "logstream", version, about = "Stream log files live over WebSocket, SSE and HTTP")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "LOGSTREAM_LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Stream the files of a local folder (no cluster needed).
+    Serve {
+        /// Folder whose files are streamed.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7680")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run inside a pod next to the app (configured by the operator's injector).
+    Sidecar {
+        /// The shared log volume, mounted read-only.
+        #[arg(long, env = "LOGSTREAM_DIR", default_value = "/var/log/app")]
+        dir: PathBuf,
+        #[arg(long, env = "LOGSTREAM_LISTEN", default_value = "0.0.0.0:7680")]
+        listen: SocketAddr,
+        #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+        namespace: String,
+        #[arg(long, env = "POD_NAME", default_value = "")]
+        pod: String,
+        /// The app container that writes the files.
+        #[arg(long, env = "LOGSTREAM_CONTAINER", default_value = "")]
+        container: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write demo logs (mixed formats and levels, rotating) into a folder.
+    DemoWriter {
+        dir: PathBuf,
+        /// Lines per second.
+        #[arg(long, default_value_t = 5)]
+        rate: u64,
+        /// Rotate app.log past this many bytes (0: never).
+        #[arg(long, default_value_t = 1 << 20)]
+        rotate_bytes: u64,
+        /// Stop after this many lines (0: never).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
+    /// Follow a logstream server from the terminal (reconnects and resumes).
+    Tail {
+        /// `http://host:port` of a sidecar, local server or aggregator.
+        url: String,
+        #[arg(long, env = "LOGSTREAM_TOKEN")]
+        token: Option<String>,
+        #[arg(long)]
+        tail: Option<usize>,
+        #[arg(long)]
+        grep: Option<String>,
+        #[arg(long)]
+        level: Option<String>,
+        #[arg(long)]
+        file: Option<String>,
+        /// Print whole records as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of the wire protocol.
+    Schema,
+}
+
+/// Options shared by every streaming server.
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Globs of files to stream, relative to the folder (repeat or comma-separate).
+    #[arg(long = "glob", env = "LOGSTREAM_GLOBS", value_delimiter = ',', default_value = "**/*.log")]
+    globs: Vec<String>,
+    /// How lines are parsed for their level.
+    #[arg(long, env = "LOGSTREAM_PARSE", default_value = "auto")]
+    parse: ParseMode,
+    /// Field that carries the level in JSON/logfmt lines (default: level, lvl, severity...).
+    #[arg(long, env = "LOGSTREAM_LEVEL_KEY")]
+    level_key: Option<String>,
+    /// Records kept in history.
+    #[arg(long, env = "LOGSTREAM_BUFFER_LINES", default_value_t = 100_000)]
+    buffer_lines: usize,
+    /// Bytes kept in history.
+    #[arg(long, env = "LOGSTREAM_BUFFER_BYTES", default_value_t = 64 << 20)]
+    buffer_bytes: usize,
+    /// Longer lines are split into marked parts.
+    #[arg(long, default_value_t = 64 << 10)]
+    max_line_bytes: usize,
+    /// A line without newline is flushed after this long.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    partial_timeout: Duration,
+    /// Stat fallback period.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// Bytes of records a client may lag behind before the slow-client policy applies.
+    #[arg(long, default_value_t = 1 << 20)]
+    client_queue_bytes: u64,
+    #[arg(long, value_enum, default_value = "gap")]
+    slow_client: SlowPolicy,
+    #[arg(long, env = "LOGSTREAM_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Largest message a client may send.
+    #[arg(long, default_value_t = 64 << 10)]
+    max_message_bytes: usize,
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    ping_interval: Duration,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pong_timeout: Duration,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    send_timeout: Duration,
+    /// SSE keep-alive comment period.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    keepalive: Duration,
+    /// Bearer token clients must present (header or `access_token=`).
+    #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the bearer token (a mounted Secret).
+    #[arg(long, env = "LOGSTREAM_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Require the token from loopback clients (port-forward) too.
+    #[arg(long)]
+    no_loopback_exemption: bool,
+    /// Serve non-loopback clients without a token (insecure).
+    #[arg(long, env = "LOGSTREAM_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+    /// Browser origins allowed besides the server's own (`*` for any).
+    #[arg(long = "allowed-origin", env = "LOGSTREAM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Longest a shutdown may take.
+    #[arg(long, env = "LOGSTREAM_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// How long a draining WebSocket waits for the client's ack.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ack_timeout: Duration,
+}
+
+impl Common {
+    fn build(&self, dir: PathBuf, origin: logstream::protocol::Source, role: &str, listen: SocketAddr) -> anyhow::Result<StreamerOptions> {
+        let mut tail = TailConfig::new(dir);
+        tail.globs = self.globs.clone();
+        tail.origin = origin;
+        tail.parse = self.parse;
+        tail.level_key = self.level_key.clone();
+        tail.max_line = self.max_line_bytes;
+        tail.partial_timeout = self.partial_timeout;
+        tail.poll = self.poll_interval;
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(p)) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("token file {}: {e}", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        if token.as_deref() == Some("") {
+            anyhow::bail!("the token is empty");
+        }
+        let server = ServerConfig {
+            role: role.into(),
+            max_connections: self.max_connections,
+            max_message_bytes: self.max_message_bytes,
+            session: SessionLimits {
+                queue_bytes: self.client_queue_bytes,
+                policy: self.slow_client,
+                ..SessionLimits::default()
+            },
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            send_timeout: self.send_timeout,
+            keepalive: self.keepalive,
+            ack_timeout: self.ack_timeout,
+            auth: AuthConfig {
+                token,
+                loopback_exempt: !self.no_loopback_exemption,
+                allow_unauthenticated: self.allow_unauthenticated,
+            },
+            allowed_origins: self.allowed_origins.clone(),
+            ..ServerConfig::default()
+        };
+        Ok(StreamerOptions {
+            tail,
+            server,
+            history: HubLimits {
+                max_lines: self.buffer_lines,
+                max_bytes: self.buffer_bytes,
+            },
+            listen,
+            grace: self.grace,
+        })
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    match cli.command {
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&logstream::protocol::json_schema())?);
+            Ok(())
+        }
+        Command::DemoWriter { dir, rate, rotate_bytes, count } => {
+            logstream::demo::run_demo(&logstream::demo::DemoOptions { dir, rate, rotate_bytes, count })?;
+            Ok(())
+        }
+        Command::Serve { dir, listen, common } => {
+            let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+            let origin = logstream::protocol::Source {
+                namespace: String::new(),
+                pod: host,
+                container: String::new(),
+                file: String::new(),
+            };
+            let opts = common.build(dir, origin, "local", listen)?;
+            runtime()?.block_on(run_streamer(opts, termination()))?;
+            Ok(())
+        }
+        Command::Sidecar { dir, listen, namespace, pod, container, common } => {
+            let origin = logstream::protocol::Source { namespace, pod, container, file: String::new() };
+            let opts = common.build(dir, origin, "sidecar", listen)?;
+            runtime()?.block_on(run_streamer(opts, termination()))?;
+            Ok(())
+        }
+        Command::Tail { url, token, tail, grep, level, file, json } => {
+            let sub = Subscribe { tail, grep, level, file, format: Some(Format::Json), ..Default::default() };
+            let opts = logstream::client::ClientOptions { base: url, sub, token };
+            runtime()?.block_on(async move {
+                tokio::select! {
+                    r = logstream::client::follow(opts, move |m, r| print_message(m, r, json)) => r.map_err(anyhow::Error::from),
+                    _ = termination() => Ok(()),
+                }
+            })
+        }
+    }
+}
+
+fn print_message(m: &ServerMessage, r: Option<&logstream::protocol::Record>, json: bool) {
+    match (m, r) {
+        (_, Some(r)) if json => println!("{}", serde_json::to_string(r).unwrap_or_default()),
+        (_, Some(r)) => println!("{}", r.line),
+        (ServerMessage::Gap { missed, reason, .. }, None) => eprintln!("logstream: {missed} records skipped ({reason:?})"),
+        (ServerMessage::Error { message, .. }, None) => eprintln!("logstream: error: {message}"),
+        _ => {}
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

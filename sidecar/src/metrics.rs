@@ -1,0 +1,112 @@
+//! Prometheus metrics of the streamer, in the text exposition format.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Label values are the variant names, hence lower case.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Transport {
+    ws,
+    sse,
+    stream,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: Transport,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub lines_read: Counter,
+    pub bytes_read: Counter,
+    pub lines_split: Counter,
+    pub partial_flushes: Counter,
+    pub rotations: Family<ReasonLabel, Counter>,
+    pub files_refused: Family<ReasonLabel, Counter>,
+    pub files_tracked: Gauge,
+    pub inotify_overflows: Counter,
+    pub records_sent: Family<TransportLabel, Counter>,
+    pub bytes_sent: Family<TransportLabel, Counter>,
+    pub clients: Family<TransportLabel, Gauge>,
+    pub connections_rejected: Family<ReasonLabel, Counter>,
+    pub clients_dropped: Family<ReasonLabel, Counter>,
+    pub gaps: Family<ReasonLabel, Counter>,
+    pub gap_records: Counter,
+    pub client_errors: Counter,
+    pub history_records: Gauge,
+    pub history_bytes: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("logstream");
+        let m = Metrics {
+            lines_read: Counter::default(),
+            bytes_read: Counter::default(),
+            lines_split: Counter::default(),
+            partial_flushes: Counter::default(),
+            rotations: Family::default(),
+            files_refused: Family::default(),
+            files_tracked: Gauge::default(),
+            inotify_overflows: Counter::default(),
+            records_sent: Family::default(),
+            bytes_sent: Family::default(),
+            clients: Family::default(),
+            connections_rejected: Family::default(),
+            clients_dropped: Family::default(),
+            gaps: Family::default(),
+            gap_records: Counter::default(),
+            client_errors: Counter::default(),
+            history_records: Gauge::default(),
+            history_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("lines_read", "Lines read from log files", m.lines_read.clone());
+        registry.register_with_unit("read", "Bytes read from log files", Unit::Bytes, m.bytes_read.clone());
+        registry.register("lines_split", "Oversized lines split into parts", m.lines_split.clone());
+        registry.register("partial_flushes", "Lines flushed without a newline", m.partial_flushes.clone());
+        registry.register("rotations", "File rotations seen, by kind (rename, truncate, delete)", m.rotations.clone());
+        registry.register("files_refused", "Paths refused, by reason", m.files_refused.clone());
+        registry.register("files_tracked", "Files currently open", m.files_tracked.clone());
+        registry.register("inotify_overflows", "inotify queue overflows (rescanned)", m.inotify_overflows.clone());
+        registry.register("records_sent", "Records sent to clients", m.records_sent.clone());
+        registry.register_with_unit("sent", "Bytes sent to clients", Unit::Bytes, m.bytes_sent.clone());
+        registry.register("clients", "Connected streaming clients", m.clients.clone());
+        registry.register("connections_rejected", "Streaming requests refused, by reason", m.connections_rejected.clone());
+        registry.register("clients_dropped", "Clients disconnected by the server, by reason", m.clients_dropped.clone());
+        registry.register("gaps", "Gap notices sent, by reason", m.gaps.clone());
+        registry.register("gap_records", "Records skipped by gaps", m.gap_records.clone());
+        registry.register("client_errors", "Malformed client messages answered with an error frame", m.client_errors.clone());
+        registry.register("history_records", "Records held in history", m.history_records.clone());
+        registry.register_with_unit("history", "Bytes held in history", Unit::Bytes, m.history_bytes.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn transport(&self, t: Transport) -> TransportLabel {
+        TransportLabel { transport: t }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,482 @@
+//! The wire protocol every logstream client speaks: records, cursors, the
+//! messages exchanged over WebSocket and SSE, and close codes.
+//!
+//! Compatibility rules (see `sidecar/PROTOCOL.md`): within a protocol version,
+//! fields may be added but never removed or retyped; clients ignore unknown
+//! fields and unknown message types; a breaking change bumps
+//! [`PROTOCOL_VERSION`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Version announced in the `hello` message.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// WebSocket close codes used by the servers.
+pub mod close {
+    /// Server shutting down or draining: reconnect (elsewhere) with your cursor.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Slow consumer closed under the `close` policy, or a forbidden request.
+    pub const POLICY: u16 = 1008;
+    /// A client message exceeded the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// Unexpected server error.
+    pub const INTERNAL: u16 = 1011;
+    /// Connection limit reached: try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Where a record came from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub struct Source {
+    /// Kubernetes namespace (empty in local mode).
+    #[serde(rename = "ns", default)]
+    pub namespace: String,
+    /// Pod name (the host name in local mode).
+    #[serde(default)]
+    pub pod: String,
+    /// Container that writes the file (empty in local mode).
+    #[serde(default)]
+    pub container: String,
+    /// File path relative to the watched directory.
+    pub file: String,
+}
+
+/// Stable 64-bit identifier of one source incarnation, printed as 16 hex digits.
+///
+/// Derived from the source and the incarnation of the process that tails it, so
+/// a restarted sidecar gets fresh identifiers: an old cursor can never suppress
+/// a new incarnation's records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub u64);
+
+impl SourceId {
+    pub fn derive(source: &Source, incarnation: &str) -> Self {
+        let key = format!(
+            "{}\0{}\0{}\0{}\0{}",
+            source.namespace, source.pod, source.container, source.file, incarnation
+        );
+        SourceId(xxhash_rust::xxh3::xxh3_64(key.as_bytes()))
+    }
+}
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl FromStr for SourceId {
+    type Err = ProtocolError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 16 {
+            return Err(ProtocolError::BadCursor(format!("source id {s:?} is not 16 hex digits")));
+        }
+        u64::from_str_radix(s, 16)
+            .map(SourceId)
+            .map_err(|_| ProtocolError::BadCursor(format!("source id {s:?} is not hexadecimal")))
+    }
+}
+
+impl Serialize for SourceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for SourceId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SourceId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9a-f]{16}$",
+            "description": "Source incarnation id: 16 lowercase hex digits"
+        })
+    }
+}
+
+/// Severity found in a line, normalised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Fatal,
+}
+
+impl Level {
+    pub const ALL: [Level; 6] = [
+        Level::Trace,
+        Level::Debug,
+        Level::Info,
+        Level::Warn,
+        Level::Error,
+        Level::Fatal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+            Level::Fatal => "fatal",
+        }
+    }
+
+    /// Parses the spellings found in logs (`WARNING`, `err`, `CRITICAL`...).
+    pub fn parse_loose(s: &str) -> Option<Level> {
+        let s = s.trim();
+        let lower = if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(s.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(s)
+        };
+        Some(match lower.as_ref() {
+            "trace" | "trc" => Level::Trace,
+            "debug" | "dbg" => Level::Debug,
+            "info" | "inf" | "information" | "notice" => Level::Info,
+            "warn" | "warning" | "wrn" => Level::Warn,
+            "error" | "err" | "eror" => Level::Error,
+            "fatal" | "critical" | "crit" | "panic" | "emerg" | "alert" => Level::Fatal,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which part of an oversized line a record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitPart {
+    First,
+    Middle,
+    Last,
+}
+
+/// One log line with its origin and position.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Record {
+    /// Source incarnation id; with `seq` it identifies the record.
+    pub sid: SourceId,
+    /// Per-source sequence number, starting at 1, without holes.
+    pub seq: u64,
+    /// Time the line was read, RFC 3339 with nanoseconds, UTC.
+    pub ts: String,
+    #[serde(flatten)]
+    pub source: Source,
+    /// Level found in the line, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<Level>,
+    /// The line without its newline; invalid UTF-8 replaced by U+FFFD.
+    pub line: String,
+    /// The line had no newline yet and was flushed after a timeout or at shutdown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// Set when an oversized line was split into several records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitPart>,
+}
+
+/// Per-source high-water marks: every record with `seq <= cursor[sid]` has
+/// been seen. Printed as `sid:seq,sid:seq` (sorted), empty when nothing was
+/// seen. It is the SSE `id:` and the WebSocket `resume` value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor(pub BTreeMap<SourceId, u64>);
+
+impl Cursor {
+    pub fn get(&self, sid: SourceId) -> u64 {
+        self.0.get(&sid).copied().unwrap_or(0)
+    }
+
+    /// Raises the mark of `sid` to `seq` (never lowers it).
+    pub fn advance(&mut self, sid: SourceId, seq: u64) {
+        let e = self.0.entry(sid).or_insert(0);
+        if seq > *e {
+            *e = seq;
+        }
+    }
+
+    /// True when this cursor already covers `seq` of `sid`.
+    pub fn covers(&self, sid: SourceId, seq: u64) -> bool {
+        self.get(sid) >= seq
+    }
+
+    /// Pointwise maximum of two cursors.
+    pub fn merge(&mut self, other: &Cursor) {
+        for (sid, seq) in &other.0 {
+            self.advance(*sid, *seq);
+        }
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (sid, seq)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{sid}:{seq}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = ProtocolError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut c = Cursor::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (sid, seq) = part
+                .split_once(':')
+                .ok_or_else(|| ProtocolError::BadCursor(format!("{part:?} is not sid:seq")))?;
+            let seq = seq
+                .parse::<u64>()
+                .map_err(|_| ProtocolError::BadCursor(format!("sequence {seq:?} is not a number")))?;
+            c.advance(sid.parse()?, seq);
+        }
+        Ok(c)
+    }
+}
+
+impl Serialize for Cursor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cursor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Cursor {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cursor".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^([0-9a-f]{16}:[0-9]+(,[0-9a-f]{16}:[0-9]+)*)?$",
+            "description": "Comma-separated sid:seq high-water marks"
+        })
+    }
+}
+
+/// What a client asks to see. Query parameters of `/ws`, `/sse`, `/stream`
+/// use the same names; a WebSocket `subscribe` message carries them as JSON.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Subscribe {
+    /// Send up to this many matching history records first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<usize>,
+    /// Only records read at or after this time: RFC 3339, or a duration back from now (`5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Resume after this cursor (takes precedence over `tail` and `since`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Cursor>,
+    /// Glob on the file path (`*.log`, `app.log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Comma-separated levels (`error,warn`), or `warn+` for warn and above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Regular expression the line must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grep: Option<String>,
+    /// Regular expression on the pod name (fully anchored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Regular expression on the container name (fully anchored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// `json` (records) or `raw` (lines only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+}
+
+/// Output format of a stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Json,
+    Raw,
+}
+
+/// Messages a client sends over WebSocket (JSON text frames).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Replace the filters and position of this connection.
+    Subscribe(Subscribe),
+    /// Everything up to `cursor` was processed; required to finish a drain.
+    Ack { cursor: Cursor },
+    /// Application-level ping for clients that cannot see WebSocket pings.
+    Ping,
+}
+
+/// Why records were skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// The client fell behind more than its queue allows.
+    SlowClient,
+    /// The records left the server's history before the client asked for them.
+    Evicted,
+    /// The upstream source lost records (aggregator only).
+    Upstream,
+}
+
+/// Messages a server sends over WebSocket (JSON text frames) and, as SSE
+/// events named by `type`, over `/sse`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// First message of every WebSocket connection.
+    Hello {
+        version: u32,
+        server: String,
+        /// `sidecar`, `local` or `aggregator`.
+        role: String,
+        /// The position the stream starts from.
+        cursor: Cursor,
+    },
+    /// A batch of records in order; `cursor` is the position after the batch.
+    Records { records: Vec<Record>, cursor: Cursor },
+    /// Records were skipped; `cursor` is the position before them, so a new
+    /// connection with `resume=cursor` fetches what is still in history.
+    Gap {
+        missed: u64,
+        reason: GapReason,
+        cursor: Cursor,
+    },
+    /// The last client message was refused; the connection stays open.
+    Error { code: String, message: String },
+    /// A `subscribe` was applied.
+    Subscribed { cursor: Cursor },
+    /// Answer to a client `ping`.
+    Pong,
+    /// The server is shutting down: every record has been sent up to `cursor`.
+    /// Ack it; the server then closes with 1001.
+    Draining { cursor: Cursor },
+    /// Reconnect (to another replica) after `after_ms`, resuming with your cursor.
+    Reconnect { after_ms: u64, reason: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProtocolError {
+    #[error("bad cursor: {0}")]
+    BadCursor(String),
+}
+
+/// The JSON Schema of every message, generated from these types.
+pub fn json_schema() -> serde_json::Value {
+    #[derive(JsonSchema)]
+    #[allow(dead_code)]
+    /// All messages of the logstream wire protocol.
+    struct Protocol {
+        version: u32,
+        client: ClientMessage,
+        server: ServerMessage,
+    }
+    let mut v = serde_json::to_value(schemars::schema_for!(Protocol)).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("title".into(), "logstream wire protocol".into());
+        o.insert(
+            "$comment".into(),
+            format!("protocol version {PROTOCOL_VERSION}; generated by `logstream schema`").into(),
+        );
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_roundtrip_and_order() {
+        let c: Cursor = "00000000000000ff:7,0000000000000001:3".parse().unwrap();
+        assert_eq!(c.to_string(), "0000000000000001:3,00000000000000ff:7");
+        assert_eq!(c.get(SourceId(0xff)), 7);
+        assert!(c.covers(SourceId(1), 3));
+        assert!(!c.covers(SourceId(1), 4));
+        assert_eq!("".parse::<Cursor>().unwrap(), Cursor::default());
+    }
+
+    #[test]
+    fn cursor_rejects_garbage_with_reason() {
+        for bad in ["xyz", "0000000000000001:", "01:3", "000000000000000g:1", "0000000000000001:-1"] {
+            let err = bad.parse::<Cursor>().unwrap_err();
+            assert!(matches!(err, ProtocolError::BadCursor(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cursor_never_goes_back() {
+        let mut c = Cursor::default();
+        c.advance(SourceId(1), 5);
+        c.advance(SourceId(1), 3);
+        assert_eq!(c.get(SourceId(1)), 5);
+        let mut d = Cursor::default();
+        d.advance(SourceId(1), 9);
+        d.advance(SourceId(2), 1);
+        c.merge(&d);
+        assert_eq!(c.to_string(), "0000000000000001:9,0000000000000002:1");
+    }
+
+    #[test]
+    fn source_id_depends_on_incarnation() {
+        let s = Source {
+            namespace: "ns".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            file: "a.log".into(),
+        };
+        assert_eq!(SourceId::derive(&s, "1"), SourceId::derive(&s, "1"));
+        assert_ne!(SourceId::derive(&s, "1"), SourceId::derive(&s, "2"));
+    }
+
+    #[test]
+    fn loose_levels() {
+        assert_eq!(Level::parse_loose("WARNING"), Some(Level::Warn));
+        assert_eq!(Level::parse_loose("err"), Some(Level::Error));
+        assert_eq!(Level::parse_loose("Critical"), Some(Level::Fatal));
+        assert_eq!(Level::parse_loose("verbose-ish"), None);
+    }
+
+    #[test]
+    fn unknown_client_message_is_an_error_not_a_panic() {
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"subscribe","bogus":1}"#).is_err());
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"subscribe","level":"warn+"}"#).unwrap();
+        assert!(matches!(m, ClientMessage::Subscribe(Subscribe { level: Some(_), .. })));
+    }
+}

@@ -1,0 +1,327 @@
+//! HTTP front of the streamer: routes, admission (auth, Origin, connection
+//! limits), health, metrics, and the graceful drain on shutdown.
+
+mod frame;
+pub mod http;
+pub mod ws;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::filter::{Filter, FilterError};
+use crate::hub::Hub;
+use crate::metrics::{Metrics, ReasonLabel, Transport};
+use crate::protocol::{Cursor, Subscribe};
+use crate::session::SessionLimits;
+
+/// Who may stream.
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    /// Bearer token required from non-exempt clients.
+    pub token: Option<String>,
+    /// Clients on loopback (port-forward) need no token.
+    pub loopback_exempt: bool,
+    /// Without a token, also serve non-loopback clients (explicitly insecure).
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// `sidecar`, `local` or `aggregator`, announced in `hello`.
+    pub role: String,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub ws_buffer_bytes: usize,
+    pub session: SessionLimits,
+    pub ping_interval: Duration,
+    /// A WebSocket peer silent for this long is dropped.
+    pub pong_timeout: Duration,
+    /// A send that cannot complete for this long drops the client.
+    pub send_timeout: Duration,
+    pub keepalive: Duration,
+    /// How long a draining WebSocket waits for the client's ack.
+    pub ack_timeout: Duration,
+    pub auth: AuthConfig,
+    /// Extra origins allowed for browsers (same-host is always allowed; `*` allows all).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            role: "local".into(),
+            max_connections: 10_000,
+            max_message_bytes: 64 << 10,
+            ws_buffer_bytes: 4 << 10,
+            session: SessionLimits::default(),
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(15),
+            ack_timeout: Duration::from_secs(10),
+            auth: AuthConfig {
+                token: None,
+                loopback_exempt: true,
+                allow_unauthenticated: false,
+            },
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub cfg: ServerConfig,
+    connections: AtomicUsize,
+    /// Tailer has done its first scan.
+    pub ready: watch::Receiver<bool>,
+    /// SIGTERM received.
+    pub draining: watch::Receiver<bool>,
+    /// Streaming sessions, awaited on shutdown.
+    pub sessions: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        cfg: ServerConfig,
+        ready: watch::Receiver<bool>,
+        draining: watch::Receiver<bool>,
+    ) -> Arc<AppState> {
+        Arc::new(AppState {
+            hub,
+            metrics,
+            cfg,
+            connections: AtomicUsize::new(0),
+            ready,
+            draining,
+            sessions: TaskTracker::new(),
+        })
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    fn try_connect(self: &Arc<Self>, transport: Transport) -> Option<ConnGuard> {
+        let prev = self.connections.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.cfg.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.reject("connection_limit");
+            return None;
+        }
+        self.metrics.clients.get_or_create(&self.metrics.transport(transport.clone())).inc();
+        Some(ConnGuard {
+            state: self.clone(),
+            transport,
+        })
+    }
+
+    fn reject(&self, reason: &'static str) {
+        self.metrics.connections_rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Auth, then Origin: both before any upgrade.
+    fn admit(&self, headers: &HeaderMap, peer: SocketAddr, query_token: Option<&str>) -> Result<(), Response> {
+        let auth = &self.cfg.auth;
+        let loopback = is_loopback(peer.ip());
+        if !(loopback && auth.loopback_exempt) {
+            match &auth.token {
+                Some(want) => {
+                    let got = bearer(headers).or(query_token);
+                    let ok = got.is_some_and(|g| constant_time_eq::constant_time_eq(g.as_bytes(), want.as_bytes()));
+                    if !ok {
+                        self.reject("unauthorized");
+                        let mut r = (StatusCode::UNAUTHORIZED, "missing or invalid bearer token\n").into_response();
+                        r.headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"logstream\""));
+                        return Err(r);
+                    }
+                }
+                None if !auth.allow_unauthenticated => {
+                    self.reject("forbidden");
+                    return Err((
+                        StatusCode::FORBIDDEN,
+                        "no token is configured: only loopback clients (port-forward) may connect\n",
+                    )
+                        .into_response());
+                }
+                None => {}
+            }
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            if !self.origin_allowed(origin, headers.get(header::HOST).and_then(|h| h.to_str().ok())) {
+                self.reject("origin");
+                return Err((StatusCode::FORBIDDEN, format!("origin {origin:?} is not allowed\n")).into_response());
+            }
+        }
+        Ok(())
+    }
+
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h).trim_end_matches('/');
+        if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)) {
+            return true;
+        }
+        self.cfg
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow() && !*self.draining.borrow()
+    }
+}
+
+/// Holds a connection slot; frees it when dropped.
+pub struct ConnGuard {
+    state: Arc<AppState>,
+    transport: Transport,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.state.connections.fetch_sub(1, Ordering::AcqRel);
+        self.state
+            .metrics
+            .clients
+            .get_or_create(&self.state.metrics.transport(self.transport.clone()))
+            .dec();
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+/// Query string of a streaming request: the subscription plus `access_token`.
+pub struct StreamQuery {
+    pub sub: Subscribe,
+    pub filter: Filter,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("bad query: {0}")]
+    Syntax(String),
+    #[error("{0}")]
+    Filter(#[from] FilterError),
+}
+
+pub fn parse_query(raw: Option<&str>) -> Result<StreamQuery, QueryError> {
+    let mut token = None;
+    let mut rest: Vec<(String, String)> = Vec::new();
+    for (k, v) in url_pairs(raw.unwrap_or("")) {
+        if k == "access_token" {
+            token = Some(v);
+        } else {
+            rest.push((k, v));
+        }
+    }
+    let encoded = serde_urlencoded::to_string(&rest).map_err(|e| QueryError::Syntax(e.to_string()))?;
+    let sub: Subscribe = serde_urlencoded::from_str(&encoded).map_err(|e| QueryError::Syntax(e.to_string()))?;
+    let filter = Filter::compile(&sub)?;
+    Ok(StreamQuery { sub, filter, token })
+}
+
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default()
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+}
+
+/// Builds the router of a streaming server.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/ws", get(ws::handler))
+        .route("/sse", get(http::sse))
+        .route("/stream", get(http::stream))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/protocol.schema.json", get(schema))
+        .with_state(state)
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if *st.draining.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !*st.ready.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn schema() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/schema+json")],
+        serde_json::to_string_pretty(&crate::protocol::json_schema()).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// Common admission for the three streaming endpoints: auth, Origin, query,
+/// `Last-Event-ID`.
+pub(crate) fn admit_stream(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Result<StreamQuery, Response> {
+    let pre_token = url_pairs(raw.as_deref().unwrap_or(""))
+        .into_iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v);
+    st.admit(headers, peer, pre_token.as_deref())?;
+    let mut q = parse_query(raw.as_deref()).map_err(|e| {
+        st.reject("bad_request");
+        bad_request(e)
+    })?;
+    if q.sub.resume.is_none()
+        && let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok())
+    {
+        let c: Cursor = id.parse().map_err(bad_request)?;
+        q.sub.resume = Some(c);
+    }
+    Ok(q)
+}

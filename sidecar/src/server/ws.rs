@@ -1,0 +1,276 @@
+//! The WebSocket transport. [`serve`] is generic over the socket halves so
+//! tests can drive it with channels.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::Instant;
+
+use super::frame;
+use super::{AppState, ConnGuard, admit_stream};
+use crate::filter::Filter;
+use crate::metrics::{ReasonLabel, Transport};
+use crate::protocol::{ClientMessage, Cursor, Format, PROTOCOL_VERSION, ServerMessage, close};
+use crate::session::{Pull, Session};
+
+pub async fn handler(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    peer: ConnectInfo<std::net::SocketAddr>,
+    raw: RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let q = match admit_stream(&st, &headers, peer, raw) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let buf = st.cfg.ws_buffer_bytes;
+    let ws = ws
+        .read_buffer_size(buf)
+        .write_buffer_size(buf)
+        .max_write_buffer_size(buf + st.cfg.session.batch_bytes * 2 + st.cfg.max_message_bytes)
+        .max_message_size(st.cfg.max_message_bytes)
+        .max_frame_size(st.cfg.max_message_bytes);
+    let guard = st.try_connect(Transport::ws);
+    let tracker = st.sessions.clone();
+    ws.on_upgrade(move |socket: WebSocket| {
+        tracker.track_future(async move {
+            let (mut tx, rx) = socket.split();
+            let Some(guard) = guard else {
+                let _ = tx.send(close_msg(close::TRY_AGAIN_LATER, "connection limit reached")).await;
+                return;
+            };
+            let session = Session::new(st.hub.clone(), &q.sub, q.filter, st.cfg.session);
+            serve(tx, rx, st, session, guard).await;
+        })
+    })
+}
+
+fn close_msg(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason.to_string()),
+    }))
+}
+
+fn text(s: String) -> Message {
+    Message::Text(Utf8Bytes::from(s))
+}
+
+/// Why a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    ClientClosed,
+    Drained,
+    DrainTimeout,
+    TooSlow,
+    TooBig,
+    SendFailed,
+    SendTimeout,
+    PeerSilent,
+}
+
+/// Runs one WebSocket client to the end.
+pub async fn serve<W, R, E>(mut tx: W, mut rx: R, st: Arc<AppState>, mut session: Session, _guard: ConnGuard) -> End
+where
+    W: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let end = run(&mut tx, &mut rx, &st, &mut session).await;
+    let (code, reason, dropped) = match end {
+        End::ClientClosed => (None, "", None),
+        End::Drained | End::DrainTimeout => (Some(close::GOING_AWAY), "server shutting down", None),
+        End::TooSlow => (Some(close::POLICY), "slow consumer", Some("slow_client")),
+        End::TooBig => (Some(close::TOO_BIG), "message too big", Some("message_too_big")),
+        End::SendFailed => (None, "", None),
+        End::SendTimeout => (None, "", Some("send_timeout")),
+        End::PeerSilent => (Some(close::POLICY), "no pong", Some("pong_timeout")),
+    };
+    if let Some(reason) = dropped {
+        st.metrics.clients_dropped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+    if let Some(code) = code {
+        let send = tx.send(close_msg(code, reason));
+        let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+    }
+    end
+}
+
+async fn run<W, R, E>(tx: &mut W, rx: &mut R, st: &Arc<AppState>, session: &mut Session) -> End
+where
+    W: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let cfg = &st.cfg;
+    let metrics = &st.metrics;
+    let label = metrics.transport(Transport::ws);
+    let send_timeout = cfg.send_timeout;
+    macro_rules! send {
+        ($msg:expr) => {
+            match tokio::time::timeout(send_timeout, tx.send($msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return End::SendFailed,
+                Err(_) => return End::SendTimeout,
+            }
+        };
+    }
+    let hello = ServerMessage::Hello {
+        version: PROTOCOL_VERSION,
+        server: format!("logstream/{}", env!("CARGO_PKG_VERSION")),
+        role: cfg.role.clone(),
+        cursor: session.cursor(),
+    };
+    send!(text(frame::message(&hello)));
+    let mut head = st.hub.watch();
+    let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    let mut last_heard = Instant::now();
+    let mut draining: Option<(Cursor, Instant)> = None;
+    loop {
+        if draining.is_none() {
+            head.borrow_and_update();
+            loop {
+                match session.pull() {
+                    Pull::Batch { entries, more } => {
+                        if !entries.is_empty() {
+                            let bytes: usize;
+                            let msg = match session.filter.format {
+                                Format::Json => {
+                                    let s = frame::records_json(&entries, &session.cursor());
+                                    bytes = s.len();
+                                    text(s)
+                                }
+                                Format::Raw => {
+                                    let s = frame::raw_lines(&entries);
+                                    bytes = s.len();
+                                    text(s)
+                                }
+                            };
+                            send!(msg);
+                            metrics.records_sent.get_or_create(&label).inc_by(entries.len() as u64);
+                            metrics.bytes_sent.get_or_create(&label).inc_by(bytes as u64);
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                    Pull::Gap { missed, reason, cursor } => {
+                        metrics.gaps.get_or_create(&ReasonLabel { reason: gap_label(reason) }).inc();
+                        metrics.gap_records.inc_by(missed);
+                        let m = ServerMessage::Gap { missed, reason, cursor };
+                        send!(text(render(&m, session.filter.format)));
+                    }
+                    Pull::TooSlow => return End::TooSlow,
+                    Pull::Idle => break,
+                    Pull::Ended => {
+                        let cursor = session.cursor();
+                        let m = ServerMessage::Draining { cursor: cursor.clone() };
+                        send!(text(render(&m, session.filter.format)));
+                        draining = Some((cursor, Instant::now() + cfg.ack_timeout));
+                        break;
+                    }
+                }
+            }
+        }
+        let drain_deadline = draining.as_ref().map(|(_, d)| *d);
+        tokio::select! {
+            changed = head.changed(), if draining.is_none() => {
+                if changed.is_err() {
+                    // The hub is gone: nothing more will come.
+                    return End::Drained;
+                }
+            }
+            msg = rx.next() => {
+                last_heard = Instant::now();
+                let msg = match msg {
+                    None => return End::ClientClosed,
+                    Some(Err(e)) => {
+                        return if is_capacity(&e) { End::TooBig } else { End::ClientClosed };
+                    }
+                    Some(Ok(m)) => m,
+                };
+                match msg {
+                    Message::Text(t) => match serde_json::from_str::<ClientMessage>(t.as_str()) {
+                        Ok(ClientMessage::Subscribe(sub)) => match Filter::compile(&sub) {
+                            Ok(f) => {
+                                session.resubscribe(&sub, f);
+                                send!(text(frame::message(&ServerMessage::Subscribed { cursor: session.cursor() })));
+                            }
+                            Err(e) => {
+                                metrics.client_errors.inc();
+                                send!(text(frame::message(&ServerMessage::Error { code: "bad_filter".into(), message: e.to_string() })));
+                            }
+                        },
+                        Ok(ClientMessage::Ack { cursor }) => {
+                            if let Some((want, _)) = &draining
+                                && want.0.iter().all(|(sid, seq)| cursor.covers(*sid, *seq))
+                            {
+                                return End::Drained;
+                            }
+                        }
+                        Ok(ClientMessage::Ping) => send!(text(frame::message(&ServerMessage::Pong))),
+                        Err(e) => {
+                            metrics.client_errors.inc();
+                            send!(text(frame::message(&ServerMessage::Error { code: "bad_message".into(), message: e.to_string() })));
+                        }
+                    },
+                    Message::Binary(_) => {
+                        metrics.client_errors.inc();
+                        send!(text(frame::message(&ServerMessage::Error {
+                            code: "bad_message".into(),
+                            message: "binary frames are not part of the protocol; send JSON text".into(),
+                        })));
+                    }
+                    Message::Close(_) => return End::ClientClosed,
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= cfg.pong_timeout {
+                    return End::PeerSilent;
+                }
+                send!(Message::Ping(bytes::Bytes::new()));
+            }
+            _ = sleep_until_opt(drain_deadline) => return End::DrainTimeout,
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn render(m: &ServerMessage, f: Format) -> String {
+    match f {
+        Format::Json => frame::message(m),
+        Format::Raw => frame::raw_notice(m),
+    }
+}
+
+pub(crate) fn gap_label(r: crate::protocol::GapReason) -> &'static str {
+    match r {
+        crate::protocol::GapReason::SlowClient => "slow_client",
+        crate::protocol::GapReason::Evicted => "evicted",
+        crate::protocol::GapReason::Upstream => "upstream",
+    }
+}
+
+fn is_capacity<E: std::error::Error + 'static>(e: &E) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            return matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_));
+        }
+        cur = err.source();
+    }
+    false
+}

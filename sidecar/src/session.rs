@@ -1,0 +1,435 @@
+//! One subscriber's view of the hub: its position, filter and cursor, and the
+//! slow-client policy. Transports (WebSocket, SSE, plain HTTP) drive it.
+
+use std::sync::Arc;
+
+use crate::filter::Filter;
+use crate::hub::{Entry, Hub, Ring};
+use crate::protocol::{Cursor, GapReason, Subscribe};
+
+/// What to do with a client that falls behind by more than its queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlowPolicy {
+    /// Skip to the live head and tell the client with a `gap` message.
+    #[default]
+    Gap,
+    /// Close the connection (1008).
+    Close,
+}
+
+/// Per-session bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Most bytes of records a client may lag behind the head.
+    pub queue_bytes: u64,
+    pub policy: SlowPolicy,
+    /// Most records in one frame.
+    pub batch_records: usize,
+    /// Most bytes in one frame (soft: one record may exceed it).
+    pub batch_bytes: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            queue_bytes: 1 << 20,
+            policy: SlowPolicy::Gap,
+            batch_records: 512,
+            batch_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Result of one pull.
+#[derive(Debug)]
+pub enum Pull {
+    /// Records in order (may be empty when only filtered records were scanned
+    /// and `more` is set).
+    Batch { entries: Vec<Arc<Entry>>, more: bool },
+    /// Records were skipped.
+    Gap {
+        missed: u64,
+        reason: GapReason,
+        cursor: Cursor,
+    },
+    /// The client is too slow and the policy says close.
+    TooSlow,
+    /// Nothing new: wait for the head to move.
+    Idle,
+    /// The hub is closed and everything was delivered.
+    Ended,
+}
+
+/// Upper bound of entries examined under the lock per pull, so one client
+/// with a rare filter cannot hold the lock across the whole history.
+const SCAN_LIMIT: usize = 4096;
+
+pub struct Session {
+    hub: Arc<Hub>,
+    pub filter: Filter,
+    limits: SessionLimits,
+    next: u64,
+    /// Highest sequence seen per hub slot.
+    seen: Vec<u64>,
+    /// Marks of a resume cursor for sources this hub does not know (kept so
+    /// the cursor handed back never forgets them).
+    foreign: Cursor,
+    pending_gap: Option<(u64, Cursor)>,
+}
+
+impl Session {
+    /// Positions a new session according to `sub` (`resume`, `tail`, `since`).
+    pub fn new(hub: Arc<Hub>, sub: &Subscribe, filter: Filter, limits: SessionLimits) -> Session {
+        let mut s = Session {
+            hub,
+            filter,
+            limits,
+            next: 0,
+            seen: Vec::new(),
+            foreign: Cursor::default(),
+            pending_gap: None,
+        };
+        s.reposition(sub);
+        s
+    }
+
+    /// Applies a new subscription to a running session. A `resume` moves the
+    /// position; otherwise `tail`/`since` replay history from the current head.
+    pub fn resubscribe(&mut self, sub: &Subscribe, filter: Filter) {
+        self.filter = filter;
+        self.seen.clear();
+        self.foreign = Cursor::default();
+        self.pending_gap = None;
+        self.reposition(sub);
+    }
+
+    fn reposition(&mut self, sub: &Subscribe) {
+        let hub = self.hub.clone();
+        let ring = hub.lock();
+        self.seen = vec![0; ring.sources().len()];
+        let head = ring.next_idx();
+        if let Some(cursor) = &sub.resume {
+            self.resume_from(&ring, cursor);
+            return;
+        }
+        let start = if let Some(n) = sub.tail {
+            let mut count = 0;
+            let mut idx = head;
+            while idx > ring.first_idx() && count < n {
+                idx -= 1;
+                if let Some(e) = ring.get(idx)
+                    && self.filter.matches(e)
+                {
+                    count += 1;
+                }
+            }
+            // Skip non-matching entries in front of the first match.
+            while idx < head && ring.get(idx).is_some_and(|e| !self.filter.matches(e)) {
+                idx += 1;
+            }
+            idx
+        } else if let Some(since) = self.filter.since_ns {
+            ring.iter_from(ring.first_idx())
+                .find(|e| e.ts_ns >= since)
+                .map_or(head, |e| e.idx)
+        } else {
+            head
+        };
+        // The cursor at `start`: the last sequence of every source before it.
+        for (slot, seq) in self.seen.iter_mut().enumerate() {
+            *seq = ring.last_seq(slot as u32);
+        }
+        let mut lowered = vec![false; self.seen.len()];
+        for e in ring.iter_from(start) {
+            let slot = e.source.slot as usize;
+            if !lowered[slot] {
+                lowered[slot] = true;
+                self.seen[slot] = e.seq.saturating_sub(1);
+            }
+        }
+        self.next = start;
+    }
+
+    fn resume_from(&mut self, ring: &Ring, cursor: &Cursor) {
+        for (sid, seq) in &cursor.0 {
+            match ring.slot_of(*sid) {
+                Some(slot) => self.seen[slot as usize] = *seq,
+                None => {
+                    self.foreign.advance(*sid, *seq);
+                }
+            }
+        }
+        // Records that left the history before the client came back.
+        let mut oldest: Vec<Option<u64>> = vec![None; self.seen.len()];
+        let mut start = None;
+        for e in ring.iter_from(ring.first_idx()) {
+            let slot = e.source.slot as usize;
+            if oldest[slot].is_none() {
+                oldest[slot] = Some(e.seq);
+            }
+            if start.is_none() && e.seq > self.seen[slot] {
+                start = Some(e.idx);
+            }
+        }
+        let mut missed = 0;
+        for (slot, seen) in self.seen.iter().enumerate() {
+            let first_kept = oldest[slot].unwrap_or(ring.last_seq(slot as u32) + 1);
+            if *seen > 0 || cursor.0.is_empty() {
+                missed += first_kept.saturating_sub(seen + 1);
+            }
+        }
+        if missed > 0 {
+            self.pending_gap = Some((missed, self.cursor_locked(ring)));
+        }
+        self.next = start.unwrap_or(ring.next_idx());
+    }
+
+    /// The position of this session as a cursor.
+    pub fn cursor(&self) -> Cursor {
+        let ring = self.hub.lock();
+        self.cursor_locked(&ring)
+    }
+
+    fn cursor_locked(&self, ring: &Ring) -> Cursor {
+        let mut c = self.foreign.clone();
+        for (slot, seq) in self.seen.iter().enumerate() {
+            if *seq > 0
+                && let Some(info) = ring.sources().get(slot)
+            {
+                c.advance(info.sid, *seq);
+            }
+        }
+        c
+    }
+
+    /// Takes the next step for this client.
+    pub fn pull(&mut self) -> Pull {
+        if let Some((missed, cursor)) = self.pending_gap.take() {
+            return Pull::Gap {
+                missed,
+                reason: crate::protocol::GapReason::Evicted,
+                cursor,
+            };
+        }
+        let closed = self.hub.head().closed;
+        let hub = self.hub.clone();
+        let ring = hub.lock();
+        if self.seen.len() < ring.sources().len() {
+            self.seen.resize(ring.sources().len(), 0);
+        }
+        let head = ring.next_idx();
+        if self.next < ring.first_idx() {
+            let cursor = self.cursor_locked(&ring);
+            let missed = ring.first_idx() - self.next;
+            self.next = ring.first_idx();
+            return Pull::Gap {
+                missed,
+                reason: GapReason::Evicted,
+                cursor,
+            };
+        }
+        let lag = ring.total_bytes() - ring.bytes_before(self.next);
+        if lag > self.limits.queue_bytes {
+            if self.limits.policy == SlowPolicy::Close {
+                return Pull::TooSlow;
+            }
+            let cursor = self.cursor_locked(&ring);
+            let missed = head - self.next;
+            for e in ring.iter_from(self.next) {
+                let slot = e.source.slot as usize;
+                self.seen[slot] = self.seen[slot].max(e.seq);
+            }
+            self.next = head;
+            return Pull::Gap {
+                missed,
+                reason: GapReason::SlowClient,
+                cursor,
+            };
+        }
+        if self.next >= head {
+            return if closed { Pull::Ended } else { Pull::Idle };
+        }
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut scanned = 0;
+        for e in ring.iter_from(self.next) {
+            if entries.len() >= self.limits.batch_records
+                || bytes >= self.limits.batch_bytes
+                || scanned >= SCAN_LIMIT
+            {
+                break;
+            }
+            scanned += 1;
+            self.next = e.idx + 1;
+            let slot = e.source.slot as usize;
+            if e.seq <= self.seen[slot] {
+                continue; // covered by the resume cursor
+            }
+            self.seen[slot] = e.seq;
+            if self.filter.matches(e) {
+                bytes += e.json.len();
+                entries.push(e.clone());
+            }
+        }
+        Pull::Batch {
+            entries,
+            more: self.next < head,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::tests::{publish_lines, src};
+    use crate::hub::HubLimits;
+
+    fn hub(max_lines: usize) -> Arc<Hub> {
+        Hub::new(HubLimits { max_lines, max_bytes: 1 << 30 }, "t")
+    }
+
+    fn session(hub: &Arc<Hub>, sub: Subscribe) -> Session {
+        let f = Filter::compile(&sub).unwrap();
+        Session::new(hub.clone(), &sub, f, SessionLimits::default())
+    }
+
+    fn drain(s: &mut Session) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            match s.pull() {
+                Pull::Batch { entries, .. } => out.extend(entries.iter().map(|e| e.line.to_string())),
+                Pull::Idle | Pull::Ended => return out,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn live_session_sees_only_new_records() {
+        let h = hub(100);
+        let a = h.source(src("a.log"));
+        publish_lines(&h, &a, &["old"]);
+        let mut s = session(&h, Subscribe::default());
+        assert!(matches!(s.pull(), Pull::Idle));
+        publish_lines(&h, &a, &["new1", "new2"]);
+        assert_eq!(drain(&mut s), ["new1", "new2"]);
+    }
+
+    #[test]
+    fn tail_counts_matching_records_only() {
+        let h = hub(100);
+        let a = h.source(src("a.log"));
+        let b = h.source(src("b.log"));
+        publish_lines(&h, &a, &["a1", "a2"]);
+        publish_lines(&h, &b, &["b1"]);
+        publish_lines(&h, &a, &["a3"]);
+        let mut s = session(&h, Subscribe { tail: Some(2), file: Some("a.log".into()), ..Default::default() });
+        assert_eq!(drain(&mut s), ["a2", "a3"]);
+    }
+
+    #[test]
+    fn resume_gives_no_gap_and_no_duplicate() {
+        let h = hub(100);
+        let a = h.source(src("a.log"));
+        let b = h.source(src("b.log"));
+        let mut s = session(&h, Subscribe::default());
+        publish_lines(&h, &a, &["a1", "a2"]);
+        publish_lines(&h, &b, &["b1"]);
+        assert_eq!(drain(&mut s), ["a1", "a2", "b1"]);
+        let cursor = s.cursor();
+        publish_lines(&h, &a, &["a3"]);
+        publish_lines(&h, &b, &["b2"]);
+        let mut r = session(&h, Subscribe { resume: Some(cursor), ..Default::default() });
+        assert_eq!(drain(&mut r), ["a3", "b2"]);
+    }
+
+    #[test]
+    fn resume_with_interleaved_cursor_skips_covered_records() {
+        let h = hub(100);
+        let a = h.source(src("a.log"));
+        let b = h.source(src("b.log"));
+        publish_lines(&h, &a, &["a1"]);
+        publish_lines(&h, &b, &["b1", "b2"]);
+        publish_lines(&h, &a, &["a2"]);
+        // A cursor from another replica that saw a1 and b1..b2 but not a2.
+        let mut c = Cursor::default();
+        c.advance(a.sid, 1);
+        c.advance(b.sid, 2);
+        let mut r = session(&h, Subscribe { resume: Some(c), ..Default::default() });
+        assert_eq!(drain(&mut r), ["a2"]);
+    }
+
+    #[test]
+    fn resume_reports_evicted_records() {
+        let h = hub(3);
+        let a = h.source(src("a.log"));
+        publish_lines(&h, &a, &["1"]);
+        let mut s = session(&h, Subscribe { tail: Some(10), ..Default::default() });
+        assert_eq!(drain(&mut s), ["1"]);
+        let c = s.cursor();
+        publish_lines(&h, &a, &["2", "3", "4", "5", "6"]);
+        let mut r = session(&h, Subscribe { resume: Some(c), ..Default::default() });
+        match r.pull() {
+            Pull::Gap { missed, reason, .. } => {
+                assert_eq!(missed, 2);
+                assert_eq!(reason, GapReason::Evicted);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(drain(&mut r), ["4", "5", "6"]);
+    }
+
+    #[test]
+    fn unknown_sources_in_cursor_are_kept() {
+        let h = hub(10);
+        let a = h.source(src("a.log"));
+        let mut c = Cursor::default();
+        c.advance(crate::protocol::SourceId(42), 9);
+        let mut s = session(&h, Subscribe { resume: Some(c), ..Default::default() });
+        publish_lines(&h, &a, &["x"]);
+        assert_eq!(drain(&mut s), ["x"]);
+        assert_eq!(s.cursor().get(crate::protocol::SourceId(42)), 9);
+        assert_eq!(s.cursor().get(a.sid), 1);
+    }
+
+    #[test]
+    fn slow_client_gets_gap_then_continues() {
+        let h = hub(100_000);
+        let a = h.source(src("a.log"));
+        let sub = Subscribe::default();
+        let f = Filter::compile(&sub).unwrap();
+        let limits = SessionLimits { queue_bytes: 4096, ..Default::default() };
+        let mut s = Session::new(h.clone(), &sub, f, limits);
+        let lines: Vec<String> = (0..200).map(|i| format!("line {i}")).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        publish_lines(&h, &a, &refs);
+        match s.pull() {
+            Pull::Gap { missed, reason, cursor } => {
+                assert_eq!(missed, 200);
+                assert_eq!(reason, GapReason::SlowClient);
+                assert_eq!(cursor.get(a.sid), 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.cursor().get(a.sid), 200);
+        publish_lines(&h, &a, &["after"]);
+        assert_eq!(drain(&mut s), ["after"]);
+        // The same client under the close policy is closed instead.
+        let f = Filter::compile(&sub).unwrap();
+        let limits = SessionLimits { queue_bytes: 4096, policy: SlowPolicy::Close, ..Default::default() };
+        let mut c = Session::new(h.clone(), &sub, f, limits);
+        publish_lines(&h, &a, &refs);
+        assert!(matches!(c.pull(), Pull::TooSlow));
+    }
+
+    #[test]
+    fn closed_hub_ends_sessions_after_delivery() {
+        let h = hub(10);
+        let a = h.source(src("a.log"));
+        let mut s = session(&h, Subscribe::default());
+        publish_lines(&h, &a, &["last"]);
+        h.close();
+        assert!(matches!(s.pull(), Pull::Batch { .. }));
+        assert!(matches!(s.pull(), Pull::Ended));
+    }
+}

@@ -1,0 +1,576 @@
+//! Tails the log files of one directory into the hub.
+//!
+//! ```text
+//! inotify events ─┐                     ┌─ rename rotation: keep reading the old inode to EOF,
+//! stat poll tick ─┼─► scan / read_all ──┤  then release it when deleted or idle
+//! shutdown ───────┘        │            ├─ copytruncate: size < offset → restart at 0
+//!                          ▼            └─ new files matching the globs are picked up
+//!                    hub.publish(batch)
+//! ```
+//!
+//! Files are identified by (device, inode), never by name, so a rotated file is
+//! neither lost nor read twice. Paths are found by walking the directory
+//! without following symlinks; symlinks are refused, so nothing outside the
+//! directory is ever opened.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use inotify::{EventMask, Inotify, WatchMask};
+use tokio::sync::watch;
+
+use crate::hub::{Hub, Pending, SourceInfo, now_ns};
+use crate::lines::{Line, LineSplitter};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::parse::{ParseMode, detect_level};
+use crate::protocol::{Source, SplitPart};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error("log directory {path}: {source}")]
+    Root { path: PathBuf, source: std::io::Error },
+    #[error("glob {glob:?}: {reason}")]
+    Glob { glob: String, reason: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct TailConfig {
+    pub root: PathBuf,
+    /// Globs relative to `root` (`*.log`, `**/*.log`).
+    pub globs: Vec<String>,
+    /// Namespace, pod and container stamped on every record.
+    pub origin: Source,
+    pub max_line: usize,
+    pub partial_timeout: Duration,
+    /// Stat fallback period (also catches what inotify cannot see).
+    pub poll: Duration,
+    /// A rotated file that is still linked is released after this long without growth.
+    pub rotate_wait: Duration,
+    pub parse: ParseMode,
+    pub level_key: Option<String>,
+    /// Files present at start that are larger than this are read from this
+    /// many bytes before their end (history), not from the beginning.
+    pub initial_bytes: u64,
+    /// Deepest directory level searched below `root`.
+    pub max_depth: usize,
+}
+
+impl TailConfig {
+    pub fn new(root: impl Into<PathBuf>) -> TailConfig {
+        TailConfig {
+            root: root.into(),
+            globs: vec!["**/*.log".into()],
+            origin: Source {
+                namespace: String::new(),
+                pod: String::new(),
+                container: String::new(),
+                file: String::new(),
+            },
+            max_line: 64 << 10,
+            partial_timeout: Duration::from_millis(1000),
+            poll: Duration::from_millis(1000),
+            rotate_wait: Duration::from_secs(10),
+            parse: ParseMode::Auto,
+            level_key: None,
+            initial_bytes: 8 << 20,
+            max_depth: 8,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+struct Tracked {
+    file: File,
+    source: Arc<SourceInfo>,
+    offset: u64,
+    splitter: LineSplitter,
+    /// Still reachable under a matching path.
+    active: bool,
+    last_growth: Instant,
+}
+
+/// Upper bound on remembered offsets of released files.
+const KNOWN_LIMIT: usize = 4096;
+const CHUNK: usize = 64 << 10;
+
+pub struct Tailer {
+    cfg: TailConfig,
+    root: PathBuf,
+    globs: GlobSet,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    files: HashMap<FileId, Tracked>,
+    /// Offsets of released files, in case they show up again under a matching name.
+    known: HashMap<FileId, u64>,
+    known_order: VecDeque<FileId>,
+    sources: HashMap<String, Arc<SourceInfo>>,
+    refused: HashMap<PathBuf, &'static str>,
+    dirs: Vec<PathBuf>,
+    scanned_once: bool,
+    buf: Vec<u8>,
+    out: Vec<Pending>,
+}
+
+impl Tailer {
+    pub fn new(cfg: TailConfig, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Result<Tailer, TailError> {
+        let root = cfg.root.canonicalize().map_err(|source| TailError::Root {
+            path: cfg.root.clone(),
+            source,
+        })?;
+        if !root.is_dir() {
+            return Err(TailError::Root {
+                path: cfg.root.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        let mut b = GlobSetBuilder::new();
+        for g in &cfg.globs {
+            if g.starts_with('/') || g.split('/').any(|c| c == "..") {
+                return Err(TailError::Glob {
+                    glob: g.clone(),
+                    reason: "must be relative and stay inside the directory".into(),
+                });
+            }
+            let glob = globset::GlobBuilder::new(g)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| TailError::Glob {
+                    glob: g.clone(),
+                    reason: e.kind().to_string(),
+                })?;
+            b.add(glob);
+        }
+        let globs = b.build().map_err(|e| TailError::Glob {
+            glob: cfg.globs.join(","),
+            reason: e.to_string(),
+        })?;
+        let _ = Glob::new; // globset's Glob is re-exported for callers validating globs
+        Ok(Tailer {
+            cfg,
+            root,
+            globs,
+            hub,
+            metrics,
+            files: HashMap::new(),
+            known: HashMap::new(),
+            known_order: VecDeque::new(),
+            sources: HashMap::new(),
+            refused: HashMap::new(),
+            dirs: Vec::new(),
+            scanned_once: false,
+            buf: vec![0; CHUNK],
+            out: Vec::new(),
+        })
+    }
+
+    /// Number of open files (active and rotated).
+    pub fn open_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Finds files, notices rotations, reads everything new and publishes it.
+    pub fn scan(&mut self) {
+        let found = self.walk();
+        let mut seen = Vec::with_capacity(found.len());
+        for (path, rel) in found {
+            if let Some(id) = self.track(&path, rel) {
+                seen.push(id);
+            }
+        }
+        for (id, t) in self.files.iter_mut() {
+            let now_active = seen.contains(id);
+            if t.active && !now_active {
+                self.metrics.rotations.get_or_create(&ReasonLabel { reason: "rename" }).inc();
+            }
+            t.active = now_active;
+        }
+        self.scanned_once = true;
+        self.read_all(true);
+    }
+
+    /// Reads every tracked file to EOF and publishes; `stat` also checks for
+    /// truncation, deletion and partial-line timeouts.
+    pub fn read_all(&mut self, stat: bool) {
+        let mut ids: Vec<FileId> = self.files.keys().copied().collect();
+        // Rotated files first, so the tail of an old file precedes the start
+        // of its successor.
+        ids.sort_by_key(|id| self.files.get(id).is_some_and(|t| t.active));
+        let mut release = Vec::new();
+        for id in ids {
+            if let Some(done) = self.read_file(id, stat)
+                && done
+            {
+                release.push(id);
+            }
+        }
+        for id in release {
+            if let Some(mut t) = self.files.remove(&id) {
+                let mut lines = Vec::new();
+                t.splitter.flush(&mut lines);
+                self.emit(&t.source, lines);
+                self.remember(id, t.offset);
+            }
+        }
+        self.metrics.files_tracked.set(self.files.len() as i64);
+        self.flush_out();
+    }
+
+    /// Flushes every held partial line (shutdown).
+    pub fn flush_partials(&mut self) {
+        let mut all = Vec::new();
+        for t in self.files.values_mut() {
+            let mut lines = Vec::new();
+            t.splitter.flush(&mut lines);
+            all.push((t.source.clone(), lines));
+        }
+        for (s, lines) in all {
+            self.emit(&s, lines);
+        }
+        self.flush_out();
+    }
+
+    /// Reads one file; returns Some(true) when it should be released.
+    fn read_file(&mut self, id: FileId, stat: bool) -> Option<bool> {
+        let t = self.files.get_mut(&id)?;
+        let meta = if stat { t.file.metadata().ok() } else { None };
+        if let Some(m) = &meta
+            && m.len() < t.offset
+        {
+            // copytruncate: what we held is the end of the old content.
+            self.metrics.rotations.get_or_create(&ReasonLabel { reason: "truncate" }).inc();
+            let mut lines = Vec::new();
+            t.splitter.reset(&mut lines);
+            t.offset = 0;
+            let source = t.source.clone();
+            self.emit(&source, lines);
+        }
+        let t = self.files.get_mut(&id)?;
+        let mut lines: Vec<Line> = Vec::new();
+        let mut grew = false;
+        let mut read_bytes = 0u64;
+        loop {
+            match t.file.read_at(&mut self.buf, t.offset) {
+                Ok(0) => break,
+                Ok(n) => {
+                    t.splitter.push(&self.buf[..n], &mut lines);
+                    t.offset += n as u64;
+                    read_bytes += n as u64;
+                    grew = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(file = %t.source.source.file, error = %e, "read failed");
+                    break;
+                }
+            }
+        }
+        self.metrics.bytes_read.inc_by(read_bytes);
+        let now = Instant::now();
+        if grew {
+            t.last_growth = now;
+        } else if !stat && read_bytes == 0 {
+            // An event without new bytes may be a truncation: check now.
+            if t.file.metadata().is_ok_and(|m| m.len() < t.offset) {
+                let source = t.source.clone();
+                self.emit(&source, lines);
+                return self.read_file(id, true);
+            }
+        }
+        let mut release = false;
+        if stat {
+            let idle = now.duration_since(t.last_growth);
+            if t.splitter.pending() > 0 && idle >= self.cfg.partial_timeout {
+                t.splitter.flush(&mut lines);
+            }
+            if !t.active {
+                let deleted = meta.as_ref().is_some_and(|m| m.nlink() == 0);
+                if deleted {
+                    self.metrics.rotations.get_or_create(&ReasonLabel { reason: "delete" }).inc();
+                }
+                release = deleted || idle >= self.cfg.rotate_wait;
+            }
+        }
+        let source = t.source.clone();
+        self.emit(&source, lines);
+        Some(release)
+    }
+
+    fn emit(&mut self, source: &Arc<SourceInfo>, lines: Vec<Line>) {
+        for l in lines {
+            self.metrics.lines_read.inc();
+            if l.partial {
+                self.metrics.partial_flushes.inc();
+            }
+            if matches!(l.split, Some(SplitPart::First)) {
+                self.metrics.lines_split.inc();
+            }
+            let level = detect_level(&l.text, self.cfg.parse, self.cfg.level_key.as_deref());
+            self.out.push(Pending {
+                source: source.clone(),
+                seq: source.next_seq(),
+                ts_ns: now_ns(),
+                level,
+                line: l.text,
+                partial: l.partial,
+                split: l.split,
+            });
+        }
+    }
+
+    fn flush_out(&mut self) {
+        if !self.out.is_empty() {
+            self.hub.publish(std::mem::take(&mut self.out));
+            let ring = self.hub.lock();
+            self.metrics.history_records.set(ring.len() as i64);
+            self.metrics.history_bytes.set(ring.bytes() as i64);
+        }
+    }
+
+    fn remember(&mut self, id: FileId, offset: u64) {
+        if self.known.insert(id, offset).is_none() {
+            self.known_order.push_back(id);
+        }
+        while self.known_order.len() > KNOWN_LIMIT {
+            if let Some(old) = self.known_order.pop_front() {
+                self.known.remove(&old);
+            }
+        }
+    }
+
+    /// Starts tracking `path` unless it is already tracked; returns its id.
+    fn track(&mut self, path: &Path, rel: String) -> Option<FileId> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        let id = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        if self.files.contains_key(&id) {
+            return Some(id);
+        }
+        // O_NOFOLLOW: the path may have been swapped for a symlink since the walk.
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                self.refuse(path, "open_failed", &e.to_string());
+                return None;
+            }
+        };
+        let fmeta = file.metadata().ok()?;
+        if !fmeta.is_file() {
+            self.refuse(path, "not_regular", "not a regular file");
+            return None;
+        }
+        let id = FileId {
+            dev: fmeta.dev(),
+            ino: fmeta.ino(),
+        };
+        let size = fmeta.len();
+        let offset = match self.known.remove(&id) {
+            Some(off) if off <= size => off,
+            _ if !self.scanned_once && size > self.cfg.initial_bytes => {
+                start_of_line_after(&file, size - self.cfg.initial_bytes)
+            }
+            _ => 0,
+        };
+        let source = self
+            .sources
+            .entry(rel.clone())
+            .or_insert_with(|| {
+                let mut s = self.cfg.origin.clone();
+                s.file = rel.clone();
+                self.hub.source(s)
+            })
+            .clone();
+        tracing::info!(file = %rel, offset, "tailing");
+        self.files.insert(
+            id,
+            Tracked {
+                file,
+                source,
+                offset,
+                splitter: LineSplitter::new(self.cfg.max_line),
+                active: true,
+                last_growth: Instant::now(),
+            },
+        );
+        Some(id)
+    }
+
+    fn refuse(&mut self, path: &Path, reason: &'static str, detail: &str) {
+        if self.refused.insert(path.to_path_buf(), reason).is_none() {
+            self.metrics.files_refused.get_or_create(&ReasonLabel { reason }).inc();
+            tracing::warn!(path = %path.display(), reason, detail, "file refused");
+        }
+    }
+
+    /// Matching regular files below the root, never following symlinks.
+    fn walk(&mut self) -> Vec<(PathBuf, String)> {
+        let mut found = Vec::new();
+        let mut dirs = vec![(self.root.clone(), 0usize)];
+        self.dirs.clear();
+        while let Some((dir, depth)) = dirs.pop() {
+            self.dirs.push(dir.clone());
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for ent in rd.flatten() {
+                let Ok(ft) = ent.file_type() else { continue };
+                let path = ent.path();
+                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+                let Some(rel) = rel.to_str().map(str::to_owned) else {
+                    self.refuse(&path, "non_utf8_name", "file name is not UTF-8");
+                    continue;
+                };
+                if ft.is_dir() {
+                    if depth < self.cfg.max_depth {
+                        dirs.push((path, depth + 1));
+                    }
+                } else if self.globs.is_match(&rel) {
+                    if ft.is_symlink() {
+                        self.refuse(&path, "symlink", "symlinks are not followed");
+                    } else if ft.is_file() {
+                        found.push((path, rel));
+                    }
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// Runs until `shutdown` turns true, then reads every file to EOF,
+    /// flushes partial lines and closes the hub.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, ready: watch::Sender<bool>) {
+        self.scan();
+        let _ = ready.send(true);
+        let mut events = match self.inotify() {
+            Ok((ino, watched)) => match ino.into_event_stream(vec![0u8; 64 << 10]) {
+                Ok(s) => Some((s, watched)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "inotify unavailable, polling only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify unavailable, polling only");
+                None
+            }
+        };
+        let tick = self.cfg.poll.min(self.cfg.partial_timeout).max(Duration::from_millis(10));
+        let mut poll = tokio::time::interval(tick);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => break,
+                ev = async {
+                    match events.as_mut() {
+                        Some((s, _)) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(ev) = ev else { events = None; continue };
+                    let mut structural = false;
+                    let mut handle = |ev: Result<inotify::Event<std::ffi::OsString>, std::io::Error>| {
+                        match ev {
+                            Ok(ev) => {
+                                if ev.mask.intersects(EventMask::Q_OVERFLOW) {
+                                    self.metrics.inotify_overflows.inc();
+                                }
+                                if !ev.mask.intersects(EventMask::MODIFY) {
+                                    structural = true;
+                                }
+                            }
+                            Err(_) => structural = true,
+                        }
+                    };
+                    handle(ev);
+                    // Coalesce whatever else is already queued into one pass.
+                    if let Some((s, _)) = events.as_mut() {
+                        while let Some(Some(ev)) = futures::FutureExt::now_or_never(s.next()) {
+                            handle(ev);
+                        }
+                    }
+                    if structural {
+                        self.scan();
+                        if let Some((s, watched)) = events.as_mut() {
+                            self.watch_new_dirs(s.watches(), watched);
+                        }
+                    } else {
+                        self.read_all(false);
+                    }
+                }
+                _ = poll.tick() => {
+                    self.scan();
+                    if let Some((s, watched)) = events.as_mut() {
+                        self.watch_new_dirs(s.watches(), watched);
+                    }
+                }
+            }
+        }
+        // Drain: read to EOF, flush partial lines, then end the stream.
+        self.scan();
+        self.flush_partials();
+        self.hub.close();
+        tracing::info!("tailer drained");
+    }
+
+    fn inotify(&self) -> std::io::Result<(Inotify, Vec<PathBuf>)> {
+        let ino = Inotify::init()?;
+        let mut watched = Vec::new();
+        self.watch_new_dirs(ino.watches(), &mut watched);
+        Ok((ino, watched))
+    }
+
+    fn watch_new_dirs(&self, mut w: inotify::Watches, watched: &mut Vec<PathBuf>) {
+        let mask = WatchMask::MODIFY
+            | WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO
+            | WatchMask::DELETE_SELF
+            | WatchMask::ONLYDIR
+            | WatchMask::DONT_FOLLOW;
+        for d in &self.dirs {
+            if !watched.contains(d) {
+                match w.add(d, mask) {
+                    Ok(_) => watched.push(d.clone()),
+                    Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot watch"),
+                }
+            }
+        }
+    }
+}
+
+/// Offset of the first line that starts at or after `from`.
+fn start_of_line_after(file: &File, from: u64) -> u64 {
+    if from == 0 {
+        return 0;
+    }
+    let mut buf = vec![0u8; 8192];
+    let mut pos = from - 1;
+    loop {
+        match file.read_at(&mut buf, pos) {
+            Ok(0) | Err(_) => return pos,
+            Ok(n) => {
+                if let Some(i) = memchr::memchr(b'\n', &buf[..n]) {
+                    return pos + i as u64 + 1;
+                }
+                pos += n as u64;
+            }
+        }
+    }
+}

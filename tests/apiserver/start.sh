@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Usage: start.sh BIN_DIR WORK_DIR
+# Starts etcd, kube-apiserver and kube-controller-manager from BIN_DIR on free
+# loopback ports (the way controller-runtime's envtest does, plus the
+# controller manager), with all certs, logs and data in WORK_DIR.
+# Writes WORK_DIR/kubeconfig (admin, O=system:masters) and WORK_DIR/pids and
+# prints the kubeconfig path on the last line of stdout. Stop with stop.sh.
+set -euo pipefail
+
+[[ $# -eq 2 ]] || { echo "usage: $0 BIN_DIR WORK_DIR" >&2; exit 2; }
+BIN="$(cd "$1" && pwd)"
+mkdir -p "$2"
+WORK="$(cd "$2" && pwd)"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TIMEOUT="${LOGSTREAM_APISERVER_TIMEOUT:-120}" # seconds, per component
+
+for b in etcd kube-apiserver kube-controller-manager; do
+  [[ -x "$BIN/$b" ]] || { echo "missing $BIN/$b (run build.sh)" >&2; exit 1; }
+done
+if [[ -s "$WORK/pids" ]]; then
+  echo "$WORK/pids exists: already running? run stop.sh $WORK first" >&2
+  exit 1
+fi
+
+PKI="$WORK/pki"
+rm -rf "$WORK/etcd-data" "$PKI"
+mkdir -p "$PKI" "$WORK/etcd-data" "$WORK/kcm-certs"
+: >"$WORK/pids"
+
+started_ok=0
+cleanup_on_failure() {
+  if [[ $started_ok -ne 1 ]]; then
+    echo "start failed; logs are in $WORK/*.log; stopping what was started" >&2
+    "$HERE/stop.sh" "$WORK" >&2 || true
+  fi
+}
+trap cleanup_on_failure EXIT
+
+# --- free loopback ports: bind all of them at once so they are distinct ------
+free_ports() { # N
+  if command -v python3 >/dev/null 2>&1; then
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+  else # fallback: random ports that nothing answers on
+    local ports=() p
+    while ((${#ports[@]} < $1)); do
+      p=$((20000 + RANDOM % 12000))
+      [[ " ${ports[*]} " == *" $p "* ]] && continue
+      (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+      ports+=("$p")
+    done
+    echo "${ports[*]}"
+  fi
+}
+read -r ETCD_CLIENT_PORT ETCD_PEER_PORT API_PORT KCM_PORT <<<"$(free_ports 4)"
+
+# --- certificates -------------------------------------------------------------
+ssl() { openssl "$@" 2>>"$WORK/openssl.log"; }
+ssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=logstream-test-ca" \
+  -keyout "$PKI/ca.key" -out "$PKI/ca.crt" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+
+sign() { # NAME SUBJECT EXTENSIONS
+  ssl req -new -newkey rsa:2048 -nodes -subj "$2" -keyout "$PKI/$1.key" -out "$PKI/$1.csr"
+  printf '%s\n' "$3" >"$PKI/$1.ext"
+  ssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$PKI/$1.ext" -out "$PKI/$1.crt"
+  rm -f "$PKI/$1.csr" "$PKI/$1.ext"
+}
+sign apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+client_ext="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+sign admin "/O=system:masters/CN=logstream-admin" "$client_ext"
+sign kube-controller-manager "/CN=system:kube-controller-manager" "$client_ext"
+ssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key"
+ssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
+chmod 600 "$PKI"/*.key
+
+kubeconfig() { # FILE USER
+  local b64="base64 -w0"
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: logstream-test
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority-data: $($b64 <"$PKI/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $($b64 <"$PKI/$2.crt")
+    client-key-data: $($b64 <"$PKI/$2.key")
+contexts:
+- name: logstream-test
+  context:
+    cluster: logstream-test
+    user: $2
+current-context: logstream-test
+EOF
+  chmod 600 "$1"
+}
+kubeconfig "$WORK/kubeconfig" admin
+kubeconfig "$WORK/kube-controller-manager.kubeconfig" kube-controller-manager
+
+# --- process helpers ----------------------------------------------------------
+launch() { # NAME ARGS... ; detached, all stdio redirected so callers' pipes close
+  local name=$1
+  shift
+  setsid "$BIN/$name" "$@" </dev/null >"$WORK/$name.log" 2>&1 &
+  echo "$! $name" >>"$WORK/pids"
+}
+wait_ready() { # NAME PID CHECK-COMMAND...
+  local name=$1 pid=$2 deadline=$((SECONDS + TIMEOUT))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$name exited early; last log lines:" >&2
+      tail -n 30 "$WORK/$name.log" >&2
+      exit 1
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "$name not ready after ${TIMEOUT}s; last log lines:" >&2
+      tail -n 30 "$WORK/$name.log" >&2
+      exit 1
+    fi
+    sleep 0.2 # poll interval only
+  done
+}
+pid_of() { awk -v n="$1" '$2 == n {print $1}' "$WORK/pids"; }
+body_is_ok() { [[ "$(curl -sS --max-time 5 "$@")" == ok ]]; }
+
+# --- etcd ---------------------------------------------------------------------
+ETCD_URL="http://127.0.0.1:$ETCD_CLIENT_PORT"
+PEER_URL="http://127.0.0.1:$ETCD_PEER_PORT"
+launch etcd --name=default --data-dir="$WORK/etcd-data" \
+  --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
+  --listen-peer-urls="$PEER_URL" --initial-advertise-peer-urls="$PEER_URL" \
+  --initial-cluster="default=$PEER_URL" --initial-cluster-state=new \
+  --unsafe-no-fsync=true --log-level=warn
+wait_ready etcd "$(pid_of etcd)" curl -fsS --max-time 5 "$ETCD_URL/health"
+
+# --- kube-apiserver -----------------------------------------------------------
+API_URL="https://127.0.0.1:$API_PORT"
+launch kube-apiserver \
+  --etcd-servers="$ETCD_URL" \
+  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+  --cert-dir="$PKI" --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+  --client-ca-file="$PKI/ca.crt" \
+  --service-account-issuer="$API_URL" \
+  --service-account-key-file="$PKI/sa.pub" \
+  --service-account-signing-key-file="$PKI/sa.key" \
+  --service-cluster-ip-range=10.0.0.0/24 \
+  --authorization-mode=RBAC \
+  --disable-admission-plugins=ServiceAccount \
+  --allow-privileged=true \
+  --profiling=false
+api_readyz() {
+  body_is_ok --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$API_URL/readyz"
+}
+wait_ready kube-apiserver "$(pid_of kube-apiserver)" api_readyz
+
+# --- kube-controller-manager --------------------------------------------------
+KCM_KUBECONFIG="$WORK/kube-controller-manager.kubeconfig"
+launch kube-controller-manager \
+  --kubeconfig="$KCM_KUBECONFIG" \
+  --authentication-kubeconfig="$KCM_KUBECONFIG" \
+  --authorization-kubeconfig="$KCM_KUBECONFIG" \
+  --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$WORK/kcm-certs" \
+  --leader-elect=false \
+  --use-service-account-credentials=true \
+  --service-account-private-key-file="$PKI/sa.key" \
+  --root-ca-file="$PKI/ca.crt" \
+  --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+  --service-cluster-ip-range=10.0.0.0/24 \
+  --profiling=false
+wait_ready kube-controller-manager "$(pid_of kube-controller-manager)" \
+  body_is_ok --insecure "https://127.0.0.1:$KCM_PORT/healthz"
+
+cat >"$WORK/env" <<EOF
+ETCD_URL=$ETCD_URL
+APISERVER_URL=$API_URL
+KCM_URL=https://127.0.0.1:$KCM_PORT
+KUBECONFIG=$WORK/kubeconfig
+EOF
+started_ok=1
+echo "$WORK/kubeconfig"
