@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobSet, GlobSetBuilder};
 use inotify::{EventMask, Inotify, WatchMask};
 use tokio::sync::watch;
 
@@ -98,6 +98,8 @@ struct Tracked {
     /// Still reachable under a matching path.
     active: bool,
     last_growth: Instant,
+    /// Order of discovery: older files of a source are read first.
+    generation: u64,
 }
 
 /// Upper bound on remembered offsets of released files.
@@ -118,6 +120,7 @@ pub struct Tailer {
     refused: HashMap<PathBuf, &'static str>,
     dirs: Vec<PathBuf>,
     scanned_once: bool,
+    generation: u64,
     buf: Vec<u8>,
     out: Vec<Pending>,
 }
@@ -155,7 +158,6 @@ impl Tailer {
             glob: cfg.globs.join(","),
             reason: e.to_string(),
         })?;
-        let _ = Glob::new; // globset's Glob is re-exported for callers validating globs
         Ok(Tailer {
             cfg,
             root,
@@ -169,6 +171,7 @@ impl Tailer {
             refused: HashMap::new(),
             dirs: Vec::new(),
             scanned_once: false,
+            generation: 0,
             buf: vec![0; CHUNK],
             out: Vec::new(),
         })
@@ -205,17 +208,13 @@ impl Tailer {
         let mut ids: Vec<FileId> = self.files.keys().copied().collect();
         // Rotated files first, so the tail of an old file precedes the start
         // of its successor.
-        ids.sort_by_key(|id| self.files.get(id).is_some_and(|t| t.active));
-        let mut release = Vec::new();
+        ids.sort_by_key(|id| self.files.get(id).map(|t| (t.active, t.generation)));
         for id in ids {
-            if let Some(done) = self.read_file(id, stat)
-                && done
+            // Release right after the last read, so a rotated file's held
+            // partial line precedes its successor's lines.
+            if self.read_file(id, stat) == Some(true)
+                && let Some(mut t) = self.files.remove(&id)
             {
-                release.push(id);
-            }
-        }
-        for id in release {
-            if let Some(mut t) = self.files.remove(&id) {
                 let mut lines = Vec::new();
                 t.splitter.flush(&mut lines);
                 self.emit(&t.source, lines);
@@ -302,8 +301,28 @@ impl Tailer {
             }
         }
         let source = t.source.clone();
+        if grew {
+            // The app writes to a successor now: a line held from an older
+            // file of the same source will never be finished.
+            let generation = t.generation;
+            self.flush_older(&source, generation);
+        }
         self.emit(&source, lines);
         Some(release)
+    }
+
+    fn flush_older(&mut self, source: &Arc<SourceInfo>, generation: u64) {
+        let mut older: Vec<&mut Tracked> = self
+            .files
+            .values_mut()
+            .filter(|t| t.generation < generation && Arc::ptr_eq(&t.source, source))
+            .collect();
+        older.sort_by_key(|t| t.generation);
+        let mut lines = Vec::new();
+        for t in older {
+            t.splitter.flush(&mut lines);
+        }
+        self.emit(source, lines);
     }
 
     fn emit(&mut self, source: &Arc<SourceInfo>, lines: Vec<Line>) {
@@ -397,6 +416,7 @@ impl Tailer {
             })
             .clone();
         tracing::info!(file = %rel, offset, "tailing");
+        self.generation += 1;
         self.files.insert(
             id,
             Tracked {
@@ -406,6 +426,7 @@ impl Tailer {
                 splitter: LineSplitter::new(self.cfg.max_line),
                 active: true,
                 last_growth: Instant::now(),
+                generation: self.generation,
             },
         );
         Some(id)

@@ -25,6 +25,7 @@ fi
 PKI="$WORK/pki"
 rm -rf "$WORK/etcd-data" "$PKI"
 mkdir -p "$PKI" "$WORK/etcd-data" "$WORK/kcm-certs"
+chmod 700 "$PKI" "$WORK/etcd-data"
 : >"$WORK/pids"
 
 started_ok=0
@@ -144,15 +145,17 @@ body_is_ok() { [[ "$(curl -sS --max-time 5 "$@")" == ok ]]; }
 # --- etcd ---------------------------------------------------------------------
 ETCD_URL="http://127.0.0.1:$ETCD_CLIENT_PORT"
 PEER_URL="http://127.0.0.1:$ETCD_PEER_PORT"
-launch etcd --name=default --data-dir="$WORK/etcd-data" \
+launch etcd --name=logstream --data-dir="$WORK/etcd-data" \
   --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
   --listen-peer-urls="$PEER_URL" --initial-advertise-peer-urls="$PEER_URL" \
-  --initial-cluster="default=$PEER_URL" --initial-cluster-state=new \
+  --initial-cluster="logstream=$PEER_URL" --initial-cluster-state=new \
   --unsafe-no-fsync=true --log-level=warn
 wait_ready etcd "$(pid_of etcd)" curl -fsS --max-time 5 "$ETCD_URL/health"
 
 # --- kube-apiserver -----------------------------------------------------------
 API_URL="https://127.0.0.1:$API_PORT"
+# Flags follow envtest; --endpoint-reconciler-type=none because 127.0.0.1 is not
+# a valid Endpoints IP (the reconciler would only log errors).
 launch kube-apiserver \
   --etcd-servers="$ETCD_URL" \
   --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
@@ -164,6 +167,7 @@ launch kube-apiserver \
   --service-cluster-ip-range=10.0.0.0/24 \
   --authorization-mode=RBAC \
   --disable-admission-plugins=ServiceAccount \
+  --endpoint-reconciler-type=none \
   --allow-privileged=true \
   --profiling=false
 api_readyz() {
@@ -172,11 +176,11 @@ api_readyz() {
 wait_ready kube-apiserver "$(pid_of kube-apiserver)" api_readyz
 
 # --- kube-controller-manager --------------------------------------------------
+# No --authentication/authorization-kubeconfig: only /healthz, /readyz, /livez
+# are served (always allowed), which is all that is polled here.
 KCM_KUBECONFIG="$WORK/kube-controller-manager.kubeconfig"
 launch kube-controller-manager \
   --kubeconfig="$KCM_KUBECONFIG" \
-  --authentication-kubeconfig="$KCM_KUBECONFIG" \
-  --authorization-kubeconfig="$KCM_KUBECONFIG" \
   --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$WORK/kcm-certs" \
   --leader-elect=false \
   --use-service-account-credentials=true \
