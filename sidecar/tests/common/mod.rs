@@ -1,0 +1,172 @@
+//! Test harness: starts the real `logstream` binary on a free loopback port
+//! and waits for it through its own output and `/readyz`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub dir: PathBuf,
+    stderr_log: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A deadline for waiting on events that must happen; generous because CI
+/// machines are slow, never used as a sleep.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+impl Server {
+    /// `logstream serve --dir <new temp dir> --listen 127.0.0.1:0 <args>`.
+    pub fn start(args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Server::start_in(&dir, args);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn start_in(dir: &Path, args: &[&str]) -> Server {
+        let stderr_log = dir.with_extension(format!("stderr.{}.log", std::process::id()));
+        let err = std::fs::File::create(&stderr_log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_logstream"))
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("start logstream");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let s = Server { child, addr, dir: dir.to_path_buf(), stderr_log, _tmp: None };
+        s.wait_ready();
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if http_get(&self.addr, "/readyz").map(|(code, _)| code) == Some(200) {
+                return;
+            }
+            std::thread::yield_now();
+        }
+        panic!("server never became ready:\n{}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for exit; returns the exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "server did not exit:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Appends raw bytes to a file in the watched folder.
+    pub fn append(&self, file: &str, data: &str) {
+        let path = self.dir.join(file);
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).unwrap();
+        }
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        f.write_all(data.as_bytes()).unwrap();
+    }
+
+    /// Value of a metric line (`name{labels}`) from `/metrics`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = http_get(&self.addr, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    }
+
+    /// Waits until `series` reaches at least `min`.
+    pub fn wait_metric(&self, series: &str, min: f64) -> f64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(v) = self.metric(series)
+                && v >= min
+            {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{series} never reached {min}: {:?}", self.metric(series));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr_log);
+    }
+}
+
+/// Minimal HTTP/1.1 GET over a raw socket: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
+}
+
+pub fn http_request(addr: &str, req: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// Finds a tool on PATH or in the CI tool cache.
+pub fn tool(name: &str) -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cached = Path::new(&home).join(".cache/logstream/tools/bin").join(name);
+    if cached.exists() {
+        return cached;
+    }
+    if let Ok(out) = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output()
+        && out.status.success()
+    {
+        return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    }
+    panic!("{name} is not installed: run .ci/install-tools (it installs every tool the tests use)");
+}
