@@ -20,7 +20,8 @@ pub enum ClientError {
     Decode(#[from] serde_json::Error),
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What to connect to.
 #[derive(Clone, Debug, Default)]
@@ -47,8 +48,13 @@ impl ClientOptions {
         if let Some(c) = resume {
             sub.resume = Some(c.clone());
         }
-        let q = serde_urlencoded::to_string(&sub).map_err(|e| ClientError::Url(base.clone(), e.to_string()))?;
-        Ok(if q.is_empty() { base } else { format!("{base}?{q}") })
+        let q = serde_urlencoded::to_string(&sub)
+            .map_err(|e| ClientError::Url(base.clone(), e.to_string()))?;
+        Ok(if q.is_empty() {
+            base
+        } else {
+            format!("{base}?{q}")
+        })
     }
 }
 
@@ -60,17 +66,23 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub async fn open(opts: &ClientOptions, resume: Option<&Cursor>) -> Result<Connection, ClientError> {
+    pub async fn open(
+        opts: &ClientOptions,
+        resume: Option<&Cursor>,
+    ) -> Result<Connection, ClientError> {
         let url = opts.url(resume)?;
         let mut req = url
             .as_str()
             .into_client_request()
             .map_err(|e| ClientError::Url(url.clone(), e.to_string()))?;
         if let Some(t) = &opts.token {
-            let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|e| ClientError::Url(url.clone(), e.to_string()))?;
+            let v = HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|e| ClientError::Url(url.clone(), e.to_string()))?;
             req.headers_mut().insert("authorization", v);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(Box::new)?;
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(Box::new)?;
         Ok(Connection {
             ws,
             cursor: resume.cloned().unwrap_or_default(),
@@ -81,18 +93,22 @@ impl Connection {
     /// notices are acknowledged here, after everything before them.
     pub async fn next(&mut self) -> Result<Option<ServerMessage>, ClientError> {
         loop {
-            let Some(msg) = self.ws.next().await else { return Ok(None) };
+            let Some(msg) = self.ws.next().await else {
+                return Ok(None);
+            };
             match msg.map_err(Box::new)? {
                 Message::Text(t) => {
                     let m: ServerMessage = serde_json::from_str(t.as_str())?;
                     match &m {
-                        ServerMessage::Records { cursor, .. } | ServerMessage::Subscribed { cursor } => {
-                            self.cursor.merge(cursor)
-                        }
+                        ServerMessage::Records { cursor, .. }
+                        | ServerMessage::Subscribed { cursor } => self.cursor.merge(cursor),
                         ServerMessage::Gap { .. } => {}
                         ServerMessage::Draining { cursor } => {
                             self.cursor.merge(cursor);
-                            self.send(&ClientMessage::Ack { cursor: self.cursor.clone() }).await?;
+                            self.send(&ClientMessage::Ack {
+                                cursor: self.cursor.clone(),
+                            })
+                            .await?;
                         }
                         _ => {}
                     }
@@ -112,41 +128,45 @@ impl Connection {
 
     /// Sends raw text (tests of malformed input).
     pub async fn send_text(&mut self, s: &str) -> Result<(), ClientError> {
-        self.ws.send(Message::text(s.to_string())).await.map_err(Box::new)?;
+        self.ws
+            .send(Message::text(s.to_string()))
+            .await
+            .map_err(Box::new)?;
         Ok(())
     }
 
     /// The close frame's code, if the next frame is a close.
     pub async fn next_raw(&mut self) -> Option<Result<Message, ClientError>> {
-        self.ws.next().await.map(|r| r.map_err(|e| ClientError::Ws(Box::new(e))))
+        self.ws
+            .next()
+            .await
+            .map(|r| r.map_err(|e| ClientError::Ws(Box::new(e))))
     }
 }
 
 /// Follows a stream forever: reconnects with backoff and resumes with the
 /// cursor, so no record is lost or repeated while it is in the server's history.
-pub async fn follow(opts: ClientOptions, mut on: impl FnMut(&ServerMessage, Option<&Record>)) -> Result<(), ClientError> {
+pub async fn follow(
+    opts: ClientOptions,
+    mut on: impl FnMut(&ServerMessage, Option<&Record>),
+) -> Result<(), ClientError> {
     let mut cursor: Option<Cursor> = None;
     let mut backoff = Duration::from_millis(200);
     loop {
         match Connection::open(&opts, cursor.as_ref()).await {
             Ok(mut c) => {
                 backoff = Duration::from_millis(200);
-                loop {
-                    match c.next().await {
-                        Ok(Some(m)) => {
-                            if let ServerMessage::Records { records, .. } = &m {
-                                for r in records {
-                                    on(&m, Some(r));
-                                }
-                            } else {
-                                on(&m, None);
-                            }
-                            if let ServerMessage::Reconnect { after_ms, .. } = &m {
-                                tokio::time::sleep(Duration::from_millis(*after_ms)).await;
-                                break;
-                            }
+                while let Ok(Some(m)) = c.next().await {
+                    if let ServerMessage::Records { records, .. } = &m {
+                        for r in records {
+                            on(&m, Some(r));
                         }
-                        Ok(None) | Err(_) => break,
+                    } else {
+                        on(&m, None);
+                    }
+                    if let ServerMessage::Reconnect { after_ms, .. } = &m {
+                        tokio::time::sleep(Duration::from_millis(*after_ms)).await;
+                        break;
                     }
                 }
                 if !c.cursor.0.is_empty() {

@@ -17,7 +17,13 @@ pub struct DemoOptions {
     pub count: u64,
 }
 
-const PATHS: [&str; 5] = ["/", "/api/orders", "/api/users", "/healthz", "/static/app.js"];
+const PATHS: [&str; 5] = [
+    "/",
+    "/api/orders",
+    "/api/users",
+    "/healthz",
+    "/static/app.js",
+];
 
 /// One demo line; deterministic in `n`.
 pub fn demo_line(n: u64) -> String {
@@ -25,7 +31,9 @@ pub fn demo_line(n: u64) -> String {
     let took = (n * 7919) % 500;
     let ts = crate::hub::format_ts(crate::hub::now_ns());
     match n % 10 {
-        0 => format!(r#"{{"ts":"{ts}","level":"error","msg":"upstream failed","n":{n},"path":"{path}"}}"#),
+        0 => format!(
+            r#"{{"ts":"{ts}","level":"error","msg":"upstream failed","n":{n},"path":"{path}"}}"#
+        ),
         1 | 2 => format!("ts={ts} level=warn msg=\"slow request\" n={n} path={path} took={took}ms"),
         3 => format!("{ts} DEBUG cache miss n={n} key=user:{}", n % 97),
         _ => format!("{ts} INFO request n={n} method=GET path={path} status=200 took={took}ms"),
@@ -72,7 +80,9 @@ pub fn run_demo(opts: &DemoOptions) -> std::io::Result<()> {
 }
 
 fn open(path: &Path) -> std::io::Result<BufWriter<File>> {
-    Ok(BufWriter::new(OpenOptions::new().create(true).append(true).open(path)?))
+    Ok(BufWriter::new(
+        OpenOptions::new().create(true).append(true).open(path)?,
+    ))
 }
 
 /// `app.log.2` → `app.log.3` (dropped), `app.log.1` → `.2`, `app.log` → `.1`.

@@ -19,7 +19,9 @@ pub enum FilterError {
     Label { field: &'static str, reason: String },
     #[error("file: invalid glob: {0}")]
     File(String),
-    #[error("level: unknown level {0:?} (use trace, debug, info, warn, error, fatal; `warn+` for warn and above)")]
+    #[error(
+        "level: unknown level {0:?} (use trace, debug, info, warn, error, fatal; `warn+` for warn and above)"
+    )]
     Level(String),
     #[error("since: {0:?} is neither RFC 3339 nor a duration such as 5m")]
     Since(String),
@@ -63,17 +65,18 @@ impl Filter {
             }
             _ => None,
         };
-        let label = |field: &'static str, v: &Option<String>| -> Result<Option<Regex>, FilterError> {
-            match v {
-                Some(p) if !p.is_empty() => {
-                    check_len(field, p)?;
-                    compile_regex(&format!("^(?:{p})$"))
-                        .map(Some)
-                        .map_err(|reason| FilterError::Label { field, reason })
+        let label =
+            |field: &'static str, v: &Option<String>| -> Result<Option<Regex>, FilterError> {
+                match v {
+                    Some(p) if !p.is_empty() => {
+                        check_len(field, p)?;
+                        compile_regex(&format!("^(?:{p})$"))
+                            .map(Some)
+                            .map_err(|reason| FilterError::Label { field, reason })
+                    }
+                    _ => Ok(None),
                 }
-                _ => Ok(None),
-            }
-        };
+            };
         let since_ns = match &s.since {
             Some(v) if !v.is_empty() => Some(parse_since(v)?),
             _ => None,
@@ -202,7 +205,10 @@ mod tests {
 
     #[test]
     fn since_accepts_both_forms() {
-        assert_eq!(parse_since("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000_000_000);
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000_000_000
+        );
         let back = parse_since("5m").unwrap();
         let expect = now_ns() - 300_000_000_000;
         assert!((back - expect).abs() < 60_000_000_000);

@@ -60,7 +60,7 @@ pub struct Entry {
     pub split: Option<SplitPart>,
     /// The record serialised as a JSON object.
     pub json: Bytes,
-    /// Bytes published before this entry (cumulative), for lag accounting.
+    /// Wire bytes published before this entry (cumulative), for lag accounting.
     pub start_bytes: u64,
 }
 
@@ -121,7 +121,7 @@ impl Ring {
         let off = idx.checked_sub(self.first_idx)?;
         self.entries.get(usize::try_from(off).ok()?)
     }
-    /// Cumulative bytes published so far.
+    /// Cumulative wire bytes (serialised records) published so far.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
     }
@@ -151,7 +151,9 @@ impl Ring {
         self.evicted
     }
     pub fn iter_from(&self, idx: u64) -> impl Iterator<Item = &Arc<Entry>> {
-        let off = idx.saturating_sub(self.first_idx).min(self.entries.len() as u64) as usize;
+        let off = idx
+            .saturating_sub(self.first_idx)
+            .min(self.entries.len() as u64) as usize;
         self.entries.range(off..)
     }
 }
@@ -264,7 +266,7 @@ impl Hub {
                     start_bytes: ring.total_bytes,
                 };
                 let size = entry.size();
-                ring.total_bytes += size as u64;
+                ring.total_bytes += entry.json.len() as u64;
                 ring.bytes += size;
                 ring.entries.push_back(Arc::new(entry));
             }
@@ -381,7 +383,13 @@ pub(crate) mod tests {
 
     #[test]
     fn ring_is_bounded_by_lines() {
-        let hub = Hub::new(HubLimits { max_lines: 3, max_bytes: 1 << 20 }, "t");
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 3,
+                max_bytes: 1 << 20,
+            },
+            "t",
+        );
         let a = hub.source(src("a.log"));
         publish_lines(&hub, &a, &["1", "2", "3", "4", "5"]);
         let ring = hub.lock();
@@ -394,7 +402,13 @@ pub(crate) mod tests {
 
     #[test]
     fn ring_is_bounded_by_bytes() {
-        let hub = Hub::new(HubLimits { max_lines: 1000, max_bytes: 2000 }, "t");
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 1000,
+                max_bytes: 2000,
+            },
+            "t",
+        );
         let a = hub.source(src("a.log"));
         let long = "x".repeat(300);
         for _ in 0..20 {
@@ -402,12 +416,18 @@ pub(crate) mod tests {
         }
         let ring = hub.lock();
         assert!(ring.bytes() <= 2000, "{}", ring.bytes());
-        assert!(ring.len() >= 1 && ring.len() < 20);
+        assert!(!ring.is_empty() && ring.len() < 20);
     }
 
     #[test]
     fn serialised_entry_matches_record_type() {
-        let hub = Hub::new(HubLimits { max_lines: 10, max_bytes: 1 << 20 }, "t");
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 10,
+                max_bytes: 1 << 20,
+            },
+            "t",
+        );
         let a = hub.source(src("a.log"));
         hub.publish(vec![Pending {
             source: a.clone(),

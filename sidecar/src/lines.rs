@@ -136,7 +136,6 @@ fn to_text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

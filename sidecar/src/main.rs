@@ -14,7 +14,11 @@ use logstream::session::{SessionLimits, SlowPolicy};
 use logstream::tailer::TailConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "logstream", version, about = "Stream log files live over WebSocket, SSE and HTTP")]
+#[command(
+    name = "logstream",
+    version,
+    about = "Stream log files live over WebSocket, SSE and HTTP"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, env = "LOGSTREAM_LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "json"])]
@@ -91,7 +95,12 @@ enum Command {
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// Globs of files to stream, relative to the folder (repeat or comma-separate).
-    #[arg(long = "glob", env = "LOGSTREAM_GLOBS", value_delimiter = ',', default_value = "**/*.log")]
+    #[arg(
+        long = "glob",
+        env = "LOGSTREAM_GLOBS",
+        value_delimiter = ',',
+        default_value = "**/*.log"
+    )]
     globs: Vec<String>,
     /// How lines are parsed for their level.
     #[arg(long, env = "LOGSTREAM_PARSE", default_value = "auto")]
@@ -114,9 +123,12 @@ struct Common {
     /// Stat fallback period.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
-    /// Bytes of records a client may lag behind before the slow-client policy applies.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// Bytes of records a client may lag behind the live head...
+    #[arg(long, default_value_t = 4 << 20)]
     client_queue_bytes: u64,
+    /// ...for this long before the slow-client policy applies.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    slow_client_grace: Duration,
     #[arg(long, value_enum, default_value = "gap")]
     slow_client: SlowPolicy,
     #[arg(long, env = "LOGSTREAM_MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -146,7 +158,11 @@ struct Common {
     #[arg(long, env = "LOGSTREAM_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
     /// Browser origins allowed besides the server's own (`*` for any).
-    #[arg(long = "allowed-origin", env = "LOGSTREAM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "LOGSTREAM_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     allowed_origins: Vec<String>,
     /// Longest a shutdown may take.
     #[arg(long, env = "LOGSTREAM_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
@@ -157,7 +173,13 @@ struct Common {
 }
 
 impl Common {
-    fn build(&self, dir: PathBuf, origin: logstream::protocol::Source, role: &str, listen: SocketAddr) -> anyhow::Result<StreamerOptions> {
+    fn build(
+        &self,
+        dir: PathBuf,
+        origin: logstream::protocol::Source,
+        role: &str,
+        listen: SocketAddr,
+    ) -> anyhow::Result<StreamerOptions> {
         let mut tail = TailConfig::new(dir);
         tail.globs = self.globs.clone();
         tail.origin = origin;
@@ -185,6 +207,7 @@ impl Common {
             max_message_bytes: self.max_message_bytes,
             session: SessionLimits {
                 queue_bytes: self.client_queue_bytes,
+                slow_grace: self.slow_client_grace,
                 policy: self.slow_client,
                 ..SessionLimits::default()
             },
@@ -217,7 +240,9 @@ impl Common {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {
@@ -230,15 +255,34 @@ fn main() -> anyhow::Result<()> {
     init_tracing(&cli.log_format);
     match cli.command {
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&logstream::protocol::json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&logstream::protocol::json_schema())?
+            );
             Ok(())
         }
-        Command::DemoWriter { dir, rate, rotate_bytes, count } => {
-            logstream::demo::run_demo(&logstream::demo::DemoOptions { dir, rate, rotate_bytes, count })?;
+        Command::DemoWriter {
+            dir,
+            rate,
+            rotate_bytes,
+            count,
+        } => {
+            logstream::demo::run_demo(&logstream::demo::DemoOptions {
+                dir,
+                rate,
+                rotate_bytes,
+                count,
+            })?;
             Ok(())
         }
-        Command::Serve { dir, listen, common } => {
-            let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+        Command::Serve {
+            dir,
+            listen,
+            common,
+        } => {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
             let origin = logstream::protocol::Source {
                 namespace: String::new(),
                 pod: host,
@@ -249,15 +293,46 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(run_streamer(opts, termination()))?;
             Ok(())
         }
-        Command::Sidecar { dir, listen, namespace, pod, container, common } => {
-            let origin = logstream::protocol::Source { namespace, pod, container, file: String::new() };
+        Command::Sidecar {
+            dir,
+            listen,
+            namespace,
+            pod,
+            container,
+            common,
+        } => {
+            let origin = logstream::protocol::Source {
+                namespace,
+                pod,
+                container,
+                file: String::new(),
+            };
             let opts = common.build(dir, origin, "sidecar", listen)?;
             runtime()?.block_on(run_streamer(opts, termination()))?;
             Ok(())
         }
-        Command::Tail { url, token, tail, grep, level, file, json } => {
-            let sub = Subscribe { tail, grep, level, file, format: Some(Format::Json), ..Default::default() };
-            let opts = logstream::client::ClientOptions { base: url, sub, token };
+        Command::Tail {
+            url,
+            token,
+            tail,
+            grep,
+            level,
+            file,
+            json,
+        } => {
+            let sub = Subscribe {
+                tail,
+                grep,
+                level,
+                file,
+                format: Some(Format::Json),
+                ..Default::default()
+            };
+            let opts = logstream::client::ClientOptions {
+                base: url,
+                sub,
+                token,
+            };
             runtime()?.block_on(async move {
                 tokio::select! {
                     r = logstream::client::follow(opts, move |m, r| print_message(m, r, json)) => r.map_err(anyhow::Error::from),
@@ -272,14 +347,18 @@ fn print_message(m: &ServerMessage, r: Option<&logstream::protocol::Record>, jso
     match (m, r) {
         (_, Some(r)) if json => println!("{}", serde_json::to_string(r).unwrap_or_default()),
         (_, Some(r)) => println!("{}", r.line),
-        (ServerMessage::Gap { missed, reason, .. }, None) => eprintln!("logstream: {missed} records skipped ({reason:?})"),
+        (ServerMessage::Gap { missed, reason, .. }, None) => {
+            eprintln!("logstream: {missed} records skipped ({reason:?})")
+        }
         (ServerMessage::Error { message, .. }, None) => eprintln!("logstream: error: {message}"),
         _ => {}
     }
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 #[cfg(test)]

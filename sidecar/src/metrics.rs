@@ -71,24 +71,91 @@ impl Metrics {
             history_bytes: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("lines_read", "Lines read from log files", m.lines_read.clone());
-        registry.register_with_unit("read", "Bytes read from log files", Unit::Bytes, m.bytes_read.clone());
-        registry.register("lines_split", "Oversized lines split into parts", m.lines_split.clone());
-        registry.register("partial_flushes", "Lines flushed without a newline", m.partial_flushes.clone());
-        registry.register("rotations", "File rotations seen, by kind (rename, truncate, delete)", m.rotations.clone());
-        registry.register("files_refused", "Paths refused, by reason", m.files_refused.clone());
-        registry.register("files_tracked", "Files currently open", m.files_tracked.clone());
-        registry.register("inotify_overflows", "inotify queue overflows (rescanned)", m.inotify_overflows.clone());
-        registry.register("records_sent", "Records sent to clients", m.records_sent.clone());
-        registry.register_with_unit("sent", "Bytes sent to clients", Unit::Bytes, m.bytes_sent.clone());
+        registry.register(
+            "lines_read",
+            "Lines read from log files",
+            m.lines_read.clone(),
+        );
+        registry.register_with_unit(
+            "read",
+            "Bytes read from log files",
+            Unit::Bytes,
+            m.bytes_read.clone(),
+        );
+        registry.register(
+            "lines_split",
+            "Oversized lines split into parts",
+            m.lines_split.clone(),
+        );
+        registry.register(
+            "partial_flushes",
+            "Lines flushed without a newline",
+            m.partial_flushes.clone(),
+        );
+        registry.register(
+            "rotations",
+            "File rotations seen, by kind (rename, truncate, delete)",
+            m.rotations.clone(),
+        );
+        registry.register(
+            "files_refused",
+            "Paths refused, by reason",
+            m.files_refused.clone(),
+        );
+        registry.register(
+            "files_tracked",
+            "Files currently open",
+            m.files_tracked.clone(),
+        );
+        registry.register(
+            "inotify_overflows",
+            "inotify queue overflows (rescanned)",
+            m.inotify_overflows.clone(),
+        );
+        registry.register(
+            "records_sent",
+            "Records sent to clients",
+            m.records_sent.clone(),
+        );
+        registry.register_with_unit(
+            "sent",
+            "Bytes sent to clients",
+            Unit::Bytes,
+            m.bytes_sent.clone(),
+        );
         registry.register("clients", "Connected streaming clients", m.clients.clone());
-        registry.register("connections_rejected", "Streaming requests refused, by reason", m.connections_rejected.clone());
-        registry.register("clients_dropped", "Clients disconnected by the server, by reason", m.clients_dropped.clone());
+        registry.register(
+            "connections_rejected",
+            "Streaming requests refused, by reason",
+            m.connections_rejected.clone(),
+        );
+        registry.register(
+            "clients_dropped",
+            "Clients disconnected by the server, by reason",
+            m.clients_dropped.clone(),
+        );
         registry.register("gaps", "Gap notices sent, by reason", m.gaps.clone());
-        registry.register("gap_records", "Records skipped by gaps", m.gap_records.clone());
-        registry.register("client_errors", "Malformed client messages answered with an error frame", m.client_errors.clone());
-        registry.register("history_records", "Records held in history", m.history_records.clone());
-        registry.register_with_unit("history", "Bytes held in history", Unit::Bytes, m.history_bytes.clone());
+        registry.register(
+            "gap_records",
+            "Records skipped by gaps",
+            m.gap_records.clone(),
+        );
+        registry.register(
+            "client_errors",
+            "Malformed client messages answered with an error frame",
+            m.client_errors.clone(),
+        );
+        registry.register(
+            "history_records",
+            "Records held in history",
+            m.history_records.clone(),
+        );
+        registry.register_with_unit(
+            "history",
+            "Bytes held in history",
+            Unit::Bytes,
+            m.history_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -24,7 +24,9 @@ impl FromStr for ParseMode {
             "json" => Ok(ParseMode::Json),
             "logfmt" => Ok(ParseMode::Logfmt),
             "auto" => Ok(ParseMode::Auto),
-            other => Err(format!("unknown parse mode {other:?}: use plain, json, logfmt or auto")),
+            other => Err(format!(
+                "unknown parse mode {other:?}: use plain, json, logfmt or auto"
+            )),
         }
     }
 }
@@ -143,26 +145,56 @@ mod tests {
     #[test]
     fn json_levels() {
         let auto = ParseMode::Auto;
-        assert_eq!(detect_level(r#"{"level":"ERROR","msg":"x"}"#, auto, None), Some(Level::Error));
-        assert_eq!(detect_level(r#"{"severity":"warning"}"#, auto, None), Some(Level::Warn));
-        assert_eq!(detect_level(r#"{"level":50}"#, auto, None), Some(Level::Error));
-        assert_eq!(detect_level(r#"{"sev":"debug"}"#, auto, Some("sev")), Some(Level::Debug));
-        assert_eq!(detect_level(r#"{"msg":"no level"}"#, ParseMode::Json, None), None);
+        assert_eq!(
+            detect_level(r#"{"level":"ERROR","msg":"x"}"#, auto, None),
+            Some(Level::Error)
+        );
+        assert_eq!(
+            detect_level(r#"{"severity":"warning"}"#, auto, None),
+            Some(Level::Warn)
+        );
+        assert_eq!(
+            detect_level(r#"{"level":50}"#, auto, None),
+            Some(Level::Error)
+        );
+        assert_eq!(
+            detect_level(r#"{"sev":"debug"}"#, auto, Some("sev")),
+            Some(Level::Debug)
+        );
+        assert_eq!(
+            detect_level(r#"{"msg":"no level"}"#, ParseMode::Json, None),
+            None
+        );
         assert_eq!(detect_level("{broken", ParseMode::Json, None), None);
     }
 
     #[test]
     fn logfmt_levels() {
-        assert_eq!(detect_level("ts=1 level=warn msg=\"a b\"", ParseMode::Auto, None), Some(Level::Warn));
-        assert_eq!(detect_level("msg=\"level=error\" lvl=info", ParseMode::Logfmt, None), Some(Level::Info));
+        assert_eq!(
+            detect_level("ts=1 level=warn msg=\"a b\"", ParseMode::Auto, None),
+            Some(Level::Warn)
+        );
+        assert_eq!(
+            detect_level("msg=\"level=error\" lvl=info", ParseMode::Logfmt, None),
+            Some(Level::Info)
+        );
         assert_eq!(detect_level("a=b", ParseMode::Logfmt, None), None);
     }
 
     #[test]
     fn plain_levels() {
-        assert_eq!(detect_level("2026-01-01 12:00:00 ERROR boom", ParseMode::Auto, None), Some(Level::Error));
-        assert_eq!(detect_level("[warn] disk almost full", ParseMode::Plain, None), Some(Level::Warn));
-        assert_eq!(detect_level("for your information only", ParseMode::Plain, None), None);
+        assert_eq!(
+            detect_level("2026-01-01 12:00:00 ERROR boom", ParseMode::Auto, None),
+            Some(Level::Error)
+        );
+        assert_eq!(
+            detect_level("[warn] disk almost full", ParseMode::Plain, None),
+            Some(Level::Warn)
+        );
+        assert_eq!(
+            detect_level("for your information only", ParseMode::Plain, None),
+            None
+        );
         assert_eq!(detect_level("", ParseMode::Auto, None), None);
         // Multi-byte characters at the window edge must not panic.
         let s = "é".repeat(100);

@@ -31,7 +31,9 @@ pub mod close {
 }
 
 /// Where a record came from.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub struct Source {
     /// Kubernetes namespace (empty in local mode).
     #[serde(rename = "ns", default)]
@@ -74,7 +76,9 @@ impl FromStr for SourceId {
     type Err = ProtocolError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.len() != 16 {
-            return Err(ProtocolError::BadCursor(format!("source id {s:?} is not 16 hex digits")));
+            return Err(ProtocolError::BadCursor(format!(
+                "source id {s:?} is not 16 hex digits"
+            )));
         }
         u64::from_str_radix(s, 16)
             .map(SourceId)
@@ -109,7 +113,9 @@ impl JsonSchema for SourceId {
 }
 
 /// Severity found in a line, normalised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Trace,
@@ -252,9 +258,9 @@ impl FromStr for Cursor {
             let (sid, seq) = part
                 .split_once(':')
                 .ok_or_else(|| ProtocolError::BadCursor(format!("{part:?} is not sid:seq")))?;
-            let seq = seq
-                .parse::<u64>()
-                .map_err(|_| ProtocolError::BadCursor(format!("sequence {seq:?} is not a number")))?;
+            let seq = seq.parse::<u64>().map_err(|_| {
+                ProtocolError::BadCursor(format!("sequence {seq:?} is not a number"))
+            })?;
             c.advance(sid.parse()?, seq);
         }
         Ok(c)
@@ -369,7 +375,10 @@ pub enum ServerMessage {
         cursor: Cursor,
     },
     /// A batch of records in order; `cursor` is the position after the batch.
-    Records { records: Vec<Record>, cursor: Cursor },
+    Records {
+        records: Vec<Record>,
+        cursor: Cursor,
+    },
     /// Records were skipped; `cursor` is the position before them, so a new
     /// connection with `resume=cursor` fetches what is still in history.
     Gap {
@@ -433,7 +442,13 @@ mod tests {
 
     #[test]
     fn cursor_rejects_garbage_with_reason() {
-        for bad in ["xyz", "0000000000000001:", "01:3", "000000000000000g:1", "0000000000000001:-1"] {
+        for bad in [
+            "xyz",
+            "0000000000000001:",
+            "01:3",
+            "000000000000000g:1",
+            "0000000000000001:-1",
+        ] {
             let err = bad.parse::<Cursor>().unwrap_err();
             assert!(matches!(err, ProtocolError::BadCursor(_)), "{bad}");
         }
@@ -475,8 +490,14 @@ mod tests {
     #[test]
     fn unknown_client_message_is_an_error_not_a_panic() {
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nope"}"#).is_err());
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"subscribe","bogus":1}"#).is_err());
-        let m: ClientMessage = serde_json::from_str(r#"{"type":"subscribe","level":"warn+"}"#).unwrap();
-        assert!(matches!(m, ClientMessage::Subscribe(Subscribe { level: Some(_), .. })));
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"subscribe","bogus":1}"#).is_err()
+        );
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"subscribe","level":"warn+"}"#).unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Subscribe(Subscribe { level: Some(_), .. })
+        ));
     }
 }

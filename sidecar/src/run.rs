@@ -28,13 +28,19 @@ pub enum RunError {
     #[error(transparent)]
     Tail(#[from] crate::tailer::TailError),
     #[error("listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("tailer thread: {0}")]
     Thread(std::io::Error),
 }
 
 /// Runs a streamer until `shutdown` resolves, then drains.
-pub async fn run_streamer(opts: StreamerOptions, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run_streamer(
+    opts: StreamerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let incarnation = format!("{}-{}", now_ns(), std::process::id());
     let hub = Hub::new(opts.history, incarnation);
     let metrics = Arc::new(Metrics::new());
@@ -47,7 +53,10 @@ pub async fn run_streamer(opts: StreamerOptions, shutdown: impl Future<Output = 
     let tail_thread = std::thread::Builder::new()
         .name("tailer".into())
         .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt.block_on(tailer.run(stop_rx, ready_tx)),
                 Err(e) => tracing::error!(error = %e, "tailer runtime"),
             }
@@ -55,12 +64,24 @@ pub async fn run_streamer(opts: StreamerOptions, shutdown: impl Future<Output = 
         .map_err(RunError::Thread)?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
-        .map_err(|source| RunError::Listen { addr: opts.listen, source })?;
-    let local = listener.local_addr().map_err(|source| RunError::Listen { addr: opts.listen, source })?;
+        .map_err(|source| RunError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: opts.listen,
+        source,
+    })?;
     // Scripts and tests read the bound address (the port may have been 0).
     println!("listening on http://{local}");
     tracing::info!(%local, "listening");
-    let state = AppState::new(hub.clone(), metrics, opts.server, ready_rx, drain_rx.clone());
+    let state = AppState::new(
+        hub.clone(),
+        metrics,
+        opts.server,
+        ready_rx,
+        drain_rx.clone(),
+    );
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let mut stop_accepting = drain_rx;
     let server = tokio::spawn(async move {

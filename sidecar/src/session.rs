@@ -2,6 +2,7 @@
 //! slow-client policy. Transports (WebSocket, SSE, plain HTTP) drive it.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::filter::Filter;
 use crate::hub::{Entry, Hub, Ring};
@@ -20,8 +21,11 @@ pub enum SlowPolicy {
 /// Per-session bounds.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionLimits {
-    /// Most bytes of records a client may lag behind the head.
+    /// Most bytes of records (as sent) a client may lag behind the head...
     pub queue_bytes: u64,
+    /// ...for longer than this before the slow-client policy applies, so a
+    /// burst that a healthy client absorbs in a moment never costs it records.
+    pub slow_grace: Duration,
     pub policy: SlowPolicy,
     /// Most records in one frame.
     pub batch_records: usize,
@@ -32,7 +36,8 @@ pub struct SessionLimits {
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
-            queue_bytes: 1 << 20,
+            queue_bytes: 4 << 20,
+            slow_grace: Duration::from_secs(2),
             policy: SlowPolicy::Gap,
             batch_records: 512,
             batch_bytes: 64 << 10,
@@ -45,7 +50,10 @@ impl Default for SessionLimits {
 pub enum Pull {
     /// Records in order (may be empty when only filtered records were scanned
     /// and `more` is set).
-    Batch { entries: Vec<Arc<Entry>>, more: bool },
+    Batch {
+        entries: Vec<Arc<Entry>>,
+        more: bool,
+    },
     /// Records were skipped.
     Gap {
         missed: u64,
@@ -75,6 +83,8 @@ pub struct Session {
     /// the cursor handed back never forgets them).
     foreign: Cursor,
     pending_gap: Option<(u64, Cursor)>,
+    /// Since when the client has been more than `queue_bytes` behind.
+    behind_since: Option<Instant>,
 }
 
 impl Session {
@@ -88,6 +98,7 @@ impl Session {
             seen: Vec::new(),
             foreign: Cursor::default(),
             pending_gap: None,
+            behind_since: None,
         };
         s.reposition(sub);
         s
@@ -229,7 +240,16 @@ impl Session {
             };
         }
         let lag = ring.total_bytes() - ring.bytes_before(self.next);
-        if lag > self.limits.queue_bytes {
+        let now = Instant::now();
+        let slow = if lag > self.limits.queue_bytes {
+            let since = *self.behind_since.get_or_insert(now);
+            now.duration_since(since) >= self.limits.slow_grace
+        } else {
+            self.behind_since = None;
+            false
+        };
+        if slow {
+            self.behind_since = None;
             if self.limits.policy == SlowPolicy::Close {
                 return Pull::TooSlow;
             }
@@ -251,15 +271,13 @@ impl Session {
         }
         let mut entries = Vec::new();
         let mut bytes = 0;
-        let mut scanned = 0;
-        for e in ring.iter_from(self.next) {
+        for (scanned, e) in ring.iter_from(self.next).enumerate() {
             if entries.len() >= self.limits.batch_records
                 || bytes >= self.limits.batch_bytes
                 || scanned >= SCAN_LIMIT
             {
                 break;
             }
-            scanned += 1;
             self.next = e.idx + 1;
             let slot = e.source.slot as usize;
             if e.seq <= self.seen[slot] {
@@ -281,11 +299,17 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::tests::{publish_lines, src};
     use crate::hub::HubLimits;
+    use crate::hub::tests::{publish_lines, src};
 
     fn hub(max_lines: usize) -> Arc<Hub> {
-        Hub::new(HubLimits { max_lines, max_bytes: 1 << 30 }, "t")
+        Hub::new(
+            HubLimits {
+                max_lines,
+                max_bytes: 1 << 30,
+            },
+            "t",
+        )
     }
 
     fn session(hub: &Arc<Hub>, sub: Subscribe) -> Session {
@@ -297,7 +321,9 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match s.pull() {
-                Pull::Batch { entries, .. } => out.extend(entries.iter().map(|e| e.line.to_string())),
+                Pull::Batch { entries, .. } => {
+                    out.extend(entries.iter().map(|e| e.line.to_string()))
+                }
                 Pull::Idle | Pull::Ended => return out,
                 other => panic!("unexpected {other:?}"),
             }
@@ -323,7 +349,14 @@ mod tests {
         publish_lines(&h, &a, &["a1", "a2"]);
         publish_lines(&h, &b, &["b1"]);
         publish_lines(&h, &a, &["a3"]);
-        let mut s = session(&h, Subscribe { tail: Some(2), file: Some("a.log".into()), ..Default::default() });
+        let mut s = session(
+            &h,
+            Subscribe {
+                tail: Some(2),
+                file: Some("a.log".into()),
+                ..Default::default()
+            },
+        );
         assert_eq!(drain(&mut s), ["a2", "a3"]);
     }
 
@@ -339,7 +372,13 @@ mod tests {
         let cursor = s.cursor();
         publish_lines(&h, &a, &["a3"]);
         publish_lines(&h, &b, &["b2"]);
-        let mut r = session(&h, Subscribe { resume: Some(cursor), ..Default::default() });
+        let mut r = session(
+            &h,
+            Subscribe {
+                resume: Some(cursor),
+                ..Default::default()
+            },
+        );
         assert_eq!(drain(&mut r), ["a3", "b2"]);
     }
 
@@ -355,7 +394,13 @@ mod tests {
         let mut c = Cursor::default();
         c.advance(a.sid, 1);
         c.advance(b.sid, 2);
-        let mut r = session(&h, Subscribe { resume: Some(c), ..Default::default() });
+        let mut r = session(
+            &h,
+            Subscribe {
+                resume: Some(c),
+                ..Default::default()
+            },
+        );
         assert_eq!(drain(&mut r), ["a2"]);
     }
 
@@ -364,11 +409,23 @@ mod tests {
         let h = hub(3);
         let a = h.source(src("a.log"));
         publish_lines(&h, &a, &["1"]);
-        let mut s = session(&h, Subscribe { tail: Some(10), ..Default::default() });
+        let mut s = session(
+            &h,
+            Subscribe {
+                tail: Some(10),
+                ..Default::default()
+            },
+        );
         assert_eq!(drain(&mut s), ["1"]);
         let c = s.cursor();
         publish_lines(&h, &a, &["2", "3", "4", "5", "6"]);
-        let mut r = session(&h, Subscribe { resume: Some(c), ..Default::default() });
+        let mut r = session(
+            &h,
+            Subscribe {
+                resume: Some(c),
+                ..Default::default()
+            },
+        );
         match r.pull() {
             Pull::Gap { missed, reason, .. } => {
                 assert_eq!(missed, 2);
@@ -385,7 +442,13 @@ mod tests {
         let a = h.source(src("a.log"));
         let mut c = Cursor::default();
         c.advance(crate::protocol::SourceId(42), 9);
-        let mut s = session(&h, Subscribe { resume: Some(c), ..Default::default() });
+        let mut s = session(
+            &h,
+            Subscribe {
+                resume: Some(c),
+                ..Default::default()
+            },
+        );
         publish_lines(&h, &a, &["x"]);
         assert_eq!(drain(&mut s), ["x"]);
         assert_eq!(s.cursor().get(crate::protocol::SourceId(42)), 9);
@@ -398,13 +461,21 @@ mod tests {
         let a = h.source(src("a.log"));
         let sub = Subscribe::default();
         let f = Filter::compile(&sub).unwrap();
-        let limits = SessionLimits { queue_bytes: 4096, ..Default::default() };
+        let limits = SessionLimits {
+            queue_bytes: 4096,
+            slow_grace: Duration::ZERO,
+            ..Default::default()
+        };
         let mut s = Session::new(h.clone(), &sub, f, limits);
         let lines: Vec<String> = (0..200).map(|i| format!("line {i}")).collect();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         publish_lines(&h, &a, &refs);
         match s.pull() {
-            Pull::Gap { missed, reason, cursor } => {
+            Pull::Gap {
+                missed,
+                reason,
+                cursor,
+            } => {
                 assert_eq!(missed, 200);
                 assert_eq!(reason, GapReason::SlowClient);
                 assert_eq!(cursor.get(a.sid), 0);
@@ -416,10 +487,32 @@ mod tests {
         assert_eq!(drain(&mut s), ["after"]);
         // The same client under the close policy is closed instead.
         let f = Filter::compile(&sub).unwrap();
-        let limits = SessionLimits { queue_bytes: 4096, policy: SlowPolicy::Close, ..Default::default() };
+        let limits = SessionLimits {
+            queue_bytes: 4096,
+            slow_grace: Duration::ZERO,
+            policy: SlowPolicy::Close,
+            ..Default::default()
+        };
         let mut c = Session::new(h.clone(), &sub, f, limits);
         publish_lines(&h, &a, &refs);
         assert!(matches!(c.pull(), Pull::TooSlow));
+    }
+
+    #[test]
+    fn a_burst_absorbed_within_the_grace_costs_nothing() {
+        let h = hub(100_000);
+        let a = h.source(src("a.log"));
+        let sub = Subscribe::default();
+        let limits = SessionLimits {
+            queue_bytes: 4096,
+            slow_grace: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let mut s = Session::new(h.clone(), &sub, Filter::compile(&sub).unwrap(), limits);
+        let lines: Vec<String> = (0..2000).map(|i| format!("burst {i}")).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        publish_lines(&h, &a, &refs);
+        assert_eq!(drain(&mut s).len(), 2000);
     }
 
     #[test]

@@ -34,7 +34,10 @@ use crate::protocol::{Source, SplitPart};
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
     #[error("log directory {path}: {source}")]
-    Root { path: PathBuf, source: std::io::Error },
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("glob {glob:?}: {reason}")]
     Glob { glob: String, reason: String },
 }
@@ -194,7 +197,10 @@ impl Tailer {
         for (id, t) in self.files.iter_mut() {
             let now_active = seen.contains(id);
             if t.active && !now_active {
-                self.metrics.rotations.get_or_create(&ReasonLabel { reason: "rename" }).inc();
+                self.metrics
+                    .rotations
+                    .get_or_create(&ReasonLabel { reason: "rename" })
+                    .inc();
             }
             t.active = now_active;
         }
@@ -247,7 +253,10 @@ impl Tailer {
             && m.len() < t.offset
         {
             // copytruncate: what we held is the end of the old content.
-            self.metrics.rotations.get_or_create(&ReasonLabel { reason: "truncate" }).inc();
+            self.metrics
+                .rotations
+                .get_or_create(&ReasonLabel { reason: "truncate" })
+                .inc();
             let mut lines = Vec::new();
             t.splitter.reset(&mut lines);
             t.offset = 0;
@@ -295,7 +304,10 @@ impl Tailer {
             if !t.active {
                 let deleted = meta.as_ref().is_some_and(|m| m.nlink() == 0);
                 if deleted {
-                    self.metrics.rotations.get_or_create(&ReasonLabel { reason: "delete" }).inc();
+                    self.metrics
+                        .rotations
+                        .get_or_create(&ReasonLabel { reason: "delete" })
+                        .inc();
                 }
                 release = deleted || idle >= self.cfg.rotate_wait;
             }
@@ -434,7 +446,10 @@ impl Tailer {
 
     fn refuse(&mut self, path: &Path, reason: &'static str, detail: &str) {
         if self.refused.insert(path.to_path_buf(), reason).is_none() {
-            self.metrics.files_refused.get_or_create(&ReasonLabel { reason }).inc();
+            self.metrics
+                .files_refused
+                .get_or_create(&ReasonLabel { reason })
+                .inc();
             tracing::warn!(path = %path.display(), reason, detail, "file refused");
         }
     }
@@ -446,11 +461,15 @@ impl Tailer {
         self.dirs.clear();
         while let Some((dir, depth)) = dirs.pop() {
             self.dirs.push(dir.clone());
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for ent in rd.flatten() {
                 let Ok(ft) = ent.file_type() else { continue };
                 let path = ent.path();
-                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
                 let Some(rel) = rel.to_str().map(str::to_owned) else {
                     self.refuse(&path, "non_utf8_name", "file name is not UTF-8");
                     continue;
@@ -490,7 +509,11 @@ impl Tailer {
                 None
             }
         };
-        let tick = self.cfg.poll.min(self.cfg.partial_timeout).max(Duration::from_millis(10));
+        let tick = self
+            .cfg
+            .poll
+            .min(self.cfg.partial_timeout)
+            .max(Duration::from_millis(10));
         let mut poll = tokio::time::interval(tick);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -2,6 +2,7 @@
 //! rotations, copytruncates and deletions on real files, run against the real
 //! tailer and a model of what was written. Every line written must come out
 //! exactly once, in order, per source.
+#![allow(clippy::unwrap_used)] // test code
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -22,7 +23,11 @@ const MAX_LINE: usize = 64;
 #[derive(Clone, Debug)]
 enum Op {
     /// Lines appended to a file; the last one may lack its newline.
-    Write { file: usize, lines: Vec<String>, terminated: bool },
+    Write {
+        file: usize,
+        lines: Vec<String>,
+        terminated: bool,
+    },
     /// logrotate `create`: rename away (out of the glob), create anew.
     Rotate { file: usize },
     /// logrotate `copytruncate`: truncate in place.
@@ -57,9 +62,12 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// What should come out, per source: whole logical lines and whether each was
 /// cut short (flushed without a newline).
+/// Logical lines per source: (text, flushed without newline).
+type Lines = BTreeMap<String, Vec<(String, bool)>>;
+
 #[derive(Default, Debug)]
 struct Model {
-    lines: BTreeMap<String, Vec<(String, bool)>>,
+    lines: Lines,
     /// The last line of the file's current content has no newline yet.
     open: BTreeMap<String, bool>,
 }
@@ -107,7 +115,13 @@ impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("sub")).unwrap();
-        let hub = Hub::new(HubLimits { max_lines: 1 << 20, max_bytes: 1 << 30 }, "model");
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 1 << 20,
+                max_bytes: 1 << 30,
+            },
+            "model",
+        );
         let mut cfg = TailConfig::new(dir.path());
         cfg.globs = vec!["*.log".into(), "sub/*.log".into()];
         cfg.max_line = MAX_LINE;
@@ -116,7 +130,13 @@ impl World {
         cfg.rotate_wait = Duration::from_secs(3600);
         let mut tailer = Tailer::new(cfg, hub.clone(), Arc::new(Metrics::new())).unwrap();
         tailer.scan();
-        World { dir, tailer, hub, model: Model::default(), rotations: 0 }
+        World {
+            dir,
+            tailer,
+            hub,
+            model: Model::default(),
+            rotations: 0,
+        }
     }
 
     fn path(&self, file: usize) -> std::path::PathBuf {
@@ -125,10 +145,18 @@ impl World {
 
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Write { file, lines, terminated } => {
+            Op::Write {
+                file,
+                lines,
+                terminated,
+            } => {
                 let path = self.path(*file);
                 let created = !path.exists();
-                let mut f = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+                let mut f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
                 if created {
                     // The tailer learns of new files from inotify at once.
                     self.tailer.scan();
@@ -158,7 +186,12 @@ impl World {
                     // what the copy holds, and sees the truncation at once
                     // through inotify (IN_MODIFY).
                     self.tailer.scan();
-                    OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .unwrap()
+                        .set_len(0)
+                        .unwrap();
                     self.model.cut(FILES[*file]);
                     self.tailer.read_all(false);
                 }
@@ -177,9 +210,9 @@ impl World {
 
     /// Ends the run: rotated files are deleted, then everything is read and
     /// held partial lines are flushed (as at shutdown).
-    fn finish(mut self) -> (BTreeMap<String, Vec<(String, bool)>>, Model, usize) {
-        for f in 0..FILES.len() {
-            self.model.cut(FILES[f]);
+    fn finish(mut self) -> (Lines, Model, usize) {
+        for f in FILES {
+            self.model.cut(f);
         }
         for entry in walk(self.dir.path()) {
             if entry.extension().is_some_and(|e| e != "log") {
@@ -196,7 +229,11 @@ impl World {
         for e in ring.iter_from(ring.first_idx()) {
             let file = e.source.source.file.clone();
             let prev = seqs.insert(file.clone(), e.seq).unwrap_or(0);
-            assert_eq!(e.seq, prev + 1, "sequence numbers of {file} have a hole or repeat");
+            assert_eq!(
+                e.seq,
+                prev + 1,
+                "sequence numbers of {file} have a hole or repeat"
+            );
             assert!(e.line.len() <= MAX_LINE, "part longer than the limit");
             match e.split {
                 Some(SplitPart::First) | Some(SplitPart::Middle) => {
@@ -252,14 +289,26 @@ proptest! {
 #[test]
 fn rotated_partial_precedes_successor() {
     let mut w = World::new();
-    w.apply(&Op::Write { file: 0, lines: vec!["one".into(), "tw".into()], terminated: false });
+    w.apply(&Op::Write {
+        file: 0,
+        lines: vec!["one".into(), "tw".into()],
+        terminated: false,
+    });
     w.apply(&Op::Scan);
     w.apply(&Op::Rotate { file: 0 });
-    w.apply(&Op::Write { file: 0, lines: vec!["three".into()], terminated: true });
+    w.apply(&Op::Write {
+        file: 0,
+        lines: vec!["three".into()],
+        terminated: true,
+    });
     let (got, _, _) = w.finish();
     assert_eq!(
         got["a.log"],
-        vec![("one".to_string(), false), ("tw".to_string(), true), ("three".to_string(), false)]
+        vec![
+            ("one".to_string(), false),
+            ("tw".to_string(), true),
+            ("three".to_string(), false)
+        ]
     );
 }
 
@@ -270,7 +319,11 @@ fn symlinks_never_followed() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret.log"), "top secret\n").unwrap();
     let mut w = World::new();
-    std::os::unix::fs::symlink(outside.path().join("secret.log"), w.dir.path().join("evil.log")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.log"),
+        w.dir.path().join("evil.log"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(outside.path(), w.dir.path().join("sub").join("linked")).unwrap();
     w.tailer.scan();
     let (got, _, open) = w.finish();
@@ -283,11 +336,23 @@ fn symlinks_never_followed() {
 #[test]
 fn partials_of_successive_rotations_keep_their_order() {
     let mut w = World::new();
-    w.apply(&Op::Write { file: 1, lines: vec!["a".into()], terminated: false });
+    w.apply(&Op::Write {
+        file: 1,
+        lines: vec!["a".into()],
+        terminated: false,
+    });
     w.apply(&Op::Rotate { file: 1 });
-    w.apply(&Op::Write { file: 1, lines: vec!["b".into()], terminated: false });
+    w.apply(&Op::Write {
+        file: 1,
+        lines: vec!["b".into()],
+        terminated: false,
+    });
     w.apply(&Op::Rotate { file: 1 });
-    w.apply(&Op::Write { file: 1, lines: vec!["".into()], terminated: true });
+    w.apply(&Op::Write {
+        file: 1,
+        lines: vec!["".into()],
+        terminated: true,
+    });
     let (got, _, _) = w.finish();
     let want = [("a", true), ("b", true), ("", false)].map(|(l, p)| (l.to_string(), p));
     assert_eq!(got["sub/b.log"], want);

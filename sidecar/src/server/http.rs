@@ -58,9 +58,17 @@ fn respond(
         Ok(q) => q,
         Err(r) => return r,
     };
-    let transport = if kind == Kind::Sse { Transport::sse } else { Transport::stream };
+    let transport = if kind == Kind::Sse {
+        Transport::sse
+    } else {
+        Transport::stream
+    };
     let Some(guard) = st.try_connect(transport.clone()) else {
-        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "connection limit reached\n")
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "connection limit reached\n",
+        )
             .into_response();
     };
     if kind == Kind::Plain && q.sub.format.is_none() {
@@ -68,7 +76,8 @@ fn respond(
     }
     let format = q.filter.format;
     let session = Session::new(st.hub.clone(), &q.sub, q.filter, st.cfg.session);
-    let mut keepalive = tokio::time::interval_at(Instant::now() + st.cfg.keepalive, st.cfg.keepalive);
+    let mut keepalive =
+        tokio::time::interval_at(Instant::now() + st.cfg.keepalive, st.cfg.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = BodyState {
         head: st.hub.watch(),
@@ -138,7 +147,9 @@ impl BodyState {
             match self.session.pull() {
                 Pull::Batch { entries, .. } if !entries.is_empty() => {
                     let chunk = match (self.kind, self.session.filter.format) {
-                        (Kind::Sse, fmt) => sse_records(&entries, &self.session.cursor().to_string(), fmt),
+                        (Kind::Sse, fmt) => {
+                            sse_records(&entries, &self.session.cursor().to_string(), fmt)
+                        }
                         (Kind::Plain, Format::Raw) => {
                             let mut s = frame::raw_lines(&entries);
                             s.push('\n');
@@ -153,19 +164,43 @@ impl BodyState {
                             s
                         }
                     };
-                    metrics.records_sent.get_or_create(&label).inc_by(entries.len() as u64);
-                    metrics.bytes_sent.get_or_create(&label).inc_by(chunk.len() as u64);
+                    metrics
+                        .records_sent
+                        .get_or_create(&label)
+                        .inc_by(entries.len() as u64);
+                    metrics
+                        .bytes_sent
+                        .get_or_create(&label)
+                        .inc_by(chunk.len() as u64);
                     self.keepalive.reset();
                     return Some(Bytes::from(chunk));
                 }
                 Pull::Batch { .. } => continue,
-                Pull::Gap { missed, reason, cursor } => {
-                    metrics.gaps.get_or_create(&ReasonLabel { reason: gap_label(reason) }).inc();
+                Pull::Gap {
+                    missed,
+                    reason,
+                    cursor,
+                } => {
+                    metrics
+                        .gaps
+                        .get_or_create(&ReasonLabel {
+                            reason: gap_label(reason),
+                        })
+                        .inc();
                     metrics.gap_records.inc_by(missed);
-                    return Some(self.control(&ServerMessage::Gap { missed, reason, cursor }));
+                    return Some(self.control(&ServerMessage::Gap {
+                        missed,
+                        reason,
+                        cursor,
+                    }));
                 }
                 Pull::TooSlow => {
-                    metrics.clients_dropped.get_or_create(&ReasonLabel { reason: "slow_client" }).inc();
+                    metrics
+                        .clients_dropped
+                        .get_or_create(&ReasonLabel {
+                            reason: "slow_client",
+                        })
+                        .inc();
                     self.done = true;
                     return None;
                 }
@@ -211,7 +246,9 @@ impl BodyState {
 /// One SSE event per record; the resume cursor rides on the last one only,
 /// which is all `EventSource` keeps.
 fn sse_records(entries: &[Arc<crate::hub::Entry>], cursor: &str, fmt: Format) -> String {
-    let mut s = String::with_capacity(entries.iter().map(|e| e.json.len() + 8).sum::<usize>() + cursor.len() + 8);
+    let mut s = String::with_capacity(
+        entries.iter().map(|e| e.json.len() + 8).sum::<usize>() + cursor.len() + 8,
+    );
     let last = entries.len().saturating_sub(1);
     for (i, e) in entries.iter().enumerate() {
         if i == last {

@@ -122,7 +122,10 @@ impl AppState {
             self.reject("connection_limit");
             return None;
         }
-        self.metrics.clients.get_or_create(&self.metrics.transport(transport.clone())).inc();
+        self.metrics
+            .clients
+            .get_or_create(&self.metrics.transport(transport.clone()))
+            .inc();
         Some(ConnGuard {
             state: self.clone(),
             transport,
@@ -130,23 +133,41 @@ impl AppState {
     }
 
     fn reject(&self, reason: &'static str) {
-        self.metrics.connections_rejected.get_or_create(&ReasonLabel { reason }).inc();
+        self.metrics
+            .connections_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Auth, then Origin: both before any upgrade.
-    fn admit(&self, headers: &HeaderMap, peer: SocketAddr, query_token: Option<&str>) -> Result<(), Response> {
+    // A ready-made response is the natural error of an HTTP admission check.
+    #[allow(clippy::result_large_err)]
+    fn admit(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        query_token: Option<&str>,
+    ) -> Result<(), Response> {
         let auth = &self.cfg.auth;
         let loopback = is_loopback(peer.ip());
         if !(loopback && auth.loopback_exempt) {
             match &auth.token {
                 Some(want) => {
                     let got = bearer(headers).or(query_token);
-                    let ok = got.is_some_and(|g| constant_time_eq::constant_time_eq(g.as_bytes(), want.as_bytes()));
+                    let ok = got.is_some_and(|g| {
+                        constant_time_eq::constant_time_eq(g.as_bytes(), want.as_bytes())
+                    });
                     if !ok {
                         self.reject("unauthorized");
-                        let mut r = (StatusCode::UNAUTHORIZED, "missing or invalid bearer token\n").into_response();
-                        r.headers_mut()
-                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"logstream\""));
+                        let mut r = (
+                            StatusCode::UNAUTHORIZED,
+                            "missing or invalid bearer token\n",
+                        )
+                            .into_response();
+                        r.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static("Bearer realm=\"logstream\""),
+                        );
                         return Err(r);
                     }
                 }
@@ -163,16 +184,26 @@ impl AppState {
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
-            if !self.origin_allowed(origin, headers.get(header::HOST).and_then(|h| h.to_str().ok())) {
+            if !self.origin_allowed(
+                origin,
+                headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+            ) {
                 self.reject("origin");
-                return Err((StatusCode::FORBIDDEN, format!("origin {origin:?} is not allowed\n")).into_response());
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!("origin {origin:?} is not allowed\n"),
+                )
+                    .into_response());
             }
         }
         Ok(())
     }
 
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h).trim_end_matches('/');
+        let origin_host = origin
+            .split_once("://")
+            .map_or(origin, |(_, h)| h)
+            .trim_end_matches('/');
         if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)) {
             return true;
         }
@@ -207,14 +238,18 @@ impl Drop for ConnGuard {
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// Query string of a streaming request: the subscription plus `access_token`.
@@ -242,8 +277,10 @@ pub fn parse_query(raw: Option<&str>) -> Result<StreamQuery, QueryError> {
             rest.push((k, v));
         }
     }
-    let encoded = serde_urlencoded::to_string(&rest).map_err(|e| QueryError::Syntax(e.to_string()))?;
-    let sub: Subscribe = serde_urlencoded::from_str(&encoded).map_err(|e| QueryError::Syntax(e.to_string()))?;
+    let encoded =
+        serde_urlencoded::to_string(&rest).map_err(|e| QueryError::Syntax(e.to_string()))?;
+    let sub: Subscribe =
+        serde_urlencoded::from_str(&encoded).map_err(|e| QueryError::Syntax(e.to_string()))?;
     let filter = Filter::compile(&sub)?;
     Ok(StreamQuery { sub, filter, token })
 }
@@ -286,7 +323,10 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         st.metrics.encode(),
     )
         .into_response()
@@ -302,6 +342,7 @@ async fn schema() -> Response {
 
 /// Common admission for the three streaming endpoints: auth, Origin, query,
 /// `Last-Event-ID`.
+#[allow(clippy::result_large_err)]
 pub(crate) fn admit_stream(
     st: &Arc<AppState>,
     headers: &HeaderMap,

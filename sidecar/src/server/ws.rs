@@ -42,7 +42,12 @@ pub async fn handler(
         tracker.track_future(async move {
             let (mut tx, rx) = socket.split();
             let Some(guard) = guard else {
-                let _ = tx.send(close_msg(close::TRY_AGAIN_LATER, "connection limit reached")).await;
+                let _ = tx
+                    .send(close_msg(
+                        close::TRY_AGAIN_LATER,
+                        "connection limit reached",
+                    ))
+                    .await;
                 return;
             };
             let session = Session::new(st.hub.clone(), &q.sub, q.filter, st.cfg.session);
@@ -76,7 +81,13 @@ pub enum End {
 }
 
 /// Runs one WebSocket client to the end.
-pub async fn serve<W, R, E>(mut tx: W, mut rx: R, st: Arc<AppState>, mut session: Session, _guard: ConnGuard) -> End
+pub async fn serve<W, R, E>(
+    mut tx: W,
+    mut rx: R,
+    st: Arc<AppState>,
+    mut session: Session,
+    _guard: ConnGuard,
+) -> End
 where
     W: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
@@ -87,13 +98,20 @@ where
         End::ClientClosed => (None, "", None),
         End::Drained | End::DrainTimeout => (Some(close::GOING_AWAY), "server shutting down", None),
         End::TooSlow => (Some(close::POLICY), "slow consumer", Some("slow_client")),
-        End::TooBig => (Some(close::TOO_BIG), "message too big", Some("message_too_big")),
+        End::TooBig => (
+            Some(close::TOO_BIG),
+            "message too big",
+            Some("message_too_big"),
+        ),
         End::SendFailed => (None, "", None),
         End::SendTimeout => (None, "", Some("send_timeout")),
         End::PeerSilent => (Some(close::POLICY), "no pong", Some("pong_timeout")),
     };
     if let Some(reason) = dropped {
-        st.metrics.clients_dropped.get_or_create(&ReasonLabel { reason }).inc();
+        st.metrics
+            .clients_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
     if let Some(code) = code {
         let send = tx.send(close_msg(code, reason));
@@ -153,24 +171,45 @@ where
                                 }
                             };
                             send!(msg);
-                            metrics.records_sent.get_or_create(&label).inc_by(entries.len() as u64);
-                            metrics.bytes_sent.get_or_create(&label).inc_by(bytes as u64);
+                            metrics
+                                .records_sent
+                                .get_or_create(&label)
+                                .inc_by(entries.len() as u64);
+                            metrics
+                                .bytes_sent
+                                .get_or_create(&label)
+                                .inc_by(bytes as u64);
                         }
                         if !more {
                             break;
                         }
                     }
-                    Pull::Gap { missed, reason, cursor } => {
-                        metrics.gaps.get_or_create(&ReasonLabel { reason: gap_label(reason) }).inc();
+                    Pull::Gap {
+                        missed,
+                        reason,
+                        cursor,
+                    } => {
+                        metrics
+                            .gaps
+                            .get_or_create(&ReasonLabel {
+                                reason: gap_label(reason),
+                            })
+                            .inc();
                         metrics.gap_records.inc_by(missed);
-                        let m = ServerMessage::Gap { missed, reason, cursor };
+                        let m = ServerMessage::Gap {
+                            missed,
+                            reason,
+                            cursor,
+                        };
                         send!(text(render(&m, session.filter.format)));
                     }
                     Pull::TooSlow => return End::TooSlow,
                     Pull::Idle => break,
                     Pull::Ended => {
                         let cursor = session.cursor();
-                        let m = ServerMessage::Draining { cursor: cursor.clone() };
+                        let m = ServerMessage::Draining {
+                            cursor: cursor.clone(),
+                        };
                         send!(text(render(&m, session.filter.format)));
                         draining = Some((cursor, Instant::now() + cfg.ack_timeout));
                         break;

@@ -1,6 +1,6 @@
 //! Test harness: starts the real `logstream` binary on a free loopback port
 //! and waits for it through its own output and `/readyz`.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)] // test code
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -52,7 +52,13 @@ impl Server {
             .strip_prefix("listening on http://")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
-        let s = Server { child, addr, dir: dir.to_path_buf(), stderr_log, _tmp: None };
+        let s = Server {
+            child,
+            addr,
+            dir: dir.to_path_buf(),
+            stderr_log,
+            _tmp: None,
+        };
         s.wait_ready();
         s
     }
@@ -82,7 +88,11 @@ impl Server {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -93,7 +103,11 @@ impl Server {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "server did not exit:\n{}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit:\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -104,15 +118,21 @@ impl Server {
         if let Some(p) = path.parent() {
             std::fs::create_dir_all(p).unwrap();
         }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
         f.write_all(data.as_bytes()).unwrap();
     }
 
     /// Value of a metric line (`name{labels}`) from `/metrics`.
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, body) = http_get(&self.addr, "/metrics")?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        body.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
     }
 
     /// Waits until `series` reaches at least `min`.
@@ -124,7 +144,11 @@ impl Server {
             {
                 return v;
             }
-            assert!(Instant::now() < deadline, "{series} never reached {min}: {:?}", self.metric(series));
+            assert!(
+                Instant::now() < deadline,
+                "{series} never reached {min}: {:?}",
+                self.metric(series)
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -140,7 +164,10 @@ impl Drop for Server {
 
 /// Minimal HTTP/1.1 GET over a raw socket: (status, body).
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    http_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
 }
 
 pub fn http_request(addr: &str, req: &str) -> Option<(u16, String)> {
@@ -148,22 +175,60 @@ pub fn http_request(addr: &str, req: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.write_all(req.as_bytes()).ok()?;
+    // Read the head, then exactly Content-Length bytes: the server may keep
+    // the connection open.
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((code, body))
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse::<usize>().ok());
+    match len {
+        Some(len) => {
+            while buf.len() < head_end + len {
+                let n = s.read(&mut chunk).ok()?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None => {
+            let _ = s.read_to_end(&mut buf);
+        }
+    }
+    Some((code, String::from_utf8_lossy(&buf[head_end..]).to_string()))
 }
 
 /// Finds a tool on PATH or in the CI tool cache.
 pub fn tool(name: &str) -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_default();
-    let cached = Path::new(&home).join(".cache/logstream/tools/bin").join(name);
+    let cached = Path::new(&home)
+        .join(".cache/logstream/tools/bin")
+        .join(name);
     if cached.exists() {
         return cached;
     }
-    if let Ok(out) = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output()
+    if let Ok(out) = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
         && out.status.success()
     {
         return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());

@@ -1,0 +1,663 @@
+//! Process tests: the real binary, real files, real sockets, real clients
+//! (our Rust client, curl, websocat), real signals.
+#![allow(clippy::unwrap_used)] // test code
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use common::{PATIENCE, Server, http_get, http_request, tool};
+use futures::{SinkExt, StreamExt};
+use logstream::client::{ClientOptions, Connection};
+use logstream::protocol::{
+    ClientMessage, Cursor, GapReason, Record, ServerMessage, SplitPart, Subscribe, close,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+fn opts(s: &Server, sub: Subscribe) -> ClientOptions {
+    ClientOptions {
+        base: s.url(""),
+        sub,
+        token: None,
+    }
+}
+
+/// Reads messages until `n` records arrived; returns them and every other message.
+async fn records(c: &mut Connection, n: usize) -> (Vec<Record>, Vec<ServerMessage>) {
+    let mut recs = Vec::new();
+    let mut other = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while recs.len() < n {
+            match c.next().await.expect("protocol error") {
+                Some(ServerMessage::Records { records, .. }) => recs.extend(records),
+                Some(m) => other.push(m),
+                None => panic!(
+                    "closed after {} of {n} records; other: {other:?}",
+                    recs.len()
+                ),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {} of {n} records", recs.len()));
+    (recs, other)
+}
+
+fn lines(recs: &[Record]) -> Vec<String> {
+    recs.iter().map(|r| r.line.clone()).collect()
+}
+
+fn numbered(prefix: &str, range: std::ops::Range<usize>) -> String {
+    range.map(|i| format!("{prefix} {i}\n")).collect()
+}
+
+fn expect_numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix} {i}")).collect()
+}
+
+/// Waits for the `hello` so the subscription is registered before writing.
+async fn hello(c: &mut Connection) -> Cursor {
+    match tokio::time::timeout(PATIENCE, c.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(ServerMessage::Hello {
+            version, cursor, ..
+        }) => {
+            assert_eq!(version, logstream::protocol::PROTOCOL_VERSION);
+            cursor
+        }
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn live_lines_then_resume_without_gap_or_duplicate() {
+    let s = Server::start(&[]);
+    s.append("app.log", "before the client\n");
+    let mut c = Connection::open(
+        &opts(
+            &s,
+            Subscribe {
+                tail: Some(10),
+                ..Default::default()
+            },
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    hello(&mut c).await;
+    let (r, _) = records(&mut c, 1).await;
+    assert_eq!(r[0].line, "before the client");
+    assert_eq!(r[0].seq, 1);
+    assert_eq!(r[0].source.file, "app.log");
+    s.append("app.log", &numbered("live", 0..100));
+    let (r, _) = records(&mut c, 100).await;
+    assert_eq!(lines(&r), expect_numbered("live", 0..100));
+    let seqs: Vec<u64> = r.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (2..102).collect::<Vec<_>>());
+    let cursor = c.cursor.clone();
+    drop(c);
+    // Written while nobody listens.
+    s.append("app.log", &numbered("missed", 0..50));
+    s.append("other.log", "another file\n");
+    s.wait_metric("logstream_lines_read_total", 152.0);
+    let mut c = Connection::open(&opts(&s, Subscribe::default()), Some(&cursor))
+        .await
+        .unwrap();
+    hello(&mut c).await;
+    let (r, other) = records(&mut c, 51).await;
+    let mut got = lines(&r);
+    got.sort();
+    let mut want = expect_numbered("missed", 0..50);
+    want.push("another file".into());
+    want.sort();
+    assert_eq!(got, want);
+    assert!(other.is_empty(), "{other:?}");
+}
+
+#[tokio::test]
+async fn filters_and_raw_format_and_subscribe_message() {
+    let s = Server::start(&[]);
+    let sub = Subscribe {
+        level: Some("warn+".into()),
+        file: Some("a*.log".into()),
+        ..Default::default()
+    };
+    let mut c = Connection::open(&opts(&s, sub), None).await.unwrap();
+    hello(&mut c).await;
+    s.append(
+        "app.log",
+        "INFO fine\nWARN careful\n{\"level\":\"error\",\"msg\":\"bad\"}\n",
+    );
+    s.append("zzz.log", "ERROR other file\n");
+    let (r, _) = records(&mut c, 2).await;
+    assert_eq!(
+        lines(&r),
+        ["WARN careful", r#"{"level":"error","msg":"bad"}"#]
+    );
+    // Change filters on the fly.
+    c.send(&ClientMessage::Subscribe(Subscribe {
+        grep: Some("^z+$".into()),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    loop {
+        if let Some(ServerMessage::Subscribed { .. }) = c.next().await.unwrap() {
+            break;
+        }
+    }
+    s.append("zzz.log", "no\nzzz\n");
+    let (r, _) = records(&mut c, 1).await;
+    assert_eq!(r[0].line, "zzz");
+    assert_eq!(r[0].source.file, "zzz.log");
+}
+
+#[tokio::test]
+async fn malformed_messages_get_error_frames_and_the_connection_survives() {
+    let s = Server::start(&[]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws"))
+        .await
+        .unwrap();
+    let next_json = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| -> serde_json::Value {
+        loop {
+            match tokio::time::timeout(PATIENCE, ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+            {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                _ => continue,
+            }
+        }
+    };
+    assert_eq!(next_json(&mut ws).await["type"], "hello");
+    for bad in [
+        "not json",
+        r#"{"type":"nope"}"#,
+        r#"{"type":"subscribe","grep":"("}"#,
+        "\u{0}\u{1}",
+    ] {
+        ws.send(Message::text(bad)).await.unwrap();
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["type"], "error", "{bad}: {m}");
+        assert!(!m["message"].as_str().unwrap().is_empty());
+    }
+    ws.send(Message::binary(vec![0xff, 0x00, 0xfe]))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "error");
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "pong");
+    assert!(s.metric("logstream_client_errors_total").unwrap() >= 5.0);
+}
+
+#[tokio::test]
+async fn oversized_client_message_is_closed_with_1009() {
+    let s = Server::start(&["--max-message-bytes", "1024"]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text("x".repeat(4096))).await.unwrap();
+    let code = tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(Some(f)) = m {
+                return Some(u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(close::TOO_BIG));
+    s.wait_ready(); // and the server lives on
+}
+
+#[tokio::test]
+async fn connection_limit_closes_1013_and_answers_503() {
+    let s = Server::start(&["--max-connections", "1"]);
+    let mut first = Connection::open(&opts(&s, Subscribe::default()), None)
+        .await
+        .unwrap();
+    hello(&mut first).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws"))
+        .await
+        .unwrap();
+    match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), close::TRY_AGAIN_LATER),
+        other => panic!("expected close 1013, got {other:?}"),
+    }
+    let (code, _) = http_get(&s.addr, "/stream").unwrap();
+    assert_eq!(code, 503);
+    assert!(
+        s.metric("logstream_connections_rejected_total{reason=\"connection_limit\"}")
+            .unwrap()
+            >= 2.0
+    );
+    // The first client still streams.
+    s.append("app.log", "still here\n");
+    let (r, _) = records(&mut first, 1).await;
+    assert_eq!(r[0].line, "still here");
+}
+
+#[tokio::test]
+async fn token_auth_and_origin_checks_happen_before_the_upgrade() {
+    let s = Server::start(&["--token", "s3cret", "--no-loopback-exemption"]);
+    let (code, _) = http_get(&s.addr, "/stream").unwrap();
+    assert_eq!(code, 401);
+    let ws_req = |extra: &str| {
+        format!(
+            "GET /ws{extra} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            s.addr
+        )
+    };
+    let (code, _) = http_request(&s.addr, &format!("{}\r\n", ws_req(""))).unwrap();
+    assert_eq!(code, 401, "upgrade without token must be refused");
+    let (code, _) = http_request(
+        &s.addr,
+        &format!("{}Authorization: Bearer wrong\r\n\r\n", ws_req("")),
+    )
+    .unwrap();
+    assert_eq!(code, 401);
+    let (code, _) = http_request(
+        &s.addr,
+        &format!(
+            "{}Authorization: Bearer s3cret\r\nOrigin: http://evil.example\r\n\r\n",
+            ws_req("")
+        ),
+    )
+    .unwrap();
+    assert_eq!(code, 403, "foreign origin must be refused");
+    let mut c = Connection::open(
+        &ClientOptions {
+            base: s.url(""),
+            sub: Subscribe::default(),
+            token: Some("s3cret".into()),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    hello(&mut c).await;
+    // Browsers cannot set headers: the token may ride in the query.
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws?access_token=s3cret"))
+        .await
+        .unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+}
+
+#[test]
+fn loopback_only_without_token() {
+    // No token configured: loopback clients are served, others would get 403.
+    let s = Server::start(&[]);
+    let (code, _) = http_get(&s.addr, "/healthz").unwrap();
+    assert_eq!(code, 200);
+    let (code, body) = http_get(&s.addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("logstream_lines_read_total"), "{body}");
+}
+
+#[tokio::test]
+async fn slow_client_gets_a_gap_and_does_not_slow_the_others() {
+    let s = Server::start(&["--client-queue-bytes", "65536", "--slow-client-grace", "0s"]);
+    let mut fast = Connection::open(&opts(&s, Subscribe::default()), None)
+        .await
+        .unwrap();
+    hello(&mut fast).await;
+    // A client with a tiny receive buffer that does not read.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(s.addr.parse().unwrap()).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(s.ws_url("/ws"), tcp)
+        .await
+        .unwrap();
+    assert!(matches!(slow.next().await, Some(Ok(Message::Text(_)))));
+    // Lockstep: the fast client is never more than one step behind.
+    let (steps, per_step) = (200, 100);
+    for step in 0..steps {
+        s.append(
+            "app.log",
+            &numbered(&format!("{step:03} {}", "x".repeat(300)), 0..per_step),
+        );
+        let (r, other) = records(&mut fast, per_step).await;
+        assert_eq!(r.len(), per_step);
+        assert!(
+            other.is_empty(),
+            "the fast client must not see gaps: {other:?}"
+        );
+    }
+    let total = (steps * per_step) as u64;
+    // Now the slow client reads: it must be told what it missed.
+    let mut seen_gap = None;
+    let mut got = 0u64;
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(m)) = slow.next().await {
+            if let Message::Text(t) = m {
+                match serde_json::from_str::<ServerMessage>(t.as_str()).unwrap() {
+                    ServerMessage::Gap { missed, reason, .. } => {
+                        assert_eq!(reason, GapReason::SlowClient);
+                        *seen_gap.get_or_insert(0) += missed;
+                    }
+                    ServerMessage::Records { records, .. } => got += records.len() as u64,
+                    _ => {}
+                }
+                if got + seen_gap.unwrap_or(0) >= total {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("slow client: gap {seen_gap:?}, {got} records"));
+    let missed = seen_gap.expect("a gap notice");
+    assert!(missed > 0);
+    assert_eq!(
+        missed + got,
+        total,
+        "every record is either delivered or counted as missed"
+    );
+    assert!(
+        s.metric("logstream_gaps_total{reason=\"slow_client\"}")
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn silent_peer_is_dropped_after_pong_timeout() {
+    let s = Server::start(&["--ping-interval", "50ms", "--pong-timeout", "200ms"]);
+    // Connected but never polled: it cannot answer pings.
+    let (_ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws"))
+        .await
+        .unwrap();
+    s.wait_metric(
+        "logstream_clients_dropped_total{reason=\"pong_timeout\"}",
+        1.0,
+    );
+    assert_eq!(s.metric("logstream_clients{transport=\"ws\"}"), Some(0.0));
+}
+
+#[tokio::test]
+async fn rotation_truncation_partial_and_hostile_bytes_live() {
+    let s = Server::start(&["--partial-timeout", "100ms", "--max-line-bytes", "1000"]);
+    let mut c = Connection::open(&opts(&s, Subscribe::default()), None)
+        .await
+        .unwrap();
+    hello(&mut c).await;
+    s.append("app.log", &numbered("a", 0..10));
+    let (r, _) = records(&mut c, 10).await;
+    assert_eq!(lines(&r), expect_numbered("a", 0..10));
+    // Rename rotation: the old file's late lines, then the new file's.
+    std::fs::rename(s.dir.join("app.log"), s.dir.join("app.log.1")).unwrap();
+    s.append("app.log.1", "late line in the old file\n");
+    s.append("app.log", &numbered("b", 0..10));
+    let (r, _) = records(&mut c, 11).await;
+    let got = lines(&r);
+    assert!(
+        got.contains(&"late line in the old file".to_string()),
+        "{got:?}"
+    );
+    let mut b: Vec<_> = got.into_iter().filter(|l| l.starts_with("b ")).collect();
+    b.dedup();
+    assert_eq!(b, expect_numbered("b", 0..10));
+    // copytruncate.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.dir.join("app.log"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    s.append("app.log", "after truncate\n");
+    let (r, _) = records(&mut c, 1).await;
+    assert_eq!(r[0].line, "after truncate");
+    // A partial line is flushed after the timeout, marked.
+    s.append("app.log", "no newline yet");
+    let (r, _) = records(&mut c, 1).await;
+    assert_eq!(r[0].line, "no newline yet");
+    assert!(r[0].partial);
+    // Invalid UTF-8, NULs and an oversized line.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s.dir.join("app.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"\nbad \xff\xfe utf8\n\x00\x01\x02\n").unwrap();
+    std::io::Write::write_all(&mut f, format!("{}\n", "y".repeat(2500)).as_bytes()).unwrap();
+    let (r, _) = records(&mut c, 6).await;
+    assert_eq!(
+        r[0].line, "",
+        "the newline ending the partial line gives an empty line"
+    );
+    assert_eq!(r[1].line, "bad \u{FFFD}\u{FFFD} utf8");
+    assert_eq!(r[2].line, "\u{0}\u{1}\u{2}");
+    assert_eq!(r[3].split, Some(SplitPart::First));
+    assert_eq!(r[4].split, Some(SplitPart::Middle));
+    assert_eq!(r[5].split, Some(SplitPart::Last));
+    assert_eq!(r[3..].iter().map(|r| r.line.len()).sum::<usize>(), 2500);
+    s.wait_ready();
+}
+
+/// Spawns a line-reading child process; lines arrive on the channel.
+fn spawn_lines(cmd: &mut Command) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn client");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let l = rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("timed out; saw {seen:?}"));
+        let done = pred(&l);
+        seen.push(l);
+        if done {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn curl_reads_sse_and_resumes_with_last_event_id() {
+    let s = Server::start(&[]);
+    let curl = tool("curl");
+    let (mut child, rx) = spawn_lines(Command::new(&curl).args(["-sN", &s.url("/sse")]));
+    wait_line(&rx, |l| l.starts_with("event: hello"));
+    s.append("app.log", &numbered("sse", 0..5));
+    let seen = wait_line(&rx, |l| l.contains("sse 4"));
+    let data: Vec<Record> = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| !d.contains(r#""type":"hello""#))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(lines(&data), expect_numbered("sse", 0..5));
+    let id = seen
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an id")
+        .to_string();
+    child.kill().unwrap();
+    let _ = child.wait();
+    s.append("app.log", &numbered("after", 0..3));
+    let (mut child, rx) = spawn_lines(Command::new(&curl).args([
+        "-sN",
+        "-H",
+        &format!("Last-Event-ID: {id}"),
+        &s.url("/sse"),
+    ]));
+    let seen = wait_line(&rx, |l| l.contains("after 2"));
+    let data: Vec<String> = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Record>(d).ok())
+        .map(|r| r.line)
+        .collect();
+    assert_eq!(
+        data,
+        expect_numbered("after", 0..3),
+        "resume must repeat nothing and miss nothing"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[test]
+fn curl_reads_plain_stream_with_grep() {
+    let s = Server::start(&[]);
+    s.append("app.log", "old one\n");
+    let (mut child, rx) = spawn_lines(
+        Command::new(tool("curl")).args(["-sN", &s.url("/stream?tail=5&grep=one|two")]),
+    );
+    let seen = wait_line(&rx, |l| l == "old one");
+    assert_eq!(seen, ["old one"]);
+    s.append("app.log", "skip me\nline two\n");
+    let seen = wait_line(&rx, |l| l == "line two");
+    assert_eq!(seen, ["line two"]);
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[test]
+fn websocat_reads_raw_lines() {
+    let s = Server::start(&[]);
+    s.append("app.log", "history line\n");
+    let (mut child, rx) = spawn_lines(
+        Command::new(tool("websocat"))
+            .args(["-t", "--no-close", &s.ws_url("/ws?format=raw&tail=1")])
+            .stdin(Stdio::piped()),
+    );
+    let seen = wait_line(&rx, |l| l == "history line");
+    assert!(seen.iter().any(|l| l.contains("\"hello\"")), "{seen:?}");
+    s.append("app.log", "via websocat\n");
+    wait_line(&rx, |l| l == "via websocat");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn sigterm_delivers_every_line_waits_for_ack_and_exits_zero() {
+    let mut s = Server::start(&["--partial-timeout", "1h"]);
+    let mut c = Connection::open(&opts(&s, Subscribe::default()), None)
+        .await
+        .unwrap();
+    hello(&mut c).await;
+    // Lines right up to the signal, the last one without its newline.
+    let n = 5000;
+    let mut body = numbered("final", 0..n);
+    body.push_str("unterminated last words");
+    s.append("app.log", &body);
+    s.signal("TERM");
+    let mut got = Vec::new();
+    let mut drained = None;
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(m) = c.next().await.unwrap() {
+            match m {
+                ServerMessage::Records { records, .. } => got.extend(records),
+                // Connection::next acknowledges this cursor itself.
+                ServerMessage::Draining { cursor } => drained = Some(cursor),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("server never closed");
+    let mut want = expect_numbered("final", 0..n);
+    want.push("unterminated last words".into());
+    assert_eq!(got.len(), want.len(), "records lost in the drain");
+    assert!(lines(&got) == want, "records out of order");
+    assert!(got.last().unwrap().partial);
+    let drained = drained.expect("a draining notice before the close");
+    assert_eq!(drained.get(got[0].sid), n as u64 + 1);
+    let status = s.wait_exit();
+    assert!(status.success(), "exit {status:?}\n{}", s.stderr());
+    assert!(s.stderr().contains("drained"), "{}", s.stderr());
+}
+
+#[tokio::test]
+async fn sigterm_closes_websocket_with_1001_after_ack() {
+    let mut s = Server::start(&[]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws"))
+        .await
+        .unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+    s.signal("TERM");
+    let mut close_code = None;
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) => {
+                    if let ServerMessage::Draining { cursor } =
+                        serde_json::from_str(t.as_str()).unwrap()
+                    {
+                        let ack = serde_json::to_string(&ClientMessage::Ack { cursor }).unwrap();
+                        ws.send(Message::text(ack)).await.unwrap();
+                    }
+                }
+                Message::Close(f) => {
+                    close_code = f.map(|f| u16::from(f.code));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(close_code, Some(close::GOING_AWAY));
+    assert!(s.wait_exit().success());
+}
+
+#[test]
+fn bad_folder_and_bad_glob_are_clear_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_logstream"))
+        .args([
+            "serve",
+            "--dir",
+            "/nonexistent/logs",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/logs"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_logstream"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--glob",
+            "../*.log",
+            "--dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inside the directory"), "{err}");
+}
