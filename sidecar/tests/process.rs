@@ -661,3 +661,43 @@ fn bad_folder_and_bad_glob_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("inside the directory"), "{err}");
 }
+
+#[test]
+fn sse_sends_keepalive_comments_when_idle() {
+    let s = Server::start(&["--keepalive", "50ms"]);
+    let (mut child, rx) = spawn_lines(Command::new(tool("curl")).args(["-sN", &s.url("/sse")]));
+    wait_line(&rx, |l| l == ": keep-alive");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[test]
+fn readyz_is_unavailable_while_draining() {
+    // A client holding the drain open (it never acks) keeps the server in
+    // the draining state long enough to observe /readyz.
+    let mut s = Server::start(&["--ack-timeout", "30s", "--grace", "30s"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut c = rt
+        .block_on(tokio_tungstenite::connect_async(s.ws_url("/ws")))
+        .unwrap()
+        .0;
+    rt.block_on(c.next());
+    s.signal("TERM");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        match http_get(&s.addr, "/readyz") {
+            Some((503, body)) => {
+                assert_eq!(body.trim(), "draining");
+                break;
+            }
+            // Refused: the listener is already closed, which is also "not ready".
+            None => break,
+            Some(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz never turned 503"
+            ),
+        }
+    }
+    drop(c);
+    assert!(s.wait_exit().success());
+}

@@ -10,7 +10,12 @@ fn fixtures(prefix: &str) -> Vec<(String, String)> {
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read_to_string(e.path()).unwrap()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
         .collect();
     out.sort();
     assert!(!out.is_empty(), "no {prefix} fixtures");
@@ -21,7 +26,10 @@ fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(name: &str, text
     let parsed: T = serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
     let again = serde_json::to_value(&parsed).unwrap();
     let want: serde_json::Value = serde_json::from_str(text).unwrap();
-    assert_eq!(again, want, "{name}: the types no longer produce the documented JSON");
+    assert_eq!(
+        again, want,
+        "{name}: the types no longer produce the documented JSON"
+    );
 }
 
 #[test]
@@ -42,7 +50,19 @@ fn server_fixtures_roundtrip() {
 fn every_message_type_has_a_fixture() {
     let names: Vec<String> = fixtures("").into_iter().map(|(n, _)| n).collect();
     let schema = json_schema().to_string();
-    for t in ["subscribe", "ack", "ping", "hello", "records", "gap", "error", "subscribed", "pong", "draining", "reconnect"] {
+    for t in [
+        "subscribe",
+        "ack",
+        "ping",
+        "hello",
+        "records",
+        "gap",
+        "error",
+        "subscribed",
+        "pong",
+        "draining",
+        "reconnect",
+    ] {
         assert!(names.iter().any(|n| n.contains(t)), "no fixture for {t}");
         assert!(schema.contains(&format!("\"{t}\"")), "schema lacks {t}");
     }
@@ -53,7 +73,10 @@ fn every_message_type_has_a_fixture() {
 fn committed_schema_matches_the_types() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/protocol.schema.json");
     let committed = std::fs::read_to_string(path).expect("sidecar/protocol.schema.json is missing");
-    let generated = format!("{}\n", serde_json::to_string_pretty(&json_schema()).unwrap());
+    let generated = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&json_schema()).unwrap()
+    );
     assert!(
         committed == generated,
         "sidecar/protocol.schema.json drifted from the Rust types: run `cargo run -p logstream -- schema > sidecar/protocol.schema.json`"

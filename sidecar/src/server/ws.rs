@@ -313,3 +313,164 @@ fn is_capacity<E: std::error::Error + 'static>(e: &E) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    //! The WebSocket logic driven through channels instead of a socket.
+    use super::*;
+    use crate::hub::tests::{publish_lines, src};
+    use crate::hub::{Hub, HubLimits};
+    use crate::metrics::Metrics;
+    use crate::protocol::Subscribe;
+    use crate::server::ServerConfig;
+    use futures::channel::mpsc;
+    use tokio::sync::watch;
+
+    fn state(hub: &Arc<Hub>) -> Arc<AppState> {
+        let (_r, ready) = watch::channel(true);
+        let (_d, draining) = watch::channel(false);
+        AppState::new(
+            hub.clone(),
+            Arc::new(Metrics::new()),
+            ServerConfig::default(),
+            ready,
+            draining,
+        )
+    }
+
+    async fn recv(rx: &mut mpsc::Receiver<Message>) -> ServerMessage {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), rx.next())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Close(f) => panic!("closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribe_records_errors_and_drain_over_channels() {
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 100,
+                max_bytes: 1 << 20,
+            },
+            "t",
+        );
+        let a = hub.source(src("a.log"));
+        let st = state(&hub);
+        let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
+        let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
+        let sub = Subscribe::default();
+        let session = Session::new(
+            hub.clone(),
+            &sub,
+            Filter::compile(&sub).unwrap(),
+            st.cfg.session,
+        );
+        let guard = st.try_connect(Transport::ws).unwrap();
+        let task = tokio::spawn(serve(server_tx, server_rx, st.clone(), session, guard));
+
+        assert!(matches!(
+            recv(&mut client_rx).await,
+            ServerMessage::Hello { .. }
+        ));
+        publish_lines(&hub, &a, &["one", "two"]);
+        match recv(&mut client_rx).await {
+            ServerMessage::Records { records, cursor } => {
+                assert_eq!(
+                    records.iter().map(|r| r.line.as_str()).collect::<Vec<_>>(),
+                    ["one", "two"]
+                );
+                assert_eq!(cursor.get(a.sid), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        client_tx.send(Ok(Message::text("{oops"))).await.unwrap();
+        assert!(matches!(
+            recv(&mut client_rx).await,
+            ServerMessage::Error { .. }
+        ));
+        client_tx
+            .send(Ok(Message::text(r#"{"type":"subscribe","grep":"^t"}"#)))
+            .await
+            .unwrap();
+        assert!(matches!(
+            recv(&mut client_rx).await,
+            ServerMessage::Subscribed { .. }
+        ));
+        publish_lines(&hub, &a, &["nope", "three"]);
+        match recv(&mut client_rx).await {
+            ServerMessage::Records { records, .. } => assert_eq!(records[0].line, "three"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(st.connections(), 1);
+        hub.close();
+        let cursor = match recv(&mut client_rx).await {
+            ServerMessage::Draining { cursor } => cursor,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(cursor.get(a.sid), 4);
+        client_tx
+            .send(Ok(Message::text(
+                serde_json::to_string(&ClientMessage::Ack { cursor }).unwrap(),
+            )))
+            .await
+            .unwrap();
+        assert_eq!(task.await.unwrap(), End::Drained);
+        match client_rx.next().await {
+            Some(Message::Close(Some(f))) => assert_eq!(f.code, close::GOING_AWAY),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(st.connections(), 0, "the connection slot is released");
+    }
+
+    #[tokio::test]
+    async fn an_ack_that_does_not_cover_the_end_does_not_finish_the_drain() {
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 100,
+                max_bytes: 1 << 20,
+            },
+            "t",
+        );
+        let a = hub.source(src("a.log"));
+        let mut cfg = ServerConfig::default();
+        cfg.ack_timeout = Duration::from_millis(50);
+        let (_r, ready) = watch::channel(true);
+        let (_d, draining) = watch::channel(false);
+        let st = AppState::new(hub.clone(), Arc::new(Metrics::new()), cfg, ready, draining);
+        let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
+        let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
+        let sub = Subscribe::default();
+        let session = Session::new(
+            hub.clone(),
+            &sub,
+            Filter::compile(&sub).unwrap(),
+            st.cfg.session,
+        );
+        let guard = st.try_connect(Transport::ws).unwrap();
+        let task = tokio::spawn(serve(server_tx, server_rx, st.clone(), session, guard));
+        recv(&mut client_rx).await;
+        publish_lines(&hub, &a, &["x", "y"]);
+        recv(&mut client_rx).await;
+        hub.close();
+        assert!(matches!(
+            recv(&mut client_rx).await,
+            ServerMessage::Draining { .. }
+        ));
+        let mut stale = Cursor::default();
+        stale.advance(a.sid, 1);
+        client_tx
+            .send(Ok(Message::text(
+                serde_json::to_string(&ClientMessage::Ack { cursor: stale }).unwrap(),
+            )))
+            .await
+            .unwrap();
+        assert_eq!(task.await.unwrap(), End::DrainTimeout);
+    }
+}
