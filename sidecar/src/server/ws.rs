@@ -439,8 +439,10 @@ mod tests {
             "t",
         );
         let a = hub.source(src("a.log"));
-        let mut cfg = ServerConfig::default();
-        cfg.ack_timeout = Duration::from_millis(50);
+        let cfg = ServerConfig {
+            ack_timeout: Duration::from_millis(50),
+            ..ServerConfig::default()
+        };
         let (_r, ready) = watch::channel(true);
         let (_d, draining) = watch::channel(false);
         let st = AppState::new(hub.clone(), Arc::new(Metrics::new()), cfg, ready, draining);
