@@ -1,0 +1,532 @@
+//! Desired state, as pure functions: LogStream(s) → Kubernetes objects. No
+//! client here; the reconciler applies what these return.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    ClientIPConfig, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service,
+    ServiceAccount, ServicePort, ServiceSpec, SessionAffinityConfig,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{LogStream, STREAM_PORT};
+use crate::mutate::{STREAM_LABEL, restricted_security_context};
+
+pub const AGGREGATOR: &str = "logstream-aggregator";
+pub const MANAGED_BY: &str = "logstream-operator";
+/// Seconds the aggregator may take to drain; its grace period adds a margin.
+pub const AGGREGATOR_DRAIN_SECONDS: i64 = 25;
+
+/// Settings of the operator that shape the objects.
+#[derive(Clone, Debug)]
+pub struct BuildConfig {
+    pub image: String,
+}
+
+fn labels(component: &str, stream: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "logstream".to_string(),
+        ),
+        (
+            "app.kubernetes.io/component".to_string(),
+            component.to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGED_BY.to_string(),
+        ),
+    ]);
+    if let Some(s) = stream {
+        l.insert("logstream.dev/owner".into(), s.into());
+    }
+    l
+}
+
+/// A DNS-label name (≤ 63 characters) derived from `base` and `suffix`.
+pub fn object_name(base: &str, suffix: &str) -> String {
+    let full = format!("{base}-{suffix}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = format!("{:08x}", fnv1a(full.as_bytes()) as u32);
+    let keep = 63 - suffix.len() - hash.len() - 2;
+    format!("{}-{hash}-{suffix}", base[..keep].trim_end_matches('-'))
+}
+
+/// Small stable hash for name shortening (not security relevant).
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x100000001b3)
+    })
+}
+
+pub fn stream_service_name(ls: &LogStream) -> String {
+    object_name(&ls.name_any(), "logstream")
+}
+
+fn owner(ls: &LogStream) -> Option<OwnerReference> {
+    ls.controller_owner_ref(&())
+}
+
+/// Non-controller owner reference: several LogStreams share the namespace's
+/// aggregator, which the garbage collector removes with the last of them.
+fn shared_owner(ls: &LogStream) -> Option<OwnerReference> {
+    let mut o = ls.controller_owner_ref(&())?;
+    o.controller = None;
+    o.block_owner_deletion = None;
+    Some(o)
+}
+
+/// The Service in front of the selected pods' sidecars (ClientIP affinity, so
+/// a client keeps talking to the same pod's history).
+pub fn stream_service(ls: &LogStream) -> Service {
+    let name = ls.name_any();
+    Service {
+        metadata: ObjectMeta {
+            name: Some(stream_service_name(ls)),
+            namespace: ls.namespace(),
+            labels: Some(labels("sidecars", Some(&name))),
+            owner_references: owner(ls).map(|o| vec![o]),
+            annotations: Some(BTreeMap::from([(
+                "traefik.ingress.kubernetes.io/service.sticky.cookie".to_string(),
+                "true".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(STREAM_LABEL.to_string(), name)])),
+            ports: Some(vec![stream_port()]),
+            session_affinity: Some("ClientIP".into()),
+            session_affinity_config: Some(SessionAffinityConfig {
+                client_ip: Some(ClientIPConfig {
+                    timeout_seconds: Some(3600),
+                }),
+            }),
+            publish_not_ready_addresses: Some(false),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn stream_port() -> ServicePort {
+    ServicePort {
+        name: Some("logstream".into()),
+        port: STREAM_PORT,
+        target_port: Some(IntOrString::String("logstream".into())),
+        app_protocol: Some("http".into()),
+        ..ServicePort::default()
+    }
+}
+
+/// Ingress annotations: cookie affinity for ingress-nginx and Traefik,
+/// timeouts and buffering suited to long-lived WebSocket/SSE streams.
+pub fn ingress_annotations(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut a: BTreeMap<String, String> = [
+        ("nginx.ingress.kubernetes.io/affinity", "cookie"),
+        ("nginx.ingress.kubernetes.io/affinity-mode", "persistent"),
+        (
+            "nginx.ingress.kubernetes.io/session-cookie-name",
+            "logstream-affinity",
+        ),
+        (
+            "nginx.ingress.kubernetes.io/session-cookie-max-age",
+            "86400",
+        ),
+        ("nginx.ingress.kubernetes.io/proxy-read-timeout", "3600"),
+        ("nginx.ingress.kubernetes.io/proxy-send-timeout", "3600"),
+        ("nginx.ingress.kubernetes.io/proxy-buffering", "off"),
+        (
+            "traefik.ingress.kubernetes.io/router.entrypoints",
+            "web,websecure",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    a.extend(extra.clone());
+    a
+}
+
+/// The LogStream's Ingress, to the namespace's aggregator (merged view, resume
+/// on any replica; the cookie keeps a browser on one replica).
+pub fn stream_ingress(ls: &LogStream) -> Option<Ingress> {
+    let spec = ls.spec.ingress.as_ref()?;
+    let name = ls.name_any();
+    Some(Ingress {
+        metadata: ObjectMeta {
+            name: Some(object_name(&name, "logstream")),
+            namespace: ls.namespace(),
+            labels: Some(labels("ingress", Some(&name))),
+            annotations: Some(ingress_annotations(&spec.annotations)),
+            owner_references: owner(ls).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(IngressSpec {
+            ingress_class_name: spec.class_name.clone(),
+            tls: spec.tls_secret_name.as_ref().map(|s| {
+                vec![IngressTLS {
+                    hosts: Some(vec![spec.host.clone()]),
+                    secret_name: Some(s.clone()),
+                }]
+            }),
+            rules: Some(vec![IngressRule {
+                host: Some(spec.host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: AGGREGATOR.into(),
+                                port: Some(ServiceBackendPort {
+                                    name: Some("logstream".into()),
+                                    number: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// Everything the namespace's aggregator needs. `streams` are the live
+/// LogStreams of one namespace (at least one).
+pub struct AggregatorObjects {
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+pub fn aggregator(namespace: &str, streams: &[LogStream], cfg: &BuildConfig) -> AggregatorObjects {
+    let owners: Vec<OwnerReference> = streams.iter().filter_map(shared_owner).collect();
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(labels("aggregator", None)),
+        owner_references: Some(owners.clone()),
+        ..ObjectMeta::default()
+    };
+    let replicas = streams
+        .iter()
+        .map(|s| s.spec.aggregator.replicas)
+        .max()
+        .unwrap_or(2);
+    let selector = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "logstream".to_string(),
+        ),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "aggregator".to_string(),
+        ),
+    ]);
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    };
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("logstream".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "aggregator".into(),
+        image: Some(cfg.image.clone()),
+        args: Some(vec!["aggregator".into()]),
+        env: Some(vec![
+            EnvVar {
+                name: "POD_NAMESPACE".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.namespace".into(),
+                        api_version: None,
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            },
+            env("LOGSTREAM_LISTEN", &format!("0.0.0.0:{STREAM_PORT}")),
+            env("LOGSTREAM_DISCOVER_LABEL", STREAM_LABEL),
+            env("LOGSTREAM_GRACE", &format!("{AGGREGATOR_DRAIN_SECONDS}s")),
+            env("LOGSTREAM_LOG_FORMAT", "json"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("logstream".into()),
+            container_port: STREAM_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(probe("/healthz")),
+        security_context: Some(restricted_security_context()),
+        ..Container::default()
+    };
+    AggregatorObjects {
+        service_account: ServiceAccount {
+            metadata: meta(AGGREGATOR),
+            automount_service_account_token: Some(true),
+            ..ServiceAccount::default()
+        },
+        role: Role {
+            metadata: meta(AGGREGATOR),
+            rules: Some(vec![
+                PolicyRule {
+                    api_groups: Some(vec![String::new()]),
+                    resources: Some(vec!["pods".into()]),
+                    verbs: vec!["get".into(), "list".into(), "watch".into()],
+                    ..PolicyRule::default()
+                },
+                PolicyRule {
+                    api_groups: Some(vec!["logstream.dev".into()]),
+                    resources: Some(vec!["logstreams".into()]),
+                    verbs: vec!["get".into(), "list".into(), "watch".into()],
+                    ..PolicyRule::default()
+                },
+            ]),
+        },
+        role_binding: RoleBinding {
+            metadata: meta(AGGREGATOR),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: AGGREGATOR.into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: AGGREGATOR.into(),
+                namespace: Some(namespace.into()),
+                ..Subject::default()
+            }]),
+        },
+        deployment: Deployment {
+            metadata: meta(AGGREGATOR),
+            spec: Some(DeploymentSpec {
+                replicas: Some(replicas),
+                selector: LabelSelector {
+                    match_labels: Some(selector.clone()),
+                    match_expressions: None,
+                },
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_unavailable: Some(IntOrString::Int(0)),
+                        max_surge: Some(IntOrString::Int(1)),
+                    }),
+                }),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels("aggregator", None)),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        service_account_name: Some(AGGREGATOR.into()),
+                        termination_grace_period_seconds: Some(AGGREGATOR_DRAIN_SECONDS + 10),
+                        security_context: Some(PodSecurityContext {
+                            run_as_non_root: Some(true),
+                            ..PodSecurityContext::default()
+                        }),
+                        containers: vec![container],
+                        ..PodSpec::default()
+                    }),
+                },
+                ..DeploymentSpec::default()
+            }),
+            status: None,
+        },
+        service: Service {
+            metadata: meta(AGGREGATOR),
+            spec: Some(ServiceSpec {
+                selector: Some(selector),
+                ports: Some(vec![stream_port()]),
+                session_affinity: Some("ClientIP".into()),
+                session_affinity_config: Some(SessionAffinityConfig {
+                    client_ip: Some(ClientIPConfig {
+                        timeout_seconds: Some(3600),
+                    }),
+                }),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        },
+    }
+}
+
+/// URLs reported in status.
+pub fn urls(ls: &LogStream) -> Vec<String> {
+    let ns = ls.namespace().unwrap_or_default();
+    let mut u = Vec::new();
+    if let Some(i) = &ls.spec.ingress {
+        let scheme = if i.tls_secret_name.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        u.push(format!("{scheme}://{}/", i.host));
+    }
+    u.push(format!("http://{AGGREGATOR}.{ns}.svc:{STREAM_PORT}/"));
+    if ls.spec.service.enabled {
+        u.push(format!(
+            "http://{}.{ns}.svc:{STREAM_PORT}/",
+            stream_service_name(ls)
+        ));
+    }
+    u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{IngressSpec as LsIngress, LogStreamSpec};
+
+    pub fn stream(name: &str, json: serde_json::Value) -> LogStream {
+        let spec: LogStreamSpec = serde_json::from_value(json).unwrap();
+        let mut ls = LogStream::new(name, spec);
+        ls.metadata.namespace = Some("shop".into());
+        ls.metadata.uid = Some(format!("uid-{name}"));
+        ls
+    }
+
+    #[test]
+    fn service_selects_injected_pods_with_client_ip_affinity() {
+        let ls = stream(
+            "web",
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}),
+        );
+        let svc = stream_service(&ls);
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.session_affinity.as_deref(), Some("ClientIP"));
+        assert_eq!(spec.selector.unwrap()[STREAM_LABEL], "web");
+        assert_eq!(spec.ports.unwrap()[0].port, STREAM_PORT);
+        let owner = &svc.metadata.owner_references.unwrap()[0];
+        assert_eq!(owner.kind, "LogStream");
+        assert_eq!(owner.controller, Some(true));
+    }
+
+    #[test]
+    fn ingress_has_affinity_timeouts_tls_and_user_overrides() {
+        let mut ls = stream(
+            "web",
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}),
+        );
+        assert!(stream_ingress(&ls).is_none());
+        ls.spec.ingress = Some(LsIngress {
+            host: "logs.example.com".into(),
+            class_name: Some("nginx".into()),
+            tls_secret_name: Some("logs-tls".into()),
+            annotations: BTreeMap::from([(
+                "nginx.ingress.kubernetes.io/proxy-read-timeout".into(),
+                "600".into(),
+            )]),
+        });
+        let ing = stream_ingress(&ls).unwrap();
+        let a = ing.metadata.annotations.unwrap();
+        assert_eq!(a["nginx.ingress.kubernetes.io/affinity"], "cookie");
+        assert_eq!(a["nginx.ingress.kubernetes.io/proxy-read-timeout"], "600");
+        assert_eq!(a["nginx.ingress.kubernetes.io/proxy-buffering"], "off");
+        let spec = ing.spec.unwrap();
+        assert_eq!(
+            spec.tls.unwrap()[0].secret_name.as_deref(),
+            Some("logs-tls")
+        );
+        assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+        assert_eq!(urls(&ls)[0], "https://logs.example.com/");
+    }
+
+    #[test]
+    fn aggregator_is_shared_and_sized_by_the_largest_request() {
+        let a = stream(
+            "a",
+            serde_json::json!({"selector": {"matchLabels": {"app": "a"}}, "aggregator": {"replicas": 3}}),
+        );
+        let b = stream(
+            "b",
+            serde_json::json!({"selector": {"matchLabels": {"app": "b"}}}),
+        );
+        let objs = aggregator(
+            "shop",
+            &[a, b],
+            &BuildConfig {
+                image: "img".into(),
+            },
+        );
+        let d = objs.deployment;
+        assert_eq!(d.metadata.owner_references.as_ref().unwrap().len(), 2);
+        assert!(
+            d.metadata
+                .owner_references
+                .unwrap()
+                .iter()
+                .all(|o| o.controller.is_none())
+        );
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(AGGREGATOR_DRAIN_SECONDS + 10)
+        );
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            objs.service.spec.unwrap().session_affinity.as_deref(),
+            Some("ClientIP")
+        );
+        let rules = objs.role.rules.unwrap();
+        assert!(
+            rules.iter().all(|r| r
+                .verbs
+                .iter()
+                .all(|v| ["get", "list", "watch"].contains(&v.as_str()))),
+            "read-only role"
+        );
+    }
+
+    #[test]
+    fn long_names_stay_dns_labels() {
+        let n = object_name(&"x".repeat(200), "logstream");
+        assert!(n.len() <= 63, "{n}");
+        assert!(n.ends_with("-logstream"));
+        assert_ne!(
+            object_name(&"x".repeat(200), "logstream"),
+            object_name(&"x".repeat(201), "logstream")
+        );
+        assert_eq!(object_name("web", "logstream"), "web-logstream");
+    }
+}

@@ -1,0 +1,396 @@
+//! The `LogStream` resource (`logstream.dev/v1alpha1`): what to stream from
+//! which pods, and how to expose it. Validation lives in the schema (OpenAPI
+//! bounds and CEL rules), so the API server itself refuses a bad resource
+//! with a message naming the field.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Port the sidecar and the aggregator listen on.
+pub const STREAM_PORT: i32 = 7680;
+
+/// Streams the log files that the selected pods write into a shared volume.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "logstream.dev",
+    version = "v1alpha1",
+    kind = "LogStream",
+    namespaced,
+    shortname = "ls",
+    status = "LogStreamStatus",
+    category = "all",
+    printcolumn = r#"{"name":"Selected","type":"integer","jsonPath":".status.selectedPods"}"#,
+    printcolumn = r#"{"name":"Injected","type":"integer","jsonPath":".status.injectedPods"}"#,
+    printcolumn = r#"{"name":"Pending","type":"integer","description":"Selected pods that need a restart to get the sidecar","jsonPath":".status.pendingRestartPods"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LogStreamSpec {
+    /// Pods whose log files are streamed. Must not be empty.
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+        "message": "selector must not be empty: it would select every pod in the namespace"
+    }]))]
+    pub selector: LabelSelector,
+
+    /// Globs of the files to stream, relative to `mountPath` (`*.log`, `**/*.log`).
+    #[serde(default = "default_paths")]
+    #[schemars(length(min = 1, max = 32))]
+    pub paths: Vec<PathGlob>,
+
+    /// Where the app container writes its logs. An existing volume mounted
+    /// there is shared with the sidecar; otherwise an emptyDir is added.
+    #[serde(default = "default_mount_path")]
+    #[schemars(length(min = 1, max = 512))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.startsWith('/')", "message": "mountPath must be absolute"},
+        {"rule": "!self.contains('..')", "message": "mountPath must not contain '..'"},
+        {"rule": "self != '/'", "message": "mountPath must not be the root directory"}
+    ]))]
+    pub mount_path: String,
+
+    /// The app container that writes the logs (default: the first container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub container: Option<String>,
+
+    /// How lines are parsed for their level.
+    #[serde(default)]
+    pub parse: ParseSpec,
+
+    /// History kept by each sidecar.
+    #[serde(default)]
+    pub buffer: BufferSpec,
+
+    /// The per-LogStream Service in front of the selected pods' sidecars.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// Optional Ingress to the aggregator, with session affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+
+    /// Who may stream.
+    #[serde(default)]
+    pub access: AccessSpec,
+
+    /// The injected sidecar.
+    #[serde(default)]
+    pub sidecar: SidecarSpec,
+
+    /// The namespace's aggregator.
+    #[serde(default)]
+    pub aggregator: AggregatorSpec,
+
+    /// Restart (through their owner's rollout) selected pods that run without
+    /// the sidecar, e.g. pods created while the webhook was unavailable.
+    #[serde(default)]
+    pub restart_pods: bool,
+}
+
+fn default_paths() -> Vec<PathGlob> {
+    vec![PathGlob("*.log".into())]
+}
+
+/// A glob relative to the log volume; it can never leave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PathGlob(pub String);
+
+impl std::fmt::Display for PathGlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl JsonSchema for PathGlob {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PathGlob".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 256,
+            "x-kubernetes-validations": [
+                {"rule": "!self.startsWith('/')", "message": "paths must be relative to mountPath"},
+                {"rule": "!self.contains('..')", "message": "paths must not leave mountPath ('..')"},
+                {"rule": "self.matches('^[^\\\\[\\\\]]*(\\\\[[^\\\\[\\\\]]+\\\\][^\\\\[\\\\]]*)*$')", "message": "paths must be valid globs: unbalanced '[' or ']'"},
+                {"rule": "self.matches('^[^{}]*(\\\\{[^{}]*\\\\}[^{}]*)*$')", "message": "paths must be valid globs: unbalanced '{' or '}'"}
+            ]
+        })
+    }
+}
+
+fn default_mount_path() -> String {
+    "/var/log/app".into()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParseFormat {
+    Plain,
+    Json,
+    Logfmt,
+    #[default]
+    Auto,
+}
+
+impl ParseFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParseFormat::Plain => "plain",
+            ParseFormat::Json => "json",
+            ParseFormat::Logfmt => "logfmt",
+            ParseFormat::Auto => "auto",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParseSpec {
+    #[serde(default)]
+    pub format: ParseFormat,
+    /// Field carrying the level in JSON/logfmt lines (default: level, lvl, severity...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub level_field: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BufferSpec {
+    /// Records kept in each sidecar's history.
+    #[serde(default = "default_lines")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub lines: i64,
+    /// Bytes kept in each sidecar's history.
+    #[serde(default = "default_bytes")]
+    #[schemars(range(min = 65_536, max = 4_294_967_296_i64))]
+    pub bytes: i64,
+}
+
+fn default_lines() -> i64 {
+    10_000
+}
+fn default_bytes() -> i64 {
+    8 << 20
+}
+
+impl Default for BufferSpec {
+    fn default() -> Self {
+        BufferSpec {
+            lines: default_lines(),
+            bytes: default_bytes(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Create the per-LogStream Service.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec { enabled: true }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name served.
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(
+        pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    ))]
+    pub host: String,
+    /// IngressClass (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// TLS Secret for the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Extra annotations (override the affinity and timeout defaults).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// Bearer tokens checked with TokenReview + SubjectAccessReview (`get pods/log`).
+    #[default]
+    Kubernetes,
+    /// A static token from a Secret.
+    Token,
+    /// Loopback only (kubectl port-forward).
+    None,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.mode != 'token' || has(self.tokenSecret)",
+    "message": "access.tokenSecret is required when access.mode is token"
+}]))]
+pub struct AccessSpec {
+    #[serde(default)]
+    pub mode: AccessMode,
+    /// Secret key holding the token (mode `token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<SecretKeyRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Image of the sidecar (default: the operator's `--sidecar-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Resources of the sidecar (default: 10m/32Mi requests, 128Mi limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregatorSpec {
+    /// Replicas of the namespace's aggregator (the largest value among the
+    /// namespace's LogStreams wins).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 10))]
+    pub replicas: i32,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+impl Default for AggregatorSpec {
+    fn default() -> Self {
+        AggregatorSpec {
+            replicas: default_replicas(),
+        }
+    }
+}
+
+/// Observed state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogStreamStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Injected`, `Degraded`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub selected_pods: i32,
+    #[serde(default)]
+    pub injected_pods: i32,
+    #[serde(default)]
+    pub pending_restart_pods: i32,
+    /// Names of pods running without the sidecar (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
+    /// Where to watch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+}
+
+/// The CRD as YAML, exactly as committed in `crds/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    Ok(format!(
+        "# Generated by `logstream-operator crd`; do not edit.\n{}",
+        serde_yaml::to_string(&LogStream::crd())?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regenerate with `cargo run -p logstream-operator -- crd > crds/logstream.dev_logstreams.yaml`.
+    #[test]
+    fn committed_crd_matches_the_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/logstream.dev_logstreams.yaml"
+        );
+        let committed =
+            std::fs::read_to_string(path).expect("crds/logstream.dev_logstreams.yaml is missing");
+        assert!(
+            committed == crd_yaml().unwrap(),
+            "crds/ drifted from the Rust types: run `cargo run -p logstream-operator -- crd > crds/logstream.dev_logstreams.yaml`"
+        );
+    }
+
+    #[test]
+    fn golden_schema_bits() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(LogStream::crd()).unwrap();
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "ls");
+        assert_eq!(v["subresources"]["status"], serde_json::json!({}));
+        let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], serde_json::json!(["selector"]));
+        let rules = spec["properties"]["paths"]["items"]["x-kubernetes-validations"]
+            .as_array()
+            .unwrap();
+        assert!(rules.len() >= 4);
+        assert_eq!(
+            spec["properties"]["buffer"]["properties"]["lines"]["minimum"].as_f64(),
+            Some(1.0)
+        );
+        assert!(spec["properties"]["access"]["x-kubernetes-validations"].is_array());
+        let cols: Vec<&str> = v["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(cols, ["Selected", "Injected", "Pending", "Ready", "Age"]);
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_resource() {
+        let spec: LogStreamSpec = serde_json::from_value(serde_json::json!({
+            "selector": {"matchLabels": {"app": "web"}}
+        }))
+        .unwrap();
+        assert_eq!(spec.paths, [PathGlob("*.log".into())]);
+        assert_eq!(spec.mount_path, "/var/log/app");
+        assert_eq!(spec.buffer.lines, 10_000);
+        assert!(spec.service.enabled);
+        assert_eq!(spec.aggregator.replicas, 2);
+        assert_eq!(spec.access.mode, AccessMode::Kubernetes);
+    }
+}

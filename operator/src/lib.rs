@@ -1,0 +1,12 @@
+//! logstream's control plane.
+//!
+//! ```text
+//!  LogStream ──► controller: dereference → build (pure) → apply (SSA) → status
+//!                   │            Service, Ingress, aggregator (per namespace)
+//!                   └─ namespace label ──► MutatingWebhook ──► mutate(pod) (pure) ──► patch
+//!  webhook TLS: self-managed CA + serving cert in a Secret, caBundle patched, rotated
+//! ```
+
+pub mod build;
+pub mod crd;
+pub mod mutate;

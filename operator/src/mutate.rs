@@ -1,0 +1,636 @@
+//! Sidecar injection as a pure function: pod + LogStreams → mutated pod.
+//! The admission webhook only converts between this and JSON patches.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+
+use crate::crd::{AccessMode, LogStream, STREAM_PORT};
+
+/// Label put on injected pods: the name of the LogStream (Services select it).
+pub const STREAM_LABEL: &str = "logstream.dev/stream";
+/// Annotation marking injection, so it never happens twice.
+pub const INJECTED_ANNOTATION: &str = "logstream.dev/injected";
+pub const SIDECAR_NAME: &str = "logstream";
+const LOG_VOLUME: &str = "logstream-logs";
+const TOKEN_VOLUME: &str = "logstream-token";
+const TOKEN_DIR: &str = "/var/run/logstream";
+/// Non-root user of the sidecar image.
+pub const SIDECAR_UID: i64 = 65532;
+
+#[derive(Clone, Debug)]
+pub struct InjectConfig {
+    pub image: String,
+    /// The cluster runs native sidecars (init containers with
+    /// `restartPolicy: Always`, Kubernetes 1.29+).
+    pub native_sidecars: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MutateError {
+    #[error(
+        "LogStream {stream}: container {container:?} not found in the pod (containers: {available})"
+    )]
+    NoContainer {
+        stream: String,
+        container: String,
+        available: String,
+    },
+    #[error("LogStream {stream}: the pod has no containers")]
+    NoContainers { stream: String },
+    #[error(
+        "LogStream {stream}: the pod already has a volume named {LOG_VOLUME:?} that is not mounted at {mount_path}"
+    )]
+    VolumeNameTaken { stream: String, mount_path: String },
+    #[error(
+        "LogStream {stream}: the pod already has a container named {SIDECAR_NAME:?} that logstream did not inject"
+    )]
+    NameTaken { stream: String },
+    #[error(
+        "LogStream {stream}: container {container:?} mounts {mount_path} with a subPath; the sidecar needs the whole volume"
+    )]
+    SubPath {
+        stream: String,
+        container: String,
+        mount_path: String,
+    },
+}
+
+/// True when `ls` selects pods with these labels. An empty or invalid
+/// selector selects nothing (the schema refuses both anyway).
+pub fn selects(ls: &LogStream, labels: &BTreeMap<String, String>) -> bool {
+    let sel = &ls.spec.selector;
+    let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty());
+    if empty {
+        return false;
+    }
+    Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels))
+}
+
+/// The first LogStream (by name) that selects the pod.
+pub fn choose<'a>(pod: &Pod, streams: &'a [LogStream]) -> Option<&'a LogStream> {
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let mut matching: Vec<&LogStream> = streams.iter().filter(|ls| selects(ls, &labels)).collect();
+    matching.sort_by_key(|ls| ls.name_any());
+    matching.into_iter().next()
+}
+
+/// Already carries a sidecar from us?
+pub fn is_injected(pod: &Pod) -> bool {
+    pod.annotations().contains_key(INJECTED_ANNOTATION)
+        || pod.spec.as_ref().is_some_and(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .any(|c| c.name == SIDECAR_NAME)
+                && pod.annotations().contains_key(INJECTED_ANNOTATION)
+        })
+}
+
+/// Returns the pod with the sidecar injected, `None` when nothing applies
+/// (no LogStream selects it, or it is already injected).
+pub fn mutate(
+    pod: &Pod,
+    streams: &[LogStream],
+    cfg: &InjectConfig,
+) -> Result<Option<Pod>, MutateError> {
+    if is_injected(pod) {
+        return Ok(None);
+    }
+    let Some(ls) = choose(pod, streams) else {
+        return Ok(None);
+    };
+    let stream = ls.name_any();
+    let mut pod = pod.clone();
+    let Some(spec) = pod.spec.as_mut() else {
+        return Err(MutateError::NoContainers { stream });
+    };
+    if spec.containers.is_empty() {
+        return Err(MutateError::NoContainers { stream });
+    }
+    if spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == SIDECAR_NAME)
+    {
+        return Err(MutateError::NameTaken { stream });
+    }
+    let mount_path = ls.spec.mount_path.trim_end_matches('/').to_string();
+    let app_idx = match &ls.spec.container {
+        Some(name) => spec
+            .containers
+            .iter()
+            .position(|c| &c.name == name)
+            .ok_or_else(|| MutateError::NoContainer {
+                stream: stream.clone(),
+                container: name.clone(),
+                available: spec
+                    .containers
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?,
+        None => 0,
+    };
+    let app = &mut spec.containers[app_idx];
+    let app_name = app.name.clone();
+    // Reuse the volume the app already mounts there, else add an emptyDir.
+    let existing = app
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path.trim_end_matches('/') == mount_path)
+        .cloned();
+    let volume = match existing {
+        Some(m) => {
+            if m.sub_path.is_some() || m.sub_path_expr.is_some() {
+                return Err(MutateError::SubPath {
+                    stream,
+                    container: app_name,
+                    mount_path,
+                });
+            }
+            m.name
+        }
+        None => {
+            if spec.volumes.iter().flatten().any(|v| v.name == LOG_VOLUME) {
+                return Err(MutateError::VolumeNameTaken { stream, mount_path });
+            }
+            spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+                name: LOG_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            });
+            spec.containers[app_idx]
+                .volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(VolumeMount {
+                    name: LOG_VOLUME.into(),
+                    mount_path: mount_path.clone(),
+                    ..VolumeMount::default()
+                });
+            LOG_VOLUME.to_string()
+        }
+    };
+    let mut mounts = vec![VolumeMount {
+        name: volume,
+        mount_path: mount_path.clone(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut env = vec![
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("POD_NAME", "metadata.name"),
+        value_env("LOGSTREAM_CONTAINER", &app_name),
+        value_env("LOGSTREAM_DIR", &mount_path),
+        value_env("LOGSTREAM_LISTEN", &format!("0.0.0.0:{STREAM_PORT}")),
+        value_env(
+            "LOGSTREAM_GLOBS",
+            &ls.spec
+                .paths
+                .iter()
+                .map(|p| p.0.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        value_env("LOGSTREAM_PARSE", ls.spec.parse.format.as_str()),
+        value_env("LOGSTREAM_BUFFER_LINES", &ls.spec.buffer.lines.to_string()),
+        value_env("LOGSTREAM_BUFFER_BYTES", &ls.spec.buffer.bytes.to_string()),
+        value_env("LOGSTREAM_LOG_FORMAT", "json"),
+    ];
+    if let Some(k) = &ls.spec.parse.level_field {
+        env.push(value_env("LOGSTREAM_LEVEL_KEY", k));
+    }
+    match ls.spec.access.mode {
+        AccessMode::Token => {
+            if let Some(secret) = &ls.spec.access.token_secret {
+                spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+                    name: TOKEN_VOLUME.into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(secret.name.clone()),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                });
+                mounts.push(VolumeMount {
+                    name: TOKEN_VOLUME.into(),
+                    mount_path: TOKEN_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
+                env.push(value_env(
+                    "LOGSTREAM_TOKEN_FILE",
+                    &format!("{TOKEN_DIR}/{}", secret.key),
+                ));
+            }
+        }
+        // Kubernetes mode: the aggregator authenticates users; sidecars only
+        // serve loopback (port-forward) and the aggregator's pulls.
+        AccessMode::Kubernetes | AccessMode::None => {}
+    }
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("logstream".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
+    };
+    let mut sidecar = Container {
+        name: SIDECAR_NAME.into(),
+        image: Some(
+            ls.spec
+                .sidecar
+                .image
+                .clone()
+                .unwrap_or_else(|| cfg.image.clone()),
+        ),
+        args: Some(vec!["sidecar".into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("logstream".into()),
+            container_port: STREAM_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        volume_mounts: Some(mounts),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(probe("/healthz")),
+        resources: Some(
+            ls.spec
+                .sidecar
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
+        security_context: Some(restricted_security_context()),
+        ..Container::default()
+    };
+    if cfg.native_sidecars {
+        // Starts before the app and stops after it, so the last lines are read.
+        sidecar.restart_policy = Some("Always".into());
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .insert(0, sidecar);
+    } else {
+        spec.containers.push(sidecar);
+    }
+    pod.labels_mut().insert(STREAM_LABEL.into(), stream.clone());
+    pod.annotations_mut()
+        .insert(INJECTED_ANNOTATION.into(), stream);
+    Ok(Some(pod))
+}
+
+/// Non-root, read-only root filesystem, no capabilities, default seccomp.
+pub fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(SIDECAR_UID),
+        run_as_group: Some(SIDECAR_UID),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("10m".into())),
+            ("memory".to_string(), Quantity("32Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("128Mi".into()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::LogStreamSpec;
+
+    fn stream(name: &str, json: serde_json::Value) -> LogStream {
+        let spec: LogStreamSpec = serde_json::from_value(json).unwrap();
+        let mut ls = LogStream::new(name, spec);
+        ls.metadata.namespace = Some("shop".into());
+        ls
+    }
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn cfg() -> InjectConfig {
+        InjectConfig {
+            image: "logstream:test".into(),
+            native_sidecars: true,
+        }
+    }
+
+    fn web() -> LogStream {
+        stream(
+            "web",
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}),
+        )
+    }
+
+    fn web_pod() -> Pod {
+        pod(serde_json::json!({
+            "metadata": {"name": "web-1", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]}
+        }))
+    }
+
+    fn sidecar(p: &Pod) -> &Container {
+        let s = p.spec.as_ref().unwrap();
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(s.containers.iter())
+            .find(|c| c.name == SIDECAR_NAME)
+            .unwrap()
+    }
+
+    fn count_sidecars(p: &Pod) -> usize {
+        let s = p.spec.as_ref().unwrap();
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(s.containers.iter())
+            .filter(|c| c.name == SIDECAR_NAME)
+            .count()
+    }
+
+    #[test]
+    fn native_sidecar_with_emptydir_shared_read_only() {
+        let out = mutate(&web_pod(), &[web()], &cfg()).unwrap().unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        let sc = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(sc.name, SIDECAR_NAME);
+        assert_eq!(sc.restart_policy.as_deref(), Some("Always"));
+        let vols: Vec<_> = spec
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|v| v.name == LOG_VOLUME)
+            .collect();
+        assert_eq!(vols.len(), 1);
+        assert!(vols[0].empty_dir.is_some());
+        let app_mount = &spec.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (app_mount.name.as_str(), app_mount.mount_path.as_str()),
+            (LOG_VOLUME, "/var/log/app")
+        );
+        let sc_mount = &sc.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(sc_mount.read_only, Some(true));
+        let sec = sc.security_context.as_ref().unwrap();
+        assert_eq!(sec.run_as_non_root, Some(true));
+        assert_eq!(sec.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            sec.capabilities.as_ref().unwrap().drop.as_ref().unwrap(),
+            &["ALL"]
+        );
+        assert_eq!(out.labels()[STREAM_LABEL], "web");
+        assert_eq!(out.annotations()[INJECTED_ANNOTATION], "web");
+        let env: BTreeMap<_, _> = sc
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect();
+        assert_eq!(env["LOGSTREAM_CONTAINER"].value.as_deref(), Some("app"));
+        assert_eq!(env["LOGSTREAM_GLOBS"].value.as_deref(), Some("*.log"));
+        assert!(env["POD_NAME"].value_from.is_some());
+    }
+
+    #[test]
+    fn plain_container_on_old_clusters() {
+        let out = mutate(
+            &web_pod(),
+            &[web()],
+            &InjectConfig {
+                native_sidecars: false,
+                ..cfg()
+            },
+        )
+        .unwrap()
+        .unwrap();
+        let spec = out.spec.unwrap();
+        assert!(spec.init_containers.is_none());
+        assert_eq!(spec.containers.len(), 2);
+        assert_eq!(spec.containers[1].restart_policy, None);
+    }
+
+    #[test]
+    fn never_injects_twice() {
+        let once = mutate(&web_pod(), &[web()], &cfg()).unwrap().unwrap();
+        assert_eq!(mutate(&once, &[web()], &cfg()).unwrap(), None);
+        assert_eq!(count_sidecars(&once), 1);
+    }
+
+    #[test]
+    fn reuses_the_apps_own_volume() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "labels": {"app": "web"}},
+            "spec": {
+                "containers": [{"name": "app", "volumeMounts": [{"name": "logs", "mountPath": "/var/log/app/"}]}],
+                "volumes": [{"name": "logs", "hostPath": {"path": "/tmp"}}]
+            }
+        }));
+        let out = mutate(&p, &[web()], &cfg()).unwrap().unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(spec.volumes.as_ref().unwrap().len(), 1, "no extra volume");
+        assert_eq!(spec.containers[0].volume_mounts.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            sidecar(&out).volume_mounts.as_ref().unwrap()[0].name,
+            "logs"
+        );
+    }
+
+    #[test]
+    fn named_container_and_clear_refusals() {
+        let ls = stream(
+            "web",
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}}, "container": "worker"}),
+        );
+        let err = mutate(&web_pod(), &[ls], &cfg()).unwrap_err();
+        assert!(
+            err.to_string().contains("container \"worker\" not found"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("app"),
+            "lists the containers: {err}"
+        );
+
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app"}], "volumes": [{"name": "logstream-logs", "emptyDir": {}}]}
+        }));
+        assert!(matches!(
+            mutate(&p, &[web()], &cfg()),
+            Err(MutateError::VolumeNameTaken { .. })
+        ));
+
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app"}, {"name": "logstream"}]}
+        }));
+        assert!(matches!(
+            mutate(&p, &[web()], &cfg()),
+            Err(MutateError::NameTaken { .. })
+        ));
+
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "volumeMounts": [{"name": "d", "mountPath": "/var/log/app", "subPath": "x"}]}],
+                     "volumes": [{"name": "d", "emptyDir": {}}]}
+        }));
+        assert!(matches!(
+            mutate(&p, &[web()], &cfg()),
+            Err(MutateError::SubPath { .. })
+        ));
+    }
+
+    #[test]
+    fn unselected_and_expression_selectors() {
+        let other = pod(
+            serde_json::json!({"metadata": {"name": "x", "labels": {"app": "db"}}, "spec": {"containers": [{"name": "db"}]}}),
+        );
+        assert_eq!(mutate(&other, &[web()], &cfg()).unwrap(), None);
+        let expr = stream(
+            "tier",
+            serde_json::json!({"selector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "edge"]}]}}),
+        );
+        let p = pod(
+            serde_json::json!({"metadata": {"name": "x", "labels": {"tier": "edge"}}, "spec": {"containers": [{"name": "c"}]}}),
+        );
+        assert!(mutate(&p, &[expr], &cfg()).unwrap().is_some());
+        let empty = stream("all", serde_json::json!({"selector": {}}));
+        assert_eq!(
+            mutate(&p, &[empty], &cfg()).unwrap(),
+            None,
+            "an empty selector selects nothing"
+        );
+    }
+
+    #[test]
+    fn first_stream_by_name_wins() {
+        let b = stream(
+            "b",
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}),
+        );
+        let a = stream(
+            "a",
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}}, "paths": ["x/*.txt"]}),
+        );
+        let out = mutate(&web_pod(), &[b, a], &cfg()).unwrap().unwrap();
+        assert_eq!(out.labels()[STREAM_LABEL], "a");
+    }
+
+    #[test]
+    fn token_mode_mounts_the_secret() {
+        let ls = stream(
+            "web",
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}},
+            "access": {"mode": "token", "tokenSecret": {"name": "logs-token", "key": "token"}}}),
+        );
+        let out = mutate(&web_pod(), &[ls], &cfg()).unwrap().unwrap();
+        let sc = sidecar(&out);
+        assert!(
+            sc.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|e| e.name == "LOGSTREAM_TOKEN_FILE"
+                    && e.value.as_deref() == Some("/var/run/logstream/token"))
+        );
+        assert!(
+            out.spec
+                .unwrap()
+                .volumes
+                .unwrap()
+                .iter()
+                .any(|v| v.secret.is_some())
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the pod shape, injection adds exactly one sidecar and one
+        /// log mount in the app, and a second pass changes nothing.
+        #[test]
+        fn injection_is_idempotent_on_many_shapes(
+            n_containers in 1usize..4,
+            app_mounts_logs in proptest::bool::ANY,
+            has_init in proptest::bool::ANY,
+            native in proptest::bool::ANY,
+        ) {
+            let containers: Vec<serde_json::Value> = (0..n_containers).map(|i| {
+                if i == 0 && app_mounts_logs {
+                    serde_json::json!({"name": format!("c{i}"), "volumeMounts": [{"name": "mine", "mountPath": "/var/log/app"}]})
+                } else {
+                    serde_json::json!({"name": format!("c{i}")})
+                }
+            }).collect();
+            let mut spec = serde_json::json!({"containers": containers});
+            if app_mounts_logs { spec["volumes"] = serde_json::json!([{"name": "mine", "emptyDir": {}}]); }
+            if has_init { spec["initContainers"] = serde_json::json!([{"name": "init"}]); }
+            let p = pod(serde_json::json!({"metadata": {"name": "p", "labels": {"app": "web"}}, "spec": spec}));
+            let c = InjectConfig { native_sidecars: native, ..cfg() };
+            let out = mutate(&p, &[web()], &c).unwrap().unwrap();
+            proptest::prop_assert_eq!(count_sidecars(&out), 1);
+            let s = out.spec.as_ref().unwrap();
+            let app_log_mounts = s.containers[0].volume_mounts.iter().flatten().filter(|m| m.mount_path == "/var/log/app").count();
+            proptest::prop_assert_eq!(app_log_mounts, 1);
+            proptest::prop_assert_eq!(s.volumes.as_ref().unwrap().len(), 1);
+            proptest::prop_assert_eq!(mutate(&out, &[web()], &c).unwrap(), None);
+        }
+    }
+}
