@@ -8,5 +8,10 @@
 //! ```
 
 pub mod build;
+pub mod controller;
 pub mod crd;
+pub mod metrics;
 pub mod mutate;
+pub mod run;
+pub mod tls;
+pub mod webhook;

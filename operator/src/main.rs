@@ -1,6 +1,10 @@
 //! `logstream-operator`: prints the CRD, or runs the controller and webhook.
 
+use std::net::{IpAddr, SocketAddr};
+
 use clap::{Parser, Subcommand};
+use logstream_operator::run::{RunOptions, run};
+use logstream_operator::webhook::Endpoint;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -9,6 +13,9 @@ use clap::{Parser, Subcommand};
     about = "Kubernetes operator for logstream"
 )]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "LOGSTREAM_LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -17,14 +24,106 @@ struct Cli {
 enum Command {
     /// Print the LogStream CustomResourceDefinition as YAML.
     Crd,
+    /// Run the controller and the injection webhook.
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Namespace the operator runs in.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "logstream-system")]
+    namespace: String,
+    /// Image of the sidecar and the aggregator.
+    #[arg(
+        long,
+        env = "LOGSTREAM_IMAGE",
+        default_value = "ghcr.io/logstream-dev/logstream:0.1.0"
+    )]
+    image: String,
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    webhook_listen: SocketAddr,
+    /// Service the API server calls the webhook through.
+    #[arg(
+        long,
+        env = "LOGSTREAM_WEBHOOK_SERVICE",
+        default_value = "logstream-operator"
+    )]
+    webhook_service: String,
+    #[arg(long, default_value_t = 443)]
+    webhook_service_port: i32,
+    /// Call the webhook by URL instead of Service (out-of-cluster runs and tests).
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// Secret holding the webhook CA and certificate.
+    #[arg(long, default_value = "logstream-webhook-tls")]
+    tls_secret: String,
+    /// Extra DNS names on the serving certificate.
+    #[arg(long = "cert-dns", value_delimiter = ',')]
+    cert_dns: Vec<String>,
+    /// Extra IP addresses on the serving certificate.
+    #[arg(long = "cert-ip", value_delimiter = ',')]
+    cert_ips: Vec<IpAddr>,
+    /// Health and metrics (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    health_listen: SocketAddr,
+    /// Inject native sidecars (true) or plain containers (false); detected from the server version when unset.
+    #[arg(long)]
+    native_sidecars: Option<bool>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
     match cli.command {
         Command::Crd => {
             print!("{}", logstream_operator::crd::crd_yaml()?);
             Ok(())
         }
+        Command::Run(a) => {
+            let webhook = match a.webhook_url {
+                Some(u) => Endpoint::Url(u),
+                None => Endpoint::Service {
+                    name: a.webhook_service,
+                    namespace: a.namespace.clone(),
+                    port: a.webhook_service_port,
+                },
+            };
+            let opts = RunOptions {
+                namespace: a.namespace,
+                image: a.image,
+                webhook_listen: a.webhook_listen,
+                webhook,
+                tls_secret: a.tls_secret,
+                cert_dns: a.cert_dns,
+                cert_ips: a.cert_ips,
+                health_listen: a.health_listen,
+                native_sidecars: a.native_sidecars,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(opts))?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -1,0 +1,563 @@
+//! The reconciler: per LogStream, dereference → build (pure, [`crate::build`])
+//! → apply (server-side apply) → status. A finalizer runs cleanup that owner
+//! references cannot: unlabelling the namespace and shrinking the shared
+//! aggregator's owner list.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::build::{self, AGGREGATOR, BuildConfig, MANAGED_BY};
+use crate::crd::{LogStream, LogStreamStatus};
+use crate::metrics::{ErrorLabel, Metrics};
+use crate::mutate::{INJECTED_ANNOTATION, selects};
+use crate::webhook::NAMESPACE_LABEL;
+
+pub const FINALIZER: &str = "logstream.dev/cleanup";
+/// Pod template annotation that rolls an owner to pick up the sidecar.
+pub const RESTARTED_AT: &str = "logstream.dev/restartedAt";
+const PENDING_LISTED: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("LogStream is missing its namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub build: BuildConfig,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, build: BuildConfig, metrics: Arc<Metrics>) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGED_BY.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Context {
+            client,
+            build,
+            metrics,
+            recorder,
+        }
+    }
+}
+
+fn ssa() -> PatchParams {
+    PatchParams::apply(MANAGED_BY).force()
+}
+
+async fn apply<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.patch(&obj.name_any(), &ssa(), &Patch::Apply(obj))
+        .await?;
+    Ok(())
+}
+
+async fn delete_if_present<K>(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs the controller until SIGTERM.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let streams: Api<DeserializeGuard<LogStream>> = Api::all(client.clone());
+    let controller = Controller::new(streams, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let managed =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    controller
+        .owns(Api::<Service>::all(client.clone()), managed.clone())
+        .owns(Api::<Ingress>::all(client.clone()), managed)
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            move |pod: Pod| {
+                // A pod change re-counts every LogStream of its namespace that selects it.
+                let labels = pod.labels().clone();
+                let ns = pod.namespace();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|g| g.namespace() == ns)
+                    .filter(|g| g.0.as_ref().is_ok_and(|ls| selects(ls, &labels)))
+                    .map(|g| ObjectRef::from_obj(&*g))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile event");
+            }
+        })
+        .await;
+}
+
+fn error_policy(_: Arc<DeserializeGuard<LogStream>>, e: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabel {
+            error: e.metric_label(),
+        })
+        .inc();
+    tracing::warn!(error = %e, "reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}
+
+async fn reconcile(
+    guard: Arc<DeserializeGuard<LogStream>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let ls = match &guard.0 {
+        Ok(ls) => ls.clone(),
+        Err(invalid) => {
+            // One malformed object must not stall the others.
+            tracing::warn!(name = %guard.name_any(), error = %invalid.error, "skipping a LogStream that does not deserialize");
+            return Ok(Action::await_change());
+        }
+    };
+    let ns = ls.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<LogStream> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, Arc::new(ls), |event| async {
+        match event {
+            Finalizer::Apply(ls) => apply_stream(&ls, &ctx).await,
+            Finalizer::Cleanup(ls) => cleanup(&ls, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Live LogStreams of a namespace (not being deleted), sorted by name.
+async fn live_streams(client: &kube::Client, ns: &str) -> Result<Vec<LogStream>, kube::Error> {
+    let mut v: Vec<LogStream> = Api::<LogStream>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .collect();
+    v.sort_by_key(|s| s.name_any());
+    Ok(v)
+}
+
+async fn apply_aggregator(
+    client: &kube::Client,
+    ns: &str,
+    streams: &[LogStream],
+    cfg: &BuildConfig,
+) -> Result<(), kube::Error> {
+    let objs = build::aggregator(ns, streams, cfg);
+    apply(client, ns, &objs.service_account).await?;
+    apply(client, ns, &objs.role).await?;
+    apply(client, ns, &objs.role_binding).await?;
+    apply(client, ns, &objs.deployment).await?;
+    apply(client, ns, &objs.service).await?;
+    Ok(())
+}
+
+async fn label_namespace(
+    client: &kube::Client,
+    ns: &str,
+    enabled: bool,
+) -> Result<(), kube::Error> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let value = if enabled {
+        serde_json::json!("enabled")
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {NAMESPACE_LABEL: value}}});
+    api.patch(ns, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let ns = ls.namespace().ok_or(Error::NoNamespace)?;
+    let name = ls.name_any();
+    label_namespace(client, &ns, true).await?;
+    let svc_name = build::stream_service_name(ls);
+    if ls.spec.service.enabled {
+        apply(client, &ns, &build::stream_service(ls)).await?;
+    } else {
+        delete_if_present::<Service>(client, &ns, &svc_name).await?;
+    }
+    match build::stream_ingress(ls) {
+        Some(ing) => apply(client, &ns, &ing).await?,
+        None => {
+            delete_if_present::<Ingress>(client, &ns, &build::object_name(&name, "logstream"))
+                .await?
+        }
+    }
+    let streams = live_streams(client, &ns).await?;
+    apply_aggregator(client, &ns, &streams, &ctx.build).await?;
+
+    // Which selected pods run without the sidecar?
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let selected: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && selects(ls, p.labels()))
+        .collect();
+    let (injected, pending): (Vec<&Pod>, Vec<&Pod>) = selected
+        .iter()
+        .partition(|p| p.annotations().contains_key(INJECTED_ANNOTATION));
+    ctx.metrics.pods_pending_restart.set(pending.len() as i64);
+    if ls.spec.restart_pods && !pending.is_empty() {
+        for owner in &restart_owners(client, &ns, &pending).await? {
+            publish(
+                ctx,
+                ls,
+                EventType::Normal,
+                "RestartedOwner",
+                format!("rolled {owner} to add the logstream sidecar"),
+            )
+            .await;
+        }
+    }
+    let old = ls.status.clone().unwrap_or_default();
+    let status = status(ls, &old, selected.len(), injected.len(), &pending);
+    if old.injected_pods != status.injected_pods
+        || old.pending_restart_pods != status.pending_restart_pods
+    {
+        let (kind, reason) = if pending.is_empty() {
+            (EventType::Normal, "Injected")
+        } else {
+            (EventType::Warning, "PodsWithoutSidecar")
+        };
+        publish(
+            ctx,
+            ls,
+            kind,
+            reason,
+            format!(
+                "{} of {} selected pods have the sidecar",
+                injected.len(),
+                selected.len()
+            ),
+        )
+        .await;
+    }
+    if Some(&status) != ls.status.as_ref() {
+        Api::<LogStream>::namespaced(client.clone(), &ns)
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": status })),
+            )
+            .await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+async fn publish(ctx: &Context, ls: &LogStream, type_: EventType, reason: &str, note: String) {
+    let ev = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &ls.object_ref(&())).await {
+        tracing::debug!(error = %e, "event not recorded");
+    }
+}
+
+/// Rolls the owners (Deployment, StatefulSet, DaemonSet) of pods that lack
+/// the sidecar; bare pods cannot be restarted and stay reported.
+async fn restart_owners(
+    client: &kube::Client,
+    ns: &str,
+    pending: &[&Pod],
+) -> Result<Vec<String>, kube::Error> {
+    let mut owners = BTreeSet::new();
+    for p in pending {
+        for o in p
+            .owner_references()
+            .iter()
+            .filter(|o| o.controller == Some(true))
+        {
+            match o.kind.as_str() {
+                "ReplicaSet" => {
+                    let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+                        .get_opt(&o.name)
+                        .await?;
+                    if let Some(d) = rs.as_ref().and_then(|rs| {
+                        rs.owner_references()
+                            .iter()
+                            .find(|r| r.kind == "Deployment")
+                            .cloned()
+                    }) {
+                        owners.insert(("Deployment".to_string(), d.name));
+                    }
+                }
+                "StatefulSet" | "DaemonSet" => {
+                    owners.insert((o.kind.clone(), o.name.clone()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let patch = Patch::Merge(serde_json::json!({
+        "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}
+    }));
+    let mut done = Vec::new();
+    for (kind, name) in owners {
+        let pp = PatchParams::default();
+        match kind.as_str() {
+            "Deployment" => {
+                Api::<Deployment>::namespaced(client.clone(), ns)
+                    .patch(&name, &pp, &patch)
+                    .await?;
+            }
+            "StatefulSet" => {
+                Api::<StatefulSet>::namespaced(client.clone(), ns)
+                    .patch(&name, &pp, &patch)
+                    .await?;
+            }
+            "DaemonSet" => {
+                Api::<DaemonSet>::namespaced(client.clone(), ns)
+                    .patch(&name, &pp, &patch)
+                    .await?;
+            }
+            _ => continue,
+        }
+        done.push(format!("{kind}/{name}"));
+    }
+    Ok(done)
+}
+
+/// Status from what was observed (pure).
+pub fn status(
+    ls: &LogStream,
+    old: &LogStreamStatus,
+    selected: usize,
+    injected: usize,
+    pending: &[&Pod],
+) -> LogStreamStatus {
+    let gen_ = ls.metadata.generation;
+    let cond = |type_: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        // Keep the transition time while the status does not change.
+        let last = old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: gen_,
+            last_transition_time: last,
+        }
+    };
+    let pending_n = pending.len();
+    let injected_cond = if selected == 0 {
+        cond(
+            "Injected",
+            true,
+            "NoPodsSelected",
+            "no pod matches the selector yet".into(),
+        )
+    } else if pending_n == 0 {
+        cond(
+            "Injected",
+            true,
+            "AllInjected",
+            format!("all {selected} selected pods have the sidecar"),
+        )
+    } else {
+        cond(
+            "Injected",
+            false,
+            "PodsPendingRestart",
+            format!(
+                "{pending_n} of {selected} selected pods run without the sidecar (created before the LogStream or while the webhook was unavailable){}",
+                if ls.spec.restart_pods {
+                    "; their owners are being restarted"
+                } else {
+                    "; set restartPods: true or restart them"
+                }
+            ),
+        )
+    };
+    let degraded = pending_n > 0 && !ls.spec.restart_pods;
+    LogStreamStatus {
+        observed_generation: gen_,
+        conditions: vec![
+            cond(
+                "Ready",
+                true,
+                "Reconciled",
+                format!("Service, Ingress and {AGGREGATOR} applied"),
+            ),
+            injected_cond,
+            cond(
+                "Degraded",
+                degraded,
+                if degraded {
+                    "PodsWithoutSidecar"
+                } else {
+                    "AsExpected"
+                },
+                if degraded {
+                    format!("{pending_n} selected pods cannot be streamed until restarted")
+                } else {
+                    String::new()
+                },
+            ),
+        ],
+        selected_pods: selected as i32,
+        injected_pods: injected as i32,
+        pending_restart_pods: pending_n as i32,
+        pending_restart: pending
+            .iter()
+            .take(PENDING_LISTED)
+            .map(|p| p.name_any())
+            .collect(),
+        urls: build::urls(ls),
+    }
+}
+
+async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let ns = ls.namespace().ok_or(Error::NoNamespace)?;
+    let others: Vec<LogStream> = live_streams(client, &ns)
+        .await?
+        .into_iter()
+        .filter(|s| s.uid() != ls.uid())
+        .collect();
+    if others.is_empty() {
+        // The last one: stop injecting here; owner references remove the rest.
+        label_namespace(client, &ns, false).await?;
+        for del in [
+            delete_if_present::<Deployment>(client, &ns, AGGREGATOR).await,
+            delete_if_present::<Service>(client, &ns, AGGREGATOR).await,
+            delete_if_present::<RoleBinding>(client, &ns, AGGREGATOR).await,
+            delete_if_present::<Role>(client, &ns, AGGREGATOR).await,
+            delete_if_present::<ServiceAccount>(client, &ns, AGGREGATOR).await,
+        ] {
+            del?;
+        }
+    } else {
+        apply_aggregator(client, &ns, &others, &ctx.build).await?;
+    }
+    tracing::info!(namespace = %ns, name = %ls.name_any(), remaining = others.len(), "LogStream cleaned up");
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_reports_pending_pods_and_keeps_transition_times() {
+        let mut ls: LogStream = serde_json::from_value(serde_json::json!({
+            "apiVersion": "logstream.dev/v1alpha1", "kind": "LogStream",
+            "metadata": {"name": "web", "namespace": "shop", "generation": 3},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}}
+        }))
+        .unwrap();
+        let pod: Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "web-old"}})).unwrap();
+        let s1 = status(&ls, &LogStreamStatus::default(), 3, 2, &[&pod]);
+        assert_eq!(
+            (s1.selected_pods, s1.injected_pods, s1.pending_restart_pods),
+            (3, 2, 1)
+        );
+        assert_eq!(s1.pending_restart, ["web-old"]);
+        assert_eq!(s1.observed_generation, Some(3));
+        let by = |s: &LogStreamStatus, t: &str| {
+            s.conditions.iter().find(|c| c.type_ == t).unwrap().clone()
+        };
+        assert_eq!(by(&s1, "Injected").status, "False");
+        assert_eq!(by(&s1, "Injected").reason, "PodsPendingRestart");
+        assert_eq!(by(&s1, "Degraded").status, "True");
+        let s2 = status(&ls, &s1, 3, 2, &[&pod]);
+        assert_eq!(
+            by(&s2, "Injected").last_transition_time,
+            by(&s1, "Injected").last_transition_time
+        );
+        ls.spec.restart_pods = true;
+        let s3 = status(&ls, &s2, 3, 3, &[]);
+        assert_eq!(by(&s3, "Injected").reason, "AllInjected");
+        assert_eq!(by(&s3, "Degraded").status, "False");
+        assert!(
+            s3.urls
+                .iter()
+                .any(|u| u.contains("logstream-aggregator.shop.svc"))
+        );
+    }
+}

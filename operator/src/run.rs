@@ -1,0 +1,200 @@
+//! `logstream-operator run`: the controller, the webhook server and its TLS,
+//! and the health/metrics endpoint, until SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use axum_server::tls_rustls::RustlsConfig;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+
+use crate::build::BuildConfig;
+use crate::controller::{self, Context};
+use crate::metrics::Metrics;
+use crate::mutate::InjectConfig;
+use crate::tls;
+use crate::webhook::{self, Endpoint, WebhookState};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Namespace the operator runs in (its TLS Secret lives there).
+    pub namespace: String,
+    pub image: String,
+    pub webhook_listen: SocketAddr,
+    pub webhook: Endpoint,
+    pub tls_secret: String,
+    /// Extra names and addresses on the serving certificate.
+    pub cert_dns: Vec<String>,
+    pub cert_ips: Vec<IpAddr>,
+    pub health_listen: SocketAddr,
+    /// Force plain containers instead of native sidecars (auto-detected otherwise).
+    pub native_sidecars: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("TLS server config: {0}")]
+    TlsConfig(std::io::Error),
+    #[error("listen: {0}")]
+    Listen(std::io::Error),
+}
+
+pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default().await?;
+    let native = match opts.native_sidecars {
+        Some(n) => n,
+        None => {
+            let v = client.apiserver_version().await?;
+            let minor: u32 = v.minor.trim_end_matches('+').parse().unwrap_or(0);
+            v.major == "1" && minor >= 29
+        }
+    };
+    tracing::info!(native_sidecars = native, "cluster capabilities");
+    let metrics = Arc::new(Metrics::new());
+
+    // Webhook TLS: shared through a Secret, CA bundle registered.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
+    let mut dns = opts.cert_dns.clone();
+    if let Endpoint::Service {
+        name, namespace, ..
+    } = &opts.webhook
+    {
+        dns.push(format!("{name}.{namespace}.svc"));
+        dns.push(format!("{name}.{namespace}.svc.cluster.local"));
+    }
+    let (certs, fresh) = tls::ensure(
+        &secrets,
+        &opts.tls_secret,
+        &opts.namespace,
+        &dns,
+        &opts.cert_ips,
+    )
+    .await?;
+    if fresh {
+        metrics.cert_renewals.inc();
+    }
+    let tls_config = RustlsConfig::from_pem(
+        certs.cert_pem.clone().into_bytes(),
+        certs.key_pem.clone().into_bytes(),
+    )
+    .await
+    .map_err(RunError::TlsConfig)?;
+    webhook::register(&client, &opts.webhook, &certs.ca_pem).await?;
+
+    let handle = axum_server::Handle::new();
+    let state = Arc::new(WebhookState {
+        client: client.clone(),
+        inject: InjectConfig {
+            image: opts.image.clone(),
+            native_sidecars: native,
+        },
+        metrics: metrics.clone(),
+    });
+    let server = axum_server::bind_rustls(opts.webhook_listen, tls_config.clone())
+        .handle(handle.clone())
+        .serve(webhook::router(state).into_make_service());
+    let webhook_task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "webhook server");
+        }
+    });
+    // Scripts and tests read the bound address.
+    if let Some(addr) = handle.listening().await {
+        println!("webhook listening on https://{addr}");
+        tracing::info!(%addr, "webhook listening");
+    }
+
+    // Renew the certificate before it expires; every replica reloads it.
+    let renew = {
+        let (client, secrets, opts, dns, tls_config, metrics) = (
+            client.clone(),
+            secrets.clone(),
+            opts.clone(),
+            dns.clone(),
+            tls_config.clone(),
+            metrics.clone(),
+        );
+        tokio::spawn(async move {
+            let mut current = certs;
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                match tls::ensure(
+                    &secrets,
+                    &opts.tls_secret,
+                    &opts.namespace,
+                    &dns,
+                    &opts.cert_ips,
+                )
+                .await
+                {
+                    Ok((c, fresh)) if c != current => {
+                        if fresh {
+                            metrics.cert_renewals.inc();
+                        }
+                        if let Err(e) = tls_config
+                            .reload_from_pem(
+                                c.cert_pem.clone().into_bytes(),
+                                c.key_pem.clone().into_bytes(),
+                            )
+                            .await
+                        {
+                            tracing::error!(error = %e, "reload webhook certificate");
+                            continue;
+                        }
+                        if let Err(e) = webhook::register(&client, &opts.webhook, &c.ca_pem).await {
+                            tracing::error!(error = %e, "update caBundle");
+                        }
+                        current = c;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "webhook certificate renewal"),
+                }
+            }
+        })
+    };
+
+    // Health and metrics over plain HTTP.
+    let health = {
+        let metrics = metrics.clone();
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(|| async { "ready\n" }))
+            .route(
+                "/metrics",
+                get(move || {
+                    let m = metrics.clone();
+                    async move { m.encode() }
+                }),
+            )
+    };
+    let listener = tokio::net::TcpListener::bind(opts.health_listen)
+        .await
+        .map_err(RunError::Listen)?;
+    let health_task = tokio::spawn(async move {
+        let _ = axum::serve(listener, health).await;
+    });
+
+    let ctx = Arc::new(Context::new(
+        client,
+        BuildConfig {
+            image: opts.image.clone(),
+        },
+        metrics,
+    ));
+    // Returns on SIGTERM/SIGINT (the controller listens for them).
+    controller::run(ctx).await;
+    tracing::info!("shutting down");
+    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    let _ = webhook_task.await;
+    renew.abort();
+    health_task.abort();
+    Ok(())
+}
