@@ -1,0 +1,410 @@
+//! Integration-test support for logstream: a real Kubernetes control plane
+//! per test.
+//!
+//! [`ControlPlane::start`] builds (once, cached in `~/.cache/logstream`) and
+//! starts kube-apiserver v1.34, kube-controller-manager and etcd from
+//! `tests/apiserver/` on free loopback ports, in a fresh temp work dir, so
+//! several control planes can run side by side (tests in one binary run in
+//! parallel). Dropping it stops the processes and removes the work dir.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let cp = logstream_tests::ControlPlane::start();
+//! let client = cp.client().await;
+//! let out = cp.kubectl(&["get", "ns", "-o", "name"]);
+//! assert!(out.stdout_if_success().contains("namespace/default"));
+//! # drop(client);
+//! # }
+//! ```
+//!
+//! Environment:
+//! - `LOGSTREAM_K8S_BIN`: use the binaries in this directory instead of
+//!   running `tests/apiserver/build.sh`.
+//! - `LOGSTREAM_KEEP_CONTROL_PLANE=1`: keep the work dir (certs, logs, etcd
+//!   data) after the test; its path is printed.
+//! - `KUBECTL`: the kubectl binary (default: `kubectl` on `PATH`).
+//! - `LOGSTREAM_CACHE`, `LOGSTREAM_APISERVER_TIMEOUT`: see
+//!   `tests/apiserver/README.md`.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Component logs written by `start.sh` into the work dir, in start order.
+const COMPONENTS: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
+
+/// Attempts at starting when a port picked by `start.sh` was taken before the
+/// component bound it (a race with other processes on the machine).
+const START_ATTEMPTS: usize = 3;
+
+/// A running etcd + kube-apiserver + kube-controller-manager, stopped on drop.
+pub struct ControlPlane {
+    /// Admin kubeconfig (`O=system:masters`, client certificate).
+    pub kubeconfig: PathBuf,
+    /// Certs (`pki/`), etcd data, `*.log`, `pids`, `env`.
+    pub work_dir: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub apiserver_url: String,
+    /// Where the binaries came from.
+    pub bin_dir: PathBuf,
+    /// How long `start.sh` took (certs, etcd, apiserver `/readyz`, controller
+    /// manager `/healthz`).
+    pub start_duration: Duration,
+    /// Holds the write end of the watchdog's stdin; see [`Watchdog`].
+    watchdog: Option<Watchdog>,
+}
+
+/// Output of a `kubectl` run.
+#[derive(Debug, Clone)]
+pub struct KubectlOutput {
+    /// The arguments after `--kubeconfig PATH`, for messages.
+    pub args: Vec<String>,
+    pub status: ExitStatus,
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl KubectlOutput {
+    /// stdout; panics with the command line and stderr if kubectl failed.
+    #[track_caller]
+    pub fn stdout_if_success(&self) -> &str {
+        assert!(
+            self.success,
+            "kubectl {} failed ({}):\nstderr:\n{}\nstdout:\n{}",
+            self.args.join(" "),
+            self.status,
+            self.stderr,
+            self.stdout
+        );
+        &self.stdout
+    }
+}
+
+impl ControlPlane {
+    /// Builds (cached) and starts etcd, kube-apiserver and
+    /// kube-controller-manager in a fresh temp work dir on free loopback
+    /// ports; returns once all three are healthy (apiserver `/readyz`).
+    /// Panics with the tail of the component logs if it cannot.
+    ///
+    /// Blocks the calling thread for a few seconds (fine inside
+    /// `#[tokio::test]`).
+    pub fn start() -> ControlPlane {
+        let bin_dir = bin_dir();
+        let mut failures = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            match Self::try_start(&bin_dir) {
+                Ok(cp) => {
+                    eprintln!(
+                        "logstream-tests: control plane at {} started in {:.1?} ({})",
+                        cp.apiserver_url,
+                        cp.start_duration,
+                        cp.work_dir.display()
+                    );
+                    return cp;
+                }
+                Err(failure) => {
+                    let _ = writeln!(failures, "--- attempt {attempt} ---\n{failure}");
+                    if !failure.contains("address already in use") {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!(
+            "cannot start the control plane (tests/apiserver/start.sh; \
+             LOGSTREAM_KEEP_CONTROL_PLANE=1 keeps the work dir):\n{failures}"
+        );
+    }
+
+    fn try_start(bin_dir: &Path) -> Result<ControlPlane, String> {
+        let work_dir = tempfile::Builder::new()
+            .prefix("logstream-cp-")
+            .tempdir()
+            .expect("create a temp work dir for the control plane")
+            .keep();
+        // The watchdog comes first so that even a start interrupted by the
+        // test process dying is cleaned up.
+        let watchdog = Watchdog::spawn(&work_dir).unwrap_or_else(|e| {
+            let _ = fs::remove_dir_all(&work_dir);
+            panic!("{e}")
+        });
+        let mut cp = ControlPlane {
+            kubeconfig: work_dir.join("kubeconfig"),
+            work_dir,
+            apiserver_url: String::new(),
+            bin_dir: bin_dir.to_path_buf(),
+            start_duration: Duration::ZERO,
+            watchdog: Some(watchdog),
+        };
+        let started = Instant::now();
+        let out = Command::new(apiserver_script("start.sh"))
+            .arg(bin_dir)
+            .arg(&cp.work_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tests/apiserver/start.sh");
+        cp.start_duration = started.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            // `cp` is dropped on return: stops what was started.
+            return Err(format!(
+                "start.sh {} {} exited with {} after {:.1?}\nstderr:\n{stderr}\n{}",
+                bin_dir.display(),
+                cp.work_dir.display(),
+                out.status,
+                cp.start_duration,
+                cp.log_tails(30)
+            ));
+        }
+        let printed = stdout.lines().last().unwrap_or_default().trim();
+        if Path::new(printed) != cp.kubeconfig {
+            return Err(format!(
+                "start.sh printed {printed:?} as its last line, expected {}",
+                cp.kubeconfig.display()
+            ));
+        }
+        let env = fs::read_to_string(cp.work_dir.join("env")).unwrap_or_default();
+        cp.apiserver_url = env
+            .lines()
+            .find_map(|l| l.strip_prefix("APISERVER_URL="))
+            .ok_or_else(|| format!("no APISERVER_URL in {}/env:\n{env}", cp.work_dir.display()))?
+            .to_string();
+        Ok(cp)
+    }
+
+    /// kube client configuration for the admin kubeconfig.
+    pub async fn config(&self) -> kube::Config {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .expect("read the control plane's kubeconfig");
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("kube::Config from the control plane's kubeconfig")
+    }
+
+    /// A `kube::Client` for the admin kubeconfig. Needs a tokio runtime.
+    pub async fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config().await).expect("kube::Client for the control plane")
+    }
+
+    /// Runs `kubectl --kubeconfig KUBECONFIG ARGS...`.
+    pub fn kubectl(&self, args: &[&str]) -> KubectlOutput {
+        self.run_kubectl(args, None)
+    }
+
+    /// Runs `kubectl --kubeconfig KUBECONFIG ARGS...` with `stdin` as its
+    /// input (e.g. `kubectl_stdin(&["apply", "-f", "-"], yaml)`).
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> KubectlOutput {
+        self.run_kubectl(args, Some(stdin))
+    }
+
+    fn run_kubectl(&self, args: &[&str], stdin: Option<&str>) -> KubectlOutput {
+        let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
+        let mut child = Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {kubectl:?} (set KUBECTL?): {e}"));
+        // Feed stdin from a thread so a large input cannot deadlock against
+        // kubectl filling its stdout pipe.
+        let writer = stdin.map(|input| {
+            let mut pipe = child.stdin.take().expect("kubectl stdin is piped");
+            let input = input.to_owned();
+            std::thread::spawn(move || pipe.write_all(input.as_bytes()))
+        });
+        let out = child.wait_with_output().expect("wait for kubectl");
+        if let Some(writer) = writer {
+            // kubectl may exit without reading all of stdin (e.g. bad flags):
+            // a broken pipe here is not the interesting error.
+            let _ = writer.join();
+        }
+        KubectlOutput {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            status: out.status,
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The last `lines` lines of each component log, for failure messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut s = String::new();
+        for name in COMPONENTS {
+            let path = self.work_dir.join(format!("{name}.log"));
+            let Ok(log) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let all: Vec<&str> = log.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            let _ = writeln!(s, "--- last {} lines of {} ---", tail.len(), path.display());
+            for line in tail {
+                let _ = writeln!(s, "{line}");
+            }
+        }
+        s
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.finish();
+        }
+        // Fallback if the watchdog could not do its job (e.g. it was killed).
+        if self.work_dir.join("pids").exists() {
+            let _ = Command::new(apiserver_script("stop.sh"))
+                .arg(&self.work_dir)
+                .stdin(Stdio::null())
+                .status();
+        }
+        if keep_work_dir() {
+            eprintln!(
+                "logstream-tests: control plane stopped; work dir kept: {}",
+                self.work_dir.display()
+            );
+        } else if self.work_dir.exists() {
+            let _ = fs::remove_dir_all(&self.work_dir);
+        }
+    }
+}
+
+/// `tests/harness/watchdog.sh`: waits for EOF on its stdin, then runs
+/// `stop.sh` and removes the work dir (unless kept). The test process holds
+/// the only write end of that pipe (std creates pipes close-on-exec, so no
+/// other child inherits it), so EOF comes on drop *or* when the test process
+/// dies in any way (panic=abort, SIGKILL, Ctrl-C): the control plane never
+/// outlives its test. It runs in its own process group so a terminal's Ctrl-C
+/// does not kill it before it cleans up.
+struct Watchdog {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+impl Watchdog {
+    fn spawn(work_dir: &Path) -> Result<Watchdog, String> {
+        let keep = if keep_work_dir() { "1" } else { "0" };
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/watchdog.sh");
+        let mut child = Command::new(&script)
+            .arg(work_dir)
+            .arg(keep)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        let stdin = child.stdin.take().expect("watchdog stdin is piped");
+        Ok(Watchdog { child, stdin })
+    }
+
+    /// Closes the pipe and waits until the watchdog has stopped everything.
+    fn finish(self) {
+        let Watchdog { mut child, stdin } = self;
+        drop(stdin);
+        let _ = child.wait();
+    }
+}
+
+fn keep_work_dir() -> bool {
+    std::env::var_os("LOGSTREAM_KEEP_CONTROL_PLANE").is_some_and(|v| v == OsStr::new("1"))
+}
+
+fn apiserver_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("apiserver")
+        .join(name)
+}
+
+/// The directory with etcd, kube-apiserver and kube-controller-manager:
+/// `$LOGSTREAM_K8S_BIN`, or what `tests/apiserver/build.sh` prints (it builds
+/// only what is missing). Resolved once per process; across processes the
+/// build is serialized with a file lock so parallel test binaries do not
+/// compile kubernetes twice.
+pub fn bin_dir() -> PathBuf {
+    static BIN_DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN_DIR.get_or_init(resolve_bin_dir) {
+        Ok(dir) => dir.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn resolve_bin_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("LOGSTREAM_K8S_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let cache = match std::env::var_os("LOGSTREAM_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME").ok_or("neither LOGSTREAM_CACHE nor HOME is set")?;
+            Path::new(&home).join(".cache/logstream")
+        }
+    };
+    fs::create_dir_all(&cache).map_err(|e| format!("create {}: {e}", cache.display()))?;
+    let lock_path = cache.join("build.lock");
+    let lock =
+        File::create(&lock_path).map_err(|e| format!("create {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("lock {}: {e}", lock_path.display()))?;
+    let script = apiserver_script("build.sh");
+    // stderr is inherited: a first build takes minutes and says so there.
+    let out = Command::new(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("run {}: {e}", script.display()))?;
+    drop(lock);
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed with {} (see its stderr above)",
+            script.display(),
+            out.status
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    if !dir.join("kube-apiserver").is_file() {
+        return Err(format!(
+            "{} printed {:?} as its last line: not a dir with kube-apiserver",
+            script.display(),
+            dir
+        ));
+    }
+    Ok(dir)
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after
+/// `timeout` naming `what` — for state the controllers reach eventually
+/// (a Deployment's ReplicaSet, a namespace's `kube-root-ca.crt`).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval only
+    }
+}

@@ -1,0 +1,447 @@
+//! The operator against a real kube-apiserver, controller-manager and etcd:
+//! CRD validation, reconcile, the webhook called by the API server, status,
+//! owner restarts and cleanup. kubectl is driven the way a user would.
+#![allow(clippy::unwrap_used)] // test code
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, ListParams};
+use logstream_operator::crd::LogStream;
+use logstream_tests::{ControlPlane, eventually};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn repo(path: &str) -> String {
+    format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The operator binary built by this workspace.
+fn operator_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("logstream-operator");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p logstream-operator` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Operator {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Operator {
+    /// Runs the real operator against `cp`, its webhook on a loopback port
+    /// that the API server calls by URL.
+    fn start(cp: &ControlPlane) -> Operator {
+        let port = free_port();
+        let stderr = cp.work_dir.join("operator.log");
+        let mut child = Command::new(operator_bin())
+            .args([
+                "run",
+                "--namespace",
+                "logstream-system",
+                "--image",
+                "logstream:test",
+            ])
+            .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
+            .args(["--webhook-url", &format!("https://127.0.0.1:{port}/mutate")])
+            .args([
+                "--cert-ip",
+                "127.0.0.1",
+                "--health-listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("webhook listening on https://"),
+            "operator did not start: {line:?}\n{}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        Operator { child, stderr }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn install_crd(cp: &ControlPlane) {
+    cp.kubectl(&["apply", "-f", &repo("crds/")])
+        .stdout_if_success();
+    cp.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/logstreams.logstream.dev",
+        "--timeout=60s",
+    ])
+    .stdout_if_success();
+}
+
+#[test]
+fn bad_logstreams_are_refused_by_the_api_server_naming_the_field() {
+    let cp = ControlPlane::start();
+    install_crd(&cp);
+    let cases = [
+        (r#"{"selector":{}}"#, "spec.selector", "must not be empty"),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"paths":["/etc/passwd"]}"#,
+            "spec.paths[0]",
+            "relative",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"paths":["../secrets/*.log"]}"#,
+            "spec.paths[0]",
+            "must not leave",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"paths":["app[.log"]}"#,
+            "spec.paths[0]",
+            "valid globs",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"paths":[]}"#,
+            "spec.paths",
+            "at least 1",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"buffer":{"lines":-5}}"#,
+            "spec.buffer.lines",
+            "greater than or equal to 1",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"access":{"mode":"token"}}"#,
+            "spec.access",
+            "tokenSecret is required",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"mountPath":"var/log"}"#,
+            "spec.mountPath",
+            "absolute",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"aggregator":{"replicas":0}}"#,
+            "spec.aggregator.replicas",
+            "greater than or equal to 1",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"parse":{"format":"xml"}}"#,
+            "spec.parse.format",
+            "Unsupported value",
+        ),
+    ];
+    for (spec, field, message) in cases {
+        let body = format!(
+            r#"{{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{{"name":"bad","namespace":"default"}},"spec":{spec}}}"#
+        );
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], &body);
+        assert!(!out.success, "{spec} was accepted");
+        assert!(
+            out.stderr.contains(field),
+            "{spec}: error does not name {field}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(message),
+            "{spec}: error lacks {message:?}: {}",
+            out.stderr
+        );
+    }
+    let good = r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"good","namespace":"default"},"spec":{"selector":{"matchLabels":{"a":"b"}}}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], good)
+        .stdout_if_success();
+    let listed = cp.kubectl(&["get", "ls", "-n", "default", "-o", "name"]);
+    assert_eq!(
+        listed.stdout_if_success().trim(),
+        "logstream.logstream.dev/good"
+    );
+}
+
+#[tokio::test]
+async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
+    let cp = ControlPlane::start();
+    install_crd(&cp);
+    cp.kubectl(&["create", "namespace", "logstream-system"])
+        .stdout_if_success();
+    cp.kubectl(&["create", "namespace", "shop"])
+        .stdout_if_success();
+    // An app deployed before logstream: its pods have no sidecar.
+    cp.kubectl(&["apply", "-n", "shop", "-f", &repo("examples/demo-app.yaml")])
+        .stdout_if_success();
+    let client = cp.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    eventually("the demo Deployment's first pods", PATIENCE, || async {
+        let l = pods
+            .list(&ListParams::default().labels("app=demo"))
+            .await
+            .ok()?;
+        (l.items.len() == 2).then_some(())
+    })
+    .await;
+
+    let op = Operator::start(&cp);
+    cp.kubectl(&[
+        "apply",
+        "-n",
+        "shop",
+        "-f",
+        &repo("examples/logstream.yaml"),
+    ])
+    .stdout_if_success();
+
+    // Desired objects, with the affinity settings.
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    let svc = eventually("the LogStream's Service", PATIENCE, || async {
+        services.get_opt("demo-logstream").await.ok()?
+    })
+    .await;
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.session_affinity.as_deref(), Some("ClientIP"));
+    assert_eq!(spec.selector.unwrap()["logstream.dev/stream"], "demo");
+    let ing = Api::<Ingress>::namespaced(client.clone(), "shop")
+        .get("demo-logstream")
+        .await
+        .unwrap();
+    let ann = ing.metadata.annotations.unwrap();
+    assert_eq!(ann["nginx.ingress.kubernetes.io/affinity"], "cookie");
+    assert_eq!(
+        ann["nginx.ingress.kubernetes.io/proxy-read-timeout"], "7200",
+        "user annotations win"
+    );
+    assert_eq!(
+        ing.spec.unwrap().rules.unwrap()[0].host.as_deref(),
+        Some("logs.demo.localtest.me")
+    );
+    let agg = Api::<Deployment>::namespaced(client.clone(), "shop")
+        .get("logstream-aggregator")
+        .await
+        .unwrap();
+    assert_eq!(agg.spec.as_ref().unwrap().replicas, Some(2));
+    assert_eq!(
+        services
+            .get("logstream-aggregator")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .session_affinity
+            .as_deref(),
+        Some("ClientIP")
+    );
+    for kind in ["serviceaccount", "role", "rolebinding"] {
+        cp.kubectl(&["get", "-n", "shop", kind, "logstream-aggregator"])
+            .stdout_if_success();
+    }
+    let ns = Api::<Namespace>::all(client.clone())
+        .get("shop")
+        .await
+        .unwrap();
+    assert_eq!(
+        ns.metadata.labels.unwrap()["logstream.dev/injection"],
+        "enabled"
+    );
+
+    // The old pods are found, reported, and their Deployment is rolled;
+    // the new pods come through the webhook with the sidecar, exactly once.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    eventually("the demo Deployment to be restarted", PATIENCE, || async {
+        let d = deployments.get("demo").await.ok()?;
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("logstream.dev/restartedAt")
+            .cloned()
+    })
+    .await;
+    let injected = eventually(
+        "injected pods from the new ReplicaSet",
+        PATIENCE,
+        || async {
+            let l = pods
+                .list(&ListParams::default().labels("app=demo,logstream.dev/stream=demo"))
+                .await
+                .ok()?;
+            (!l.items.is_empty()).then_some(l.items)
+        },
+    )
+    .await;
+    for p in &injected {
+        let s = p.spec.as_ref().unwrap();
+        let sidecars: Vec<_> = s
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.name == "logstream")
+            .collect();
+        assert_eq!(
+            sidecars.len(),
+            1,
+            "exactly one sidecar in {:?}",
+            p.metadata.name
+        );
+        assert_eq!(
+            sidecars[0].restart_policy.as_deref(),
+            Some("Always"),
+            "native sidecar"
+        );
+        assert!(s.containers.iter().all(|c| c.name != "logstream"));
+        // examples/demo-app.yaml mounts its own volume at /var/log/app: reused, not duplicated.
+        assert_eq!(
+            s.volumes.as_ref().unwrap().len(),
+            1 + usize::from(
+                s.volumes
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v.name.starts_with("kube-api-access"))
+            )
+        );
+        let mount = &sidecars[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!((mount.name.as_str(), mount.read_only), ("logs", Some(true)));
+    }
+
+    // A pod that opted out stays without sidecar and is reported in status.
+    let opted_out = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"manual","namespace":"shop","labels":{"app":"demo","logstream.dev/inject":"false"}},"spec":{"containers":[{"name":"app","image":"busybox"}]}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], opted_out)
+        .stdout_if_success();
+    let streams: Api<LogStream> = Api::namespaced(client.clone(), "shop");
+    let status = eventually(
+        "status to report the pod without sidecar",
+        PATIENCE,
+        || async {
+            let s = streams.get("demo").await.ok()?.status?;
+            s.pending_restart
+                .contains(&"manual".to_string())
+                .then_some(s)
+        },
+    )
+    .await;
+    assert!(status.selected_pods >= 1 + status.injected_pods);
+    let injected_cond = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Injected")
+        .unwrap();
+    assert_eq!(
+        (injected_cond.status.as_str(), injected_cond.reason.as_str()),
+        ("False", "PodsPendingRestart")
+    );
+    assert!(
+        status
+            .urls
+            .contains(&"http://logs.demo.localtest.me/".to_string()),
+        "{:?}",
+        status.urls
+    );
+    let table = cp.kubectl(&["get", "ls", "-n", "shop"]);
+    let table = table.stdout_if_success();
+    assert!(
+        table.contains("SELECTED") && table.contains("PENDING") && table.contains("demo"),
+        "{table}"
+    );
+    let events = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        "shop",
+        "--field-selector",
+        "involvedObject.kind=LogStream",
+    ]);
+    assert!(
+        events.stdout_if_success().contains("RestartedOwner"),
+        "{}",
+        events.stdout
+    );
+
+    // Deleting the LogStream removes what it created and stops injection.
+    cp.kubectl(&[
+        "delete",
+        "-n",
+        "shop",
+        "-f",
+        &repo("examples/logstream.yaml"),
+        "--wait=true",
+    ])
+    .stdout_if_success();
+    eventually(
+        "cleanup of the Service, Ingress and aggregator",
+        PATIENCE,
+        || async {
+            let gone = services.get_opt("demo-logstream").await.ok()?.is_none()
+                && services
+                    .get_opt("logstream-aggregator")
+                    .await
+                    .ok()?
+                    .is_none()
+                && deployments
+                    .get_opt("logstream-aggregator")
+                    .await
+                    .ok()?
+                    .is_none()
+                && Api::<Ingress>::namespaced(client.clone(), "shop")
+                    .get_opt("demo-logstream")
+                    .await
+                    .ok()?
+                    .is_none();
+            gone.then_some(())
+        },
+    )
+    .await;
+    let ns = Api::<Namespace>::all(client.clone())
+        .get("shop")
+        .await
+        .unwrap();
+    assert!(
+        !ns.metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("logstream.dev/injection")
+    );
+    let plain = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"after","namespace":"shop","labels":{"app":"demo"}},"spec":{"containers":[{"name":"app","image":"busybox"}]}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], plain)
+        .stdout_if_success();
+    let after = pods.get("after").await.unwrap();
+    assert!(
+        after.spec.unwrap().init_containers.is_none(),
+        "no injection once the LogStream is gone"
+    );
+    assert!(op.log().contains("sidecar injected"), "{}", op.log());
+}
