@@ -29,7 +29,7 @@ TMP="$(mktemp -d "$BIN/.build.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 
 k8s_pkgs=()
-for b in kube-apiserver kube-controller-manager; do
+for b in kube-apiserver kube-controller-manager kubectl; do
   [[ -x "$BIN/$b" ]] || k8s_pkgs+=("./cmd/$b")
 done
 

@@ -22,7 +22,8 @@
 //!   running `tests/apiserver/build.sh`.
 //! - `LOGSTREAM_KEEP_CONTROL_PLANE=1`: keep the work dir (certs, logs, etcd
 //!   data) after the test; its path is printed.
-//! - `KUBECTL`: the kubectl binary (default: `kubectl` on `PATH`).
+//! - `KUBECTL`: the kubectl binary (default: the one `build.sh` builds with the
+//!   API server, else `kubectl` on `PATH`).
 //! - `LOGSTREAM_CACHE`, `LOGSTREAM_APISERVER_TIMEOUT`: see
 //!   `tests/apiserver/README.md`.
 
@@ -207,7 +208,16 @@ impl ControlPlane {
     }
 
     fn run_kubectl(&self, args: &[&str], stdin: Option<&str>) -> KubectlOutput {
-        let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
+        // The kubectl built with the API server (same release, no skew);
+        // `KUBECTL` overrides, `kubectl` on PATH is the last resort.
+        let built = self.bin_dir.join("kubectl");
+        let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| {
+            if built.exists() {
+                built.into_os_string()
+            } else {
+                "kubectl".into()
+            }
+        });
         let mut child = Command::new(&kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
