@@ -114,7 +114,11 @@ impl Connection {
                     }
                     return Ok(Some(m));
                 }
-                Message::Close(_) => return Ok(None),
+                Message::Close(_) => {
+                    // Answer the close so the server need not wait for it.
+                    let _ = self.ws.close(None).await;
+                    return Ok(None);
+                }
                 _ => continue,
             }
         }

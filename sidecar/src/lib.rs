@@ -10,11 +10,13 @@
 //! [`protocol`] is the wire contract every client (browser page, CLI,
 //! aggregator) relies on; it is documented in `sidecar/PROTOCOL.md`.
 
+pub mod aggregator;
 pub mod client;
 pub mod demo;
 pub mod filter;
 pub mod hub;
 pub mod lines;
+pub mod loki;
 pub mod metrics;
 pub mod parse;
 pub mod protocol;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use logstream::aggregator::{AggregatorOptions, Discovery, run_aggregator};
 use logstream::hub::HubLimits;
 use logstream::parse::ParseMode;
 use logstream::protocol::{Format, ServerMessage, Subscribe};
@@ -53,6 +54,38 @@ enum Command {
         /// The app container that writes the files.
         #[arg(long, env = "LOGSTREAM_CONTAINER", default_value = "")]
         container: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Pull every sidecar of a namespace (or `--source` URLs), merge and serve.
+    Aggregator {
+        /// Upstream base URLs (repeat or comma-separate); without them, pods are discovered.
+        #[arg(long = "source", env = "LOGSTREAM_SOURCES", value_delimiter = ',')]
+        sources: Vec<String>,
+        /// Namespace whose pods are discovered.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// Label selector of the pods carrying a sidecar.
+        #[arg(
+            long,
+            env = "LOGSTREAM_DISCOVER_LABEL",
+            default_value = "logstream.dev/stream"
+        )]
+        discover_label: String,
+        #[arg(long, env = "LOGSTREAM_LISTEN", default_value = "0.0.0.0:7680")]
+        listen: SocketAddr,
+        /// Cross-source reordering by timestamp; no record waits longer.
+        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+        reorder_window: Duration,
+        /// Token presented to the sidecars.
+        #[arg(long, env = "LOGSTREAM_UPSTREAM_TOKEN_FILE")]
+        upstream_token_file: Option<PathBuf>,
+        /// After SIGTERM, keep telling clients to reconnect this long before closing the listener.
+        #[arg(long, env = "LOGSTREAM_DRAIN_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
+        drain_delay: Duration,
+        /// Upper bound of the random delay clients are asked to wait before reconnecting.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        reconnect_jitter: Duration,
         #[command(flatten)]
         common: Common,
     },
@@ -173,35 +206,20 @@ struct Common {
 }
 
 impl Common {
-    fn build(
-        &self,
-        dir: PathBuf,
-        origin: logstream::protocol::Source,
-        role: &str,
-        listen: SocketAddr,
-    ) -> anyhow::Result<StreamerOptions> {
-        let mut tail = TailConfig::new(dir);
-        tail.globs = self.globs.clone();
-        tail.origin = origin;
-        tail.parse = self.parse;
-        tail.level_key = self.level_key.clone();
-        tail.max_line = self.max_line_bytes;
-        tail.partial_timeout = self.partial_timeout;
-        tail.poll = self.poll_interval;
+    fn token(&self) -> anyhow::Result<Option<String>> {
         let token = match (&self.token, &self.token_file) {
             (Some(t), _) => Some(t.trim().to_string()),
-            (None, Some(p)) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| anyhow::anyhow!("token file {}: {e}", p.display()))?
-                    .trim()
-                    .to_string(),
-            ),
+            (None, Some(p)) => Some(read_secret(p)?),
             (None, None) => None,
         };
         if token.as_deref() == Some("") {
             anyhow::bail!("the token is empty");
         }
-        let server = ServerConfig {
+        Ok(token)
+    }
+
+    fn server(&self, role: &str) -> anyhow::Result<ServerConfig> {
+        Ok(ServerConfig {
             role: role.into(),
             max_connections: self.max_connections,
             max_message_bytes: self.max_message_bytes,
@@ -217,24 +235,52 @@ impl Common {
             keepalive: self.keepalive,
             ack_timeout: self.ack_timeout,
             auth: AuthConfig {
-                token,
+                token: self.token()?,
                 loopback_exempt: !self.no_loopback_exemption,
                 allow_unauthenticated: self.allow_unauthenticated,
             },
             allowed_origins: self.allowed_origins.clone(),
             ..ServerConfig::default()
-        };
+        })
+    }
+
+    fn history(&self) -> HubLimits {
+        HubLimits {
+            max_lines: self.buffer_lines,
+            max_bytes: self.buffer_bytes,
+        }
+    }
+
+    fn build(
+        &self,
+        dir: PathBuf,
+        origin: logstream::protocol::Source,
+        role: &str,
+        listen: SocketAddr,
+    ) -> anyhow::Result<StreamerOptions> {
+        let mut tail = TailConfig::new(dir);
+        tail.globs = self.globs.clone();
+        tail.origin = origin;
+        tail.parse = self.parse;
+        tail.level_key = self.level_key.clone();
+        tail.max_line = self.max_line_bytes;
+        tail.partial_timeout = self.partial_timeout;
+        tail.poll = self.poll_interval;
         Ok(StreamerOptions {
             tail,
-            server,
-            history: HubLimits {
-                max_lines: self.buffer_lines,
-                max_bytes: self.buffer_bytes,
-            },
+            server: self.server(role)?,
+            history: self.history(),
             listen,
             grace: self.grace,
         })
     }
+}
+
+fn read_secret(p: &std::path::Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(p)
+        .map_err(|e| anyhow::anyhow!("token file {}: {e}", p.display()))?
+        .trim()
+        .to_string())
 }
 
 fn init_tracing(format: &str) {
@@ -309,6 +355,43 @@ fn main() -> anyhow::Result<()> {
             };
             let opts = common.build(dir, origin, "sidecar", listen)?;
             runtime()?.block_on(run_streamer(opts, termination()))?;
+            Ok(())
+        }
+        Command::Aggregator {
+            sources,
+            namespace,
+            discover_label,
+            listen,
+            reorder_window,
+            upstream_token_file,
+            drain_delay,
+            reconnect_jitter,
+            common,
+        } => {
+            let discovery = if sources.is_empty() {
+                Discovery::Pods {
+                    namespace,
+                    label: discover_label,
+                }
+            } else {
+                Discovery::Static(sources)
+            };
+            let mut server = common.server("aggregator")?;
+            server.reconnect_jitter = reconnect_jitter;
+            let opts = AggregatorOptions {
+                discovery,
+                server,
+                history: common.history(),
+                listen,
+                reorder_window,
+                upstream_token: upstream_token_file
+                    .as_deref()
+                    .map(read_secret)
+                    .transpose()?,
+                drain_delay,
+                grace: common.grace,
+            };
+            runtime()?.block_on(run_aggregator(opts, termination()))?;
             Ok(())
         }
         Command::Tail {

@@ -45,6 +45,13 @@ pub struct Metrics {
     pub client_errors: Counter,
     pub history_records: Gauge,
     pub history_bytes: Gauge,
+    pub upstreams_connected: Gauge,
+    pub upstreams_known: Gauge,
+    pub upstream_records: Counter,
+    pub upstream_gap_records: Counter,
+    pub upstream_reconnects: Counter,
+    pub reorder_buffered: Gauge,
+    pub drain_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -69,6 +76,13 @@ impl Metrics {
             client_errors: Counter::default(),
             history_records: Gauge::default(),
             history_bytes: Gauge::default(),
+            upstreams_connected: Gauge::default(),
+            upstreams_known: Gauge::default(),
+            upstream_records: Counter::default(),
+            upstream_gap_records: Counter::default(),
+            upstream_reconnects: Counter::default(),
+            reorder_buffered: Gauge::default(),
+            drain_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -155,6 +169,42 @@ impl Metrics {
             "Bytes held in history",
             Unit::Bytes,
             m.history_bytes.clone(),
+        );
+        registry.register(
+            "upstreams_connected",
+            "Upstream sidecars connected (aggregator)",
+            m.upstreams_connected.clone(),
+        );
+        registry.register(
+            "upstreams_known",
+            "Upstream sidecars discovered (aggregator)",
+            m.upstreams_known.clone(),
+        );
+        registry.register(
+            "upstream_records",
+            "Records received from upstreams (aggregator)",
+            m.upstream_records.clone(),
+        );
+        registry.register(
+            "upstream_gap_records",
+            "Records upstreams reported lost (aggregator)",
+            m.upstream_gap_records.clone(),
+        );
+        registry.register(
+            "upstream_reconnects",
+            "Upstream connections lost or refused (aggregator)",
+            m.upstream_reconnects.clone(),
+        );
+        registry.register(
+            "reorder_buffered",
+            "Records waiting in the reorder window (aggregator)",
+            m.reorder_buffered.clone(),
+        );
+        registry.register_with_unit(
+            "drain",
+            "Duration of the last drain",
+            Unit::Seconds,
+            m.drain_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -34,6 +34,8 @@ pub enum RunError {
     },
     #[error("tailer thread: {0}")]
     Thread(std::io::Error),
+    #[error("kubernetes client: {0}")]
+    Kube(kube::Error),
 }
 
 /// Runs a streamer until `shutdown` resolves, then drains.
@@ -62,19 +64,6 @@ pub async fn run_streamer(
             }
         })
         .map_err(RunError::Thread)?;
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: opts.listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| RunError::Listen {
-        addr: opts.listen,
-        source,
-    })?;
-    // Scripts and tests read the bound address (the port may have been 0).
-    println!("listening on http://{local}");
-    tracing::info!(%local, "listening");
     let state = AppState::new(
         hub.clone(),
         metrics,
@@ -82,18 +71,7 @@ pub async fn run_streamer(
         ready_rx,
         drain_rx.clone(),
     );
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let mut stop_accepting = drain_rx;
-    let server = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_accepting.wait_for(|d| *d).await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "server");
-        }
-    });
+    let (server, _local) = start_server(state.clone(), opts.listen, drain_rx).await?;
     shutdown.await;
     let started = std::time::Instant::now();
     tracing::info!(clients = state.connections(), "draining");
@@ -114,7 +92,44 @@ pub async fn run_streamer(
             "grace period over, exiting with clients still connected"
         ),
     }
+    state
+        .metrics
+        .drain_seconds
+        .set(started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Binds `listen`, prints the bound address on stdout (scripts and tests read
+/// it: the port may have been 0) and serves until `stop_accepting` turns true.
+pub async fn start_server(
+    state: Arc<AppState>,
+    listen: SocketAddr,
+    mut stop_accepting: watch::Receiver<bool>,
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), RunError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: listen,
+        source,
+    })?;
+    println!("listening on http://{local}");
+    tracing::info!(%local, role = %state.cfg.role, "listening");
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_accepting.wait_for(|d| *d).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "server");
+        }
+    });
+    Ok((server, local))
 }
 
 /// Resolves on SIGTERM or SIGINT.

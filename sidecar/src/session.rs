@@ -226,7 +226,15 @@ impl Session {
         let hub = self.hub.clone();
         let ring = hub.lock();
         if self.seen.len() < ring.sources().len() {
+            // Sources that appeared since: a resume cursor may already hold
+            // their marks (an aggregator replica that met them later).
+            let known = self.seen.len();
             self.seen.resize(ring.sources().len(), 0);
+            for (slot, info) in ring.sources().iter().enumerate().skip(known) {
+                if let Some(seq) = self.foreign.0.remove(&info.sid) {
+                    self.seen[slot] = seq;
+                }
+            }
         }
         let head = ring.next_idx();
         if self.next < ring.first_idx() {
@@ -453,6 +461,38 @@ mod tests {
         assert_eq!(drain(&mut s), ["x"]);
         assert_eq!(s.cursor().get(crate::protocol::SourceId(42)), 9);
         assert_eq!(s.cursor().get(a.sid), 1);
+    }
+
+    #[test]
+    fn marks_for_sources_that_appear_later_are_honoured() {
+        // A client moved from a replica that already knew source b.
+        let h = hub(100);
+        let a = h.source(src("a.log"));
+        let b_sid = crate::protocol::SourceId(0xb);
+        let mut c = Cursor::default();
+        c.advance(b_sid, 2);
+        let mut s = session(
+            &h,
+            Subscribe {
+                resume: Some(c),
+                ..Default::default()
+            },
+        );
+        publish_lines(&h, &a, &["a1"]);
+        let b = h.source_with_id(src("b.log"), b_sid);
+        for (seq, line) in [(1, "b1"), (2, "b2"), (3, "b3")] {
+            h.publish(vec![crate::hub::Pending {
+                source: b.clone(),
+                seq,
+                ts_ns: 0,
+                level: None,
+                line: line.into(),
+                partial: false,
+                split: None,
+            }]);
+        }
+        assert_eq!(drain(&mut s), ["a1", "b3"]);
+        assert_eq!(s.cursor().get(b_sid), 3);
     }
 
     #[test]

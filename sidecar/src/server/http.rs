@@ -81,6 +81,7 @@ fn respond(
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = BodyState {
         head: st.hub.watch(),
+        draining: st.draining.clone(),
         st: st.clone(),
         session,
         keepalive,
@@ -111,6 +112,7 @@ fn respond(
 struct BodyState {
     st: Arc<AppState>,
     head: watch::Receiver<Head>,
+    draining: watch::Receiver<bool>,
     session: Session,
     keepalive: Interval,
     kind: Kind,
@@ -142,7 +144,15 @@ impl BodyState {
         }
         let metrics = self.st.metrics.clone();
         let label = metrics.transport(self.transport.clone());
+        let reconnect_on_drain = self.st.cfg.reconnect_on_drain;
         loop {
+            let draining = *self.draining.borrow();
+            if reconnect_on_drain && draining {
+                self.done = true;
+                let after_ms = self.st.cfg.reconnect_after_ms();
+                let reason = "server shutting down; resume elsewhere with your cursor".to_string();
+                return Some(self.control(&ServerMessage::Reconnect { after_ms, reason }));
+            }
             self.head.borrow_and_update();
             match self.session.pull() {
                 Pull::Batch { entries, .. } if !entries.is_empty() => {
@@ -217,6 +227,7 @@ impl BodyState {
                                 return None;
                             }
                         }
+                        _ = super::until_true(&mut self.draining), if reconnect_on_drain => {}
                         _ = self.keepalive.tick() => {
                             if self.kind == Kind::Sse {
                                 return Some(Bytes::from_static(b": keep-alive\n\n"));

@@ -54,6 +54,21 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// Extra origins allowed for browsers (same-host is always allowed; `*` allows all).
     pub allowed_origins: Vec<String>,
+    /// On shutdown, tell clients to reconnect elsewhere (aggregator) instead
+    /// of draining the history to them (sidecar).
+    pub reconnect_on_drain: bool,
+    /// Upper bound of the random delay suggested in `reconnect`.
+    pub reconnect_jitter: Duration,
+}
+
+impl ServerConfig {
+    /// A random delay in `[0, reconnect_jitter)`, so clients do not all come back at once.
+    pub fn reconnect_after_ms(&self) -> u64 {
+        let max = self.reconnect_jitter.as_millis().max(1) as u64;
+        let seed =
+            crate::hub::now_ns().unsigned_abs() ^ u64::from(std::process::id()).rotate_left(17);
+        xxhash_rust::xxh3::xxh3_64(&seed.to_le_bytes()) % max
+    }
 }
 
 impl Default for ServerConfig {
@@ -75,6 +90,8 @@ impl Default for ServerConfig {
                 allow_unauthenticated: false,
             },
             allowed_origins: Vec::new(),
+            reconnect_on_drain: false,
+            reconnect_jitter: Duration::from_secs(2),
         }
     }
 }
@@ -218,6 +235,12 @@ impl AppState {
     }
 }
 
+/// Resolves once the flag is true (the borrow guard is released before
+/// returning, so the future may be held across awaits).
+pub async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
 /// Holds a connection slot; frees it when dropped.
 pub struct ConnGuard {
     state: Arc<AppState>,
@@ -304,6 +327,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/protocol.schema.json", get(schema))
+        .merge(crate::loki::api::router(state.clone()))
         .with_state(state)
 }
 

@@ -35,7 +35,10 @@ pub async fn handler(
         .write_buffer_size(buf)
         .max_write_buffer_size(buf + st.cfg.session.batch_bytes * 2 + st.cfg.max_message_bytes)
         .max_message_size(st.cfg.max_message_bytes)
-        .max_frame_size(st.cfg.max_message_bytes);
+        // A frame somewhat over the limit is read whole, so the client gets
+        // our 1009 close instead of a reset on unread data; beyond that it is
+        // refused from its header alone.
+        .max_frame_size(st.cfg.max_message_bytes.saturating_mul(4).max(64 << 10));
     let guard = st.try_connect(Transport::ws);
     let tracker = st.sessions.clone();
     ws.on_upgrade(move |socket: WebSocket| {
@@ -94,6 +97,7 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let end = run(&mut tx, &mut rx, &st, &mut session).await;
+    tracing::debug!(?end, "websocket session ended");
     let (code, reason, dropped) = match end {
         End::ClientClosed => (None, "", None),
         End::Drained | End::DrainTimeout => (Some(close::GOING_AWAY), "server shutting down", None),
@@ -116,6 +120,19 @@ where
     if let Some(code) = code {
         let send = tx.send(close_msg(code, reason));
         let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+        // Closing handshake with a responsive peer: wait briefly for its
+        // close so it reads ours before the socket goes away.
+        let responsive = matches!(end, End::TooBig | End::Drained);
+        if responsive {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(Ok(m)) = rx.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     }
     end
 }
@@ -147,6 +164,16 @@ where
     };
     send!(text(frame::message(&hello)));
     let mut head = st.hub.watch();
+    let mut draining_rx = st.draining.clone();
+    let reconnect = |cfg: &super::ServerConfig| ServerMessage::Reconnect {
+        after_ms: cfg.reconnect_after_ms(),
+        reason: "server shutting down; resume elsewhere with your cursor".into(),
+    };
+    let already_draining = *draining_rx.borrow();
+    if cfg.reconnect_on_drain && already_draining {
+        send!(text(render(&reconnect(cfg), session.filter.format)));
+        return End::Drained;
+    }
     let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
     let mut last_heard = Instant::now();
     let mut draining: Option<(Cursor, Instant)> = None;
@@ -180,9 +207,11 @@ where
                                 .get_or_create(&label)
                                 .inc_by(bytes as u64);
                         }
-                        if !more {
-                            break;
-                        }
+                        // Even at the head, pull once more: only Idle or Ended
+                        // may end this loop, or a close seen before the
+                        // wake-up above would be missed (regression: a drain
+                        // waited for the next ping).
+                        let _ = more;
                     }
                     Pull::Gap {
                         missed,
@@ -277,6 +306,10 @@ where
                 send!(Message::Ping(bytes::Bytes::new()));
             }
             _ = sleep_until_opt(drain_deadline) => return End::DrainTimeout,
+            _ = super::until_true(&mut draining_rx), if cfg.reconnect_on_drain => {
+                send!(text(render(&reconnect(cfg), session.filter.format)));
+                return End::Drained;
+            }
         }
     }
 }

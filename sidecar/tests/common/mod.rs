@@ -31,13 +31,55 @@ impl Server {
     }
 
     pub fn start_in(dir: &Path, args: &[&str]) -> Server {
+        let mut full = vec![
+            "serve",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        full.extend_from_slice(args);
+        Server::spawn(dir, &full)
+    }
+
+    /// `logstream sidecar` on a new temp folder, as pod `pod` of namespace `ns`.
+    pub fn sidecar(ns: &str, pod: &str, args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut full = vec![
+            "sidecar",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        full.extend_from_slice(&["--namespace", ns, "--pod", pod, "--container", "app"]);
+        full.extend_from_slice(args);
+        let mut s = Server::spawn(&dir, &full);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// `logstream aggregator --source URL... --listen 127.0.0.1:0 <args>`.
+    pub fn aggregator(sources: &[&Server], args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let urls: Vec<String> = sources.iter().map(|s| s.url("")).collect();
+        let mut full = vec!["aggregator", "--listen", "127.0.0.1:0"];
+        for u in &urls {
+            full.extend_from_slice(&["--source", u]);
+        }
+        full.extend_from_slice(args);
+        let mut s = Server::spawn(tmp.path(), &full);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Runs the binary with `args`; `dir` is the watched folder (or a scratch dir).
+    pub fn spawn(dir: &Path, args: &[&str]) -> Server {
         let stderr_log = dir.with_extension(format!("stderr.{}.log", std::process::id()));
         let err = std::fs::File::create(&stderr_log).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_logstream"))
-            .arg("serve")
-            .arg("--dir")
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -50,7 +92,12 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}: {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                )
+            })
             .to_string();
         let s = Server {
             child,

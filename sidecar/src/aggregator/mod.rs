@@ -1,0 +1,217 @@
+//! The per-namespace aggregator: pulls every sidecar, merges, keeps a bounded
+//! history and serves the same streams (plus the Loki API) as a sidecar.
+//!
+//! ```text
+//!  discovery (pods | --source) ──► puller per upstream ──► reorder window ──► hub ──► sessions
+//!                                  resume cursor, acks       ts order,          records keep the
+//!                                  backoff + jitter          ≤ window delay     upstream sid:seq
+//! ```
+//!
+//! Records keep their upstream source ids and sequence numbers, so a
+//! client's cursor means the same thing on every replica: moved to another
+//! replica, it resumes there without gap or duplicate.
+
+pub mod discovery;
+pub mod merge;
+pub mod puller;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::hub::{Hub, HubLimits, Pending, now_ns};
+use crate::metrics::Metrics;
+use crate::run::{RunError, start_server};
+use crate::server::{AppState, ServerConfig};
+use discovery::Upstreams;
+use merge::Reorder;
+use puller::Upstream;
+
+/// Where upstreams come from.
+#[derive(Clone, Debug)]
+pub enum Discovery {
+    /// Fixed base URLs.
+    Static(Vec<String>),
+    /// Labelled pods of a namespace.
+    Pods { namespace: String, label: String },
+}
+
+pub struct AggregatorOptions {
+    pub discovery: Discovery,
+    pub server: ServerConfig,
+    pub history: HubLimits,
+    pub listen: SocketAddr,
+    pub reorder_window: Duration,
+    /// Token presented to the sidecars.
+    pub upstream_token: Option<String>,
+    /// After SIGTERM, keep answering (readiness 503, `reconnect` to every
+    /// client) this long so load balancers stop sending traffic, then stop.
+    pub drain_delay: Duration,
+    pub grace: Duration,
+}
+
+/// Runs an aggregator until `shutdown` resolves, then drains.
+pub async fn run_aggregator(
+    opts: AggregatorOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    let incarnation = format!("agg-{}-{}", now_ns(), std::process::id());
+    let hub = Hub::new(opts.history, incarnation);
+    let metrics = Arc::new(Metrics::new());
+    let (ups_tx, ups_rx) = watch::channel(Upstreams::new());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let discovery = match opts.discovery.clone() {
+        Discovery::Static(urls) => {
+            let _ = ups_tx.send(urls.iter().map(|u| (u.clone(), u.clone())).collect());
+            None
+        }
+        Discovery::Pods { namespace, label } => {
+            let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
+            Some(tokio::spawn(discovery::watch_pods(
+                client, namespace, label, ups_tx,
+            )))
+        }
+    };
+
+    // Pullers feed the reorder window; one task publishes into the hub.
+    let (rec_tx, rec_rx) = mpsc::channel::<Vec<Pending>>(256);
+    let merger = tokio::spawn(merge_loop(
+        rec_rx,
+        hub.clone(),
+        metrics.clone(),
+        opts.reorder_window,
+    ));
+    let supervisor = tokio::spawn(supervise(
+        ups_rx,
+        hub.clone(),
+        rec_tx,
+        metrics.clone(),
+        opts.upstream_token.clone(),
+        ready_tx,
+    ));
+
+    let mut server_cfg = opts.server;
+    server_cfg.role = "aggregator".into();
+    server_cfg.reconnect_on_drain = true;
+    let state = AppState::new(hub.clone(), metrics.clone(), server_cfg, ready_rx, drain_rx);
+    let (server, _local) = start_server(state.clone(), opts.listen, stop_rx).await?;
+
+    shutdown.await;
+    let started = std::time::Instant::now();
+    tracing::info!(
+        clients = state.connections(),
+        "draining: readiness off, clients told to reconnect"
+    );
+    let _ = drain_tx.send(true);
+    let finished = tokio::time::timeout(opts.grace, async {
+        // Every connected client gets `reconnect` and a 1001 close now; new
+        // ones during the delay get the same at once.
+        tokio::time::sleep(opts.drain_delay).await;
+        let _ = stop_tx.send(true);
+        state.sessions.close();
+        state.sessions.wait().await;
+        let _ = server.await;
+    })
+    .await;
+    supervisor.abort();
+    merger.abort();
+    if let Some(d) = discovery {
+        d.abort();
+    }
+    metrics.drain_seconds.set(started.elapsed().as_secs_f64());
+    match finished {
+        Ok(()) => tracing::info!(took_ms = started.elapsed().as_millis() as u64, "drained"),
+        Err(_) => tracing::warn!(clients = state.connections(), "grace period over, exiting"),
+    }
+    Ok(())
+}
+
+/// Starts and stops one puller per upstream as discovery changes.
+async fn supervise(
+    mut ups: watch::Receiver<Upstreams>,
+    hub: Arc<Hub>,
+    out: mpsc::Sender<Vec<Pending>>,
+    metrics: Arc<Metrics>,
+    token: Option<String>,
+    ready: watch::Sender<bool>,
+) {
+    let mut running: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+    loop {
+        let current = ups.borrow_and_update().clone();
+        running.retain(|key, (url, handle)| {
+            let keep = current.get(key) == Some(url);
+            if !keep {
+                tracing::info!(upstream = %key, "upstream gone");
+                handle.abort();
+            }
+            keep
+        });
+        for (key, url) in current {
+            if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(key.clone()) {
+                let up = Upstream {
+                    key,
+                    url: url.clone(),
+                    token: token.clone(),
+                };
+                let task =
+                    tokio::spawn(puller::pull(up, hub.clone(), out.clone(), metrics.clone()));
+                slot.insert((url, task));
+            }
+        }
+        metrics.upstreams_known.set(running.len() as i64);
+        let _ = ready.send(true);
+        if ups.changed().await.is_err() {
+            // Discovery ended (static list): keep the pullers running.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn merge_loop(
+    mut rx: mpsc::Receiver<Vec<Pending>>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    window: Duration,
+) {
+    let mut reorder = Reorder::new(window);
+    loop {
+        let deadline = reorder.next_deadline();
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                let now = now_ns();
+                for p in batch {
+                    reorder.push(p, now);
+                }
+                // Take whatever else is queued before publishing: fewer, larger batches.
+                while let Ok(more) = rx.try_recv() {
+                    for p in more {
+                        reorder.push(p, now);
+                    }
+                }
+            }
+            _ = sleep_until_ns(deadline), if deadline.is_some() => {}
+        }
+        let ready = reorder.pop_ready(now_ns());
+        metrics.reorder_buffered.set(reorder.len() as i64);
+        if !ready.is_empty() {
+            hub.publish(ready);
+            let ring = hub.lock();
+            metrics.history_records.set(ring.len() as i64);
+            metrics.history_bytes.set(ring.bytes() as i64);
+        }
+    }
+    let rest = reorder.drain_all();
+    hub.publish(rest);
+}
+
+async fn sleep_until_ns(deadline: Option<i64>) {
+    let wait = deadline.map_or(0, |d| d.saturating_sub(now_ns()).max(0));
+    tokio::time::sleep(Duration::from_nanos(wait as u64)).await;
+}

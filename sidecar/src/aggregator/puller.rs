@@ -1,0 +1,111 @@
+//! Pulls one upstream (a sidecar) over WebSocket with a resume cursor, so a
+//! reconnect — after a network error, a sidecar restart or our own restart —
+//! repeats and loses nothing that is still in the upstream's history.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::client::{ClientOptions, Connection};
+use crate::hub::{Hub, Pending, SourceInfo, now_ns, parse_ts};
+use crate::metrics::Metrics;
+use crate::protocol::{Cursor, Format, GapReason, ServerMessage, SourceId, Subscribe};
+
+pub struct Upstream {
+    pub key: String,
+    pub url: String,
+    pub token: Option<String>,
+}
+
+/// Runs until aborted. Records go to `out` in upstream order.
+pub async fn pull(
+    up: Upstream,
+    hub: Arc<Hub>,
+    out: mpsc::Sender<Vec<Pending>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut cursor = Cursor::default();
+    let mut sources: HashMap<SourceId, Arc<SourceInfo>> = HashMap::new();
+    let mut backoff = Duration::from_millis(100);
+    let opts = ClientOptions {
+        base: up.url.clone(),
+        sub: Subscribe {
+            format: Some(Format::Json),
+            ..Subscribe::default()
+        },
+        token: up.token.clone(),
+    };
+    loop {
+        // An empty cursor asks for the whole history on the first connect.
+        match Connection::open(&opts, Some(&cursor)).await {
+            Ok(mut conn) => {
+                tracing::info!(upstream = %up.key, url = %up.url, cursor = %cursor, "pulling");
+                metrics.upstreams_connected.inc();
+                loop {
+                    let msg = match conn.next().await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(upstream = %up.key, error = %e, "upstream read");
+                            break;
+                        }
+                    };
+                    match msg {
+                        ServerMessage::Hello { .. } => backoff = Duration::from_millis(100),
+                        ServerMessage::Records {
+                            records,
+                            cursor: after,
+                        } => {
+                            let mut batch = Vec::with_capacity(records.len());
+                            for r in records {
+                                if cursor.covers(r.sid, r.seq) {
+                                    continue; // already have it
+                                }
+                                cursor.advance(r.sid, r.seq);
+                                let info = sources
+                                    .entry(r.sid)
+                                    .or_insert_with(|| hub.source_with_id(r.source.clone(), r.sid))
+                                    .clone();
+                                batch.push(Pending {
+                                    source: info,
+                                    seq: r.seq,
+                                    ts_ns: parse_ts(&r.ts).unwrap_or_else(now_ns),
+                                    level: r.level,
+                                    line: r.line,
+                                    partial: r.partial,
+                                    split: r.split,
+                                });
+                            }
+                            cursor.merge(&after);
+                            metrics.upstream_records.inc_by(batch.len() as u64);
+                            if !batch.is_empty() && out.send(batch).await.is_err() {
+                                metrics.upstreams_connected.dec();
+                                return;
+                            }
+                        }
+                        ServerMessage::Gap { missed, reason, .. } => {
+                            if reason != GapReason::SlowClient {
+                                tracing::warn!(upstream = %up.key, missed, ?reason, "records lost upstream");
+                            }
+                            metrics.upstream_gap_records.inc_by(missed);
+                        }
+                        // Connection::next has acknowledged it; the upstream closes next.
+                        ServerMessage::Draining { .. } => {
+                            tracing::info!(upstream = %up.key, "upstream drained")
+                        }
+                        _ => {}
+                    }
+                }
+                metrics.upstreams_connected.dec();
+            }
+            Err(e) => tracing::debug!(upstream = %up.key, error = %e, "connect"),
+        }
+        metrics.upstream_reconnects.inc();
+        // Exponential backoff with jitter, so replicas do not reconnect in step.
+        let jitter = Duration::from_millis(u64::from(now_ns().unsigned_abs() as u32 % 100));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

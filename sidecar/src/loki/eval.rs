@@ -1,0 +1,1129 @@
+//! Evaluation of parsed LogQL over hub entries: pure functions over a slice
+//! of [`Entry`], no locks and no I/O, so they are unit-tested directly.
+//!
+//! ```text
+//!  entries ──stream labels──► selector ──► pipeline (filters, parsers, formats) ──► rows
+//!  rows ──sort, limit──► streams                         (log queries)
+//!  rows ──per series, window (t-range, t] per step──► count/rate ──► sum by ──► matrix
+//! ```
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::logql::{
+    AggOp, BinOp, Grouping, LabelFilter, LabelFmt, LabelRef, LogQuery, MetricExpr, RangeFn, Stage,
+    Template, TplPart,
+};
+use crate::hub::{Entry, format_ts};
+use crate::protocol::Level;
+
+/// A label set; sorted, so it prints and compares canonically.
+pub type Labels = BTreeMap<String, String>;
+
+pub const ERROR_LABEL: &str = "__error__";
+
+/// The labels of the Loki stream an entry belongs to: `namespace`, `pod`,
+/// `container`, `file` (each only when not empty) and `level` (`unknown`
+/// when the line had none).
+pub fn stream_labels(e: &Entry) -> Labels {
+    let s = &e.source.source;
+    let mut l = Labels::new();
+    for (k, v) in [
+        ("namespace", &s.namespace),
+        ("pod", &s.pod),
+        ("container", &s.container),
+        ("file", &s.file),
+    ] {
+        if !v.is_empty() {
+            l.insert(k.to_string(), v.clone());
+        }
+    }
+    l.insert("level".into(), level_name(e.level).into());
+    l
+}
+
+pub fn level_name(l: Option<Level>) -> &'static str {
+    l.map_or("unknown", Level::as_str)
+}
+
+/// Stream labels per (source, level), computed once per query, with the
+/// verdict of the query's selector.
+#[derive(Default)]
+pub struct StreamCache {
+    map: HashMap<(u32, Option<Level>), Option<Arc<Labels>>>,
+}
+
+impl StreamCache {
+    /// The entry's stream labels if `q`'s selector accepts them.
+    pub fn selected(&mut self, q: &LogQuery, e: &Entry) -> Option<Arc<Labels>> {
+        self.map
+            .entry((e.source.slot, e.level))
+            .or_insert_with(|| {
+                let l = stream_labels(e);
+                selects(q, &l).then(|| Arc::new(l))
+            })
+            .clone()
+    }
+}
+
+/// Whether the selector of `q` accepts a stream.
+pub fn selects(q: &LogQuery, labels: &Labels) -> bool {
+    q.matchers
+        .iter()
+        .all(|m| m.matches(labels.get(&m.name).map_or("", String::as_str)))
+}
+
+/// One line that went through a pipeline.
+pub struct Row<'a> {
+    pub ts_ns: i64,
+    pub idx: u64,
+    pub labels: Arc<Labels>,
+    pub line: Cow<'a, str>,
+}
+
+/// Runs `q` over entries whose time is in `[from, to)`.
+pub fn select<'a>(
+    q: &'a LogQuery,
+    entries: &'a [Arc<Entry>],
+    from: i64,
+    to: i64,
+) -> impl Iterator<Item = Row<'a>> + 'a {
+    let mut cache = StreamCache::default();
+    entries.iter().filter_map(move |e| {
+        if e.ts_ns < from || e.ts_ns >= to {
+            return None;
+        }
+        let base = cache.selected(q, e)?;
+        let (line, changed) = run_pipeline(&q.pipeline, &base, &e.line, e.ts_ns)?;
+        Some(Row {
+            ts_ns: e.ts_ns,
+            idx: e.idx,
+            labels: changed.map_or(base, Arc::new),
+            line,
+        })
+    })
+}
+
+/// Applies the pipeline to one line. Returns the (possibly rewritten) line
+/// and, when a stage changed them, the new labels; `None` when filtered out.
+pub fn run_pipeline<'a>(
+    stages: &[Stage],
+    base: &Labels,
+    line: &'a str,
+    ts_ns: i64,
+) -> Option<(Cow<'a, str>, Option<Labels>)> {
+    let mut line: Cow<'a, str> = Cow::Borrowed(line);
+    let mut labels: Option<Labels> = None;
+    for stage in stages {
+        let cur = labels.as_ref().unwrap_or(base);
+        let has_err = cur.contains_key(ERROR_LABEL);
+        match stage {
+            Stage::Line(f) => {
+                if !f.matches(&line) {
+                    return None;
+                }
+            }
+            Stage::Json | Stage::Logfmt => {
+                if has_err {
+                    continue;
+                }
+                let parsed = if matches!(stage, Stage::Json) {
+                    json_fields(&line).ok_or("JSONParserErr")
+                } else {
+                    logfmt_fields(&line).ok_or("LogfmtParserErr")
+                };
+                let l = labels.get_or_insert_with(|| base.clone());
+                match parsed {
+                    Ok(fields) => {
+                        for (k, v) in fields {
+                            add_extracted(l, base, k, v);
+                        }
+                    }
+                    Err(kind) => {
+                        l.insert(ERROR_LABEL.into(), kind.into());
+                    }
+                }
+            }
+            Stage::Regexp(re) => {
+                if has_err {
+                    continue;
+                }
+                if let Some(caps) = re.captures(&line) {
+                    let found: Vec<(String, String)> = re
+                        .capture_names()
+                        .flatten()
+                        .filter_map(|n| caps.name(n).map(|m| (n.to_string(), m.as_str().into())))
+                        .collect();
+                    let l = labels.get_or_insert_with(|| base.clone());
+                    for (k, v) in found {
+                        add_extracted(l, base, k, v);
+                    }
+                }
+            }
+            Stage::LabelFilter(f) => {
+                if has_err && !only_error_labels(f) {
+                    continue; // like Loki: lines with an error skip label filters
+                }
+                match label_filter(f, cur) {
+                    Some(true) => {}
+                    Some(false) => return None,
+                    None => {
+                        labels
+                            .get_or_insert_with(|| base.clone())
+                            .insert(ERROR_LABEL.into(), "LabelFilterErr".into());
+                    }
+                }
+            }
+            Stage::Drop(refs) => {
+                let l = labels.get_or_insert_with(|| base.clone());
+                for r in refs {
+                    match r {
+                        LabelRef::Name(n) => {
+                            l.remove(n);
+                        }
+                        LabelRef::Matcher(m) => {
+                            if l.get(&m.name).is_some_and(|v| m.matches(v)) {
+                                l.remove(&m.name);
+                            }
+                        }
+                    }
+                }
+            }
+            Stage::Keep(refs) => {
+                let l = labels.get_or_insert_with(|| base.clone());
+                l.retain(|k, v| {
+                    refs.iter().any(|r| match r {
+                        LabelRef::Name(n) => n == k,
+                        LabelRef::Matcher(m) => m.name == *k && m.matches(v),
+                    })
+                });
+            }
+            Stage::LineFormat(t) => {
+                let new = render(t, cur, &line, ts_ns);
+                line = Cow::Owned(new);
+            }
+            Stage::LabelFormat(fmts) => {
+                let before = cur.clone();
+                let l = labels.get_or_insert_with(|| base.clone());
+                for (dst, f) in fmts {
+                    let v = match f {
+                        LabelFmt::Rename(src) => {
+                            let v = before.get(src).cloned().unwrap_or_default();
+                            l.remove(src);
+                            v
+                        }
+                        LabelFmt::Template(t) => render(t, &before, &line, ts_ns),
+                    };
+                    l.insert(dst.clone(), v);
+                }
+            }
+            Stage::Decolorize => {
+                if line.contains('\u{1b}') {
+                    line = Cow::Owned(decolorize(&line));
+                }
+            }
+        }
+    }
+    if let Some(l) = &mut labels {
+        // An empty value is an absent label, as in Loki and Prometheus.
+        l.retain(|_, v| !v.is_empty());
+    }
+    Some((line, labels))
+}
+
+/// Adds a parsed field; a name the stream already has gets `_extracted`.
+fn add_extracted(l: &mut Labels, base: &Labels, key: String, value: String) {
+    let key = sanitize_key(&key);
+    if key.is_empty() {
+        return;
+    }
+    if base.contains_key(&key) {
+        l.insert(format!("{key}_extracted"), value);
+    } else {
+        l.insert(key, value);
+    }
+}
+
+/// Label names are `[a-zA-Z_][a-zA-Z0-9_]*`: other characters become `_`.
+fn sanitize_key(k: &str) -> String {
+    let mut s: String = k
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
+}
+
+/// Fields of a JSON object line, nested objects flattened with `_`; arrays
+/// and nulls are skipped. `None` when the line is not a JSON object.
+pub fn json_fields(line: &str) -> Option<Vec<(String, String)>> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let obj = v.as_object()?;
+    let mut out = Vec::new();
+    flatten("", obj, &mut out);
+    Some(out)
+}
+
+fn flatten(
+    prefix: &str,
+    obj: &serde_json::Map<String, serde_json::Value>,
+    out: &mut Vec<(String, String)>,
+) {
+    for (k, v) in obj {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}_{k}")
+        };
+        match v {
+            serde_json::Value::Object(o) => flatten(&key, o, out),
+            serde_json::Value::String(s) => out.push((key, s.clone())),
+            serde_json::Value::Number(n) => out.push((key, n.to_string())),
+            serde_json::Value::Bool(b) => out.push((key, b.to_string())),
+            serde_json::Value::Array(_) | serde_json::Value::Null => {}
+        }
+    }
+}
+
+/// `key=value` / `key="quoted \" value"` pairs. `None` on an unterminated
+/// quote or a value without a key.
+pub fn logfmt_fields(line: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut it = line.chars().peekable();
+    loop {
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        if it.peek().is_none() {
+            return Some(out);
+        }
+        let mut key = String::new();
+        while let Some(&c) = it.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            if c == '"' {
+                return None;
+            }
+            key.push(c);
+            it.next();
+        }
+        if it.peek() != Some(&'=') {
+            out.push((key, String::new()));
+            continue;
+        }
+        it.next();
+        if key.is_empty() {
+            return None;
+        }
+        let mut value = String::new();
+        if it.peek() == Some(&'"') {
+            it.next();
+            loop {
+                match it.next()? {
+                    '"' => break,
+                    '\\' => match it.next()? {
+                        'n' => value.push('\n'),
+                        't' => value.push('\t'),
+                        'r' => value.push('\r'),
+                        other => value.push(other),
+                    },
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = it.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                it.next();
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+fn only_error_labels(f: &LabelFilter) -> bool {
+    match f {
+        LabelFilter::And(a, b) | LabelFilter::Or(a, b) => {
+            only_error_labels(a) && only_error_labels(b)
+        }
+        LabelFilter::Str(m) => m.name.starts_with(ERROR_LABEL),
+        LabelFilter::Num { name, .. } | LabelFilter::Dur { name, .. } => {
+            name.starts_with(ERROR_LABEL)
+        }
+    }
+}
+
+/// `Some(verdict)`, or `None` when a value could not be converted.
+fn label_filter(f: &LabelFilter, l: &Labels) -> Option<bool> {
+    let get = |n: &str| l.get(n).map_or("", String::as_str);
+    match f {
+        LabelFilter::Str(m) => Some(m.matches(get(&m.name))),
+        LabelFilter::Num { name, op, value } => {
+            let v: f64 = get(name).trim().parse().ok()?;
+            Some(op.apply(v, *value))
+        }
+        LabelFilter::Dur { name, op, secs } => {
+            let ns = super::logql::parse_duration(get(name).trim())?;
+            Some(op.apply(ns as f64 / 1e9, *secs))
+        }
+        LabelFilter::And(a, b) => {
+            let a = label_filter(a, l);
+            if a == Some(false) {
+                return Some(false);
+            }
+            match (a, label_filter(b, l)) {
+                (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                _ => None,
+            }
+        }
+        LabelFilter::Or(a, b) => {
+            let a = label_filter(a, l);
+            if a == Some(true) {
+                return Some(true);
+            }
+            match (a, label_filter(b, l)) {
+                (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            }
+        }
+    }
+}
+
+fn render(t: &Template, l: &Labels, line: &str, ts_ns: i64) -> String {
+    let mut s = String::new();
+    for p in &t.0 {
+        match p {
+            TplPart::Lit(x) => s.push_str(x),
+            TplPart::Label(n) => s.push_str(l.get(n).map_or("", String::as_str)),
+            TplPart::Line => s.push_str(line),
+            TplPart::Timestamp => s.push_str(&format_ts(ts_ns)),
+        }
+    }
+    s
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... final-byte`).
+fn decolorize(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut it = line.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' && it.peek() == Some(&'[') {
+            it.next();
+            for c in it.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Log queries
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+/// One Loki stream of a result; values are (ns, line) in the query's direction.
+#[derive(Debug)]
+pub struct Stream {
+    pub labels: Arc<Labels>,
+    pub values: Vec<(i64, String)>,
+}
+
+#[derive(Debug)]
+pub struct LogResult {
+    pub streams: Vec<Stream>,
+    /// Lines that matched; more than were returned when the limit cut.
+    pub matched: usize,
+    pub returned: usize,
+}
+
+/// Runs a log query over `[start, end)`: the `limit` newest (backward) or
+/// oldest (forward) matching lines across all streams.
+pub fn log_query(
+    q: &LogQuery,
+    entries: &[Arc<Entry>],
+    start: i64,
+    end: i64,
+    limit: usize,
+    dir: Direction,
+) -> LogResult {
+    let mut rows: Vec<Row<'_>> = select(q, entries, start, end).collect();
+    let matched = rows.len();
+    match dir {
+        Direction::Forward => rows.sort_by_key(|r| (r.ts_ns, r.idx)),
+        Direction::Backward => {
+            rows.sort_by_key(|r| std::cmp::Reverse((r.ts_ns, r.idx)));
+        }
+    }
+    rows.truncate(limit);
+    let returned = rows.len();
+    let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
+    let mut streams: Vec<Stream> = Vec::new();
+    for r in rows {
+        let i = *index.entry(r.labels.clone()).or_insert_with(|| {
+            streams.push(Stream {
+                labels: r.labels.clone(),
+                values: Vec::new(),
+            });
+            streams.len() - 1
+        });
+        if let Some(s) = streams.get_mut(i) {
+            s.values.push((r.ts_ns, r.line.into_owned()));
+        }
+    }
+    streams.sort_by(|a, b| a.labels.cmp(&b.labels));
+    LogResult {
+        streams,
+        matched,
+        returned,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Metric queries
+
+/// Evaluation times `start + i * step` for `i < count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Steps {
+    pub start: i64,
+    pub step: i64,
+    pub count: usize,
+}
+
+impl Steps {
+    pub fn instant(t: i64) -> Steps {
+        Steps {
+            start: t,
+            step: 1,
+            count: 1,
+        }
+    }
+
+    pub fn at(&self, i: usize) -> i64 {
+        self.start + self.step * i as i64
+    }
+
+    pub fn last(&self) -> i64 {
+        self.at(self.count.saturating_sub(1))
+    }
+}
+
+/// One time series; `values[i]` is the sample at step `i`, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub values: Vec<Option<f64>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grid {
+    Scalar(f64),
+    Vector(Vec<Series>),
+}
+
+/// The window of entries a metric expression needs for `steps`: `[from, to]`.
+pub fn needed_window(expr: &MetricExpr, steps: &Steps) -> (i64, i64) {
+    (
+        steps.start.saturating_sub(expr.lookback_ns()),
+        steps.last().saturating_add(expr.lookahead_ns()),
+    )
+}
+
+/// Evaluates a metric expression at every step.
+pub fn metric_query(
+    expr: &MetricExpr,
+    entries: &[Arc<Entry>],
+    steps: &Steps,
+) -> Result<Grid, String> {
+    Ok(match expr {
+        MetricExpr::Scalar(n) => Grid::Scalar(*n),
+        MetricExpr::Vector(n) => Grid::Vector(vec![Series {
+            labels: Labels::new(),
+            values: vec![Some(*n); steps.count],
+        }]),
+        MetricExpr::Range {
+            func,
+            query,
+            range_ns,
+            offset_ns,
+        } => Grid::Vector(range_fn(
+            *func, query, *range_ns, *offset_ns, entries, steps,
+        )),
+        MetricExpr::Agg {
+            op,
+            grouping,
+            inner,
+        } => match metric_query(inner, entries, steps)? {
+            Grid::Vector(series) => Grid::Vector(aggregate(*op, grouping.as_ref(), series, steps)),
+            Grid::Scalar(_) => {
+                return Err("expected a range vector or instant vector, got a scalar".into());
+            }
+        },
+        MetricExpr::Binary { op, lhs, rhs } => binary(
+            *op,
+            metric_query(lhs, entries, steps)?,
+            metric_query(rhs, entries, steps)?,
+        ),
+    })
+}
+
+fn range_fn(
+    func: RangeFn,
+    q: &LogQuery,
+    range_ns: i64,
+    offset_ns: i64,
+    entries: &[Arc<Entry>],
+    steps: &Steps,
+) -> Vec<Series> {
+    // Window for step t: (t - offset - range, t - offset].
+    let from = steps
+        .start
+        .saturating_sub(offset_ns)
+        .saturating_sub(range_ns)
+        .saturating_add(1);
+    let to = steps.last().saturating_sub(offset_ns).saturating_add(1);
+    let mut by_series: HashMap<Arc<Labels>, Vec<(i64, u64)>> = HashMap::new();
+    for r in select(q, entries, from, to) {
+        by_series
+            .entry(r.labels)
+            .or_default()
+            .push((r.ts_ns, r.line.len() as u64));
+    }
+    let secs = range_ns as f64 / 1e9;
+    let mut out: Vec<Series> = by_series
+        .into_iter()
+        .map(|(labels, mut points)| {
+            points.sort_unstable();
+            let mut prefix = Vec::with_capacity(points.len() + 1);
+            prefix.push(0u64);
+            let mut acc = 0u64;
+            for (_, b) in &points {
+                acc += b;
+                prefix.push(acc);
+            }
+            let values = (0..steps.count)
+                .map(|i| {
+                    let hi_t = steps.at(i) - offset_ns;
+                    let lo_t = hi_t - range_ns;
+                    let lo = points.partition_point(|(ts, _)| *ts <= lo_t);
+                    let hi = points.partition_point(|(ts, _)| *ts <= hi_t);
+                    if hi <= lo {
+                        return None;
+                    }
+                    let count = (hi - lo) as f64;
+                    let bytes =
+                        prefix.get(hi).copied().unwrap_or(0) - prefix.get(lo).copied().unwrap_or(0);
+                    Some(match func {
+                        RangeFn::CountOverTime => count,
+                        RangeFn::Rate => count / secs,
+                        RangeFn::BytesOverTime => bytes as f64,
+                        RangeFn::BytesRate => bytes as f64 / secs,
+                    })
+                })
+                .collect();
+            Series {
+                labels: Arc::unwrap_or_clone(labels),
+                values,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    out
+}
+
+#[derive(Clone, Copy)]
+struct Acc {
+    sum: f64,
+    count: f64,
+    min: f64,
+    max: f64,
+}
+
+fn aggregate(op: AggOp, g: Option<&Grouping>, series: Vec<Series>, steps: &Steps) -> Vec<Series> {
+    let mut groups: BTreeMap<Labels, Vec<Option<Acc>>> = BTreeMap::new();
+    for s in series {
+        let key: Labels = match g {
+            None => Labels::new(),
+            Some(Grouping {
+                without: false,
+                labels,
+            }) => s
+                .labels
+                .iter()
+                .filter(|(k, _)| labels.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            Some(Grouping {
+                without: true,
+                labels,
+            }) => s
+                .labels
+                .iter()
+                .filter(|(k, _)| !labels.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let accs = groups.entry(key).or_insert_with(|| vec![None; steps.count]);
+        for (acc, v) in accs.iter_mut().zip(&s.values) {
+            if let Some(v) = v {
+                *acc = Some(match acc {
+                    None => Acc {
+                        sum: *v,
+                        count: 1.0,
+                        min: *v,
+                        max: *v,
+                    },
+                    Some(a) => Acc {
+                        sum: a.sum + v,
+                        count: a.count + 1.0,
+                        min: a.min.min(*v),
+                        max: a.max.max(*v),
+                    },
+                });
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(labels, accs)| Series {
+            labels,
+            values: accs
+                .into_iter()
+                .map(|a| {
+                    a.map(|a| match op {
+                        AggOp::Sum => a.sum,
+                        AggOp::Avg => a.sum / a.count,
+                        AggOp::Min => a.min,
+                        AggOp::Max => a.max,
+                        AggOp::Count => a.count,
+                    })
+                })
+                .collect(),
+        })
+        .filter(|s| s.values.iter().any(Option::is_some))
+        .collect()
+}
+
+fn binary(op: BinOp, lhs: Grid, rhs: Grid) -> Grid {
+    let map = |series: Vec<Series>, f: &dyn Fn(f64) -> f64| {
+        series
+            .into_iter()
+            .map(|s| Series {
+                labels: s.labels,
+                values: s.values.into_iter().map(|v| v.map(f)).collect(),
+            })
+            .collect()
+    };
+    match (lhs, rhs) {
+        (Grid::Scalar(a), Grid::Scalar(b)) => Grid::Scalar(op.apply(a, b)),
+        (Grid::Vector(v), Grid::Scalar(b)) => Grid::Vector(map(v, &|a| op.apply(a, b))),
+        (Grid::Scalar(a), Grid::Vector(v)) => Grid::Vector(map(v, &|b| op.apply(a, b))),
+        (Grid::Vector(l), Grid::Vector(r)) => {
+            let right: HashMap<&Labels, &Series> = r.iter().map(|s| (&s.labels, s)).collect();
+            Grid::Vector(
+                l.into_iter()
+                    .filter_map(|s| {
+                        let other = right.get(&s.labels)?;
+                        let values = s
+                            .values
+                            .iter()
+                            .zip(&other.values)
+                            .map(|(a, b)| Some(op.apply((*a)?, (*b)?)))
+                            .collect();
+                        Some(Series {
+                            labels: s.labels,
+                            values,
+                        })
+                    })
+                    .filter(|s| s.values.iter().any(Option::is_some))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// Formats a sample value the way Prometheus and Loki do (Go's
+/// `FormatFloat(v, 'f', -1, 64)`, `+Inf`, `-Inf`, `NaN`).
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::hub::{Hub, HubLimits, Pending};
+    use crate::loki::logql::{Query, parse};
+
+    pub const T0: i64 = 1_700_000_000_000_000_000;
+    pub const SEC: i64 = 1_000_000_000;
+
+    /// Entries of `app.log` and `db.log` at known times: (file, level, seconds after T0, line).
+    pub fn entries(rows: &[(&str, Option<Level>, i64, &str)]) -> Vec<Arc<Entry>> {
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 10_000,
+                max_bytes: 1 << 30,
+            },
+            "t",
+        );
+        for (file, level, secs, line) in rows {
+            let info = hub.source(crate::hub::tests::src(file));
+            hub.publish(vec![Pending {
+                source: info.clone(),
+                seq: info.next_seq(),
+                ts_ns: T0 + secs * SEC,
+                level: *level,
+                line: line.to_string(),
+                partial: false,
+                split: None,
+            }]);
+        }
+        let ring = hub.lock();
+        ring.iter_from(ring.first_idx()).cloned().collect()
+    }
+
+    fn sample() -> Vec<Arc<Entry>> {
+        use Level::*;
+        entries(&[
+            ("app.log", Some(Info), 0, "INFO started x=1"),
+            ("app.log", Some(Warn), 1, "WARN slow request x=2"),
+            ("db.log", None, 1, "vacuum"),
+            (
+                "app.log",
+                Some(Error),
+                2,
+                r#"{"level":"error","status":500,"req":{"path":"/a"},"dur":"1.5s"}"#,
+            ),
+            (
+                "app.log",
+                Some(Info),
+                3,
+                r#"{"level":"info","status":200,"req":{"path":"/b"},"dur":"20ms"}"#,
+            ),
+            ("app.log", Some(Info), 4, "INFO done x=3"),
+            ("app.log", None, 5, "no level here"),
+        ])
+    }
+
+    fn lq(q: &str) -> LogQuery {
+        match parse(q).unwrap() {
+            Query::Log(l) => l,
+            Query::Metric(_) => panic!("metric"),
+        }
+    }
+
+    fn mq(q: &str) -> MetricExpr {
+        match parse(q).unwrap() {
+            Query::Metric(m) => m,
+            Query::Log(_) => panic!("log"),
+        }
+    }
+
+    fn lines(r: &LogResult) -> Vec<&str> {
+        r.streams
+            .iter()
+            .flat_map(|s| s.values.iter().map(|(_, l)| l.as_str()))
+            .collect()
+    }
+
+    const ALL: (i64, i64) = (T0, T0 + 100 * SEC);
+
+    #[test]
+    fn stream_labels_of_an_entry() {
+        let e = sample();
+        let l = stream_labels(&e[0]);
+        let want: Labels = [
+            ("container", "app"),
+            ("file", "app.log"),
+            ("level", "info"),
+            ("namespace", "ns"),
+            ("pod", "pod"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(l, want);
+        assert_eq!(stream_labels(&e[2])["level"], "unknown");
+    }
+
+    #[test]
+    fn limit_applies_across_streams_in_both_directions() {
+        let e = sample();
+        let q = lq(r#"{file="app.log"}"#);
+        let r = log_query(&q, &e, ALL.0, ALL.1, 2, Direction::Backward);
+        assert_eq!(r.matched, 6);
+        assert_eq!(r.returned, 2);
+        let mut got = lines(&r);
+        got.sort();
+        assert_eq!(got, ["INFO done x=3", "no level here"]);
+        let r = log_query(&q, &e, ALL.0, ALL.1, 2, Direction::Forward);
+        let mut got = lines(&r);
+        got.sort();
+        assert_eq!(got, ["INFO started x=1", "WARN slow request x=2"]);
+        // Within a stream, values follow the direction.
+        let r = log_query(&q, &e, ALL.0, ALL.1, 100, Direction::Backward);
+        let info = r
+            .streams
+            .iter()
+            .find(|s| s.labels["level"] == "info")
+            .unwrap();
+        let ts: Vec<i64> = info.values.iter().map(|(t, _)| *t).collect();
+        assert!(ts.windows(2).all(|w| w[0] > w[1]), "{ts:?}");
+    }
+
+    #[test]
+    fn start_is_inclusive_and_end_exclusive() {
+        let e = sample();
+        let q = lq(r#"{file="app.log"}"#);
+        let r = log_query(&q, &e, T0 + SEC, T0 + 3 * SEC, 100, Direction::Forward);
+        assert_eq!(lines(&r).len(), 2, "{:?}", lines(&r));
+        assert_eq!(r.streams[0].values.len() + r.streams[1].values.len(), 2);
+    }
+
+    #[test]
+    fn line_filters_and_selectors() {
+        let e = sample();
+        let r = log_query(
+            &lq(r#"{file=~"app.*", level!="warn"} |= "x=" != "done""#),
+            &e,
+            ALL.0,
+            ALL.1,
+            100,
+            Direction::Forward,
+        );
+        assert_eq!(lines(&r), ["INFO started x=1"]);
+        let r = log_query(
+            &lq(r#"{level="unknown"}"#),
+            &e,
+            ALL.0,
+            ALL.1,
+            100,
+            Direction::Forward,
+        );
+        // Streams are ordered by their labels (app.log before db.log).
+        assert_eq!(lines(&r), ["no level here", "vacuum"]);
+    }
+
+    #[test]
+    fn json_extracts_flattened_fields_and_marks_errors() {
+        let e = sample();
+        let r = log_query(
+            &lq(r#"{file="app.log"} | json | status >= 500"#),
+            &e,
+            ALL.0,
+            ALL.1,
+            100,
+            Direction::Forward,
+        );
+        // Non-JSON lines carry __error__ and skip the label filter, like Loki.
+        let errored: Vec<&Stream> = r
+            .streams
+            .iter()
+            .filter(|s| s.labels.contains_key(ERROR_LABEL))
+            .collect();
+        assert_eq!(errored.iter().map(|s| s.values.len()).sum::<usize>(), 4);
+        let ok: Vec<&Stream> = r
+            .streams
+            .iter()
+            .filter(|s| !s.labels.contains_key(ERROR_LABEL))
+            .collect();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].labels["status"], "500");
+        assert_eq!(ok[0].labels["req_path"], "/a");
+        assert_eq!(ok[0].labels["level_extracted"], "error");
+        assert_eq!(ok[0].labels["level"], "error");
+        // Dropping errored lines and comparing durations.
+        let r = log_query(
+            &lq(r#"{file="app.log"} | json | __error__=`` | dur > 1s"#),
+            &e,
+            ALL.0,
+            ALL.1,
+            100,
+            Direction::Forward,
+        );
+        assert_eq!(r.returned, 1);
+        assert!(lines(&r)[0].contains("/a"));
+        // drop __error__ keeps the lines but removes the label.
+        let r = log_query(
+            &lq(r#"{file="app.log"} | json | drop __error__, req_path"#),
+            &e,
+            ALL.0,
+            ALL.1,
+            100,
+            Direction::Forward,
+        );
+        assert_eq!(r.returned, 6);
+        assert!(
+            r.streams
+                .iter()
+                .all(|s| !s.labels.contains_key(ERROR_LABEL) && !s.labels.contains_key("req_path"))
+        );
+    }
+
+    #[test]
+    fn logfmt_regexp_formats_and_keep() {
+        let e = sample();
+        let r = log_query(
+            &lq(
+                r#"{file="app.log"} |~ "x=\\d" | logfmt | x > 1 | line_format "{{.level}}: x is {{.x}}" | label_format n=x | keep n, level"#,
+            ),
+            &e,
+            ALL.0,
+            ALL.1,
+            100,
+            Direction::Forward,
+        );
+        assert_eq!(lines(&r), ["info: x is 3", "warn: x is 2"]);
+        assert!(r.streams.iter().all(|s| s.labels.len() == 2));
+        assert_eq!(r.streams[0].labels["n"], "3");
+        let r = log_query(
+            &lq(r#"{file="app.log"} | regexp `^(?P<word>[A-Z]+) ` | word="WARN""#),
+            &e,
+            ALL.0,
+            ALL.1,
+            100,
+            Direction::Forward,
+        );
+        assert_eq!(lines(&r), ["WARN slow request x=2"]);
+    }
+
+    #[test]
+    fn logfmt_parser() {
+        assert_eq!(
+            logfmt_fields(r#"a=1 b="two words" c= d e="q\"x""#).unwrap(),
+            [
+                ("a".into(), "1".into()),
+                ("b".into(), "two words".into()),
+                ("c".into(), String::new()),
+                ("d".into(), String::new()),
+                ("e".into(), "q\"x".into()),
+            ]
+        );
+        assert!(logfmt_fields(r#"a="open"#).is_none());
+        assert!(logfmt_fields("=x").is_none());
+        assert_eq!(decolorize("\u{1b}[31mred\u{1b}[0m!"), "red!");
+    }
+
+    #[test]
+    fn count_over_time_with_sum_by_level() {
+        let e = sample();
+        let expr =
+            mq(r#"sum by (level) (count_over_time({file="app.log"} | drop __error__[2000ms]))"#);
+        let steps = Steps {
+            start: T0,
+            step: 2 * SEC,
+            count: 4,
+        };
+        let Grid::Vector(series) = metric_query(&expr, &e, &steps).unwrap() else {
+            panic!()
+        };
+        let get = |lvl: &str| {
+            series
+                .iter()
+                .find(|s| s.labels.get("level").map(String::as_str) == Some(lvl))
+                .unwrap_or_else(|| panic!("{lvl}: {series:?}"))
+                .values
+                .clone()
+        };
+        // Windows (t-2s, t] at t = 0, 2, 4, 6 s.
+        assert_eq!(get("info"), [Some(1.0), None, Some(2.0), None]);
+        assert_eq!(get("warn"), [None, Some(1.0), None, None]);
+        assert_eq!(get("error"), [None, Some(1.0), None, None]);
+        assert_eq!(get("unknown"), [None, None, None, Some(1.0)]);
+        assert!(series.iter().all(|s| s.labels.len() == 1));
+    }
+
+    #[test]
+    fn rate_sum_without_and_arithmetic() {
+        let e = sample();
+        let steps = Steps {
+            start: T0 + 10 * SEC,
+            step: SEC,
+            count: 1,
+        };
+        let g = metric_query(&mq(r#"sum(rate({file=~".+"}[10s]))"#), &e, &steps).unwrap();
+        // Entries at 1..=5 s (6 of 7; the one at 0 s is outside (0, 10]).
+        assert_eq!(
+            g,
+            Grid::Vector(vec![Series {
+                labels: Labels::new(),
+                values: vec![Some(0.6)]
+            }])
+        );
+        let g = metric_query(
+            &mq(r#"sum without (level, pod, namespace, container) (count_over_time({file=~".+"}[1m])) * 2"#),
+            &e,
+            &steps,
+        )
+        .unwrap();
+        let Grid::Vector(s) = g else { panic!() };
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].labels["file"], "app.log");
+        assert_eq!(s[0].values, [Some(12.0)]);
+        assert_eq!(s[1].values, [Some(2.0)]);
+        let g = metric_query(&mq("vector(1)+vector(1)"), &e, &Steps::instant(T0)).unwrap();
+        assert_eq!(
+            g,
+            Grid::Vector(vec![Series {
+                labels: Labels::new(),
+                values: vec![Some(2.0)]
+            }])
+        );
+        assert_eq!(
+            metric_query(&mq("2 ^ 3 - 1"), &e, &Steps::instant(T0)).unwrap(),
+            Grid::Scalar(7.0)
+        );
+        assert!(metric_query(&mq("sum(1)"), &e, &Steps::instant(T0)).is_err());
+    }
+
+    #[test]
+    fn offset_shifts_the_window() {
+        let e = sample();
+        let steps = Steps::instant(T0 + 12 * SEC);
+        let g = metric_query(
+            &mq(r#"count_over_time({file="db.log"}[5s] offset 10s)"#),
+            &e,
+            &steps,
+        )
+        .unwrap();
+        let Grid::Vector(s) = g else { panic!() };
+        assert_eq!(s[0].values, [Some(1.0)]);
+        assert_eq!(
+            needed_window(&mq(r#"count_over_time({a="b"}[5s] offset 10s)"#), &steps).0,
+            T0 - 3 * SEC
+        );
+    }
+
+    #[test]
+    fn values_format_like_prometheus() {
+        assert_eq!(format_value(2.0), "2");
+        assert_eq!(format_value(0.1), "0.1");
+        assert_eq!(format_value(1e21), "1000000000000000000000");
+        assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(f64::NAN), "NaN");
+    }
+}

@@ -1,0 +1,734 @@
+//! The Loki read API against the real binary: the exact requests an
+//! unmodified Grafana sends (shared/grafana-contract.md), a tail WebSocket,
+//! and Loki's own `logcli` (built by `.ci/install-logcli`).
+#![allow(clippy::unwrap_used)] // test code
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{PATIENCE, Server, tool};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const LOG_QUERY_INSTANT: &str = "log queries are not supported as an instant query type, please change your query to a range query type";
+const EMPTY_SELECTOR: &str = "parse error : queries require at least one regexp or equality matcher that does not have an empty-compatible value. For instance, app=~\".*\" does not meet this requirement, but app=~\".+\" will";
+
+/// A GET over a fresh connection: (status, content type, body).
+fn get(s: &Server, path: &str) -> (u16, String, String) {
+    get_with(s, path, "")
+}
+
+/// A GET with extra header lines (each ending in `\r\n`).
+fn get_with(s: &Server, path: &str, headers: &str) -> (u16, String, String) {
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\n{headers}Connection: close\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, ctype, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn get_json(s: &Server, path: &str) -> Value {
+    let (code, ctype, body) = get(s, path);
+    assert_eq!(code, 200, "{path}: {body}");
+    assert_eq!(ctype, "application/json", "{path}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn enc(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).unwrap()
+}
+
+fn now_ns() -> i64 {
+    logstream::hub::now_ns()
+}
+
+/// Grafana's window: the last 10 minutes, as nanosecond strings.
+fn last_10m() -> (String, String) {
+    let now = now_ns();
+    ((now - 600_000_000_000).to_string(), now.to_string())
+}
+
+/// Polls `query_range` until `query` returns `n` lines (the tailer publishes
+/// asynchronously); returns the response.
+fn wait_lines(s: &Server, query: &str, n: usize) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (start, end) = last_10m();
+        let v = get_json(
+            s,
+            &format!(
+                "/loki/api/v1/query_range?{}",
+                enc(&[
+                    ("direction", "backward"),
+                    ("end", &end),
+                    ("limit", "1000"),
+                    ("query", query),
+                    ("start", &start),
+                    ("step", "2000ms"),
+                ])
+            ),
+        );
+        let got: usize = v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["values"].as_array().unwrap().len())
+            .sum();
+        if got >= n {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "only {got} of {n} lines: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes the fixture: 3 info, 2 warn, 1 error, 1 without level in app.log;
+/// 2 lines in db.log.
+fn write_fixture(s: &Server) {
+    s.append(
+        "app.log",
+        "INFO started x=1\nWARN slow x=2\nINFO tick x=3\n{\"level\":\"error\",\"status\":500,\"msg\":\"boom x\"}\nno level here\nWARN slower x=4\nINFO done\n",
+    );
+    s.append("db.log", "INFO vacuum\nERROR disk full\n");
+    wait_lines(s, r#"{file="app.log"}"#, 7);
+    wait_lines(s, r#"{file="db.log"}"#, 2);
+}
+
+fn all_lines(v: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for s in v["data"]["result"].as_array().unwrap() {
+        for pair in s["values"].as_array().unwrap() {
+            let pair = pair.as_array().unwrap();
+            assert_eq!(pair.len(), 2, "values are 2-tuples: {pair:?}");
+            out.push((
+                pair[0].as_str().unwrap().to_string(),
+                pair[1].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn grafana_health_checks() {
+    let s = Server::start(&[]);
+    // Grafana >= 10.2 (backend).
+    let (code, ctype, body) = get(
+        &s,
+        "/loki/api/v1/query?query=vector%281%29%2Bvector%281%29&time=4000000000&direction=backward",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(ctype, "application/json");
+    assert_eq!(
+        body,
+        r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[4000000000,"2"]}]}}"#
+    );
+    // Grafana 10.0-10.1 (browser): labels over the last 10 minutes, non-empty.
+    s.append("app.log", "INFO hello\n");
+    wait_lines(&s, r#"{file="app.log"}"#, 1);
+    let (start, end) = last_10m();
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/labels?{}",
+            enc(&[("start", &start), ("end", &end)])
+        ),
+    );
+    assert_eq!(v["status"], "success");
+    let names: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"file") && names.contains(&"level"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"namespace"),
+        "empty labels are absent: {names:?}"
+    );
+    assert_eq!(get(&s, "/ready").0, 200);
+    let b = get_json(&s, "/loki/api/v1/status/buildinfo");
+    assert!(b["version"].is_string());
+}
+
+#[test]
+fn labels_values_series_and_stats_as_grafana_asks() {
+    let s = Server::start(&[]);
+    write_fixture(&s);
+    let (start, end) = last_10m();
+    let window = enc(&[("start", &start), ("end", &end)]);
+    let v = get_json(&s, &format!("/loki/api/v1/label/level/values?{window}"));
+    assert_eq!(
+        v["data"],
+        serde_json::json!(["error", "info", "unknown", "warn"])
+    );
+    let v = get_json(&s, &format!("/loki/api/v1/label/file/values?{window}"));
+    assert_eq!(v["data"], serde_json::json!(["app.log", "db.log"]));
+    // Newer Grafana narrows values with a selector.
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/label/level/values?{window}&{}",
+            enc(&[("query", r#"{file="db.log"}"#)])
+        ),
+    );
+    assert_eq!(v["data"], serde_json::json!(["error", "info"]));
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/series?{window}&{}",
+            enc(&[("match[]", r#"{file="app.log"}"#)])
+        ),
+    );
+    let mut levels: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            assert_eq!(l["file"], "app.log");
+            l["level"].as_str().unwrap()
+        })
+        .collect();
+    levels.sort();
+    assert_eq!(levels, ["error", "info", "unknown", "warn"]);
+    let (code, _, body) = get(
+        &s,
+        &format!(
+            "/loki/api/v1/index/stats?{window}&{}",
+            enc(&[("query", r#"{file="db.log"}"#)])
+        ),
+    );
+    assert_eq!(code, 200);
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["streams"], 2);
+    assert_eq!(st["entries"], 2);
+    assert_eq!(st["bytes"], "INFO vacuum".len() + "ERROR disk full".len());
+}
+
+#[test]
+fn query_range_log_queries_like_grafana() {
+    let s = Server::start(&[]);
+    write_fixture(&s);
+    let v = wait_lines(&s, r#"{file="app.log"}"#, 7);
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["data"]["resultType"], "streams");
+    assert!(v.get("warnings").is_none(), "{v}");
+    let lines = all_lines(&v);
+    assert_eq!(lines.len(), 7);
+    for (ts, _) in &lines {
+        let ns: i64 = ts.parse().unwrap();
+        assert!(ns > now_ns() - 600_000_000_000 && ts.len() == 19, "{ts}");
+    }
+    let warn = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"]["level"] == "warn")
+        .unwrap();
+    assert_eq!(warn["stream"]["file"], "app.log");
+    let warn_lines: Vec<&str> = warn["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_str().unwrap())
+        .collect();
+    assert_eq!(warn_lines, ["WARN slower x=4", "WARN slow x=2"], "backward");
+
+    // Line filters, chained and empty, as "add line filter" emits them; a
+    // limit across streams with a truncation warning.
+    let (start, end) = last_10m();
+    let q = |query: &str, limit: &str, dir: &str| {
+        get_json(
+            &s,
+            &format!(
+                "/loki/api/v1/query_range?{}",
+                enc(&[
+                    ("direction", dir),
+                    ("end", &end),
+                    ("limit", limit),
+                    ("query", query),
+                    ("start", &start),
+                    ("step", "2000ms"),
+                ])
+            ),
+        )
+    };
+    let v = q(
+        r#"{file="app.log"} |= `` |= "x" != "x=3""#,
+        "1000",
+        "backward",
+    );
+    let mut got: Vec<String> = all_lines(&v).into_iter().map(|(_, l)| l).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "INFO started x=1",
+            "WARN slow x=2",
+            "WARN slower x=4",
+            r#"{"level":"error","status":500,"msg":"boom x"}"#
+        ]
+    );
+    let v = q(r#"{file=~"app.log|db.log"}"#, "2", "forward");
+    let got: Vec<String> = all_lines(&v).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        v["warnings"][0].as_str().unwrap().contains("truncated"),
+        "{v}"
+    );
+    // Parsers and label filters from Explore's buttons.
+    let v = q(
+        r#"{file="app.log"} | json | __error__=`` | status >= 500"#,
+        "1000",
+        "backward",
+    );
+    let r = v["data"]["result"].as_array().unwrap();
+    assert_eq!(r.len(), 1, "{v}");
+    assert_eq!(r[0]["stream"]["msg"], "boom x");
+    let v = q(r#"{file="app.log"} | logfmt | x > 2"#, "1000", "backward");
+    let mut got: Vec<String> = all_lines(&v).into_iter().map(|(_, l)| l).collect();
+    got.sort();
+    assert!(
+        got.contains(&"WARN slower x=4".to_string()) && got.contains(&"INFO tick x=3".to_string()),
+        "{got:?}"
+    );
+
+    // start inclusive, end exclusive.
+    let first: i64 = all_lines(&q(r#"{file="app.log"}"#, "1", "forward"))[0]
+        .0
+        .parse()
+        .unwrap();
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?{}",
+            enc(&[
+                ("query", r#"{file="app.log"}"#),
+                ("start", &first.to_string()),
+                ("end", &(first + 1).to_string()),
+                ("limit", "1000"),
+            ])
+        ),
+    );
+    let at_first = all_lines(&v);
+    assert!(!at_first.is_empty() && at_first.iter().all(|(t, _)| *t == first.to_string()));
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?{}",
+            enc(&[
+                ("query", r#"{file="app.log"}"#),
+                ("start", &(first - 1_000_000_000).to_string()),
+                ("end", &first.to_string()),
+            ])
+        ),
+    );
+    assert!(all_lines(&v).is_empty(), "{v}");
+    // RFC 3339 and float seconds are accepted too.
+    let rfc = logstream::hub::format_ts(first);
+    let secs = format!("{}.{:03}", (first - 1_000_000_000) / 1_000_000_000, 0);
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?{}",
+            enc(&[
+                ("query", r#"{file="app.log"}"#),
+                ("start", &secs),
+                ("end", &rfc)
+            ])
+        ),
+    );
+    assert!(
+        all_lines(&v)
+            .iter()
+            .all(|(t, _)| t.parse::<i64>().unwrap() < first)
+    );
+}
+
+#[test]
+fn logs_volume_and_metric_queries() {
+    let s = Server::start(&[]);
+    write_fixture(&s);
+    let (start, end) = last_10m();
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?{}",
+            enc(&[
+                ("direction", "backward"),
+                ("end", &end),
+                ("limit", "1000"),
+                (
+                    "query",
+                    r#"sum by (level) (count_over_time({file="app.log"} | drop __error__[2000ms]))"#
+                ),
+                ("start", &start),
+                ("step", "2000ms"),
+            ])
+        ),
+    );
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["data"]["resultType"], "matrix");
+    let mut totals = std::collections::BTreeMap::new();
+    for series in v["data"]["result"].as_array().unwrap() {
+        let metric = series["metric"].as_object().unwrap();
+        assert_eq!(metric.len(), 1, "only the level label: {metric:?}");
+        let mut sum = 0.0;
+        for p in series["values"].as_array().unwrap() {
+            let t = p[0].as_f64().expect("sample time is a number");
+            assert_eq!(t % 2.0, 0.0, "steps on multiples of 2s: {t}");
+            sum += p[1]
+                .as_str()
+                .expect("sample value is a string")
+                .parse::<f64>()
+                .unwrap();
+        }
+        totals.insert(metric["level"].as_str().unwrap().to_string(), sum);
+    }
+    assert_eq!(
+        totals,
+        [
+            ("error", 1.0),
+            ("info", 3.0),
+            ("unknown", 1.0),
+            ("warn", 2.0)
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .into()
+    );
+    // An instant metric query is a vector; rate divides by the range.
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/query?{}",
+            enc(&[("query", r#"sum(count_over_time({file=~".+"}[1h])) * 2"#)])
+        ),
+    );
+    assert_eq!(v["data"]["resultType"], "vector");
+    assert_eq!(v["data"]["result"][0]["value"][1], "18");
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/query?{}",
+            enc(&[("query", r#"sum by (file) (rate({file="db.log"}[1h]))"#)])
+        ),
+    );
+    assert_eq!(v["data"]["result"][0]["metric"]["file"], "db.log");
+    let rate: f64 = v["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((rate - 2.0 / 3600.0).abs() < 1e-12, "{rate}");
+}
+
+#[test]
+fn errors_are_400_text_plain_with_lokis_messages() {
+    let s = Server::start(&[]);
+    let check = |path: &str, want: &str| {
+        let (code, ctype, body) = get(&s, path);
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(ctype.starts_with("text/plain"), "{ctype}");
+        assert!(
+            body.starts_with(want),
+            "{path}: {body:?} does not start with {want:?}"
+        );
+    };
+    check(
+        &format!(
+            "/loki/api/v1/query?{}",
+            enc(&[("query", r#"{file="app.log"}"#)])
+        ),
+        LOG_QUERY_INSTANT,
+    );
+    for path in ["/loki/api/v1/query_range", "/loki/api/v1/query"] {
+        check(
+            &format!("{path}?{}", enc(&[("query", "{}")])),
+            EMPTY_SELECTOR,
+        );
+    }
+    check(
+        &format!(
+            "/loki/api/v1/query_range?{}",
+            enc(&[("query", "{file=\"a\"}\n | unknown_stage")])
+        ),
+        "parse error at line 2, col 4: syntax error: unexpected IDENTIFIER \"unknown_stage\"",
+    );
+    check(
+        &format!(
+            "/loki/api/v1/query_range?{}",
+            enc(&[("query", r#"topk(3, count_over_time({a="b"}[1m]))"#)])
+        ),
+        "parse error at line 1, col 1: function topk is not supported",
+    );
+    check(
+        &format!(
+            "/loki/api/v1/query_range?{}",
+            enc(&[
+                ("query", r#"count_over_time({a="b"}[1m])"#),
+                ("step", "1ms")
+            ])
+        ),
+        "exceeded maximum resolution of 11,000 points",
+    );
+}
+
+#[tokio::test]
+async fn the_servers_token_rules_apply_before_any_work() {
+    let s = Server::start(&["--token", "s3cret", "--no-loopback-exemption"]);
+    let labels = "/loki/api/v1/labels";
+    assert_eq!(get(&s, labels).0, 401);
+    assert_eq!(
+        get_with(&s, labels, "Authorization: Bearer nope\r\n").0,
+        401
+    );
+    let (code, _, body) = get_with(&s, labels, "Authorization: Bearer s3cret\r\n");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(&s, &format!("{labels}?access_token=s3cret")).0, 200);
+    assert_eq!(get(&s, "/ready").0, 200, "probes need no token");
+    // The tail is refused before the upgrade, and from a foreign origin.
+    let url = s.ws_url(&format!(
+        "/loki/api/v1/tail?{}",
+        enc(&[("query", r#"{file="a"}"#)])
+    ));
+    match tokio_tungstenite::connect_async(url.clone()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{url}&access_token=s3cret")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(format!("{url}&access_token=s3cret"))
+        .await
+        .unwrap();
+    drop(ws);
+}
+
+async fn next_text(
+    ws: &mut (impl StreamExt<Item = tokio_tungstenite::tungstenite::Result<Message>> + Unpin),
+) -> Value {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .unwrap()
+        {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+fn frame_lines(v: &Value) -> Vec<String> {
+    assert!(v["dropped_entries"].is_null(), "{v}");
+    let mut out = Vec::new();
+    for s in v["streams"].as_array().unwrap() {
+        assert!(s["stream"]["file"].is_string());
+        for p in s["values"].as_array().unwrap() {
+            assert_eq!(p.as_array().unwrap().len(), 2);
+            assert!(
+                p[0].as_str().unwrap().parse::<i64>().is_ok(),
+                "ns string: {p}"
+            );
+            out.push(p[1].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn tail_replays_recent_lines_then_streams_live() {
+    let s = Server::start(&[]);
+    write_fixture(&s);
+    let url = s.ws_url(&format!(
+        "/loki/api/v1/tail?{}",
+        enc(&[("query", r#"{file="app.log"} |= "x""#)])
+    ));
+    let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let replay = frame_lines(&next_text(&mut ws).await);
+    let mut sorted = replay.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "INFO started x=1",
+            "INFO tick x=3",
+            "WARN slow x=2",
+            "WARN slower x=4",
+            r#"{"level":"error","status":500,"msg":"boom x"}"#
+        ]
+    );
+    s.append("app.log", "no match here\nERROR live x=5\n");
+    s.append("db.log", "x but another file\n");
+    let mut live = Vec::new();
+    while live.is_empty() {
+        live = frame_lines(&next_text(&mut ws).await);
+    }
+    assert_eq!(live, ["ERROR live x=5"]);
+    // The server pings; tungstenite answers while we read. Close cleanly.
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn tail_with_a_bad_query_is_accepted_then_closed_1008() {
+    let s = Server::start(&[]);
+    let url = s.ws_url(&format!(
+        "/loki/api/v1/tail?{}",
+        enc(&[("query", r#"{file="app.log"} |= "x" | nope"#)])
+    ));
+    let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(resp.status(), 101, "the upgrade is accepted");
+    match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::Policy);
+            assert!(
+                frame
+                    .reason
+                    .as_str()
+                    .starts_with("parse error at line 1, col 27"),
+                "{}",
+                frame.reason
+            );
+        }
+        other => panic!("expected close 1008, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loki's own client
+
+fn logcli(s: &Server, args: &[&str]) -> Vec<String> {
+    let out = Command::new(tool("logcli"))
+        .arg(format!("--addr={}", s.url("")))
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "logcli {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn logcli_query_labels_and_series() {
+    let s = Server::start(&[]);
+    write_fixture(&s);
+    let got = logcli(
+        &s,
+        &[
+            "query",
+            r#"{file="app.log"} |= "x""#,
+            "--limit=4",
+            "--since=1h",
+            "-o",
+            "raw",
+        ],
+    );
+    // The 4 newest matching lines, newest first.
+    assert_eq!(
+        got,
+        [
+            "WARN slower x=4",
+            r#"{"level":"error","status":500,"msg":"boom x"}"#,
+            "INFO tick x=3",
+            "WARN slow x=2",
+        ]
+    );
+    let mut got = logcli(
+        &s,
+        &[
+            "query",
+            r#"{level="error"}"#,
+            "--since=1h",
+            "--forward",
+            "-o",
+            "raw",
+        ],
+    );
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "ERROR disk full",
+            r#"{"level":"error","status":500,"msg":"boom x"}"#
+        ]
+    );
+    let labels = logcli(&s, &["labels", "--since=1h"]);
+    assert!(
+        labels.contains(&"file".to_string()) && labels.contains(&"level".to_string()),
+        "{labels:?}"
+    );
+    let values = logcli(&s, &["labels", "file", "--since=1h"]);
+    assert_eq!(values, ["app.log", "db.log"]);
+    let series = logcli(&s, &["series", r#"{file="app.log"}"#, "--since=1h"]);
+    assert_eq!(series.len(), 4, "{series:?}");
+    for level in ["error", "info", "unknown", "warn"] {
+        assert!(
+            series
+                .iter()
+                .any(|l| l.contains(r#"file="app.log""#)
+                    && l.contains(&format!(r#"level="{level}""#))),
+            "{level}: {series:?}"
+        );
+    }
+}
