@@ -10,6 +10,7 @@
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod mutate;
 pub mod run;

@@ -69,6 +69,12 @@ struct RunArgs {
     /// Inject native sidecars (true) or plain containers (false); detected from the server version when unset.
     #[arg(long)]
     native_sidecars: Option<bool>,
+    /// Identity in the leader-election lease (default: the pod name, else the host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// A leader that has not renewed for this long is replaced.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: std::time::Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,6 +113,11 @@ fn main() -> anyhow::Result<()> {
                 cert_ips: a.cert_ips,
                 health_listen: a.health_listen,
                 native_sidecars: a.native_sidecars,
+                identity: a.identity.unwrap_or_else(|| {
+                    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                    format!("{}-{}", host.trim(), std::process::id())
+                }),
+                lease_duration: a.lease_duration,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -13,6 +13,7 @@ use kube::api::Api;
 
 use crate::build::BuildConfig;
 use crate::controller::{self, Context};
+use crate::leader::{Leader, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::mutate::InjectConfig;
 use crate::tls;
@@ -32,6 +33,9 @@ pub struct RunOptions {
     pub health_listen: SocketAddr,
     /// Force plain containers instead of native sidecars (auto-detected otherwise).
     pub native_sidecars: Option<bool>,
+    /// Leader election: this replica's identity and the lease timing.
+    pub identity: String,
+    pub lease_duration: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,18 +187,56 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     });
 
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         BuildConfig {
             image: opts.image.clone(),
         },
         metrics,
     ));
-    // Returns on SIGTERM/SIGINT (the controller listens for them).
-    controller::run(ctx).await;
+    let leader = Leader::new(
+        client,
+        LeaseConfig {
+            namespace: opts.namespace.clone(),
+            name: "logstream-operator".into(),
+            identity: opts.identity.clone(),
+            duration: opts.lease_duration,
+            renew_every: (opts.lease_duration / 3).max(Duration::from_millis(200)),
+        },
+    );
+    // Every replica serves the webhook; only the leader reconciles.
+    let leading = async {
+        leader.acquire().await;
+        tokio::select! {
+            // Returns on SIGTERM/SIGINT (the controller listens for them).
+            _ = controller::run(ctx) => {}
+            _ = leader.hold() => tracing::error!("leadership lost: controller stopped"),
+        }
+    };
+    tokio::select! {
+        _ = leading => {}
+        _ = terminated() => {}
+    }
+    leader.release().await;
     tracing::info!("shutting down");
     handle.graceful_shutdown(Some(Duration::from_secs(5)));
     let _ = webhook_task.await;
     renew.abort();
     health_task.abort();
     Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -51,8 +51,12 @@ impl Operator {
     /// Runs the real operator against `cp`, its webhook on a loopback port
     /// that the API server calls by URL.
     fn start(cp: &ControlPlane) -> Operator {
+        Operator::start_as(cp, "operator-0")
+    }
+
+    fn start_as(cp: &ControlPlane, identity: &str) -> Operator {
         let port = free_port();
-        let stderr = cp.work_dir.join("operator.log");
+        let stderr = cp.work_dir.join(format!("{identity}.log"));
         let mut child = Command::new(operator_bin())
             .args([
                 "run",
@@ -69,6 +73,7 @@ impl Operator {
                 "--health-listen",
                 &format!("127.0.0.1:{}", free_port()),
             ])
+            .args(["--identity", identity, "--lease-duration", "3s"])
             .env("KUBECONFIG", &cp.kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -92,13 +97,21 @@ impl Operator {
     }
 }
 
-impl Drop for Operator {
-    fn drop(&mut self) {
+impl Operator {
+    fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let _ = self.child.wait();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
     }
 }
 
@@ -444,4 +457,68 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
         "no injection once the LogStream is gone"
     );
     assert!(op.log().contains("sidecar injected"), "{}", op.log());
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_standby_takes_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let cp = ControlPlane::start();
+    install_crd(&cp);
+    cp.kubectl(&["create", "namespace", "logstream-system"])
+        .stdout_if_success();
+    cp.kubectl(&["create", "namespace", "team"])
+        .stdout_if_success();
+    let client = cp.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "logstream-system");
+    let holder = || async {
+        leases
+            .get_opt("logstream-operator")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+    };
+    let mut first = Operator::start_as(&cp, "replica-a");
+    eventually("replica-a to lead", PATIENCE, || async {
+        (holder().await? == "replica-a").then_some(())
+    })
+    .await;
+    let second = Operator::start_as(&cp, "replica-b");
+    let apply = |name: &str| {
+        let body = format!(
+            r#"{{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{{"name":"{name}","namespace":"team"}},"spec":{{"selector":{{"matchLabels":{{"app":"{name}"}}}}}}}}"#
+        );
+        cp.kubectl_stdin(&["apply", "-f", "-"], &body)
+            .stdout_if_success();
+    };
+    let services: Api<Service> = Api::namespaced(client.clone(), "team");
+    apply("one");
+    eventually("the leader to reconcile", PATIENCE, || async {
+        services.get_opt("one-logstream").await.ok()?
+    })
+    .await;
+    assert_eq!(
+        holder().await.as_deref(),
+        Some("replica-a"),
+        "the standby must not take the lease"
+    );
+    assert!(second.log().contains("standing by"), "{}", second.log());
+    assert!(
+        !second.log().contains("LogStream cleaned up") && !second.log().contains("reconciling"),
+        "{}",
+        second.log()
+    );
+
+    // The leader goes away and releases the lease; the standby takes over.
+    assert!(first.terminate().success(), "{}", first.log());
+    eventually("replica-b to lead", PATIENCE, || async {
+        (holder().await? == "replica-b").then_some(())
+    })
+    .await;
+    apply("two");
+    eventually("the new leader to reconcile", PATIENCE, || async {
+        services.get_opt("two-logstream").await.ok()?
+    })
+    .await;
+    assert!(first.log().contains("lease released"), "{}", first.log());
 }
