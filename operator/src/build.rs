@@ -20,8 +20,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
+use crate::crd::AccessMode;
 use crate::crd::{LogStream, STREAM_PORT};
-use crate::mutate::{STREAM_LABEL, restricted_security_context};
+use crate::mutate::{
+    PULL_SECRET, PULL_TOKEN_FILE, STREAM_LABEL, restricted_security_context, secret_volume,
+};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Secret, VolumeMount};
 
 pub const AGGREGATOR: &str = "logstream-aggregator";
 pub const MANAGED_BY: &str = "logstream-operator";
@@ -211,6 +216,7 @@ pub fn stream_ingress(ls: &LogStream) -> Option<Ingress> {
 /// Everything the namespace's aggregator needs. `streams` are the live
 /// LogStreams of one namespace (at least one).
 pub struct AggregatorObjects {
+    pub pull_secret: Secret,
     pub service_account: ServiceAccount,
     pub role: Role,
     pub role_binding: RoleBinding,
@@ -218,7 +224,13 @@ pub struct AggregatorObjects {
     pub service: Service,
 }
 
-pub fn aggregator(namespace: &str, streams: &[LogStream], cfg: &BuildConfig) -> AggregatorObjects {
+/// `pull_token` is the namespace's existing token, or a fresh random one.
+pub fn aggregator(
+    namespace: &str,
+    streams: &[LogStream],
+    cfg: &BuildConfig,
+    pull_token: &str,
+) -> AggregatorObjects {
     let owners: Vec<OwnerReference> = streams.iter().filter_map(shared_owner).collect();
     let meta = |name: &str| ObjectMeta {
         name: Some(name.into()),
@@ -256,27 +268,61 @@ pub fn aggregator(namespace: &str, streams: &[LogStream], cfg: &BuildConfig) -> 
         period_seconds: Some(5),
         ..Probe::default()
     };
+    // The pull token reaches the sidecars; users in token mode present their
+    // own tokens, accepted here too.
+    let mut volumes = vec![secret_volume("logstream-pull", PULL_SECRET)];
+    let mut mounts = vec![VolumeMount {
+        name: "logstream-pull".into(),
+        mount_path: PULL_TOKEN_FILE.trim_end_matches("/token").into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut user_tokens = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        if let (AccessMode::Token, Some(t)) = (s.spec.access.mode, &s.spec.access.token_secret) {
+            let name = format!("user-token-{i}");
+            volumes.push(secret_volume(&name, &t.name));
+            let dir = format!("/var/run/logstream/{name}");
+            user_tokens.push(format!("{dir}/{}", t.key));
+            mounts.push(VolumeMount {
+                name,
+                mount_path: dir,
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+    }
+    let mut extra_env = vec![env("LOGSTREAM_UPSTREAM_TOKEN_FILE", PULL_TOKEN_FILE)];
+    if !user_tokens.is_empty() {
+        extra_env.push(env("LOGSTREAM_TOKEN_FILE", &user_tokens.join(",")));
+    }
     let container = Container {
         name: "aggregator".into(),
         image: Some(cfg.image.clone()),
         args: Some(vec!["aggregator".into()]),
-        env: Some(vec![
-            EnvVar {
-                name: "POD_NAMESPACE".into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.namespace".into(),
-                        api_version: None,
+        env: Some(
+            vec![
+                EnvVar {
+                    name: "POD_NAMESPACE".into(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.namespace".into(),
+                            api_version: None,
+                        }),
+                        ..EnvVarSource::default()
                     }),
-                    ..EnvVarSource::default()
-                }),
-            },
-            env("LOGSTREAM_LISTEN", &format!("0.0.0.0:{STREAM_PORT}")),
-            env("LOGSTREAM_DISCOVER_LABEL", STREAM_LABEL),
-            env("LOGSTREAM_GRACE", &format!("{AGGREGATOR_DRAIN_SECONDS}s")),
-            env("LOGSTREAM_LOG_FORMAT", "json"),
-        ]),
+                },
+                env("LOGSTREAM_LISTEN", &format!("0.0.0.0:{STREAM_PORT}")),
+                env("LOGSTREAM_DISCOVER_LABEL", STREAM_LABEL),
+                env("LOGSTREAM_GRACE", &format!("{AGGREGATOR_DRAIN_SECONDS}s")),
+                env("LOGSTREAM_LOG_FORMAT", "json"),
+            ]
+            .into_iter()
+            .chain(extra_env)
+            .collect(),
+        ),
+        volume_mounts: Some(mounts),
         ports: Some(vec![ContainerPort {
             name: Some("logstream".into()),
             container_port: STREAM_PORT,
@@ -289,6 +335,16 @@ pub fn aggregator(namespace: &str, streams: &[LogStream], cfg: &BuildConfig) -> 
         ..Container::default()
     };
     AggregatorObjects {
+        pull_secret: Secret {
+            metadata: meta(PULL_SECRET),
+            string_data: None,
+            data: Some(BTreeMap::from([(
+                "token".to_string(),
+                ByteString(pull_token.as_bytes().to_vec()),
+            )])),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        },
         service_account: ServiceAccount {
             metadata: meta(AGGREGATOR),
             automount_service_account_token: Some(true),
@@ -353,6 +409,7 @@ pub fn aggregator(namespace: &str, streams: &[LogStream], cfg: &BuildConfig) -> 
                             ..PodSecurityContext::default()
                         }),
                         containers: vec![container],
+                        volumes: Some(volumes),
                         ..PodSpec::default()
                     }),
                 },

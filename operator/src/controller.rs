@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::build::{self, AGGREGATOR, BuildConfig, MANAGED_BY};
 use crate::crd::{LogStream, LogStreamStatus};
 use crate::metrics::{ErrorLabel, Metrics};
-use crate::mutate::{INJECTED_ANNOTATION, selects};
+use crate::mutate::{INJECTED_ANNOTATION, PULL_SECRET, selects};
 use crate::webhook::NAMESPACE_LABEL;
 
 pub const FINALIZER: &str = "logstream.dev/cleanup";
@@ -43,6 +43,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("LogStream is missing its namespace")]
     NoNamespace,
+    #[error("random source: {0}")]
+    Random(String),
 }
 
 impl Error {
@@ -51,6 +53,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
             Error::NoNamespace => "no_namespace",
+            Error::Random(_) => "random",
         }
     }
 }
@@ -208,14 +211,33 @@ async fn apply_aggregator(
     ns: &str,
     streams: &[LogStream],
     cfg: &BuildConfig,
-) -> Result<(), kube::Error> {
-    let objs = build::aggregator(ns, streams, cfg);
+) -> Result<(), Error> {
+    // Keep the namespace's pull token once made: sidecars already hold it.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let existing = secrets.get_opt(PULL_SECRET).await?;
+    let token = existing
+        .and_then(|s| {
+            s.data?
+                .get("token")
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        })
+        .filter(|t| !t.is_empty())
+        .map_or_else(random_token, Ok)?;
+    let objs = build::aggregator(ns, streams, cfg, &token);
+    apply(client, ns, &objs.pull_secret).await?;
     apply(client, ns, &objs.service_account).await?;
     apply(client, ns, &objs.role).await?;
     apply(client, ns, &objs.role_binding).await?;
     apply(client, ns, &objs.deployment).await?;
     apply(client, ns, &objs.service).await?;
     Ok(())
+}
+
+/// 32 random bytes from the OS, hex.
+fn random_token() -> Result<String, Error> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 async fn label_namespace(
@@ -508,6 +530,7 @@ async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
             delete_if_present::<RoleBinding>(client, &ns, AGGREGATOR).await,
             delete_if_present::<Role>(client, &ns, AGGREGATOR).await,
             delete_if_present::<ServiceAccount>(client, &ns, AGGREGATOR).await,
+            delete_if_present::<Secret>(client, &ns, PULL_SECRET).await,
         ] {
             del?;
         }

@@ -22,7 +22,12 @@ pub const INJECTED_ANNOTATION: &str = "logstream.dev/injected";
 pub const SIDECAR_NAME: &str = "logstream";
 const LOG_VOLUME: &str = "logstream-logs";
 const TOKEN_VOLUME: &str = "logstream-token";
-const TOKEN_DIR: &str = "/var/run/logstream";
+const TOKEN_DIR: &str = "/var/run/logstream/token";
+const PULL_VOLUME: &str = "logstream-pull";
+/// Where the namespace's pull token (shared by sidecars and aggregator) is mounted.
+pub const PULL_TOKEN_FILE: &str = "/var/run/logstream/pull/token";
+/// The per-namespace Secret holding the token the aggregator pulls sidecars with.
+pub const PULL_SECRET: &str = "logstream-pull-token";
 /// Non-root user of the sidecar image.
 pub const SIDECAR_UID: i64 = 65532;
 
@@ -212,33 +217,31 @@ pub fn mutate(
     if let Some(k) = &ls.spec.parse.level_field {
         env.push(value_env("LOGSTREAM_LEVEL_KEY", k));
     }
-    match ls.spec.access.mode {
-        AccessMode::Token => {
-            if let Some(secret) = &ls.spec.access.token_secret {
-                spec.volumes.get_or_insert_with(Vec::new).push(Volume {
-                    name: TOKEN_VOLUME.into(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(secret.name.clone()),
-                        ..SecretVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                });
-                mounts.push(VolumeMount {
-                    name: TOKEN_VOLUME.into(),
-                    mount_path: TOKEN_DIR.into(),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
-                });
-                env.push(value_env(
-                    "LOGSTREAM_TOKEN_FILE",
-                    &format!("{TOKEN_DIR}/{}", secret.key),
-                ));
-            }
-        }
-        // Kubernetes mode: the aggregator authenticates users; sidecars only
-        // serve loopback (port-forward) and the aggregator's pulls.
-        AccessMode::Kubernetes | AccessMode::None => {}
+    // The aggregator pulls with the namespace's pull token; in token mode the
+    // users' token is accepted too. Loopback (port-forward) needs neither.
+    let mut token_files = vec![PULL_TOKEN_FILE.to_string()];
+    spec.volumes
+        .get_or_insert_with(Vec::new)
+        .push(secret_volume(PULL_VOLUME, PULL_SECRET));
+    mounts.push(VolumeMount {
+        name: PULL_VOLUME.into(),
+        mount_path: PULL_TOKEN_FILE.trim_end_matches("/token").into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    if let (AccessMode::Token, Some(secret)) = (ls.spec.access.mode, &ls.spec.access.token_secret) {
+        spec.volumes
+            .get_or_insert_with(Vec::new)
+            .push(secret_volume(TOKEN_VOLUME, &secret.name));
+        mounts.push(VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        token_files.push(format!("{TOKEN_DIR}/{}", secret.key));
     }
+    env.push(value_env("LOGSTREAM_TOKEN_FILE", &token_files.join(",")));
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -327,7 +330,18 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
-fn value_env(name: &str, value: &str) -> EnvVar {
+pub fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+pub fn value_env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -486,7 +500,11 @@ mod tests {
         }));
         let out = mutate(&p, &[web()], &cfg()).unwrap().unwrap();
         let spec = out.spec.as_ref().unwrap();
-        assert_eq!(spec.volumes.as_ref().unwrap().len(), 1, "no extra volume");
+        assert_eq!(
+            spec.volumes.as_ref().unwrap().len(),
+            2,
+            "no extra log volume, only the pull token"
+        );
         assert_eq!(spec.containers[0].volume_mounts.as_ref().unwrap().len(), 1);
         assert_eq!(
             sidecar(&out).volume_mounts.as_ref().unwrap()[0].name,
@@ -590,7 +608,8 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|e| e.name == "LOGSTREAM_TOKEN_FILE"
-                    && e.value.as_deref() == Some("/var/run/logstream/token"))
+                    && e.value.as_deref()
+                        == Some("/var/run/logstream/pull/token,/var/run/logstream/token/token"))
         );
         assert!(
             out.spec
@@ -629,7 +648,7 @@ mod tests {
             let s = out.spec.as_ref().unwrap();
             let app_log_mounts = s.containers[0].volume_mounts.iter().flatten().filter(|m| m.mount_path == "/var/log/app").count();
             proptest::prop_assert_eq!(app_log_mounts, 1);
-            proptest::prop_assert_eq!(s.volumes.as_ref().unwrap().len(), 1);
+            proptest::prop_assert_eq!(s.volumes.as_ref().unwrap().len(), 2);
             proptest::prop_assert_eq!(mutate(&out, &[web()], &c).unwrap(), None);
         }
     }

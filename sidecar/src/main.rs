@@ -181,9 +181,13 @@ struct Common {
     /// Bearer token clients must present (header or `access_token=`).
     #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// File holding the bearer token (a mounted Secret).
-    #[arg(long, env = "LOGSTREAM_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
+    /// Files holding accepted bearer tokens (mounted Secrets; repeat or comma-separate).
+    #[arg(
+        long = "token-file",
+        env = "LOGSTREAM_TOKEN_FILE",
+        value_delimiter = ','
+    )]
+    token_files: Vec<PathBuf>,
     /// Require the token from loopback clients (port-forward) too.
     #[arg(long)]
     no_loopback_exemption: bool,
@@ -206,16 +210,15 @@ struct Common {
 }
 
 impl Common {
-    fn token(&self) -> anyhow::Result<Option<String>> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) => Some(t.trim().to_string()),
-            (None, Some(p)) => Some(read_secret(p)?),
-            (None, None) => None,
-        };
-        if token.as_deref() == Some("") {
-            anyhow::bail!("the token is empty");
+    fn tokens(&self) -> anyhow::Result<Vec<String>> {
+        let mut tokens: Vec<String> = self.token.iter().map(|t| t.trim().to_string()).collect();
+        for p in &self.token_files {
+            tokens.push(read_secret(p)?);
         }
-        Ok(token)
+        if tokens.iter().any(String::is_empty) {
+            anyhow::bail!("a token is empty");
+        }
+        Ok(tokens)
     }
 
     fn server(&self, role: &str) -> anyhow::Result<ServerConfig> {
@@ -235,7 +238,7 @@ impl Common {
             keepalive: self.keepalive,
             ack_timeout: self.ack_timeout,
             auth: AuthConfig {
-                token: self.token()?,
+                tokens: self.tokens()?,
                 loopback_exempt: !self.no_loopback_exemption,
                 allow_unauthenticated: self.allow_unauthenticated,
             },

@@ -245,3 +245,49 @@ async fn sidecar_drain_reaches_the_aggregator() {
     assert!(recs.last().unwrap().partial);
     assert!(sidecars[1].wait_exit().success());
 }
+
+#[tokio::test]
+async fn upstream_pulls_need_the_pull_token_when_loopback_is_not_exempt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "pull-secret-123\n").unwrap();
+    let token = token.to_str().unwrap();
+    let sidecar = Server::sidecar(
+        "shop",
+        "web-1",
+        &["--token-file", token, "--no-loopback-exemption"],
+    );
+    sidecar.append("app.log", "guarded line\n");
+    let with = Server::aggregator(
+        &[&sidecar],
+        &["--upstream-token-file", token, "--reorder-window", "0s"],
+    );
+    let without = Server::aggregator(&[&sidecar], &["--reorder-window", "0s"]);
+    let mut c = Connection::open(
+        &opts(
+            &with,
+            Subscribe {
+                tail: Some(10),
+                ..Default::default()
+            },
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    hello(&mut c).await;
+    let (recs, _) = collect(&mut c, |r| !r.is_empty()).await;
+    assert_eq!(recs[0].line, "guarded line");
+    without.wait_metric("logstream_upstream_reconnects_total", 2.0);
+    assert_eq!(
+        without.metric("logstream_upstream_records_total"),
+        Some(0.0)
+    );
+    // Refused before the upgrade, and counted (metrics stay open for Prometheus).
+    assert!(
+        sidecar
+            .metric("logstream_connections_rejected_total{reason=\"unauthorized\"}")
+            .unwrap()
+            >= 2.0
+    );
+}

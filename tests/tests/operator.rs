@@ -262,10 +262,12 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
         ing.spec.unwrap().rules.unwrap()[0].host.as_deref(),
         Some("logs.demo.localtest.me")
     );
-    let agg = Api::<Deployment>::namespaced(client.clone(), "shop")
-        .get("logstream-aggregator")
-        .await
-        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    // Applied after the Service in the same reconcile: wait for it too.
+    let agg = eventually("the aggregator Deployment", PATIENCE, || async {
+        deployments.get_opt("logstream-aggregator").await.ok()?
+    })
+    .await;
     assert_eq!(agg.spec.as_ref().unwrap().replicas, Some(2));
     assert_eq!(
         services
@@ -277,6 +279,20 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
             .session_affinity
             .as_deref(),
         Some("ClientIP")
+    );
+    let pull = cp.kubectl(&[
+        "get",
+        "-n",
+        "shop",
+        "secret",
+        "logstream-pull-token",
+        "-o",
+        "jsonpath={.data.token}",
+    ]);
+    assert_eq!(
+        pull.stdout_if_success().len(),
+        88,
+        "a 32-byte hex token, base64-encoded"
     );
     for kind in ["serviceaccount", "role", "rolebinding"] {
         cp.kubectl(&["get", "-n", "shop", kind, "logstream-aggregator"])
@@ -293,7 +309,6 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
 
     // The old pods are found, reported, and their Deployment is rolled;
     // the new pods come through the webhook with the sidecar, exactly once.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
     eventually("the demo Deployment to be restarted", PATIENCE, || async {
         let d = deployments.get("demo").await.ok()?;
         d.spec?
@@ -336,17 +351,17 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
             "native sidecar"
         );
         assert!(s.containers.iter().all(|c| c.name != "logstream"));
-        // examples/demo-app.yaml mounts its own volume at /var/log/app: reused, not duplicated.
-        assert_eq!(
-            s.volumes.as_ref().unwrap().len(),
-            1 + usize::from(
-                s.volumes
-                    .as_ref()
-                    .unwrap()
-                    .iter()
-                    .any(|v| v.name.starts_with("kube-api-access"))
-            )
-        );
+        // examples/demo-app.yaml mounts its own volume at /var/log/app: reused,
+        // not duplicated; the only other volume we add is the pull token.
+        let ours: Vec<&str> = s
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| v.name.as_str())
+            .filter(|n| !n.starts_with("kube-api-access"))
+            .collect();
+        assert_eq!(ours, ["logs", "logstream-pull"]);
         let mount = &sidecars[0].volume_mounts.as_ref().unwrap()[0];
         assert_eq!((mount.name.as_str(), mount.read_only), ("logs", Some(true)));
     }

@@ -7,14 +7,13 @@
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,7 +25,6 @@ use super::eval::{self, Direction, Grid, Labels, Steps, StreamCache};
 use super::logql::{self, LogQuery, MetricExpr, ParseError, Query};
 use crate::filter::Filter;
 use crate::hub::{Entry, Hub, format_ts, now_ns, parse_ts};
-use crate::metrics::ReasonLabel;
 use crate::protocol::{Subscribe, close};
 use crate::server::AppState;
 use crate::session::{Pull, Session};
@@ -44,17 +42,12 @@ const MAX_CLOSE_REASON: usize = 123;
 #[derive(Clone)]
 struct Loki {
     app: Arc<AppState>,
-    /// Open `/tail` connections, bounded by `max_connections`.
-    tails: Arc<AtomicUsize>,
 }
 
 /// The Loki API routes, with their own admission (the server's token rules).
 /// Merge into a server router: `.merge(crate::loki::api::router(state.clone()))`.
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
-    let lk = Loki {
-        app: state,
-        tails: Arc::new(AtomicUsize::new(0)),
-    };
+    let lk = Loki { app: state };
     Router::new()
         .route("/loki/api/v1/query", get(query).post(query))
         .route(
@@ -95,92 +88,13 @@ async fn admit(State(lk): State<Loki>, req: Request, next: Next) -> Response {
             .find(|(k, _)| k == "access_token")
             .map(|(_, v)| v)
     });
-    if let Err(r) = check_auth(&lk.app, req.headers(), peer, query_token.as_deref()) {
+    if let Err(r) = lk
+        .app
+        .check_token(req.headers(), peer, query_token.as_deref())
+    {
         return r;
     }
     next.run(req).await
-}
-
-// Mirrors `AppState::admit` (private to `server`).
-#[allow(clippy::result_large_err)]
-fn check_auth(
-    st: &AppState,
-    headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-    query_token: Option<&str>,
-) -> Result<(), Response> {
-    let auth = &st.cfg.auth;
-    let loopback = peer.is_some_and(|p| match p.ip() {
-        std::net::IpAddr::V4(v4) => v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    });
-    if loopback && auth.loopback_exempt {
-        return Ok(());
-    }
-    let reject = |reason: &'static str| {
-        st.metrics
-            .connections_rejected
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-    };
-    match &auth.token {
-        Some(want) => {
-            let got = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, t)| t.trim())
-                .or(query_token);
-            if got
-                .is_some_and(|g| constant_time_eq::constant_time_eq(g.as_bytes(), want.as_bytes()))
-            {
-                Ok(())
-            } else {
-                reject("unauthorized");
-                let mut r = (
-                    StatusCode::UNAUTHORIZED,
-                    "missing or invalid bearer token\n",
-                )
-                    .into_response();
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"logstream\""),
-                );
-                Err(r)
-            }
-        }
-        None if auth.allow_unauthenticated => Ok(()),
-        None => {
-            reject("forbidden");
-            Err((
-                StatusCode::FORBIDDEN,
-                "no token is configured: only loopback clients (port-forward) may connect\n",
-            )
-                .into_response())
-        }
-    }
-}
-
-/// Same-host origins, and those configured, may open a tail from a browser.
-fn origin_allowed(st: &AppState, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let origin = origin.to_str().unwrap_or("");
-    let origin_host = origin
-        .split_once("://")
-        .map_or(origin, |(_, h)| h)
-        .trim_end_matches('/');
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
-        || st
-            .cfg
-            .allowed_origins
-            .iter()
-            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
 // ---------------------------------------------------------------------------
@@ -821,14 +735,6 @@ impl TailRequest {
     }
 }
 
-struct TailSlot(Arc<AtomicUsize>);
-
-impl Drop for TailSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 async fn tail(
     State(lk): State<Loki>,
     headers: HeaderMap,
@@ -836,23 +742,15 @@ async fn tail(
     ws: WebSocketUpgrade,
 ) -> Response {
     let st = lk.app.clone();
-    if !origin_allowed(&st, &headers) {
-        st.metrics
-            .connections_rejected
-            .get_or_create(&ReasonLabel { reason: "origin" })
-            .inc();
-        return (StatusCode::FORBIDDEN, "origin is not allowed\n").into_response();
+    if let Err(r) = st.check_origin(&headers) {
+        return r;
     }
     // A bad query is reported after the upgrade (close 1008 with the
     // reason): a refused handshake looks like 1006 to a browser, which
     // Grafana retries forever.
     let req = TailRequest::parse(&Params::parse(raw.as_deref(), &[]), now_ns());
-    let slot = if lk.tails.fetch_add(1, Ordering::AcqRel) < st.cfg.max_connections {
-        Some(TailSlot(lk.tails.clone()))
-    } else {
-        lk.tails.fetch_sub(1, Ordering::AcqRel);
-        None
-    };
+    // Tails share the server's connection budget.
+    let slot = st.try_connect(crate::metrics::Transport::ws);
     let buf = st.cfg.ws_buffer_bytes;
     let ws = ws
         .read_buffer_size(buf)

@@ -27,8 +27,8 @@ use crate::session::SessionLimits;
 /// Who may stream.
 #[derive(Clone, Debug, Default)]
 pub struct AuthConfig {
-    /// Bearer token required from non-exempt clients.
-    pub token: Option<String>,
+    /// Bearer tokens accepted from non-exempt clients (any of them).
+    pub tokens: Vec<String>,
     /// Clients on loopback (port-forward) need no token.
     pub loopback_exempt: bool,
     /// Without a token, also serve non-loopback clients (explicitly insecure).
@@ -85,7 +85,7 @@ impl Default for ServerConfig {
             keepalive: Duration::from_secs(15),
             ack_timeout: Duration::from_secs(10),
             auth: AuthConfig {
-                token: None,
+                tokens: Vec::new(),
                 loopback_exempt: true,
                 allow_unauthenticated: false,
             },
@@ -132,7 +132,7 @@ impl AppState {
         self.connections.load(Ordering::Relaxed)
     }
 
-    fn try_connect(self: &Arc<Self>, transport: Transport) -> Option<ConnGuard> {
+    pub(crate) fn try_connect(self: &Arc<Self>, transport: Transport) -> Option<ConnGuard> {
         let prev = self.connections.fetch_add(1, Ordering::AcqRel);
         if prev >= self.cfg.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
@@ -165,55 +165,77 @@ impl AppState {
         peer: SocketAddr,
         query_token: Option<&str>,
     ) -> Result<(), Response> {
+        self.check_token(headers, Some(peer), query_token)?;
+        self.check_origin(headers)
+    }
+
+    /// The token rules: loopback may be exempt; otherwise one of the
+    /// configured tokens, or nothing at all when none is configured and
+    /// unauthenticated access was not allowed explicitly.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn check_token(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+        query_token: Option<&str>,
+    ) -> Result<(), Response> {
         let auth = &self.cfg.auth;
-        let loopback = is_loopback(peer.ip());
-        if !(loopback && auth.loopback_exempt) {
-            match &auth.token {
-                Some(want) => {
-                    let got = bearer(headers).or(query_token);
-                    let ok = got.is_some_and(|g| {
-                        constant_time_eq::constant_time_eq(g.as_bytes(), want.as_bytes())
-                    });
-                    if !ok {
-                        self.reject("unauthorized");
-                        let mut r = (
-                            StatusCode::UNAUTHORIZED,
-                            "missing or invalid bearer token\n",
-                        )
-                            .into_response();
-                        r.headers_mut().insert(
-                            header::WWW_AUTHENTICATE,
-                            HeaderValue::from_static("Bearer realm=\"logstream\""),
-                        );
-                        return Err(r);
-                    }
-                }
-                None if !auth.allow_unauthenticated => {
-                    self.reject("forbidden");
-                    return Err((
-                        StatusCode::FORBIDDEN,
-                        "no token is configured: only loopback clients (port-forward) may connect\n",
-                    )
-                        .into_response());
-                }
-                None => {}
-            }
+        if peer.is_some_and(|p| is_loopback(p.ip())) && auth.loopback_exempt {
+            return Ok(());
         }
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            let origin = origin.to_str().unwrap_or("");
-            if !self.origin_allowed(
-                origin,
-                headers.get(header::HOST).and_then(|h| h.to_str().ok()),
-            ) {
-                self.reject("origin");
-                return Err((
-                    StatusCode::FORBIDDEN,
-                    format!("origin {origin:?} is not allowed\n"),
-                )
-                    .into_response());
+        if auth.tokens.is_empty() {
+            if auth.allow_unauthenticated {
+                return Ok(());
             }
+            self.reject("forbidden");
+            return Err((
+                StatusCode::FORBIDDEN,
+                "no token is configured: only loopback clients (port-forward) may connect\n",
+            )
+                .into_response());
         }
-        Ok(())
+        let got = bearer(headers).or(query_token);
+        let ok = got.is_some_and(|g| {
+            // Compare against every token, in constant time each.
+            auth.tokens.iter().fold(false, |hit, want| {
+                hit | constant_time_eq::constant_time_eq(g.as_bytes(), want.as_bytes())
+            })
+        });
+        if ok {
+            return Ok(());
+        }
+        self.reject("unauthorized");
+        let mut r = (
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token\n",
+        )
+            .into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"logstream\""),
+        );
+        Err(r)
+    }
+
+    /// Browsers must come from the server itself or an allowed origin.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn check_origin(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(());
+        };
+        let origin = origin.to_str().unwrap_or("");
+        if self.origin_allowed(
+            origin,
+            headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+        ) {
+            return Ok(());
+        }
+        self.reject("origin");
+        Err((
+            StatusCode::FORBIDDEN,
+            format!("origin {origin:?} is not allowed\n"),
+        )
+            .into_response())
     }
 
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
