@@ -532,6 +532,22 @@ mod tests {
             &BuildConfig {
                 image: "img".into(),
             },
+            "tok",
+        );
+        assert_eq!(objs.pull_secret.data.as_ref().unwrap()["token"].0, b"tok");
+        let pod = objs
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        let env = pod.containers[0].env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "LOGSTREAM_UPSTREAM_TOKEN_FILE")
         );
         let d = objs.deployment;
         assert_eq!(d.metadata.owner_references.as_ref().unwrap().len(), 2);
