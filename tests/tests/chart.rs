@@ -1,0 +1,983 @@
+//! The Helm chart `charts/logstream`: `helm lint`, `helm template` with
+//! default and optional features, the rendered objects applied to a real
+//! kube-apiserver (server-side dry run), its RBAC checked against an explicit
+//! allow-list, and the operator run against the API server with nothing but
+//! the permissions the chart grants its ServiceAccount.
+//!
+//! helm comes from `.ci/install-helm` (`$HOME/.cache/logstream/tools/bin/helm`,
+//! else `helm` on PATH).
+#![allow(clippy::unwrap_used)] // test code
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, ListParams};
+use logstream_operator::crd::LogStream;
+use logstream_tests::{ControlPlane, eventually};
+use serde_json::{Value, json};
+
+const NS: &str = "logstream-system";
+const RELEASE: &str = "logstream";
+/// The harness' API server (tests/apiserver): capabilities for `helm template`.
+const KUBE_VERSION: &str = "1.34.4";
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Every optional feature on.
+const FULL: &[&str] = &[
+    "webhook.tls.mode=certManager",
+    "metrics.serviceMonitor.enabled=true",
+    "grafana.dashboard.enabled=true",
+    "grafana.lokiDatasource.enabled=true",
+    "operator.replicas=2",
+];
+
+/// What the operator's ClusterRole may grant, as `group/resource:verb` or
+/// `group/resource:verb@name` (core group: empty). The chart's rbac.yaml says
+/// which API call needs each one.
+const CLUSTER_ALLOWED: &[&str] = &[
+    "logstream.dev/logstreams:get",
+    "logstream.dev/logstreams:list",
+    "logstream.dev/logstreams:watch",
+    "logstream.dev/logstreams:patch",
+    "logstream.dev/logstreams/status:patch",
+    "/pods:get",
+    "/pods:list",
+    "/pods:watch",
+    "/services:list",
+    "/services:watch",
+    "/services:create",
+    "/services:patch",
+    "/services:delete",
+    "networking.k8s.io/ingresses:list",
+    "networking.k8s.io/ingresses:watch",
+    "networking.k8s.io/ingresses:create",
+    "networking.k8s.io/ingresses:patch",
+    "networking.k8s.io/ingresses:delete",
+    "/serviceaccounts:create",
+    "/serviceaccounts:patch",
+    "/serviceaccounts:delete",
+    "rbac.authorization.k8s.io/roles:create",
+    "rbac.authorization.k8s.io/roles:patch",
+    "rbac.authorization.k8s.io/roles:delete",
+    "rbac.authorization.k8s.io/rolebindings:create",
+    "rbac.authorization.k8s.io/rolebindings:patch",
+    "rbac.authorization.k8s.io/rolebindings:delete",
+    "apps/deployments:create",
+    "apps/deployments:patch",
+    "apps/deployments:delete",
+    "apps/statefulsets:patch",
+    "apps/daemonsets:patch",
+    "apps/replicasets:get",
+    "/namespaces:patch",
+    "/secrets:get@logstream-pull-token",
+    "/secrets:create@logstream-pull-token",
+    "/secrets:patch@logstream-pull-token",
+    "/secrets:delete@logstream-pull-token",
+    "events.k8s.io/events:create",
+    "events.k8s.io/events:patch",
+];
+
+/// Only with selfManaged TLS: the operator registers its own webhook.
+const CLUSTER_SELF_MANAGED: &[&str] = &[
+    "admissionregistration.k8s.io/mutatingwebhookconfigurations:create@logstream-injector",
+    "admissionregistration.k8s.io/mutatingwebhookconfigurations:patch@logstream-injector",
+];
+
+/// The Role in the operator's namespace.
+const ROLE_ALLOWED: &[&str] = &[
+    "coordination.k8s.io/leases:get@logstream-operator",
+    "coordination.k8s.io/leases:update@logstream-operator",
+    "coordination.k8s.io/leases:create",
+];
+
+const ROLE_SELF_MANAGED: &[&str] = &[
+    "/secrets:get@logstream-webhook-tls",
+    "/secrets:create@logstream-webhook-tls",
+    "/secrets:patch@logstream-webhook-tls",
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("LOGSTREAM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/logstream")
+        })
+}
+
+fn helm_bin() -> PathBuf {
+    let cached = cache_dir().join("tools/bin/helm");
+    if cached.is_file() {
+        return cached;
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("helm"))
+        .find(|p| p.is_file());
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "helm not found at {} nor on PATH: run .ci/install-helm",
+            cached.display()
+        )
+    })
+}
+
+fn helm(args: &[&str]) -> String {
+    let out = Command::new(helm_bin())
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm {}: {}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `helm template` of the chart with `--set` values.
+fn render(sets: &[&str], include_crds: bool) -> String {
+    let mut args = vec![
+        "template",
+        RELEASE,
+        "charts/logstream",
+        "--namespace",
+        NS,
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    if include_crds {
+        args.push("--include-crds");
+    }
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    helm(&args)
+}
+
+/// The YAML documents of a multi-document stream, as JSON values.
+fn docs(yaml: &str) -> Vec<Value> {
+    format!("\n{yaml}")
+        .split("\n---")
+        .filter_map(|d| {
+            let v: Value = serde_yaml::from_str(d)
+                .unwrap_or_else(|e| panic!("rendered YAML does not parse: {e}\n{d}"));
+            (!v.is_null()).then_some(v)
+        })
+        .collect()
+}
+
+fn all_of<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found = all_of(docs, kind);
+    assert_eq!(found.len(), 1, "expected one {kind}, found {}", found.len());
+    found[0]
+}
+
+/// RBAC rules flattened to `group/resource:verb[@name]`.
+fn grants(role: &Value) -> BTreeSet<String> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        assert!(
+            rule.get("nonResourceURLs").is_none(),
+            "non-resource rule {rule}"
+        );
+        let names = strings(&rule["resourceNames"]);
+        for g in strings(&rule["apiGroups"]) {
+            for r in strings(&rule["resources"]) {
+                for v in strings(&rule["verbs"]) {
+                    if names.is_empty() {
+                        out.insert(format!("{g}/{r}:{v}"));
+                    }
+                    for n in &names {
+                        out.insert(format!("{g}/{r}:{v}@{n}"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn set_of(lists: &[&[&str]]) -> BTreeSet<String> {
+    lists
+        .iter()
+        .flat_map(|l| l.iter())
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[test]
+fn chart_crd_is_the_generated_crd() {
+    let chart =
+        std::fs::read_to_string(repo().join("charts/logstream/crds/logstream.dev_logstreams.yaml"))
+            .expect("charts/logstream/crds/logstream.dev_logstreams.yaml");
+    let generated =
+        std::fs::read_to_string(repo().join("crds/logstream.dev_logstreams.yaml")).unwrap();
+    assert!(
+        chart == generated,
+        "charts/logstream/crds/ drifted from crds/: cp crds/logstream.dev_logstreams.yaml charts/logstream/crds/"
+    );
+    assert_eq!(generated, logstream_operator::crd::crd_yaml().unwrap());
+    let with_crds = docs(&render(&[], true));
+    assert_eq!(
+        one(&with_crds, "CustomResourceDefinition")["metadata"]["name"],
+        "logstreams.logstream.dev"
+    );
+}
+
+#[test]
+fn helm_lint_is_clean() {
+    for sets in [&[][..], FULL] {
+        let mut args = vec!["lint", "--strict", "charts/logstream"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = helm(&args);
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+    // Values are validated (values.schema.json).
+    let bad = Command::new(helm_bin())
+        .args([
+            "template",
+            "x",
+            "charts/logstream",
+            "--set",
+            "webhook.tls.mode=vault",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("webhook/tls/mode"));
+}
+
+#[test]
+fn rbac_grants_exactly_the_allow_list() {
+    let default = docs(&render(&[], false));
+    let cluster = grants(one(&default, "ClusterRole"));
+    assert_eq!(
+        cluster,
+        set_of(&[CLUSTER_ALLOWED, CLUSTER_SELF_MANAGED]),
+        "ClusterRole differs from the allow-list"
+    );
+    let role = grants(one(&default, "Role"));
+    assert_eq!(role, set_of(&[ROLE_ALLOWED, ROLE_SELF_MANAGED]));
+    for g in cluster.iter().chain(&role) {
+        assert!(!g.contains('*'), "wildcard grant {g}");
+        for verb in [":escalate", ":bind", ":impersonate", ":deletecollection"] {
+            assert!(!g.contains(verb), "dangerous grant {g}");
+        }
+    }
+    assert!(
+        cluster
+            .iter()
+            .filter(|g| g.starts_with("/secrets"))
+            .all(|g| g.ends_with("@logstream-pull-token")),
+        "outside its namespace the operator may touch only the pull-token Secrets"
+    );
+    // Bindings point at the chart's ServiceAccount.
+    let sa = one(&default, "ServiceAccount")["metadata"]["name"].clone();
+    for kind in ["ClusterRoleBinding", "RoleBinding"] {
+        let b = one(&default, kind);
+        assert_eq!(b["subjects"][0]["name"], sa);
+        assert_eq!(b["subjects"][0]["namespace"], NS);
+    }
+
+    // cert-manager: no Secret, no webhook configuration for the operator.
+    let full = docs(&render(FULL, false));
+    assert_eq!(
+        grants(one(&full, "ClusterRole")),
+        set_of(&[CLUSTER_ALLOWED])
+    );
+    assert_eq!(grants(one(&full, "Role")), set_of(&[ROLE_ALLOWED]));
+
+    let none = docs(&render(&["rbac.create=false"], false));
+    assert!(all_of(&none, "ClusterRole").is_empty() && all_of(&none, "Role").is_empty());
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn operator_deployment_is_hardened_and_wired() {
+    let default = docs(&render(&[], false));
+    let d = one(&default, "Deployment");
+    assert_eq!(d["metadata"]["name"], "logstream-operator");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(pod["serviceAccountName"], "logstream-operator");
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert!(sc["capabilities"].get("add").is_none());
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["image"], "ghcr.io/logstream-dev/logstream-operator:0.1.0");
+    let args = strs(&c["args"]);
+    for want in [
+        "run",
+        "--namespace=$(POD_NAMESPACE)",
+        "--image=ghcr.io/logstream-dev/logstream:0.1.0",
+        "--webhook-service=logstream-operator",
+        "--webhook-service-port=443",
+        "--webhook-listen=0.0.0.0:8443",
+        "--tls-secret=logstream-webhook-tls",
+        "--health-listen=0.0.0.0:8080",
+    ] {
+        assert!(args.contains(&want), "{want} missing from {args:?}");
+    }
+    assert!(!args.iter().any(|a| a.starts_with("--manage-webhook")));
+    let env: Vec<(&str, &str)> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?,
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str()?,
+            ))
+        })
+        .collect();
+    assert!(env.contains(&("POD_NAMESPACE", "metadata.namespace")));
+    assert!(env.contains(&("POD_NAME", "metadata.name")));
+    let ports: Vec<(&str, i64)> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [("webhook", 8443), ("health", 8080)]);
+    assert_eq!(
+        c["livenessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "health"})
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"],
+        json!({"path": "/readyz", "port": "health"})
+    );
+
+    // The Service the API server calls (--webhook-service) and Prometheus scrapes.
+    let svc = one(&default, "Service");
+    assert_eq!(svc["metadata"]["name"], "logstream-operator");
+    assert_eq!(
+        svc["spec"]["selector"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    let sports: Vec<(&str, i64, &str)> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["port"].as_i64().unwrap(),
+                p["targetPort"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sports,
+        [("webhook", 443, "webhook"), ("metrics", 8080, "health")]
+    );
+
+    // One replica: no PodDisruptionBudget (it would block every drain).
+    assert!(all_of(&default, "PodDisruptionBudget").is_empty());
+    // selfManaged: the operator registers the webhook, the chart does not.
+    assert!(all_of(&default, "MutatingWebhookConfiguration").is_empty());
+    for kind in ["ServiceMonitor", "ConfigMap", "Certificate", "Issuer"] {
+        assert!(
+            all_of(&default, kind).is_empty(),
+            "{kind} rendered by default"
+        );
+    }
+
+    let full = docs(&render(FULL, false));
+    let pdb = one(&full, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(pdb["spec"]["selector"], d["spec"]["selector"]);
+    assert_eq!(one(&full, "Deployment")["spec"]["replicas"], 2);
+}
+
+#[test]
+fn cert_manager_mode_issues_the_certificate_and_owns_the_webhook() {
+    let full = docs(&render(FULL, false));
+    let cert = one(&full, "Certificate");
+    assert_eq!(cert["spec"]["secretName"], "logstream-webhook-tls");
+    let dns = strs(&cert["spec"]["dnsNames"]);
+    assert!(
+        dns.contains(&"logstream-operator.logstream-system.svc"),
+        "{dns:?}"
+    );
+    let issuer = one(&full, "Issuer");
+    assert_eq!(
+        cert["spec"]["issuerRef"]["name"],
+        issuer["metadata"]["name"]
+    );
+    assert_eq!(issuer["spec"]["selfSigned"], json!({}));
+
+    let mwc = one(&full, "MutatingWebhookConfiguration");
+    assert_eq!(
+        mwc["metadata"]["name"],
+        logstream_operator::webhook::WEBHOOK_NAME
+    );
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!("{NS}/{}", cert["metadata"]["name"].as_str().unwrap())
+    );
+    // Same webhook as the operator registers in selfManaged mode.
+    let ours = logstream_operator::webhook::configuration(
+        &logstream_operator::webhook::Endpoint::Service {
+            name: "logstream-operator".into(),
+            namespace: NS.into(),
+            port: 443,
+        },
+        "",
+    );
+    let mut want = serde_json::to_value(&ours).unwrap()["webhooks"].clone();
+    want[0]["clientConfig"]
+        .as_object_mut()
+        .unwrap()
+        .remove("caBundle");
+    assert_eq!(
+        mwc["webhooks"], want,
+        "chart and operator disagree on the webhook"
+    );
+
+    // The operator serves cert-manager's certificate and leaves the webhook alone.
+    let d = one(&full, "Deployment");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    let args = strs(&c["args"]);
+    assert!(args.contains(&"--manage-webhook=false"), "{args:?}");
+    assert!(args.contains(&"--tls-cert-dir=/etc/logstream/webhook-tls"));
+    assert_eq!(
+        c["volumeMounts"][0]["mountPath"],
+        "/etc/logstream/webhook-tls"
+    );
+    assert_eq!(c["volumeMounts"][0]["readOnly"], true);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+        "logstream-webhook-tls"
+    );
+}
+
+/// `logstream_*` metric names in the dashboard's queries.
+fn dashboard_metrics(dash: &Value) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let mut rest = t["expr"].as_str().unwrap();
+            while let Some(i) = rest.find("logstream_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.insert(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn monitoring_dashboard_and_loki_datasource() {
+    let full = docs(&render(FULL, false));
+    let monitors = all_of(&full, "ServiceMonitor");
+    assert_eq!(monitors.len(), 2);
+    let svc = one(&full, "Service");
+    assert_eq!(
+        monitors[0]["spec"]["selector"]["matchLabels"],
+        svc["spec"]["selector"]
+    );
+    assert_eq!(monitors[0]["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitors[1]["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(monitors[1]["spec"]["endpoints"][0]["port"], "logstream");
+
+    let maps = all_of(&full, "ConfigMap");
+    let dash_map = maps
+        .iter()
+        .find(|m| m["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("dashboard ConfigMap labelled grafana_dashboard: \"1\"");
+    let dash: Value =
+        serde_json::from_str(dash_map["data"]["logstream.json"].as_str().unwrap()).unwrap();
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    let ds = vars.iter().find(|v| v["name"] == "DS_PROMETHEUS").unwrap();
+    assert_eq!(
+        (ds["type"].as_str(), ds["query"].as_str()),
+        (Some("datasource"), Some("prometheus"))
+    );
+    for p in dash["panels"].as_array().unwrap() {
+        if p["type"] != "row" {
+            assert_eq!(
+                p["datasource"]["uid"], "${DS_PROMETHEUS}",
+                "panel {}",
+                p["title"]
+            );
+        }
+    }
+    // Every operator metric is plotted, and only those that exist
+    // (the streamer's are checked against the real binary in static_binaries.rs).
+    // Families with labels appear once they have a sample.
+    let metrics = logstream_operator::metrics::Metrics::new();
+    metrics
+        .admissions
+        .get_or_create(&logstream_operator::metrics::Outcome {
+            outcome: "injected",
+        })
+        .inc();
+    metrics
+        .reconcile_errors
+        .get_or_create(&logstream_operator::metrics::ErrorLabel { error: "kube" })
+        .inc();
+    let exposition = metrics.encode();
+    let families: BTreeSet<String> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').unwrap();
+            if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            }
+        })
+        .collect();
+    assert!(families.len() >= 5, "{exposition}");
+    let plotted: BTreeSet<String> = dashboard_metrics(&dash)
+        .into_iter()
+        .filter(|m| m.starts_with("logstream_operator_"))
+        .collect();
+    assert_eq!(
+        plotted, families,
+        "charts/logstream/dashboards/logstream.json must plot exactly the operator's metrics (operator/src/metrics.rs)"
+    );
+    assert!(dashboard_metrics(&dash).len() > families.len() + 15);
+
+    let loki = maps
+        .iter()
+        .find(|m| m["metadata"]["labels"]["grafana_datasource"] == "1")
+        .expect("Loki datasource ConfigMap");
+    let provisioning: Value = serde_yaml::from_str(
+        loki["data"]["logstream-loki-datasources.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let d = &provisioning["datasources"][0];
+    assert_eq!(d["type"], "loki");
+    assert_eq!(d["url"], "http://logstream-aggregator.default.svc:7680");
+}
+
+/// Minimal CRDs for the optional objects' kinds, so the API server can check
+/// them: it validates their apiVersion/kind/metadata/namespace (their bodies
+/// are the Prometheus Operator's and cert-manager's business).
+fn third_party_crds() -> String {
+    let crd = |group: &str, kind: &str, plural: &str| {
+        format!(
+            r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: {plural}.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{kind: {kind}, plural: {plural}, singular: {singular}, listKind: {kind}List}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#,
+            singular = kind.to_lowercase()
+        )
+    };
+    [
+        crd("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
+        crd("cert-manager.io", "Certificate", "certificates"),
+        crd("cert-manager.io", "Issuer", "issuers"),
+    ]
+    .join("---\n")
+}
+
+#[test]
+fn rendered_manifests_are_accepted_by_the_api_server() {
+    let cp = ControlPlane::start();
+    cp.kubectl(&["create", "namespace", NS]).stdout_if_success();
+    cp.kubectl_stdin(&["apply", "-f", "-"], &third_party_crds())
+        .stdout_if_success();
+    cp.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/certificates.cert-manager.io",
+        "crd/issuers.cert-manager.io",
+        "--timeout=60s",
+    ])
+    .stdout_if_success();
+    for sets in [&[][..], FULL] {
+        let rendered = render(sets, true);
+        let n = docs(&rendered).len();
+        let out = cp.kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=helm",
+                "--dry-run=server",
+                "-f",
+                "-",
+            ],
+            &rendered,
+        );
+        let applied = out.stdout_if_success();
+        assert_eq!(
+            applied.matches("(server dry run)").count(),
+            n,
+            "{sets:?}: {applied}"
+        );
+    }
+}
+
+/// The musl release operator (what the image ships), built like
+/// static_binaries.rs does (shared target dir, so one build serves both).
+fn operator_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let target_dir = cache_dir().join("musl-target");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new("nice")
+            .args(["-n", "10"])
+            .arg(&cargo)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "x86_64-unknown-linux-musl",
+                "-p",
+                "logstream",
+                "-p",
+                "logstream-operator",
+            ])
+            .current_dir(repo())
+            .env("CARGO_TARGET_DIR", &target_dir)
+            // As the Dockerfiles set it.
+            .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "musl build failed: run .ci/install-helm");
+        target_dir.join("x86_64-unknown-linux-musl/release/logstream-operator")
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A kubeconfig for `cp` that authenticates as the chart's ServiceAccount
+/// (a TokenRequest token) instead of the admin.
+fn service_account_kubeconfig(cp: &ControlPlane, sa: &str) -> PathBuf {
+    let token = cp.kubectl(&["create", "token", sa, "-n", NS, "--duration=1h"]);
+    let token = token.stdout_if_success().trim().to_string();
+    let mut cfg: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&cp.kubeconfig).unwrap()).unwrap();
+    cfg["users"] = json!([{"name": sa, "user": {"token": token}}]);
+    cfg["contexts"][0]["context"]["user"] = json!(sa);
+    let path = cp.work_dir.join("operator-sa.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn operator_runs_with_only_the_permissions_the_chart_grants() {
+    let bin = operator_bin();
+    let cp = ControlPlane::start();
+    cp.kubectl(&["create", "namespace", NS]).stdout_if_success();
+    let rendered = render(&[], true);
+    cp.kubectl_stdin(
+        &["apply", "--server-side", "--field-manager=helm", "-f", "-"],
+        &rendered,
+    )
+    .stdout_if_success();
+    cp.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/logstreams.logstream.dev",
+        "--timeout=60s",
+    ])
+    .stdout_if_success();
+
+    // What the ServiceAccount must not do.
+    let who = format!("--as=system:serviceaccount:{NS}:logstream-operator");
+    for (verb, what, ns) in [
+        ("get", "secrets", "default"),
+        ("list", "secrets", "shop"),
+        ("get", "secrets/app-credentials", "shop"),
+        ("update", "leases/other", NS),
+        ("list", "secrets", NS),
+        ("get", "secrets/other", NS),
+        ("create", "pods", "default"),
+        ("delete", "pods", "default"),
+        ("create", "clusterroles", "default"),
+        ("patch", "mutatingwebhookconfigurations/other", "default"),
+        ("update", "deployments", "default"),
+        ("delete", "namespaces", "default"),
+    ] {
+        let out = cp.kubectl(&["auth", "can-i", verb, what, "-n", ns, &who]);
+        assert_eq!(
+            out.stdout.trim(),
+            "no",
+            "the operator may {verb} {what} in {ns}"
+        );
+    }
+    for (verb, what, ns) in [
+        ("patch", "secrets/logstream-webhook-tls", NS),
+        ("get", "secrets/logstream-pull-token", "shop"),
+        ("update", "leases/logstream-operator", NS),
+        ("create", "leases", NS),
+        ("watch", "pods", "default"),
+        (
+            "patch",
+            "mutatingwebhookconfigurations/logstream-injector",
+            "default",
+        ),
+    ] {
+        let out = cp.kubectl(&["auth", "can-i", verb, what, "-n", ns, &who]);
+        assert_eq!(
+            out.stdout.trim(),
+            "yes",
+            "the operator may not {verb} {what} in {ns}"
+        );
+    }
+
+    // An app deployed before logstream.
+    cp.kubectl(&["create", "namespace", "shop"])
+        .stdout_if_success();
+    cp.kubectl(&[
+        "apply",
+        "-n",
+        "shop",
+        "-f",
+        &repo().join("examples/demo-app.yaml").to_string_lossy(),
+    ])
+    .stdout_if_success();
+    let client = cp.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    eventually("the demo Deployment's pods", PATIENCE, || async {
+        let l = pods
+            .list(&ListParams::default().labels("app=demo"))
+            .await
+            .ok()?;
+        (!l.items.is_empty()).then_some(())
+    })
+    .await;
+
+    // The operator as its ServiceAccount; webhook by URL (no cluster network).
+    let kubeconfig = service_account_kubeconfig(&cp, "logstream-operator");
+    let port = free_port();
+    let log = cp.work_dir.join("operator.log");
+    let mut child = Command::new(bin)
+        .args(["run", "--namespace", NS, "--image", "logstream:test"])
+        .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
+        .args(["--webhook-url", &format!("https://127.0.0.1:{port}/mutate")])
+        .args(["--cert-ip", "127.0.0.1"])
+        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
+        .env_clear()
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", "logstream-operator-test")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let op = Operator { child, log };
+    assert!(
+        line.starts_with("webhook listening on https://"),
+        "operator did not start with the chart's RBAC: {line:?}\n{}",
+        op.log()
+    );
+    // It created its TLS Secret and registered its webhook.
+    cp.kubectl(&["get", "secret", "-n", NS, "logstream-webhook-tls"])
+        .stdout_if_success();
+    cp.kubectl(&["get", "mutatingwebhookconfiguration", "logstream-injector"])
+        .stdout_if_success();
+
+    cp.kubectl(&[
+        "apply",
+        "-n",
+        "shop",
+        "-f",
+        &repo().join("examples/logstream.yaml").to_string_lossy(),
+    ])
+    .stdout_if_success();
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    eventually("the Service, Ingress and aggregator", PATIENCE, || async {
+        services.get_opt("demo-logstream").await.ok()??;
+        deployments.get_opt("logstream-aggregator").await.ok()??;
+        Some(())
+    })
+    .await;
+    for kind in [
+        "ingress/demo-logstream",
+        "serviceaccount/logstream-aggregator",
+        "role/logstream-aggregator",
+        "rolebinding/logstream-aggregator",
+        "service/logstream-aggregator",
+    ] {
+        cp.kubectl(&["get", "-n", "shop", kind]).stdout_if_success();
+    }
+    // Owners restarted, new pods injected by the webhook (which lists
+    // LogStreams as the ServiceAccount), status patched, events recorded.
+    eventually("injected pods", PATIENCE, || async {
+        let l = pods
+            .list(&ListParams::default().labels("app=demo,logstream.dev/stream=demo"))
+            .await
+            .ok()?;
+        (!l.items.is_empty()).then_some(())
+    })
+    .await;
+    let streams: Api<LogStream> = Api::namespaced(client.clone(), "shop");
+    eventually("status with injected pods", PATIENCE, || async {
+        let s = streams.get("demo").await.ok()?.status?;
+        (s.injected_pods > 0).then_some(())
+    })
+    .await;
+    let ns = Api::<Namespace>::all(client.clone())
+        .get("shop")
+        .await
+        .unwrap();
+    assert_eq!(
+        ns.metadata.labels.unwrap()["logstream.dev/injection"],
+        "enabled"
+    );
+    let events = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        "shop",
+        "--field-selector",
+        "involvedObject.kind=LogStream",
+    ]);
+    assert!(
+        events.stdout_if_success().contains("RestartedOwner"),
+        "{}",
+        events.stdout
+    );
+
+    // Cleanup (finalizer, deletes, namespace label) with the same permissions.
+    cp.kubectl(&[
+        "delete",
+        "-n",
+        "shop",
+        "logstream/demo",
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .stdout_if_success();
+    eventually(
+        "the aggregator deleted and the namespace unlabelled",
+        PATIENCE,
+        || async {
+            deployments
+                .get_opt("logstream-aggregator")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())?;
+            let ns = Api::<Namespace>::all(client.clone())
+                .get("shop")
+                .await
+                .ok()?;
+            let labels = ns.metadata.labels.unwrap_or_default();
+            (!labels.contains_key("logstream.dev/injection")).then_some(())
+        },
+    )
+    .await;
+
+    // Let the last reconcile's log lines land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = op.log();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator hit a permission the chart does not grant:\n{log}"
+    );
+}

@@ -1,0 +1,273 @@
+//! The release binaries the container images ship (`sidecar/Dockerfile`,
+//! `operator/Dockerfile`), built the same way: static musl executables for
+//! `x86_64-unknown-linux-musl`. Checks that they are static (they run on
+//! `scratch`), that they run, and that the Grafana dashboard of the chart
+//! plots metrics the streamer really exports.
+//!
+//! Needs `.ci/install-helm` (rustup target and musl-tools). The build uses
+//! its own target dir, `$HOME/.cache/logstream/musl-target`, so it does not
+//! fight the workspace build; cold it takes a few minutes.
+#![allow(clippy::unwrap_used)] // test code
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const TARGET: &str = "x86_64-unknown-linux-musl";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `cargo build --release --locked --target x86_64-unknown-linux-musl`, as in
+/// the Dockerfiles, once per test binary; returns the release directory.
+fn musl_release_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cache = std::env::var_os("LOGSTREAM_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/logstream")
+            });
+        let target_dir = cache.join("musl-target");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let started = Instant::now();
+        // stderr is inherited: a cold build takes minutes and says so there.
+        let status = Command::new("nice")
+            .args(["-n", "10"])
+            .arg(&cargo)
+            .args(["build", "--release", "--locked", "--target", TARGET])
+            .args(["-p", "logstream", "-p", "logstream-operator"])
+            .current_dir(repo())
+            .env("CARGO_TARGET_DIR", &target_dir)
+            // As the Dockerfiles set it.
+            .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+        assert!(
+            status.success(),
+            "musl release build failed ({status}); run .ci/install-helm \
+             (rustup target add {TARGET}, apt musl-tools)"
+        );
+        eprintln!(
+            "static_binaries: musl release build took {:.1?}",
+            started.elapsed()
+        );
+        target_dir.join(TARGET).join("release")
+    })
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = musl_release_dir().join(name);
+    assert!(p.is_file(), "{} was not built", p.display());
+    p
+}
+
+/// ELF64 little-endian program headers: (has PT_INTERP, has PT_DYNAMIC).
+fn elf_interp_and_dynamic(path: &Path) -> (bool, bool) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], b"\x7fELF", "{} is not ELF", path.display());
+    assert_eq!(b[4], 2, "not ELF64");
+    assert_eq!(b[5], 1, "not little-endian");
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let types: Vec<u32> = (0..phnum)
+        .map(|i| {
+            let o = phoff + i * phentsize;
+            u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+        })
+        .collect();
+    const PT_DYNAMIC: u32 = 2;
+    const PT_INTERP: u32 = 3;
+    (types.contains(&PT_INTERP), types.contains(&PT_DYNAMIC))
+}
+
+fn assert_static(path: &Path) {
+    let out = Command::new("ldd").arg(path).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("not a dynamic executable") || said.contains("statically linked"),
+        "ldd {}: {said}",
+        path.display()
+    );
+    // No program interpreter: the kernel runs it without a libc on disk
+    // (musl's static-pie keeps PT_DYNAMIC for self-relocation only).
+    let (interp, _) = elf_interp_and_dynamic(path);
+    assert!(!interp, "{} asks for a dynamic loader", path.display());
+    let size = std::fs::metadata(path).unwrap().len();
+    // Debug info stripped as in the images (unstripped: over 100 MiB).
+    assert!(size < 48 << 20, "{} is {size} bytes", path.display());
+    eprintln!(
+        "static_binaries: {} {:.1} MiB, ldd: {}",
+        path.display(),
+        size as f64 / (1 << 20) as f64,
+        said.trim()
+    );
+}
+
+fn run(path: &Path, args: &[&str]) -> String {
+    let out = Command::new(path)
+        .args(args)
+        .stdin(Stdio::null())
+        // Nothing from the host environment the image would not have.
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}\n{}",
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn logstream_is_static_and_runs() {
+    let logstream = bin("logstream");
+    assert_static(&logstream);
+    assert_eq!(
+        run(&logstream, &["--version"]).trim(),
+        format!("logstream {}", env!("CARGO_PKG_VERSION"))
+    );
+    let schema: serde_json::Value =
+        serde_json::from_str(&run(&logstream, &["schema"])).expect("schema prints JSON");
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("sidecar/protocol.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        schema, committed,
+        "schema differs from sidecar/protocol.schema.json"
+    );
+}
+
+#[test]
+fn operator_is_static_and_runs() {
+    let operator = bin("logstream-operator");
+    assert_static(&operator);
+    assert_eq!(
+        run(&operator, &["--version"]).trim(),
+        format!("logstream-operator {}", env!("CARGO_PKG_VERSION"))
+    );
+    let crd = run(&operator, &["crd"]);
+    assert_eq!(
+        crd,
+        std::fs::read_to_string(repo().join("crds/logstream.dev_logstreams.yaml")).unwrap(),
+        "the static operator prints the committed CRD"
+    );
+}
+
+/// `logstream_*` names in the dashboard's queries.
+fn dashboard_metrics(prefix: &str) -> Vec<String> {
+    let path = repo().join("charts/logstream/dashboards/logstream.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("logstream_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let name = &tail[..end];
+                if name.starts_with(prefix) && !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+                rest = &tail[end..];
+            }
+        }
+    }
+    names
+}
+
+/// `# TYPE` lines of a Prometheus text exposition: family name → type.
+fn families(exposition: &str) -> BTreeMap<String, String> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect()
+}
+
+/// True when `series` (as queried) is exported: a counter family `x` is
+/// queried as `x_total`, a gauge by its name.
+fn exported(families: &BTreeMap<String, String>, series: &str) -> bool {
+    match series.strip_suffix("_total") {
+        Some(family) if families.get(family).is_some_and(|t| t == "counter") => true,
+        _ => families.get(series).is_some_and(|t| t == "gauge"),
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn dashboard_plots_metrics_the_static_streamer_exports() {
+    let logstream = bin("logstream");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.log"), "hello\n").unwrap();
+    let mut child = Command::new(&logstream)
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir.path())
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    let metrics = http_get(&addr, "/metrics");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let fams = families(&metrics);
+    let wanted = dashboard_metrics("logstream_");
+    let streamer: Vec<&String> = wanted
+        .iter()
+        .filter(|n| !n.starts_with("logstream_operator_"))
+        .collect();
+    assert!(streamer.len() >= 15, "dashboard plots {streamer:?}");
+    let missing: Vec<&&String> = streamer.iter().filter(|n| !exported(&fams, n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, which `logstream serve` does not export:\n{metrics}"
+    );
+}
