@@ -4,6 +4,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 /// Label values are the variant names, hence lower case.
@@ -18,6 +19,12 @@ pub enum Transport {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
     pub transport: Transport,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub path: String,
+    pub code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +59,7 @@ pub struct Metrics {
     pub upstream_reconnects: Counter,
     pub reorder_buffered: Gauge,
     pub drain_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub request_seconds: Family<RequestLabels, Histogram>,
 }
 
 impl Metrics {
@@ -83,6 +91,11 @@ impl Metrics {
             upstream_reconnects: Counter::default(),
             reorder_buffered: Gauge::default(),
             drain_seconds: Gauge::default(),
+            request_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+            }),
             registry: Registry::default(),
         };
         registry.register(
@@ -205,6 +218,12 @@ impl Metrics {
             "Duration of the last drain",
             Unit::Seconds,
             m.drain_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "HTTP request latency to the response head, by route and status",
+            Unit::Seconds,
+            m.request_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -302,6 +302,10 @@ fn loopback_only_without_token() {
     let (code, body) = http_get(&s.addr, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("logstream_lines_read_total"), "{body}");
+    assert!(
+        body.contains(r#"logstream_http_request_duration_seconds_bucket{path="/healthz",code="200",le="0.001"}"#),
+        "{body}"
+    );
 }
 
 #[tokio::test]

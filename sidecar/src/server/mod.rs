@@ -350,7 +350,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/protocol.schema.json", get(schema))
         .merge(crate::loki::api::router(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Request latency by route and status. For the streaming routes it is the
+/// time to the response head (the stream itself is counted elsewhere).
+async fn observe(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .request_seconds
+        .get_or_create(&crate::metrics::RequestLabels {
+            path,
+            code: resp.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 async fn page() -> Html<&'static str> {
