@@ -303,7 +303,9 @@ fn loopback_only_without_token() {
     assert_eq!(code, 200);
     assert!(body.contains("logstream_lines_read_total"), "{body}");
     assert!(
-        body.contains(r#"logstream_http_request_duration_seconds_bucket{path="/healthz",code="200",le="0.001"}"#),
+        body.contains(
+            r#"logstream_http_request_duration_seconds_count{path="/healthz",code="200"} 1"#
+        ),
         "{body}"
     );
 }
