@@ -69,6 +69,12 @@ struct RunArgs {
     /// Inject native sidecars (true) or plain containers (false); detected from the server version when unset.
     #[arg(long)]
     native_sidecars: Option<bool>,
+    /// Register the MutatingWebhookConfiguration and its CA bundle (false when a chart or cert-manager does).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    manage_webhook: bool,
+    /// Serve the webhook certificate from DIR/tls.crt and DIR/tls.key (e.g. a cert-manager Secret) instead of the self-managed Secret.
+    #[arg(long)]
+    tls_cert_dir: Option<std::path::PathBuf>,
     /// Identity in the leader-election lease (default: the pod name, else the host name and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -118,6 +124,8 @@ fn main() -> anyhow::Result<()> {
                     format!("{}-{}", host.trim(), std::process::id())
                 }),
                 lease_duration: a.lease_duration,
+                manage_webhook: a.manage_webhook,
+                tls_cert_dir: a.tls_cert_dir,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

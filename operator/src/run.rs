@@ -33,6 +33,11 @@ pub struct RunOptions {
     pub health_listen: SocketAddr,
     /// Force plain containers instead of native sidecars (auto-detected otherwise).
     pub native_sidecars: Option<bool>,
+    /// Register the MutatingWebhookConfiguration (and its CA bundle) ourselves.
+    pub manage_webhook: bool,
+    /// Serve `tls.crt`/`tls.key` from this directory (cert-manager) instead of
+    /// the self-managed Secret.
+    pub tls_cert_dir: Option<std::path::PathBuf>,
     /// Leader election: this replica's identity and the lease timing.
     pub identity: String,
     pub lease_duration: Duration,
@@ -64,7 +69,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     tracing::info!(native_sidecars = native, "cluster capabilities");
     let metrics = Arc::new(Metrics::new());
 
-    // Webhook TLS: shared through a Secret, CA bundle registered.
+    // Webhook TLS: self-managed (a Secret shared by the replicas, CA bundle
+    // registered by us) or mounted from cert-manager (files, CA injected by it).
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
     let mut dns = opts.cert_dns.clone();
     if let Endpoint::Service {
@@ -74,25 +80,42 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         dns.push(format!("{name}.{namespace}.svc"));
         dns.push(format!("{name}.{namespace}.svc.cluster.local"));
     }
-    let (certs, fresh) = tls::ensure(
-        &secrets,
-        &opts.tls_secret,
-        &opts.namespace,
-        &dns,
-        &opts.cert_ips,
-    )
-    .await?;
-    if fresh {
-        metrics.cert_renewals.inc();
+    let (tls_config, certs) = match &opts.tls_cert_dir {
+        Some(dir) => {
+            let config = RustlsConfig::from_pem_file(dir.join("tls.crt"), dir.join("tls.key"))
+                .await
+                .map_err(RunError::TlsConfig)?;
+            (config, None)
+        }
+        None => {
+            let (certs, fresh) = tls::ensure(
+                &secrets,
+                &opts.tls_secret,
+                &opts.namespace,
+                &dns,
+                &opts.cert_ips,
+            )
+            .await?;
+            if fresh {
+                metrics.cert_renewals.inc();
+            }
+            let config = RustlsConfig::from_pem(
+                certs.cert_pem.clone().into_bytes(),
+                certs.key_pem.clone().into_bytes(),
+            )
+            .await
+            .map_err(RunError::TlsConfig)?;
+            (config, Some(certs))
+        }
+    };
+    if opts.manage_webhook {
+        match &certs {
+            Some(c) => webhook::register(&client, &opts.webhook, &c.ca_pem).await?,
+            None => tracing::warn!(
+                "--manage-webhook with --tls-cert-dir: the CA bundle is left to whoever issued the files"
+            ),
+        }
     }
-    let tls_config = RustlsConfig::from_pem(
-        certs.cert_pem.clone().into_bytes(),
-        certs.key_pem.clone().into_bytes(),
-    )
-    .await
-    .map_err(RunError::TlsConfig)?;
-    webhook::register(&client, &opts.webhook, &certs.ca_pem).await?;
-
     let handle = axum_server::Handle::new();
     let state = Arc::new(WebhookState {
         client: client.clone(),
@@ -116,7 +139,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         tracing::info!(%addr, "webhook listening");
     }
 
-    // Renew the certificate before it expires; every replica reloads it.
+    // Renew the certificate before it expires (self-managed), or reload the
+    // mounted files when cert-manager rotates them; every replica reloads.
     let renew = {
         let (client, secrets, opts, dns, tls_config, metrics) = (
             client.clone(),
@@ -127,7 +151,31 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             metrics.clone(),
         );
         tokio::spawn(async move {
-            let mut current = certs;
+            if let Some(dir) = &opts.tls_cert_dir {
+                let modified =
+                    |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                let mut seen = modified(&dir.join("tls.crt"));
+                loop {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    let now = modified(&dir.join("tls.crt"));
+                    if now != seen {
+                        match tls_config
+                            .reload_from_pem_file(dir.join("tls.crt"), dir.join("tls.key"))
+                            .await
+                        {
+                            Ok(()) => {
+                                tracing::info!("webhook certificate reloaded from files");
+                                metrics.cert_renewals.inc();
+                                seen = now;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "reload webhook certificate files")
+                            }
+                        }
+                    }
+                }
+            }
+            let Some(mut current) = certs else { return };
             loop {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 match tls::ensure(
@@ -153,7 +201,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                             tracing::error!(error = %e, "reload webhook certificate");
                             continue;
                         }
-                        if let Err(e) = webhook::register(&client, &opts.webhook, &c.ca_pem).await {
+                        if opts.manage_webhook
+                            && let Err(e) =
+                                webhook::register(&client, &opts.webhook, &c.ca_pem).await
+                        {
                             tracing::error!(error = %e, "update caBundle");
                         }
                         current = c;
@@ -164,7 +215,6 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             }
         })
     };
-
     // Health and metrics over plain HTTP.
     let health = {
         let metrics = metrics.clone();

@@ -752,6 +752,15 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- last 40 lines of the operator's log ({}) ---\n{}",
+                self.log.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -850,6 +859,7 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
     let port = free_port();
     let log = cp.work_dir.join("operator.log");
     let mut child = Command::new(bin)
+        .args(["--log-format", "json"])
         .args(["run", "--namespace", NS, "--image", "logstream:test"])
         .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
         .args(["--webhook-url", &format!("https://127.0.0.1:{port}/mutate")])

@@ -55,7 +55,10 @@ impl Operator {
     }
 
     fn start_as(cp: &ControlPlane, identity: &str) -> Operator {
-        let port = free_port();
+        Operator::start_with(cp, identity, free_port(), &[])
+    }
+
+    fn start_with(cp: &ControlPlane, identity: &str, port: u16, extra: &[&str]) -> Operator {
         let stderr = cp.work_dir.join(format!("{identity}.log"));
         let mut child = Command::new(operator_bin())
             .args([
@@ -74,6 +77,7 @@ impl Operator {
                 &format!("127.0.0.1:{}", free_port()),
             ])
             .args(["--identity", identity, "--lease-duration", "3s"])
+            .args(extra)
             .env("KUBECONFIG", &cp.kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -536,4 +540,84 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     })
     .await;
     assert!(first.log().contains("lease released"), "{}", first.log());
+}
+
+/// cert-manager mode: the certificate comes from files and someone else
+/// registers the webhook; the operator only serves.
+#[tokio::test]
+async fn webhook_served_from_mounted_certificate_files() {
+    use logstream_operator::webhook::{Endpoint, register};
+    let cp = ControlPlane::start();
+    install_crd(&cp);
+    cp.kubectl(&["create", "namespace", "logstream-system"])
+        .stdout_if_success();
+    cp.kubectl(&["create", "namespace", "shop"])
+        .stdout_if_success();
+    let certs = logstream_operator::tls::generate(
+        &[],
+        &["127.0.0.1".parse().unwrap()],
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &certs.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &certs.key_pem).unwrap();
+    let port = free_port();
+    let op = Operator::start_with(
+        &cp,
+        "files",
+        port,
+        &[
+            "--manage-webhook=false",
+            "--tls-cert-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    let client = cp.client().await;
+    let hooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    assert!(
+        hooks.get_opt("logstream-injector").await.unwrap().is_none(),
+        "the operator must not register the webhook"
+    );
+    // What the chart (with cert-manager's CA injection) would create.
+    register(
+        &client,
+        &Endpoint::Url(format!("https://127.0.0.1:{port}/mutate")),
+        &certs.ca_pem,
+    )
+    .await
+    .unwrap();
+    let ls = r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"web","namespace":"shop"},"spec":{"selector":{"matchLabels":{"app":"web"}}}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], ls)
+        .stdout_if_success();
+    let ns: Api<Namespace> = Api::all(client.clone());
+    eventually("the namespace to be labelled", PATIENCE, || async {
+        ns.get("shop")
+            .await
+            .ok()?
+            .metadata
+            .labels?
+            .get("logstream.dev/injection")
+            .cloned()
+    })
+    .await;
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-1","namespace":"shop","labels":{"app":"web"}},"spec":{"containers":[{"name":"app","image":"busybox"}]}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], pod)
+        .stdout_if_success();
+    let p = Api::<Pod>::namespaced(client.clone(), "shop")
+        .get("web-1")
+        .await
+        .unwrap();
+    let sidecars = p.spec.unwrap().init_containers.unwrap_or_default();
+    assert_eq!(
+        sidecars.iter().filter(|c| c.name == "logstream").count(),
+        1,
+        "{}",
+        op.log()
+    );
+    assert!(
+        !op.log().contains("webhook certificate issued"),
+        "no self-managed certificate in files mode"
+    );
 }

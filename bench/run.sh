@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Benchmark suite of the logstream streamer core.
+#
+#   bench/run.sh            build release, run every scenario (~4-5 min), write bench/RESULTS.md
+#   QUICK=1 bench/run.sh    shorter scenarios (smoke test of the suite, ~1.5 min)
+#   SCENARIOS="latency" bench/run.sh
+#                           rerun only some groups (throughput, latency, idle); the
+#                           other groups' results in bench/results/ are kept
+#
+# Every tool starts its own `target/release/logstream serve` on a fresh folder
+# in /dev/shm, on loopback only, and writes its JSON result into
+# bench/results/; ls-report turns them into bench/RESULTS.md (appending
+# bench/ANALYSIS.md, the hand-written interpretation, when present).
+#
+# Before each scenario the tools wait (up to QUIET_WAIT seconds) for the
+# machine to be quiet (<= 15% CPU busy): on 2 cores a concurrent build moves
+# latency by whole scheduler slices. The CPU used by other processes during
+# each measurement is recorded in its JSON (`other_load`).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT=bench/results
+BIN=target/release
+QUICK=${QUICK:-0}
+SCENARIOS=${SCENARIOS:-throughput latency idle}
+QUIET_WAIT=${QUIET_WAIT:-20}
+QUIET_WAIT_LATENCY=${QUIET_WAIT_LATENCY:-90}
+Q=(--quiet-wait-secs "$QUIET_WAIT")
+QL=(--quiet-wait-secs "$QUIET_WAIT_LATENCY")
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
+echo "== build" >&2
+nice cargo build --release -p logstream -p logstream-bench
+
+mkdir -p "$OUT"
+for g in $SCENARIOS; do rm -f "$OUT/$g"-*.json "$OUT/$g.json"; done
+: > "$OUT/run.log"
+started=$(date +%s)
+date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if ! git diff --quiet HEAD -- sidecar 2>/dev/null; then
+    revision="$revision + uncommitted changes in sidecar/"
+fi
+export LS_REVISION="$revision"
+
+failed=0
+run() {
+    echo "+ $*" | tee -a "$OUT/run.log" >&2
+    if ! "$@" 2> >(tee -a "$OUT/run.log" >&2) >/dev/null; then
+        echo "FAILED: $*" | tee -a "$OUT/run.log" >&2
+        failed=$((failed + 1))
+    fi
+}
+
+if [[ $QUICK == 1 ]]; then
+    LINES=500000; LAT_IDLE=10; LAT_FAST=3; LAT_FAN=5; STEPS=0,500,1000,2000
+else
+    LINES=2000000; LAT_IDLE=60; LAT_FAST=10; LAT_FAN=15; STEPS=0,1000,2000,5000,10000
+fi
+
+if want throughput; then
+    echo "== throughput" >&2
+    run "$BIN/ls-throughput" --lines "$LINES" --files 1 --mode live "${Q[@]}" --json-out "$OUT/throughput-live-1.json"
+    run "$BIN/ls-throughput" --lines "$LINES" --files 10 --mode live "${Q[@]}" --json-out "$OUT/throughput-live-10.json"
+    run "$BIN/ls-throughput" --lines "$LINES" --files 1 --mode live --rate 400000 "${Q[@]}" --json-out "$OUT/throughput-paced-1.json"
+    run "$BIN/ls-throughput" --lines "$LINES" --files 1 --mode rename "${Q[@]}" --json-out "$OUT/throughput-rename-1.json"
+    run "$BIN/ls-throughput" --lines "$LINES" --files 1 --mode live --clients 1 --client-format raw "${Q[@]}" --json-out "$OUT/throughput-live-1-client.json"
+fi
+
+if want latency; then
+    echo "== latency" >&2
+    run "$BIN/ls-latency" --rate 1 --duration "$LAT_IDLE" --clients 1 "${QL[@]}" --json-out "$OUT/latency-1hz.json"
+    run "$BIN/ls-latency" --rate 1000 --duration "$LAT_FAST" --clients 1 "${QL[@]}" --json-out "$OUT/latency-1khz.json"
+    run "$BIN/ls-latency" --rate 1 --duration "$LAT_FAN" --clients 100 "${QL[@]}" --json-out "$OUT/latency-1hz-100c.json"
+    run "$BIN/ls-latency" --rate 1 --duration "$LAT_FAN" --clients 1 --extra-conns 5000 \
+        --server-arg=--max-connections --server-arg=20000 "${QL[@]}" --json-out "$OUT/latency-1hz-5k-idle.json"
+    run "$BIN/ls-latency" --rate 1000 --duration "$LAT_FAST" --clients 1 --extra-conns 5000 \
+        --server-arg=--max-connections --server-arg=20000 "${QL[@]}" --json-out "$OUT/latency-1khz-5k-idle.json"
+fi
+
+if want idle; then
+    echo "== idle connections" >&2
+    run "$BIN/ls-idle" --steps "$STEPS" --procs 2 --ips-per-proc 4 --settle-ms 2000 \
+        --server-arg=--max-connections --server-arg=20000 "${Q[@]}" --json-out "$OUT/idle.json"
+fi
+
+total=$(( $(date +%s) - started ))
+notes=()
+[[ -f bench/ANALYSIS.md ]] && notes=(--notes bench/ANALYSIS.md)
+"$BIN/ls-report" --dir "$OUT" --out bench/RESULTS.md --date "$date_utc" --revision "$revision" \
+    --suite-command "bench/run.sh$([[ $QUICK == 1 ]] && echo ' (QUICK=1)')" --total-secs "$total" "${notes[@]}"
+echo "== done in ${total}s: bench/RESULTS.md" >&2
+if ((failed > 0)); then
+    echo "$failed scenario(s) failed: see $OUT/run.log" >&2
+    exit 1
+fi

@@ -1,0 +1,390 @@
+//! `ls-latency`: write→client latency. A writer thread appends timestamped
+//! lines to a file in the watched folder at a fixed rate (buffered writer,
+//! flushed once per tick); WebSocket clients subscribed to `/ws` parse the
+//! timestamp out of each received line and record `now - written` in an
+//! HDR histogram. Writer and readers share one monotonic clock (this process).
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use logstream::protocol::ServerMessage;
+use logstream_bench as lb;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ls-latency",
+    about = "Measure write-to-client latency of live log lines over WebSocket"
+)]
+struct Args {
+    /// Lines per second.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Seconds of writing.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// WebSocket clients receiving every line (each delivery is one sample).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Extra connections held open while measuring (not measured).
+    #[arg(long, default_value_t = 0)]
+    extra_conns: usize,
+    /// What the extra connections subscribe to (default: a file that gets no
+    /// lines, so they cost the server only what an idle subscriber costs).
+    #[arg(long, default_value = "/ws?file=other.log")]
+    extra_path: String,
+    /// First lines not counted (cold caches, first wake-ups).
+    #[arg(long, default_value_t = 1)]
+    warmup_lines: u64,
+    /// Bytes per line, newline included.
+    #[arg(long, default_value_t = 100)]
+    line_bytes: usize,
+    /// `json` (records) or `raw` (lines only).
+    #[arg(long, default_value = "json", value_parser = ["json", "raw"])]
+    format: String,
+    /// Attach to a running server (loopback only); needs --dir.
+    #[arg(long, requires = "dir")]
+    addr: Option<String>,
+    /// The folder the attached server watches.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The `logstream` binary (default: next to this tool).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Extra argument for `logstream serve` (repeat).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Write every sample (client, seq, written ns, latency ns) here.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    /// Before measuring, wait up to this long for the machine to be quiet.
+    #[arg(long, default_value_t = 60)]
+    quiet_wait_secs: u64,
+    /// "Quiet": at most this share of the machine's CPU busy.
+    #[arg(long, default_value_t = 0.15)]
+    quiet_busy: f64,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+const FILE: &str = "latency.log";
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.rate <= 0.0 || args.duration <= 0.0 {
+        bail!("--rate and --duration must be positive");
+    }
+    let scratch = lb::Scratch::new("latency")?;
+    let dir = args.dir.clone().unwrap_or_else(|| scratch.logs());
+    // The file exists before the server starts, so it is tracked from its first scan.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(FILE))?;
+    let server = match &args.addr {
+        Some(a) => lb::Server::attach(a, None)?,
+        None => {
+            let bin = match &args.server_bin {
+                Some(b) => b.clone(),
+                None => lb::default_server_bin()?,
+            };
+            lb::Server::spawn(
+                &bin,
+                &dir,
+                &args.server_args,
+                &scratch.root.join("server.stderr"),
+            )?
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(run(&args, &server, dir))?;
+    lb::emit_result(args.json_out.as_deref(), &result)
+}
+
+async fn run(args: &Args, server: &lb::Server, dir: PathBuf) -> Result<serde_json::Value> {
+    // Before any connection: nothing must wait unpolled (the server drops
+    // clients that do not answer its pings).
+    let quiet = lb::wait_quiet(Duration::from_secs(args.quiet_wait_secs), args.quiet_busy);
+    let total = (args.rate * args.duration).round().max(1.0) as u64;
+    let base = Instant::now();
+    let path = format!("/ws?file={FILE}&format={}", args.format);
+    let mut clients = Vec::new();
+    for i in 0..args.clients {
+        let ip = lb::source_ip(2 + i % 200)?;
+        let mut ws = lb::ws_connect(server.addr, Some(ip), &path, None).await?;
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains(r#""type":"hello""#) => {}
+            other => bail!("expected hello, got {other:?}"),
+        }
+        clients.push(ws);
+    }
+    let mut extra = Vec::new();
+    if args.extra_conns > 0 {
+        let t = Instant::now();
+        let addr = server.addr;
+        let opened: Vec<Result<tokio::task::JoinHandle<()>>> = futures::stream::iter(
+            0..args.extra_conns,
+        )
+        .map(|i| {
+            let path = args.extra_path.clone();
+            async move { lb::open_idle(addr, lb::source_ip(210 + i % 40)?, path, None).await }
+        })
+        .buffer_unordered(48)
+        .collect()
+        .await;
+        for r in opened {
+            extra.push(r?);
+        }
+        eprintln!(
+            "ls-latency: {} extra connections open in {:.2} s",
+            extra.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let load = lb::OtherLoad::start(server.pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for ws in clients {
+        let raw = args.format == "raw";
+        let warmup = args.warmup_lines;
+        readers.push(tokio::spawn(read_client(
+            ws,
+            base,
+            raw,
+            warmup,
+            total,
+            stop.clone(),
+            args.dump.is_some(),
+        )));
+    }
+    let (rate, line_bytes, file) = (args.rate, args.line_bytes, dir.join(FILE));
+    let writer = std::thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || write_lines(&file, base, rate, total, line_bytes))?;
+    // Wait for the writer, then give deliveries a grace period.
+    let written = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| anyhow!("writer thread panicked"))??;
+    let grace_end = Instant::now() + Duration::from_secs(5);
+    let mut hist = lb::latency_histogram()?;
+    let mut tail = lb::latency_histogram()?;
+    let mut deliver = lb::latency_histogram()?;
+    let mut received = 0u64;
+    let mut gaps = 0u64;
+    let mut stopper = Some(tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep_until(grace_end.into()).await;
+            stop.store(true, Ordering::Relaxed);
+        }
+    }));
+    let mut dump = String::new();
+    for (i, r) in readers.into_iter().enumerate() {
+        let c = r.await??;
+        hist.add(&c.hist)
+            .map_err(|e| anyhow!("merge histograms: {e}"))?;
+        tail.add(&c.tail)
+            .map_err(|e| anyhow!("merge histograms: {e}"))?;
+        deliver
+            .add(&c.deliver)
+            .map_err(|e| anyhow!("merge histograms: {e}"))?;
+        received += c.received;
+        gaps += c.gaps;
+        for (seq, t, lat) in c.samples {
+            dump.push_str(&format!("{i} {seq} {t} {lat}\n"));
+        }
+    }
+    if let Some(p) = &args.dump {
+        std::fs::write(p, format!("client seq written_ns latency_ns\n{dump}"))?;
+    }
+    if let Some(s) = stopper.take() {
+        s.abort();
+    }
+    let load = load.finish(server.pid);
+    let expected = total.saturating_sub(args.warmup_lines) * args.clients as u64;
+    let s = lb::summarize_us(&hist);
+    eprintln!(
+        "ls-latency: rate {}/s, {} clients, {} samples of {expected}: p50 {} µs p90 {} µs p99 {} µs max {} µs",
+        args.rate,
+        args.clients,
+        hist.len(),
+        s["p50_us"],
+        s["p90_us"],
+        s["p99_us"],
+        s["max_us"]
+    );
+    Ok(json!({
+        "tool": "ls-latency",
+        "command": lb::command_line(),
+        "server_command": server.command,
+        "machine": lb::machine(),
+        "rate": args.rate,
+        "duration_secs": args.duration,
+        "clients": args.clients,
+        "extra_conns": extra.len(),
+        "extra_path": args.extra_path,
+        "format": args.format,
+        "line_bytes": args.line_bytes,
+        "lines_written": written,
+        "samples_expected": expected,
+        "records_received": received,
+        "gap_notices": gaps,
+        "latency": s,
+        "write_to_tail": lb::summarize_us(&tail),
+        "tail_to_client": lb::summarize_us(&deliver),
+        "quiet_wait": quiet,
+        "other_load": load,
+    }))
+}
+
+/// Appends `total` lines at `rate` per second: every tick (1 ms at high rates,
+/// one line period otherwise) the lines due are formatted with the current
+/// time and flushed with one write.
+fn write_lines(
+    file: &std::path::Path,
+    base: Instant,
+    rate: f64,
+    total: u64,
+    line_bytes: usize,
+) -> Result<u64> {
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .with_context(|| format!("open {}", file.display()))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let tick = Duration::from_secs_f64((1.0 / rate).max(0.001));
+    let start = Instant::now();
+    let mut written = 0u64;
+    let mut next = start;
+    let mut line = Vec::with_capacity(line_bytes + 64);
+    while written < total {
+        let due = ((start.elapsed().as_secs_f64() * rate).floor() as u64 + 1).min(total);
+        while written < due {
+            line.clear();
+            let t = base.elapsed().as_nanos() as u64;
+            write!(
+                line,
+                "lat {written:010} {t:020} {:020} ",
+                logstream::hub::now_ns()
+            )?;
+            if line.len() + 1 < line_bytes {
+                line.resize(line_bytes - 1, b'x');
+            }
+            line.push(b'\n');
+            w.write_all(&line)?;
+            written += 1;
+        }
+        w.flush()?;
+        next += tick;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+    }
+    Ok(written)
+}
+
+/// Reads one client until it saw every expected line (or `stop`): returns the
+/// histogram, the records received, the gap notices and, when asked, every
+/// sample as (seq, written ns, latency ns). The receive time is taken as soon
+/// as the frame is read, before it is parsed.
+async fn read_client(
+    mut ws: lb::Ws,
+    base: Instant,
+    raw: bool,
+    warmup: u64,
+    total: u64,
+    stop: Arc<AtomicBool>,
+    keep: bool,
+) -> Result<ClientResult> {
+    let mut r = ClientResult {
+        hist: lb::latency_histogram()?,
+        tail: lb::latency_histogram()?,
+        deliver: lb::latency_histogram()?,
+        received: 0,
+        gaps: 0,
+        samples: Vec::new(),
+    };
+    let mut last_seq = None;
+    // `ts` is when the tailer cut the line (wall clock): it splits the
+    // latency into write→tail and tail→client.
+    let record = |line: &str,
+                  now: u64,
+                  now_wall: i64,
+                  ts: Option<&str>,
+                  r: &mut ClientResult|
+     -> Option<u64> {
+        let mut f = line.split(' ');
+        if f.next()? != "lat" {
+            return None;
+        }
+        let seq: u64 = f.next()?.parse().ok()?;
+        let t: u64 = f.next()?.parse().ok()?;
+        let t_wall: i64 = f.next()?.parse().ok()?;
+        let lat = now.saturating_sub(t).max(1);
+        if seq >= warmup {
+            let _ = r.hist.record(lat);
+            if let Some(cut) = ts.and_then(logstream::hub::parse_ts) {
+                let _ = r.tail.record((cut - t_wall).max(1) as u64);
+                let _ = r.deliver.record((now_wall - cut).max(1) as u64);
+            }
+        }
+        if keep {
+            r.samples.push((seq, t, lat));
+        }
+        r.received += 1;
+        Some(seq)
+    };
+    while !stop.load(Ordering::Relaxed) && last_seq.is_none_or(|s| s + 1 < total) {
+        let msg = match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
+            Err(_) => continue,
+            Ok(None) => break,
+            Ok(Some(m)) => m?,
+        };
+        let now = base.elapsed().as_nanos() as u64;
+        let now_wall = logstream::hub::now_ns();
+        let Message::Text(t) = msg else { continue };
+        if raw {
+            for l in t.as_str().split('\n') {
+                if l.starts_with("# logstream:") {
+                    r.gaps += u64::from(l.contains(r#""type":"gap""#));
+                } else if let Some(s) = record(l, now, now_wall, None, &mut r) {
+                    last_seq = Some(s);
+                }
+            }
+        } else {
+            match serde_json::from_str::<ServerMessage>(t.as_str())? {
+                ServerMessage::Records { records, .. } => {
+                    for rec in records {
+                        if let Some(s) = record(&rec.line, now, now_wall, Some(&rec.ts), &mut r) {
+                            last_seq = Some(s);
+                        }
+                    }
+                }
+                ServerMessage::Gap { .. } => r.gaps += 1,
+                _ => {}
+            }
+        }
+    }
+    Ok(r)
+}
+
+struct ClientResult {
+    hist: Histogram<u64>,
+    tail: Histogram<u64>,
+    deliver: Histogram<u64>,
+    received: u64,
+    gaps: u64,
+    samples: Vec<(u64, u64, u64)>,
+}
