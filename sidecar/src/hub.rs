@@ -323,18 +323,36 @@ struct RecordRef<'a> {
     split: Option<SplitPart>,
 }
 
-/// RFC 3339 UTC with nanoseconds.
+/// RFC 3339 UTC with nanoseconds. The date-and-seconds prefix is cached per
+/// thread: consecutive records mostly share their second.
 pub fn format_ts(ns: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.nanosecond()
-    )
+    use std::cell::RefCell;
+    use std::fmt::Write;
+    thread_local! {
+        static PREFIX: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    PREFIX.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            let t = time::OffsetDateTime::from_unix_timestamp(secs)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
+            cache.1 = format!(
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.",
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+            cache.0 = secs;
+        }
+        let mut s = String::with_capacity(cache.1.len() + 10);
+        s.push_str(&cache.1);
+        // Writing into a String cannot fail.
+        let _ = write!(s, "{nanos:09}Z");
+        s
+    })
 }
 
 /// Parses RFC 3339 into nanoseconds since the epoch.
@@ -443,6 +461,8 @@ pub(crate) mod tests {
         let rec: Record = serde_json::from_slice(&e.json).unwrap();
         assert_eq!(rec.seq, 1);
         assert_eq!(rec.ts, "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(format_ts(-1), "1969-12-31T23:59:59.999999999Z");
+        assert_eq!(format_ts(0), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(parse_ts(&rec.ts), Some(1_700_000_000_123_456_789));
         assert_eq!(rec.level, Some(Level::Warn));
         assert!(rec.partial);

@@ -106,12 +106,22 @@ pub async fn start_server(
     listen: SocketAddr,
     mut stop_accepting: watch::Receiver<bool>,
 ) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), RunError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: listen,
-            source,
-        })?;
+    // A deep accept backlog: after a restart every client reconnects at
+    // once, and the default (128) would drop SYNs into a 1 s retransmit.
+    let bind = || -> std::io::Result<tokio::net::TcpListener> {
+        let sock = if listen.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        sock.bind(listen)?;
+        sock.listen(4096)
+    };
+    let listener = bind().map_err(|source| RunError::Listen {
+        addr: listen,
+        source,
+    })?;
     let local = listener.local_addr().map_err(|source| RunError::Listen {
         addr: listen,
         source,

@@ -108,6 +108,8 @@ struct Tracked {
 /// Upper bound on remembered offsets of released files.
 const KNOWN_LIMIT: usize = 4096;
 const CHUNK: usize = 64 << 10;
+/// Lines published at a time while reading a backlog.
+const PUBLISH_LINES: usize = 4096;
 
 pub struct Tailer {
     cfg: TailConfig,
@@ -263,11 +265,12 @@ impl Tailer {
             let source = t.source.clone();
             self.emit(&source, lines);
         }
-        let t = self.files.get_mut(&id)?;
         let mut lines: Vec<Line> = Vec::new();
         let mut grew = false;
+        let mut older_flushed = false;
         let mut read_bytes = 0u64;
         loop {
+            let t = self.files.get_mut(&id)?;
             match t.file.read_at(&mut self.buf, t.offset) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -282,8 +285,20 @@ impl Tailer {
                     break;
                 }
             }
+            // A backlog is published in slices: memory stays bounded and
+            // clients see the first lines before the last ones are read.
+            if lines.len() >= PUBLISH_LINES {
+                let (source, generation) = (t.source.clone(), t.generation);
+                if !older_flushed {
+                    self.flush_older(&source, generation);
+                    older_flushed = true;
+                }
+                self.emit(&source, std::mem::take(&mut lines));
+                self.flush_out();
+            }
         }
         self.metrics.bytes_read.inc_by(read_bytes);
+        let t = self.files.get_mut(&id)?;
         let now = Instant::now();
         if grew {
             t.last_growth = now;
@@ -313,7 +328,7 @@ impl Tailer {
             }
         }
         let source = t.source.clone();
-        if grew {
+        if grew && !older_flushed {
             // The app writes to a successor now: a line held from an older
             // file of the same source will never be finished.
             let generation = t.generation;

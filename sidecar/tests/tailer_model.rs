@@ -357,3 +357,29 @@ fn partials_of_successive_rotations_keep_their_order() {
     let want = [("a", true), ("b", true), ("", false)].map(|(l, p)| (l.to_string(), p));
     assert_eq!(got["sub/b.log"], want);
 }
+
+/// A backlog larger than one publish slice still comes out whole and in
+/// order, after the held partial line of the file it replaced.
+#[test]
+fn large_backlog_after_rotation_keeps_order() {
+    let mut w = World::new();
+    w.apply(&Op::Write {
+        file: 0,
+        lines: vec!["held".into()],
+        terminated: false,
+    });
+    w.apply(&Op::Scan);
+    w.apply(&Op::Rotate { file: 0 });
+    let many: Vec<String> = (0..10_000).map(|i| format!("l{i}")).collect();
+    w.apply(&Op::Write {
+        file: 0,
+        lines: many.clone(),
+        terminated: true,
+    });
+    w.apply(&Op::Read);
+    let (got, _, _) = w.finish();
+    let mut want = vec![("held".to_string(), true)];
+    want.extend(many.into_iter().map(|l| (l, false)));
+    assert_eq!(got["a.log"].len(), want.len());
+    assert!(got["a.log"] == want);
+}
