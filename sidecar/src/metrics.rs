@@ -236,6 +236,27 @@ impl Metrics {
         out
     }
 
+    /// Counts a gap notice and the records it skipped.
+    pub fn gap(&self, reason: crate::protocol::GapReason, missed: u64) {
+        use crate::protocol::GapReason;
+        let reason = match reason {
+            GapReason::SlowClient => "slow_client",
+            GapReason::Evicted => "evicted",
+            GapReason::Upstream => "upstream",
+        };
+        self.gaps.get_or_create(&ReasonLabel { reason }).inc();
+        self.gap_records.inc_by(missed);
+    }
+
+    /// Counts a frame of records sent over `t`.
+    pub fn sent(&self, t: Transport, records: usize, bytes: usize) {
+        let label = self.transport(t);
+        self.records_sent
+            .get_or_create(&label)
+            .inc_by(records as u64);
+        self.bytes_sent.get_or_create(&label).inc_by(bytes as u64);
+    }
+
     pub fn transport(&self, t: Transport) -> TransportLabel {
         TransportLabel { transport: t }
     }

@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval};
 
 use super::frame;
-use super::ws::gap_label;
 use super::{AppState, ConnGuard, admit_stream};
 use crate::hub::Head;
 use crate::metrics::{ReasonLabel, Transport};
@@ -143,7 +142,6 @@ impl BodyState {
             }
         }
         let metrics = self.st.metrics.clone();
-        let label = metrics.transport(self.transport.clone());
         let reconnect_on_drain = self.st.cfg.reconnect_on_drain;
         loop {
             let draining = *self.draining.borrow();
@@ -174,14 +172,7 @@ impl BodyState {
                             s
                         }
                     };
-                    metrics
-                        .records_sent
-                        .get_or_create(&label)
-                        .inc_by(entries.len() as u64);
-                    metrics
-                        .bytes_sent
-                        .get_or_create(&label)
-                        .inc_by(chunk.len() as u64);
+                    metrics.sent(self.transport.clone(), entries.len(), chunk.len());
                     self.keepalive.reset();
                     return Some(Bytes::from(chunk));
                 }
@@ -191,13 +182,7 @@ impl BodyState {
                     reason,
                     cursor,
                 } => {
-                    metrics
-                        .gaps
-                        .get_or_create(&ReasonLabel {
-                            reason: gap_label(reason),
-                        })
-                        .inc();
-                    metrics.gap_records.inc_by(missed);
+                    metrics.gap(reason, missed);
                     return Some(self.control(&ServerMessage::Gap {
                         missed,
                         reason,

@@ -145,7 +145,6 @@ where
 {
     let cfg = &st.cfg;
     let metrics = &st.metrics;
-    let label = metrics.transport(Transport::ws);
     let send_timeout = cfg.send_timeout;
     macro_rules! send {
         ($msg:expr) => {
@@ -198,14 +197,7 @@ where
                                 }
                             };
                             send!(msg);
-                            metrics
-                                .records_sent
-                                .get_or_create(&label)
-                                .inc_by(entries.len() as u64);
-                            metrics
-                                .bytes_sent
-                                .get_or_create(&label)
-                                .inc_by(bytes as u64);
+                            metrics.sent(Transport::ws, entries.len(), bytes);
                         }
                         // Even at the head, pull once more: only Idle or Ended
                         // may end this loop, or a close seen before the
@@ -218,13 +210,7 @@ where
                         reason,
                         cursor,
                     } => {
-                        metrics
-                            .gaps
-                            .get_or_create(&ReasonLabel {
-                                reason: gap_label(reason),
-                            })
-                            .inc();
-                        metrics.gap_records.inc_by(missed);
+                        metrics.gap(reason, missed);
                         let m = ServerMessage::Gap {
                             missed,
                             reason,
@@ -325,14 +311,6 @@ fn render(m: &ServerMessage, f: Format) -> String {
     match f {
         Format::Json => frame::message(m),
         Format::Raw => frame::raw_notice(m),
-    }
-}
-
-pub(crate) fn gap_label(r: crate::protocol::GapReason) -> &'static str {
-    match r {
-        crate::protocol::GapReason::SlowClient => "slow_client",
-        crate::protocol::GapReason::Evicted => "evicted",
-        crate::protocol::GapReason::Upstream => "upstream",
     }
 }
 
