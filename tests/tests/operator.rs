@@ -621,3 +621,106 @@ async fn webhook_served_from_mounted_certificate_files() {
         "no self-managed certificate in files mode"
     );
 }
+
+/// A certificate close to expiry in the Secret is replaced at start, and the
+/// API server is given the new CA: the webhook keeps working.
+#[tokio::test]
+async fn a_webhook_certificate_near_expiry_is_renewed() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::Secret;
+    let cp = ControlPlane::start();
+    install_crd(&cp);
+    cp.kubectl(&["create", "namespace", "logstream-system"])
+        .stdout_if_success();
+    cp.kubectl(&["create", "namespace", "shop"])
+        .stdout_if_success();
+    // An old pair that expires tomorrow, as a previous run would have left it.
+    let now = time::OffsetDateTime::now_utc();
+    let old = logstream_operator::tls::generate(
+        &[],
+        &["127.0.0.1".parse().unwrap()],
+        now - time::Duration::days(364),
+    )
+    .unwrap();
+    let b64 = |s: &str| {
+        let out = Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut out.stdin.as_ref().unwrap(), s.as_bytes()).unwrap();
+        String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let not_after = old
+        .not_after
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let secret = format!(
+        r#"{{"apiVersion":"v1","kind":"Secret","type":"kubernetes.io/tls","metadata":{{"name":"logstream-webhook-tls","namespace":"logstream-system","annotations":{{"logstream.dev/not-after":"{not_after}"}}}},
+           "data":{{"ca.crt":"{}","tls.crt":"{}","tls.key":"{}"}}}}"#,
+        b64(&old.ca_pem),
+        b64(&old.cert_pem),
+        b64(&old.key_pem)
+    );
+    cp.kubectl_stdin(&["apply", "-f", "-"], &secret)
+        .stdout_if_success();
+    let op = Operator::start(&cp);
+    let client = cp.client().await;
+    let stored = Api::<Secret>::namespaced(client.clone(), "logstream-system")
+        .get("logstream-webhook-tls")
+        .await
+        .unwrap();
+    let ca = String::from_utf8(stored.data.as_ref().unwrap()["ca.crt"].0.clone()).unwrap();
+    assert_ne!(ca, old.ca_pem, "the old CA must be replaced");
+    let renewed = stored.metadata.annotations.unwrap()["logstream.dev/not-after"].clone();
+    let renewed =
+        time::OffsetDateTime::parse(&renewed, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    assert!(renewed - now > time::Duration::days(300), "{renewed}");
+    let hook = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get("logstream-injector")
+        .await
+        .unwrap();
+    assert_eq!(
+        hook.webhooks.unwrap()[0]
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .unwrap()
+            .0,
+        ca.as_bytes()
+    );
+    // And the API server trusts the new certificate.
+    let ls = r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"web","namespace":"shop"},"spec":{"selector":{"matchLabels":{"app":"web"}}}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], ls)
+        .stdout_if_success();
+    let ns: Api<Namespace> = Api::all(client.clone());
+    eventually("the namespace to be labelled", PATIENCE, || async {
+        ns.get("shop")
+            .await
+            .ok()?
+            .metadata
+            .labels?
+            .get("logstream.dev/injection")
+            .cloned()
+    })
+    .await;
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-1","namespace":"shop","labels":{"app":"web"}},"spec":{"containers":[{"name":"app","image":"busybox"}]}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], pod)
+        .stdout_if_success();
+    let p = Api::<Pod>::namespaced(client.clone(), "shop")
+        .get("web-1")
+        .await
+        .unwrap();
+    assert!(
+        p.spec
+            .unwrap()
+            .init_containers
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name == "logstream"),
+        "{}",
+        op.log()
+    );
+}
