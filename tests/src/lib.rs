@@ -418,3 +418,46 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await; // poll interval only
     }
 }
+
+/// Path of one of this workspace's binaries, built (or brought up to date)
+/// first: `cargo test --workspace` builds only the binaries of packages that
+/// have integration tests of their own, and a stale binary would test old code.
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "logstream",
+                "-p",
+                "logstream-operator",
+            ])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
+    if let Err(e) = built {
+        panic!("building the workspace binaries for {package} failed:\n{e}");
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .expect("test executable lives in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing after building {package}",
+        bin.display()
+    );
+    bin
+}

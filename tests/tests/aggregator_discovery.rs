@@ -15,14 +15,7 @@ use logstream_tests::{ControlPlane, eventually};
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let b = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
-    assert!(
-        b.exists(),
-        "{} is missing: cargo test --workspace builds it",
-        b.display()
-    );
-    b
+    logstream_tests::workspace_bin("logstream", name)
 }
 
 /// A running `logstream` process and the address it printed.

@@ -23,15 +23,7 @@ fn repo(path: &str) -> String {
 
 /// The operator binary built by this workspace.
 fn operator_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("logstream-operator");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p logstream-operator` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
+    logstream_tests::workspace_bin("logstream-operator", "logstream-operator")
 }
 
 fn free_port() -> u16 {
