@@ -58,15 +58,36 @@ pub struct Entry {
     pub line: Box<str>,
     pub partial: bool,
     pub split: Option<SplitPart>,
-    /// The record serialised as a JSON object.
-    pub json: Bytes,
+    /// The record serialised as a JSON object, made by the first session
+    /// that sends it (outside the hub lock), then shared by all.
+    json: std::sync::OnceLock<Bytes>,
     /// Wire bytes published before this entry (cumulative), for lag accounting.
     pub start_bytes: u64,
 }
 
+/// Bytes of a serialised record besides its strings (keys, sid, seq, ts).
+const RECORD_OVERHEAD: usize = 112;
+
 impl Entry {
+    /// The record as JSON (serialised once, on first use).
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| serialise(self))
+    }
+
+    /// Size of the serialised record, estimated without serialising it.
+    pub fn wire_size(&self) -> usize {
+        let s = &self.source.source;
+        RECORD_OVERHEAD
+            + self.line.len()
+            + s.namespace.len()
+            + s.pod.len()
+            + s.container.len()
+            + s.file.len()
+    }
+
+    /// Memory accounted for in the history: the line and, once made, its JSON.
     pub fn size(&self) -> usize {
-        self.json.len() + self.line.len() + std::mem::size_of::<Entry>()
+        self.wire_size() + self.line.len() + std::mem::size_of::<Entry>()
     }
 
     pub fn to_record(&self) -> Record {
@@ -237,17 +258,9 @@ impl Hub {
         if batch.is_empty() {
             return;
         }
-        // Serialise outside the lock: it is the expensive part.
-        let built: Vec<(Pending, Bytes)> = batch
-            .into_iter()
-            .map(|p| {
-                let json = serialise(&p);
-                (p, json)
-            })
-            .collect();
         let next_idx = {
             let mut ring = self.lock();
-            for (p, json) in built {
+            for p in batch {
                 let idx = ring.next_idx();
                 let slot = p.source.slot as usize;
                 if let Some(last) = ring.last_seq.get_mut(slot) {
@@ -262,11 +275,11 @@ impl Hub {
                     line: p.line.into_boxed_str(),
                     partial: p.partial,
                     split: p.split,
-                    json,
+                    json: std::sync::OnceLock::new(),
                     start_bytes: ring.total_bytes,
                 };
                 let size = entry.size();
-                ring.total_bytes += entry.json.len() as u64;
+                ring.total_bytes += entry.wire_size() as u64;
                 ring.bytes += size;
                 ring.entries.push_back(Arc::new(entry));
             }
@@ -290,7 +303,7 @@ impl Hub {
     }
 }
 
-fn serialise(p: &Pending) -> Bytes {
+fn serialise(p: &Entry) -> Bytes {
     let rec = RecordRef {
         sid: p.source.sid,
         seq: p.seq,
@@ -458,7 +471,7 @@ pub(crate) mod tests {
         }]);
         let ring = hub.lock();
         let e = ring.get(0).unwrap();
-        let rec: Record = serde_json::from_slice(&e.json).unwrap();
+        let rec: Record = serde_json::from_slice(e.json()).unwrap();
         assert_eq!(rec.seq, 1);
         assert_eq!(rec.ts, "2023-11-14T22:13:20.123456789Z");
         assert_eq!(format_ts(-1), "1969-12-31T23:59:59.999999999Z");

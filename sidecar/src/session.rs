@@ -293,7 +293,7 @@ impl Session {
             }
             self.seen[slot] = e.seq;
             if self.filter.matches(e) {
-                bytes += e.json.len();
+                bytes += e.wire_size();
                 entries.push(e.clone());
             }
         }

@@ -610,8 +610,11 @@ async fn sigterm_closes_websocket_with_1001_after_ack() {
     assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
     s.signal("TERM");
     let mut close_code = None;
+    let mut seen = Vec::new();
     tokio::time::timeout(PATIENCE, async {
-        while let Some(Ok(m)) = ws.next().await {
+        while let Some(m) = ws.next().await {
+            seen.push(format!("{m:?}"));
+            let Ok(m) = m else { break };
             match m {
                 Message::Text(t) => {
                     if let ServerMessage::Draining { cursor } =
@@ -631,7 +634,12 @@ async fn sigterm_closes_websocket_with_1001_after_ack() {
     })
     .await
     .unwrap();
-    assert_eq!(close_code, Some(close::GOING_AWAY));
+    assert_eq!(
+        close_code,
+        Some(close::GOING_AWAY),
+        "{seen:?}\n{}",
+        s.stderr()
+    );
     assert!(s.wait_exit().success());
 }
 

@@ -7,7 +7,7 @@ use crate::protocol::{Cursor, ServerMessage};
 
 /// `{"type":"records","records":[...],"cursor":"..."}` from pre-serialised records.
 pub fn records_json(entries: &[Arc<Entry>], cursor: &Cursor) -> String {
-    let body: usize = entries.iter().map(|e| e.json.len() + 1).sum();
+    let body: usize = entries.iter().map(|e| e.wire_size() + 1).sum();
     let mut s = String::with_capacity(body + 64);
     s.push_str(r#"{"type":"records","records":["#);
     for (i, e) in entries.iter().enumerate() {
@@ -15,7 +15,7 @@ pub fn records_json(entries: &[Arc<Entry>], cursor: &Cursor) -> String {
             s.push(',');
         }
         // Entries were serialised by serde_json from Rust strings: valid UTF-8.
-        s.push_str(std::str::from_utf8(&e.json).unwrap_or("null"));
+        s.push_str(std::str::from_utf8(e.json()).unwrap_or("null"));
     }
     s.push_str(r#"],"cursor":""#);
     s.push_str(&cursor.to_string());

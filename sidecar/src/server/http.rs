@@ -166,7 +166,7 @@ impl BodyState {
                         (Kind::Plain, Format::Json) => {
                             let mut s = String::new();
                             for e in &entries {
-                                s.push_str(std::str::from_utf8(&e.json).unwrap_or("null"));
+                                s.push_str(std::str::from_utf8(e.json()).unwrap_or("null"));
                                 s.push('\n');
                             }
                             s
@@ -243,7 +243,7 @@ impl BodyState {
 /// which is all `EventSource` keeps.
 fn sse_records(entries: &[Arc<crate::hub::Entry>], cursor: &str, fmt: Format) -> String {
     let mut s = String::with_capacity(
-        entries.iter().map(|e| e.json.len() + 8).sum::<usize>() + cursor.len() + 8,
+        entries.iter().map(|e| e.wire_size() + 8).sum::<usize>() + cursor.len() + 8,
     );
     let last = entries.len().saturating_sub(1);
     for (i, e) in entries.iter().enumerate() {
@@ -254,7 +254,7 @@ fn sse_records(entries: &[Arc<crate::hub::Entry>], cursor: &str, fmt: Format) ->
         }
         s.push_str("data: ");
         match fmt {
-            Format::Json => s.push_str(std::str::from_utf8(&e.json).unwrap_or("null")),
+            Format::Json => s.push_str(std::str::from_utf8(e.json()).unwrap_or("null")),
             // A bare CR would end the SSE line early.
             Format::Raw => s.push_str(&e.line.replace('\r', "\\r")),
         }
