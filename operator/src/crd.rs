@@ -272,7 +272,7 @@ pub struct SecretKeyRef {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarSpec {
-    /// Image of the sidecar (default: the operator's `--sidecar-image`).
+    /// Image of the sidecar (default: the operator's `--image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Resources of the sidecar (default: 10m/32Mi requests, 128Mi limit).

@@ -555,7 +555,11 @@ fn websocat_reads_raw_lines() {
             .stdin(Stdio::piped()),
     );
     let seen = wait_line(&rx, |l| l == "history line");
-    assert!(seen.iter().any(|l| l.contains("\"hello\"")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("# logstream: ") && l.contains("\"hello\"")),
+        "{seen:?}"
+    );
     s.append("app.log", "via websocat\n");
     wait_line(&rx, |l| l == "via websocat");
     child.kill().unwrap();

@@ -161,7 +161,7 @@ where
         role: cfg.role.clone(),
         cursor: session.cursor(),
     };
-    send!(text(frame::message(&hello)));
+    send!(text(render(&hello, session.filter.format)));
     let mut head = st.hub.watch();
     let mut draining_rx = st.draining.clone();
     let reconnect = |cfg: &super::ServerConfig| ServerMessage::Reconnect {
