@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark suite of the logstream streamer core.
 #
-#   bench/run.sh            build release, run every scenario (~4-5 min), write bench/RESULTS.md
-#   QUICK=1 bench/run.sh    shorter scenarios (smoke test of the suite, ~1.5 min)
+#   bench/run.sh            build release, run every scenario (~6-7 min), write bench/RESULTS.md
+#   QUICK=1 bench/run.sh    shorter scenarios (smoke test of the suite, ~2 min)
 #   SCENARIOS="latency" bench/run.sh
-#                           rerun only some groups (throughput, latency, idle); the
-#                           other groups' results in bench/results/ are kept
+#                           rerun only some groups (throughput, latency, idle, fanin);
+#                           the other groups' results in bench/results/ are kept
 #
 # Every tool starts its own `target/release/logstream serve` on a fresh folder
 # in /dev/shm, on loopback only, and writes its JSON result into
@@ -16,13 +16,18 @@
 # machine to be quiet (<= 15% CPU busy): on 2 cores a concurrent build moves
 # latency by whole scheduler slices. The CPU used by other processes during
 # each measurement is recorded in its JSON (`other_load`).
+#
+# The `fanin` group (ls-fanin, ~50 s per window setting, each run capped at
+# 115 s) starts 50 `logstream sidecar` processes and one `logstream
+# aggregator` instead; its section of RESULTS.md is rendered by
+# `ls-fanin --render-md` and inserted before the hand-written analysis.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 OUT=bench/results
 BIN=target/release
 QUICK=${QUICK:-0}
-SCENARIOS=${SCENARIOS:-throughput latency idle}
+SCENARIOS=${SCENARIOS:-throughput latency idle fanin}
 QUIET_WAIT=${QUIET_WAIT:-20}
 QUIET_WAIT_LATENCY=${QUIET_WAIT_LATENCY:-90}
 Q=(--quiet-wait-secs "$QUIET_WAIT")
@@ -54,8 +59,10 @@ run() {
 
 if [[ $QUICK == 1 ]]; then
     LINES=500000; LAT_IDLE=10; LAT_FAST=3; LAT_FAN=5; STEPS=0,500,1000,2000
+    FANIN=(--warmup-secs 3 --duration 8)
 else
     LINES=2000000; LAT_IDLE=60; LAT_FAST=10; LAT_FAN=15; STEPS=0,1000,2000,5000,10000
+    FANIN=(--warmup-secs 8 --duration 30)
 fi
 
 if want throughput; then
@@ -84,11 +91,31 @@ if want idle; then
         --server-arg=--max-connections --server-arg=20000 "${Q[@]}" --json-out "$OUT/idle.json"
 fi
 
+if want fanin; then
+    echo "== aggregator fan-in (50 sidecars, 100 filtered clients)" >&2
+    run "$BIN/ls-fanin" --sidecars 50 --rate 2000 --clients 100 --reorder-window 200ms "${FANIN[@]}" \
+        "${Q[@]}" --json-out "$OUT/fanin-200ms.json"
+    run "$BIN/ls-fanin" --sidecars 50 --rate 2000 --clients 100 --reorder-window 0s "${FANIN[@]}" \
+        "${Q[@]}" --json-out "$OUT/fanin-0s.json"
+fi
+
 total=$(( $(date +%s) - started ))
 notes=()
 [[ -f bench/ANALYSIS.md ]] && notes=(--notes bench/ANALYSIS.md)
 "$BIN/ls-report" --dir "$OUT" --out bench/RESULTS.md --date "$date_utc" --revision "$revision" \
     --suite-command "bench/run.sh$([[ $QUICK == 1 ]] && echo ' (QUICK=1)')" --total-secs "$total" "${notes[@]}"
+if compgen -G "$OUT/fanin-*.json" >/dev/null; then
+    # The fan-in section goes before the hand-written analysis (or at the end).
+    section=$(mktemp)
+    "$BIN/ls-fanin" --render-md "$OUT" > "$section"
+    awk -v f="$section" '
+        /^## Analysis \(hand-written/ && !done { while ((getline l < f) > 0) print l; done = 1 }
+        { print }
+        END { if (!done) { print ""; while ((getline l < f) > 0) print l } }
+    ' bench/RESULTS.md > bench/RESULTS.md.tmp
+    mv bench/RESULTS.md.tmp bench/RESULTS.md
+    rm -f "$section"
+fi
 echo "== done in ${total}s: bench/RESULTS.md" >&2
 if ((failed > 0)); then
     echo "$failed scenario(s) failed: see $OUT/run.log" >&2

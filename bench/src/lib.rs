@@ -154,6 +154,51 @@ impl Server {
         Ok(s)
     }
 
+    /// `BIN ARGS...` for any subcommand (`sidecar`, `aggregator`, ...): waits
+    /// for the `listening on http://ADDR` line and for `/readyz`. `ARGS` must
+    /// listen on loopback.
+    pub fn spawn_args(bin: &Path, args: &[String], stderr_to: &Path) -> Result<Server> {
+        let err = std::fs::File::create(stderr_to)
+            .with_context(|| format!("create {}", stderr_to.display()))?;
+        let mut child = Command::new(bin)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("LS_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let command = format!("{} {}", bin.display(), args.join(" "));
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("read server stdout")?;
+        let parsed = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .filter(|a| a.ip().is_loopback());
+        let Some(addr) = parsed else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(stderr_to).unwrap_or_default();
+            bail!("unexpected first line {line:?} from `{command}`; stderr:\n{log}");
+        };
+        let pid = child.id();
+        let s = Server {
+            child: Some(child),
+            addr,
+            pid: Some(pid),
+            command,
+        };
+        s.wait_ready(Duration::from_secs(30))?;
+        Ok(s)
+    }
+
     /// An already running server.
     pub fn attach(addr: &str, pid: Option<u32>) -> Result<Server> {
         let addr: SocketAddr = addr

@@ -80,7 +80,8 @@ impl Connection {
                 .map_err(|e| ClientError::Url(url.clone(), e.to_string()))?;
             req.headers_mut().insert("authorization", v);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req)
+        // disable_nagle: small frames (acks) must not wait for a delayed ACK.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
             .await
             .map_err(Box::new)?;
         Ok(Connection {

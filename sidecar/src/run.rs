@@ -130,6 +130,14 @@ pub async fn start_server(
     tracing::info!(%local, role = %state.cfg.role, "listening");
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = tokio::spawn(async move {
+        // Frames are small and latency matters: no Nagle delay (with the
+        // peer's delayed ACK it held frames ~40 ms).
+        let listener =
+            axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY");
+                }
+            });
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop_accepting.wait_for(|d| *d).await;
