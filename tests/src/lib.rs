@@ -461,3 +461,92 @@ pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
     );
     bin
 }
+
+/// A free TCP port on loopback (for processes that cannot bind `:0` and
+/// report back, like the operator's webhook whose URL must be known first).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A running `logstream-operator run`: stderr goes to a log file whose tail is
+/// printed when the test panics; SIGTERM on drop.
+pub struct OperatorProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl OperatorProcess {
+    /// Runs the operator with its webhook on `127.0.0.1:port`, called by the
+    /// API server by URL (no cluster network here), and waits for it to serve.
+    pub fn spawn(
+        bin: &Path,
+        kubeconfig: &Path,
+        port: u16,
+        args: &[&str],
+        log: PathBuf,
+    ) -> OperatorProcess {
+        use std::io::BufRead as _;
+        let mut child = Command::new(bin)
+            .args(["--log-format", "json", "run", "--image", "logstream:test"])
+            .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
+            .args(["--webhook-url", &format!("https://127.0.0.1:{port}/mutate")])
+            .args([
+                "--cert-ip",
+                "127.0.0.1",
+                "--health-listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .args(args)
+            .env_clear()
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log).expect("operator log file"))
+            .spawn()
+            .expect("start logstream-operator");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let op = OperatorProcess { child, log };
+        assert!(
+            line.starts_with("webhook listening on https://"),
+            "the operator did not start: {line:?}\n{}",
+            op.log()
+        );
+        op
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait for the operator")
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- last 40 lines of the operator's log ({}) ---\n{}",
+                self.log.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}

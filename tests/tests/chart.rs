@@ -9,9 +9,8 @@
 #![allow(clippy::unwrap_used)] // test code
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, ListParams};
 use logstream_operator::crd::LogStream;
-use logstream_tests::{ControlPlane, eventually};
+use logstream_tests::{ControlPlane, OperatorProcess, eventually, free_port};
 use serde_json::{Value, json};
 
 const NS: &str = "logstream-system";
@@ -717,14 +716,6 @@ fn operator_bin() -> &'static Path {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A kubeconfig for `cp` that authenticates as the chart's ServiceAccount
 /// (a TokenRequest token) instead of the admin.
 fn service_account_kubeconfig(cp: &ControlPlane, sa: &str) -> PathBuf {
@@ -737,36 +728,6 @@ fn service_account_kubeconfig(cp: &ControlPlane, sa: &str) -> PathBuf {
     let path = cp.work_dir.join("operator-sa.kubeconfig");
     std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
     path
-}
-
-struct Operator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "--- last 40 lines of the operator's log ({}) ---\n{}",
-                self.log.display(),
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
-        }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]
@@ -856,33 +817,12 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
 
     // The operator as its ServiceAccount; webhook by URL (no cluster network).
     let kubeconfig = service_account_kubeconfig(&cp, "logstream-operator");
-    let port = free_port();
-    let log = cp.work_dir.join("operator.log");
-    let mut child = Command::new(bin)
-        .args(["--log-format", "json"])
-        .args(["run", "--namespace", NS, "--image", "logstream:test"])
-        .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
-        .args(["--webhook-url", &format!("https://127.0.0.1:{port}/mutate")])
-        .args(["--cert-ip", "127.0.0.1"])
-        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
-        .env_clear()
-        .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", "logstream-operator-test")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let op = Operator { child, log };
-    assert!(
-        line.starts_with("webhook listening on https://"),
-        "operator did not start with the chart's RBAC: {line:?}\n{}",
-        op.log()
+    let op = OperatorProcess::spawn(
+        bin,
+        &kubeconfig,
+        free_port(),
+        &["--namespace", NS, "--identity", "logstream-operator-test"],
+        cp.work_dir.join("operator.log"),
     );
     // It created its TLS Secret and registered its webhook.
     cp.kubectl(&["get", "secret", "-n", NS, "logstream-webhook-tls"])

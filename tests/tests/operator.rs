@@ -3,9 +3,8 @@
 //! owner restarts and cleanup. kubectl is driven the way a user would.
 #![allow(clippy::unwrap_used)] // test code
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -13,7 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 use logstream_operator::crd::LogStream;
-use logstream_tests::{ControlPlane, eventually};
+use logstream_tests::{ControlPlane, OperatorProcess, eventually, free_port};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -26,88 +25,30 @@ fn operator_bin() -> PathBuf {
     logstream_tests::workspace_bin("logstream-operator", "logstream-operator")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Operator {
-    child: Child,
-    stderr: PathBuf,
-}
+/// Starts the real operator against a control plane.
+struct Operator;
 
 impl Operator {
-    /// Runs the real operator against `cp`, its webhook on a loopback port
-    /// that the API server calls by URL.
-    fn start(cp: &ControlPlane) -> Operator {
+    fn start(cp: &ControlPlane) -> OperatorProcess {
         Operator::start_as(cp, "operator-0")
     }
 
-    fn start_as(cp: &ControlPlane, identity: &str) -> Operator {
+    fn start_as(cp: &ControlPlane, identity: &str) -> OperatorProcess {
         Operator::start_with(cp, identity, free_port(), &[])
     }
 
-    fn start_with(cp: &ControlPlane, identity: &str, port: u16, extra: &[&str]) -> Operator {
-        let stderr = cp.work_dir.join(format!("{identity}.log"));
-        let mut child = Command::new(operator_bin())
-            .args([
-                "run",
-                "--namespace",
-                "logstream-system",
-                "--image",
-                "logstream:test",
-            ])
-            .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
-            .args(["--webhook-url", &format!("https://127.0.0.1:{port}/mutate")])
-            .args([
-                "--cert-ip",
-                "127.0.0.1",
-                "--health-listen",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
-            .args(["--identity", identity, "--lease-duration", "3s"])
-            .args(extra)
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("webhook listening on https://"),
-            "operator did not start: {line:?}\n{}",
-            std::fs::read_to_string(&stderr).unwrap_or_default()
-        );
-        Operator { child, stderr }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Operator {
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.terminate();
-        }
+    fn start_with(cp: &ControlPlane, identity: &str, port: u16, extra: &[&str]) -> OperatorProcess {
+        let mut args = vec![
+            "--namespace",
+            "logstream-system",
+            "--identity",
+            identity,
+            "--lease-duration",
+            "3s",
+        ];
+        args.extend_from_slice(extra);
+        let log = cp.work_dir.join(format!("{identity}.log"));
+        OperatorProcess::spawn(&operator_bin(), &cp.kubeconfig, port, &args, log)
     }
 }
 
