@@ -381,6 +381,28 @@ fn history_warning(snap: &Snapshot, start: i64) -> Option<String> {
 }
 
 /// Distinct stream label sets with an entry in `[from, to)` that `sel` accepts.
+/// The `start`/`end` window and the stream selectors found under `keys`,
+/// as the label, series and stats endpoints take them.
+#[allow(clippy::result_large_err)]
+fn window_and_selectors(
+    raw: Option<String>,
+    body: &Bytes,
+    keys: &[&str],
+) -> Result<(i64, i64, Vec<LogQuery>), Response> {
+    let p = params(raw, body);
+    let (start, end) = bounds(&p, now_ns()).map_err(bad_request)?;
+    let mut sels = Vec::new();
+    for k in keys {
+        sels.extend(selector_param(&p, k)?);
+    }
+    Ok((start, end, sels))
+}
+
+/// No selector matches everything; otherwise any one must match.
+fn selected(sels: &[LogQuery], labels: &Labels) -> bool {
+    sels.is_empty() || sels.iter().any(|q| eval::selects(q, labels))
+}
+
 fn streams_in(hub: &Hub, from: i64, to: i64, sels: &[LogQuery]) -> BTreeSet<Labels> {
     let ring = hub.lock();
     let mut seen = HashSet::new();
@@ -390,7 +412,7 @@ fn streams_in(hub: &Hub, from: i64, to: i64, sels: &[LogQuery]) -> BTreeSet<Labe
             continue;
         }
         let l = eval::stream_labels(e);
-        if sels.is_empty() || sels.iter().any(|q| eval::selects(q, &l)) {
+        if selected(sels, &l) {
             out.insert(l);
         }
     }
@@ -580,13 +602,8 @@ fn selector_of(s: &str) -> Result<LogQuery, ParseError> {
 }
 
 async fn labels(State(lk): State<Loki>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
-    let p = params(raw, &body);
-    let (start, end) = match bounds(&p, now_ns()) {
-        Ok(b) => b,
-        Err(e) => return bad_request(e),
-    };
-    let sels = match selector_param(&p, "query") {
-        Ok(s) => s,
+    let (start, end, sels) = match window_and_selectors(raw, &body, &["query"]) {
+        Ok(w) => w,
         Err(r) => return r,
     };
     let names: BTreeSet<String> = streams_in(&lk.app.hub, start, end, &sels)
@@ -602,13 +619,8 @@ async fn label_values(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let p = params(raw, &body);
-    let (start, end) = match bounds(&p, now_ns()) {
-        Ok(b) => b,
-        Err(e) => return bad_request(e),
-    };
-    let sels = match selector_param(&p, "query") {
-        Ok(s) => s,
+    let (start, end, sels) = match window_and_selectors(raw, &body, &["query"]) {
+        Ok(w) => w,
         Err(r) => return r,
     };
     let values: BTreeSet<String> = streams_in(&lk.app.hub, start, end, &sels)
@@ -619,19 +631,10 @@ async fn label_values(
 }
 
 async fn series(State(lk): State<Loki>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
-    let p = params(raw, &body);
-    let (start, end) = match bounds(&p, now_ns()) {
-        Ok(b) => b,
-        Err(e) => return bad_request(e),
-    };
-    let mut sels = match selector_param(&p, "match[]") {
-        Ok(s) => s,
+    let (start, end, sels) = match window_and_selectors(raw, &body, &["match[]", "match"]) {
+        Ok(w) => w,
         Err(r) => return r,
     };
-    match selector_param(&p, "match") {
-        Ok(s) => sels.extend(s),
-        Err(r) => return r,
-    }
     let all: Vec<Labels> = streams_in(&lk.app.hub, start, end, &sels)
         .into_iter()
         .collect();
@@ -647,13 +650,8 @@ struct IndexStats {
 }
 
 async fn index_stats(State(lk): State<Loki>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
-    let p = params(raw, &body);
-    let (start, end) = match bounds(&p, now_ns()) {
-        Ok(b) => b,
-        Err(e) => return bad_request(e),
-    };
-    let sels = match selector_param(&p, "query") {
-        Ok(s) => s,
+    let (start, end, sels) = match window_and_selectors(raw, &body, &["query"]) {
+        Ok(w) => w,
         Err(r) => return r,
     };
     let hub = lk.app.hub.clone();
@@ -667,10 +665,9 @@ async fn index_stats(State(lk): State<Loki>, RawQuery(raw): RawQuery, body: Byte
                 continue;
             }
             let key = (e.source.slot, e.level);
-            let ok = *verdicts.entry(key).or_insert_with(|| {
-                let l = eval::stream_labels(e);
-                sels.is_empty() || sels.iter().any(|q| eval::selects(q, &l))
-            });
+            let ok = *verdicts
+                .entry(key)
+                .or_insert_with(|| selected(&sels, &eval::stream_labels(e)));
             if ok {
                 streams.insert(key);
                 st.entries += 1;
@@ -1044,10 +1041,8 @@ mod tests {
     async fn tail_replays_then_streams_over_channels() {
         use crate::hub::HubLimits;
         use crate::hub::tests::{publish_lines, src};
-        use crate::metrics::Metrics;
         use crate::server::ServerConfig;
         use futures::channel::mpsc;
-        use tokio::sync::watch;
 
         let hub = Hub::new(
             HubLimits {
@@ -1061,15 +1056,7 @@ mod tests {
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         publish_lines(&hub, &a, &refs);
         publish_lines(&hub, &a, &["skip me"]);
-        let (_r, ready) = watch::channel(true);
-        let (_d, draining) = watch::channel(false);
-        let st = AppState::new(
-            hub.clone(),
-            Arc::new(Metrics::new()),
-            ServerConfig::default(),
-            ready,
-            draining,
-        );
+        let st = AppState::for_tests(hub.clone(), ServerConfig::default());
         let req = TailRequest::parse(
             &p("query=%7Bfile%3D%22app.log%22%7D%20%21%3D%20%22skip%22&limit=100"),
             now_ns(),

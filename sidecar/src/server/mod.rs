@@ -128,6 +128,16 @@ impl AppState {
         })
     }
 
+    /// A ready, not draining server over `hub`, for tests that drive the
+    /// transports without a socket.
+    #[cfg(test)]
+    pub(crate) fn for_tests(hub: Arc<Hub>, cfg: ServerConfig) -> Arc<AppState> {
+        // The senders are dropped: the flags keep their last values.
+        let (_, ready) = watch::channel(true);
+        let (_, draining) = watch::channel(false);
+        AppState::new(hub, Arc::new(Metrics::new()), cfg, ready, draining)
+    }
+
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
     }

@@ -331,22 +331,12 @@ mod tests {
     use super::*;
     use crate::hub::tests::{publish_lines, src};
     use crate::hub::{Hub, HubLimits};
-    use crate::metrics::Metrics;
     use crate::protocol::Subscribe;
     use crate::server::ServerConfig;
     use futures::channel::mpsc;
-    use tokio::sync::watch;
 
     fn state(hub: &Arc<Hub>) -> Arc<AppState> {
-        let (_r, ready) = watch::channel(true);
-        let (_d, draining) = watch::channel(false);
-        AppState::new(
-            hub.clone(),
-            Arc::new(Metrics::new()),
-            ServerConfig::default(),
-            ready,
-            draining,
-        )
+        AppState::for_tests(hub.clone(), ServerConfig::default())
     }
 
     async fn recv(rx: &mut mpsc::Receiver<Message>) -> ServerMessage {
@@ -454,9 +444,7 @@ mod tests {
             ack_timeout: Duration::from_millis(50),
             ..ServerConfig::default()
         };
-        let (_r, ready) = watch::channel(true);
-        let (_d, draining) = watch::channel(false);
-        let st = AppState::new(hub.clone(), Arc::new(Metrics::new()), cfg, ready, draining);
+        let st = AppState::for_tests(hub.clone(), cfg);
         let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
         let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
         let sub = Subscribe::default();
