@@ -65,6 +65,33 @@ fn install_crd(cp: &ControlPlane) {
     .stdout_if_success();
 }
 
+/// Applies a LogStream selecting `app=web` in `shop`, waits until the
+/// operator has labelled the namespace for injection, then creates pod
+/// `web-1` through the API server and returns it as stored.
+async fn create_web_pod_in_shop(cp: &ControlPlane, client: &kube::Client) -> Pod {
+    let ls = r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"web","namespace":"shop"},"spec":{"selector":{"matchLabels":{"app":"web"}}}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], ls)
+        .stdout_if_success();
+    let ns: Api<Namespace> = Api::all(client.clone());
+    eventually("the namespace to be labelled", PATIENCE, || async {
+        ns.get("shop")
+            .await
+            .ok()?
+            .metadata
+            .labels?
+            .get("logstream.dev/injection")
+            .cloned()
+    })
+    .await;
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-1","namespace":"shop","labels":{"app":"web"}},"spec":{"containers":[{"name":"app","image":"busybox"}]}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], pod)
+        .stdout_if_success();
+    Api::<Pod>::namespaced(client.clone(), "shop")
+        .get("web-1")
+        .await
+        .unwrap()
+}
+
 #[test]
 fn bad_logstreams_are_refused_by_the_api_server_naming_the_field() {
     let cp = ControlPlane::start();
@@ -521,27 +548,7 @@ async fn webhook_served_from_mounted_certificate_files() {
     )
     .await
     .unwrap();
-    let ls = r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"web","namespace":"shop"},"spec":{"selector":{"matchLabels":{"app":"web"}}}}"#;
-    cp.kubectl_stdin(&["apply", "-f", "-"], ls)
-        .stdout_if_success();
-    let ns: Api<Namespace> = Api::all(client.clone());
-    eventually("the namespace to be labelled", PATIENCE, || async {
-        ns.get("shop")
-            .await
-            .ok()?
-            .metadata
-            .labels?
-            .get("logstream.dev/injection")
-            .cloned()
-    })
-    .await;
-    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-1","namespace":"shop","labels":{"app":"web"}},"spec":{"containers":[{"name":"app","image":"busybox"}]}}"#;
-    cp.kubectl_stdin(&["apply", "-f", "-"], pod)
-        .stdout_if_success();
-    let p = Api::<Pod>::namespaced(client.clone(), "shop")
-        .get("web-1")
-        .await
-        .unwrap();
+    let p = create_web_pod_in_shop(&cp, &client).await;
     let sidecars = p.spec.unwrap().init_containers.unwrap_or_default();
     assert_eq!(
         sidecars.iter().filter(|c| c.name == "logstream").count(),
@@ -625,27 +632,7 @@ async fn a_webhook_certificate_near_expiry_is_renewed() {
         ca.as_bytes()
     );
     // And the API server trusts the new certificate.
-    let ls = r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"web","namespace":"shop"},"spec":{"selector":{"matchLabels":{"app":"web"}}}}"#;
-    cp.kubectl_stdin(&["apply", "-f", "-"], ls)
-        .stdout_if_success();
-    let ns: Api<Namespace> = Api::all(client.clone());
-    eventually("the namespace to be labelled", PATIENCE, || async {
-        ns.get("shop")
-            .await
-            .ok()?
-            .metadata
-            .labels?
-            .get("logstream.dev/injection")
-            .cloned()
-    })
-    .await;
-    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-1","namespace":"shop","labels":{"app":"web"}},"spec":{"containers":[{"name":"app","image":"busybox"}]}}"#;
-    cp.kubectl_stdin(&["apply", "-f", "-"], pod)
-        .stdout_if_success();
-    let p = Api::<Pod>::namespaced(client.clone(), "shop")
-        .get("web-1")
-        .await
-        .unwrap();
+    let p = create_web_pod_in_shop(&cp, &client).await;
     assert!(
         p.spec
             .unwrap()
