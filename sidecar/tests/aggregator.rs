@@ -7,48 +7,12 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{PATIENCE, Server};
-use logstream::client::{ClientOptions, Connection};
+use common::{PATIENCE, Server, collect, opts};
+use logstream::client::Connection;
 use logstream::protocol::{Cursor, Record, ServerMessage, Subscribe};
 
-fn opts(s: &Server, sub: Subscribe) -> ClientOptions {
-    ClientOptions {
-        base: s.url(""),
-        sub,
-        token: None,
-    }
-}
-
 async fn hello(c: &mut Connection) {
-    match tokio::time::timeout(PATIENCE, c.next())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        Some(ServerMessage::Hello { role, .. }) => assert_eq!(role, "aggregator"),
-        other => panic!("expected hello, got {other:?}"),
-    }
-}
-
-/// Collects records until `done` says so; returns them and the other messages.
-async fn collect(
-    c: &mut Connection,
-    mut done: impl FnMut(&[Record]) -> bool,
-) -> (Vec<Record>, Vec<ServerMessage>) {
-    let mut recs = Vec::new();
-    let mut other = Vec::new();
-    tokio::time::timeout(PATIENCE, async {
-        while !done(&recs) {
-            match c.next().await.unwrap() {
-                Some(ServerMessage::Records { records, .. }) => recs.extend(records),
-                Some(m) => other.push(m),
-                None => break,
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out with {} records; other {other:?}", recs.len()));
-    (recs, other)
+    assert_eq!(common::hello(c).await, "aggregator");
 }
 
 fn three_sidecars() -> Vec<Server> {

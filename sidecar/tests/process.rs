@@ -8,42 +8,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
-use common::{PATIENCE, Server, http_get, http_request, tool};
+use common::{PATIENCE, Server, hello, http_get, http_request, opts, records, tool};
 use futures::{SinkExt, StreamExt};
 use logstream::client::{ClientOptions, Connection};
 use logstream::protocol::{
-    ClientMessage, Cursor, GapReason, Record, ServerMessage, SplitPart, Subscribe, close,
+    ClientMessage, GapReason, Record, ServerMessage, SplitPart, Subscribe, close,
 };
 use tokio_tungstenite::tungstenite::Message;
-
-fn opts(s: &Server, sub: Subscribe) -> ClientOptions {
-    ClientOptions {
-        base: s.url(""),
-        sub,
-        token: None,
-    }
-}
-
-/// Reads messages until `n` records arrived; returns them and every other message.
-async fn records(c: &mut Connection, n: usize) -> (Vec<Record>, Vec<ServerMessage>) {
-    let mut recs = Vec::new();
-    let mut other = Vec::new();
-    tokio::time::timeout(PATIENCE, async {
-        while recs.len() < n {
-            match c.next().await.expect("protocol error") {
-                Some(ServerMessage::Records { records, .. }) => recs.extend(records),
-                Some(m) => other.push(m),
-                None => panic!(
-                    "closed after {} of {n} records; other: {other:?}",
-                    recs.len()
-                ),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out after {} of {n} records", recs.len()));
-    (recs, other)
-}
 
 fn lines(recs: &[Record]) -> Vec<String> {
     recs.iter().map(|r| r.line.clone()).collect()
@@ -55,23 +26,6 @@ fn numbered(prefix: &str, range: std::ops::Range<usize>) -> String {
 
 fn expect_numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{prefix} {i}")).collect()
-}
-
-/// Waits for the `hello` so the subscription is registered before writing.
-async fn hello(c: &mut Connection) -> Cursor {
-    match tokio::time::timeout(PATIENCE, c.next())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        Some(ServerMessage::Hello {
-            version, cursor, ..
-        }) => {
-            assert_eq!(version, logstream::protocol::PROTOCOL_VERSION);
-            cursor
-        }
-        other => panic!("expected hello, got {other:?}"),
-    }
 }
 
 #[tokio::test]

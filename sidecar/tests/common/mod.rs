@@ -282,3 +282,72 @@ pub fn tool(name: &str) -> PathBuf {
     }
     panic!("{name} is not installed: run .ci/install-tools (it installs every tool the tests use)");
 }
+
+/// Client options for `/ws` of `s` with `sub`.
+pub fn opts(s: &Server, sub: logstream::protocol::Subscribe) -> logstream::client::ClientOptions {
+    logstream::client::ClientOptions {
+        base: s.url(""),
+        sub,
+        token: None,
+    }
+}
+
+/// Waits for the `hello` (so the subscription is registered before writing),
+/// checks the protocol version and returns the server's role.
+pub async fn hello(c: &mut logstream::client::Connection) -> String {
+    use logstream::protocol::ServerMessage;
+    match tokio::time::timeout(PATIENCE, c.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(ServerMessage::Hello { version, role, .. }) => {
+            assert_eq!(version, logstream::protocol::PROTOCOL_VERSION);
+            role
+        }
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+/// Reads messages until `done` holds or the server closes; returns the
+/// records and every other message.
+pub async fn collect(
+    c: &mut logstream::client::Connection,
+    mut done: impl FnMut(&[logstream::protocol::Record]) -> bool,
+) -> (
+    Vec<logstream::protocol::Record>,
+    Vec<logstream::protocol::ServerMessage>,
+) {
+    use logstream::protocol::ServerMessage;
+    let mut recs = Vec::new();
+    let mut other = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while !done(&recs) {
+            match c.next().await.expect("protocol error") {
+                Some(ServerMessage::Records { records, .. }) => recs.extend(records),
+                Some(m) => other.push(m),
+                None => break,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out with {} records; other {other:?}", recs.len()));
+    (recs, other)
+}
+
+/// Exactly `collect` until `n` records arrived; a close before that fails.
+pub async fn records(
+    c: &mut logstream::client::Connection,
+    n: usize,
+) -> (
+    Vec<logstream::protocol::Record>,
+    Vec<logstream::protocol::ServerMessage>,
+) {
+    let (recs, other) = collect(c, |r| r.len() >= n).await;
+    assert!(
+        recs.len() >= n,
+        "closed after {} of {n} records; other: {other:?}",
+        recs.len()
+    );
+    (recs, other)
+}
