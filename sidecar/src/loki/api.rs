@@ -750,7 +750,7 @@ async fn tail(
     let slot = st.try_connect(crate::metrics::Transport::ws);
     let buf = st.cfg.ws_buffer_bytes;
     let ws = ws
-        .read_buffer_size(buf)
+        .read_buffer_size(crate::server::ws::READ_BUFFER_BYTES)
         .write_buffer_size(buf)
         .max_write_buffer_size(buf + st.cfg.session.batch_bytes * 4 + st.cfg.max_message_bytes)
         .max_message_size(st.cfg.max_message_bytes)

@@ -18,6 +18,12 @@ use crate::metrics::{ReasonLabel, Transport};
 use crate::protocol::{ClientMessage, Cursor, Format, PROTOCOL_VERSION, ServerMessage, close};
 use crate::session::{Pull, Session};
 
+/// Read buffer of a connection. Clients send only small control messages,
+/// and tungstenite reserves a whole frame once its header is read, so a
+/// small buffer costs nothing in function; it is resident for every idle
+/// connection (tungstenite zero-fills it before each read), so it matters.
+pub(crate) const READ_BUFFER_BYTES: usize = 256;
+
 pub async fn handler(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -31,7 +37,7 @@ pub async fn handler(
     };
     let buf = st.cfg.ws_buffer_bytes;
     let ws = ws
-        .read_buffer_size(buf)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(buf)
         .max_write_buffer_size(buf + st.cfg.session.batch_bytes * 2 + st.cfg.max_message_bytes)
         .max_message_size(st.cfg.max_message_bytes)
@@ -40,21 +46,26 @@ pub async fn handler(
         // refused from its header alone.
         .max_frame_size(st.cfg.max_message_bytes.saturating_mul(4).max(64 << 10));
     let guard = st.try_connect(Transport::ws);
+    // The session is made (and positioned) before the upgrade and boxed: the
+    // connection task then holds a pointer, not the subscription, the filter
+    // and the session side by side, which keeps idle connections small.
+    let session = guard.as_ref().map(|_| {
+        Box::new(Session::new(
+            st.hub.clone(),
+            &q.sub,
+            q.filter,
+            st.cfg.session,
+        ))
+    });
     let tracker = st.sessions.clone();
-    ws.on_upgrade(move |socket: WebSocket| {
+    ws.on_upgrade(move |mut socket: WebSocket| {
         tracker.track_future(async move {
-            let (mut tx, rx) = socket.split();
-            let Some(guard) = guard else {
-                let _ = tx
-                    .send(close_msg(
-                        close::TRY_AGAIN_LATER,
-                        "connection limit reached",
-                    ))
-                    .await;
+            let (Some(guard), Some(mut session)) = (guard, session) else {
+                let msg = close_msg(close::TRY_AGAIN_LATER, "connection limit reached");
+                let _ = Box::pin(socket.send(msg)).await;
                 return;
             };
-            let session = Session::new(st.hub.clone(), &q.sub, q.filter, st.cfg.session);
-            serve(tx, rx, st, session, guard).await;
+            Box::pin(serve(&mut socket, &st, &mut session, guard)).await;
         })
     })
 }
@@ -84,19 +95,21 @@ pub enum End {
 }
 
 /// Runs one WebSocket client to the end.
-pub async fn serve<W, R, E>(
-    mut tx: W,
-    mut rx: R,
-    st: Arc<AppState>,
-    mut session: Session,
+///
+/// Everything is borrowed from the connection task and every send is boxed
+/// while in flight: what an idle connection holds is only what it waits on
+/// (see bench/ANALYSIS.md on memory per connection).
+pub async fn serve<S, E>(
+    ws: &mut S,
+    st: &Arc<AppState>,
+    session: &mut Session,
     _guard: ConnGuard,
 ) -> End
 where
-    W: Sink<Message> + Unpin,
-    R: Stream<Item = Result<Message, E>> + Unpin,
+    S: Sink<Message> + Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let end = run(&mut tx, &mut rx, &st, &mut session).await;
+    let end = Box::pin(run(ws, st, session)).await;
     tracing::debug!(?end, "websocket session ended");
     let (code, reason, dropped) = match end {
         End::ClientClosed => (None, "", None),
@@ -118,50 +131,56 @@ where
             .inc();
     }
     if let Some(code) = code {
-        let send = tx.send(close_msg(code, reason));
-        let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+        let send = ws.send(close_msg(code, reason));
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), send)).await;
         // Closing handshake with a responsive peer: wait briefly for its
         // close so it reads ours before the socket goes away.
         let responsive = matches!(end, End::TooBig | End::Drained);
         if responsive {
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while let Some(Ok(m)) = rx.next().await {
+            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(Ok(m)) = ws.next().await {
                     if matches!(m, Message::Close(_)) {
                         break;
                     }
                 }
-            })
+            }))
             .await;
         }
     }
     end
 }
 
-async fn run<W, R, E>(tx: &mut W, rx: &mut R, st: &Arc<AppState>, session: &mut Session) -> End
+async fn run<S, E>(ws: &mut S, st: &Arc<AppState>, session: &mut Session) -> End
 where
-    W: Sink<Message> + Unpin,
-    R: Stream<Item = Result<Message, E>> + Unpin,
+    S: Sink<Message> + Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
     let cfg = &st.cfg;
     let metrics = &st.metrics;
     let send_timeout = cfg.send_timeout;
     macro_rules! send {
-        ($msg:expr) => {
-            match tokio::time::timeout(send_timeout, tx.send($msg)).await {
+        // The message is built in its own statement so its temporaries are
+        // gone before the await; the send is boxed so it costs nothing while
+        // the connection idles.
+        ($msg:expr) => {{
+            let msg = { $msg };
+            match Box::pin(tokio::time::timeout(send_timeout, ws.send(msg))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return End::SendFailed,
                 Err(_) => return End::SendTimeout,
             }
-        };
+        }};
     }
-    let hello = ServerMessage::Hello {
-        version: PROTOCOL_VERSION,
-        server: format!("logstream/{}", env!("CARGO_PKG_VERSION")),
-        role: cfg.role.clone(),
-        cursor: session.cursor(),
-    };
-    send!(text(render(&hello, session.filter.format)));
+    let hello = render(
+        &ServerMessage::Hello {
+            version: PROTOCOL_VERSION,
+            server: format!("logstream/{}", env!("CARGO_PKG_VERSION")),
+            role: cfg.role.clone(),
+            cursor: session.cursor(),
+        },
+        session.filter.format,
+    );
+    send!(text(hello));
     let mut head = st.hub.watch();
     let mut draining_rx = st.draining.clone();
     let reconnect = |cfg: &super::ServerConfig| ServerMessage::Reconnect {
@@ -175,7 +194,9 @@ where
     }
     let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
     let mut last_heard = Instant::now();
-    let mut draining: Option<(Cursor, Instant)> = None;
+    let mut draining: Option<Cursor> = None;
+    // Boxed and made only once draining starts: an idle connection keeps no timer for it.
+    let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         if draining.is_none() {
             head.borrow_and_update();
@@ -222,17 +243,20 @@ where
                     Pull::Idle => break,
                     Pull::Ended => {
                         let cursor = session.cursor();
-                        let m = ServerMessage::Draining {
-                            cursor: cursor.clone(),
-                        };
-                        send!(text(render(&m, session.filter.format)));
-                        draining = Some((cursor, Instant::now() + cfg.ack_timeout));
+                        let frame = text(render(
+                            &ServerMessage::Draining {
+                                cursor: cursor.clone(),
+                            },
+                            session.filter.format,
+                        ));
+                        send!(frame);
+                        draining = Some(cursor);
+                        drain_deadline = Some(Box::pin(tokio::time::sleep(cfg.ack_timeout)));
                         break;
                     }
                 }
             }
         }
-        let drain_deadline = draining.as_ref().map(|(_, d)| *d);
         tokio::select! {
             changed = head.changed(), if draining.is_none() => {
                 if changed.is_err() {
@@ -240,7 +264,7 @@ where
                     return End::Drained;
                 }
             }
-            msg = rx.next() => {
+            msg = ws.next() => {
                 last_heard = Instant::now();
                 let msg = match msg {
                     None => return End::ClientClosed,
@@ -262,7 +286,7 @@ where
                             }
                         },
                         Ok(ClientMessage::Ack { cursor }) => {
-                            if let Some((want, _)) = &draining
+                            if let Some(want) = &draining
                                 && want.0.iter().all(|(sid, seq)| cursor.covers(*sid, *seq))
                             {
                                 return End::Drained;
@@ -291,7 +315,7 @@ where
                 }
                 send!(Message::Ping(bytes::Bytes::new()));
             }
-            _ = sleep_until_opt(drain_deadline) => return End::DrainTimeout,
+            _ = sleep_opt(&mut drain_deadline) => return End::DrainTimeout,
             _ = super::until_true(&mut draining_rx), if cfg.reconnect_on_drain => {
                 send!(text(render(&reconnect(cfg), session.filter.format)));
                 return End::Drained;
@@ -300,9 +324,9 @@ where
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+async fn sleep_opt(sleep: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match sleep {
+        Some(s) => s.await,
         None => std::future::pending().await,
     }
 }
@@ -339,6 +363,62 @@ mod tests {
         AppState::for_tests(hub.clone(), ServerConfig::default())
     }
 
+    /// The two channel ends as one socket.
+    struct Duplex {
+        tx: mpsc::Sender<Message>,
+        rx: mpsc::Receiver<Result<Message, std::io::Error>>,
+    }
+
+    impl Stream for Duplex {
+        type Item = Result<Message, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.rx.poll_next_unpin(cx)
+        }
+    }
+
+    impl Sink<Message> for Duplex {
+        type Error = mpsc::SendError;
+        fn poll_ready(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.tx.poll_ready_unpin(cx)
+        }
+        fn start_send(mut self: std::pin::Pin<&mut Self>, m: Message) -> Result<(), Self::Error> {
+            self.tx.start_send_unpin(m)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.tx.poll_flush_unpin(cx)
+        }
+        fn poll_close(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.tx.poll_close_unpin(cx)
+        }
+    }
+
+    /// Serves one connection over channels on its own task.
+    fn spawn_serve(
+        st: &Arc<AppState>,
+        tx: mpsc::Sender<Message>,
+        rx: mpsc::Receiver<Result<Message, std::io::Error>>,
+        mut session: Session,
+    ) -> tokio::task::JoinHandle<End> {
+        let st = st.clone();
+        let guard = st.try_connect(Transport::ws).unwrap();
+        tokio::spawn(async move {
+            let mut socket = Duplex { tx, rx };
+            serve(&mut socket, &st, &mut session, guard).await
+        })
+    }
+
     async fn recv(rx: &mut mpsc::Receiver<Message>) -> ServerMessage {
         loop {
             match tokio::time::timeout(Duration::from_secs(10), rx.next())
@@ -373,8 +453,7 @@ mod tests {
             Filter::compile(&sub).unwrap(),
             st.cfg.session,
         );
-        let guard = st.try_connect(Transport::ws).unwrap();
-        let task = tokio::spawn(serve(server_tx, server_rx, st.clone(), session, guard));
+        let task = spawn_serve(&st, server_tx, server_rx, session);
 
         assert!(matches!(
             recv(&mut client_rx).await,
@@ -454,8 +533,7 @@ mod tests {
             Filter::compile(&sub).unwrap(),
             st.cfg.session,
         );
-        let guard = st.try_connect(Transport::ws).unwrap();
-        let task = tokio::spawn(serve(server_tx, server_rx, st.clone(), session, guard));
+        let task = spawn_serve(&st, server_tx, server_rx, session);
         recv(&mut client_rx).await;
         publish_lines(&hub, &a, &["x", "y"]);
         recv(&mut client_rx).await;
