@@ -99,7 +99,7 @@ impl Connection {
             };
             match msg.map_err(Box::new)? {
                 Message::Text(t) => {
-                    let m: ServerMessage = serde_json::from_str(t.as_str())?;
+                    let m = ServerMessage::parse(t.as_str())?;
                     match &m {
                         ServerMessage::Records { cursor, .. }
                         | ServerMessage::Subscribed { cursor } => self.cursor.merge(cursor),

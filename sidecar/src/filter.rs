@@ -6,7 +6,7 @@ use globset::{Glob, GlobMatcher};
 use regex::Regex;
 
 use crate::hub::{Entry, now_ns, parse_ts};
-use crate::protocol::{Format, Level, Subscribe};
+use crate::protocol::{Format, Level, Source, Subscribe};
 
 /// Longest accepted regular expression, to bound compile cost of hostile input.
 const MAX_PATTERN: usize = 1024;
@@ -32,7 +32,9 @@ pub enum FilterError {
 /// Compiled filter.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    file: Option<GlobMatcher>,
+    /// Boxed: a matcher is large and most clients set no file filter, and
+    /// every connection holds its filter while idle.
+    file: Option<Box<GlobMatcher>>,
     levels: Option<[bool; 6]>,
     grep: Option<Regex>,
     pod: Option<Regex>,
@@ -46,11 +48,11 @@ impl Filter {
         let file = match &s.file {
             Some(f) if !f.is_empty() => {
                 check_len("file", f)?;
-                Some(
+                Some(Box::new(
                     Glob::new(f)
                         .map_err(|e| FilterError::File(e.kind().to_string()))?
                         .compile_matcher(),
-                )
+                ))
             }
             _ => None,
         };
@@ -93,18 +95,12 @@ impl Filter {
     }
 
     pub fn matches(&self, e: &Entry) -> bool {
-        if let Some(since) = self.since_ns
-            && e.ts_ns < since
-        {
-            return false;
-        }
-        if let Some(levels) = &self.levels {
-            match e.level {
-                Some(l) if levels[l as usize] => {}
-                _ => return false,
-            }
-        }
-        let src = &e.source.source;
+        self.matches_source(&e.source.source) && self.matches_record(e)
+    }
+
+    /// The part of the filter that depends only on the source (file, pod,
+    /// container): sessions ask it once per source, not once per record.
+    pub fn matches_source(&self, src: &Source) -> bool {
         if let Some(f) = &self.file
             && !f.is_match(&src.file)
         {
@@ -119,6 +115,22 @@ impl Filter {
             && !c.is_match(&src.container)
         {
             return false;
+        }
+        true
+    }
+
+    /// The per-record part: time, level and line.
+    pub fn matches_record(&self, e: &Entry) -> bool {
+        if let Some(since) = self.since_ns
+            && e.ts_ns < since
+        {
+            return false;
+        }
+        if let Some(levels) = &self.levels {
+            match e.level {
+                Some(l) if levels[l as usize] => {}
+                _ => return false,
+            }
         }
         if let Some(g) = &self.grep
             && !g.is_match(&e.line)

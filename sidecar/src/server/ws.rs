@@ -266,47 +266,13 @@ where
             }
             msg = ws.next() => {
                 last_heard = Instant::now();
-                let msg = match msg {
-                    None => return End::ClientClosed,
-                    Some(Err(e)) => {
-                        return if is_capacity(&e) { End::TooBig } else { End::ClientClosed };
-                    }
-                    Some(Ok(m)) => m,
-                };
-                match msg {
-                    Message::Text(t) => match serde_json::from_str::<ClientMessage>(t.as_str()) {
-                        Ok(ClientMessage::Subscribe(sub)) => match Filter::compile(&sub) {
-                            Ok(f) => {
-                                session.resubscribe(&sub, f);
-                                send!(text(frame::message(&ServerMessage::Subscribed { cursor: session.cursor() })));
-                            }
-                            Err(e) => {
-                                metrics.client_errors.inc();
-                                send!(text(frame::message(&ServerMessage::Error { code: "bad_filter".into(), message: e.to_string() })));
-                            }
-                        },
-                        Ok(ClientMessage::Ack { cursor }) => {
-                            if let Some(want) = &draining
-                                && want.0.iter().all(|(sid, seq)| cursor.covers(*sid, *seq))
-                            {
-                                return End::Drained;
-                            }
-                        }
-                        Ok(ClientMessage::Ping) => send!(text(frame::message(&ServerMessage::Pong))),
-                        Err(e) => {
-                            metrics.client_errors.inc();
-                            send!(text(frame::message(&ServerMessage::Error { code: "bad_message".into(), message: e.to_string() })));
-                        }
-                    },
-                    Message::Binary(_) => {
-                        metrics.client_errors.inc();
-                        send!(text(frame::message(&ServerMessage::Error {
-                            code: "bad_message".into(),
-                            message: "binary frames are not part of the protocol; send JSON text".into(),
-                        })));
-                    }
-                    Message::Close(_) => return End::ClientClosed,
-                    Message::Ping(_) | Message::Pong(_) => {}
+                // Handled by a plain function: the parsed message never
+                // lives across an await, so it takes no room in the
+                // connection's state while it idles.
+                match on_client_message(msg, session, draining.as_ref(), metrics) {
+                    Step::Continue => {}
+                    Step::Reply(m) => send!(m),
+                    Step::End(end) => return end,
                 }
             }
             _ = ping.tick() => {
@@ -321,6 +287,69 @@ where
                 return End::Drained;
             }
         }
+    }
+}
+
+/// What a client message asks of the connection.
+enum Step {
+    Continue,
+    Reply(Message),
+    End(End),
+}
+
+fn on_client_message<E>(
+    msg: Option<Result<Message, E>>,
+    session: &mut Session,
+    draining: Option<&Cursor>,
+    metrics: &crate::metrics::Metrics,
+) -> Step
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let msg = match msg {
+        None => return Step::End(End::ClientClosed),
+        Some(Err(e)) => {
+            return Step::End(if is_capacity(&e) {
+                End::TooBig
+            } else {
+                End::ClientClosed
+            });
+        }
+        Some(Ok(m)) => m,
+    };
+    let error = |code: &str, message: String| {
+        metrics.client_errors.inc();
+        Step::Reply(text(frame::message(&ServerMessage::Error {
+            code: code.into(),
+            message,
+        })))
+    };
+    match msg {
+        Message::Text(t) => match serde_json::from_str::<ClientMessage>(t.as_str()) {
+            Ok(ClientMessage::Subscribe(sub)) => match Filter::compile(&sub) {
+                Ok(f) => {
+                    session.resubscribe(&sub, f);
+                    Step::Reply(text(frame::message(&ServerMessage::Subscribed {
+                        cursor: session.cursor(),
+                    })))
+                }
+                Err(e) => error("bad_filter", e.to_string()),
+            },
+            Ok(ClientMessage::Ack { cursor }) => match draining {
+                Some(want) if want.0.iter().all(|(sid, seq)| cursor.covers(*sid, *seq)) => {
+                    Step::End(End::Drained)
+                }
+                _ => Step::Continue,
+            },
+            Ok(ClientMessage::Ping) => Step::Reply(text(frame::message(&ServerMessage::Pong))),
+            Err(e) => error("bad_message", e.to_string()),
+        },
+        Message::Binary(_) => error(
+            "bad_message",
+            "binary frames are not part of the protocol; send JSON text".into(),
+        ),
+        Message::Close(_) => Step::End(End::ClientClosed),
+        Message::Ping(_) | Message::Pong(_) => Step::Continue,
     }
 }
 
