@@ -612,6 +612,12 @@ fn monitoring_dashboard_and_loki_datasource() {
     let d = &provisioning["datasources"][0];
     assert_eq!(d["type"], "loki");
     assert_eq!(d["url"], "http://logstream-aggregator.default.svc:7680");
+    // Grafana presents its own ServiceAccount token (kubernetes access mode).
+    assert_eq!(d["jsonData"]["httpHeaderName1"], "Authorization");
+    assert_eq!(
+        d["secureJsonData"]["httpHeaderValue1"],
+        "Bearer $__file{/var/run/secrets/kubernetes.io/serviceaccount/token}"
+    );
 }
 
 /// Minimal CRDs for the optional objects' kinds, so the API server can check
