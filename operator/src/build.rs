@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service,
@@ -15,7 +16,9 @@ use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -296,6 +299,9 @@ pub fn aggregator(
     if !user_tokens.is_empty() {
         extra_env.push(env("LOGSTREAM_TOKEN_FILE", &user_tokens.join(",")));
     }
+    if streams.iter().any(uses_kubernetes_access) {
+        extra_env.push(env("LOGSTREAM_KUBERNETES_AUTH", "true"));
+    }
     let container = Container {
         name: "aggregator".into(),
         image: Some(cfg.image.clone()),
@@ -433,6 +439,89 @@ pub fn aggregator(
             status: None,
         },
     }
+}
+
+/// The LogStream's servers check Kubernetes tokens themselves.
+pub fn uses_kubernetes_access(ls: &LogStream) -> bool {
+    ls.spec.access.mode == AccessMode::Kubernetes
+}
+
+/// Built-in ClusterRole allowing `create` on TokenReviews and
+/// SubjectAccessReviews: what a server needs to check Kubernetes tokens.
+pub const AUTH_DELEGATOR: &str = "system:auth-delegator";
+/// Label naming the namespace a cluster-scoped object belongs to.
+pub const NAMESPACE_OWNER_LABEL: &str = "logstream.dev/namespace";
+
+/// One binding per namespace, so it lives and dies with the namespace's
+/// LogStreams (cluster-scoped: no owner reference, removed by the finalizer).
+pub fn auth_binding_name(namespace: &str) -> String {
+    format!("logstream:auth-delegator:{namespace}")
+}
+
+/// The ServiceAccount a pod runs as.
+fn service_account_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Binds `system:auth-delegator` to the ServiceAccounts whose servers check
+/// Kubernetes tokens in `namespace`: the aggregator's, and those of the pods
+/// a kubernetes-mode LogStream selects or has injected (pods waiting for a
+/// restart included, so their new sidecar can check tokens at once). `None`
+/// when no LogStream of the namespace uses kubernetes mode: the binding goes.
+pub fn auth_binding(
+    namespace: &str,
+    streams: &[LogStream],
+    pods: &[Pod],
+) -> Option<ClusterRoleBinding> {
+    let kube_streams: Vec<&LogStream> = streams
+        .iter()
+        .filter(|s| uses_kubernetes_access(s))
+        .collect();
+    if kube_streams.is_empty() {
+        return None;
+    }
+    let mut accounts = std::collections::BTreeSet::from([AGGREGATOR.to_string()]);
+    for pod in pods {
+        let labels = pod.labels();
+        let opted_out = labels
+            .get(crate::webhook::OPT_OUT_LABEL)
+            .is_some_and(|v| v == "false");
+        let streamed = kube_streams.iter().any(|s| {
+            labels.get(STREAM_LABEL) == Some(&s.name_any()) || crate::mutate::selects(s, labels)
+        });
+        if pod.metadata.deletion_timestamp.is_none() && !opted_out && streamed {
+            accounts.insert(service_account_of(pod));
+        }
+    }
+    let mut meta_labels = labels("auth", None);
+    meta_labels.insert(NAMESPACE_OWNER_LABEL.into(), namespace.into());
+    Some(ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(auth_binding_name(namespace)),
+            labels: Some(meta_labels),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: AUTH_DELEGATOR.into(),
+        },
+        subjects: Some(
+            accounts
+                .into_iter()
+                .map(|name| Subject {
+                    kind: "ServiceAccount".into(),
+                    name,
+                    namespace: Some(namespace.into()),
+                    ..Subject::default()
+                })
+                .collect(),
+        ),
+    })
 }
 
 /// URLs reported in status.
@@ -588,6 +677,94 @@ mod tests {
                 .iter()
                 .all(|v| ["get", "list", "watch"].contains(&v.as_str()))),
             "read-only role"
+        );
+    }
+
+    fn pod(name: &str, sa: Option<&str>, labels: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "shop", "labels": labels},
+            "spec": {"serviceAccountName": sa, "containers": [{"name": "app"}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn auth_binding_covers_the_aggregator_and_the_streamed_pods_service_accounts() {
+        let web = stream(
+            "web",
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}),
+        );
+        let tok = stream(
+            "tok",
+            serde_json::json!({"selector": {"matchLabels": {"app": "tok"}},
+                "access": {"mode": "token", "tokenSecret": {"name": "s", "key": "k"}}}),
+        );
+        let pods = [
+            pod("web-1", Some("web"), serde_json::json!({"app": "web"})),
+            pod("web-2", Some("web"), serde_json::json!({"app": "web"})),
+            // Selected, default ServiceAccount.
+            pod("web-3", None, serde_json::json!({"app": "web"})),
+            // Injected by web, no longer selected: its sidecar still checks tokens.
+            pod(
+                "old",
+                Some("legacy"),
+                serde_json::json!({STREAM_LABEL: "web"}),
+            ),
+            // Opted out: no sidecar.
+            pod(
+                "manual",
+                Some("manual"),
+                serde_json::json!({"app": "web", "logstream.dev/inject": "false"}),
+            ),
+            // Another LogStream in token mode, and an unrelated pod.
+            pod("tok-1", Some("tok"), serde_json::json!({"app": "tok"})),
+            pod("db-1", Some("db"), serde_json::json!({"app": "db"})),
+        ];
+        let b = auth_binding("shop", &[web.clone(), tok.clone()], &pods).unwrap();
+        assert_eq!(
+            b.metadata.name.as_deref(),
+            Some("logstream:auth-delegator:shop")
+        );
+        assert_eq!(
+            b.metadata.labels.as_ref().unwrap()[NAMESPACE_OWNER_LABEL],
+            "shop"
+        );
+        assert!(
+            b.metadata.owner_references.is_none(),
+            "cluster-scoped: no namespaced owner"
+        );
+        assert_eq!(
+            (b.role_ref.kind.as_str(), b.role_ref.name.as_str()),
+            ("ClusterRole", AUTH_DELEGATOR)
+        );
+        let subjects = b.subjects.unwrap();
+        let names: Vec<&str> = subjects.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["default", "legacy", AGGREGATOR, "web"]);
+        assert!(
+            subjects
+                .iter()
+                .all(|s| s.kind == "ServiceAccount" && s.namespace.as_deref() == Some("shop"))
+        );
+        // No kubernetes-mode LogStream left: no binding.
+        assert!(auth_binding("shop", &[tok], &pods).is_none());
+        assert!(auth_binding("shop", &[], &pods).is_none());
+        // The aggregator checks tokens whenever one LogStream uses kubernetes mode.
+        let objs = aggregator("shop", &[web], &BuildConfig { image: "i".into() }, "t");
+        let env = objs
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap();
+        assert!(
+            env.iter().any(
+                |e| e.name == "LOGSTREAM_KUBERNETES_AUTH" && e.value.as_deref() == Some("true")
+            )
         );
     }
 

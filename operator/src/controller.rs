@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -118,6 +118,32 @@ where
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Applies the namespace's auth-delegator binding, or deletes it when no
+/// LogStream there uses kubernetes mode any more. Cluster-scoped: it cannot
+/// have a LogStream as owner, so this (and the finalizer) keep it in step.
+async fn apply_auth_binding(
+    client: &kube::Client,
+    ns: &str,
+    streams: &[LogStream],
+    pods: &[Pod],
+) -> Result<(), kube::Error> {
+    let api: Api<ClusterRoleBinding> = Api::all(client.clone());
+    match build::auth_binding(ns, streams, pods) {
+        Some(b) => {
+            api.patch(&b.name_any(), &ssa(), &Patch::Apply(&b)).await?;
+        }
+        None => match api
+            .delete(&build::auth_binding_name(ns), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        },
+    }
+    Ok(())
 }
 
 /// Runs the controller until SIGTERM.
@@ -283,6 +309,7 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         .list(&ListParams::default())
         .await?
         .items;
+    apply_auth_binding(client, &ns, &streams, &pods).await?;
     let selected: Vec<&Pod> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && selects(ls, p.labels()))
@@ -537,6 +564,17 @@ async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     } else {
         apply_aggregator(client, &ns, &others, &ctx.build).await?;
     }
+    // Without `others` (or none in kubernetes mode) this deletes the binding;
+    // otherwise it drops the ServiceAccounts only this LogStream needed.
+    let pods = if others.is_empty() {
+        Vec::new()
+    } else {
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+    };
+    apply_auth_binding(client, &ns, &others, &pods).await?;
     tracing::info!(namespace = %ns, name = %ls.name_any(), remaining = others.len(), "LogStream cleaned up");
     Ok(Action::await_change())
 }

@@ -242,6 +242,11 @@ pub fn mutate(
         token_files.push(format!("{TOKEN_DIR}/{}", secret.key));
     }
     env.push(value_env("LOGSTREAM_TOKEN_FILE", &token_files.join(",")));
+    if ls.spec.access.mode == AccessMode::Kubernetes {
+        // Checked with the pod's ServiceAccount, which the operator binds
+        // to system:auth-delegator.
+        env.push(value_env("LOGSTREAM_KUBERNETES_AUTH", "true"));
+    }
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -600,6 +605,7 @@ mod tests {
             serde_json::json!({"selector": {"matchLabels": {"app": "web"}},
             "access": {"mode": "token", "tokenSecret": {"name": "logs-token", "key": "token"}}}),
         );
+        let ls_token = ls.clone();
         let out = mutate(&web_pod(), &[ls], &cfg()).unwrap().unwrap();
         let sc = sidecar(&out);
         assert!(
@@ -619,6 +625,19 @@ mod tests {
                 .iter()
                 .any(|v| v.secret.is_some())
         );
+        let kube = |sc: &Container| {
+            sc.env.iter().flatten().any(|e| {
+                e.name == "LOGSTREAM_KUBERNETES_AUTH" && e.value.as_deref() == Some("true")
+            })
+        };
+        let token_mode = mutate(&web_pod(), &[ls_token], &cfg()).unwrap().unwrap();
+        assert!(
+            !kube(sidecar(&token_mode)),
+            "token mode: no Kubernetes token checks"
+        );
+        // The default mode: the sidecar checks Kubernetes tokens itself.
+        let out = mutate(&web_pod(), &[web()], &cfg()).unwrap().unwrap();
+        assert!(kube(sidecar(&out)));
     }
 
     proptest::proptest! {

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -10,15 +11,16 @@ use logstream::hub::HubLimits;
 use logstream::parse::ParseMode;
 use logstream::protocol::{Format, ServerMessage, Subscribe};
 use logstream::run::{StreamerOptions, run_streamer, termination};
+use logstream::server::kube_auth::{KubeAuth, Target};
+use logstream::server::{AuthConfig, ServerConfig};
+use logstream::session::{SessionLimits, SlowPolicy};
+use logstream::tailer::TailConfig;
 
 /// mimalloc instead of glibc's malloc: per-connection state is many small
 /// allocations (task, buffers, timers) that glibc pads and fragments; with
 /// mimalloc an idle WebSocket costs ~17% less (3.8 -> 3.1 KB, bench/ANALYSIS.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use logstream::server::{AuthConfig, ServerConfig};
-use logstream::session::{SessionLimits, SlowPolicy};
-use logstream::tailer::TailConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,6 +63,8 @@ enum Command {
         #[arg(long, env = "LOGSTREAM_CONTAINER", default_value = "")]
         container: String,
         #[command(flatten)]
+        kubernetes: KubernetesAuth,
+        #[command(flatten)]
         common: Common,
     },
     /// Pull every sidecar of a namespace (or `--source` URLs), merge and serve.
@@ -92,6 +96,8 @@ enum Command {
         /// Upper bound of the random delay clients are asked to wait before reconnecting.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         reconnect_jitter: Duration,
+        #[command(flatten)]
+        kubernetes: KubernetesAuth,
         #[command(flatten)]
         common: Common,
     },
@@ -128,6 +134,34 @@ enum Command {
     },
     /// Print the JSON Schema of the wire protocol.
     Schema,
+}
+
+/// Kubernetes access mode of the in-cluster servers.
+#[derive(Args, Debug, Clone)]
+struct KubernetesAuth {
+    /// Also accept Kubernetes bearer tokens whose user may `get pods/log`
+    /// (TokenReview, then SubjectAccessReview): whoever may `kubectl logs` may stream.
+    #[arg(long, env = "LOGSTREAM_KUBERNETES_AUTH")]
+    kubernetes_auth: bool,
+    /// How long a token's answer (allowed, forbidden or invalid) is remembered.
+    #[arg(long, env = "LOGSTREAM_AUTH_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    auth_cache_ttl: Duration,
+}
+
+impl KubernetesAuth {
+    /// Turns the checks on for `target`, when asked to.
+    fn apply(&self, server: &mut ServerConfig, target: Target) -> anyhow::Result<()> {
+        if !self.kubernetes_auth {
+            return Ok(());
+        }
+        if target.namespace.is_empty() || target.pod.as_ref().is_some_and(String::is_empty) {
+            anyhow::bail!(
+                "--kubernetes-auth needs the namespace (and, for a sidecar, the pod): --namespace/POD_NAMESPACE, --pod/POD_NAME"
+            );
+        }
+        server.auth.kubernetes = Some(Arc::new(KubeAuth::new(target, self.auth_cache_ttl)));
+        Ok(())
+    }
 }
 
 /// Options shared by every streaming server.
@@ -247,6 +281,7 @@ impl Common {
                 tokens: self.tokens()?,
                 loopback_exempt: !self.no_loopback_exemption,
                 allow_unauthenticated: self.allow_unauthenticated,
+                kubernetes: None,
             },
             allowed_origins: self.allowed_origins.clone(),
             ..ServerConfig::default()
@@ -354,15 +389,21 @@ fn main() -> anyhow::Result<()> {
             namespace,
             pod,
             container,
+            kubernetes,
             common,
         } => {
+            let target = Target {
+                namespace: namespace.clone(),
+                pod: Some(pod.clone()),
+            };
             let origin = logstream::protocol::Source {
                 namespace,
                 pod,
                 container,
                 file: String::new(),
             };
-            let opts = common.build(dir, origin, "sidecar", listen)?;
+            let mut opts = common.build(dir, origin, "sidecar", listen)?;
+            kubernetes.apply(&mut opts.server, target)?;
             runtime()?.block_on(run_streamer(opts, termination()))?;
             Ok(())
         }
@@ -375,8 +416,17 @@ fn main() -> anyhow::Result<()> {
             upstream_token_file,
             drain_delay,
             reconnect_jitter,
+            kubernetes,
             common,
         } => {
+            let mut server = common.server("aggregator")?;
+            kubernetes.apply(
+                &mut server,
+                Target {
+                    namespace: namespace.clone(),
+                    pod: None,
+                },
+            )?;
             let discovery = if sources.is_empty() {
                 Discovery::Pods {
                     namespace,
@@ -385,7 +435,6 @@ fn main() -> anyhow::Result<()> {
             } else {
                 Discovery::Static(sources)
             };
-            let mut server = common.server("aggregator")?;
             server.reconnect_jitter = reconnect_jitter;
             let opts = AggregatorOptions {
                 discovery,

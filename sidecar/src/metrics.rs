@@ -32,6 +32,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Outcome of an access check: `allowed`, `forbidden`, `unauthenticated`, `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub lines_read: Counter,
@@ -60,6 +66,8 @@ pub struct Metrics {
     pub reorder_buffered: Gauge,
     pub drain_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub request_seconds: Family<RequestLabels, Histogram>,
+    pub auth_reviews: Family<ResultLabel, Counter>,
+    pub auth_cache_hits: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -96,8 +104,20 @@ impl Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 ])
             }),
+            auth_reviews: Family::default(),
+            auth_cache_hits: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "auth_reviews",
+            "Kubernetes token checks sent to the API server (TokenReview + SubjectAccessReview), by result",
+            m.auth_reviews.clone(),
+        );
+        registry.register(
+            "auth_cache_hits",
+            "Kubernetes token checks answered from the cache, by result",
+            m.auth_cache_hits.clone(),
+        );
         registry.register(
             "lines_read",
             "Lines read from log files",

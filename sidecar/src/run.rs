@@ -43,6 +43,9 @@ pub async fn run_streamer(
     opts: StreamerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    if let Some(k8s) = &opts.server.auth.kubernetes {
+        k8s.announce().await;
+    }
     let incarnation = format!("{}-{}", now_ns(), std::process::id());
     let hub = Hub::new(opts.history, incarnation);
     let metrics = Arc::new(Metrics::new());

@@ -18,10 +18,13 @@
 #      in an old pod before it ended arrives exactly once, per-source
 #      sequence numbers have no duplicates or holes, new pods are followed
 #   6. ingress: the Ingress reaches the aggregator; without a token it is
-#      refused (default access: port-forward only); in token mode Grafana's
-#      Loki health check (vector(1)+vector(1)) answers 2, SSE streams through
+#      refused (401); in the default kubernetes access mode a ServiceAccount
+#      token (kubectl create token) allowed to get pods/log gets Grafana's Loki
+#      health check (vector(1)+vector(1)) answered 2 and SSE streams through,
+#      one without that permission gets 403, a wrong token 401
 #   7. cleanup: deleting the LogStream removes the Services, Ingress and
-#      aggregator objects and the namespace label; new pods are not injected
+#      aggregator objects, the auth-delegator ClusterRoleBinding and the
+#      namespace label; new pods are not injected
 #
 # Needs bash >= 4.4, docker (a running engine), kind, kubectl, helm, websocat,
 # curl, python3 and host ports 80/443 free. The ingress-nginx manifest and the
@@ -475,33 +478,36 @@ http_code() {
   shift
   curl -sS -o "${WORK}/ingress.body" -w '%{http_code}' -H "Host: ${HOST}" "$@" "http://127.0.0.1${path}" 2>/dev/null || true
 }
-ingress_refuses() { [[ "$(http_code "${HEALTH}")" == 403 ]]; }
+ingress_refuses() { [[ "$(http_code "${HEALTH}")" == 401 ]]; }
 # 404 (ingress-nginx not synced yet) or 503 (no endpoints) until it routes.
-wait_until 120 "the Ingress to route to the aggregator (403 without token)" ingress_refuses
-grep -q "only loopback clients" "${WORK}/ingress.body" || fail "unexpected 403 body: $(cat "${WORK}/ingress.body")"
-pass "Ingress routes to the aggregator; default access refuses clients that are not on loopback (403)"
+wait_until 120 "the Ingress to route to the aggregator (401 without token)" ingress_refuses
+grep -q "Kubernetes token" "${WORK}/ingress.body" || fail "unexpected 401 body: $(cat "${WORK}/ingress.body")"
+pass "Ingress routes to the aggregator; a client without a token gets 401"
 
-TOKEN="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
-kubectl -n "${NS}" create secret generic logstream-viewer --from-literal=token="${TOKEN}"
-kubectl -n "${NS}" patch ls demo --type merge \
-  -p '{"spec":{"access":{"mode":"token","tokenSecret":{"name":"logstream-viewer","key":"token"}}}}'
-aggregator_has_token() {
-  kubectl -n "${NS}" get deploy/logstream-aggregator \
-    -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="LOGSTREAM_TOKEN_FILE")].value}' | grep -q .
-}
-wait_until 60 "the aggregator Deployment to get the viewer token" aggregator_has_token
-kubectl -n "${NS}" rollout status deploy/logstream-aggregator --timeout=300s
+# kubernetes access mode (the default): whoever may `kubectl logs` may stream.
+kubectl -n "${NS}" create serviceaccount viewer
+kubectl -n "${NS}" create serviceaccount nobody
+kubectl -n "${NS}" create role logstream-viewer --verb=get --resource=pods/log
+kubectl -n "${NS}" create rolebinding viewer --role=logstream-viewer --serviceaccount="${NS}:viewer"
+TOKEN="$(kubectl -n "${NS}" create token viewer)"
+NOBODY="$(kubectl -n "${NS}" create token nobody)"
 WANT='{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[4000000000,"2"]}]}}'
 health_ok() {
   [[ "$(http_code "${HEALTH}" -H "Authorization: Bearer ${TOKEN}")" == 200 ]] &&
     [[ "$(cat "${WORK}/ingress.body")" == "${WANT}" ]]
 }
-wait_until 60 "Grafana's Loki health check with the token" health_ok
+# The RoleBinding takes effect at once; the aggregator caches answers 30 s.
+wait_until 60 "Grafana's Loki health check with a viewer ServiceAccount token" health_ok
+[[ "$(http_code "${HEALTH}" -H "Authorization: Bearer ${NOBODY}")" == 403 ]] || fail "a token without pods/log was not refused with 403"
+grep -q "pods/log" "${WORK}/ingress.body" || fail "the 403 does not name the missing permission: $(cat "${WORK}/ingress.body")"
 [[ "$(http_code "${HEALTH}" -H "Authorization: Bearer wrong-${TOKEN}")" == 401 ]] || fail "a wrong token was not refused with 401"
 curl -sN --max-time 5 -H "Host: ${HOST}" -H "Authorization: Bearer ${TOKEN}" \
   "http://127.0.0.1/sse?tail=5&format=raw" >"${WORK}/ingress-sse.out" 2>/dev/null || true
 grep -q "^event: hello" "${WORK}/ingress-sse.out" || fail "no SSE stream through the Ingress: $(head -c 300 "${WORK}/ingress-sse.out")"
-pass "token mode: Grafana's Loki health check answers 2 through the Ingress, a wrong token gets 401, SSE streams"
+BINDING="logstream:auth-delegator:${NS}"
+kubectl get clusterrolebinding "${BINDING}" -o jsonpath='{.subjects[*].name}' | grep -qw logstream-aggregator ||
+  fail "the aggregator's ServiceAccount is not in ${BINDING}"
+pass "kubernetes access: a ServiceAccount token with get pods/log gets Grafana's Loki health check answered 2 through the Ingress and SSE; without it 403, a wrong token 401"
 
 # --- 7. cleanup ---------------------------------------------------------------------
 log "kubectl delete logstream demo: cleanup"
@@ -516,6 +522,8 @@ all_gone() {
   [[ -z "${left}" ]]
 }
 wait_until 120 "the Services, Ingress and aggregator objects to be deleted" all_gone
+binding_gone() { [[ -z "$(kubectl get clusterrolebinding "${BINDING}" --ignore-not-found -o name)" ]]; }
+wait_until 60 "the ClusterRoleBinding ${BINDING} to be deleted" binding_gone
 ns_unlabelled() {
   local label
   label="$(kubectl get namespace "${NS}" -o jsonpath='{.metadata.labels.logstream\.dev/injection}')" || return 1
@@ -525,4 +533,4 @@ wait_until 60 "the namespace's injection label to be removed" ns_unlabelled
 kubectl -n "${NS}" rollout restart deploy/demo
 kubectl -n "${NS}" rollout status deploy/demo --timeout=300s
 wait_until 180 "${REPLICAS} Ready demo pods without sidecar" demo_uninjected
-pass "LogStream deleted: Services, Ingress, aggregator, pull token and namespace label gone; new pods $(paste -sd' ' "${WORK}/demo-pods.txt") not injected"
+pass "LogStream deleted: Services, Ingress, aggregator, pull token, auth-delegator binding and namespace label gone; new pods $(paste -sd' ' "${WORK}/demo-pods.txt") not injected"

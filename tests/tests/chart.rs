@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, ListParams};
 use logstream_operator::crd::LogStream;
 use logstream_tests::{ControlPlane, OperatorProcess, eventually, free_port};
@@ -67,6 +68,10 @@ const CLUSTER_ALLOWED: &[&str] = &[
     "rbac.authorization.k8s.io/rolebindings:create",
     "rbac.authorization.k8s.io/rolebindings:patch",
     "rbac.authorization.k8s.io/rolebindings:delete",
+    "rbac.authorization.k8s.io/clusterrolebindings:create",
+    "rbac.authorization.k8s.io/clusterrolebindings:patch",
+    "rbac.authorization.k8s.io/clusterrolebindings:delete",
+    "rbac.authorization.k8s.io/clusterroles:bind@system:auth-delegator",
     "apps/deployments:create",
     "apps/deployments:patch",
     "apps/deployments:delete",
@@ -290,10 +295,17 @@ fn rbac_grants_exactly_the_allow_list() {
     );
     let role = grants(one(&default, "Role"));
     assert_eq!(role, set_of(&[ROLE_ALLOWED, ROLE_SELF_MANAGED]));
+    // The one bind: the built-in system:auth-delegator, for the bindings
+    // that let the data plane review tokens (kubernetes access mode).
+    const AUTH_DELEGATOR_BIND: &str =
+        "rbac.authorization.k8s.io/clusterroles:bind@system:auth-delegator";
     for g in cluster.iter().chain(&role) {
         assert!(!g.contains('*'), "wildcard grant {g}");
         for verb in [":escalate", ":bind", ":impersonate", ":deletecollection"] {
-            assert!(!g.contains(verb), "dangerous grant {g}");
+            assert!(
+                !g.contains(verb) || g == AUTH_DELEGATOR_BIND,
+                "dangerous grant {g}"
+            );
         }
     }
     assert!(
@@ -607,6 +619,12 @@ fn monitoring_dashboard_and_loki_datasource() {
     let d = &provisioning["datasources"][0];
     assert_eq!(d["type"], "loki");
     assert_eq!(d["url"], "http://logstream-aggregator.default.svc:7680");
+    // Grafana presents its own ServiceAccount token (kubernetes access mode).
+    assert_eq!(d["jsonData"]["httpHeaderName1"], "Authorization");
+    assert_eq!(
+        d["secureJsonData"]["httpHeaderValue1"],
+        "Bearer $__file{/var/run/secrets/kubernetes.io/serviceaccount/token}"
+    );
 }
 
 /// Minimal CRDs for the optional objects' kinds, so the API server can check
@@ -762,6 +780,10 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
         ("create", "pods", "default"),
         ("delete", "pods", "default"),
         ("create", "clusterroles", "default"),
+        ("bind", "clusterroles/cluster-admin", "default"),
+        ("bind", "clusterroles/admin", "default"),
+        ("escalate", "clusterroles", "default"),
+        ("get", "clusterrolebindings", "default"),
         ("patch", "mutatingwebhookconfigurations/other", "default"),
         ("update", "deployments", "default"),
         ("delete", "namespaces", "default"),
@@ -779,6 +801,12 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
         ("update", "leases/logstream-operator", NS),
         ("create", "leases", NS),
         ("watch", "pods", "default"),
+        ("bind", "clusterroles/system:auth-delegator", "default"),
+        (
+            "patch",
+            "clusterrolebindings/logstream:auth-delegator:shop",
+            "default",
+        ),
         (
             "patch",
             "mutatingwebhookconfigurations/logstream-injector",
@@ -865,6 +893,27 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
         (!l.items.is_empty()).then_some(())
     })
     .await;
+    // kubernetes access mode (the default): the demo pods' ServiceAccount and
+    // the aggregator's may review tokens, through the binding the operator made.
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let binding = eventually("the auth-delegator binding", PATIENCE, || async {
+        bindings
+            .get_opt("logstream:auth-delegator:shop")
+            .await
+            .ok()?
+    })
+    .await;
+    assert_eq!(binding.role_ref.name, "system:auth-delegator");
+    let subjects: BTreeSet<String> = binding
+        .subjects
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| format!("{}/{}", s.namespace.unwrap_or_default(), s.name))
+        .collect();
+    assert_eq!(
+        subjects,
+        set_of(&[&["shop/default", "shop/logstream-aggregator"]])
+    );
     let streams: Api<LogStream> = Api::namespaced(client.clone(), "shop");
     eventually("status with injected pods", PATIENCE, || async {
         let s = streams.get("demo").await.ok()?.status?;
@@ -904,9 +953,15 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
     ])
     .stdout_if_success();
     eventually(
-        "the aggregator deleted and the namespace unlabelled",
+        "the aggregator and the auth-delegator binding deleted, the namespace unlabelled",
         PATIENCE,
         || async {
+            bindings
+                .get_opt("logstream:auth-delegator:shop")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())?;
             deployments
                 .get_opt("logstream-aggregator")
                 .await

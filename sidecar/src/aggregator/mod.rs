@@ -58,6 +58,9 @@ pub async fn run_aggregator(
     opts: AggregatorOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
+    if let Some(k8s) = &opts.server.auth.kubernetes {
+        k8s.announce().await;
+    }
     let incarnation = format!("agg-{}-{}", now_ns(), std::process::id());
     let hub = Hub::new(opts.history, incarnation);
     let metrics = Arc::new(Metrics::new());

@@ -91,6 +91,7 @@ async fn admit(State(lk): State<Loki>, req: Request, next: Next) -> Response {
     if let Err(r) = lk
         .app
         .check_token(req.headers(), peer, query_token.as_deref())
+        .await
     {
         return r;
     }

@@ -34,7 +34,7 @@ pub async fn sse(
     peer: ConnectInfo<std::net::SocketAddr>,
     raw: RawQuery,
 ) -> Response {
-    respond(st, headers, peer, raw, Kind::Sse)
+    respond(st, headers, peer, raw, Kind::Sse).await
 }
 
 pub async fn stream(
@@ -43,17 +43,17 @@ pub async fn stream(
     peer: ConnectInfo<std::net::SocketAddr>,
     raw: RawQuery,
 ) -> Response {
-    respond(st, headers, peer, raw, Kind::Plain)
+    respond(st, headers, peer, raw, Kind::Plain).await
 }
 
-fn respond(
+async fn respond(
     st: Arc<AppState>,
     headers: HeaderMap,
     peer: ConnectInfo<std::net::SocketAddr>,
     raw: RawQuery,
     kind: Kind,
 ) -> Response {
-    let mut q = match admit_stream(&st, &headers, peer, raw) {
+    let mut q = match admit_stream(&st, &headers, peer, raw).await {
         Ok(q) => q,
         Err(r) => return r,
     };

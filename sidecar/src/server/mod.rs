@@ -3,6 +3,7 @@
 
 mod frame;
 pub mod http;
+pub mod kube_auth;
 pub mod ws;
 
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +34,8 @@ pub struct AuthConfig {
     pub loopback_exempt: bool,
     /// Without a token, also serve non-loopback clients (explicitly insecure).
     pub allow_unauthenticated: bool,
+    /// Also accept Kubernetes tokens whose user may `get pods/log` here.
+    pub kubernetes: Option<Arc<kube_auth::KubeAuth>>,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
                 tokens: Vec::new(),
                 loopback_exempt: true,
                 allow_unauthenticated: false,
+                kubernetes: None,
             },
             allowed_origins: Vec::new(),
             reconnect_on_drain: false,
@@ -169,21 +173,22 @@ impl AppState {
     /// Auth, then Origin: both before any upgrade.
     // A ready-made response is the natural error of an HTTP admission check.
     #[allow(clippy::result_large_err)]
-    fn admit(
+    async fn admit(
         &self,
         headers: &HeaderMap,
         peer: SocketAddr,
         query_token: Option<&str>,
     ) -> Result<(), Response> {
-        self.check_token(headers, Some(peer), query_token)?;
+        self.check_token(headers, Some(peer), query_token).await?;
         self.check_origin(headers)
     }
 
     /// The token rules: loopback may be exempt; otherwise one of the
-    /// configured tokens, or nothing at all when none is configured and
-    /// unauthenticated access was not allowed explicitly.
+    /// configured tokens, or a Kubernetes token allowed to `get pods/log`
+    /// here (kubernetes mode), or nothing at all when neither is configured
+    /// and unauthenticated access was not allowed explicitly.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn check_token(
+    pub(crate) async fn check_token(
         &self,
         headers: &HeaderMap,
         peer: Option<SocketAddr>,
@@ -192,6 +197,30 @@ impl AppState {
         let auth = &self.cfg.auth;
         if peer.is_some_and(|p| is_loopback(p.ip())) && auth.loopback_exempt {
             return Ok(());
+        }
+        let got = bearer(headers).or(query_token);
+        // Compare against every token, in constant time each.
+        let static_ok = got.is_some_and(|g| {
+            auth.tokens.iter().fold(false, |hit, want| {
+                hit | constant_time_eq::constant_time_eq(g.as_bytes(), want.as_bytes())
+            })
+        });
+        if static_ok {
+            return Ok(());
+        }
+        if let Some(k8s) = &auth.kubernetes {
+            let Some(token) = got else {
+                return Err(self.refuse(&kube_auth::AccessError::Unauthenticated(
+                    "no bearer token (Authorization: Bearer, or access_token=)".into(),
+                )));
+            };
+            return match k8s.check(token, &self.metrics).await {
+                Ok(user) => {
+                    tracing::debug!(%user, "admitted by Kubernetes RBAC");
+                    Ok(())
+                }
+                Err(e) => Err(self.refuse(&e)),
+            };
         }
         if auth.tokens.is_empty() {
             if auth.allow_unauthenticated {
@@ -204,27 +233,35 @@ impl AppState {
             )
                 .into_response());
         }
-        let got = bearer(headers).or(query_token);
-        let ok = got.is_some_and(|g| {
-            // Compare against every token, in constant time each.
-            auth.tokens.iter().fold(false, |hit, want| {
-                hit | constant_time_eq::constant_time_eq(g.as_bytes(), want.as_bytes())
-            })
-        });
-        if ok {
-            return Ok(());
-        }
         self.reject("unauthorized");
-        let mut r = (
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid bearer token\n",
-        )
-            .into_response();
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"logstream\""),
-        );
-        Err(r)
+        Err(unauthorized("missing or invalid bearer token\n".into()))
+    }
+
+    /// The response to a refused Kubernetes token: 401, 403 naming the
+    /// missing permission, or 503 when the API server cannot tell.
+    fn refuse(&self, e: &kube_auth::AccessError) -> Response {
+        use kube_auth::AccessError;
+        let body = format!("{e}\n");
+        match e {
+            AccessError::Unauthenticated(_) => {
+                self.reject("unauthorized");
+                unauthorized(body)
+            }
+            AccessError::Forbidden { .. } => {
+                self.reject("forbidden");
+                (StatusCode::FORBIDDEN, body).into_response()
+            }
+            AccessError::Unavailable(_) => {
+                tracing::warn!(error = %e, "token not checked: refusing the client");
+                self.reject("auth_unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "5")],
+                    body,
+                )
+                    .into_response()
+            }
+        }
     }
 
     /// Browsers must come from the server itself or an allowed origin.
@@ -288,6 +325,15 @@ impl Drop for ConnGuard {
             .get_or_create(&self.state.metrics.transport(self.transport.clone()))
             .dec();
     }
+}
+
+fn unauthorized(body: String) -> Response {
+    let mut r = (StatusCode::UNAUTHORIZED, body).into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"logstream\""),
+    );
+    r
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
@@ -424,7 +470,7 @@ async fn schema() -> Response {
 /// Common admission for the three streaming endpoints: auth, Origin, query,
 /// `Last-Event-ID`.
 #[allow(clippy::result_large_err)]
-pub(crate) fn admit_stream(
+pub(crate) async fn admit_stream(
     st: &Arc<AppState>,
     headers: &HeaderMap,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -434,7 +480,7 @@ pub(crate) fn admit_stream(
         .into_iter()
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v);
-    st.admit(headers, peer, pre_token.as_deref())?;
+    st.admit(headers, peer, pre_token.as_deref()).await?;
     let mut q = parse_query(raw.as_deref()).map_err(|e| {
         st.reject("bad_request");
         bad_request(e)
@@ -446,4 +492,77 @@ pub(crate) fn admit_stream(
         q.sub.resume = Some(c);
     }
     Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::HubLimits;
+    use kube_auth::{KubeAuth, Target};
+
+    /// A server in kubernetes mode whose API server is unreachable, with the
+    /// pull token configured as a static token.
+    fn state() -> Arc<AppState> {
+        let url: axum::http::Uri = "https://127.0.0.1:9".parse().unwrap();
+        let client = kube::Client::try_from(kube::Config::new(url)).unwrap();
+        let target = Target {
+            namespace: "shop".into(),
+            pod: Some("web-1".into()),
+        };
+        let cfg = ServerConfig {
+            auth: AuthConfig {
+                tokens: vec!["pull-token".into()],
+                loopback_exempt: true,
+                allow_unauthenticated: false,
+                kubernetes: Some(Arc::new(KubeAuth::with_client(
+                    target,
+                    kube_auth::DEFAULT_TTL,
+                    client,
+                ))),
+            },
+            ..ServerConfig::default()
+        };
+        let limits = HubLimits {
+            max_lines: 10,
+            max_bytes: 1 << 10,
+        };
+        AppState::for_tests(Hub::new(limits, "t"), cfg)
+    }
+
+    fn headers(token: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(t) = token {
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+            );
+        }
+        h
+    }
+
+    async fn status(st: &AppState, peer: &str, token: Option<&str>, query: Option<&str>) -> u16 {
+        let peer: SocketAddr = peer.parse().unwrap();
+        match st.check_token(&headers(token), Some(peer), query).await {
+            Ok(()) => 200,
+            Err(r) => r.status().as_u16(),
+        }
+    }
+
+    #[tokio::test]
+    async fn kubernetes_mode_keeps_loopback_and_static_tokens_and_fails_closed() {
+        let st = state();
+        let remote = "10.1.2.3:40000";
+        assert_eq!(status(&st, "127.0.0.1:40000", None, None).await, 200);
+        assert_eq!(status(&st, remote, Some("pull-token"), None).await, 200);
+        assert_eq!(status(&st, remote, None, Some("pull-token")).await, 200);
+        assert_eq!(status(&st, remote, None, None).await, 401, "no token");
+        // Not the pull token, and the API server cannot be asked: 503, not 200.
+        assert_eq!(status(&st, remote, Some("k8s-token"), None).await, 503);
+        assert_eq!(status(&st, remote, None, Some("k8s-token")).await, 503);
+        let text = st.metrics.encode();
+        assert!(
+            text.contains("logstream_connections_rejected_total{reason=\"auth_unavailable\"} 2"),
+            "{text}"
+        );
+    }
 }

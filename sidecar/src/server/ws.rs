@@ -31,7 +31,7 @@ pub async fn handler(
     raw: RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let q = match admit_stream(&st, &headers, peer, raw) {
+    let q = match admit_stream(&st, &headers, peer, raw).await {
         Ok(q) => q,
         Err(r) => return r,
     };
