@@ -77,10 +77,10 @@ PIN_SERVER=(--server-cpu 0)
 PIN_TOOL=(taskset -c 1)
 if [[ $QUICK == 1 ]]; then
     CMP_STEPS=0,1000,2000,5000; CMP_STEPS_TAILF=0,50,100,200; CMP_LINES=300000
-    CMP_LAT_IDLE=8; CMP_LAT_FAST=3; CMP_DELIVER=400000; CMP_FANOUT="1 10 100 1000 10000"
+    CMP_LAT_IDLE=8; CMP_LAT_FAST=3; CMP_DELIVER=200000; CMP_FANOUT="1 10 100 1000 10000"
 else
     CMP_STEPS=0,1000,5000,10000,19000; CMP_STEPS_TAILF=0,100,200,400; CMP_LINES=1000000
-    CMP_LAT_IDLE=30; CMP_LAT_FAST=10; CMP_DELIVER=2000000; CMP_FANOUT="1 10 100 1000 10000"
+    CMP_LAT_IDLE=30; CMP_LAT_FAST=10; CMP_DELIVER=1000000; CMP_FANOUT="1 10 100 1000 10000"
 fi
 
 if want throughput; then
@@ -134,9 +134,11 @@ if want compare; then
         done
     done
     for t in $CMP_TARGETS; do
-        run "${PIN_TOOL[@]}" "$BIN/ls-latency" --target "$t" --rate 1 --duration "$CMP_LAT_IDLE" --clients 1 \
+        # Bare lines from ours too, like the baselines send.
+        fmt=(); [[ $t == ours-* ]] && fmt=(--format raw)
+        run "${PIN_TOOL[@]}" "$BIN/ls-latency" --target "$t" "${fmt[@]}" --rate 1 --duration "$CMP_LAT_IDLE" --clients 1 \
             "${PIN_SERVER[@]}" "${QL[@]}" --json-out "$OUT/compare-latency-1-$t.json"
-        run "${PIN_TOOL[@]}" "$BIN/ls-latency" --target "$t" --rate 10000 --duration "$CMP_LAT_FAST" --clients 100 \
+        run "${PIN_TOOL[@]}" "$BIN/ls-latency" --target "$t" "${fmt[@]}" --rate 10000 --duration "$CMP_LAT_FAST" --clients 100 \
             "${PIN_SERVER[@]}" "${QL[@]}" --json-out "$OUT/compare-latency-10000-$t.json"
     done
     for t in $CMP_TARGETS; do

@@ -131,7 +131,12 @@ pub fn spawn_server(spec: &ServerSpec) -> Result<Server> {
                 if rel.starts_with("node/") && !baselines_dir().join("node/node_modules").exists() {
                     bail!("baseline dependencies missing: run bench/baselines/install.sh");
                 }
-                let mut v = vec!["node".into(), p.display().to_string(), "--dir".into(), dir.clone()];
+                let mut v = vec![
+                    "node".into(),
+                    p.display().to_string(),
+                    "--dir".into(),
+                    dir.clone(),
+                ];
                 v.extend(listen.iter().cloned());
                 Ok(v)
             };
@@ -141,7 +146,12 @@ pub fn spawn_server(spec: &ServerSpec) -> Result<Server> {
                         Some(b) => b.to_path_buf(),
                         None => crate::default_server_bin()?,
                     };
-                    let mut v = vec![bin.display().to_string(), "serve".into(), "--dir".into(), dir.clone()];
+                    let mut v = vec![
+                        bin.display().to_string(),
+                        "serve".into(),
+                        "--dir".into(),
+                        dir.clone(),
+                    ];
                     v.extend(listen.iter().cloned());
                     v.extend(spec.extra.iter().cloned());
                     v

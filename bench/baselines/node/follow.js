@@ -1,8 +1,9 @@
 // Follows every file of a folder the way Node.js guides do it: chokidar
 // watches the folder; on `change`, read the bytes from the last offset to the
 // current size, split them into lines, keep the unfinished last piece for
-// the next read. Files present at start are followed from their end, files
-// created later from their start; a file that shrank is read again from 0.
+// the next read; after each read the size is checked once more. Files
+// present at start are followed from their end, files created later from
+// their start; a file that shrank is read again from 0.
 'use strict';
 
 const fs = require('fs');
@@ -34,12 +35,13 @@ function follow(dir, onLine, onReady) {
         f.rest = parts.pop();
         for (const line of parts) onLine(line, path);
       });
+      // Look again once the read is done: chokidar compares mtimes, and
+      // writes that land within one timestamp tick of the last event raise
+      // no new `change`, so their bytes would wait for the next write.
       const done = () => {
         f.reading = false;
-        if (f.again) {
-          f.again = false;
-          read(path);
-        }
+        f.again = false;
+        read(path);
       };
       stream.on('end', done);
       stream.on('error', done);

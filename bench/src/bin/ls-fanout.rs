@@ -161,17 +161,20 @@ async fn follow(
     let mut left = last.len();
     let mut n = 0u64;
     while !shared.stop.load(Ordering::Relaxed) && left > 0 {
-        let more = match tokio::time::timeout(Duration::from_millis(200), c.next(&mut |l, _| {
-            n += 1;
-            if let (Some(f), Some(s)) = (field(l, "file="), field(l, "seq="))
-                && last.get(f as usize) == Some(&s)
-                && let Some(x) = seen.get_mut(f as usize)
-                && !*x
-            {
-                *x = true;
-                left -= 1;
-            }
-        }))
+        let more = match tokio::time::timeout(
+            Duration::from_millis(200),
+            c.next(&mut |l, _| {
+                n += 1;
+                if let (Some(f), Some(s)) = (field(l, "file="), field(l, "seq="))
+                    && last.get(f as usize) == Some(&s)
+                    && let Some(x) = seen.get_mut(f as usize)
+                    && !*x
+                {
+                    *x = true;
+                    left -= 1;
+                }
+            }),
+        )
         .await
         {
             Err(_) => true,
@@ -291,7 +294,8 @@ fn main() -> Result<()> {
     let deadline = t0 + Duration::from_secs(args.timeout_secs);
     let mut peak_mem = 0u64;
     rt.block_on(async {
-        while Instant::now() < deadline && shared.done_clients.load(Ordering::Relaxed) < args.clients
+        while Instant::now() < deadline
+            && shared.done_clients.load(Ordering::Relaxed) < args.clients
         {
             if readers.iter().all(|r| r.is_finished()) {
                 break;

@@ -127,13 +127,12 @@ async fn run(args: &Args, server: &lb::Server, dir: PathBuf) -> Result<serde_jso
     let quiet = lb::wait_quiet(Duration::from_secs(args.quiet_wait_secs), args.quiet_busy);
     let total = (args.rate * args.duration).round().max(1.0) as u64;
     let base = Instant::now();
-    let path = args
-        .target
-        .stream_path(Some(FILE), args.format == "json");
+    let path = args.target.stream_path(Some(FILE), args.format == "json");
     let mut clients = Vec::new();
     for i in 0..args.clients {
         let ip = lb::source_ip(2 + i % 200)?;
-        clients.push(proto::Client::connect(args.target, server.addr, Some(ip), &path, false).await?);
+        clients
+            .push(proto::Client::connect(args.target, server.addr, Some(ip), &path, false).await?);
     }
     let mut extra = Vec::new();
     if args.extra_conns > 0 {
