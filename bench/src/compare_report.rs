@@ -68,6 +68,19 @@ fn cmd(v: &Value) -> String {
     format!("`{}`", v["command"].as_str().unwrap_or("?"))
 }
 
+/// `secs` of an `ls-fanout` result, with how the run ended when not every
+/// client saw every last line.
+fn run_secs(v: &Value) -> String {
+    let secs = f(v, &["secs"]).map_or("–".into(), |x| format!("{x:.3}"));
+    if v["all_done"].as_bool().unwrap_or(false) {
+        secs
+    } else if v["quiesced"].as_bool().unwrap_or(false) {
+        format!("{secs} (last line skipped)")
+    } else {
+        format!("{secs} (timeout)")
+    }
+}
+
 fn f(v: &Value, path: &[&str]) -> Option<f64> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
 }
@@ -205,7 +218,7 @@ pub fn render(dir: &Path) -> Result<Option<String>> {
                 t.name(),
                 n0(f(v, &["delivered"])),
                 n0(f(v, &["expected"])),
-                f(v, &["secs"]).map_or("–".into(), |x| format!("{x:.3}")),
+                run_secs(v),
                 n0(f(v, &["lines_per_sec"])),
                 f(v, &["server_cpu_secs"]).map_or("–".into(), |x| format!("{x:.2}")),
                 n0(f(v, &["lines_per_server_cpu_sec"])),
@@ -293,7 +306,7 @@ pub fn render(dir: &Path) -> Result<Option<String>> {
             md,
             "`ls-fanout --clients N`: N clients follow one file, then the writer appends as fast as it can a number of 100-byte \
              lines that makes about the same number of deliveries at every N (N × lines); **delivered/s** = lines received by all \
-             clients ÷ time until every client saw the last line (or until the 60 s timeout: then the row says \"timeout\"). Ours \
+             clients ÷ time until every client saw the last line; when a client was moved past a last line by a `gap` (ours), the time of the last line received once nothing more arrived for 2 s (\"last line skipped\"); or the 60 s timeout (\"timeout\"). Ours \
              batches lines into frames (up to 512 records / 64 KiB); the Node baselines send one message per line per client. \
              `tailf` stops at 1,000 clients (one process each). Ratio = this target's figure over `ws`'s. **The clients share one \
              core** (CPU 1), so where the server needs little CPU (ours) delivered/s is bounded by the clients; deliveries per \
@@ -316,17 +329,15 @@ pub fn render(dir: &Path) -> Result<Option<String>> {
                 .iter()
                 .find(|(c, x, _)| c == clients && *x == Target::Ws)
                 .and_then(|(_, _, b)| f(b, &["delivered_per_server_cpu_sec"]));
-            let done = v["all_done"].as_bool().unwrap_or(false);
             writeln!(
                 md,
-                "| {} | {} | {} | {} / {} | {}{} | **{}** | {} | {} | **{}** | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} / {} | {} | **{}** | {} | {} | **{}** | {} | {} | {} | {} |",
                 group(*clients as f64),
                 t.name(),
                 n0(f(v, &["lines"])),
                 n0(f(v, &["delivered"])),
                 n0(f(v, &["expected"])),
-                f(v, &["secs"]).map_or("–".into(), |x| format!("{x:.3}")),
-                if done { "" } else { " (timeout)" },
+                run_secs(v),
                 n0(f(v, &["delivered_per_sec"])),
                 ratio(f(v, &["delivered_per_sec"]), base),
                 f(v, &["server_cpu_secs"]).map_or("–".into(), |x| format!("{x:.2}")),

@@ -145,6 +145,10 @@ fn field(line: &str, key: &str) -> Option<u64> {
 }
 
 struct Shared {
+    /// The clock of `last_recv_ns`.
+    base: Instant,
+    /// When any client last received a line (ns since `base`).
+    last_recv_ns: AtomicU64,
     received: AtomicU64,
     done_clients: AtomicUsize,
     stop: AtomicBool,
@@ -180,6 +184,9 @@ async fn follow(
             Err(_) => true,
             Ok(r) => r?,
         };
+        shared
+            .last_recv_ns
+            .fetch_max(shared.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if !more {
             break;
         }
@@ -232,6 +239,8 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let shared = Arc::new(Shared {
+        base: Instant::now(),
+        last_recv_ns: AtomicU64::new(0),
         received: AtomicU64::new(0),
         done_clients: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
@@ -293,11 +302,23 @@ fn main() -> Result<()> {
     };
     let deadline = t0 + Duration::from_secs(args.timeout_secs);
     let mut peak_mem = 0u64;
+    // A client moved past a file's last line by a `gap` never sees it: once
+    // the writer is done and nothing arrived for QUIESCE, the run is over.
+    const QUIESCE: Duration = Duration::from_secs(2);
+    let t0_ns = t0.duration_since(shared.base).as_nanos() as u64;
+    let mut quiesced = false;
     rt.block_on(async {
         while Instant::now() < deadline
             && shared.done_clients.load(Ordering::Relaxed) < args.clients
         {
             if readers.iter().all(|r| r.is_finished()) {
+                break;
+            }
+            let last = shared.last_recv_ns.load(Ordering::Relaxed).max(t0_ns);
+            if writer.is_finished()
+                && shared.base.elapsed().as_nanos() as u64 > last + QUIESCE.as_nanos() as u64
+            {
+                quiesced = true;
                 break;
             }
             peak_mem = peak_mem.max(proto::tree_memory(pid).unwrap_or(0));
@@ -328,8 +349,15 @@ fn main() -> Result<()> {
         }
     }
     let all_done = finish.len() == args.clients;
+    let last_recv_secs = shared
+        .last_recv_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(t0_ns) as f64
+        / 1e9;
     let secs = if all_done {
         finish.iter().copied().fold(0.0, f64::max)
+    } else if quiesced {
+        last_recv_secs
     } else {
         elapsed
     };
@@ -351,6 +379,7 @@ fn main() -> Result<()> {
         "writer_secs": writer_secs,
         "secs": secs,
         "all_done": all_done,
+        "quiesced": quiesced,
         "clients_done": finish.len(),
         "delivered": received,
         "expected": expected,
