@@ -11,7 +11,8 @@
 #                           bench/baselines/ (chokidar+ws, chokidar+Socket.IO,
 #                           tail -F over HTTP): idle memory per connection, ingest
 #                           cost, latency, fan-out; writes bench/results/compare-*.json
-#                           and the plots in bench/plots/ (~25 min; QUICK=1 ~8 min)
+#                           and the plots in bench/plots/ (~16 min on a quiet machine;
+#                           QUICK=1 ~8 min; the server is pinned to CPU 0, the tools to CPU 1)
 #
 # Every tool starts its own `target/release/logstream serve` on a fresh folder
 # in /dev/shm, on loopback only, and writes its JSON result into

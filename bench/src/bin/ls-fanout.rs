@@ -165,6 +165,7 @@ async fn follow(
     let mut left = last.len();
     let mut n = 0u64;
     while !shared.stop.load(Ordering::Relaxed) && left > 0 {
+        let before = n;
         let more = match tokio::time::timeout(
             Duration::from_millis(200),
             c.next(&mut |l, _| {
@@ -184,9 +185,11 @@ async fn follow(
             Err(_) => true,
             Ok(r) => r?,
         };
-        shared
-            .last_recv_ns
-            .fetch_max(shared.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if n > before {
+            shared
+                .last_recv_ns
+                .fetch_max(shared.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
         if !more {
             break;
         }
@@ -327,6 +330,16 @@ fn main() -> Result<()> {
     });
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = proto::tree_cpu(pid).unwrap_or_default();
+    // Ours counts what it tailed, whether or not a slow client got it all.
+    let ingested = if args.target.is_ours() {
+        server
+            .metric("logstream_lines_read_total")
+            .ok()
+            .flatten()
+            .map(|x| x as u64)
+    } else {
+        None
+    };
     let load = load.finish(Some(pid));
     let writer_secs = writer.join().map_err(|_| anyhow!("writer panicked"))??;
     shared.stop.store(true, Ordering::Relaxed);
@@ -391,6 +404,8 @@ fn main() -> Result<()> {
         "delivered_per_server_cpu_sec": if server_cpu > 0.0 { Some(received as f64 / server_cpu) } else { None },
         "lines_per_server_cpu_sec": if server_cpu > 0.0 { Some(args.lines as f64 * (received as f64 / expected as f64) / server_cpu) } else { None },
         "server_peak_mem_bytes": peak_mem,
+        "lines_ingested": ingested,
+        "ingested_per_server_cpu_sec": ingested.filter(|_| server_cpu > 0.0).map(|n| n as f64 / server_cpu),
         "server_cpu_pin": args.server_cpu,
         "quiet_wait": quiet,
         "other_load": load,

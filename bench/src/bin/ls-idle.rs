@@ -322,6 +322,13 @@ fn coordinator(args: Args) -> Result<()> {
     std::thread::sleep(Duration::from_millis(args.settle_ms.min(1000)));
     let quiet = lb::wait_quiet(Duration::from_secs(args.quiet_wait_secs), args.quiet_busy);
     let load = lb::OtherLoad::start(server.pid);
+    let workers_cpu = |ws: &[Worker]| -> f64 {
+        ws.iter()
+            .filter_map(|w| lb::process_cpu(w.child.id()))
+            .map(|d| d.as_secs_f64())
+            .sum()
+    };
+    let workers_cpu0 = workers_cpu(&workers);
     let mut points = Vec::new();
     let mut total_failed = 0;
     for &target in &steps {
@@ -382,7 +389,19 @@ fn coordinator(args: Args) -> Result<()> {
         eprintln!("ls-idle: holding {} s", args.hold_secs);
         std::thread::sleep(Duration::from_secs(args.hold_secs));
     }
-    let load = load.finish(server.pid);
+    let mut load = load.finish(server.pid);
+    // The client workers are part of the measurement, not other load.
+    let spent = (workers_cpu(&workers) - workers_cpu0).max(0.0);
+    if let (Some(other), Some(share)) = (
+        load["other_cpu_secs"].as_f64(),
+        load["other_busy_share"].as_f64(),
+    ) && other > 0.0
+    {
+        let left = (other - spent).max(0.0);
+        load["other_cpu_secs"] = json!(left);
+        load["other_busy_share"] = json!(share * left / other);
+        load["client_workers_cpu_secs"] = json!(spent);
+    }
     drop(workers);
 
     let fit = |key: &str, from: usize| {
