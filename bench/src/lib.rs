@@ -5,6 +5,9 @@
 //!
 //! Everything here targets loopback only.
 
+pub mod compare_report;
+pub mod proto;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -307,7 +310,7 @@ pub fn status_bytes(pid: u32, key: &str) -> Option<u64> {
     kb_field(&s, key)
 }
 
-fn kb_field(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn kb_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let rest = l.strip_prefix(key)?.strip_prefix(':')?;
         rest.split_whitespace()
