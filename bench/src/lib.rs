@@ -5,6 +5,8 @@
 //!
 //! Everything here targets loopback only.
 
+pub mod targets;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
