@@ -48,7 +48,7 @@ fi
 REVS_TARGET=$ROOT/target/callgrind-revs
 if [[ ! -d $REVS_TARGET/release && -d $CARGO_TARGET_DIR/release ]]; then
     mkdir -p "$REVS_TARGET"
-    cp -r "$CARGO_TARGET_DIR/release" "$REVS_TARGET/release"
+    cp -al "$CARGO_TARGET_DIR/release" "$REVS_TARGET/release" # hard links: no copy
 fi
 tmp=$(mktemp -d)
 trap 'for w in "$tmp"/wt-*; do [[ -d $w ]] && git worktree remove --force "$w"; done; rm -rf "$tmp"' EXIT
