@@ -4,8 +4,14 @@
 #   bench/run.sh            build release, run every scenario (~6-7 min), write bench/RESULTS.md
 #   QUICK=1 bench/run.sh    shorter scenarios (smoke test of the suite, ~2 min)
 #   SCENARIOS="latency" bench/run.sh
-#                           rerun only some groups (throughput, latency, idle, fanin);
-#                           the other groups' results in bench/results/ are kept
+#                           rerun only some groups (throughput, latency, idle, fanin,
+#                           compare); the other groups' results in bench/results/ are kept
+#   SCENARIOS=compare bench/run.sh
+#                           logstream side by side with the baselines of
+#                           bench/baselines/ (chokidar+ws, chokidar+Socket.IO,
+#                           tail -F over HTTP): idle memory per connection, ingest
+#                           cost, latency, fan-out; writes bench/results/compare-*.json
+#                           and the plots in bench/plots/ (~25 min; QUICK=1 ~8 min)
 #
 # Every tool starts its own `target/release/logstream serve` on a fresh folder
 # in /dev/shm, on loopback only, and writes its JSON result into
@@ -65,6 +71,18 @@ else
     FANIN=(--warmup-secs 8 --duration 30)
 fi
 
+# compare: the server runs on CPU 0, the tool and its clients on CPU 1.
+CMP_TARGETS=${CMP_TARGETS:-ours-ws ours-sse ws socketio tailf}
+PIN_SERVER=(--server-cpu 0)
+PIN_TOOL=(taskset -c 1)
+if [[ $QUICK == 1 ]]; then
+    CMP_STEPS=0,1000,2000,5000; CMP_STEPS_TAILF=0,50,100,200; CMP_LINES=300000
+    CMP_LAT_IDLE=8; CMP_LAT_FAST=3; CMP_DELIVER=400000; CMP_FANOUT="1 10 100 1000 10000"
+else
+    CMP_STEPS=0,1000,5000,10000,19000; CMP_STEPS_TAILF=0,100,200,400; CMP_LINES=1000000
+    CMP_LAT_IDLE=30; CMP_LAT_FAST=10; CMP_DELIVER=2000000; CMP_FANOUT="1 10 100 1000 10000"
+fi
+
 if want throughput; then
     echo "== throughput" >&2
     run "$BIN/ls-throughput" --lines "$LINES" --files 1 --mode live "${Q[@]}" --json-out "$OUT/throughput-live-1.json"
@@ -97,6 +115,41 @@ if want fanin; then
         "${Q[@]}" --json-out "$OUT/fanin-200ms.json"
     run "$BIN/ls-fanin" --sidecars 50 --rate 2000 --clients 100 --reorder-window 0s "${FANIN[@]}" \
         "${Q[@]}" --json-out "$OUT/fanin-0s.json"
+fi
+
+if want compare; then
+    echo "== compare: logstream and the baselines side by side" >&2
+    bench/baselines/install.sh
+    OURS=(--server-arg=--max-connections --server-arg=20000)
+    for t in $CMP_TARGETS; do
+        extra=(); [[ $t == ours-* ]] && extra=("${OURS[@]}")
+        steps=$CMP_STEPS; [[ $t == tailf ]] && steps=$CMP_STEPS_TAILF
+        run "${PIN_TOOL[@]}" "$BIN/ls-idle" --target "$t" --steps "$steps" --procs 2 --ips-per-proc 4 \
+            --settle-ms 2000 "${PIN_SERVER[@]}" "${extra[@]}" "${Q[@]}" --json-out "$OUT/compare-idle-$t.json"
+    done
+    for t in $CMP_TARGETS; do
+        for f in 1 10; do
+            run "${PIN_TOOL[@]}" "$BIN/ls-fanout" --target "$t" --clients 1 --files "$f" --lines "$CMP_LINES" \
+                "${PIN_SERVER[@]}" "${Q[@]}" --json-out "$OUT/compare-throughput-$f-$t.json"
+        done
+    done
+    for t in $CMP_TARGETS; do
+        run "${PIN_TOOL[@]}" "$BIN/ls-latency" --target "$t" --rate 1 --duration "$CMP_LAT_IDLE" --clients 1 \
+            "${PIN_SERVER[@]}" "${QL[@]}" --json-out "$OUT/compare-latency-1-$t.json"
+        run "${PIN_TOOL[@]}" "$BIN/ls-latency" --target "$t" --rate 10000 --duration "$CMP_LAT_FAST" --clients 100 \
+            "${PIN_SERVER[@]}" "${QL[@]}" --json-out "$OUT/compare-latency-10000-$t.json"
+    done
+    for t in $CMP_TARGETS; do
+        extra=(); [[ $t == ours-* ]] && extra=("${OURS[@]}")
+        for c in $CMP_FANOUT; do
+            # One `tail` process per client: the tailf baseline stops at 1,000.
+            [[ $t == tailf && $c -gt 1000 ]] && continue
+            lines=$(( CMP_DELIVER / c )); (( lines < 100 )) && lines=100
+            run "${PIN_TOOL[@]}" "$BIN/ls-fanout" --target "$t" --clients "$c" --lines "$lines" \
+                "${PIN_SERVER[@]}" "${extra[@]}" "${Q[@]}" --json-out "$OUT/compare-fanout-$c-$t.json"
+        done
+    done
+    bench/plots/plot.sh "$OUT" bench/plots || echo "plots failed (see above)" >&2
 fi
 
 total=$(( $(date +%s) - started ))

@@ -5,6 +5,8 @@
 //!
 //! Everything here targets loopback only.
 
+pub mod compare_report;
+pub mod proto;
 pub mod targets;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -309,7 +311,7 @@ pub fn status_bytes(pid: u32, key: &str) -> Option<u64> {
     kb_field(&s, key)
 }
 
-fn kb_field(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn kb_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let rest = l.strip_prefix(key)?.strip_prefix(':')?;
         rest.split_whitespace()

@@ -1,7 +1,10 @@
-//! `ls-idle`: opens idle WebSocket connections to `/ws` in steps, from
+//! `ls-idle`: opens idle stream connections (WebSocket `/ws` by default;
+//! `--target` for SSE and the baselines of `bench/baselines/`) in steps, from
 //! several loopback source addresses and several worker processes, and at
 //! each step measures the server's resident memory (VmRSS) and the kernel's
-//! socket memory. Fits bytes per connection by linear regression.
+//! socket memory. Fits bytes per connection by linear regression. For a
+//! server that starts processes per client (the `tailf` baseline), the
+//! children's proportional set size is added (`server_mem_bytes`).
 //!
 //! The coordinator (this process) starts the server (or attaches to one),
 //! starts `--procs` workers (this binary with `--worker`) and tells each how
@@ -20,6 +23,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use futures::StreamExt;
 use logstream_bench as lb;
+use logstream_bench::proto::{self, Target};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
@@ -47,9 +51,18 @@ struct Args {
     /// Keep the connections open this long after the last step.
     #[arg(long, default_value_t = 0)]
     hold_secs: u64,
-    /// Path and query of the stream.
-    #[arg(long, default_value = "/ws")]
-    path: String,
+    /// Server design under test.
+    #[arg(long, value_enum, default_value = "ours-ws")]
+    target: Target,
+    /// Path and query of the stream (default: the target's stream).
+    #[arg(long)]
+    path: Option<String>,
+    /// Start the server with this command instead (`{dir}` = the folder).
+    #[arg(long)]
+    server_cmd: Option<String>,
+    /// Pin the server to this CPU (`taskset -c`).
+    #[arg(long)]
+    server_cpu: Option<usize>,
     /// Attach to a running server instead of starting one (loopback only).
     #[arg(long)]
     addr: Option<String>,
@@ -124,11 +137,17 @@ async fn worker(args: Args) -> Result<()> {
             if need == 0 {
                 break;
             }
-            let path = args.path.clone();
+            let path = stream_path(&args);
             let results: Vec<Result<tokio::task::JoinHandle<()>>> = futures::stream::iter(0..need)
                 .map(|i| {
                     let ip = ips[(next_ip + i) % ips.len()];
-                    lb::open_idle(addr, ip, path.clone(), Some(closed_by_server.clone()))
+                    proto::open_idle(
+                        args.target,
+                        addr,
+                        ip,
+                        path.clone(),
+                        Some(closed_by_server.clone()),
+                    )
                 })
                 .buffer_unordered(args.concurrency.max(1))
                 .collect()
@@ -160,6 +179,12 @@ async fn worker(args: Args) -> Result<()> {
         h.abort();
     }
     Ok(())
+}
+
+fn stream_path(args: &Args) -> String {
+    args.path
+        .clone()
+        .unwrap_or_else(|| args.target.stream_path(None, true))
 }
 
 // ---------------------------------------------------------------- coordinator
@@ -243,19 +268,18 @@ fn coordinator(args: Args) -> Result<()> {
     let scratch = lb::Scratch::new("idle")?;
     let server = match &args.addr {
         Some(a) => lb::Server::attach(a, args.pid)?,
-        None => {
-            let bin = match &args.server_bin {
-                Some(b) => b.clone(),
-                None => lb::default_server_bin()?,
-            };
-            lb::Server::spawn(
-                &bin,
-                &scratch.logs(),
-                &args.server_args,
-                &scratch.root.join("server.stderr"),
-            )?
-        }
+        None => proto::spawn_server(&proto::ServerSpec {
+            target: args.target,
+            dir: &scratch.logs(),
+            server_cmd: args.server_cmd.as_deref(),
+            server_bin: args.server_bin.as_deref(),
+            extra: &args.server_args,
+            cpu: args.server_cpu,
+            stderr_to: &scratch.root.join("server.stderr"),
+        })?,
     };
+    // The tailf baseline follows the files present when a client arrives.
+    std::fs::write(scratch.logs().join("idle.log"), b"")?;
     eprintln!("ls-idle: server {} pid {:?}", server.addr, server.pid);
     let exe = std::env::current_exe()?;
     let mut workers = Vec::new();
@@ -266,7 +290,9 @@ fn coordinator(args: Args) -> Result<()> {
                 "--addr",
                 &server.addr.to_string(),
                 "--path",
-                &args.path,
+                &stream_path(&args),
+                "--target",
+                args.target.name(),
             ])
             .args(["--ips-per-proc", &args.ips_per_proc.to_string()])
             .args(["--ip-base", &(2 + i * args.ips_per_proc).to_string()])
@@ -290,7 +316,9 @@ fn coordinator(args: Args) -> Result<()> {
         });
     }
     // One request first, so lazily built server state is not counted per connection.
-    let _ = server.metric("logstream_clients");
+    if args.target.is_ours() {
+        let _ = server.metric("logstream_clients");
+    }
     std::thread::sleep(Duration::from_millis(args.settle_ms.min(1000)));
     let quiet = lb::wait_quiet(Duration::from_secs(args.quiet_wait_secs), args.quiet_busy);
     let load = lb::OtherLoad::start(server.pid);
@@ -316,8 +344,10 @@ fn coordinator(args: Args) -> Result<()> {
         // Wait for the server's own count to agree (closed connections are gone).
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut server_count = None;
-        while Instant::now() < deadline {
-            server_count = server.metric(r#"logstream_clients{transport="ws"}"#)?;
+        while let Some(label) = args.target.transport_label()
+            && Instant::now() < deadline
+        {
+            server_count = server.metric(&format!("logstream_clients{{transport=\"{label}\"}}"))?;
             if server_count.unwrap_or(0.0) as usize == open {
                 break;
             }
@@ -337,6 +367,7 @@ fn coordinator(args: Args) -> Result<()> {
             "closed_by_server": closed,
             "open_secs": open_secs,
             "server_rss_bytes": server.rss(),
+            "server_mem_bytes": server.pid.and_then(proto::tree_memory),
             "server_hwm_bytes": server.hwm(),
             "client_rss_bytes": client_rss,
             "kernel_slab_bytes": lb::kernel_slab(),
@@ -365,6 +396,8 @@ fn coordinator(args: Args) -> Result<()> {
     let second = steps.iter().copied().find(|s| *s > 0).unwrap_or(0);
     let result = json!({
         "tool": "ls-idle",
+        "target": args.target.name(),
+        "path": stream_path(&args),
         "command": lb::command_line(),
         "server_command": server.command,
         "machine": lb::machine(),
@@ -373,6 +406,7 @@ fn coordinator(args: Args) -> Result<()> {
         "points": points,
         "server_rss_fit": fit("server_rss_bytes", 0),
         "server_rss_fit_from_first_step": fit("server_rss_bytes", second),
+        "server_mem_fit_from_first_step": fit("server_mem_bytes", second),
         "client_rss_fit": fit("client_rss_bytes", 0),
         "kernel_slab_fit": fit("kernel_slab_bytes", 0),
         "kernel_socket_slab_fit": fit("kernel_socket_slab_bytes", 0),

@@ -1,6 +1,7 @@
 //! `ls-latency`: write→client latency. A writer thread appends timestamped
 //! lines to a file in the watched folder at a fixed rate (buffered writer,
-//! flushed once per tick); WebSocket clients subscribed to `/ws` parse the
+//! flushed once per tick); clients subscribed to `/ws` (or, with `--target`,
+//! to `/sse` or one of the baselines of `bench/baselines/`) parse the
 //! timestamp out of each received line and record `now - written` in an
 //! HDR histogram. Writer and readers share one monotonic clock (this process).
 
@@ -14,10 +15,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use logstream::protocol::ServerMessage;
 use logstream_bench as lb;
+use logstream_bench::proto::{self, Target};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,6 +25,15 @@ use tokio_tungstenite::tungstenite::Message;
     about = "Measure write-to-client latency of live log lines over WebSocket"
 )]
 struct Args {
+    /// Server design under test.
+    #[arg(long, value_enum, default_value = "ours-ws")]
+    target: Target,
+    /// Start the server with this command instead (`{dir}` = the folder).
+    #[arg(long)]
+    server_cmd: Option<String>,
+    /// Pin the server to this CPU (`taskset -c`).
+    #[arg(long)]
+    server_cpu: Option<usize>,
     /// Lines per second.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
@@ -47,7 +56,7 @@ struct Args {
     /// Bytes per line, newline included.
     #[arg(long, default_value_t = 100)]
     line_bytes: usize,
-    /// `json` (records) or `raw` (lines only).
+    /// `json` (records) or `raw` (lines only); ours only.
     #[arg(long, default_value = "json", value_parser = ["json", "raw"])]
     format: String,
     /// Attach to a running server (loopback only); needs --dir.
@@ -83,6 +92,9 @@ fn main() -> Result<()> {
     if args.rate <= 0.0 || args.duration <= 0.0 {
         bail!("--rate and --duration must be positive");
     }
+    if args.extra_conns > 0 && !args.target.is_ours() {
+        bail!("--extra-conns subscribes to another file: only ours can filter by file");
+    }
     let scratch = lb::Scratch::new("latency")?;
     let dir = args.dir.clone().unwrap_or_else(|| scratch.logs());
     // The file exists before the server starts, so it is tracked from its first scan.
@@ -92,18 +104,15 @@ fn main() -> Result<()> {
         .open(dir.join(FILE))?;
     let server = match &args.addr {
         Some(a) => lb::Server::attach(a, None)?,
-        None => {
-            let bin = match &args.server_bin {
-                Some(b) => b.clone(),
-                None => lb::default_server_bin()?,
-            };
-            lb::Server::spawn(
-                &bin,
-                &dir,
-                &args.server_args,
-                &scratch.root.join("server.stderr"),
-            )?
-        }
+        None => proto::spawn_server(&proto::ServerSpec {
+            target: args.target,
+            dir: &dir,
+            server_cmd: args.server_cmd.as_deref(),
+            server_bin: args.server_bin.as_deref(),
+            extra: &args.server_args,
+            cpu: args.server_cpu,
+            stderr_to: &scratch.root.join("server.stderr"),
+        })?,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -118,16 +127,13 @@ async fn run(args: &Args, server: &lb::Server, dir: PathBuf) -> Result<serde_jso
     let quiet = lb::wait_quiet(Duration::from_secs(args.quiet_wait_secs), args.quiet_busy);
     let total = (args.rate * args.duration).round().max(1.0) as u64;
     let base = Instant::now();
-    let path = format!("/ws?file={FILE}&format={}", args.format);
+    let path = args
+        .target
+        .stream_path(Some(FILE), args.format == "json");
     let mut clients = Vec::new();
     for i in 0..args.clients {
         let ip = lb::source_ip(2 + i % 200)?;
-        let mut ws = lb::ws_connect(server.addr, Some(ip), &path, None).await?;
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.as_str().contains(r#""type":"hello""#) => {}
-            other => bail!("expected hello, got {other:?}"),
-        }
-        clients.push(ws);
+        clients.push(proto::Client::connect(args.target, server.addr, Some(ip), &path, false).await?);
     }
     let mut extra = Vec::new();
     if args.extra_conns > 0 {
@@ -155,13 +161,11 @@ async fn run(args: &Args, server: &lb::Server, dir: PathBuf) -> Result<serde_jso
     let load = lb::OtherLoad::start(server.pid);
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
-    for ws in clients {
-        let raw = args.format == "raw";
+    for c in clients {
         let warmup = args.warmup_lines;
         readers.push(tokio::spawn(read_client(
-            ws,
+            c,
             base,
-            raw,
             warmup,
             total,
             stop.clone(),
@@ -226,6 +230,9 @@ async fn run(args: &Args, server: &lb::Server, dir: PathBuf) -> Result<serde_jso
     );
     Ok(json!({
         "tool": "ls-latency",
+        "target": args.target.name(),
+        "path": path,
+        "cdf": cdf(&hist),
         "command": lb::command_line(),
         "server_command": server.command,
         "machine": lb::machine(),
@@ -300,9 +307,8 @@ fn write_lines(
 /// sample as (seq, written ns, latency ns). The receive time is taken as soon
 /// as the frame is read, before it is parsed.
 async fn read_client(
-    mut ws: lb::Ws,
+    mut c: proto::Client,
     base: Instant,
-    raw: bool,
     warmup: u64,
     total: u64,
     stop: Arc<AtomicBool>,
@@ -317,8 +323,8 @@ async fn read_client(
         samples: Vec::new(),
     };
     let mut last_seq = None;
-    // `ts` is when the tailer cut the line (wall clock): it splits the
-    // latency into write→tail and tail→client.
+    // `ts` is when the tailer cut the line (wall clock, ours with JSON
+    // records): it splits the latency into write→tail and tail→client.
     let record = |line: &str,
                   now: u64,
                   now_wall: i64,
@@ -347,37 +353,43 @@ async fn read_client(
         Some(seq)
     };
     while !stop.load(Ordering::Relaxed) && last_seq.is_none_or(|s| s + 1 < total) {
-        let msg = match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
-            Err(_) => continue,
-            Ok(None) => break,
-            Ok(Some(m)) => m?,
-        };
-        let now = base.elapsed().as_nanos() as u64;
-        let now_wall = logstream::hub::now_ns();
-        let Message::Text(t) = msg else { continue };
-        if raw {
-            for l in t.as_str().split('\n') {
-                if l.starts_with("# logstream:") {
-                    r.gaps += u64::from(l.contains(r#""type":"gap""#));
-                } else if let Some(s) = record(l, now, now_wall, None, &mut r) {
+        // The receive time is taken once per network message, before its
+        // lines are looked at.
+        let mut now: Option<(u64, i64)> = None;
+        let got = tokio::time::timeout(
+            Duration::from_millis(100),
+            c.next(&mut |line, meta| {
+                let (t, w) = *now.get_or_insert_with(|| {
+                    (base.elapsed().as_nanos() as u64, logstream::hub::now_ns())
+                });
+                if let Some(s) = record(line, t, w, meta.ts, &mut r) {
                     last_seq = Some(s);
                 }
-            }
-        } else {
-            match serde_json::from_str::<ServerMessage>(t.as_str())? {
-                ServerMessage::Records { records, .. } => {
-                    for rec in records {
-                        if let Some(s) = record(&rec.line, now, now_wall, Some(&rec.ts), &mut r) {
-                            last_seq = Some(s);
-                        }
-                    }
-                }
-                ServerMessage::Gap { .. } => r.gaps += 1,
-                _ => {}
-            }
+            }),
+        )
+        .await;
+        match got {
+            Err(_) => continue,
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => break,
+            Ok(Err(e)) => return Err(e),
         }
     }
+    r.gaps = c.gaps;
     Ok(r)
+}
+
+/// The latency distribution as (quantile, µs) points, for CDF plots.
+fn cdf(h: &Histogram<u64>) -> serde_json::Value {
+    let qs = [
+        0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99,
+        0.995, 0.999, 0.9999, 1.0,
+    ];
+    serde_json::Value::Array(
+        qs.iter()
+            .map(|&q| json!([q, h.value_at_quantile(q) as f64 / 1000.0]))
+            .collect(),
+    )
 }
 
 struct ClientResult {

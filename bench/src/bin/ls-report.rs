@@ -423,6 +423,9 @@ fn main() -> Result<()> {
         }
         writeln!(md)?;
     }
+    if let Some(section) = logstream_bench::compare_report::render(&a.dir)? {
+        writeln!(md, "{section}")?;
+    }
     if let Some(n) = &a.notes {
         let text = std::fs::read_to_string(n).with_context(|| format!("read {}", n.display()))?;
         writeln!(md, "{}", text.trim_end())?;
