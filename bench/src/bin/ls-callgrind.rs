@@ -150,7 +150,9 @@ fn main() -> Result<()> {
         "ls-callgrind: ours {:?} Ir per 1,000 lines (spread {}), tail floor {:?}, ratio {ratio:?}",
         kinds["ours"]["ir_per_1000_lines_median"],
         kinds["ours"]["spread"],
-        kinds.get("tail").map(|t| t["ir_per_1000_lines_median"].clone())
+        kinds
+            .get("tail")
+            .map(|t| t["ir_per_1000_lines_median"].clone())
     );
     let result = json!({
         "tool": "ls-callgrind",
@@ -195,8 +197,7 @@ fn callgrind_cmd(out: &Path) -> Command {
 
 /// The `summary:` (or `totals:`) Ir of a callgrind output file.
 fn total_ir(out: &Path) -> Result<u64> {
-    let text =
-        std::fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
+    let text = std::fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
     text.lines()
         .find_map(|l| {
             l.strip_prefix("summary:")
@@ -352,15 +353,18 @@ fn run_tail(args: &Args, lines: u64, out: &Path) -> Result<u64> {
     total_ir(out)
 }
 
-/// The first `n` functions of `callgrind_annotate` (inclusive of nothing:
-/// self cost), as (Ir, share, function).
+/// The first `n` functions of `callgrind_annotate` by own instructions, as
+/// (Ir, share, function). Inlined code is listed once per source file it
+/// came from, so rows are summed per function name first.
 fn top_functions(out: &Path, n: usize) -> Result<Value> {
     let o = Command::new("callgrind_annotate")
+        .args(["--threshold=100", "--auto=no"])
         .arg(out)
         .output()
         .context("run callgrind_annotate")?;
     let text = String::from_utf8_lossy(&o.stdout);
-    let mut rows = Vec::new();
+    let mut total = 0u64;
+    let mut by_fn: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for l in text.lines() {
         // `1,234,567 (12.34%)  file:function [object]`
         let t = l.trim_start();
@@ -370,23 +374,31 @@ fn top_functions(out: &Path, n: usize) -> Result<Value> {
         let Ok(ir) = ir.replace(',', "").parse::<u64>() else {
             continue;
         };
-        let rest = rest.trim_start();
-        let Some(rest) = rest.strip_prefix('(') else {
-            continue;
-        };
-        let Some((share, func)) = rest.split_once(')') else {
+        let Some((_, func)) = rest.trim_start().split_once(')') else {
             continue;
         };
         let func = func.trim();
-        if func.starts_with("PROGRAM TOTALS") || func.is_empty() {
-            continue;
-        }
-        rows.push(json!({"ir": ir, "share": share.trim(), "function": short_name(func)}));
-        if rows.len() == n {
-            break;
+        if func.starts_with("PROGRAM TOTALS") {
+            total = ir;
+        } else if !func.is_empty() {
+            *by_fn.entry(short_name(func)).or_default() += ir;
         }
     }
-    Ok(Value::Array(rows))
+    let mut rows: Vec<(String, u64)> = by_fn.into_iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(Value::Array(
+        rows.into_iter()
+            .take(n)
+            .map(|(f, ir)| {
+                let share = if total > 0 {
+                    format!("{:.2}%", ir as f64 * 100.0 / total as f64)
+                } else {
+                    String::new()
+                };
+                json!({"ir": ir, "share": share, "function": f})
+            })
+            .collect(),
+    ))
 }
 
 /// `file:function [object]` → `function`: the file is the first `:` that is
@@ -397,11 +409,8 @@ fn short_name(entry: &str) -> String {
         _ => entry,
     };
     let b = entry.as_bytes();
-    let split = (0..b.len()).find(|&i| {
-        b[i] == b':'
-            && b.get(i + 1) != Some(&b':')
-            && (i == 0 || b[i - 1] != b':')
-    });
+    let split = (0..b.len())
+        .find(|&i| b[i] == b':' && b.get(i + 1) != Some(&b':') && (i == 0 || b[i - 1] != b':'));
     match split {
         Some(i) => entry[i + 1..].to_string(),
         None => entry.to_string(),
@@ -415,7 +424,9 @@ mod tests {
     #[test]
     fn annotate_entries_keep_the_function() {
         assert_eq!(
-            short_name("/rustc/x/library/core/src/str/pattern.rs:logstream::parse::logfmt_level [/t/logstream]"),
+            short_name(
+                "/rustc/x/library/core/src/str/pattern.rs:logstream::parse::logfmt_level [/t/logstream]"
+            ),
             "logstream::parse::logfmt_level"
         );
         assert_eq!(
