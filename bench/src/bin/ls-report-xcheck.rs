@@ -253,9 +253,9 @@ fn stall(dir: &Path, md: &mut String) -> Result<()> {
         )?;
         writeln!(
             md,
-            "| server | others p50 normal → stalled | others p99 normal → stalled | **p99 ratio stalled / normal** | goal ≤ 2 | lines received by the others (normal / stalled, of expected) | server RSS MiB over the stalled run (start, ¼, ½, ¾, end) | RSS max MiB normal → stalled | RSS slope 2nd half MiB/s normal / stalled | the stalled client saw | other CPU normal / stalled |"
+            "| server | others p50 normal → stalled | others p99 normal → stalled | **p99 ratio stalled / normal** | goal ≤ 2 | lines received by the others (normal / stalled, of expected) | server RSS MiB over the stalled run (start, ¼, ½, ¾, end) | RSS max MiB normal → stalled | RSS slope 2nd half MiB/s normal / stalled | the stalled client saw (until SIGCONT) | server's gap counters (stalled run) | other CPU normal / stalled |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
         for r in v["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
             let (n, s) = (&r["phases"]["normal"], &r["phases"]["stalled"]);
             let p99 = r["ratio_stalled_over_normal"]["p99"].as_f64();
@@ -275,7 +275,7 @@ fn stall(dir: &Path, md: &mut String) -> Result<()> {
             let sc = &s["separate_client"];
             writeln!(
                 md,
-                "| {} | {} → {} | {} → {} | **{}** | {} | {} / {} of {} | {}, {}, {}, {}, {} | {} → {} | {} / {} | {} lines, {} gap notices, closed: {} | {} / {} |",
+                "| {} | {} → {} | {} → {} | **{}** | {} | {} / {} of {} | {}, {}, {}, {}, {} | {} → {} | {} / {} | {} lines, {} gap notices, closed: {} | {} | {} / {} |",
                 r["target"].as_str().unwrap_or("?"),
                 us(&n["others"]["latency"]["p50_us"]),
                 us(&s["others"]["latency"]["p50_us"]),
@@ -302,6 +302,15 @@ fn stall(dir: &Path, md: &mut String) -> Result<()> {
                 big(&sc["lines"]),
                 big(&sc["gap_notices"]),
                 sc["closed_by_server"].as_str().unwrap_or("no"),
+                s["server_gap_metrics"]
+                    .as_array()
+                    .filter(|a| !a.is_empty())
+                    .map_or("–".into(), |a| a
+                        .iter()
+                        .filter_map(|l| l.as_str())
+                        .map(|l| format!("`{l}`"))
+                        .collect::<Vec<_>>()
+                        .join("<br>")),
                 other(&n["other_load"]),
                 other(&s["other_load"]),
             )?;

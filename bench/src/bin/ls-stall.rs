@@ -230,6 +230,18 @@ async fn phase(
     sampling.store(true, Ordering::Relaxed);
     let series = sampler.join().map_err(|_| anyhow!("sampler panicked"))?;
     let rss_after = target.rss();
+    // Our server counts its slow-client decisions (gap notices, closes).
+    let server_gaps: Vec<String> = match &target {
+        Target::Ours(_) => lb::http_get(target.addr(), "/metrics")
+            .map(|(_, body)| {
+                body.lines()
+                    .filter(|l| l.starts_with("logstream_gap") && !l.starts_with('#'))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Target::Baseline { .. } => Vec::new(),
+    };
     if stall {
         signal(ext_pid, "CONT")?;
     }
@@ -274,6 +286,7 @@ async fn phase(
             "failed_clients": failed,
         },
         "separate_client": ext_report,
+        "server_gap_metrics": server_gaps,
         "server_rss": rss_summary(&series),
         "server_rss_after_bytes": rss_after,
         "quiet_wait": quiet,
