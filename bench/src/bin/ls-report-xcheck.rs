@@ -237,9 +237,12 @@ fn stall(dir: &Path, md: &mut String) -> Result<()> {
          and one more client is a separate process (the tool re-executed, receive buffer fixed at `stalled_rcvbuf` bytes). Each server \
          is run twice on a fresh folder: **normal** (that process reads) and **stalled** (it is stopped with SIGSTOP for the whole run, \
          then SIGCONT). Goal: the others' p99 with the stall within 2× of the normal run, and the server's memory bounded. Our server keeps \
-         no per-client queue (clients read the shared history; one more than `--client-queue-bytes` behind for `--slow-client-grace` \
-         gets a `gap`), so a stalled client costs its socket buffers only; the `ws` baseline (`ws.send` per line) buffers everything \
-         for it in user space. RSS = the server's VmRSS sampled every 250 ms; slope = least squares over the second half of the run.\n"
+         no per-client queue (clients read the shared history at their own position), so a stalled client costs its socket buffers \
+         only; the `ws` baseline (`ws.send` per line) buffers everything for it in user space. Note: a client that is *stopped* (not \
+         merely slow) blocks its session in a socket write, so our `--client-queue-bytes` / `--slow-client-grace` policy (`gap` or \
+         close) does not act on it; only `--send-timeout` (30 s by default) ends it — the server's `logstream_gap*` counters show \
+         whether a gap was sent during the run. \"The stalled client saw\" is what it had read when it was resumed and told to stop. \
+         RSS = the server's VmRSS sampled every 250 ms; slope = least squares over the second half of the run.\n"
     )?;
     for (_, v) in &all {
         writeln!(
