@@ -241,7 +241,7 @@ fn stall(dir: &Path, md: &mut String) -> Result<()> {
          only; the `ws` baseline (`ws.send` per line) buffers everything for it in user space. Note: a client that is *stopped* (not \
          merely slow) blocks its session in a socket write, so our `--client-queue-bytes` / `--slow-client-grace` policy (`gap` or \
          close) does not act on it; only `--send-timeout` (30 s by default) ends it — the server's `logstream_gap*` counters show \
-         whether a gap was sent during the run. \"The stalled client saw\" is what it had read when it was resumed and told to stop. \
+         whether a gap was sent during the run. \"The stalled client saw\" is what it read in all, resumed at the end and reading until its connection was idle for 1 s. \
          RSS = the server's VmRSS sampled every 250 ms; slope = least squares over the second half of the run.\n"
     )?;
     for (_, v) in &all {
@@ -256,7 +256,7 @@ fn stall(dir: &Path, md: &mut String) -> Result<()> {
         )?;
         writeln!(
             md,
-            "| server | others p50 normal → stalled | others p99 normal → stalled | **p99 ratio stalled / normal** | goal ≤ 2 | lines received by the others (normal / stalled, of expected) | server RSS MiB over the stalled run (start, ¼, ½, ¾, end) | RSS max MiB normal → stalled | RSS slope 2nd half MiB/s normal / stalled | the stalled client saw (until SIGCONT) | server's gap counters (stalled run) | other CPU normal / stalled |"
+            "| server | others p50 normal → stalled | others p99 normal → stalled | **p99 ratio stalled / normal** | goal ≤ 2 | lines received by the others (normal / stalled, of expected) | server RSS MiB over the stalled run (start, ¼, ½, ¾, end) | RSS max MiB normal → stalled | RSS slope 2nd half MiB/s normal / stalled | the stalled client saw | server's gap counters (stalled run) | other CPU normal / stalled |"
         )?;
         writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
         for r in v["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {

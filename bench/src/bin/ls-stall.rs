@@ -295,8 +295,9 @@ async fn phase(
 }
 
 /// The separate client process: connects with a fixed receive buffer, says
-/// `ready`, reads until its stdin closes or the server ends the
-/// connection, then prints what it saw as JSON.
+/// `ready`, reads until its stdin closes (then until the connection is idle
+/// for 1 s) or the server ends the connection, then prints what it saw as
+/// JSON.
 async fn stalled_client(url: &str, rcvbuf: u32) -> Result<()> {
     let rest = url
         .strip_prefix("ws://")
@@ -325,9 +326,32 @@ async fn stalled_client(url: &str, rcvbuf: u32) -> Result<()> {
     tokio::pin!(eof);
     let (mut lines, mut gaps, mut bytes) = (0u64, 0u64, 0u64);
     let mut close: Option<String> = None;
+    // After stdin closes, read on until the connection is idle for 1 s, so
+    // what the server did to it (gap, close) is seen.
+    let mut draining = false;
     loop {
+        if draining {
+            match tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
+                Err(_) | Ok(None) => break,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    bytes += t.len() as u64;
+                    gaps += frame_lines(t.as_str(), |_| lines += 1);
+                }
+                Ok(Some(Ok(Message::Close(c)))) => {
+                    close = Some(c.map_or("no code".into(), |c| {
+                        format!("{} {}", u16::from(c.code), c.reason)
+                    }));
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => {
+                    close.get_or_insert(format!("error: {e}"));
+                    break;
+                }
+            }
+            continue;
+        }
         tokio::select! {
-            _ = &mut eof => break,
+            _ = &mut eof => draining = true,
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => {
                     bytes += t.len() as u64;
