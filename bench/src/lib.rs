@@ -7,6 +7,7 @@
 
 pub mod compare_report;
 pub mod proto;
+pub mod targets;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

