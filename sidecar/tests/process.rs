@@ -15,6 +15,8 @@ use logstream::protocol::{
     ClientMessage, GapReason, Record, ServerMessage, SplitPart, Subscribe, close,
 };
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 fn lines(recs: &[Record]) -> Vec<String> {
     recs.iter().map(|r| r.line.clone()).collect()
@@ -171,6 +173,35 @@ async fn oversized_client_message_is_closed_with_1009() {
     .unwrap();
     assert_eq!(code, Some(close::TOO_BIG));
     s.wait_ready(); // and the server lives on
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let s = Server::start(&[]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws"))
+        .await
+        .unwrap();
+    match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+        Some(Ok(Message::Text(t))) => assert!(t.contains("\"hello\""), "{t}"),
+        other => panic!("expected hello, got {other:?}"),
+    }
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    // The server's reply completes the closing handshake; without it the
+    // client reads EOF (1006 in browsers and k6).
+    let mut got_close = false;
+    while let Some(m) = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+        match m {
+            Ok(Message::Close(_)) => got_close = true,
+            Ok(_) => {}
+            Err(e) => panic!("no close reply before the connection ended: {e}"),
+        }
+    }
+    assert!(got_close, "the server answered the close");
 }
 
 #[tokio::test]

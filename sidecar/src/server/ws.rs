@@ -130,6 +130,11 @@ where
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
+    if end == End::ClientClosed {
+        // tungstenite queued the reply to the client's close frame; flush it,
+        // or the client sees the connection drop (1006) instead of a clean close.
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), ws.close())).await;
+    }
     if let Some(code) = code {
         let send = ws.send(close_msg(code, reason));
         let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), send)).await;
