@@ -94,6 +94,7 @@ fn logfmt_level(line: &str, key: Option<&str>) -> Option<Level> {
 }
 
 /// `key=value` and `key="quoted value"` pairs; good enough for level lookup.
+/// Scans with memchr: this runs for every line that contains a `=`.
 fn logfmt_pairs(line: &str) -> impl Iterator<Item = (&str, &str)> {
     let mut rest = line;
     std::iter::from_fn(move || {
@@ -102,15 +103,16 @@ fn logfmt_pairs(line: &str) -> impl Iterator<Item = (&str, &str)> {
             if rest.is_empty() {
                 return None;
             }
-            let end = rest.find([' ', '=']).unwrap_or(rest.len());
+            // ' ' and '=' are ASCII, so every index below is a char boundary.
+            let end = memchr::memchr2(b' ', b'=', rest.as_bytes()).unwrap_or(rest.len());
             let key = &rest[..end];
             rest = &rest[end..];
             if let Some(r) = rest.strip_prefix('=') {
                 let (val, after) = if let Some(q) = r.strip_prefix('"') {
-                    let close = q.find('"').unwrap_or(q.len());
+                    let close = memchr::memchr(b'"', q.as_bytes()).unwrap_or(q.len());
                     (&q[..close], q.get(close + 1..).unwrap_or(""))
                 } else {
-                    let e = r.find(' ').unwrap_or(r.len());
+                    let e = memchr::memchr(b' ', r.as_bytes()).unwrap_or(r.len());
                     (&r[..e], &r[e..])
                 };
                 rest = after;
@@ -121,20 +123,21 @@ fn logfmt_pairs(line: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 fn plain_level(line: &str) -> Option<Level> {
-    let mut end = line.len().min(PLAIN_WINDOW);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    line[..end]
-        .split(|c: char| !c.is_ascii_alphabetic())
+    // Bytes, not chars: only ASCII letters make words, so a multi-byte
+    // character (or one cut at the window's end) just separates them.
+    let head = &line.as_bytes()[..line.len().min(PLAIN_WINDOW)];
+    head.split(|c| !c.is_ascii_alphabetic())
         .filter(|w| (3..=8).contains(&w.len()))
         // Plain text needs the conventional upper-case spelling ("ERROR",
         // "[warn]" is also common), but not prose words such as "information".
         .find_map(|w| {
-            let l = Level::parse_loose(w)?;
-            let upper = w.bytes().all(|b| b.is_ascii_uppercase());
-            let bracketed = matches!(w.len(), 4 | 5) && w.bytes().all(|b| b.is_ascii_lowercase());
-            (upper || bracketed).then_some(l)
+            let upper = w.iter().all(u8::is_ascii_uppercase);
+            let bracketed = matches!(w.len(), 4 | 5) && w.iter().all(u8::is_ascii_lowercase);
+            if upper || bracketed {
+                Level::parse_loose_bytes(w)
+            } else {
+                None
+            }
         })
 }
 

@@ -149,19 +149,24 @@ impl Level {
 
     /// Parses the spellings found in logs (`WARNING`, `err`, `CRITICAL`...).
     pub fn parse_loose(s: &str) -> Option<Level> {
-        let s = s.trim();
-        let lower = if s.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Owned(s.to_ascii_lowercase())
-        } else {
-            std::borrow::Cow::Borrowed(s)
-        };
-        Some(match lower.as_ref() {
-            "trace" | "trc" => Level::Trace,
-            "debug" | "dbg" => Level::Debug,
-            "info" | "inf" | "information" | "notice" => Level::Info,
-            "warn" | "warning" | "wrn" => Level::Warn,
-            "error" | "err" | "eror" => Level::Error,
-            "fatal" | "critical" | "crit" | "panic" | "emerg" | "alert" => Level::Fatal,
+        Level::parse_loose_bytes(s.trim().as_bytes())
+    }
+
+    /// [`Level::parse_loose`] of an untrimmed ASCII word, without allocating:
+    /// it runs for words of most log lines.
+    pub fn parse_loose_bytes(s: &[u8]) -> Option<Level> {
+        // The longest spelling is "information".
+        let mut buf = [0u8; 11];
+        let lower = buf.get_mut(..s.len())?;
+        lower.copy_from_slice(s);
+        lower.make_ascii_lowercase();
+        Some(match &*lower {
+            b"trace" | b"trc" => Level::Trace,
+            b"debug" | b"dbg" => Level::Debug,
+            b"info" | b"inf" | b"information" | b"notice" => Level::Info,
+            b"warn" | b"warning" | b"wrn" => Level::Warn,
+            b"error" | b"err" | b"eror" => Level::Error,
+            b"fatal" | b"critical" | b"crit" | b"panic" | b"emerg" | b"alert" => Level::Fatal,
             _ => return None,
         })
     }
