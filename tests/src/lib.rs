@@ -207,6 +207,25 @@ impl ControlPlane {
         self.run_kubectl(args, Some(stdin))
     }
 
+    /// Waits until the named CRDs (`crd/NAME`) are established. `kubectl
+    /// wait` fails at once, instead of waiting, while a new CRD has no
+    /// `status.conditions` yet ("accessor error"), which a busy API server
+    /// shows for a moment; that one answer is retried.
+    #[track_caller]
+    pub fn wait_crds_established(&self, crds: &[&str]) {
+        let mut args = vec!["wait", "--for", "condition=established", "--timeout=60s"];
+        args.extend_from_slice(crds);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.kubectl(&args);
+            if out.success || !out.stderr.contains("accessor error") || Instant::now() > deadline {
+                out.stdout_if_success();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn run_kubectl(&self, args: &[&str], stdin: Option<&str>) -> KubectlOutput {
         // The kubectl built with the API server (same release, no skew);
         // `KUBECTL` overrides, `kubectl` on PATH is the last resort.

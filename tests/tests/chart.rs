@@ -667,16 +667,11 @@ fn rendered_manifests_are_accepted_by_the_api_server() {
     cp.kubectl(&["create", "namespace", NS]).stdout_if_success();
     cp.kubectl_stdin(&["apply", "-f", "-"], &third_party_crds())
         .stdout_if_success();
-    cp.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
+    cp.wait_crds_established(&[
         "crd/servicemonitors.monitoring.coreos.com",
         "crd/certificates.cert-manager.io",
         "crd/issuers.cert-manager.io",
-        "--timeout=60s",
-    ])
-    .stdout_if_success();
+    ]);
     for sets in [&[][..], FULL] {
         let rendered = render(sets, true);
         let n = docs(&rendered).len();
@@ -759,14 +754,7 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
         &rendered,
     )
     .stdout_if_success();
-    cp.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/logstreams.logstream.dev",
-        "--timeout=60s",
-    ])
-    .stdout_if_success();
+    cp.wait_crds_established(&["crd/logstreams.logstream.dev"]);
 
     // What the ServiceAccount must not do.
     let who = format!("--as=system:serviceaccount:{NS}:logstream-operator");

@@ -167,14 +167,7 @@ async fn whoever_may_get_pods_log_may_stream_through_the_binding_the_operator_ma
     let cp = ControlPlane::start();
     cp.kubectl(&["apply", "-f", &repo("crds/")])
         .stdout_if_success();
-    cp.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/logstreams.logstream.dev",
-        "--timeout=60s",
-    ])
-    .stdout_if_success();
+    cp.wait_crds_established(&["crd/logstreams.logstream.dev"]);
     for ns in ["logstream-system", "shop"] {
         cp.kubectl(&["create", "namespace", ns]).stdout_if_success();
     }

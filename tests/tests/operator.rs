@@ -55,14 +55,7 @@ impl Operator {
 fn install_crd(cp: &ControlPlane) {
     cp.kubectl(&["apply", "-f", &repo("crds/")])
         .stdout_if_success();
-    cp.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/logstreams.logstream.dev",
-        "--timeout=60s",
-    ])
-    .stdout_if_success();
+    cp.wait_crds_established(&["crd/logstreams.logstream.dev"]);
 }
 
 /// Applies a LogStream selecting `app=web` in `shop`, waits until the
