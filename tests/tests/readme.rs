@@ -301,14 +301,12 @@ fn normalise(s: &str) -> String {
 /// continuations joined, placeholders replaced, normalised.
 fn script_commands(rel: &str) -> Vec<String> {
     let text = read(rel);
-    for (script, var, _, assignment) in PLACEHOLDERS {
-        if script == rel {
-            if let Some(assignment) = assignment {
-                assert!(
-                    text.lines().any(|l| l.trim() == assignment),
-                    "{rel} no longer assigns `{assignment}`: update PLACEHOLDERS for {var}"
-                );
-            }
+    for (_, var, _, assignment) in PLACEHOLDERS.iter().filter(|p| p.0 == rel) {
+        if let Some(assignment) = assignment {
+            assert!(
+                text.lines().any(|l| l.trim() == *assignment),
+                "{rel} no longer assigns `{assignment}`: update PLACEHOLDERS for {var}"
+            );
         }
     }
     let mut out = Vec::new();
