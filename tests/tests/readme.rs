@@ -14,9 +14,12 @@
 //! How a command is covered (anything else fails, naming file, line and
 //! command):
 //! - (a) Executed here: the commands of README.md's section "Try it on your
-//!   machine" run through `sh -c`, verbatim except for the substitutions in
-//!   [`local_command`] (the test's build profile and binary, a temp folder,
-//!   the server's real address); every client must print demo log lines.
+//!   machine" run in order through `sh -c`, verbatim except for the
+//!   substitutions in [`local_command`] (the test's build profile and
+//!   binary, a temp folder, the server's real address). A command ending in
+//!   `&` keeps running in the background, `logstream serve` is the server,
+//!   a command naming `127.0.0.1:7680` is a client that must print demo log
+//!   lines (matching its filters), and any other must exit 0.
 //! - (b) Run by CI: the command occurs in a script of [`SCRIPTS`] that a
 //!   workflow in `.github/workflows/` runs (directly or through `.ci/run`).
 //!   Both sides are compared with double quotes removed and whitespace
@@ -49,7 +52,7 @@ const SCRIPTS: [&str; 2] = [".ci/run", "tests/e2e/kind.sh"];
 /// Script variables and the README text they stand for: (script, variable,
 /// value). The script must assign exactly this value (`NAME="value"`) unless
 /// the assignment is `None` (derived, see the comment).
-const PLACEHOLDERS: [(&str, &str, &str, Option<&str>); 9] = [
+const PLACEHOLDERS: [(&str, &str, &str, Option<&str>); 11] = [
     // Images first: their values contain `${TAG}`, replaced below.
     (
         "tests/e2e/kind.sh",
@@ -74,6 +77,16 @@ const PLACEHOLDERS: [(&str, &str, &str, Option<&str>); 9] = [
     // from the root, where the README's commands run.
     ("tests/e2e/kind.sh", "${ROOT}/", "", None),
     ("tests/e2e/kind.sh", "${ROOT}", ".", None),
+    // The `logstream` CLI (kind.sh copies it out of the image).
+    ("tests/e2e/kind.sh", "${LOGSTREAM}", "logstream", None),
+    // `kubectl port-forward svc/logstream-aggregator` on a free local port
+    // where the README forwards 7680.
+    (
+        "tests/e2e/kind.sh",
+        "${AGG_URL}",
+        "http://127.0.0.1:7680",
+        None,
+    ),
     ("tests/e2e/kind.sh", "${NS}", "demo", Some("NS=\"demo\"")),
     (
         "tests/e2e/kind.sh",
@@ -98,7 +111,7 @@ const PLACEHOLDERS: [(&str, &str, &str, Option<&str>); 9] = [
 /// examples/README.md commands that nothing runs yet, each exactly as written
 /// there. This list may only shrink: an entry that is covered or no longer in
 /// the README fails the test, and a new README command is never exempt.
-const NOT_YET_RUN: [(&str, &str); 20] = [
+const NOT_YET_RUN: [(&str, &str); 19] = [
     // kind.sh loads its images with `--name "${CLUSTER}"` (and falls back to an
     // image archive); the README's form loads into the default cluster `kind`.
     (
@@ -136,10 +149,6 @@ const NOT_YET_RUN: [(&str, &str); 20] = [
     (
         "examples/README.md",
         "logstream tail http://127.0.0.1:7680 --level error",
-    ),
-    (
-        "examples/README.md",
-        "logstream tail http://127.0.0.1:7680 --json",
     ),
     // The e2e workflow installs no logcli (sidecar/tests/loki.rs drives
     // logcli against a local aggregator instead).
@@ -302,12 +311,15 @@ fn normalise(s: &str) -> String {
 fn script_commands(rel: &str) -> Vec<String> {
     let text = read(rel);
     for (_, var, _, assignment) in PLACEHOLDERS.iter().filter(|p| p.0 == rel) {
-        if let Some(assignment) = assignment {
-            assert!(
-                text.lines().any(|l| l.trim() == *assignment),
-                "{rel} no longer assigns `{assignment}`: update PLACEHOLDERS for {var}"
-            );
-        }
+        let name = var.trim_start_matches("${").split('}').next().unwrap();
+        let assigned = |l: &str| match assignment {
+            Some(assignment) => l.trim() == *assignment,
+            None => l.trim().starts_with(&format!("{name}=")),
+        };
+        assert!(
+            text.lines().any(assigned),
+            "{rel} no longer assigns {name} as PLACEHOLDERS says ({assignment:?})"
+        );
     }
     let mut out = Vec::new();
     let mut joined = String::new();
@@ -479,29 +491,7 @@ fn run_local_commands(local: &[ReadmeCommand]) {
     for c in local {
         let at = format!("{}:{}: `{}`", c.file, c.line, c.text);
         let mut cmd = local_command(&c.text, &bin, &demo_dir, addr.as_deref());
-        if c.text.starts_with("cargo ") {
-            // Runs to completion.
-            let status = spawn_sh(&cmd, Stdio::inherit()).wait().unwrap();
-            assert!(status.success(), "{at} failed: {status}");
-        } else if let Some(bg) = cmd.strip_suffix('&') {
-            // The README's background job: kept running.
-            procs.0.push(spawn_sh(bg.trim_end(), Stdio::null()));
-        } else if c.text.contains(" serve ") {
-            assert!(addr.is_none(), "{at}: a second server");
-            cmd.push_str(" --listen 127.0.0.1:0");
-            let mut server = spawn_sh(&cmd, Stdio::piped());
-            let mut first = String::new();
-            BufReader::new(server.stdout.take().unwrap())
-                .read_line(&mut first)
-                .unwrap();
-            let a = first
-                .trim()
-                .strip_prefix("listening on http://")
-                .unwrap_or_else(|| panic!("{at}: unexpected first line {first:?}"))
-                .to_string();
-            procs.0.push(server);
-            addr = Some(a);
-        } else {
+        if c.text.contains("127.0.0.1:7680") {
             // A client: must stream demo lines the server read from the
             // demo writer's files, matching its filters.
             assert!(addr.is_some(), "{at}: a client before the server");
@@ -521,6 +511,28 @@ fn run_local_commands(local: &[ReadmeCommand]) {
                 }
             }
             eprintln!("ran {at}: {} lines", lines.len());
+        } else if let Some(bg) = cmd.strip_suffix('&') {
+            // The README's background job: kept running.
+            procs.0.push(spawn_sh(bg.trim_end(), Stdio::null()));
+        } else if c.text.contains(" serve ") {
+            assert!(addr.is_none(), "{at}: a second server");
+            cmd.push_str(" --listen 127.0.0.1:0");
+            let mut server = spawn_sh(&cmd, Stdio::piped());
+            let mut first = String::new();
+            BufReader::new(server.stdout.take().unwrap())
+                .read_line(&mut first)
+                .unwrap();
+            let a = first
+                .trim()
+                .strip_prefix("listening on http://")
+                .unwrap_or_else(|| panic!("{at}: unexpected first line {first:?}"))
+                .to_string();
+            procs.0.push(server);
+            addr = Some(a);
+        } else {
+            // Anything else (the build, mkdir) runs to completion.
+            let status = spawn_sh(&cmd, Stdio::inherit()).wait().unwrap();
+            assert!(status.success(), "{at} failed: {status}");
         }
     }
 }
