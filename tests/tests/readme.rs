@@ -443,8 +443,11 @@ fn read_lines(child: &mut Child, enough: usize) -> Vec<String> {
     });
     let mut lines = Vec::new();
     let mut found = 0;
+    // One deadline for all lines: keepalives must not extend it.
+    let deadline = std::time::Instant::now() + PATIENCE;
     while found < enough {
-        match rx.recv_timeout(PATIENCE) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
             Ok(line) => {
                 if is_demo_line(&line) {
                     found += 1;
