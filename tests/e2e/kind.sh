@@ -25,6 +25,12 @@
 #   7. cleanup: deleting the LogStream removes the Services, Ingress and
 #      aggregator objects, the auth-delegator ClusterRoleBinding and the
 #      namespace label; new pods are not injected
+#   8. uninstall: examples/README.md's clean-up commands (namespace, helm
+#      uninstall, CRDs) succeed
+#
+# Commands are written as README.md and examples/README.md give them
+# (tests/tests/readme.rs checks that every README command is run here, by
+# .ci/run, or by that test itself).
 #
 # Needs bash >= 4.4, docker (a running engine), kind, kubectl, helm, websocat,
 # curl, python3 and host ports 80/443 free. The ingress-nginx manifest and the
@@ -69,7 +75,7 @@ OP_NS="logstream-system"
 RELEASE="logstream"
 HOST="logs.demo.localtest.me"
 REPLICAS=2 # examples/demo-app.yaml
-TAG="${E2E_IMAGE_TAG:-e2e}"
+TAG="${E2E_IMAGE_TAG:-dev}" # the tag examples/README.md builds
 LOGSTREAM_IMAGE="ghcr.io/logstream-dev/logstream:${TAG}"
 OPERATOR_IMAGE="ghcr.io/logstream-dev/logstream-operator:${TAG}"
 APP_IMAGE="busybox:1.36" # examples/demo-app.yaml
@@ -308,8 +314,8 @@ pass "cluster up ($(kubectl version -o json | python3 -c 'import json,sys; print
 
 # --- 1. operator ---------------------------------------------------------------
 log "helm install ${RELEASE} charts/logstream"
-helm install "${RELEASE}" "${ROOT}/charts/logstream" --namespace "${OP_NS}" --create-namespace \
-  --set "operator.image.tag=${TAG}" --set "logstream.image.tag=${TAG}" --wait --timeout 5m
+helm install "${RELEASE}" "${ROOT}/charts/logstream" --namespace "${OP_NS}" --create-namespace --wait \
+  --set "operator.image.tag=${TAG}" --set "logstream.image.tag=${TAG}" --timeout 5m
 webhook_registered() {
   local ca
   ca="$(kubectl get mutatingwebhookconfiguration logstream-injector -o jsonpath='{.webhooks[0].clientConfig.caBundle}' 2>/dev/null)" || return 1
@@ -321,7 +327,7 @@ pass "operator Ready; it registered the webhook logstream-injector with its gene
 # --- 2. demo app and LogStream: injection ----------------------------------------
 log "kubectl apply examples/demo-app.yaml examples/logstream.yaml (namespace ${NS})"
 kubectl create namespace "${NS}"
-kubectl -n "${NS}" apply -f "${ROOT}/examples/demo-app.yaml" -f "${ROOT}/examples/logstream.yaml"
+kubectl apply -n "${NS}" -f "${ROOT}/examples/demo-app.yaml" -f "${ROOT}/examples/logstream.yaml"
 # Pods created before the namespace was labelled for injection are restarted
 # by the operator (restartPods: true); either way all end up injected.
 wait_until 300 "${REPLICAS} Ready demo pods, each with one native sidecar" demo_converged
@@ -333,13 +339,15 @@ status_ok() {
   [[ "${s}" == "${REPLICAS}/${REPLICAS}/0 True True" ]]
 }
 wait_until 120 "LogStream status ${REPLICAS} selected / ${REPLICAS} injected / 0 pending, Ready and Injected" status_ok
-kubectl -n "${NS}" get ls
+kubectl get ls -n "${NS}"
+kubectl -n "${NS}" describe ls demo
 wait_until 120 "the aggregator Deployment" exists deploy/logstream-aggregator
 kubectl -n "${NS}" rollout status deploy/logstream-aggregator --timeout=180s
 pass "pods ${PODS[*]}: one native, hardened, read-only sidecar each; status ${REPLICAS}/${REPLICAS}/0"
 
 # --- 3. a pod's sidecar over WebSocket and SSE -----------------------------------
-POD="${PODS[0]}"
+POD="$(kubectl -n "${NS}" get pods -l logstream.dev/stream=demo -o jsonpath='{.items[0].metadata.name}')"
+[[ " ${PODS[*]} " == *" ${POD} "* ]] || fail "pod ${POD} is not one of the injected demo pods ${PODS[*]}"
 log "kubectl port-forward pod/${POD} 7680: WebSocket and SSE"
 port_forward sidecar "pod/${POD}" 7680
 SIDECAR_URL="127.0.0.1:${PF_PORT}"
@@ -354,6 +362,7 @@ bg sse curl -sN "http://${SIDECAR_URL}/sse?format=raw&tail=100&grep=${RUN}-pod"
 SSE_PID=${BG_PID}
 wait_until 30 "the WebSocket hello" file_has "${WORK}/ws.out" hello
 wait_until 30 "the SSE hello" file_has "${WORK}/sse.out" hello
+kubectl -n "${NS}" exec "$POD" -c app -- sh -c 'echo hello from the walkthrough >> /var/log/app/app.log'
 markers=()
 for i in 1 2 3; do
   markers+=("${RUN}-pod-${i}")
@@ -485,11 +494,15 @@ grep -q "Kubernetes token" "${WORK}/ingress.body" || fail "unexpected 401 body: 
 pass "Ingress routes to the aggregator; a client without a token gets 401"
 
 # kubernetes access mode (the default): whoever may `kubectl logs` may stream.
-kubectl -n "${NS}" create serviceaccount viewer
+kubectl -n "${NS}" create serviceaccount me
 kubectl -n "${NS}" create serviceaccount nobody
 kubectl -n "${NS}" create role logstream-viewer --verb=get --resource=pods/log
-kubectl -n "${NS}" create rolebinding viewer --role=logstream-viewer --serviceaccount="${NS}:viewer"
-TOKEN="$(kubectl -n "${NS}" create token viewer)"
+kubectl -n "${NS}" create rolebinding me-logstream-viewer --role=logstream-viewer --serviceaccount="${NS}:me"
+TOKEN="$(kubectl -n "${NS}" create token me)"
+# examples/README.md's grant for an in-cluster Grafana (the ServiceAccount
+# need not exist for the RoleBinding to be created).
+kubectl -n "${NS}" create rolebinding grafana-logstream-viewer \
+  --role=logstream-viewer --serviceaccount=monitoring:grafana
 NOBODY="$(kubectl -n "${NS}" create token nobody)"
 WANT='{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[4000000000,"2"]}]}}'
 health_ok() {
@@ -534,3 +547,11 @@ kubectl -n "${NS}" rollout restart deploy/demo
 kubectl -n "${NS}" rollout status deploy/demo --timeout=300s
 wait_until 180 "${REPLICAS} Ready demo pods without sidecar" demo_uninjected
 pass "LogStream deleted: Services, Ingress, aggregator, pull token, auth-delegator binding and namespace label gone; new pods $(paste -sd' ' "${WORK}/demo-pods.txt") not injected"
+
+# --- 8. uninstall, as examples/README.md's last step ---------------------------------
+log "uninstall: namespace, helm release, CRDs"
+kubectl delete namespace "${NS}"
+helm uninstall "${RELEASE}" -n "${OP_NS}"
+kubectl delete -f "${ROOT}/charts/logstream/crds/"
+[[ -z "$(kubectl get crd logstreams.logstream.dev --ignore-not-found -o name)" ]] || fail "the LogStream CRD is still there"
+pass "uninstalled: namespace, Helm release and CRD removed"
