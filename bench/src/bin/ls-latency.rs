@@ -5,13 +5,12 @@
 //! timestamp out of each received line and record `now - written` in an
 //! HDR histogram. Writer and readers share one monotonic clock (this process).
 
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::Parser;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -174,7 +173,7 @@ async fn run(args: &Args, server: &lb::Server, dir: PathBuf) -> Result<serde_jso
     let (rate, line_bytes, file) = (args.rate, args.line_bytes, dir.join(FILE));
     let writer = std::thread::Builder::new()
         .name("writer".into())
-        .spawn(move || write_lines(&file, base, rate, total, line_bytes))?;
+        .spawn(move || lb::targets::write_lat_lines(&file, base, rate, total, line_bytes))?;
     // Wait for the writer, then give deliveries a grace period.
     let written = tokio::task::spawn_blocking(move || writer.join())
         .await?
@@ -252,53 +251,6 @@ async fn run(args: &Args, server: &lb::Server, dir: PathBuf) -> Result<serde_jso
         "quiet_wait": quiet,
         "other_load": load,
     }))
-}
-
-/// Appends `total` lines at `rate` per second: every tick (1 ms at high rates,
-/// one line period otherwise) the lines due are formatted with the current
-/// time and flushed with one write.
-fn write_lines(
-    file: &std::path::Path,
-    base: Instant,
-    rate: f64,
-    total: u64,
-    line_bytes: usize,
-) -> Result<u64> {
-    let f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(file)
-        .with_context(|| format!("open {}", file.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, f);
-    let tick = Duration::from_secs_f64((1.0 / rate).max(0.001));
-    let start = Instant::now();
-    let mut written = 0u64;
-    let mut next = start;
-    let mut line = Vec::with_capacity(line_bytes + 64);
-    while written < total {
-        let due = ((start.elapsed().as_secs_f64() * rate).floor() as u64 + 1).min(total);
-        while written < due {
-            line.clear();
-            let t = base.elapsed().as_nanos() as u64;
-            write!(
-                line,
-                "lat {written:010} {t:020} {:020} ",
-                logstream::hub::now_ns()
-            )?;
-            if line.len() + 1 < line_bytes {
-                line.resize(line_bytes - 1, b'x');
-            }
-            line.push(b'\n');
-            w.write_all(&line)?;
-            written += 1;
-        }
-        w.flush()?;
-        next += tick;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        }
-    }
-    Ok(written)
 }
 
 /// Reads one client until it saw every expected line (or `stop`): returns the
