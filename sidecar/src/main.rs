@@ -17,7 +17,8 @@ use logstream::session::{SessionLimits, SlowPolicy};
 use logstream::tailer::TailConfig;
 
 /// mimalloc instead of glibc's malloc: the aggregator ingests ~30% more lines
-/// per CPU-second with it (212k vs 160k); idle SSE connections cost more
+/// per CPU-second with it (212k vs 160k). Its arenas commit lazily
+/// (.cargo/config.toml), which keeps idle SSE connections below glibc's cost
 /// (bench/ANALYSIS.md, "Second round").
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
