@@ -290,6 +290,43 @@ pub fn signal(pid: u32, sig: &str) -> Result<()> {
     Ok(())
 }
 
+/// One [`read_lat`] reader per client while [`write_lat_lines`] appends
+/// `total` lines to `file`; the readers are told to stop 5 s after the last
+/// write (time for the tail to arrive). Returns the lines written and each
+/// reader's result, in client order.
+pub async fn write_and_read_lat(
+    clients: Vec<crate::Ws>,
+    file: &Path,
+    base: Instant,
+    rate: f64,
+    total: u64,
+    line_bytes: usize,
+) -> Result<(u64, Vec<Result<(hdrhistogram::Histogram<u64>, u64, u64)>>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|ws| tokio::spawn(read_lat(ws, base, total, stop.clone())))
+        .collect();
+    let f = file.to_path_buf();
+    let writer = std::thread::spawn(move || write_lat_lines(&f, base, rate, total, line_bytes));
+    let written = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| anyhow!("writer panicked"))??;
+    let stopper = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    let mut results = Vec::with_capacity(readers.len());
+    for r in readers {
+        results.push(r.await?);
+    }
+    stopper.abort();
+    Ok((written, results))
+}
+
 /// Reads one client until line `total - 1` or `stop`: (histogram of
 /// receive − write in ns, lines, gap notices). Line 0 is not counted
 /// (first wake-ups), as in `ls-latency`.

@@ -14,15 +14,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use futures::StreamExt;
 use logstream_bench as lb;
-use logstream_bench::targets::{Target, TargetSpec, read_lat, write_lat_lines};
+use logstream_bench::targets::{Target, TargetSpec, write_and_read_lat};
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
@@ -335,32 +333,16 @@ async fn latency(args: &Args, spec: &TargetSpec, bin: &Path, k6: &Path) -> Resul
         clients.push(lb::ws_connect(target.addr(), Some(ip), &spec.ws_path, None).await?);
     }
     let load = lb::OtherLoad::start(target.pid());
-    let stop = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|ws| tokio::spawn(read_lat(ws, base, total, stop.clone())))
-        .collect();
-    let (rate, lb_, f) = (args.rate, args.line_bytes, file.clone());
-    let writer = std::thread::spawn(move || write_lat_lines(&f, base, rate, total, lb_));
-    let written = tokio::task::spawn_blocking(move || writer.join())
-        .await?
-        .map_err(|_| anyhow!("writer panicked"))??;
-    let stopper = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            stop.store(true, Ordering::Relaxed);
-        }
-    });
+    let (written, results) =
+        write_and_read_lat(clients, &file, base, args.rate, total, args.line_bytes).await?;
     let mut hist = lb::latency_histogram()?;
     let (mut received, mut gaps) = (0u64, 0u64);
-    for r in readers {
-        let (h, n, g) = r.await??;
+    for r in results {
+        let (h, n, g) = r?;
         hist.add(&h).map_err(|e| anyhow!("merge: {e}"))?;
         received += n;
         gaps += g;
     }
-    stopper.abort();
     let load = load.finish(target.pid());
     let k6_command = k6run.command.clone();
     let (metrics, k6_errors) =

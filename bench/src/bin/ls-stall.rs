@@ -19,7 +19,7 @@ use clap::Parser;
 use futures::StreamExt;
 use logstream_bench as lb;
 use logstream_bench::targets::{
-    Target, TargetSpec, frame_lines, read_lat, rss_summary, sample_rss, signal, write_lat_lines,
+    Target, TargetSpec, frame_lines, rss_summary, sample_rss, signal, write_and_read_lat,
 };
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -193,27 +193,12 @@ async fn phase(
     if stall {
         signal(ext_pid, "STOP")?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|ws| tokio::spawn(read_lat(ws, base, total, stop.clone())))
-        .collect();
-    let (rate, lbytes, f) = (args.rate, args.line_bytes, file.clone());
-    let writer = std::thread::spawn(move || write_lat_lines(&f, base, rate, total, lbytes));
-    let written = tokio::task::spawn_blocking(move || writer.join())
-        .await?
-        .map_err(|_| anyhow!("writer panicked"))??;
-    let stopper = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            stop.store(true, Ordering::Relaxed);
-        }
-    });
+    let (written, results) =
+        write_and_read_lat(clients, &file, base, args.rate, total, args.line_bytes).await?;
     let mut hist = lb::latency_histogram()?;
     let (mut received, mut gaps, mut failed) = (0u64, 0u64, 0u64);
-    for r in readers {
-        match r.await? {
+    for r in results {
+        match r {
             Ok((h, n, g)) => {
                 hist.add(&h).map_err(|e| anyhow!("merge: {e}"))?;
                 received += n;
@@ -225,7 +210,6 @@ async fn phase(
             }
         }
     }
-    stopper.abort();
     let load = load.finish(Some(pid));
     sampling.store(true, Ordering::Relaxed);
     let series = sampler.join().map_err(|_| anyhow!("sampler panicked"))?;
