@@ -19,7 +19,9 @@ use logstream::tailer::TailConfig;
 /// mimalloc instead of glibc's malloc: the aggregator ingests ~30% more lines
 /// per CPU-second with it (212k vs 160k). Its arenas commit lazily
 /// (.cargo/config.toml), which keeps idle SSE connections below glibc's cost
-/// (bench/ANALYSIS.md, "Second round").
+/// (bench/ANALYSIS.md, "Second round"). Off with `--no-default-features`
+/// (the system allocator, for heap profilers).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -107,7 +107,7 @@ pub async fn run_streamer(
 pub async fn start_server(
     state: Arc<AppState>,
     listen: SocketAddr,
-    mut stop_accepting: watch::Receiver<bool>,
+    stop_accepting: watch::Receiver<bool>,
 ) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), RunError> {
     // A deep accept backlog: after a restart every client reconnects at
     // once, and the default (128) would drop SYNs into a 1 s retransmit.
@@ -131,25 +131,11 @@ pub async fn start_server(
     })?;
     println!("listening on http://{local}");
     tracing::info!(%local, role = %state.cfg.role, "listening");
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(async move {
-        // Frames are small and latency matters: no Nagle delay (with the
-        // peer's delayed ACK it held frames ~40 ms).
-        let listener =
-            axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY");
-                }
-            });
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_accepting.wait_for(|d| *d).await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "server");
-        }
-    });
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        router(state),
+        stop_accepting,
+    ));
     Ok((server, local))
 }
 

@@ -514,6 +514,109 @@ fn curl_reads_sse_and_resumes_with_last_event_id() {
     let _ = child.wait();
 }
 
+/// Reads an HTTP/1.1 response head from `r`: its lines, lower-cased.
+fn read_head(r: &mut impl BufRead) -> Vec<String> {
+    let mut head = Vec::new();
+    loop {
+        let mut l = String::new();
+        assert!(
+            r.read_line(&mut l).unwrap() > 0,
+            "closed in the head: {head:?}"
+        );
+        let l = l.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            return head;
+        }
+        head.push(l);
+    }
+}
+
+/// Reads body lines until one equals `want`; returns those seen.
+fn read_until_line(r: &mut impl BufRead, want: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let mut l = String::new();
+        assert!(
+            r.read_line(&mut l).unwrap() > 0,
+            "closed before {want:?}: {seen:?}"
+        );
+        let l = l.trim_end().to_string();
+        if l == want {
+            return seen;
+        }
+        seen.push(l);
+    }
+}
+
+/// An event stream whose request head arrives whole is written without
+/// hyper (server/listen.rs); one whose head does not fit the peek goes to
+/// hyper. Both stream the same lines, and a client that goes away frees
+/// its slot without the server writing to it first.
+#[test]
+fn sse_streams_with_or_without_hyper_and_a_leaving_client_frees_its_slot() {
+    use std::io::Write;
+    // No keep-alive write could find the closed socket: the close itself must be seen.
+    let s = Server::start(&["--keepalive", "1h"]);
+    let head = |pad: usize| {
+        format!(
+            "GET /sse?format=raw HTTP/1.1\r\nHost: {}\r\nX-Pad: {}\r\n\r\n",
+            s.addr,
+            "p".repeat(pad)
+        )
+    };
+    let mut clients = Vec::new();
+    // Small head: the direct writer. A head over 4 KiB: hyper.
+    for pad in [1, 6000] {
+        let mut tcp = std::net::TcpStream::connect(&s.addr).unwrap();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        tcp.write_all(head(pad).as_bytes()).unwrap();
+        let mut r = BufReader::new(tcp);
+        let h = read_head(&mut r);
+        assert_eq!(h[0], "http/1.1 200 ok", "{h:?}");
+        assert!(
+            h.contains(&"content-type: text/event-stream".to_string()),
+            "{h:?}"
+        );
+        assert!(
+            h.contains(&"transfer-encoding: chunked".to_string()),
+            "{h:?}"
+        );
+        let hello = read_until_line(&mut r, "");
+        assert!(hello.iter().any(|l| l == "event: hello"), "{hello:?}");
+        clients.push(r);
+    }
+    s.append("app.log", "to both\n");
+    for r in &mut clients {
+        let seen = read_until_line(r, "data: to both");
+        assert!(seen.iter().all(|l| !l.starts_with("data:")), "{seen:?}");
+    }
+    let sse = "logstream_clients{transport=\"sse\"}";
+    assert_eq!(s.metric(sse), Some(2.0));
+    drop(clients);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while s.metric(sse) != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slots not freed: {:?}",
+            s.metric(sse)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// On SIGTERM a directly written event stream ends with its `draining`
+/// event and a well-formed end of body (curl fails on a cut chunked body).
+#[test]
+fn sse_ends_cleanly_on_sigterm() {
+    let mut s = Server::start(&[]);
+    let (mut child, rx) = spawn_lines(Command::new(tool("curl")).args(["-sSN", &s.url("/sse")]));
+    wait_line(&rx, |l| l.starts_with("event: hello"));
+    s.signal("TERM");
+    wait_line(&rx, |l| l == "event: draining");
+    assert!(child.wait().unwrap().success(), "curl saw a broken body");
+    assert!(s.wait_exit().success(), "{}", s.stderr());
+}
+
 #[test]
 fn curl_reads_plain_stream_with_grep() {
     let s = Server::start(&[]);

@@ -4,6 +4,8 @@
 mod frame;
 pub mod http;
 pub mod kube_auth;
+mod listen;
+pub use listen::serve;
 pub mod ws;
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,0 +1,362 @@
+//! Accepted connections: the accept loop, its graceful end, and who answers
+//! each connection, hyper or the direct stream writer.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer per connection
+//! for as long as a response is in flight; for an event stream that idles
+//! for hours they were most of its memory (bench/ANALYSIS.md). So a
+//! `GET /sse` or `GET /stream` whose request head arrives in one piece is
+//! answered here: the router builds the response as for any request and
+//! [`pump`] writes its body straight to the socket, one chunk at a time.
+//! Everything else (other paths, WebSocket upgrades, heads split over several
+//! reads, request bodies, HTTP/1.0) goes to hyper untouched: the head is only
+//! peeked, never consumed, before that choice.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::extract::ConnectInfo;
+use axum::http::{self, StatusCode, header};
+use bytes::Buf;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Longest a new connection may take to send its first request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Heads longer than this (cookies...) go to hyper.
+const PEEK_BYTES: usize = 4096;
+/// Most header lines of a head answered directly (more: hyper).
+const MAX_HEADERS: usize = 48;
+/// Paths whose responses stream for as long as the client stays.
+const DIRECT_PATHS: [&str; 2] = ["/sse", "/stream"];
+
+/// Accepts connections until `stop` turns true, then waits for every
+/// connection to end (hyper ones are asked to finish their response and
+/// close; streams end when the hub drains).
+pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of
+                    // spinning on the same error.
+                    tracing::warn!(error = %e, "accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = super::until_true(&mut stop) => break,
+        };
+        // Frames are small and latency matters: no Nagle delay (with the
+        // peer's delayed ACK it held frames ~40 ms).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+        connections.spawn(connection(tcp, peer, app.clone(), stop.clone()));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let peeked = tokio::select! {
+        r = tokio::time::timeout(HEAD_TIMEOUT, peek_direct(&tcp)) => match r {
+            Ok(Ok(p)) => p,
+            // Silent, closed or broken before a request: nothing to answer.
+            _ => return,
+        },
+        _ = super::until_true(&mut stop) => return,
+    };
+    match peeked {
+        Some((req, head_len)) => {
+            drop(stop);
+            Box::pin(direct(tcp, peer, app, req, head_len)).await
+        }
+        None => Box::pin(with_hyper(tcp, peer, app, stop)).await,
+    }
+}
+
+/// Waits for the first bytes of the connection and, when they hold a whole
+/// request head for a direct path, returns it and its length (still unread).
+/// `Ok(None)`: hyper answers. An error or end of stream: nothing to answer.
+async fn peek_direct(tcp: &TcpStream) -> std::io::Result<Option<(http::Request<Body>, usize)>> {
+    let mut buf = vec![0u8; PEEK_BYTES];
+    let n = tcp.peek(&mut buf).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(direct_request(&buf[..n]))
+}
+
+/// The request of `bytes` and the length of its head, when it is one the
+/// direct writer answers: a complete `GET` of a streaming path over HTTP/1.1
+/// without body or upgrade.
+fn direct_request(bytes: &[u8]) -> Option<(http::Request<Body>, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let target = req.path?;
+    let path = target.split('?').next().unwrap_or(target);
+    if !DIRECT_PATHS.contains(&path) {
+        return None;
+    }
+    let mut b = http::Request::builder()
+        .method(http::Method::GET)
+        .uri(target)
+        .version(http::Version::HTTP_11);
+    for h in req.headers.iter() {
+        let no_body = h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() == b"0";
+        let special = ["content-length", "transfer-encoding", "upgrade", "expect"]
+            .iter()
+            .any(|n| h.name.eq_ignore_ascii_case(n));
+        if special && !no_body {
+            return None;
+        }
+        b = b.header(h.name, h.value);
+    }
+    b.body(Body::empty()).ok().map(|r| (r, head_len))
+}
+
+/// Answers one request without hyper and closes the connection.
+async fn direct(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    mut req: http::Request<Body>,
+    head_len: usize,
+) {
+    // The head was only peeked: take it off the socket (it is all there).
+    let mut head = vec![0u8; head_len];
+    if tcp.read_exact(&mut head).await.is_err() {
+        return;
+    }
+    drop(head);
+    req.extensions_mut().insert(ConnectInfo(peer));
+    let Ok(resp) = app.oneshot(req).await;
+    let (parts, body) = resp.into_parts();
+    let bodiless = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let length = if bodiless {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let head = response_head(&parts, length, bodiless);
+    drop(parts);
+    let written = match tcp.write_all(&head).await {
+        Ok(()) if bodiless => Ok(()),
+        Ok(()) => pump(&mut tcp, body, length.is_none()).await,
+        Err(e) => Err(e),
+    };
+    drop(head);
+    match written {
+        Ok(()) => {
+            let _ = tcp.shutdown().await;
+        }
+        Err(e) => tracing::debug!(error = %e, %peer, "stream connection ended"),
+    }
+}
+
+/// Status line and headers of a response written by [`direct`]: the
+/// handler's headers, a date, the body's framing, and `connection: close`.
+fn response_head(parts: &http::response::Parts, length: Option<u64>, bodiless: bool) -> Vec<u8> {
+    let mut h = Vec::with_capacity(256);
+    let status = parts.status;
+    // Writes into a Vec cannot fail.
+    let _ = write!(
+        h,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_LENGTH
+        {
+            continue;
+        }
+        h.extend_from_slice(name.as_str().as_bytes());
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(value.as_bytes());
+        h.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        let _ = write!(
+            h,
+            "date: {}\r\n",
+            httpdate::fmt_http_date(std::time::SystemTime::now())
+        );
+    }
+    match length {
+        _ if bodiless => {}
+        Some(n) => {
+            let _ = write!(h, "content-length: {n}\r\n");
+        }
+        None => h.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    h.extend_from_slice(b"connection: close\r\n\r\n");
+    h
+}
+
+/// Copies `body` to the socket (chunked when its length is unknown) until it
+/// ends, the client goes away or a write fails. A chunk is asked for only
+/// once the previous one was written, so a slow reader holds a position in
+/// the hub, never a queue.
+async fn pump(tcp: &mut TcpStream, mut body: Body, chunked: bool) -> std::io::Result<()> {
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            r = tcp.readable() => {
+                r?;
+                // Anything the client sends now (a pipelined request) gets no
+                // answer: the stream has no end. Only its close matters.
+                let mut scratch = [0u8; 64];
+                match tcp.try_read(&mut scratch) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(std::io::Error::other(e)),
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) if !d.is_empty() => d,
+                // Trailers and empty frames carry nothing to write.
+                _ => continue,
+            },
+        };
+        if chunked {
+            let size = format!("{:x}\r\n", data.len());
+            let mut out = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
+            tcp.write_all_buf(&mut out).await?;
+        } else {
+            tcp.write_all(&data).await?;
+        }
+    }
+    if chunked {
+        tcp.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
+}
+
+/// Serves a connection with hyper (HTTP/1.1, upgrades for WebSockets).
+async fn with_hyper(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tcp), svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let mut asked_to_end = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::trace!(error = %e, %peer, "connection");
+                }
+                return;
+            }
+            _ = super::until_true(&mut stop), if !asked_to_end => {
+                asked_to_end = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn direct_path(head: &str) -> Option<String> {
+        direct_request(head.as_bytes()).map(|(r, n)| {
+            assert_eq!(n, head.find("\r\n\r\n").map(|i| i + 4).unwrap_or(0));
+            r.uri().to_string()
+        })
+    }
+
+    #[test]
+    fn only_whole_bodiless_http11_gets_of_stream_paths_are_answered_directly() {
+        let ok = "GET /sse?file=a.log HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+        assert_eq!(direct_path(ok).as_deref(), Some("/sse?file=a.log"));
+        assert!(
+            direct_path("GET /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").is_some()
+        );
+        for hyper in [
+            "GET /sse HTTP/1.1\r\nHost: x\r\n",      // head not whole yet
+            "GET /sse HTTP/1.0\r\nHost: x\r\n\r\n",  // no chunked encoding
+            "HEAD /sse HTTP/1.1\r\nHost: x\r\n\r\n", // not GET
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n", // other path
+            "GET /sse HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n", // upgrade
+            "GET /sse HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", // a body
+            "GET /sse HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", // a body
+            "GET /sse HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", // expects an interim
+            "GET /ssex HTTP/1.1\r\nHost: x\r\n\r\n", // other path
+            "GET /sse HTTP/1.1\r\nBad Header\r\n\r\n", // invalid: hyper's 400
+            "\x16\x03\x01\x02\x00",                  // TLS hello
+        ] {
+            assert_eq!(direct_path(hyper), None, "{hyper:?}");
+        }
+    }
+
+    #[test]
+    fn response_heads_frame_the_body_and_close() {
+        let resp = http::Response::builder()
+            .status(200)
+            .header("content-type", "text/event-stream")
+            .header("connection", "keep-alive")
+            .body(())
+            .expect("valid response");
+        let (parts, ()) = resp.into_parts();
+        let head = String::from_utf8(response_head(&parts, None, false)).expect("ascii");
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\ndate: "), "{head}");
+        assert!(
+            head.ends_with("transfer-encoding: chunked\r\nconnection: close\r\n\r\n"),
+            "{head}"
+        );
+        assert!(!head.contains("keep-alive"), "{head}");
+        let head = String::from_utf8(response_head(&parts, Some(12), false)).expect("ascii");
+        assert!(
+            head.ends_with("content-length: 12\r\nconnection: close\r\n\r\n"),
+            "{head}"
+        );
+    }
+}
