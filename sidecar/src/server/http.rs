@@ -78,7 +78,9 @@ async fn respond(
     let mut keepalive =
         tokio::time::interval_at(Instant::now() + st.cfg.keepalive, st.cfg.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = BodyState {
+    // Boxed: the body stream then holds a pointer beside the chunk in the
+    // making, not a second copy of the whole state (smaller idle streams).
+    let state = Box::new(BodyState {
         head: st.hub.watch(),
         draining: st.draining.clone(),
         st: st.clone(),
@@ -89,7 +91,7 @@ async fn respond(
         started: false,
         done: false,
         _guard: guard,
-    };
+    });
     let body = futures::stream::unfold(state, |mut s| async move {
         let chunk = s.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), s))

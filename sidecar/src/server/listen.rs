@@ -13,6 +13,8 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
@@ -20,7 +22,6 @@ use axum::body::{Body, HttpBody};
 use axum::extract::ConnectInfo;
 use axum::http::{self, StatusCode, header};
 use bytes::Buf;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,27 +70,39 @@ pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver
     connections.wait().await;
 }
 
-async fn connection(
-    tcp: TcpStream,
+/// A connection task holds only a pointer to what the connection does now:
+/// the wait for the head (with its timer), the request and the handler are
+/// gone by the time a response streams, so an idle stream costs only its
+/// socket, its body and the loop that copies one to the other.
+async fn connection(tcp: TcpStream, peer: SocketAddr, app: Router, stop: watch::Receiver<bool>) {
+    if let Some(next) = Box::pin(start(tcp, peer, app, stop)).await {
+        next.await
+    }
+}
+
+type Phase = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Reads up to the response: the streaming rest of a direct answer, or hyper.
+/// `None`: the client was silent, went away, or we are shutting down.
+async fn start(
+    mut tcp: TcpStream,
     peer: SocketAddr,
     app: Router,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Option<Phase> {
     let peeked = tokio::select! {
-        r = tokio::time::timeout(HEAD_TIMEOUT, peek_direct(&tcp)) => match r {
-            Ok(Ok(p)) => p,
-            // Silent, closed or broken before a request: nothing to answer.
-            _ => return,
-        },
-        _ = super::until_true(&mut stop) => return,
+        r = tokio::time::timeout(HEAD_TIMEOUT, peek_direct(&tcp)) => r.ok()?.ok()?,
+        _ = super::until_true(&mut stop) => return None,
     };
-    match peeked {
-        Some((req, head_len)) => {
-            drop(stop);
-            Box::pin(direct(tcp, peer, app, req, head_len)).await
-        }
-        None => Box::pin(with_hyper(tcp, peer, app, stop)).await,
-    }
+    let Some((req, head_len)) = peeked else {
+        return Some(Box::pin(with_hyper(tcp, peer, app, stop)));
+    };
+    drop(stop);
+    Some(match respond(&mut tcp, peer, app, req, head_len).await {
+        Ok(Some((body, chunked))) => Box::pin(stream(tcp, body, chunked)),
+        Ok(None) => Box::pin(close(tcp, Ok(()))),
+        Err(e) => Box::pin(close(tcp, Err(e))),
+    })
 }
 
 /// Waits for the first bytes of the connection and, when they hold a whole
@@ -139,19 +152,33 @@ fn direct_request(bytes: &[u8]) -> Option<(http::Request<Body>, usize)> {
     b.body(Body::empty()).ok().map(|r| (r, head_len))
 }
 
-/// Answers one request without hyper and closes the connection.
-async fn direct(
-    mut tcp: TcpStream,
+/// Writes the body of a direct answer, then closes the connection.
+async fn stream(mut tcp: TcpStream, body: Body, chunked: bool) {
+    let r = pump(&mut tcp, body, chunked).await;
+    close(tcp, r).await
+}
+
+async fn close(mut tcp: TcpStream, written: std::io::Result<()>) {
+    match written {
+        Ok(()) => {
+            let _ = tcp.shutdown().await;
+        }
+        Err(e) => tracing::debug!(error = %e, "stream connection ended"),
+    }
+}
+
+/// Takes the peeked head off the socket, asks the router and writes the
+/// response head; returns the body still to write and whether it is chunked.
+async fn respond(
+    tcp: &mut TcpStream,
     peer: SocketAddr,
     app: Router,
     mut req: http::Request<Body>,
     head_len: usize,
-) {
-    // The head was only peeked: take it off the socket (it is all there).
+) -> std::io::Result<Option<(Body, bool)>> {
+    // All of the head is in the socket's queue already: it was peeked.
     let mut head = vec![0u8; head_len];
-    if tcp.read_exact(&mut head).await.is_err() {
-        return;
-    }
+    tcp.read_exact(&mut head).await?;
     drop(head);
     req.extensions_mut().insert(ConnectInfo(peer));
     let Ok(resp) = app.oneshot(req).await;
@@ -166,18 +193,8 @@ async fn direct(
     };
     let head = response_head(&parts, length, bodiless);
     drop(parts);
-    let written = match tcp.write_all(&head).await {
-        Ok(()) if bodiless => Ok(()),
-        Ok(()) => pump(&mut tcp, body, length.is_none()).await,
-        Err(e) => Err(e),
-    };
-    drop(head);
-    match written {
-        Ok(()) => {
-            let _ = tcp.shutdown().await;
-        }
-        Err(e) => tracing::debug!(error = %e, %peer, "stream connection ended"),
-    }
+    tcp.write_all(&head).await?;
+    Ok((!bodiless).then_some((body, length.is_none())))
 }
 
 /// Status line and headers of a response written by [`direct`]: the
@@ -228,42 +245,76 @@ fn response_head(parts: &http::response::Parts, length: Option<u64>, bodiless: b
 /// the hub, never a queue.
 async fn pump(tcp: &mut TcpStream, mut body: Body, chunked: bool) -> std::io::Result<()> {
     loop {
-        let frame = tokio::select! {
-            f = body.frame() => f,
-            r = tcp.readable() => {
-                r?;
-                // Anything the client sends now (a pipelined request) gets no
-                // answer: the stream has no end. Only its close matters.
-                let mut scratch = [0u8; 64];
-                match tcp.try_read(&mut scratch) {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            }
+        // Polled by hand, not with `select!` over futures: the wait is what
+        // an idle stream is doing, and this way it keeps no state at all.
+        let data = match std::future::poll_fn(|cx| poll_next(tcp, &mut body, cx)).await? {
+            Next::Data(d) => d,
+            Next::End => break,
+            Next::ClientGone => return Ok(()),
         };
-        let data = match frame {
-            None => break,
-            Some(Err(e)) => return Err(std::io::Error::other(e)),
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) if !d.is_empty() => d,
-                // Trailers and empty frames carry nothing to write.
-                _ => continue,
-            },
-        };
-        if chunked {
-            let size = format!("{:x}\r\n", data.len());
-            let mut out = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
-            tcp.write_all_buf(&mut out).await?;
-        } else {
-            tcp.write_all(&data).await?;
-        }
+        // Boxed: what a write needs exists only while it is in flight.
+        Box::pin(write_data(tcp, data, chunked)).await?;
     }
     if chunked {
         tcp.write_all(b"0\r\n\r\n").await?;
     }
     Ok(())
+}
+
+async fn write_data(tcp: &mut TcpStream, data: bytes::Bytes, chunked: bool) -> std::io::Result<()> {
+    if chunked {
+        let size = format!("{:x}\r\n", data.len());
+        let mut out = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
+        tcp.write_all_buf(&mut out).await
+    } else {
+        tcp.write_all(&data).await
+    }
+}
+
+enum Next {
+    Data(bytes::Bytes),
+    End,
+    ClientGone,
+}
+
+/// The next data of `body`; while there is none, watches the socket for the
+/// client's close.
+fn poll_next(
+    tcp: &TcpStream,
+    body: &mut Body,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<std::io::Result<Next>> {
+    loop {
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(None) => return Poll::Ready(Ok(Next::End)),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(std::io::Error::other(e))),
+            Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                Ok(d) if !d.is_empty() => return Poll::Ready(Ok(Next::Data(d))),
+                // Trailers and empty frames carry nothing to write.
+                _ => continue,
+            },
+            Poll::Pending => break,
+        }
+    }
+    loop {
+        match tcp.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                // Anything the client sends now (a pipelined request) gets
+                // no answer: the stream has no end. Only its close matters.
+                let mut scratch = [0u8; 64];
+                match tcp.try_read(&mut scratch) {
+                    Ok(0) => return Poll::Ready(Ok(Next::ClientGone)),
+                    // Read again until the socket would block, which
+                    // re-arms the readiness wake-up.
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        }
+    }
 }
 
 /// Serves a connection with hyper (HTTP/1.1, upgrades for WebSockets).
