@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::hub::{Hub, HubLimits, now_ns};
 use crate::metrics::Metrics;
-use crate::server::{AppState, ServerConfig, router};
+use crate::server::{AppState, ServerConfig};
 use crate::tailer::{TailConfig, Tailer};
 
 pub struct StreamerOptions {
@@ -131,11 +131,7 @@ pub async fn start_server(
     })?;
     println!("listening on http://{local}");
     tracing::info!(%local, role = %state.cfg.role, "listening");
-    let server = tokio::spawn(crate::server::serve(
-        listener,
-        router(state),
-        stop_accepting,
-    ));
+    let server = tokio::spawn(crate::server::serve(listener, state, stop_accepting));
     Ok((server, local))
 }
 

@@ -604,6 +604,33 @@ fn sse_streams_with_or_without_hyper_and_a_leaving_client_frees_its_slot() {
     }
 }
 
+/// A client that stops reading its event stream (stalled, or gone without a
+/// word) is dropped after --send-timeout instead of holding its slot.
+#[tokio::test]
+async fn a_stalled_sse_client_is_dropped_after_the_send_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let s = Server::start(&["--send-timeout", "300ms"]);
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window, so the server's writes block soon.
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = sock.connect(s.addr.parse().unwrap()).await.unwrap();
+    let head = format!("GET /sse?format=raw HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr);
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let sse = "logstream_clients{transport=\"sse\"}";
+    s.wait_metric(sse, 1.0);
+    // Never read: 16 MB of lines fill every buffer between us and the server.
+    let mb = format!("{}\n", "x".repeat(999)).repeat(1000);
+    for _ in 0..16 {
+        s.append("app.log", &mb);
+    }
+    s.wait_metric(
+        "logstream_clients_dropped_total{reason=\"send_timeout\"}",
+        1.0,
+    );
+    assert_eq!(s.metric(sse), Some(0.0));
+    drop(tcp);
+}
+
 /// On SIGTERM a directly written event stream ends with its `draining`
 /// event and a well-formed end of body (curl fails on a cut chunked body).
 #[test]

@@ -14,6 +14,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -30,6 +31,9 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::AppState;
+use crate::metrics::ReasonLabel;
+
 /// Longest a new connection may take to send its first request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Heads longer than this (cookies...) go to hyper.
@@ -42,7 +46,8 @@ const DIRECT_PATHS: [&str; 2] = ["/sse", "/stream"];
 /// Accepts connections until `stop` turns true, then waits for every
 /// connection to end (hyper ones are asked to finish their response and
 /// close; streams end when the hub drains).
-pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, st: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let app = super::router(st.clone());
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -63,7 +68,7 @@ pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
-        connections.spawn(connection(tcp, peer, app.clone(), stop.clone()));
+        connections.spawn(connection(tcp, peer, app.clone(), st.clone(), stop.clone()));
     }
     drop(listener);
     connections.close();
@@ -74,8 +79,14 @@ pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver
 /// the wait for the head (with its timer), the request and the handler are
 /// gone by the time a response streams, so an idle stream costs only its
 /// socket, its body and the loop that copies one to the other.
-async fn connection(tcp: TcpStream, peer: SocketAddr, app: Router, stop: watch::Receiver<bool>) {
-    if let Some(next) = Box::pin(start(tcp, peer, app, stop)).await {
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    st: Arc<AppState>,
+    stop: watch::Receiver<bool>,
+) {
+    if let Some(next) = Box::pin(start(tcp, peer, app, st, stop)).await {
         next.await
     }
 }
@@ -88,6 +99,7 @@ async fn start(
     mut tcp: TcpStream,
     peer: SocketAddr,
     app: Router,
+    st: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<Phase> {
     let peeked = tokio::select! {
@@ -99,7 +111,7 @@ async fn start(
     };
     drop(stop);
     Some(match respond(&mut tcp, peer, app, req, head_len).await {
-        Ok(Some((body, chunked))) => Box::pin(stream(tcp, body, chunked)),
+        Ok(Some((body, chunked))) => Box::pin(stream(tcp, body, chunked, st)),
         Ok(None) => Box::pin(close(tcp, Ok(()))),
         Err(e) => Box::pin(close(tcp, Err(e))),
     })
@@ -153,8 +165,16 @@ fn direct_request(bytes: &[u8]) -> Option<(http::Request<Body>, usize)> {
 }
 
 /// Writes the body of a direct answer, then closes the connection.
-async fn stream(mut tcp: TcpStream, body: Body, chunked: bool) {
-    let r = pump(&mut tcp, body, chunked).await;
+async fn stream(mut tcp: TcpStream, body: Body, chunked: bool, st: Arc<AppState>) {
+    let r = pump(&mut tcp, body, chunked, st.cfg.send_timeout).await;
+    if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+        st.metrics
+            .clients_dropped
+            .get_or_create(&ReasonLabel {
+                reason: "send_timeout",
+            })
+            .inc();
+    }
     close(tcp, r).await
 }
 
@@ -243,7 +263,12 @@ fn response_head(parts: &http::response::Parts, length: Option<u64>, bodiless: b
 /// ends, the client goes away or a write fails. A chunk is asked for only
 /// once the previous one was written, so a slow reader holds a position in
 /// the hub, never a queue.
-async fn pump(tcp: &mut TcpStream, mut body: Body, chunked: bool) -> std::io::Result<()> {
+async fn pump(
+    tcp: &mut TcpStream,
+    mut body: Body,
+    chunked: bool,
+    send_timeout: Duration,
+) -> std::io::Result<()> {
     loop {
         // Polled by hand, not with `select!` over futures: the wait is what
         // an idle stream is doing, and this way it keeps no state at all.
@@ -253,7 +278,12 @@ async fn pump(tcp: &mut TcpStream, mut body: Body, chunked: bool) -> std::io::Re
             Next::ClientGone => return Ok(()),
         };
         // Boxed: what a write needs exists only while it is in flight.
-        Box::pin(write_data(tcp, data, chunked)).await?;
+        // A client that stops reading (stalled, or gone without a word)
+        // must not hold its slot and its place in the hub forever.
+        match tokio::time::timeout(send_timeout, Box::pin(write_data(tcp, data, chunked))).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
     }
     if chunked {
         tcp.write_all(b"0\r\n\r\n").await?;
