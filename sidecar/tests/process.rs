@@ -604,6 +604,46 @@ fn sse_streams_with_or_without_hyper_and_a_leaving_client_frees_its_slot() {
     }
 }
 
+/// A WebSocket upgrade whose head fits the peek is answered by the accept
+/// loop on its own socket; one that does not (a 6 KB header here) through
+/// hyper's upgrade. Both stream the same lines and free their slot on close.
+#[tokio::test]
+async fn websocket_streams_with_or_without_hyper() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let s = Server::start(&[]);
+    let mut clients = Vec::new();
+    for pad in [1, 6000] {
+        let mut req = s.ws_url("/ws?format=raw").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("x-pad", "p".repeat(pad).parse().unwrap());
+        let (c, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        clients.push(c);
+    }
+    s.append("app.log", "to both\n");
+    for c in &mut clients {
+        loop {
+            match tokio::time::timeout(PATIENCE, c.next()).await.unwrap() {
+                Some(Ok(Message::Text(t))) if t.contains("to both") => break,
+                Some(Ok(_)) => continue,
+                other => panic!("stream ended: {other:?}"),
+            }
+        }
+    }
+    let ws = "logstream_clients{transport=\"ws\"}";
+    assert_eq!(s.metric(ws), Some(2.0));
+    drop(clients);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while s.metric(ws) != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slots not freed: {:?}",
+            s.metric(ws)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// A client that stops reading its event stream (stalled, or gone without a
 /// word) is dropped after --send-timeout instead of holding its slot.
 #[tokio::test]

@@ -1,15 +1,17 @@
 //! Accepted connections: the accept loop, its graceful end, and who answers
-//! each connection, hyper or the direct stream writer.
+//! each connection, hyper or the accept loop itself.
 //!
 //! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer per connection
-//! for as long as a response is in flight; for an event stream that idles
-//! for hours they were most of its memory (bench/ANALYSIS.md). So a
-//! `GET /sse` or `GET /stream` whose request head arrives in one piece is
-//! answered here: the router builds the response as for any request and
-//! [`pump`] writes its body straight to the socket, one chunk at a time.
-//! Everything else (other paths, WebSocket upgrades, heads split over several
-//! reads, request bodies, HTTP/1.0) goes to hyper untouched: the head is only
-//! peeked, never consumed, before that choice.
+//! for as long as a response is in flight, and a WebSocket it upgrades moves
+//! to a second task behind a boxed, type-erased socket; for connections that
+//! idle for hours that was most of their memory (bench/ANALYSIS.md). So a
+//! `GET /sse`, `GET /stream` or `GET /ws` upgrade whose request head arrives
+//! in one piece is answered here: the router builds the response as for any
+//! request, then [`pump`] writes a streamed body straight to the socket, or
+//! the WebSocket runs on the socket in the same task. Everything else (other
+//! paths, heads split over several reads or over 4 KiB, request bodies,
+//! HTTP/1.0) goes to hyper untouched: the head is only peeked, never
+//! consumed, before that choice.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -31,7 +33,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use super::AppState;
+use super::{AppState, ws};
 use crate::metrics::ReasonLabel;
 
 /// Longest a new connection may take to send its first request head.
@@ -42,6 +44,9 @@ const PEEK_BYTES: usize = 4096;
 const MAX_HEADERS: usize = 48;
 /// Paths whose responses stream for as long as the client stays.
 const DIRECT_PATHS: [&str; 2] = ["/sse", "/stream"];
+/// WebSocket upgrades answered without hyper: the socket then stays with
+/// the connection task, with no upgrade hand-over and no second task.
+const WEBSOCKET_PATH: &str = "/ws";
 
 /// Accepts connections until `stop` turns true, then waits for every
 /// connection to end (hyper ones are asked to finish their response and
@@ -68,53 +73,56 @@ pub async fn serve(listener: TcpListener, st: Arc<AppState>, mut stop: watch::Re
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
-        connections.spawn(connection(tcp, peer, app.clone(), st.clone(), stop.clone()));
+        connections.spawn(start(
+            tcp,
+            peer,
+            app.clone(),
+            st.clone(),
+            stop.clone(),
+            connections.clone(),
+        ));
     }
     drop(listener);
     connections.close();
     connections.wait().await;
 }
 
-/// A connection task holds only a pointer to what the connection does now:
-/// the wait for the head (with its timer), the request and the handler are
-/// gone by the time a response streams, so an idle stream costs only its
-/// socket, its body and the loop that copies one to the other.
-async fn connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    app: Router,
-    st: Arc<AppState>,
-    stop: watch::Receiver<bool>,
-) {
-    if let Some(next) = Box::pin(start(tcp, peer, app, st, stop)).await {
-        next.await
-    }
-}
-
-type Phase = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// Reads up to the response: the streaming rest of a direct answer, or hyper.
-/// `None`: the client was silent, went away, or we are shutting down.
+/// Reads up to the response, then hands the connection to a task of its own
+/// sized to what it does from then on (streaming a body, a WebSocket, or
+/// hyper): the wait for the head (with its timer), the request and the
+/// handler are gone by then, so an idle stream costs only its socket, its
+/// body or WebSocket and the loop between them.
 async fn start(
     mut tcp: TcpStream,
     peer: SocketAddr,
     app: Router,
     st: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
-) -> Option<Phase> {
+    connections: TaskTracker,
+) {
     let peeked = tokio::select! {
-        r = tokio::time::timeout(HEAD_TIMEOUT, peek_direct(&tcp)) => r.ok()?.ok()?,
-        _ = super::until_true(&mut stop) => return None,
+        r = tokio::time::timeout(HEAD_TIMEOUT, peek_direct(&tcp)) => match r {
+            Ok(Ok(p)) => p,
+            // Silent, closed or broken before a request: nothing to answer.
+            _ => return,
+        },
+        _ = super::until_true(&mut stop) => return,
     };
     let Some((req, head_len)) = peeked else {
-        return Some(Box::pin(with_hyper(tcp, peer, app, stop)));
+        connections.spawn(with_hyper(tcp, peer, app, stop));
+        return;
     };
     drop(stop);
-    Some(match respond(&mut tcp, peer, app, req, head_len).await {
-        Ok(Some((body, chunked))) => Box::pin(stream(tcp, body, chunked, st)),
-        Ok(None) => Box::pin(close(tcp, Ok(()))),
-        Err(e) => Box::pin(close(tcp, Err(e))),
-    })
+    match respond(&mut tcp, peer, app, req, head_len).await {
+        Ok(Answer::Body(body, chunked)) => {
+            connections.spawn(stream(tcp, body, chunked, st));
+        }
+        Ok(Answer::WebSocket(admitted)) => {
+            connections.spawn(websocket(tcp, admitted, st));
+        }
+        Ok(Answer::Done) => close(tcp, Ok(())).await,
+        Err(e) => close(tcp, Err(e)).await,
+    }
 }
 
 /// Waits for the first bytes of the connection and, when they hold a whole
@@ -144,22 +152,33 @@ fn direct_request(bytes: &[u8]) -> Option<(http::Request<Body>, usize)> {
     }
     let target = req.path?;
     let path = target.split('?').next().unwrap_or(target);
-    if !DIRECT_PATHS.contains(&path) {
+    let websocket = path == WEBSOCKET_PATH;
+    if !websocket && !DIRECT_PATHS.contains(&path) {
         return None;
     }
     let mut b = http::Request::builder()
         .method(http::Method::GET)
         .uri(target)
         .version(http::Version::HTTP_11);
+    let mut upgrade = false;
     for h in req.headers.iter() {
         let no_body = h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() == b"0";
         let special = ["content-length", "transfer-encoding", "upgrade", "expect"]
             .iter()
             .any(|n| h.name.eq_ignore_ascii_case(n));
-        if special && !no_body {
+        if h.name.eq_ignore_ascii_case("upgrade") && websocket {
+            // The handler checks the rest of the handshake.
+            upgrade = h.value.eq_ignore_ascii_case(b"websocket");
+        } else if special && !no_body {
             return None;
         }
         b = b.header(h.name, h.value);
+    }
+    if websocket && !upgrade {
+        return None;
+    }
+    if websocket {
+        b = b.extension(ws::DirectUpgrade);
     }
     b.body(Body::empty()).ok().map(|r| (r, head_len))
 }
@@ -176,6 +195,15 @@ async fn stream(mut tcp: TcpStream, body: Body, chunked: bool, st: Arc<AppState>
             .inc();
     }
     close(tcp, r).await
+}
+
+/// Runs an accepted WebSocket client on the connection's own socket.
+async fn websocket(tcp: TcpStream, admitted: ws::Admitted, st: Arc<AppState>) {
+    let Some(mut socket) = ws::socket(tcp, &st) else {
+        return;
+    };
+    drop(st);
+    ws::run_admitted(&mut socket, admitted).await
 }
 
 async fn close(mut tcp: TcpStream, written: std::io::Result<()>) {
@@ -195,7 +223,7 @@ async fn respond(
     app: Router,
     mut req: http::Request<Body>,
     head_len: usize,
-) -> std::io::Result<Option<(Body, bool)>> {
+) -> std::io::Result<Answer> {
     // All of the head is in the socket's queue already: it was peeked.
     let mut head = vec![0u8; head_len];
     tcp.read_exact(&mut head).await?;
@@ -203,23 +231,60 @@ async fn respond(
     req.extensions_mut().insert(ConnectInfo(peer));
     let Ok(resp) = app.oneshot(req).await;
     let (parts, body) = resp.into_parts();
-    let bodiless = parts.status.is_informational()
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let admitted = parts
+            .extensions
+            .get::<ws::Accepted>()
+            .and_then(|a| a.take());
+        let Some(admitted) = admitted else {
+            return Err(std::io::Error::other(
+                "switching protocols without a connection to run",
+            ));
+        };
+        tcp.write_all(&response_head(&parts, Framing::Upgrade))
+            .await?;
+        return Ok(Answer::WebSocket(admitted));
+    }
+    let framing = if parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED;
-    let length = if bodiless {
-        Some(0)
+        || parts.status == StatusCode::NOT_MODIFIED
+    {
+        Framing::None
     } else {
-        body.size_hint().exact()
+        match body.size_hint().exact() {
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        }
     };
-    let head = response_head(&parts, length, bodiless);
+    let head = response_head(&parts, framing);
     drop(parts);
     tcp.write_all(&head).await?;
-    Ok((!bodiless).then_some((body, length.is_none())))
+    Ok(match framing {
+        Framing::None => Answer::Done,
+        f => Answer::Body(body, f == Framing::Chunked),
+    })
+}
+
+/// What is left to do once the response head is written.
+enum Answer {
+    Body(Body, bool),
+    Done,
+    WebSocket(ws::Admitted),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (and no length).
+    None,
+    Length(u64),
+    Chunked,
+    /// 101: the connection speaks another protocol after the head.
+    Upgrade,
 }
 
 /// Status line and headers of a response written by [`direct`]: the
 /// handler's headers, a date, the body's framing, and `connection: close`.
-fn response_head(parts: &http::response::Parts, length: Option<u64>, bodiless: bool) -> Vec<u8> {
+fn response_head(parts: &http::response::Parts, framing: Framing) -> Vec<u8> {
     let mut h = Vec::with_capacity(256);
     let status = parts.status;
     // Writes into a Vec cannot fail.
@@ -230,7 +295,7 @@ fn response_head(parts: &http::response::Parts, length: Option<u64>, bodiless: b
         status.canonical_reason().unwrap_or("")
     );
     for (name, value) in &parts.headers {
-        if name == header::CONNECTION
+        if (name == header::CONNECTION && framing != Framing::Upgrade)
             || name == header::TRANSFER_ENCODING
             || name == header::CONTENT_LENGTH
         {
@@ -248,12 +313,16 @@ fn response_head(parts: &http::response::Parts, length: Option<u64>, bodiless: b
             httpdate::fmt_http_date(std::time::SystemTime::now())
         );
     }
-    match length {
-        _ if bodiless => {}
-        Some(n) => {
+    match framing {
+        Framing::None => {}
+        Framing::Length(n) => {
             let _ = write!(h, "content-length: {n}\r\n");
         }
-        None => h.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked => h.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Upgrade => {
+            h.extend_from_slice(b"\r\n");
+            return h;
+        }
     }
     h.extend_from_slice(b"connection: close\r\n\r\n");
     h
@@ -397,11 +466,16 @@ mod tests {
         assert!(
             direct_path("GET /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").is_some()
         );
+        let ws = "GET /ws?tail=1 HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n";
+        let (req, _) = direct_request(ws.as_bytes()).expect("a WebSocket upgrade");
+        assert!(req.extensions().get::<ws::DirectUpgrade>().is_some());
         for hyper in [
             "GET /sse HTTP/1.1\r\nHost: x\r\n",      // head not whole yet
             "GET /sse HTTP/1.0\r\nHost: x\r\n\r\n",  // no chunked encoding
             "HEAD /sse HTTP/1.1\r\nHost: x\r\n\r\n", // not GET
-            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n", // other path
+            "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n",   // not an upgrade
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n", // not WebSocket
+            "GET /loki/api/v1/tail HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", // other path
             "GET /sse HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n", // upgrade
             "GET /sse HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", // a body
             "GET /sse HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", // a body
@@ -423,7 +497,7 @@ mod tests {
             .body(())
             .expect("valid response");
         let (parts, ()) = resp.into_parts();
-        let head = String::from_utf8(response_head(&parts, None, false)).expect("ascii");
+        let head = String::from_utf8(response_head(&parts, Framing::Chunked)).expect("ascii");
         assert!(
             head.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"),
             "{head}"
@@ -434,7 +508,7 @@ mod tests {
             "{head}"
         );
         assert!(!head.contains("keep-alive"), "{head}");
-        let head = String::from_utf8(response_head(&parts, Some(12), false)).expect("ascii");
+        let head = String::from_utf8(response_head(&parts, Framing::Length(12))).expect("ascii");
         assert!(
             head.ends_with("content-length: 12\r\nconnection: close\r\n\r\n"),
             "{head}"

@@ -4,12 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::frame;
 use super::{AppState, ConnGuard, admit_stream};
@@ -22,57 +28,177 @@ use crate::session::{Pull, Session};
 /// and tungstenite reserves a whole frame once its header is read, so a
 /// small buffer costs nothing in function; it is resident for every idle
 /// connection (tungstenite zero-fills it before each read), so it matters.
-pub(crate) const READ_BUFFER_BYTES: usize = 256;
+pub(crate) const READ_BUFFER_BYTES: usize = 64;
+
+/// Marks a request whose connection the accept loop answers itself
+/// (server/listen.rs): the handler then hands the accepted connection back in
+/// the response instead of waiting for hyper's upgrade.
+#[derive(Clone, Copy)]
+pub(crate) struct DirectUpgrade;
+
+/// An accepted WebSocket client, ready to be served once the socket speaks
+/// WebSocket. In a response extension (which must be `Clone`) for the accept
+/// loop to take.
+#[derive(Clone)]
+pub(crate) struct Accepted(Arc<std::sync::Mutex<Option<Admitted>>>);
+
+pub(crate) struct Admitted {
+    st: Arc<AppState>,
+    /// `None`: over the connection limit; the client gets a close frame.
+    slot: Option<(ConnGuard, Box<Session>)>,
+}
+
+impl Accepted {
+    pub(crate) fn take(&self) -> Option<Admitted> {
+        self.0.lock().ok()?.take()
+    }
+}
 
 pub async fn handler(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     peer: ConnectInfo<std::net::SocketAddr>,
     raw: RawQuery,
-    ws: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
+    let accept = match handshake_accept(&headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     let q = match admit_stream(&st, &headers, peer, raw).await {
         Ok(q) => q,
         Err(r) => return r,
     };
+    // The session is made (and positioned) before the upgrade and boxed: the
+    // connection then holds a pointer, not the subscription, the filter
+    // and the session side by side, which keeps idle connections small.
+    let slot = st.try_connect(Transport::ws).map(|guard| {
+        let session = Session::new(st.hub.clone(), &q.sub, q.filter, st.cfg.session);
+        (guard, Box::new(session))
+    });
+    let admitted = Admitted {
+        st: st.clone(),
+        slot,
+    };
+    let mut resp = Response::new(Body::empty());
+    if req.extensions().get::<DirectUpgrade>().is_some() {
+        resp.extensions_mut()
+            .insert(Accepted(Arc::new(std::sync::Mutex::new(Some(admitted)))));
+    } else {
+        let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+            return (
+                StatusCode::UPGRADE_REQUIRED,
+                "this connection cannot be upgraded\n",
+            )
+                .into_response();
+        };
+        st.sessions.clone().spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    if let Some(mut ws) = socket(TokioIo::new(upgraded), &admitted.st) {
+                        Box::pin(run_admitted(&mut ws, admitted)).await
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "websocket upgrade"),
+            }
+        });
+    }
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    resp
+}
+
+/// Checks the WebSocket handshake headers (RFC 6455 4.2.1) and returns the
+/// `Sec-WebSocket-Accept` answer, or the refusal.
+#[allow(clippy::result_large_err)]
+fn handshake_accept(headers: &HeaderMap) -> Result<header::HeaderValue, Response> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let refuse = |why: &str| (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err(refuse("Connection header did not include 'upgrade'"));
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err(refuse("`Upgrade` header did not include 'websocket'"));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(refuse(
+            "`Sec-WebSocket-Version` header did not include '13'",
+        ));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(refuse("`Sec-WebSocket-Key` header missing"));
+    };
+    header::HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .map_err(|_| refuse("bad `Sec-WebSocket-Key`"))
+}
+
+/// `io` as the server end of a WebSocket whose handshake is done.
+///
+/// tokio-tungstenite's constructor is async but does no I/O: it is polled
+/// once here instead of awaited, so the connection's state never holds it
+/// beside the socket it returns (which made idle connections ~300 B bigger).
+pub(crate) fn socket<S>(io: S, st: &AppState) -> Option<WebSocketStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let made = WebSocketStream::from_raw_socket(io, Role::Server, Some(config(st))).now_or_never();
+    if made.is_none() {
+        tracing::error!("WebSocket setup did not complete at once");
+    }
+    made
+}
+
+/// The socket limits of a connection.
+fn config(st: &AppState) -> WebSocketConfig {
     let buf = st.cfg.ws_buffer_bytes;
-    let ws = ws
+    WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(buf)
         .max_write_buffer_size(buf + st.cfg.session.batch_bytes * 2 + st.cfg.max_message_bytes)
-        .max_message_size(st.cfg.max_message_bytes)
+        .max_message_size(Some(st.cfg.max_message_bytes))
         // A frame somewhat over the limit is read whole, so the client gets
         // our 1009 close instead of a reset on unread data; beyond that it is
         // refused from its header alone.
-        .max_frame_size(st.cfg.max_message_bytes.saturating_mul(4).max(64 << 10));
-    let guard = st.try_connect(Transport::ws);
-    // The session is made (and positioned) before the upgrade and boxed: the
-    // connection task then holds a pointer, not the subscription, the filter
-    // and the session side by side, which keeps idle connections small.
-    let session = guard.as_ref().map(|_| {
-        Box::new(Session::new(
-            st.hub.clone(),
-            &q.sub,
-            q.filter,
-            st.cfg.session,
+        .max_frame_size(Some(
+            st.cfg.max_message_bytes.saturating_mul(4).max(64 << 10),
         ))
-    });
-    let tracker = st.sessions.clone();
-    ws.on_upgrade(move |mut socket: WebSocket| {
-        tracker.track_future(async move {
-            let (Some(guard), Some(mut session)) = (guard, session) else {
-                let msg = close_msg(close::TRY_AGAIN_LATER, "connection limit reached");
-                let _ = Box::pin(socket.send(msg)).await;
-                return;
-            };
-            Box::pin(serve(&mut socket, &st, &mut session, guard)).await;
-        })
-    })
+}
+
+/// Serves an accepted client on its WebSocket to the end.
+pub(crate) async fn run_admitted<S, E>(socket: &mut S, admitted: Admitted)
+where
+    S: Sink<Message> + Stream<Item = Result<Message, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let Admitted { st, slot } = admitted;
+    let Some((guard, mut session)) = slot else {
+        let msg = close_msg(close::TRY_AGAIN_LATER, "connection limit reached");
+        let _ = Box::pin(socket.send(msg)).await;
+        return;
+    };
+    Box::pin(serve(socket, &st, &mut session, guard)).await;
 }
 
 fn close_msg(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
-        code,
+        code: CloseCode::from(code),
         reason: Utf8Bytes::from(reason.to_string()),
     }))
 }
@@ -354,7 +480,7 @@ where
             "binary frames are not part of the protocol; send JSON text".into(),
         ),
         Message::Close(_) => Step::End(End::ClientClosed),
-        Message::Ping(_) | Message::Pong(_) => Step::Continue,
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Step::Continue,
     }
 }
 
@@ -537,7 +663,7 @@ mod tests {
             .unwrap();
         assert_eq!(task.await.unwrap(), End::Drained);
         match client_rx.next().await {
-            Some(Message::Close(Some(f))) => assert_eq!(f.code, close::GOING_AWAY),
+            Some(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), close::GOING_AWAY),
             other => panic!("{other:?}"),
         }
         assert_eq!(st.connections(), 0, "the connection slot is released");
