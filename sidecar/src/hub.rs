@@ -298,6 +298,12 @@ impl Hub {
     }
 
     /// Marks the end of the stream: sessions finish once they reach the head.
+    /// Wakes every waiting session without new records, so it looks at the
+    /// server's state again (the drain flag).
+    pub fn wake(&self) {
+        self.head.send_modify(|_| {});
+    }
+
     pub fn close(&self) {
         self.head.send_modify(|h| h.closed = true);
     }

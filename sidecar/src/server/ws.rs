@@ -313,22 +313,21 @@ where
     );
     send!(text(hello));
     let mut head = st.hub.watch();
-    let mut draining_rx = st.draining.clone();
     let reconnect = |cfg: &super::ServerConfig| ServerMessage::Reconnect {
         after_ms: cfg.reconnect_after_ms(),
         reason: "server shutting down; resume elsewhere with your cursor".into(),
     };
-    let already_draining = *draining_rx.borrow();
-    if cfg.reconnect_on_drain && already_draining {
-        send!(text(render(&reconnect(cfg), session.filter.format)));
-        return End::Drained;
-    }
     let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
     let mut last_heard = Instant::now();
     let mut draining: Option<Cursor> = None;
     // Boxed and made only once draining starts: an idle connection keeps no timer for it.
     let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
+        // The drain wakes the hub's waiters (run.rs), so this is seen at once.
+        if cfg.reconnect_on_drain && draining.is_none() && *st.draining.borrow() {
+            send!(text(render(&reconnect(cfg), session.filter.format)));
+            return End::Drained;
+        }
         if draining.is_none() {
             head.borrow_and_update();
             loop {
@@ -388,14 +387,17 @@ where
                 }
             }
         }
-        tokio::select! {
-            changed = head.changed(), if draining.is_none() => {
-                if changed.is_err() {
-                    // The hub is gone: nothing more will come.
-                    return End::Drained;
-                }
-            }
-            msg = ws.next() => {
+        // One future at most (the hub's); the socket and the timers are
+        // polled by hand, so the wait adds little to an idle connection.
+        let woke = tokio::select! {
+            changed = head.changed(), if draining.is_none() => Wake::Hub(changed.is_ok()),
+            w = std::future::poll_fn(|cx| poll_wake(ws, &mut ping, &mut drain_deadline, cx)) => w,
+        };
+        match woke {
+            Wake::Hub(true) => {}
+            // The hub is gone: nothing more will come.
+            Wake::Hub(false) => return End::Drained,
+            Wake::Client(msg) => {
                 last_heard = Instant::now();
                 // Handled by a plain function: the parsed message never
                 // lives across an await, so it takes no room in the
@@ -406,19 +408,48 @@ where
                     Step::End(end) => return end,
                 }
             }
-            _ = ping.tick() => {
+            Wake::Ping => {
                 if last_heard.elapsed() >= cfg.pong_timeout {
                     return End::PeerSilent;
                 }
                 send!(Message::Ping(bytes::Bytes::new()));
             }
-            _ = sleep_opt(&mut drain_deadline) => return End::DrainTimeout,
-            _ = super::until_true(&mut draining_rx), if cfg.reconnect_on_drain => {
-                send!(text(render(&reconnect(cfg), session.filter.format)));
-                return End::Drained;
-            }
+            Wake::DrainTimeout => return End::DrainTimeout,
         }
     }
+}
+
+enum Wake<E> {
+    /// The hub moved (`false`: it is gone).
+    Hub(bool),
+    Client(Option<Result<Message, E>>),
+    Ping,
+    DrainTimeout,
+}
+
+/// The client's next message, the ping timer or the drain deadline.
+fn poll_wake<S, E>(
+    ws: &mut S,
+    ping: &mut tokio::time::Interval,
+    drain_deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Wake<E>>
+where
+    S: Stream<Item = Result<Message, E>> + Unpin,
+{
+    use std::task::Poll;
+    if let Poll::Ready(m) = ws.poll_next_unpin(cx) {
+        return Poll::Ready(Wake::Client(m));
+    }
+    if ping.poll_tick(cx).is_ready() {
+        return Poll::Ready(Wake::Ping);
+    }
+    if let Some(d) = drain_deadline
+        && d.as_mut().poll(cx).is_ready()
+    {
+        return Poll::Ready(Wake::DrainTimeout);
+    }
+    Poll::Pending
 }
 
 /// What a client message asks of the connection.
@@ -481,13 +512,6 @@ where
         ),
         Message::Close(_) => Step::End(End::ClientClosed),
         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Step::Continue,
-    }
-}
-
-async fn sleep_opt(sleep: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match sleep {
-        Some(s) => s.await,
-        None => std::future::pending().await,
     }
 }
 
