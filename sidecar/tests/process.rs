@@ -375,6 +375,29 @@ async fn silent_peer_is_dropped_after_pong_timeout() {
     assert_eq!(s.metric("logstream_clients{transport=\"ws\"}"), Some(0.0));
 }
 
+/// A client that answers pings stays connected past many pong timeouts.
+#[tokio::test]
+async fn responsive_peer_outlives_the_pong_timeout() {
+    let s = Server::start(&["--ping-interval", "50ms", "--pong-timeout", "120ms"]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws"))
+        .await
+        .unwrap();
+    // Reading answers each ping; ten pings span over four pong timeouts.
+    let mut pings = 0;
+    while pings < 10 {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(_)) => {}
+            other => panic!("dropped after {pings} pings: {other:?}"),
+        }
+    }
+    assert_eq!(s.metric("logstream_clients{transport=\"ws\"}"), Some(1.0));
+    assert_eq!(
+        s.metric("logstream_clients_dropped_total{reason=\"pong_timeout\"}"),
+        None
+    );
+}
+
 #[tokio::test]
 async fn rotation_truncation_partial_and_hostile_bytes_live() {
     let s = Server::start(&["--partial-timeout", "100ms", "--max-line-bytes", "1000"]);

@@ -54,6 +54,7 @@ const WEBSOCKET_PATH: &str = "/ws";
 pub async fn serve(listener: TcpListener, st: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let app = super::router(st.clone());
     let connections = TaskTracker::new();
+    let clock = tokio::spawn(ping_clock(Arc::downgrade(&st)));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -85,6 +86,24 @@ pub async fn serve(listener: TcpListener, st: Arc<AppState>, mut stop: watch::Re
     drop(listener);
     connections.close();
     connections.wait().await;
+    clock.abort();
+}
+
+/// The WebSocket ping clock: one timer for every connection. Each tick
+/// bumps `ping_epoch` and wakes the sessions (through the hub), which ping
+/// their client, or drop it when it has been silent too long.
+async fn ping_clock(st: std::sync::Weak<AppState>) {
+    let Some(period) = st.upgrade().map(|s| s.cfg.ping_interval) else {
+        return;
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tick.tick().await;
+        let Some(st) = st.upgrade() else { return };
+        st.ping_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        st.hub.wake();
+    }
 }
 
 /// Reads up to the response, then hands the connection to a task of its own

@@ -113,6 +113,9 @@ pub struct AppState {
     pub draining: watch::Receiver<bool>,
     /// Streaming sessions, awaited on shutdown.
     pub sessions: TaskTracker,
+    /// Ticks of the shared ping clock (server/listen.rs): every WebSocket
+    /// pings when it changes, so no connection keeps a timer of its own.
+    pub ping_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl AppState {
@@ -131,6 +134,7 @@ impl AppState {
             ready,
             draining,
             sessions: TaskTracker::new(),
+            ping_epoch: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

@@ -2,6 +2,7 @@
 //! tests can drive it with channels.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -317,7 +318,8 @@ where
         after_ms: cfg.reconnect_after_ms(),
         reason: "server shutting down; resume elsewhere with your cursor".into(),
     };
-    let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    // Pings follow the server's shared clock (server/listen.rs).
+    let mut pinged = st.ping_epoch.load(Ordering::Relaxed);
     let mut last_heard = Instant::now();
     let mut draining: Option<Cursor> = None;
     // Boxed and made only once draining starts: an idle connection keeps no timer for it.
@@ -391,10 +393,19 @@ where
         // polled by hand, so the wait adds little to an idle connection.
         let woke = tokio::select! {
             changed = head.changed(), if draining.is_none() => Wake::Hub(changed.is_ok()),
-            w = std::future::poll_fn(|cx| poll_wake(ws, &mut ping, &mut drain_deadline, cx)) => w,
+            w = std::future::poll_fn(|cx| poll_wake(ws, &mut drain_deadline, cx)) => w,
         };
         match woke {
-            Wake::Hub(true) => {}
+            Wake::Hub(true) => {
+                let epoch = st.ping_epoch.load(Ordering::Relaxed);
+                if epoch != pinged {
+                    pinged = epoch;
+                    if last_heard.elapsed() >= cfg.pong_timeout {
+                        return End::PeerSilent;
+                    }
+                    send!(Message::Ping(bytes::Bytes::new()));
+                }
+            }
             // The hub is gone: nothing more will come.
             Wake::Hub(false) => return End::Drained,
             Wake::Client(msg) => {
@@ -408,12 +419,6 @@ where
                     Step::End(end) => return end,
                 }
             }
-            Wake::Ping => {
-                if last_heard.elapsed() >= cfg.pong_timeout {
-                    return End::PeerSilent;
-                }
-                send!(Message::Ping(bytes::Bytes::new()));
-            }
             Wake::DrainTimeout => return End::DrainTimeout,
         }
     }
@@ -423,14 +428,12 @@ enum Wake<E> {
     /// The hub moved (`false`: it is gone).
     Hub(bool),
     Client(Option<Result<Message, E>>),
-    Ping,
     DrainTimeout,
 }
 
-/// The client's next message, the ping timer or the drain deadline.
+/// The client's next message or the drain deadline.
 fn poll_wake<S, E>(
     ws: &mut S,
-    ping: &mut tokio::time::Interval,
     drain_deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<Wake<E>>
@@ -440,9 +443,6 @@ where
     use std::task::Poll;
     if let Poll::Ready(m) = ws.poll_next_unpin(cx) {
         return Poll::Ready(Wake::Client(m));
-    }
-    if ping.poll_tick(cx).is_ready() {
-        return Poll::Ready(Wake::Ping);
     }
     if let Some(d) = drain_deadline
         && d.as_mut().poll(cx).is_ready()
