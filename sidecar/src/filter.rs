@@ -32,13 +32,13 @@ pub enum FilterError {
 /// Compiled filter.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    /// Boxed: a matcher is large and most clients set no file filter, and
-    /// every connection holds its filter while idle.
+    /// Matchers are boxed: most clients set few of them, and every
+    /// connection holds its filter while idle.
     file: Option<Box<GlobMatcher>>,
     levels: Option<[bool; 6]>,
-    grep: Option<Regex>,
-    pod: Option<Regex>,
-    container: Option<Regex>,
+    grep: Option<Box<Regex>>,
+    pod: Option<Box<Regex>>,
+    container: Option<Box<Regex>>,
     pub since_ns: Option<i64>,
     pub format: Format,
 }
@@ -63,17 +63,17 @@ impl Filter {
         let grep = match &s.grep {
             Some(g) if !g.is_empty() => {
                 check_len("grep", g)?;
-                Some(compile_regex(g).map_err(FilterError::Grep)?)
+                Some(Box::new(compile_regex(g).map_err(FilterError::Grep)?))
             }
             _ => None,
         };
         let label =
-            |field: &'static str, v: &Option<String>| -> Result<Option<Regex>, FilterError> {
+            |field: &'static str, v: &Option<String>| -> Result<Option<Box<Regex>>, FilterError> {
                 match v {
                     Some(p) if !p.is_empty() => {
                         check_len(field, p)?;
                         compile_regex(&format!("^(?:{p})$"))
-                            .map(Some)
+                            .map(|r| Some(Box::new(r)))
                             .map_err(|reason| FilterError::Label { field, reason })
                     }
                     _ => Ok(None),

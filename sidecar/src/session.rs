@@ -82,7 +82,8 @@ pub struct Session {
     /// Marks of a resume cursor for sources this hub does not know (kept so
     /// the cursor handed back never forgets them).
     foreign: Cursor,
-    pending_gap: Option<(u64, Cursor)>,
+    /// Boxed: rare, and every idle connection holds its session.
+    pending_gap: Option<Box<(u64, Cursor)>>,
     /// Since when the client has been more than `queue_bytes` behind.
     behind_since: Option<Instant>,
     /// Per hub slot: does the filter's source part match (0: not asked yet,
@@ -196,7 +197,7 @@ impl Session {
             }
         }
         if missed > 0 {
-            self.pending_gap = Some((missed, self.cursor_locked(ring)));
+            self.pending_gap = Some(Box::new((missed, self.cursor_locked(ring))));
         }
         self.next = start.unwrap_or(ring.next_idx());
     }
@@ -238,7 +239,8 @@ impl Session {
 
     /// Takes the next step for this client.
     pub fn pull(&mut self) -> Pull {
-        if let Some((missed, cursor)) = self.pending_gap.take() {
+        if let Some(gap) = self.pending_gap.take() {
+            let (missed, cursor) = *gap;
             return Pull::Gap {
                 missed,
                 reason: crate::protocol::GapReason::Evicted,
