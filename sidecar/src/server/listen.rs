@@ -136,8 +136,13 @@ async fn start(
         Ok(Answer::Body(body, chunked)) => {
             connections.spawn(stream(tcp, body, chunked, st));
         }
-        Ok(Answer::WebSocket(admitted)) => {
-            connections.spawn(websocket(tcp, admitted, st));
+        Ok(Answer::WebSocket(mut admitted)) => {
+            if let Some(mut socket) = ws::socket(tcp, &st) {
+                drop(st);
+                // Captured, not passed: the task holds each once.
+                connections
+                    .spawn(async move { ws::run_admitted(&mut socket, &mut admitted).await });
+            }
         }
         Ok(Answer::Done) => close(tcp, Ok(())).await,
         Err(e) => close(tcp, Err(e)).await,
@@ -214,15 +219,6 @@ async fn stream(mut tcp: TcpStream, body: Body, chunked: bool, st: Arc<AppState>
             .inc();
     }
     close(tcp, r).await
-}
-
-/// Runs an accepted WebSocket client on the connection's own socket.
-async fn websocket(tcp: TcpStream, admitted: ws::Admitted, st: Arc<AppState>) {
-    let Some(mut socket) = ws::socket(tcp, &st) else {
-        return;
-    };
-    drop(st);
-    ws::run_admitted(&mut socket, admitted).await
 }
 
 async fn close(mut tcp: TcpStream, written: std::io::Result<()>) {

@@ -93,11 +93,12 @@ pub async fn handler(
             )
                 .into_response();
         };
+        let mut admitted = admitted;
         st.sessions.clone().spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     if let Some(mut ws) = socket(TokioIo::new(upgraded), &admitted.st) {
-                        Box::pin(run_admitted(&mut ws, admitted)).await
+                        Box::pin(run_admitted(&mut ws, &mut admitted)).await
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade"),
@@ -183,18 +184,23 @@ fn config(st: &AppState) -> WebSocketConfig {
 }
 
 /// Serves an accepted client on its WebSocket to the end.
-pub(crate) async fn run_admitted<S, E>(socket: &mut S, admitted: Admitted)
+///
+/// Both are borrowed: the caller's task owns them (captured, not rebound,
+/// so each is held once).
+pub(crate) async fn run_admitted<S, E>(socket: &mut S, admitted: &mut Admitted)
 where
     S: Sink<Message> + Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let Admitted { st, slot } = admitted;
-    let Some((guard, mut session)) = slot else {
-        let msg = close_msg(close::TRY_AGAIN_LATER, "connection limit reached");
-        let _ = Box::pin(socket.send(msg)).await;
-        return;
-    };
-    Box::pin(serve(socket, &st, &mut session, guard)).await;
+    match &mut admitted.slot {
+        Some((guard, session)) => {
+            Box::pin(serve(socket, &admitted.st, session, guard)).await;
+        }
+        None => {
+            let msg = close_msg(close::TRY_AGAIN_LATER, "connection limit reached");
+            let _ = Box::pin(socket.send(msg)).await;
+        }
+    }
 }
 
 fn close_msg(code: u16, reason: &str) -> Message {
@@ -230,7 +236,7 @@ pub async fn serve<S, E>(
     ws: &mut S,
     st: &Arc<AppState>,
     session: &mut Session,
-    _guard: ConnGuard,
+    _guard: &ConnGuard,
 ) -> End
 where
     S: Sink<Message> + Stream<Item = Result<Message, E>> + Unpin,
@@ -599,7 +605,7 @@ mod tests {
         let guard = st.try_connect(Transport::ws).unwrap();
         tokio::spawn(async move {
             let mut socket = Duplex { tx, rx };
-            serve(&mut socket, &st, &mut session, guard).await
+            serve(&mut socket, &st, &mut session, &guard).await
         })
     }
 
