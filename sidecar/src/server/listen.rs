@@ -133,8 +133,8 @@ async fn start(
     };
     drop(stop);
     match respond(&mut tcp, peer, app, req, head_len).await {
-        Ok(Answer::Body(body, chunked)) => {
-            connections.spawn(stream(tcp, body, chunked, st));
+        Ok(Answer::Body(mut body, chunked)) => {
+            connections.spawn(async move { stream(&mut tcp, &mut body, chunked, &st).await });
         }
         Ok(Answer::WebSocket(mut admitted)) => {
             if let Some(mut socket) = ws::socket(tcp, &st) {
@@ -144,8 +144,8 @@ async fn start(
                     .spawn(async move { ws::run_admitted(&mut socket, &mut admitted).await });
             }
         }
-        Ok(Answer::Done) => close(tcp, Ok(())).await,
-        Err(e) => close(tcp, Err(e)).await,
+        Ok(Answer::Done) => close(&mut tcp, Ok(())).await,
+        Err(e) => close(&mut tcp, Err(e)).await,
     }
 }
 
@@ -208,8 +208,11 @@ fn direct_request(bytes: &[u8]) -> Option<(http::Request<Body>, usize)> {
 }
 
 /// Writes the body of a direct answer, then closes the connection.
-async fn stream(mut tcp: TcpStream, body: Body, chunked: bool, st: Arc<AppState>) {
-    let r = pump(&mut tcp, body, chunked, st.cfg.send_timeout).await;
+///
+/// The caller's task owns the socket and the body and lends them here (a
+/// task captures them once; async fn arguments would be stored twice).
+async fn stream(tcp: &mut TcpStream, body: &mut Body, chunked: bool, st: &AppState) {
+    let r = pump(tcp, body, chunked, st.cfg.send_timeout).await;
     if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
         st.metrics
             .clients_dropped
@@ -221,7 +224,7 @@ async fn stream(mut tcp: TcpStream, body: Body, chunked: bool, st: Arc<AppState>
     close(tcp, r).await
 }
 
-async fn close(mut tcp: TcpStream, written: std::io::Result<()>) {
+async fn close(tcp: &mut TcpStream, written: std::io::Result<()>) {
     match written {
         Ok(()) => {
             let _ = tcp.shutdown().await;
@@ -349,14 +352,14 @@ fn response_head(parts: &http::response::Parts, framing: Framing) -> Vec<u8> {
 /// the hub, never a queue.
 async fn pump(
     tcp: &mut TcpStream,
-    mut body: Body,
+    body: &mut Body,
     chunked: bool,
     send_timeout: Duration,
 ) -> std::io::Result<()> {
     loop {
         // Polled by hand, not with `select!` over futures: the wait is what
         // an idle stream is doing, and this way it keeps no state at all.
-        let data = match std::future::poll_fn(|cx| poll_next(tcp, &mut body, cx)).await? {
+        let data = match std::future::poll_fn(|cx| poll_next(tcp, body, cx)).await? {
             Next::Data(d) => d,
             Next::End => break,
             Next::ClientGone => return Ok(()),
