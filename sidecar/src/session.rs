@@ -80,8 +80,8 @@ pub struct Session {
     /// Highest sequence seen per hub slot.
     seen: Vec<u64>,
     /// Marks of a resume cursor for sources this hub does not know (kept so
-    /// the cursor handed back never forgets them).
-    foreign: Cursor,
+    /// the cursor handed back never forgets them). Boxed: rare.
+    foreign: Option<Box<Cursor>>,
     /// Boxed: rare, and every idle connection holds its session.
     pending_gap: Option<Box<(u64, Cursor)>>,
     /// Since when the client has been more than `queue_bytes` behind.
@@ -101,7 +101,7 @@ impl Session {
             limits,
             next: 0,
             seen: Vec::new(),
-            foreign: Cursor::default(),
+            foreign: None,
             pending_gap: None,
             behind_since: None,
             source_ok: Vec::new(),
@@ -116,7 +116,7 @@ impl Session {
         self.filter = filter;
         self.source_ok.clear();
         self.seen.clear();
-        self.foreign = Cursor::default();
+        self.foreign = None;
         self.pending_gap = None;
         self.reposition(sub);
     }
@@ -173,7 +173,9 @@ impl Session {
             match ring.slot_of(*sid) {
                 Some(slot) => self.seen[slot as usize] = *seq,
                 None => {
-                    self.foreign.advance(*sid, *seq);
+                    self.foreign
+                        .get_or_insert_with(Default::default)
+                        .advance(*sid, *seq);
                 }
             }
         }
@@ -209,7 +211,7 @@ impl Session {
     }
 
     fn cursor_locked(&self, ring: &Ring) -> Cursor {
-        let mut c = self.foreign.clone();
+        let mut c = self.foreign.as_deref().cloned().unwrap_or_default();
         for (slot, seq) in self.seen.iter().enumerate() {
             if *seq > 0
                 && let Some(info) = ring.sources().get(slot)
@@ -256,7 +258,7 @@ impl Session {
             let known = self.seen.len();
             self.seen.resize(ring.sources().len(), 0);
             for (slot, info) in ring.sources().iter().enumerate().skip(known) {
-                if let Some(seq) = self.foreign.0.remove(&info.sid) {
+                if let Some(seq) = self.foreign.as_mut().and_then(|f| f.0.remove(&info.sid)) {
                     self.seen[slot] = seq;
                 }
             }
