@@ -616,15 +616,7 @@ fn sse_streams_with_or_without_hyper_and_a_leaving_client_frees_its_slot() {
     let sse = "logstream_clients{transport=\"sse\"}";
     assert_eq!(s.metric(sse), Some(2.0));
     drop(clients);
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while s.metric(sse) != Some(0.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "slots not freed: {:?}",
-            s.metric(sse)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    s.wait_metric_eq(sse, 0.0);
 }
 
 /// A WebSocket upgrade whose head fits the peek is answered by the accept
@@ -656,15 +648,7 @@ async fn websocket_streams_with_or_without_hyper() {
     let ws = "logstream_clients{transport=\"ws\"}";
     assert_eq!(s.metric(ws), Some(2.0));
     drop(clients);
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while s.metric(ws) != Some(0.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "slots not freed: {:?}",
-            s.metric(ws)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    s.wait_metric_eq(ws, 0.0);
 }
 
 /// A client that stops reading its event stream (stalled, or gone without a

@@ -182,6 +182,19 @@ impl Server {
         })
     }
 
+    /// Waits until `series` reads exactly `want`.
+    pub fn wait_metric_eq(&self, series: &str, want: f64) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.metric(series) != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "{series} never became {want}: {:?}",
+                self.metric(series)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits until `series` reaches at least `min`.
     pub fn wait_metric(&self, series: &str, min: f64) -> f64 {
         let deadline = Instant::now() + PATIENCE;
