@@ -651,6 +651,40 @@ async fn websocket_streams_with_or_without_hyper() {
     s.wait_metric_eq(ws, 0.0);
 }
 
+/// Record batches are framed by the server itself (ws.rs `DataSink`): frames
+/// of every length form (7-bit, 16-bit, 64-bit) reach a standard client
+/// intact, between the control frames tungstenite writes.
+#[tokio::test]
+async fn websocket_data_frames_of_every_length_form_arrive_intact() {
+    let s = Server::start(&["--max-line-bytes", "200000"]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws?format=raw"))
+        .await
+        .unwrap();
+    for len in [10usize, 300, 70_000] {
+        let line = "y".repeat(len);
+        s.append("app.log", &format!("{line}\n"));
+        loop {
+            match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+                Some(Ok(Message::Text(t))) if t.starts_with('y') => {
+                    assert_eq!(t.as_str(), line, "a {len}-byte line");
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("stream ended: {other:?}"),
+            }
+        }
+    }
+    // The connection still speaks the protocol both ways afterwards.
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) if t.contains("pong") => break,
+            Some(Ok(_)) => continue,
+            other => panic!("stream ended: {other:?}"),
+        }
+    }
+}
+
 /// A client that stops reading its event stream (stalled, or gone without a
 /// word) is dropped after --send-timeout instead of holding its slot.
 #[tokio::test]
