@@ -268,6 +268,13 @@ impl Metrics {
         self.gap_records.inc_by(missed);
     }
 
+    /// Counts a client the server dropped, by why.
+    pub fn dropped(&self, reason: &'static str) {
+        self.clients_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// Counts a frame of records sent over `t`.
     pub fn sent(&self, t: Transport, records: usize, bytes: usize) {
         let label = self.transport(t);

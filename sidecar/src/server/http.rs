@@ -18,7 +18,7 @@ use tokio::time::{Instant, Interval};
 use super::frame;
 use super::{AppState, ConnGuard, admit_stream};
 use crate::hub::Head;
-use crate::metrics::{ReasonLabel, Transport};
+use crate::metrics::Transport;
 use crate::protocol::{Format, PROTOCOL_VERSION, ServerMessage};
 use crate::session::{Pull, Session};
 
@@ -192,12 +192,7 @@ impl BodyState {
                     }));
                 }
                 Pull::TooSlow => {
-                    metrics
-                        .clients_dropped
-                        .get_or_create(&ReasonLabel {
-                            reason: "slow_client",
-                        })
-                        .inc();
+                    metrics.dropped("slow_client");
                     self.done = true;
                     return None;
                 }

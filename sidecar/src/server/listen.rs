@@ -34,7 +34,6 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::{AppState, ws};
-use crate::metrics::ReasonLabel;
 
 /// Longest a new connection may take to send its first request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -162,8 +161,8 @@ async fn peek_direct(tcp: &TcpStream) -> std::io::Result<Option<(http::Request<B
 }
 
 /// The request of `bytes` and the length of its head, when it is one the
-/// direct writer answers: a complete `GET` of a streaming path over HTTP/1.1
-/// without body or upgrade.
+/// accept loop answers: a complete `GET` over HTTP/1.1 without body, of a
+/// streaming path (no upgrade) or of `/ws` (a WebSocket upgrade).
 fn direct_request(bytes: &[u8]) -> Option<(http::Request<Body>, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -214,12 +213,7 @@ fn direct_request(bytes: &[u8]) -> Option<(http::Request<Body>, usize)> {
 async fn stream(tcp: &mut TcpStream, body: &mut Body, chunked: bool, st: &AppState) {
     let r = pump(tcp, body, chunked, st.cfg.send_timeout).await;
     if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
-        st.metrics
-            .clients_dropped
-            .get_or_create(&ReasonLabel {
-                reason: "send_timeout",
-            })
-            .inc();
+        st.metrics.dropped("send_timeout");
     }
     close(tcp, r).await
 }

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::frame;
 use super::{AppState, ConnGuard, admit_stream};
 use crate::filter::Filter;
-use crate::metrics::{ReasonLabel, Transport};
+use crate::metrics::Transport;
 use crate::protocol::{ClientMessage, Cursor, Format, PROTOCOL_VERSION, ServerMessage, close};
 use crate::session::{Pull, Session};
 
@@ -302,10 +302,7 @@ where
         End::PeerSilent => (Some(close::POLICY), "no pong", Some("pong_timeout")),
     };
     if let Some(reason) = dropped {
-        st.metrics
-            .clients_dropped
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        st.metrics.dropped(reason);
     }
     if end == End::ClientClosed {
         // tungstenite queued the reply to the client's close frame; flush it,
@@ -340,17 +337,23 @@ where
     let cfg = &st.cfg;
     let metrics = &st.metrics;
     let send_timeout = cfg.send_timeout;
-    macro_rules! send {
-        // The message is built in its own statement so its temporaries are
-        // gone before the await; the send is boxed so it costs nothing while
-        // the connection idles.
-        ($msg:expr) => {{
-            let msg = { $msg };
-            match Box::pin(tokio::time::timeout(send_timeout, ws.send(msg))).await {
+    // Awaits a send under the send timeout, ending the connection when it
+    // fails; boxed, so it costs nothing while the connection idles.
+    macro_rules! sent {
+        ($send:expr) => {
+            match Box::pin(tokio::time::timeout(send_timeout, $send)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return End::SendFailed,
                 Err(_) => return End::SendTimeout,
             }
+        };
+    }
+    macro_rules! send {
+        // The message is built in its own statement so its temporaries are
+        // gone before the await.
+        ($msg:expr) => {{
+            let msg = { $msg };
+            sent!(ws.send(msg))
         }};
     }
     let hello = render(
@@ -391,13 +394,7 @@ where
                                 Format::Raw => frame::raw_lines(&entries),
                             };
                             let bytes = data.len();
-                            match Box::pin(tokio::time::timeout(send_timeout, ws.send_text(data)))
-                                .await
-                            {
-                                Ok(Ok(())) => {}
-                                Ok(Err(_)) => return End::SendFailed,
-                                Err(_) => return End::SendTimeout,
-                            }
+                            sent!(ws.send_text(data));
                             metrics.sent(Transport::ws, entries.len(), bytes);
                         }
                         // Even at the head, pull once more: only Idle or Ended
