@@ -297,13 +297,13 @@ impl Hub {
         self.head.send_modify(|h| h.next_idx = next_idx);
     }
 
-    /// Marks the end of the stream: sessions finish once they reach the head.
     /// Wakes every waiting session without new records, so it looks at the
-    /// server's state again (the drain flag).
+    /// server's state again (the ping clock, the drain flag).
     pub fn wake(&self) {
         self.head.send_modify(|_| {});
     }
 
+    /// Marks the end of the stream: sessions finish once they reach the head.
     pub fn close(&self) {
         self.head.send_modify(|h| h.closed = true);
     }

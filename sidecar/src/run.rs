@@ -79,8 +79,6 @@ pub async fn run_streamer(
     let started = std::time::Instant::now();
     tracing::info!(clients = state.connections(), "draining");
     let _ = drain_tx.send(true);
-    // WebSocket sessions learn of the drain when the hub wakes them.
-    hub.wake();
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(opts.grace, async {
         let _ = tokio::task::spawn_blocking(move || tail_thread.join()).await;

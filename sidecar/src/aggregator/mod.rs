@@ -112,8 +112,6 @@ pub async fn run_aggregator(
         "draining: readiness off, clients told to reconnect"
     );
     let _ = drain_tx.send(true);
-    // WebSocket sessions learn of the drain when the hub wakes them.
-    hub.wake();
     let finished = tokio::time::timeout(opts.grace, async {
         // Every connected client gets `reconnect` and a 1001 close now; new
         // ones during the delay get the same at once.

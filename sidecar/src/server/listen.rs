@@ -53,7 +53,7 @@ const WEBSOCKET_PATH: &str = "/ws";
 pub async fn serve(listener: TcpListener, st: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let app = super::router(st.clone());
     let connections = TaskTracker::new();
-    let clock = tokio::spawn(ping_clock(Arc::downgrade(&st)));
+    let clock = tokio::spawn(session_clock(Arc::downgrade(&st)));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -88,19 +88,33 @@ pub async fn serve(listener: TcpListener, st: Arc<AppState>, mut stop: watch::Re
     clock.abort();
 }
 
-/// The WebSocket ping clock: one timer for every connection. Each tick
-/// bumps `ping_epoch` and wakes the sessions (through the hub), which ping
-/// their client, or drop it when it has been silent too long.
-async fn ping_clock(st: std::sync::Weak<AppState>) {
-    let Some(period) = st.upgrade().map(|s| s.cfg.ping_interval) else {
+/// What WebSocket sessions wait for besides records, in one task: the
+/// ping clock (one timer for every connection; each tick bumps `ping_epoch`)
+/// and the start of the drain. Either wakes the sessions through the hub;
+/// they then ping their client (or drop it when it has been silent too
+/// long), or tell it to reconnect.
+async fn session_clock(st: std::sync::Weak<AppState>) {
+    let Some((period, mut draining)) = st
+        .upgrade()
+        .map(|s| (s.cfg.ping_interval, s.draining.clone()))
+    else {
         return;
     };
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut drain_seen = false;
     loop {
-        tick.tick().await;
+        let ticked = tokio::select! {
+            _ = tick.tick() => true,
+            _ = super::until_true(&mut draining), if !drain_seen => {
+                drain_seen = true;
+                false
+            }
+        };
         let Some(st) = st.upgrade() else { return };
-        st.ping_epoch
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if ticked {
+            st.ping_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         st.hub.wake();
     }
 }

@@ -378,7 +378,8 @@ where
     // Boxed and made only once draining starts: an idle connection keeps no timer for it.
     let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
-        // The drain wakes the hub's waiters (run.rs), so this is seen at once.
+        // The drain wakes the hub's waiters (server/listen.rs), so this is
+        // seen at once.
         if cfg.reconnect_on_drain && draining.is_none() && *st.draining.borrow() {
             send!(text(render(&reconnect(cfg), session.filter.format)));
             return End::Drained;
