@@ -548,13 +548,9 @@ pub fn source_ip(n: usize) -> Result<IpAddr> {
     Ok(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
 }
 
-/// Opens `ws://ADDR{path_and_query}` from source address `src`.
-pub async fn ws_connect(
-    addr: SocketAddr,
-    src: Option<IpAddr>,
-    path_and_query: &str,
-    cfg: Option<WebSocketConfig>,
-) -> Result<Ws> {
+/// A TCP connection to `addr` from source address `src` (any when `None`),
+/// without Nagle delay.
+pub async fn connect_from(addr: SocketAddr, src: Option<IpAddr>) -> Result<tokio::net::TcpStream> {
     let sock = tokio::net::TcpSocket::new_v4()?;
     if let Some(ip) = src {
         sock.bind(SocketAddr::new(ip, 0))
@@ -565,6 +561,17 @@ pub async fn ws_connect(
         .await
         .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens `ws://ADDR{path_and_query}` from source address `src`.
+pub async fn ws_connect(
+    addr: SocketAddr,
+    src: Option<IpAddr>,
+    path_and_query: &str,
+    cfg: Option<WebSocketConfig>,
+) -> Result<Ws> {
+    let stream = connect_from(addr, src).await?;
     let url = format!("ws://{addr}{path_and_query}");
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, cfg)
         .await

@@ -382,16 +382,7 @@ async fn http_get_stream(
     path: &str,
     small: bool,
 ) -> Result<Io> {
-    let sock = tokio::net::TcpSocket::new_v4()?;
-    if let Some(ip) = src {
-        sock.bind(SocketAddr::new(ip, 0))
-            .with_context(|| format!("bind {ip}"))?;
-    }
-    let stream = sock
-        .connect(addr)
-        .await
-        .with_context(|| format!("connect {addr}"))?;
-    stream.set_nodelay(true)?;
+    let stream = crate::connect_from(addr, src).await?;
     let mut b = hyper::client::conn::http1::Builder::new();
     if small {
         b.max_buf_size(8192);
