@@ -649,6 +649,72 @@ pub fn linear_regression(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
     Some((slope, my - slope * mx, r2))
 }
 
+/// How many of `lines` lines file `i` of `files` gets when they are spread
+/// evenly (the first files take the remainder).
+pub fn lines_of(lines: u64, files: usize, i: usize) -> u64 {
+    let files = files as u64;
+    lines / files + u64::from((i as u64) < lines % files)
+}
+
+/// Appends `lines` numbered lines (`push_line`, `line_bytes` each) spread
+/// over `paths` by [`lines_of`], round-robin, one `chunk_bytes` write at a
+/// time; paced at `rate` lines/s in 1 ms rounds when `rate` > 0. Returns the
+/// bytes written.
+pub fn write_numbered(
+    paths: &[PathBuf],
+    lines: u64,
+    rate: u64,
+    line_bytes: usize,
+    chunk_bytes: usize,
+) -> Result<u64> {
+    let mut files = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("open {}", p.display()))?;
+        files.push((f, 0u64, lines_of(lines, paths.len(), i)));
+    }
+    let mut buf = Vec::with_capacity(chunk_bytes + line_bytes * 2);
+    let mut bytes = 0u64;
+    let start = Instant::now();
+    let mut written = 0u64;
+    let per_round = (rate / 1000).max(1).div_ceil(paths.len().max(1) as u64);
+    loop {
+        if rate > 0 {
+            let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+            if written >= due {
+                std::thread::sleep(Duration::from_micros(500));
+                continue;
+            }
+        }
+        let mut any = false;
+        for (i, (f, next, total)) in files.iter_mut().enumerate() {
+            if *next >= *total {
+                continue;
+            }
+            any = true;
+            buf.clear();
+            let until = if rate > 0 {
+                (*next + per_round).min(*total)
+            } else {
+                *total
+            };
+            while *next < until && buf.len() + line_bytes <= chunk_bytes.max(line_bytes) {
+                push_line(&mut buf, i, *next, line_bytes);
+                *next += 1;
+                written += 1;
+            }
+            f.write_all(&buf)?;
+            bytes += buf.len() as u64;
+        }
+        if !any {
+            return Ok(bytes);
+        }
+    }
+}
+
 /// Writes one log-looking line of exactly `bytes` bytes (newline included)
 /// into `out`: `2025-01-01T00:00:00.000Z INFO bench file=F seq=S msg=xxxx…`.
 pub fn push_line(out: &mut Vec<u8>, file: usize, seq: u64, bytes: usize) {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::Parser;
 use futures::StreamExt;
 use logstream_bench as lb;
@@ -81,58 +81,21 @@ fn file_name(i: usize) -> String {
 }
 
 fn lines_of(args: &Args, i: usize) -> u64 {
-    let files = args.files as u64;
-    args.lines / files + u64::from((i as u64) < args.lines % files)
+    lb::lines_of(args.lines, args.files, i)
 }
 
+/// Writes every file round-robin, one `chunk_bytes` write at a time; paced
+/// at `rate` lines/s in 1 ms rounds when `rate` is set.
 fn write_files(args: &Args, dir: &Path) -> Result<()> {
-    use std::io::Write;
-    let mut files = Vec::new();
-    for i in 0..args.files {
-        let p = dir.join(file_name(i));
-        let f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .with_context(|| format!("open {}", p.display()))?;
-        files.push((f, 0u64, lines_of(args, i)));
-    }
-    let mut buf = Vec::with_capacity(args.chunk_bytes + args.line_bytes * 2);
-    let start = Instant::now();
-    let mut written = 0u64;
-    let per_round = (args.rate / 1000).max(1).div_ceil(args.files as u64);
-    loop {
-        if args.rate > 0 {
-            let due = (start.elapsed().as_secs_f64() * args.rate as f64) as u64;
-            if written >= due {
-                std::thread::sleep(Duration::from_micros(500));
-                continue;
-            }
-        }
-        let mut any = false;
-        for (i, (f, next, total)) in files.iter_mut().enumerate() {
-            if *next >= *total {
-                continue;
-            }
-            any = true;
-            buf.clear();
-            let until = if args.rate > 0 {
-                (*next + per_round).min(*total)
-            } else {
-                *total
-            };
-            while *next < until
-                && buf.len() + args.line_bytes <= args.chunk_bytes.max(args.line_bytes)
-            {
-                lb::push_line(&mut buf, i, *next, args.line_bytes);
-                *next += 1;
-                written += 1;
-            }
-            f.write_all(&buf)?;
-        }
-        if !any {
-            return Ok(());
-        }
-    }
+    let paths: Vec<_> = (0..args.files).map(|i| dir.join(file_name(i))).collect();
+    lb::write_numbered(
+        &paths,
+        args.lines,
+        args.rate,
+        args.line_bytes,
+        args.chunk_bytes,
+    )
+    .map(|_bytes| ())
 }
 
 fn field(line: &str, key: &str) -> Option<u64> {
