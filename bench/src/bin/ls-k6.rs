@@ -299,10 +299,19 @@ fn ratios(k6: &Value, ours: &Value) -> Value {
     Value::Object(o)
 }
 
-async fn latency(args: &Args, spec: &TargetSpec, bin: &Path, k6: &Path) -> Result<Value> {
-    let scratch = lb::Scratch::new("k6-latency")?;
-    let file = scratch.logs().join(FILE);
-    std::fs::File::create(&file)?;
+/// A fresh folder (holding `files`, empty) with a server of `spec` on it,
+/// started once the machine is quiet; the wait's record is returned too.
+fn fresh_target(
+    args: &Args,
+    spec: &TargetSpec,
+    bin: &Path,
+    label: &str,
+    files: &[&str],
+) -> Result<(lb::Scratch, Target, Value)> {
+    let scratch = lb::Scratch::new(label)?;
+    for f in files {
+        std::fs::File::create(scratch.logs().join(f))?;
+    }
     let target = Target::start(
         spec,
         bin,
@@ -311,6 +320,13 @@ async fn latency(args: &Args, spec: &TargetSpec, bin: &Path, k6: &Path) -> Resul
         &scratch.root.join("server.stderr"),
     )?;
     let quiet = lb::wait_quiet(Duration::from_secs(args.quiet_wait_secs), args.quiet_busy);
+    Ok((scratch, target, quiet))
+}
+
+async fn latency(args: &Args, spec: &TargetSpec, bin: &Path, k6: &Path) -> Result<Value> {
+    // The file exists before the server starts, so it is tracked from its first scan.
+    let (scratch, target, quiet) = fresh_target(args, spec, bin, "k6-latency", &[FILE])?;
+    let file = scratch.logs().join(FILE);
     let total = (args.rate * args.duration).round().max(2.0) as u64;
     let url = format!("ws://{}{}", target.addr(), spec.ws_path);
     // k6 first (it takes a moment to start), then our clients.
@@ -384,15 +400,7 @@ async fn latency(args: &Args, spec: &TargetSpec, bin: &Path, k6: &Path) -> Resul
 async fn connect(args: &Args, spec: &TargetSpec, bin: &Path, k6: &Path) -> Result<Value> {
     // Our client, on a fresh server.
     let ours = {
-        let scratch = lb::Scratch::new("k6-connect")?;
-        let target = Target::start(
-            spec,
-            bin,
-            &scratch.logs(),
-            &args.server_args,
-            &scratch.root.join("server.stderr"),
-        )?;
-        let quiet = lb::wait_quiet(Duration::from_secs(args.quiet_wait_secs), args.quiet_busy);
+        let (_scratch, target, quiet) = fresh_target(args, spec, bin, "k6-connect", &[])?;
         let rss0 = target.rss();
         let load = lb::OtherLoad::start(target.pid());
         let addr = target.addr();
@@ -443,15 +451,7 @@ async fn connect(args: &Args, spec: &TargetSpec, bin: &Path, k6: &Path) -> Resul
     };
     // k6, on another fresh server.
     let theirs = {
-        let scratch = lb::Scratch::new("k6-connect")?;
-        let target = Target::start(
-            spec,
-            bin,
-            &scratch.logs(),
-            &args.server_args,
-            &scratch.root.join("server.stderr"),
-        )?;
-        let quiet = lb::wait_quiet(Duration::from_secs(args.quiet_wait_secs), args.quiet_busy);
+        let (scratch, target, quiet) = fresh_target(args, spec, bin, "k6-connect", &[])?;
         let rss0 = target.rss();
         let url = format!("ws://{}{}", target.addr(), spec.ws_path);
         let mut k6run = K6Run::start(
