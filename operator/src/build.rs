@@ -487,9 +487,7 @@ pub fn auth_binding(
     let mut accounts = std::collections::BTreeSet::from([AGGREGATOR.to_string()]);
     for pod in pods {
         let labels = pod.labels();
-        let opted_out = labels
-            .get(crate::webhook::OPT_OUT_LABEL)
-            .is_some_and(|v| v == "false");
+        let opted_out = crate::mutate::opted_out(pod);
         let streamed = kube_streams.iter().any(|s| {
             labels.get(STREAM_LABEL) == Some(&s.name_any()) || crate::mutate::selects(s, labels)
         });

@@ -3,13 +3,15 @@
 //! references cannot: unlabelling the namespace and shrinking the shared
 //! aggregator's owner list.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Namespace, Pod, PodTemplateSpec, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -27,12 +29,11 @@ use serde::de::DeserializeOwned;
 use crate::build::{self, AGGREGATOR, BuildConfig, MANAGED_BY};
 use crate::crd::{LogStream, LogStreamStatus};
 use crate::metrics::{ErrorLabel, Metrics};
-use crate::mutate::{INJECTED_ANNOTATION, PULL_SECRET, selects};
+use crate::mutate::{PULL_SECRET, selects};
+use crate::restart::{self, Workload, WorkloadKind};
 use crate::webhook::NAMESPACE_LABEL;
 
 pub const FINALIZER: &str = "logstream.dev/cleanup";
-/// Pod template annotation that rolls an owner to pick up the sidecar.
-pub const RESTARTED_AT: &str = "logstream.dev/restartedAt";
 const PENDING_LISTED: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -310,16 +311,14 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         .await?
         .items;
     apply_auth_binding(client, &ns, &streams, &pods).await?;
-    let selected: Vec<&Pod> = pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && selects(ls, p.labels()))
-        .collect();
-    let (injected, pending): (Vec<&Pod>, Vec<&Pod>) = selected
-        .iter()
-        .partition(|p| p.annotations().contains_key(INJECTED_ANNOTATION));
+    let restart::Census {
+        selected,
+        injected,
+        pending,
+    } = restart::census(ls, &pods);
     ctx.metrics.pods_pending_restart.set(pending.len() as i64);
     if ls.spec.restart_pods && !pending.is_empty() {
-        for owner in &restart_owners(client, &ns, &pending).await? {
+        for owner in &restart_owners(client, &ns, ls, &streams, &pending).await? {
             publish(
                 ctx,
                 ls,
@@ -378,71 +377,94 @@ async fn publish(ctx: &Context, ls: &LogStream, type_: EventType, reason: &str, 
     }
 }
 
-/// Rolls the owners (Deployment, StatefulSet, DaemonSet) of pods that lack
-/// the sidecar; bare pods cannot be restarted and stay reported.
+/// Rolls, once per need, the owners (Deployment, StatefulSet, DaemonSet) of
+/// pods that lack the sidecar; bare pods cannot be restarted and stay
+/// reported. Read (ReplicaSets, owners' templates) → decide
+/// ([`restart::to_restart`]) → patch. Returns the owners patched.
 async fn restart_owners(
     client: &kube::Client,
     ns: &str,
+    ls: &LogStream,
+    streams: &[LogStream],
     pending: &[&Pod],
-) -> Result<Vec<String>, kube::Error> {
-    let mut owners = BTreeSet::new();
-    for p in pending {
-        for o in p
-            .owner_references()
-            .iter()
-            .filter(|o| o.controller == Some(true))
-        {
-            match o.kind.as_str() {
-                "ReplicaSet" => {
-                    let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns)
-                        .get_opt(&o.name)
-                        .await?;
-                    if let Some(d) = rs.as_ref().and_then(|rs| {
-                        rs.owner_references()
-                            .iter()
-                            .find(|r| r.kind == "Deployment")
-                            .cloned()
-                    }) {
-                        owners.insert(("Deployment".to_string(), d.name));
-                    }
-                }
-                "StatefulSet" | "DaemonSet" => {
-                    owners.insert((o.kind.clone(), o.name.clone()));
-                }
-                _ => {}
-            }
+) -> Result<Vec<Workload>, kube::Error> {
+    let mut deployments = BTreeMap::new();
+    for rs in restart::replica_sets(pending) {
+        let found = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+            .get_opt(&rs)
+            .await?;
+        if let Some(d) = found.as_ref().and_then(restart::deployment_of) {
+            deployments.insert(rs, d);
         }
+    }
+    let mut records = BTreeMap::new();
+    for w in restart::candidates(ls, streams, pending, &deployments) {
+        // An owner deleted meanwhile has nothing to roll.
+        if let Some(template) = owner_template(client, ns, &w).await? {
+            let annotations = template.metadata.and_then(|m| m.annotations);
+            records.insert(w, restart::record(&annotations.unwrap_or_default()));
+        }
+    }
+    let todo = restart::to_restart(ls, &records);
+    if todo.is_empty() {
+        return Ok(todo);
     }
     let stamp = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let patch = Patch::Merge(serde_json::json!({
-        "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}
-    }));
-    let mut done = Vec::new();
-    for (kind, name) in owners {
-        let pp = PatchParams::default();
-        match kind.as_str() {
-            "Deployment" => {
-                Api::<Deployment>::namespaced(client.clone(), ns)
-                    .patch(&name, &pp, &patch)
-                    .await?;
-            }
-            "StatefulSet" => {
-                Api::<StatefulSet>::namespaced(client.clone(), ns)
-                    .patch(&name, &pp, &patch)
-                    .await?;
-            }
-            "DaemonSet" => {
-                Api::<DaemonSet>::namespaced(client.clone(), ns)
-                    .patch(&name, &pp, &patch)
-                    .await?;
-            }
-            _ => continue,
-        }
-        done.push(format!("{kind}/{name}"));
+    // The owner's controller replaces the pods with its own update strategy
+    // (rolling update within maxUnavailable/maxSurge): no pod is deleted or
+    // evicted here, so PodDisruptionBudgets are not bypassed.
+    let patch = Patch::Merge(restart::restart_patch(ls, &stamp));
+    for w in &todo {
+        patch_owner(client, ns, w, &patch).await?;
     }
-    Ok(done)
+    Ok(todo)
+}
+
+/// The owner's pod template, `None` when the owner is gone. Read with an
+/// empty merge patch: the operator may patch these kinds but not get them
+/// (least privilege, charts/logstream/templates/rbac.yaml), and a patch that
+/// changes nothing is not written (no new generation, no rollout).
+async fn owner_template(
+    client: &kube::Client,
+    ns: &str,
+    w: &Workload,
+) -> Result<Option<PodTemplateSpec>, kube::Error> {
+    let read = Patch::Merge(serde_json::json!({}));
+    match patch_owner(client, ns, w, &read).await {
+        Ok(t) => Ok(Some(t)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Merge-patches the owner, returning its pod template as the API server now has it.
+async fn patch_owner(
+    client: &kube::Client,
+    ns: &str,
+    w: &Workload,
+    patch: &Patch<serde_json::Value>,
+) -> Result<PodTemplateSpec, kube::Error> {
+    let pp = PatchParams::default();
+    let template = match w.kind {
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), ns)
+            .patch(&w.name, &pp, patch)
+            .await?
+            .spec
+            .map(|s| s.template),
+        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .patch(&w.name, &pp, patch)
+            .await?
+            .spec
+            .map(|s| s.template),
+        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), ns)
+            .patch(&w.name, &pp, patch)
+            .await?
+            .spec
+            .map(|s| s.template),
+    };
+    Ok(template.unwrap_or_default())
 }
 
 /// Status from what was observed (pure).
@@ -495,7 +517,7 @@ pub fn status(
             format!(
                 "{pending_n} of {selected} selected pods run without the sidecar (created before the LogStream or while the webhook was unavailable){}",
                 if ls.spec.restart_pods {
-                    "; their owners are being restarted"
+                    "; their owners are rolled once per LogStream generation (bare pods need a manual restart)"
                 } else {
                     "; set restartPods: true or restart them"
                 }

@@ -13,6 +13,7 @@ pub mod crd;
 pub mod leader;
 pub mod metrics;
 pub mod mutate;
+pub mod restart;
 pub mod run;
 pub mod tls;
 pub mod webhook;

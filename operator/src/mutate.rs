@@ -19,6 +19,9 @@ use crate::crd::{AccessMode, LogStream, STREAM_PORT};
 pub const STREAM_LABEL: &str = "logstream.dev/stream";
 /// Annotation marking injection, so it never happens twice.
 pub const INJECTED_ANNOTATION: &str = "logstream.dev/injected";
+/// Pods labelled `logstream.dev/inject: "false"` are never injected. A label,
+/// not an annotation: the webhook's objectSelector can only match labels.
+pub const OPT_OUT_LABEL: &str = "logstream.dev/inject";
 pub const SIDECAR_NAME: &str = "logstream";
 const LOG_VOLUME: &str = "logstream-logs";
 const TOKEN_VOLUME: &str = "logstream-token";
@@ -89,6 +92,14 @@ pub fn choose<'a>(pod: &Pod, streams: &'a [LogStream]) -> Option<&'a LogStream> 
     matching.into_iter().next()
 }
 
+/// Opted out of injection (see [`OPT_OUT_LABEL`]): such a pod never gets the
+/// sidecar, so it is never waiting for one either.
+pub fn opted_out(pod: &Pod) -> bool {
+    pod.labels()
+        .get(OPT_OUT_LABEL)
+        .is_some_and(|v| v == "false")
+}
+
 /// Already carries a sidecar from us?
 pub fn is_injected(pod: &Pod) -> bool {
     pod.annotations().contains_key(INJECTED_ANNOTATION)
@@ -108,7 +119,9 @@ pub fn mutate(
     streams: &[LogStream],
     cfg: &InjectConfig,
 ) -> Result<Option<Pod>, MutateError> {
-    if is_injected(pod) {
+    // The webhook's objectSelector already skips opted-out pods; checking
+    // here too keeps this function the one definition of who is injected.
+    if is_injected(pod) || opted_out(pod) {
         return Ok(None);
     }
     let Some(ls) = choose(pod, streams) else {
@@ -568,6 +581,12 @@ mod tests {
             serde_json::json!({"metadata": {"name": "x", "labels": {"app": "db"}}, "spec": {"containers": [{"name": "db"}]}}),
         );
         assert_eq!(mutate(&other, &[web()], &cfg()).unwrap(), None);
+        let mut manual = web_pod();
+        manual
+            .labels_mut()
+            .insert(OPT_OUT_LABEL.into(), "false".into());
+        assert!(opted_out(&manual));
+        assert_eq!(mutate(&manual, &[web()], &cfg()).unwrap(), None);
         let expr = stream(
             "tier",
             serde_json::json!({"selector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "edge"]}]}}),

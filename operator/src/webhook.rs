@@ -25,8 +25,7 @@ use crate::mutate::{InjectConfig, mutate};
 pub const WEBHOOK_NAME: &str = "logstream-injector";
 /// Namespaces holding LogStreams carry this label; only their pods reach the webhook.
 pub const NAMESPACE_LABEL: &str = "logstream.dev/injection";
-/// Pods labelled `logstream.dev/inject: "false"` are never injected.
-pub const OPT_OUT_LABEL: &str = "logstream.dev/inject";
+pub use crate::mutate::OPT_OUT_LABEL;
 
 pub struct WebhookState {
     pub client: kube::Client,

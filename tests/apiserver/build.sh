@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build real kube-apiserver, kube-controller-manager and etcd binaries from the
-# Go module proxy into $LOGSTREAM_CACHE/k8s-<version>/bin (default cache dir:
+# Build real kube-apiserver, kube-controller-manager, kubectl, etcd and the
+# node's kubelet, kube-scheduler and kube-proxy (tests/node) from the Go module
+# proxy into $LOGSTREAM_CACHE/k8s-<version>/bin (default cache dir:
 # $HOME/.cache/logstream). Idempotent: binaries already present are skipped.
 # The bin dir is printed on the last line of stdout.
 set -euo pipefail
@@ -29,15 +30,17 @@ TMP="$(mktemp -d "$BIN/.build.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 
 k8s_pkgs=()
-for b in kube-apiserver kube-controller-manager kubectl; do
+for b in kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy; do
   [[ -x "$BIN/$b" ]] || k8s_pkgs+=("./cmd/$b")
 done
 
 if ((${#k8s_pkgs[@]})); then
   # Same version stamping and tags as upstream hack/lib/{golang,version}.sh.
   # buildDate is the proxy's timestamp of the tag, so the build is reproducible.
-  build_date="$(cd "$MOD" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
-    sed -n 's/^[[:space:]]*"Time": "\(.*\)",\{0,1\}$/\1/p')"
+  # `go mod download -json` has no "Time"; it is in the .info file "Info" names.
+  info="$(cd "$MOD" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+    sed -n 's/^[[:space:]]*"Info": "\(.*\)",\{0,1\}$/\1/p')"
+  build_date="$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$info" 2>/dev/null || true)"
   minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
   ldflags="-s -w"
   for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do

@@ -38,6 +38,8 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod node;
+
 /// Component logs written by `start.sh` into the work dir, in start order.
 const COMPONENTS: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
 
@@ -227,49 +229,7 @@ impl ControlPlane {
     }
 
     fn run_kubectl(&self, args: &[&str], stdin: Option<&str>) -> KubectlOutput {
-        // The kubectl built with the API server (same release, no skew);
-        // `KUBECTL` overrides, `kubectl` on PATH is the last resort.
-        let built = self.bin_dir.join("kubectl");
-        let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| {
-            if built.exists() {
-                built.into_os_string()
-            } else {
-                "kubectl".into()
-            }
-        });
-        let mut child = Command::new(&kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {kubectl:?} (set KUBECTL?): {e}"));
-        // Feed stdin from a thread so a large input cannot deadlock against
-        // kubectl filling its stdout pipe.
-        let writer = stdin.map(|input| {
-            let mut pipe = child.stdin.take().expect("kubectl stdin is piped");
-            let input = input.to_owned();
-            std::thread::spawn(move || pipe.write_all(input.as_bytes()))
-        });
-        let out = child.wait_with_output().expect("wait for kubectl");
-        if let Some(writer) = writer {
-            // kubectl may exit without reading all of stdin (e.g. bad flags):
-            // a broken pipe here is not the interesting error.
-            let _ = writer.join();
-        }
-        KubectlOutput {
-            args: args.iter().map(|a| a.to_string()).collect(),
-            status: out.status,
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        run_kubectl(&self.bin_dir, &self.kubeconfig, args, stdin)
     }
 
     /// The last `lines` lines of each component log, for failure messages.
@@ -314,6 +274,61 @@ impl Drop for ControlPlane {
     }
 }
 
+/// Runs `kubectl --kubeconfig KUBECONFIG ARGS...` in the repository root
+/// (stdin fed from a thread).
+fn run_kubectl(
+    bin_dir: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> KubectlOutput {
+    // The kubectl built with the API server (same release, no skew);
+    // `KUBECTL` overrides, `kubectl` on PATH is the last resort.
+    let built = bin_dir.join("kubectl");
+    let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| {
+        if built.exists() {
+            built.into_os_string()
+        } else {
+            "kubectl".into()
+        }
+    });
+    let mut child = Command::new(&kubectl)
+        // Relative paths are from the repository root, as in the READMEs.
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {kubectl:?} (set KUBECTL?): {e}"));
+    // Feed stdin from a thread so a large input cannot deadlock against
+    // kubectl filling its stdout pipe.
+    let writer = stdin.map(|input| {
+        let mut pipe = child.stdin.take().expect("kubectl stdin is piped");
+        let input = input.to_owned();
+        std::thread::spawn(move || pipe.write_all(input.as_bytes()))
+    });
+    let out = child.wait_with_output().expect("wait for kubectl");
+    if let Some(writer) = writer {
+        // kubectl may exit without reading all of stdin (e.g. bad flags):
+        // a broken pipe here is not the interesting error.
+        let _ = writer.join();
+    }
+    KubectlOutput {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        status: out.status,
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// `tests/harness/watchdog.sh`: waits for EOF on its stdin, then runs
 /// `stop.sh` and removes the work dir (unless kept). The test process holds
 /// the only write end of that pipe (std creates pipes close-on-exec, so no
@@ -328,11 +343,17 @@ struct Watchdog {
 
 impl Watchdog {
     fn spawn(work_dir: &Path) -> Result<Watchdog, String> {
-        let keep = if keep_work_dir() { "1" } else { "0" };
+        Self::spawn_with(work_dir, keep_work_dir(), &apiserver_script("stop.sh"))
+    }
+
+    /// Runs `stop` WORK_DIR on EOF, and removes WORK_DIR unless `keep`.
+    fn spawn_with(work_dir: &Path, keep: bool, stop: &Path) -> Result<Watchdog, String> {
+        let keep = if keep { "1" } else { "0" };
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/watchdog.sh");
         let mut child = Command::new(&script)
             .arg(work_dir)
             .arg(keep)
+            .arg(stop)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .process_group(0)

@@ -1,0 +1,1004 @@
+//! The user flow of README.md and examples/README.md on a real one-node
+//! cluster (`tests/node`): the chart's operator as a pod, the injected native
+//! sidecar next to a real app, `kubectl port-forward`, kube-proxy Services,
+//! the aggregator as a Deployment, rollouts, pod deletion, uninstall.
+//!
+//! One node for the whole binary (one per machine), brought up on first use
+//! and torn down at the end: a custom harness (libtest-mimic) runs the cases
+//! in order on one thread. Cases that need the chart or the demo app share
+//! them (set up once, by whichever case comes first); every other case uses
+//! its own namespace. The pod checks are `tests/e2e/checks.py`, the same
+//! script kind.sh uses, so the two suites cannot drift apart.
+//!
+//! Needs root and `.ci/install-tools` (containerd, runc, CNI plugins,
+//! buildah, iptables, conntrack, socat, helm, websocat, Chromium).
+//! `cargo test -p logstream-tests --test node` runs it alone.
+#![allow(clippy::unwrap_used)] // test code
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use logstream_tests::node::Node;
+use serde_json::Value;
+
+const OPERATOR_NS: &str = "logstream-system";
+const DEMO_NS: &str = "demo";
+const CONVERGE: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("LOGSTREAM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/logstream")
+        })
+}
+
+/// The node and the shared set-ups, each done once.
+struct Ctx {
+    node: OnceLock<Node>,
+    chart: OnceLock<Result<(), String>>,
+    demo: OnceLock<Result<Vec<String>, String>>,
+}
+
+impl Ctx {
+    fn node(&self) -> &Node {
+        self.node.get_or_init(Node::up)
+    }
+
+    /// examples/README.md step 1, with the node's images:
+    /// `helm install logstream charts/logstream --namespace logstream-system
+    /// --create-namespace --wait` plus `-f tests/node/values.yaml`.
+    fn chart(&self) -> Result<(), Failed> {
+        let r = self.chart.get_or_init(|| {
+            let node = self.node();
+            let out = node.helm(&[
+                "install",
+                "logstream",
+                "charts/logstream",
+                "--namespace",
+                OPERATOR_NS,
+                "--create-namespace",
+                "--wait",
+                "--timeout",
+                "3m",
+                "-f",
+                "tests/node/values.yaml",
+            ]);
+            if out.success {
+                Ok(())
+            } else {
+                Err(format!(
+                    "helm install failed: {}\n{}",
+                    out.stderr,
+                    self.describe(OPERATOR_NS)
+                ))
+            }
+        });
+        r.clone().map_err(Failed::from)
+    }
+
+    /// examples/README.md step 2: the demo app and its LogStream, converged
+    /// to 2 injected, Ready pods. Returns the pod names.
+    fn demo(&self) -> Result<Vec<String>, Failed> {
+        self.chart()?;
+        let r = self.demo.get_or_init(|| {
+            let node = self.node();
+            node.kubectl(&["create", "namespace", DEMO_NS])
+                .stdout_if_success();
+            let applied = node.kubectl(&[
+                "apply",
+                "-n",
+                DEMO_NS,
+                "-f",
+                "examples/demo-app.yaml",
+                "-f",
+                "examples/logstream.yaml",
+            ]);
+            if !applied.success {
+                return Err(format!("kubectl apply: {}", applied.stderr));
+            }
+            converged_pods(node, DEMO_NS, "app=demo", 2)
+                .map_err(|why| format!("{why}\n{}", self.describe(DEMO_NS)))
+        });
+        r.clone().map_err(Failed::from)
+    }
+
+    /// Pods, events and the operator's log, for failure messages.
+    fn describe(&self, ns: &str) -> String {
+        let node = self.node();
+        let pods = node.kubectl(&["-n", ns, "get", "pods,rs,ls", "-o", "wide"]);
+        let events = node.kubectl(&["-n", ns, "get", "events", "--sort-by=.lastTimestamp"]);
+        let op = node.kubectl(&[
+            "-n",
+            OPERATOR_NS,
+            "logs",
+            "deploy/logstream-operator",
+            "--tail=30",
+        ]);
+        format!(
+            "--- {ns}: pods, ReplicaSets, LogStreams ---\n{}{}\n--- events ---\n{}\n--- operator log ---\n{}{}",
+            pods.stdout,
+            pods.stderr,
+            tail(&events.stdout, 30),
+            op.stdout,
+            op.stderr
+        )
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `python3 tests/e2e/checks.py ARGS...` with `stdin`: Ok(stdout) or Err(reason).
+fn checks(args: &[&str], stdin: &str) -> Result<String, String> {
+    let mut child = Command::new("python3")
+        .arg(repo().join("tests/e2e/checks.py"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Waits until `checks.py pods-converged N native` holds for the pods that
+/// match `selector`; returns their names.
+fn converged_pods(node: &Node, ns: &str, selector: &str, n: usize) -> Result<Vec<String>, String> {
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        let pods = node.kubectl(&["-n", ns, "get", "pods", "-l", selector, "-o", "json"]);
+        let why = match checks(&["pods-converged", &n.to_string(), "native"], &pods.stdout) {
+            Ok(names) => return Ok(names.lines().map(str::to_string).collect()),
+            Err(why) => why,
+        };
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "pods {selector} in {ns} did not converge in {CONVERGE:?}: {why}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500)); // poll interval only
+    }
+}
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn get_json(node: &Node, args: &[&str]) -> Value {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    json(node.kubectl(&a).stdout_if_success())
+}
+
+/// `curl` with ARGS, its stdout (empty on failure).
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A child whose stdout lines arrive on a channel; killed on drop.
+struct Lines {
+    child: Child,
+    rx: mpsc::Receiver<String>,
+    what: String,
+}
+
+impl Lines {
+    fn spawn(mut cmd: Command, what: &str) -> Lines {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            child,
+            rx,
+            what: what.to_string(),
+        }
+    }
+
+    /// Reads lines until one satisfies `want`; returns it.
+    #[track_caller]
+    fn until(&self, timeout: Duration, mut want: impl FnMut(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if want(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("{}: no wanted line within {timeout:?} ({e})", self.what),
+            }
+        }
+    }
+}
+
+impl Lines {
+    /// Accumulates the output until the documents in it satisfy `want`;
+    /// returns the text.
+    #[track_caller]
+    fn until_text(&self, timeout: Duration, mut want: impl FnMut(&[Value]) -> bool) -> String {
+        let mut text = String::new();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if want(&json_docs(&text)) {
+                return text;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                Err(e) => panic!("{}: not there within {timeout:?} ({e}):\n{text}", self.what),
+            }
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn exec_append(node: &Node, ns: &str, pod: &str, line: &str) {
+    node.kubectl(&[
+        "-n",
+        ns,
+        "exec",
+        pod,
+        "-c",
+        "app",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo '{line}' >> /var/log/app/app.log"),
+    ])
+    .stdout_if_success();
+}
+
+fn unique(tag: &str) -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}-{n:x}")
+}
+
+// ---------------------------------------------------------------------------
+// The cases, in the order a user meets them.
+
+/// The chart's operator runs as a pod, Ready; it registered its webhook with
+/// the CA of its TLS Secret; the API server reaches it over TLS at its
+/// Service (a server-side dry run of a selected pod comes back injected).
+fn chart_operator_runs_and_the_api_server_calls_its_webhook(ctx: &Ctx) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    let deploy = get_json(node, &["-n", OPERATOR_NS, "deploy/logstream-operator"]);
+    assert_eq!(deploy["status"]["readyReplicas"], 1, "{deploy:#}");
+    let hook = get_json(
+        node,
+        &["mutatingwebhookconfiguration", "logstream-injector"],
+    );
+    let client = &hook["webhooks"][0]["clientConfig"];
+    assert_eq!(client["service"]["namespace"], OPERATOR_NS, "{hook:#}");
+    assert!(
+        client["caBundle"].as_str().is_some_and(|b| !b.is_empty()),
+        "no caBundle: {hook:#}"
+    );
+
+    // A namespace with a LogStream; a dry-run pod is mutated by the webhook.
+    let ns = "webhook-check";
+    node.kubectl(&["create", "namespace", ns])
+        .stdout_if_success();
+    node.kubectl_stdin(
+        &["apply", "-n", ns, "-f", "-"],
+        r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"w"},
+            "spec":{"selector":{"matchLabels":{"app":"w"}},"paths":["*.log"],"mountPath":"/var/log/app"}}"#,
+    )
+    .stdout_if_success();
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"w","labels":{"app":"w"}},
+        "spec":{"containers":[{"name":"app","image":"docker.io/library/busybox:1.36","command":["sleep","3600"]}]}}"#;
+    let mutated = node.poll(
+        "the webhook to inject a dry-run pod",
+        CONVERGE,
+        || {
+            let out = node.kubectl_stdin(
+                &[
+                    "create",
+                    "-n",
+                    ns,
+                    "--dry-run=server",
+                    "-o",
+                    "json",
+                    "-f",
+                    "-",
+                ],
+                pod,
+            );
+            let v: Value = serde_json::from_str(&out.stdout).ok()?;
+            let init = v["spec"]["initContainers"].as_array()?.clone();
+            init.iter()
+                .any(|c| c["name"] == "logstream" && c["restartPolicy"] == "Always")
+                .then_some(v)
+        },
+        || ctx.describe(ns),
+    );
+    assert_eq!(
+        mutated["spec"]["containers"].as_array().unwrap().len(),
+        1,
+        "the app container is kept as it was: {mutated:#}"
+    );
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])
+        .stdout_if_success();
+    Ok(())
+}
+
+/// `kubectl apply -f examples/demo-app.yaml -f examples/logstream.yaml`: the
+/// demo pods (which may start before the LogStream) end up with the native
+/// sidecar exactly once, Running and Ready; the status says 2/2/0, Ready.
+fn examples_get_the_native_sidecar_once(ctx: &Ctx) -> Result<(), Failed> {
+    let pods = ctx.demo()?;
+    assert_eq!(pods.len(), 2);
+    let node = ctx.node();
+    let ls = node.poll(
+        "LogStream demo status 2/2/0",
+        CONVERGE,
+        || {
+            let ls = get_json(node, &["-n", DEMO_NS, "ls/demo"]);
+            let st = &ls["status"];
+            (st["selectedPods"] == 2 && st["injectedPods"] == 2 && st["pendingRestartPods"] == 0)
+                .then_some(ls)
+        },
+        || ctx.describe(DEMO_NS),
+    );
+    let ready = ls["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ready["status"], "True", "{ls:#}");
+    for pod in &pods {
+        let p = get_json(node, &["-n", DEMO_NS, "pod", pod]);
+        let statuses = p["status"]["initContainerStatuses"].as_array().unwrap();
+        let sidecar: Vec<_> = statuses
+            .iter()
+            .filter(|c| c["name"] == "logstream")
+            .collect();
+        assert_eq!(sidecar.len(), 1, "{p:#}");
+        assert_eq!(sidecar[0]["started"], true, "{p:#}");
+        assert_eq!(sidecar[0]["ready"], true, "{p:#}");
+        assert_eq!(sidecar[0]["restartCount"], 0, "{p:#}");
+    }
+    Ok(())
+}
+
+/// examples/README.md step 3: `kubectl port-forward pod/POD`, then curl,
+/// websocat and the web page in Chromium see the app's lines, old and new.
+fn port_forward_to_a_pod_streams_to_curl_websocat_and_chromium(ctx: &Ctx) -> Result<(), Failed> {
+    let pods = ctx.demo()?;
+    let node = ctx.node();
+    let pod = &pods[0];
+    let pf = node.port_forward(DEMO_NS, &format!("pod/{pod}"), 7680);
+    let url = pf.url();
+
+    // curl: history, then a line written now.
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sSN", &format!("{url}/stream?tail=5")]);
+    let curl_stream = Lines::spawn(cmd, "curl /stream");
+    curl_stream.until(CONVERGE, |l| l.contains("request n=") || l.contains("n="));
+    let websocat = cache_dir().join("tools/bin/websocat");
+    let mut cmd = Command::new(&websocat);
+    cmd.args([
+        "-t",
+        "--no-close",
+        &format!("ws://127.0.0.1:{}/ws?format=raw", pf.port),
+    ]);
+    let ws = Lines::spawn(cmd, "websocat /ws");
+
+    let history = unique("before-page");
+    exec_append(node, DEMO_NS, pod, &history);
+    curl_stream.until(CONVERGE, |l| l.contains(&history));
+    ws.until(CONVERGE, |l| l.contains(&history));
+
+    // The page: the marker written before it opened is in its history, one
+    // written after READY arrives live.
+    let live = unique("after-page");
+    let mut cmd = Command::new("node");
+    cmd.arg(repo().join("tests/browser/page.mjs"))
+        .arg(format!("{url}/"))
+        .args(["--history", &history, "--live", &live]);
+    let page = Lines::spawn(cmd, "page.mjs in Chromium");
+    page.until(CONVERGE, |l| l == "READY");
+    exec_append(node, DEMO_NS, pod, &live);
+    page.until(CONVERGE, |l| l == format!("SEEN {live}"));
+    page.until(CONVERGE, |l| l == "DONE");
+    curl_stream.until(CONVERGE, |l| l.contains(&live));
+    ws.until(CONVERGE, |l| l.contains(&live));
+    Ok(())
+}
+
+/// A ServiceAccount that may `get pods/log` in `ns`, one that may not; their
+/// tokens, minted by the API server.
+fn reader_and_stranger_tokens(node: &Node, ns: &str) -> (String, String) {
+    node.kubectl_stdin(
+        &["apply", "-n", ns, "-f", "-"],
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: log-reader}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: stranger}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: log-reader}
+rules:
+- {apiGroups: [""], resources: [pods/log], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: log-reader}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: log-reader}
+subjects:
+- {kind: ServiceAccount, name: log-reader}
+"#,
+    )
+    .stdout_if_success();
+    let token = |sa: &str| {
+        node.kubectl(&["-n", ns, "create", "token", sa])
+            .stdout_if_success()
+            .trim()
+            .to_string()
+    };
+    (token("log-reader"), token("stranger"))
+}
+
+fn cluster_ip(node: &Node, ns: &str, svc: &str) -> String {
+    node.kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "svc",
+        svc,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+    .stdout_if_success()
+    .to_string()
+}
+
+/// examples/README.md step 4: the aggregator Deployment pulls every pod;
+/// through `kubectl port-forward svc/logstream-aggregator` the Loki API
+/// returns lines of both. From a client that is not loopback (a network
+/// namespace on the pod bridge, through the ClusterIP), a token that may
+/// `get pods/log` reads, one that may not gets 403, none gets 401.
+fn aggregator_serves_every_pod_and_checks_real_tokens(ctx: &Ctx) -> Result<(), Failed> {
+    let pods = ctx.demo()?;
+    let node = ctx.node();
+    node.kubectl(&[
+        "-n",
+        DEMO_NS,
+        "rollout",
+        "status",
+        "deploy/logstream-aggregator",
+        "--timeout=120s",
+    ])
+    .stdout_if_success();
+    let pf = node.port_forward(DEMO_NS, "svc/logstream-aggregator", 7680);
+    let markers: Vec<(String, String)> = pods
+        .iter()
+        .map(|p| (p.clone(), unique(&format!("agg-{p}"))))
+        .collect();
+    for (pod, marker) in &markers {
+        exec_append(node, DEMO_NS, pod, marker);
+    }
+    let query = format!(
+        "{}/loki/api/v1/query_range?query=%7Bnamespace%3D%22{DEMO_NS}%22%7D%20%7C%3D%20%22agg-%22&limit=1000&since=10m",
+        pf.url()
+    );
+    node.poll(
+        "the Loki API to return the marker of every pod",
+        CONVERGE,
+        || {
+            let (ok, body) = curl(&["-sS", "--max-time", "10", &query]);
+            let v: Value = serde_json::from_str(&body).ok()?;
+            let mut seen = BTreeSet::new();
+            for stream in v["data"]["result"].as_array()? {
+                let pod = stream["stream"]["pod"].as_str().unwrap_or_default();
+                for value in stream["values"].as_array()? {
+                    let line = value[1].as_str().unwrap_or_default();
+                    for (p, m) in &markers {
+                        if line.contains(m.as_str()) && p == pod {
+                            seen.insert(m.clone());
+                        }
+                    }
+                }
+            }
+            (ok && seen.len() == markers.len()).then_some(())
+        },
+        || ctx.describe(DEMO_NS),
+    );
+
+    let (reader, stranger) = reader_and_stranger_tokens(node, DEMO_NS);
+    let ip = cluster_ip(node, DEMO_NS, "logstream-aggregator");
+    let client = node.client(1);
+    let code = |token: Option<&str>| {
+        let mut c = client.command("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        c.arg(format!("http://{ip}:7680/loki/api/v1/labels"));
+        let out = c.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // kube-proxy may need a moment for a new client's first packets.
+    node.poll(
+        "the aggregator's ClusterIP to answer the client namespace",
+        CONVERGE,
+        || (code(None) != "000").then_some(()),
+        || ctx.describe(DEMO_NS),
+    );
+    assert_eq!(code(None), "401", "no token");
+    assert_eq!(code(Some(&stranger)), "403", "token without pods/log");
+    assert_eq!(code(Some(&reader)), "200", "token with pods/log");
+    assert_eq!(code(Some("not-a-token")), "401", "bad token");
+    Ok(())
+}
+
+/// Service `demo-logstream` has `sessionAffinity: ClientIP`: repeated
+/// requests of one client (a network namespace on the pod bridge) land on
+/// one pod, through kube-proxy.
+fn service_client_ip_affinity_keeps_a_client_on_one_pod(ctx: &Ctx) -> Result<(), Failed> {
+    let pods = ctx.demo()?;
+    let node = ctx.node();
+    let svc = get_json(node, &["-n", DEMO_NS, "svc/demo-logstream"]);
+    assert_eq!(svc["spec"]["sessionAffinity"], "ClientIP", "{svc:#}");
+    let (reader, _) = reader_and_stranger_tokens(node, DEMO_NS);
+    let ip = cluster_ip(node, DEMO_NS, "demo-logstream");
+    let client = node.client(2);
+    let which_pod = || -> Option<String> {
+        let out = client
+            .command("curl")
+            .args(["-sSN", "--max-time", "5"])
+            .args(["-H", &format!("Authorization: Bearer {reader}")])
+            .arg(format!("http://{ip}:7680/stream?format=json&tail=1"))
+            .output()
+            .ok()?;
+        let body = String::from_utf8_lossy(&out.stdout);
+        let first = body.lines().next()?;
+        let v: Value = serde_json::from_str(first).ok()?;
+        v["pod"].as_str().map(str::to_string)
+    };
+    let first = node.poll(
+        "a record through the Service from the client namespace",
+        CONVERGE,
+        which_pod,
+        || ctx.describe(DEMO_NS),
+    );
+    assert!(pods.contains(&first), "{first} is not one of {pods:?}");
+    let mut seen = BTreeMap::new();
+    for _ in 0..12 {
+        *seen.entry(which_pod().expect("a record")).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 1, "one client, several pods: {seen:?}");
+    assert!(seen.contains_key(&first), "{seen:?} vs {first}");
+    Ok(())
+}
+
+/// Issue "restartPods looped": a Deployment of 2 replicas created before its
+/// LogStream, with `restartPods: true`, converges to 2 injected pods with
+/// exactly one extra ReplicaSet and one template change, and stays there when
+/// later events reconcile the LogStream again.
+fn restart_pods_rolls_an_existing_deployment_once(ctx: &Ctx) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    let ns = "restart";
+    node.kubectl(&["create", "namespace", ns])
+        .stdout_if_success();
+    node.kubectl(&["apply", "-n", ns, "-f", "examples/demo-app.yaml"])
+        .stdout_if_success();
+    node.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deploy/demo",
+        "--timeout=120s",
+    ])
+    .stdout_if_success();
+    let pods = node.kubectl(&["-n", ns, "get", "pods", "-l", "app=demo", "-o", "json"]);
+    checks(&["pods-without-sidecar", "2"], &pods.stdout).map_err(Failed::from)?;
+
+    node.kubectl(&["apply", "-n", ns, "-f", "examples/logstream.yaml"])
+        .stdout_if_success();
+    converged_pods(node, ns, "app=demo", 2).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
+    let rs_count = || {
+        get_json(node, &["-n", ns, "rs", "-l", "app=demo"])["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let generation =
+        || get_json(node, &["-n", ns, "deploy/demo"])["metadata"]["generation"].clone();
+    assert_eq!(rs_count(), 2, "{}", ctx.describe(ns));
+    assert_eq!(generation(), 2, "{}", ctx.describe(ns));
+
+    // More reconciles: a pod replaced by its ReplicaSet, a LogStream change
+    // that is not a new need. Neither restarts the app again.
+    let victim = node
+        .kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            "app=demo",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .stdout_if_success()
+        .to_string();
+    node.kubectl(&["-n", ns, "delete", "pod", &victim, "--wait=true"])
+        .stdout_if_success();
+    node.kubectl(&["-n", ns, "annotate", "ls/demo", "touched=yes"])
+        .stdout_if_success();
+    converged_pods(node, ns, "app=demo", 2).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
+    node.poll(
+        "LogStream status 2/2/0 after the replacement",
+        CONVERGE,
+        || {
+            let st = get_json(node, &["-n", ns, "ls/demo"])["status"].clone();
+            (st["injectedPods"] == 2 && st["pendingRestartPods"] == 0).then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    assert_eq!(rs_count(), 2, "{}", ctx.describe(ns));
+    assert_eq!(generation(), 2, "{}", ctx.describe(ns));
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])
+        .stdout_if_success();
+    Ok(())
+}
+
+/// Deleting a pod while a client follows the aggregator: every line the app
+/// wrote before it exited reaches the client exactly once; the app stops
+/// first, then the sidecar, with exit code 0.
+fn deleting_a_pod_loses_no_line(ctx: &Ctx) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    let ns = "drain";
+    node.kubectl(&["create", "namespace", ns])
+        .stdout_if_success();
+    node.kubectl_stdin(
+        &["apply", "-n", ns, "-f", "-"],
+        r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"counter"},
+            "spec":{"selector":{"matchLabels":{"app":"counter"}},"paths":["*.log"],"mountPath":"/var/log/app"}}"#,
+    )
+    .stdout_if_success();
+    // The app numbers its lines; on SIGTERM it writes one last line with
+    // the count, then exits.
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: counter, labels: {app: counter}}
+spec:
+  containers:
+  - name: app
+    image: docker.io/library/busybox:1.36
+    command:
+    - sh
+    - -c
+    - |
+      n=0
+      trap 'echo "counter-last $n" >> /var/log/app/app.log; exit 0' TERM
+      while true; do
+        n=$((n+1)); echo "counter-line $n" >> /var/log/app/app.log
+        sleep 0.01
+      done
+    volumeMounts: [{name: logs, mountPath: /var/log/app}]
+  volumes: [{name: logs, emptyDir: {}}]
+"#;
+    // The webhook injects only once the namespace is labelled.
+    node.poll(
+        "the namespace to be labelled for injection",
+        CONVERGE,
+        || {
+            let v = get_json(node, &["namespace", ns]);
+            (v["metadata"]["labels"]["logstream.dev/injection"] == "enabled").then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], pod)
+        .stdout_if_success();
+    converged_pods(node, ns, "app=counter", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
+    node.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deploy/logstream-aggregator",
+        "--timeout=120s",
+    ])
+    .stdout_if_success();
+
+    let pf = node.port_forward(ns, "svc/logstream-aggregator", 7680);
+    let mut cmd = Command::new(logstream_tests::workspace_bin("logstream", "logstream"));
+    // From the start of the aggregator's history (the app's first line).
+    cmd.args([
+        "tail",
+        &pf.url(),
+        "--json",
+        "--tail",
+        "1000000",
+        "--grep",
+        "counter-",
+    ]);
+    let follow = Lines::spawn(cmd, "logstream tail --json (aggregator)");
+    let mut records = vec![follow.until(CONVERGE, |l| l.contains("counter-line"))];
+
+    // Watch the pod's container states through its deletion.
+    let mut cmd = Command::new(node.bin_dir.join("kubectl"));
+    cmd.arg("--kubeconfig")
+        .arg(&node.kubeconfig)
+        .args(["-n", ns, "get", "pod", "counter", "--watch", "-o", "json"]);
+    let watch = Lines::spawn(cmd, "kubectl get pod --watch");
+    node.kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "pod",
+        "counter",
+        "--wait=true",
+        "--timeout=90s",
+    ])
+    .stdout_if_success();
+
+    let last = follow.until(CONVERGE, |l| {
+        records.push(l.to_string());
+        l.contains("counter-last")
+    });
+    let n: u64 = json(&last)["line"]
+        .as_str()
+        .and_then(|l| l.strip_prefix("counter-last "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{last}"));
+    let mut count = BTreeMap::new();
+    for r in &records {
+        if let Some(k) = json(r)["line"]
+            .as_str()
+            .and_then(|l| l.strip_prefix("counter-line "))
+            .and_then(|k| k.trim().parse::<u64>().ok())
+        {
+            *count.entry(k).or_insert(0u32) += 1;
+        }
+    }
+    let lost: Vec<u64> = (1..=n).filter(|k| !count.contains_key(k)).collect();
+    let repeated: Vec<(&u64, &u32)> = count.iter().filter(|(_, c)| **c > 1).collect();
+    eprintln!(
+        "deleting_a_pod_loses_no_line: {n} lines written, lost {}, repeated {}",
+        lost.len(),
+        repeated.len()
+    );
+    assert!(n > 0);
+    assert!(
+        lost.is_empty(),
+        "{} of {n} lines lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert!(repeated.is_empty(), "repeated: {repeated:?}");
+
+    // The last status the watch saw: the app ended first, the sidecar after
+    // it, both with exit code 0.
+    let text = watch.until_text(CONVERGE, |docs| {
+        docs.iter()
+            .any(|d| terminated(d, "initContainerStatuses", "logstream").is_some())
+    });
+    let docs = json_docs(&text);
+    let pod = docs
+        .iter()
+        .rev()
+        .find(|d| terminated(d, "initContainerStatuses", "logstream").is_some())
+        .unwrap();
+    let app = terminated(pod, "containerStatuses", "app").unwrap_or_else(|| panic!("{pod:#}"));
+    let sidecar = terminated(pod, "initContainerStatuses", "logstream").unwrap();
+    assert_eq!(app["exitCode"], 0, "{pod:#}");
+    assert_eq!(sidecar["exitCode"], 0, "{pod:#}");
+    assert!(
+        app["finishedAt"].as_str() <= sidecar["finishedAt"].as_str(),
+        "the sidecar ended before the app: {pod:#}"
+    );
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])
+        .stdout_if_success();
+    Ok(())
+}
+
+/// The `state.terminated` of container `name` in `status.KIND`.
+fn terminated(pod: &Value, kind: &str, name: &str) -> Option<Value> {
+    pod["status"][kind]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+        .and_then(|c| c["state"].get("terminated").cloned())
+}
+
+/// Concatenated JSON documents (what `kubectl get --watch -o json` prints).
+fn json_docs(text: &str) -> Vec<Value> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .map_while(Result::ok)
+        .collect()
+}
+
+/// `helm uninstall` after the LogStreams are gone, then deleting the
+/// namespaces: nothing of ours is left in the cluster.
+fn uninstall_leaves_nothing_behind(ctx: &Ctx) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    node.kubectl(&[
+        "delete",
+        "ls",
+        "--all",
+        "--all-namespaces",
+        "--wait=true",
+        "--timeout=120s",
+    ])
+    .stdout_if_success();
+    node.helm(&[
+        "uninstall",
+        "logstream",
+        "--namespace",
+        OPERATOR_NS,
+        "--wait",
+    ])
+    .stdout_if_success();
+    for ns in [OPERATOR_NS, DEMO_NS, "drain", "restart", "webhook-check"] {
+        node.kubectl(&[
+            "delete",
+            "namespace",
+            ns,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+        ])
+        .stdout_if_success();
+    }
+    let left = node.kubectl(&[
+        "get",
+        "mutatingwebhookconfigurations,validatingwebhookconfigurations,clusterroles,clusterrolebindings",
+        "-o",
+        "name",
+    ]);
+    let ours: Vec<&str> = left
+        .stdout_if_success()
+        .lines()
+        .filter(|l| l.contains("logstream"))
+        .collect();
+    assert!(ours.is_empty(), "left behind: {ours:?}");
+    Ok(())
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // One node, shared state: one case at a time, in this order.
+    args.test_threads = Some(1);
+    let ctx = Arc::new(Ctx {
+        node: OnceLock::new(),
+        chart: OnceLock::new(),
+        demo: OnceLock::new(),
+    });
+    type Case = fn(&Ctx) -> Result<(), Failed>;
+    let cases: [(&str, Case); 8] = [
+        (
+            "chart_operator_runs_and_the_api_server_calls_its_webhook",
+            chart_operator_runs_and_the_api_server_calls_its_webhook,
+        ),
+        (
+            "examples_get_the_native_sidecar_once",
+            examples_get_the_native_sidecar_once,
+        ),
+        (
+            "port_forward_to_a_pod_streams_to_curl_websocat_and_chromium",
+            port_forward_to_a_pod_streams_to_curl_websocat_and_chromium,
+        ),
+        (
+            "aggregator_serves_every_pod_and_checks_real_tokens",
+            aggregator_serves_every_pod_and_checks_real_tokens,
+        ),
+        (
+            "service_client_ip_affinity_keeps_a_client_on_one_pod",
+            service_client_ip_affinity_keeps_a_client_on_one_pod,
+        ),
+        (
+            "restart_pods_rolls_an_existing_deployment_once",
+            restart_pods_rolls_an_existing_deployment_once,
+        ),
+        ("deleting_a_pod_loses_no_line", deleting_a_pod_loses_no_line),
+        (
+            "uninstall_leaves_nothing_behind",
+            uninstall_leaves_nothing_behind,
+        ),
+    ];
+    let trials = cases
+        .into_iter()
+        .map(|(name, case)| {
+            let ctx = Arc::clone(&ctx);
+            Trial::test(name, move || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&ctx)))
+                    .unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        Err(Failed::from(msg))
+                    })
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // The trials (and their clones of ctx) are gone: stop the node now, not
+    // from the watchdog after the process exits.
+    if let Ok(ctx) = Arc::try_unwrap(ctx)
+        && let Some(node) = ctx.node.into_inner()
+    {
+        node.down();
+    }
+    conclusion.exit();
+}
