@@ -40,6 +40,9 @@ pub const AGGREGATOR_DRAIN_SECONDS: i64 = 25;
 #[derive(Clone, Debug)]
 pub struct BuildConfig {
     pub image: String,
+    /// Owner of the cluster-scoped objects no LogStream can own (the chart's
+    /// ClusterRole, [`crate::owner`]); `None` outside the chart.
+    pub owner: Option<OwnerReference>,
 }
 
 fn labels(component: &str, stream: Option<&str>) -> BTreeMap<String, String> {
@@ -453,7 +456,8 @@ pub const AUTH_DELEGATOR: &str = "system:auth-delegator";
 pub const NAMESPACE_OWNER_LABEL: &str = "logstream.dev/namespace";
 
 /// One binding per namespace, so it lives and dies with the namespace's
-/// LogStreams (cluster-scoped: no owner reference, removed by the finalizer).
+/// LogStreams (cluster-scoped: no LogStream can own it, the finalizer removes
+/// it; the chart's ClusterRole owns it so `helm uninstall` removes it too).
 pub fn auth_binding_name(namespace: &str) -> String {
     format!("logstream:auth-delegator:{namespace}")
 }
@@ -472,10 +476,12 @@ fn service_account_of(pod: &Pod) -> String {
 /// a kubernetes-mode LogStream selects or has injected (pods waiting for a
 /// restart included, so their new sidecar can check tokens at once). `None`
 /// when no LogStream of the namespace uses kubernetes mode: the binding goes.
+/// Owned by `cfg.owner` when set.
 pub fn auth_binding(
     namespace: &str,
     streams: &[LogStream],
     pods: &[Pod],
+    cfg: &BuildConfig,
 ) -> Option<ClusterRoleBinding> {
     let kube_streams: Vec<&LogStream> = streams
         .iter()
@@ -501,6 +507,7 @@ pub fn auth_binding(
         metadata: ObjectMeta {
             name: Some(auth_binding_name(namespace)),
             labels: Some(meta_labels),
+            owner_references: cfg.owner.clone().map(|o| vec![o]),
             ..ObjectMeta::default()
         },
         role_ref: RoleRef {
@@ -618,6 +625,7 @@ mod tests {
             &[a, b],
             &BuildConfig {
                 image: "img".into(),
+                owner: None,
             },
             "tok",
         );
@@ -718,7 +726,11 @@ mod tests {
             pod("tok-1", Some("tok"), serde_json::json!({"app": "tok"})),
             pod("db-1", Some("db"), serde_json::json!({"app": "db"})),
         ];
-        let b = auth_binding("shop", &[web.clone(), tok.clone()], &pods).unwrap();
+        let cfg = BuildConfig {
+            image: "i".into(),
+            owner: None,
+        };
+        let b = auth_binding("shop", &[web.clone(), tok.clone()], &pods, &cfg).unwrap();
         assert_eq!(
             b.metadata.name.as_deref(),
             Some("logstream:auth-delegator:shop")
@@ -729,8 +741,17 @@ mod tests {
         );
         assert!(
             b.metadata.owner_references.is_none(),
-            "cluster-scoped: no namespaced owner"
+            "cluster-scoped: no namespaced owner, and no chart owner given"
         );
+        // In the chart: owned by its ClusterRole (cluster-scoped too).
+        let owner = crate::owner::reference(&crate::owner::tests::chart_role("u1")).unwrap();
+        let owned = BuildConfig {
+            owner: Some(owner.clone()),
+            ..cfg.clone()
+        };
+        let b2 = auth_binding("shop", &[web.clone(), tok.clone()], &pods, &owned).unwrap();
+        assert_eq!(b2.metadata.owner_references, Some(vec![owner]));
+        assert_eq!(b2.subjects, b.subjects);
         assert_eq!(
             (b.role_ref.kind.as_str(), b.role_ref.name.as_str()),
             ("ClusterRole", AUTH_DELEGATOR)
@@ -744,10 +765,18 @@ mod tests {
                 .all(|s| s.kind == "ServiceAccount" && s.namespace.as_deref() == Some("shop"))
         );
         // No kubernetes-mode LogStream left: no binding.
-        assert!(auth_binding("shop", &[tok], &pods).is_none());
-        assert!(auth_binding("shop", &[], &pods).is_none());
+        assert!(auth_binding("shop", &[tok], &pods, &owned).is_none());
+        assert!(auth_binding("shop", &[], &pods, &cfg).is_none());
         // The aggregator checks tokens whenever one LogStream uses kubernetes mode.
-        let objs = aggregator("shop", &[web], &BuildConfig { image: "i".into() }, "t");
+        let objs = aggregator(
+            "shop",
+            &[web],
+            &BuildConfig {
+                image: "i".into(),
+                owner: None,
+            },
+            "t",
+        );
         let env = objs
             .deployment
             .spec

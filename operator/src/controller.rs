@@ -129,9 +129,10 @@ async fn apply_auth_binding(
     ns: &str,
     streams: &[LogStream],
     pods: &[Pod],
+    cfg: &BuildConfig,
 ) -> Result<(), kube::Error> {
     let api: Api<ClusterRoleBinding> = Api::all(client.clone());
-    match build::auth_binding(ns, streams, pods) {
+    match build::auth_binding(ns, streams, pods, cfg) {
         Some(b) => {
             api.patch(&b.name_any(), &ssa(), &Patch::Apply(&b)).await?;
         }
@@ -310,7 +311,7 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         .list(&ListParams::default())
         .await?
         .items;
-    apply_auth_binding(client, &ns, &streams, &pods).await?;
+    apply_auth_binding(client, &ns, &streams, &pods, &ctx.build).await?;
     let restart::Census {
         selected,
         injected,
@@ -596,7 +597,7 @@ async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
             .await?
             .items
     };
-    apply_auth_binding(client, &ns, &others, &pods).await?;
+    apply_auth_binding(client, &ns, &others, &pods, &ctx.build).await?;
     tracing::info!(namespace = %ns, name = %ls.name_any(), remaining = others.len(), "LogStream cleaned up");
     Ok(Action::await_change())
 }

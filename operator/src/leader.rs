@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 
@@ -17,6 +17,9 @@ pub struct LeaseConfig {
     /// A holder that has not renewed for this long loses the lease.
     pub duration: Duration,
     pub renew_every: Duration,
+    /// Owner of the Lease (the chart's ClusterRole, [`crate::owner`]), so
+    /// `helm uninstall` removes it; `None` outside the chart.
+    pub owner: Option<OwnerReference>,
 }
 
 pub struct Leader {
@@ -59,6 +62,7 @@ impl Leader {
                 metadata: ObjectMeta {
                     name: Some(self.cfg.name.clone()),
                     namespace: Some(self.cfg.namespace.clone()),
+                    owner_references: self.cfg.owner.clone().map(|o| vec![o]),
                     ..ObjectMeta::default()
                 },
                 spec: Some(self.spec(now, 0, None)),
@@ -93,6 +97,11 @@ impl Leader {
             None
         };
         lease.spec = Some(self.spec(now, transitions, acquired));
+        // A Lease created before the operator had an owner gets it here.
+        lease.metadata.owner_references = crate::owner::with_owner(
+            lease.metadata.owner_references.take(),
+            self.cfg.owner.as_ref(),
+        );
         // The resourceVersion in `lease` makes this a compare-and-swap.
         match self
             .api

@@ -5,6 +5,7 @@
 //!                   │            Service, Ingress, aggregator (per namespace)
 //!                   └─ namespace label ──► MutatingWebhook ──► mutate(pod) (pure) ──► patch
 //!  webhook TLS: self-managed CA + serving cert in a Secret, caBundle patched, rotated
+//!  run-time objects outside LogStreams: owned by the chart's ClusterRole (garbage collected)
 //! ```
 
 pub mod build;
@@ -13,6 +14,7 @@ pub mod crd;
 pub mod leader;
 pub mod metrics;
 pub mod mutate;
+pub mod owner;
 pub mod restart;
 pub mod run;
 pub mod tls;

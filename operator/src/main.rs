@@ -81,6 +81,9 @@ struct RunArgs {
     /// A leader that has not renewed for this long is replaced.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: std::time::Duration,
+    /// ClusterRole (the chart's own) that owns the webhook configuration, TLS Secret, leader Lease and auth-delegator bindings the operator creates, so the garbage collector deletes them with it (helm uninstall). Needs get on it.
+    #[arg(long, env = "LOGSTREAM_OWNER_CLUSTER_ROLE")]
+    owner_cluster_role: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -126,6 +129,7 @@ fn main() -> anyhow::Result<()> {
                 lease_duration: a.lease_duration,
                 manage_webhook: a.manage_webhook,
                 tls_cert_dir: a.tls_cert_dir,
+                owner_cluster_role: a.owner_cluster_role,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -16,6 +16,7 @@ use crate::controller::{self, Context};
 use crate::leader::{Leader, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::mutate::InjectConfig;
+use crate::owner::{self, OwnerError};
 use crate::tls;
 use crate::webhook::{self, Endpoint, WebhookState};
 
@@ -41,6 +42,10 @@ pub struct RunOptions {
     /// Leader election: this replica's identity and the lease timing.
     pub identity: String,
     pub lease_duration: Duration,
+    /// ClusterRole (the chart's) that owns what the operator creates outside
+    /// LogStreams, so the garbage collector removes it with the release;
+    /// `None`: those objects have no owner (runs outside the chart).
+    pub owner_cluster_role: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,8 @@ pub enum RunError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
     #[error("TLS server config: {0}")]
     TlsConfig(std::io::Error),
     #[error("listen: {0}")]
@@ -67,6 +74,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         }
     };
     tracing::info!(native_sidecars = native, "cluster capabilities");
+    // Before anything is created: an owner named but unreadable stops the
+    // start rather than leave objects that would outlive the release.
+    let owner = match &opts.owner_cluster_role {
+        Some(name) => Some(owner::cluster_role(&client, name).await?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
 
     // Webhook TLS: self-managed (a Secret shared by the replicas, CA bundle
@@ -94,6 +107,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                 &opts.namespace,
                 &dns,
                 &opts.cert_ips,
+                owner.as_ref(),
             )
             .await?;
             if fresh {
@@ -110,7 +124,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     if opts.manage_webhook {
         match &certs {
-            Some(c) => webhook::register(&client, &opts.webhook, &c.ca_pem).await?,
+            Some(c) => webhook::register(&client, &opts.webhook, &c.ca_pem, owner.as_ref()).await?,
             None => tracing::warn!(
                 "--manage-webhook with --tls-cert-dir: the CA bundle is left to whoever issued the files"
             ),
@@ -142,13 +156,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     // Renew the certificate before it expires (self-managed), or reload the
     // mounted files when cert-manager rotates them; every replica reloads.
     let renew = {
-        let (client, secrets, opts, dns, tls_config, metrics) = (
+        let (client, secrets, opts, dns, tls_config, metrics, owner) = (
             client.clone(),
             secrets.clone(),
             opts.clone(),
             dns.clone(),
             tls_config.clone(),
             metrics.clone(),
+            owner.clone(),
         );
         tokio::spawn(async move {
             if let Some(dir) = &opts.tls_cert_dir {
@@ -184,6 +199,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                     &opts.namespace,
                     &dns,
                     &opts.cert_ips,
+                    owner.as_ref(),
                 )
                 .await
                 {
@@ -203,7 +219,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                         }
                         if opts.manage_webhook
                             && let Err(e) =
-                                webhook::register(&client, &opts.webhook, &c.ca_pem).await
+                                webhook::register(&client, &opts.webhook, &c.ca_pem, owner.as_ref())
+                                    .await
                         {
                             tracing::error!(error = %e, "update caBundle");
                         }
@@ -240,6 +257,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         client.clone(),
         BuildConfig {
             image: opts.image.clone(),
+            owner: owner.clone(),
         },
         metrics,
     ));
@@ -251,6 +269,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             identity: opts.identity.clone(),
             duration: opts.lease_duration,
             renew_every: (opts.lease_duration / 3).max(Duration::from_millis(200)),
+            owner,
         },
     );
     // Every replica serves the webhook; only the leader reconciles.

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
@@ -86,7 +87,15 @@ pub fn generate(
     })
 }
 
-fn to_secret(name: &str, namespace: &str, c: &WebhookCerts) -> Secret {
+/// The Secret holding `c`. `owner` (the chart's ClusterRole,
+/// [`crate::owner`]) makes `helm uninstall` remove it although Helm never
+/// rendered it.
+fn to_secret(
+    name: &str,
+    namespace: &str,
+    c: &WebhookCerts,
+    owner: Option<&OwnerReference>,
+) -> Secret {
     let data = BTreeMap::from([
         (
             "ca.crt".to_string(),
@@ -114,6 +123,7 @@ fn to_secret(name: &str, namespace: &str, c: &WebhookCerts) -> Secret {
                 "app.kubernetes.io/managed-by".to_string(),
                 crate::build::MANAGED_BY.to_string(),
             )])),
+            owner_references: owner.map(|o| vec![o.clone()]),
             ..ObjectMeta::default()
         },
         type_: Some("kubernetes.io/tls".into()),
@@ -138,6 +148,35 @@ fn from_secret(s: &Secret) -> Option<WebhookCerts> {
     })
 }
 
+/// What [`ensure`] does with the Secret it found (pure).
+#[derive(Debug, PartialEq)]
+enum Plan {
+    /// Valid, not close to expiry, owned as wanted: serve it.
+    Keep(WebhookCerts),
+    /// Valid but without the owner reference (stored before the operator had
+    /// an owner): write the same certificates back with it, so an upgraded
+    /// release's Secret goes with `helm uninstall` without waiting a year
+    /// for the renewal.
+    Adopt(WebhookCerts),
+    /// Missing, unreadable or close to expiry: generate new ones.
+    Issue,
+}
+
+fn plan(current: Option<&Secret>, owner: Option<&OwnerReference>, now: OffsetDateTime) -> Plan {
+    let Some(s) = current else { return Plan::Issue };
+    let Some(c) = from_secret(s).filter(|c| !c.needs_renewal(now)) else {
+        return Plan::Issue;
+    };
+    let owned = owner.is_none_or(|o| {
+        s.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == o.uid)
+    });
+    if owned { Plan::Keep(c) } else { Plan::Adopt(c) }
+}
+
 /// Loads the certificates from the Secret, or generates (and stores) new
 /// ones when missing, unreadable or close to expiry. Returns them and whether
 /// they are new.
@@ -147,6 +186,7 @@ pub async fn ensure(
     namespace: &str,
     dns_names: &[String],
     ips: &[IpAddr],
+    owner: Option<&OwnerReference>,
 ) -> Result<(WebhookCerts, bool), TlsError> {
     let now = OffsetDateTime::now_utc();
     let current = secrets
@@ -156,25 +196,31 @@ pub async fn ensure(
             name: name.into(),
             source,
         })?;
-    if let Some(c) = current.as_ref().and_then(from_secret)
-        && !c.needs_renewal(now)
-    {
-        return Ok((c, false));
-    }
-    let certs = generate(dns_names, ips, now)?;
+    let (certs, fresh) = match plan(current.as_ref(), owner, now) {
+        Plan::Keep(c) => return Ok((c, false)),
+        Plan::Adopt(c) => (c, false),
+        Plan::Issue => (generate(dns_names, ips, now)?, true),
+    };
     secrets
         .patch(
             name,
             &PatchParams::apply(crate::build::MANAGED_BY).force(),
-            &Patch::Apply(to_secret(name, namespace, &certs)),
+            &Patch::Apply(to_secret(name, namespace, &certs, owner)),
         )
         .await
         .map_err(|source| TlsError::Secret {
             name: name.into(),
             source,
         })?;
-    tracing::info!(secret = name, not_after = %certs.not_after, "webhook certificate issued");
-    Ok((certs, true))
+    if fresh {
+        tracing::info!(secret = name, not_after = %certs.not_after, "webhook certificate issued");
+    } else {
+        tracing::info!(
+            secret = name,
+            "webhook certificate Secret given its owner reference"
+        );
+    }
+    Ok((certs, fresh))
 }
 
 #[cfg(test)]
@@ -189,11 +235,38 @@ mod tests {
         assert!(c.key_pem.contains("PRIVATE KEY"));
         assert!(!c.needs_renewal(now));
         assert!(c.needs_renewal(now + VALIDITY - RENEW_BEFORE + Duration::days(1)));
-        let back = from_secret(&to_secret("s", "ns", &c)).unwrap();
+        let back = from_secret(&to_secret("s", "ns", &c, None)).unwrap();
         assert_eq!(back.cert_pem, c.cert_pem);
         assert_eq!(
             back.not_after.unix_timestamp(),
             c.not_after.unix_timestamp()
         );
+    }
+
+    #[test]
+    fn secret_is_kept_adopted_by_the_owner_or_reissued() {
+        let now = OffsetDateTime::now_utc();
+        let c = generate(&["svc.ns.svc".into()], &[], now).unwrap();
+        let owner = crate::owner::reference(&crate::owner::tests::chart_role("u1")).unwrap();
+        let unowned = to_secret("s", "ns", &c, None);
+        let owned = to_secret("s", "ns", &c, Some(&owner));
+        assert_eq!(
+            owned.metadata.owner_references.as_deref(),
+            Some(&[owner.clone()][..])
+        );
+        // Without an owner (operator outside the chart): as before.
+        assert_eq!(plan(Some(&unowned), None, now), Plan::Keep(c.clone()));
+        assert_eq!(plan(Some(&owned), None, now), Plan::Keep(c.clone()));
+        // Stored before the owner existed: same certificates, owner added.
+        assert_eq!(
+            plan(Some(&unowned), Some(&owner), now),
+            Plan::Adopt(c.clone())
+        );
+        assert_eq!(plan(Some(&owned), Some(&owner), now), Plan::Keep(c));
+        // Missing, unreadable, or close to expiry: new certificates.
+        assert_eq!(plan(None, Some(&owner), now), Plan::Issue);
+        assert_eq!(plan(Some(&Secret::default()), None, now), Plan::Issue);
+        let late = now + VALIDITY - RENEW_BEFORE + Duration::days(1);
+        assert_eq!(plan(Some(&owned), Some(&owner), late), Plan::Issue);
     }
 }

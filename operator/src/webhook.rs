@@ -13,7 +13,9 @@ use k8s_openapi::api::admissionregistration::v1::{
     WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, OwnerReference,
+};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
@@ -127,7 +129,14 @@ pub enum Endpoint {
     Url(String),
 }
 
-pub fn configuration(endpoint: &Endpoint, ca_pem: &str) -> MutatingWebhookConfiguration {
+/// The webhook configuration the operator registers. `owner` (the chart's
+/// ClusterRole, [`crate::owner`]) makes `helm uninstall` remove it although
+/// Helm never rendered it.
+pub fn configuration(
+    endpoint: &Endpoint,
+    ca_pem: &str,
+    owner: Option<&OwnerReference>,
+) -> MutatingWebhookConfiguration {
     let client_config = match endpoint {
         Endpoint::Service {
             name,
@@ -156,6 +165,7 @@ pub fn configuration(endpoint: &Endpoint, ca_pem: &str) -> MutatingWebhookConfig
                 "app.kubernetes.io/managed-by".to_string(),
                 crate::build::MANAGED_BY.to_string(),
             )])),
+            owner_references: owner.map(|o| vec![o.clone()]),
             ..ObjectMeta::default()
         },
         webhooks: Some(vec![MutatingWebhook {
@@ -194,17 +204,20 @@ pub fn configuration(endpoint: &Endpoint, ca_pem: &str) -> MutatingWebhookConfig
     }
 }
 
-/// Applies the webhook configuration with the current CA bundle.
+/// Applies the webhook configuration with the current CA bundle (and the
+/// owner reference, so one registered before the operator had an owner gets
+/// it at the next start).
 pub async fn register(
     client: &kube::Client,
     endpoint: &Endpoint,
     ca_pem: &str,
+    owner: Option<&OwnerReference>,
 ) -> Result<(), kube::Error> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     api.patch(
         WEBHOOK_NAME,
         &PatchParams::apply(crate::build::MANAGED_BY).force(),
-        &Patch::Apply(configuration(endpoint, ca_pem)),
+        &Patch::Apply(configuration(endpoint, ca_pem, owner)),
     )
     .await?;
     Ok(())
@@ -216,7 +229,12 @@ mod tests {
 
     #[test]
     fn configuration_never_blocks_deploys_and_only_sees_labelled_namespaces() {
-        let c = configuration(&Endpoint::Url("https://127.0.0.1:9443/mutate".into()), "CA");
+        let c = configuration(
+            &Endpoint::Url("https://127.0.0.1:9443/mutate".into()),
+            "CA",
+            None,
+        );
+        assert!(c.metadata.owner_references.is_none(), "no owner given");
         let w = &c.webhooks.unwrap()[0];
         assert_eq!(w.failure_policy.as_deref(), Some("Ignore"));
         assert_eq!(w.side_effects, "None");
@@ -234,5 +252,16 @@ mod tests {
             &["CREATE"]
         );
         assert_eq!(w.client_config.ca_bundle.as_ref().unwrap().0, b"CA");
+    }
+
+    #[test]
+    fn configuration_is_owned_by_the_chart_cluster_role_when_given() {
+        let owner = crate::owner::reference(&crate::owner::tests::chart_role("u1")).unwrap();
+        let c = configuration(
+            &Endpoint::Url("https://127.0.0.1:9443/mutate".into()),
+            "CA",
+            Some(&owner),
+        );
+        assert_eq!(c.metadata.owner_references, Some(vec![owner]));
     }
 }

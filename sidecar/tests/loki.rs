@@ -1,6 +1,7 @@
 //! The Loki read API against the real binary: the exact requests an
 //! unmodified Grafana sends (shared/grafana-contract.md), a tail WebSocket,
-//! and Loki's own `logcli` (built by `.ci/install-logcli`).
+//! and the requests of Loki's command-line client (not the client itself:
+//! it is AGPL-licensed).
 #![allow(clippy::unwrap_used)] // test code
 
 mod common;
@@ -651,39 +652,50 @@ async fn tail_with_a_bad_query_is_accepted_then_closed_1008() {
 }
 
 // ---------------------------------------------------------------------------
-// Loki's own client
+// The requests Loki's command-line client sends (its `query`, `labels` and
+// `series` commands: `direction`, `limit` and a window in nanoseconds). The
+// client itself is not run: it is AGPL-licensed and stays out of our tooling.
 
-fn logcli(s: &Server, args: &[&str]) -> Vec<String> {
-    let out = Command::new(tool("logcli"))
-        .arg(format!("--addr={}", s.url("")))
-        .arg("--quiet")
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "logcli {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+/// The lines of a log query, newest first (`direction=backward`) or oldest
+/// first, as that client prints them with `-o raw`.
+fn cli_query(s: &Server, query: &str, limit: usize, backward: bool) -> Vec<String> {
+    let now = now_ns();
+    let v = get_json(
+        s,
+        &format!(
+            "/loki/api/v1/query_range?{}",
+            enc(&[
+                ("query", query),
+                ("limit", &limit.to_string()),
+                ("start", &(now - 3_600_000_000_000).to_string()),
+                ("end", &now.to_string()),
+                ("direction", if backward { "backward" } else { "forward" }),
+            ])
+        ),
     );
-    stdout.lines().map(str::to_string).collect()
+    let mut lines = all_lines(&v);
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    if backward {
+        lines.reverse();
+    }
+    lines.into_iter().map(|(_, line)| line).collect()
+}
+
+fn cli_list(s: &Server, path: &str, extra: &[(&str, &str)]) -> Vec<Value> {
+    let now = now_ns();
+    let start = (now - 3_600_000_000_000).to_string();
+    let end = now.to_string();
+    let mut pairs = vec![("start", start.as_str()), ("end", end.as_str())];
+    pairs.extend_from_slice(extra);
+    let v = get_json(s, &format!("{path}?{}", enc(&pairs)));
+    v["data"].as_array().unwrap().clone()
 }
 
 #[test]
-fn logcli_query_labels_and_series() {
+fn cli_shaped_query_labels_and_series() {
     let s = Server::start(&[]);
     write_fixture(&s);
-    let got = logcli(
-        &s,
-        &[
-            "query",
-            r#"{file="app.log"} |= "x""#,
-            "--limit=4",
-            "--since=1h",
-            "-o",
-            "raw",
-        ],
-    );
+    let got = cli_query(&s, r#"{file="app.log"} |= "x""#, 4, true);
     // The 4 newest matching lines, newest first.
     assert_eq!(
         got,
@@ -694,17 +706,7 @@ fn logcli_query_labels_and_series() {
             "WARN slow x=2",
         ]
     );
-    let mut got = logcli(
-        &s,
-        &[
-            "query",
-            r#"{level="error"}"#,
-            "--since=1h",
-            "--forward",
-            "-o",
-            "raw",
-        ],
-    );
+    let mut got = cli_query(&s, r#"{level="error"}"#, 100, false);
     got.sort();
     assert_eq!(
         got,
@@ -713,21 +715,24 @@ fn logcli_query_labels_and_series() {
             r#"{"level":"error","status":500,"msg":"boom x"}"#
         ]
     );
-    let labels = logcli(&s, &["labels", "--since=1h"]);
+    let labels = cli_list(&s, "/loki/api/v1/labels", &[]);
     assert!(
-        labels.contains(&"file".to_string()) && labels.contains(&"level".to_string()),
+        labels.contains(&Value::from("file")) && labels.contains(&Value::from("level")),
         "{labels:?}"
     );
-    let values = logcli(&s, &["labels", "file", "--since=1h"]);
-    assert_eq!(values, ["app.log", "db.log"]);
-    let series = logcli(&s, &["series", r#"{file="app.log"}"#, "--since=1h"]);
+    let values = cli_list(&s, "/loki/api/v1/label/file/values", &[]);
+    assert_eq!(values, [Value::from("app.log"), Value::from("db.log")]);
+    let series = cli_list(
+        &s,
+        "/loki/api/v1/series",
+        &[("match[]", r#"{file="app.log"}"#)],
+    );
     assert_eq!(series.len(), 4, "{series:?}");
     for level in ["error", "info", "unknown", "warn"] {
         assert!(
             series
                 .iter()
-                .any(|l| l.contains(r#"file="app.log""#)
-                    && l.contains(&format!(r#"level="{level}""#))),
+                .any(|l| l["file"] == "app.log" && l["level"] == level),
             "{level}: {series:?}"
         );
     }

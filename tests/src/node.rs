@@ -178,16 +178,17 @@ impl Node {
             .args(["-n", ns, "port-forward", target, &format!(":{remote}")])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            // Its errors (a lost connection to the pod) go to the test's output.
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("run kubectl port-forward");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
+        // Reads stdout for as long as kubectl runs: it prints a line per
+        // connection, and a closed pipe would kill it (SIGPIPE).
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         // "Forwarding from 127.0.0.1:PORT -> REMOTE"
@@ -200,10 +201,9 @@ impl Node {
             });
         let Some(port) = port else {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("wait for kubectl");
+            let _ = child.wait();
             panic!(
-                "kubectl -n {ns} port-forward {target} :{remote} did not forward: {}",
-                String::from_utf8_lossy(&out.stderr)
+                "kubectl -n {ns} port-forward {target} :{remote} did not forward (its stderr is above)"
             );
         };
         PortForward { child, port }

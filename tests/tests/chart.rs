@@ -14,10 +14,13 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams};
 use logstream_operator::crd::LogStream;
 use logstream_tests::{ControlPlane, OperatorProcess, eventually, free_port};
 use serde_json::{Value, json};
@@ -72,6 +75,8 @@ const CLUSTER_ALLOWED: &[&str] = &[
     "rbac.authorization.k8s.io/clusterrolebindings:patch",
     "rbac.authorization.k8s.io/clusterrolebindings:delete",
     "rbac.authorization.k8s.io/clusterroles:bind@system:auth-delegator",
+    // Its own ClusterRole's uid: the owner of its run-time objects.
+    "rbac.authorization.k8s.io/clusterroles:get@logstream-operator",
     "apps/deployments:create",
     "apps/deployments:patch",
     "apps/deployments:delete",
@@ -91,12 +96,15 @@ const CLUSTER_ALLOWED: &[&str] = &[
 const CLUSTER_SELF_MANAGED: &[&str] = &[
     "admissionregistration.k8s.io/mutatingwebhookconfigurations:create@logstream-injector",
     "admissionregistration.k8s.io/mutatingwebhookconfigurations:patch@logstream-injector",
+    // Never called: lets it set ownerReferences under OwnerReferencesPermissionEnforcement.
+    "admissionregistration.k8s.io/mutatingwebhookconfigurations:delete@logstream-injector",
 ];
 
 /// The Role in the operator's namespace.
 const ROLE_ALLOWED: &[&str] = &[
     "coordination.k8s.io/leases:get@logstream-operator",
     "coordination.k8s.io/leases:update@logstream-operator",
+    "coordination.k8s.io/leases:delete@logstream-operator",
     "coordination.k8s.io/leases:create",
 ];
 
@@ -104,6 +112,7 @@ const ROLE_SELF_MANAGED: &[&str] = &[
     "/secrets:get@logstream-webhook-tls",
     "/secrets:create@logstream-webhook-tls",
     "/secrets:patch@logstream-webhook-tls",
+    "/secrets:delete@logstream-webhook-tls",
 ];
 
 fn repo() -> PathBuf {
@@ -371,10 +380,26 @@ fn operator_deployment_is_hardened_and_wired() {
         "--webhook-listen=0.0.0.0:8443",
         "--tls-secret=logstream-webhook-tls",
         "--health-listen=0.0.0.0:8080",
+        // The chart's ClusterRole owns the operator's run-time objects.
+        "--owner-cluster-role=logstream-operator",
     ] {
         assert!(args.contains(&want), "{want} missing from {args:?}");
     }
+    assert_eq!(
+        one(&default, "ClusterRole")["metadata"]["name"],
+        "logstream-operator"
+    );
     assert!(!args.iter().any(|a| a.starts_with("--manage-webhook")));
+    // Without the chart's RBAC there is no ClusterRole to own them.
+    let no_rbac = docs(&render(&["rbac.create=false"], false));
+    let no_rbac_args =
+        strs(&one(&no_rbac, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(
+        !no_rbac_args
+            .iter()
+            .any(|a| a.starts_with("--owner-cluster-role")),
+        "{no_rbac_args:?}"
+    );
     let env: Vec<(&str, &str)> = c["env"]
         .as_array()
         .unwrap()
@@ -485,6 +510,7 @@ fn cert_manager_mode_issues_the_certificate_and_owns_the_webhook() {
             port: 443,
         },
         "",
+        None,
     );
     let mut want = serde_json::to_value(&ours).unwrap()["webhooks"].clone();
     want[0]["clientConfig"]
@@ -755,6 +781,19 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
     )
     .stdout_if_success();
     cp.wait_crds_established(&["crd/logstreams.logstream.dev"]);
+    // The owner the chart passes to the operator: its ClusterRole.
+    let rendered_docs = docs(&rendered);
+    let owner_role = strs(
+        &one(&rendered_docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
+    )
+    .into_iter()
+    .find_map(|a| a.strip_prefix("--owner-cluster-role="))
+    .expect("--owner-cluster-role in the Deployment's args")
+    .to_string();
+    assert_eq!(
+        one(&rendered_docs, "ClusterRole")["metadata"]["name"],
+        owner_role.as_str()
+    );
 
     // What the ServiceAccount must not do.
     let who = format!("--as=system:serviceaccount:{NS}:logstream-operator");
@@ -770,6 +809,9 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
         ("create", "clusterroles", "default"),
         ("bind", "clusterroles/cluster-admin", "default"),
         ("bind", "clusterroles/admin", "default"),
+        ("get", "clusterroles/cluster-admin", "default"),
+        ("update", "clusterroles/logstream-operator", "default"),
+        ("delete", "clusterroles/logstream-operator", "default"),
         ("escalate", "clusterroles", "default"),
         ("get", "clusterrolebindings", "default"),
         ("patch", "mutatingwebhookconfigurations/other", "default"),
@@ -790,6 +832,7 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
         ("create", "leases", NS),
         ("watch", "pods", "default"),
         ("bind", "clusterroles/system:auth-delegator", "default"),
+        ("get", "clusterroles/logstream-operator", "default"),
         (
             "patch",
             "clusterrolebindings/logstream:auth-delegator:shop",
@@ -833,18 +876,39 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
 
     // The operator as its ServiceAccount; webhook by URL (no cluster network).
     let kubeconfig = service_account_kubeconfig(&cp, "logstream-operator");
-    let op = OperatorProcess::spawn(
+    let mut op = OperatorProcess::spawn(
         bin,
         &kubeconfig,
         free_port(),
-        &["--namespace", NS, "--identity", "logstream-operator-test"],
+        &[
+            "--namespace",
+            NS,
+            "--identity",
+            "logstream-operator-test",
+            "--owner-cluster-role",
+            &owner_role,
+        ],
         cp.work_dir.join("operator.log"),
     );
-    // It created its TLS Secret and registered its webhook.
-    cp.kubectl(&["get", "secret", "-n", NS, "logstream-webhook-tls"])
-        .stdout_if_success();
-    cp.kubectl(&["get", "mutatingwebhookconfiguration", "logstream-injector"])
-        .stdout_if_success();
+    // It created its TLS Secret, registered its webhook and took the leader
+    // Lease, all owned by the chart's ClusterRole (helm uninstall deletes it,
+    // the garbage collector them).
+    let role = Api::<ClusterRole>::all(client.clone())
+        .get(&owner_role)
+        .await
+        .unwrap();
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let tls_secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let webhook = webhooks.get("logstream-injector").await.unwrap();
+    assert_owned_by(&webhook.metadata, &role);
+    let tls_secret = tls_secrets.get("logstream-webhook-tls").await.unwrap();
+    assert_owned_by(&tls_secret.metadata, &role);
+    let lease = eventually("the leader Lease", PATIENCE, || async {
+        leases.get_opt("logstream-operator").await.ok()?
+    })
+    .await;
+    assert_owned_by(&lease.metadata, &role);
 
     cp.kubectl(&[
         "apply",
@@ -892,6 +956,7 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
     })
     .await;
     assert_eq!(binding.role_ref.name, "system:auth-delegator");
+    assert_owned_by(&binding.metadata, &role);
     let subjects: BTreeSet<String> = binding
         .subjects
         .unwrap_or_default()
@@ -972,5 +1037,55 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
     assert!(
         !log.to_lowercase().contains("forbidden"),
         "the operator hit a permission the chart does not grant:\n{log}"
+    );
+
+    // helm uninstall deletes the ClusterRole (the operator is gone by then);
+    // the garbage collector (kube-controller-manager) deletes what it owns.
+    op.terminate();
+    Api::<ClusterRole>::all(client.clone())
+        .delete(&owner_role, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the webhook configuration, TLS Secret and Lease garbage collected",
+        PATIENCE,
+        || async {
+            webhooks
+                .get_opt("logstream-injector")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())?;
+            tls_secrets
+                .get_opt("logstream-webhook-tls")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())?;
+            leases
+                .get_opt("logstream-operator")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// `meta` names `role` as a non-controlling, non-blocking owner.
+fn assert_owned_by(meta: &ObjectMeta, role: &ClusterRole) {
+    let refs = meta.owner_references.clone().unwrap_or_default();
+    assert!(
+        refs.iter()
+            .any(|r| r.api_version == "rbac.authorization.k8s.io/v1"
+                && r.kind == "ClusterRole"
+                && Some(&r.name) == role.metadata.name.as_ref()
+                && Some(&r.uid) == role.metadata.uid.as_ref()
+                && r.controller != Some(true)
+                && r.block_owner_deletion != Some(true)),
+        "{} is not owned by ClusterRole {:?}: {refs:?}",
+        meta.name.as_deref().unwrap_or_default(),
+        role.metadata.name
     );
 }

@@ -529,6 +529,7 @@ async fn webhook_served_from_mounted_certificate_files() {
         &client,
         &Endpoint::Url(format!("https://127.0.0.1:{port}/mutate")),
         &certs.ca_pem,
+        None,
     )
     .await
     .unwrap();
