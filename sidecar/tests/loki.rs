@@ -7,10 +7,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Server, tool};
+use common::{PATIENCE, Server};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;

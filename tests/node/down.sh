@@ -18,7 +18,7 @@ WORK="${1%/}"
 PIDS="$WORK/pids"
 CTD_SOCK="$WORK/containerd/containerd.sock"
 
-cmd0() { tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | head -n1; }
+cmd0() { tr '\0' '\n' 2>/dev/null <"/proc/$1/cmdline" | head -n1; }
 # Processes of this node: a component (by argv[0]) whose command line names
 # WORK_DIR (each is started with a path under it), or one in the pids file.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy
