@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Usage: tests/node/walkthrough.sh     (from the repository root)
+# examples/README.md steps 2 to 5 and 7, as written there, on the node of
+# tests/node/up.sh with the chart installed (KUBECONFIG set): the demo app,
+# a pod through `kubectl port-forward "pod/$POD" 7680` (websocat, curl), all
+# pods through the aggregator (curl, `logstream tail`), token mode checked
+# from a client host on the pod bridge, clean-up. Each command's output is
+# checked; the first failure stops the script (exit 1) naming it.
+# tests/tests/readme.rs counts the commands here as run (.ci/run runs this).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+[[ -n "${KUBECONFIG:-}" && -f "$KUBECONFIG" ]] || { echo "walkthrough.sh: set KUBECONFIG (tests/node/up.sh prints it)" >&2; exit 2; }
+WORK_DIR="$(dirname "$KUBECONFIG")"
+BIN_DIR="$(cat "$WORK_DIR/bin-dir")"
+CACHE="${LOGSTREAM_CACHE:-$HOME/.cache/logstream}"
+W="$(mktemp -d)"
+PIDS=()
+finish() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  "$ROOT/tests/node/client-netns.sh" del 9 >/dev/null 2>&1 || true
+  rm -rf "$W"
+}
+trap finish EXIT
+SECONDS=0
+step() { echo "== walkthrough [${SECONDS}s] $*"; }
+fail() { echo "walkthrough.sh: $*" >&2; exit 1; }
+# The tools as a user has them on PATH.
+kubectl() { "$BIN_DIR/kubectl" "$@"; }
+helm() { "$CACHE/tools/bin/helm" "$@"; }
+websocat() { "$CACHE/tools/bin/websocat" "$@"; }
+logstream() { "$CACHE/musl-target/x86_64-unknown-linux-musl/release/logstream" "$@"; }
+# wait_for SECONDS WHAT CMD...: CMD until it succeeds.
+wait_for() {
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || fail "timed out waiting for $what"
+    sleep 0.5 # poll interval
+  done
+}
+# forwarding FILE: kubectl port-forward has printed its listening line.
+forwarding() { grep -q '^Forwarding from 127.0.0.1:7680' "$1"; }
+# some_lines FILE N [PATTERN]: at least N lines (matching PATTERN).
+some_lines() { (($(grep -c -- "${3:-.}" "$1" || true) >= $2)) || fail "$1: fewer than $2 lines matching '${3:-.}':
+$(head -5 "$1")"; }
+
+step "2. deploy the demo app and stream its files"
+kubectl create namespace demo
+kubectl apply -n demo -f examples/demo-app.yaml -f examples/logstream.yaml
+kubectl get ls -n demo
+converged() { kubectl -n demo get pods -l app=demo -o json | python3 tests/e2e/checks.py pods-converged 2 native; }
+wait_for 180 "2 injected demo pods" converged
+kubectl -n demo get pods -l app=demo
+kubectl -n demo describe ls demo >"$W/describe.txt"
+grep -q 'Ready' "$W/describe.txt" || fail "describe ls demo: $(cat "$W/describe.txt")"
+
+step "3. one pod, through its sidecar"
+POD=$(kubectl -n demo get pods -l logstream.dev/stream=demo -o jsonpath='{.items[0].metadata.name}')
+kubectl -n demo port-forward "pod/$POD" 7680 >"$W/pf-pod.log" 2>&1 &
+PIDS+=($!)
+wait_for 60 "port-forward to $POD" forwarding "$W/pf-pod.log"
+# websocat reads until stdin ends; the demo app writes 5 lines a second.
+sleep 3 | websocat ws://127.0.0.1:7680/ws >"$W/ws.out" || true
+some_lines "$W/ws.out" 2 '"type":"records"'
+sleep 3 | websocat 'ws://127.0.0.1:7680/ws?format=raw&level=warn+' >"$W/ws-warn.out" || true
+some_lines "$W/ws-warn.out" 1
+! grep -q ' INFO ' "$W/ws-warn.out" || fail "level=warn+ let an info line through"
+timeout 3 curl -N 'http://127.0.0.1:7680/sse?tail=20' >"$W/sse.out" 2>/dev/null || true
+some_lines "$W/sse.out" 20 '^data:'
+timeout 3 curl -N 'http://127.0.0.1:7680/stream?tail=100&grep=upstream' >"$W/stream.out" 2>/dev/null || true
+some_lines "$W/stream.out" 1 upstream
+! grep -qv upstream "$W/stream.out" || fail "grep=upstream let another line through"
+timeout 10 curl -sN 'http://127.0.0.1:7680/stream' >"$W/live.out" 2>/dev/null &
+PIDS+=($!)
+kubectl -n demo exec "$POD" -c app -- sh -c 'echo hello from the walkthrough >> /var/log/app/app.log'
+wait_for 10 "the exec'd line on the live stream" grep -q 'hello from the walkthrough' "$W/live.out"
+kill "${PIDS[@]}" 2>/dev/null || true
+PIDS=()
+
+step "4. all pods, through the aggregator"
+kubectl -n demo rollout status deploy/logstream-aggregator --timeout=120s
+kubectl -n demo port-forward svc/logstream-aggregator 7680 >"$W/pf-agg.log" 2>&1 &
+PIDS+=($!)
+wait_for 60 "port-forward to the aggregator" forwarding "$W/pf-agg.log"
+both_pods() {
+  timeout 3 curl -N 'http://127.0.0.1:7680/stream?format=json&tail=10&pod=demo-.*' >"$W/agg.out" 2>/dev/null || true
+  (($(python3 -c 'import json,sys; print(len({json.loads(l)["pod"] for l in open(sys.argv[1]) if l.strip()}))' "$W/agg.out") == 2))
+}
+wait_for 60 "records of both demo pods from the aggregator" both_pods
+timeout 5 logstream tail http://127.0.0.1:7680 --level error >"$W/tail-error.out" 2>"$W/tail-error.err" || true
+some_lines "$W/tail-error.out" 1 error
+! grep -qv error "$W/tail-error.out" || fail "--level error let another line through"
+
+step "5. access mode token, from a client that is not loopback"
+kubectl -n demo create secret generic logstream-viewer --from-literal=token="$(openssl rand -hex 24)"
+kubectl -n demo patch ls demo --type merge \
+  -p '{"spec":{"access":{"mode":"token","tokenSecret":{"name":"logstream-viewer","key":"token"}}}}'
+TOKEN=$(kubectl -n demo get secret logstream-viewer -o jsonpath='{.data.token}' | base64 -d)
+AGG_IP=$(kubectl -n demo get svc logstream-aggregator -o jsonpath='{.spec.clusterIP}')
+"$ROOT/tests/node/client-netns.sh" add 9 >/dev/null
+code() { ip netns exec lsnode-client-9 curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "http://$AGG_IP:7680/loki/api/v1/labels"; }
+token_accepted() { [[ "$(code -H "Authorization: Bearer $TOKEN")" == 200 ]]; }
+wait_for 120 "the aggregator to accept the Secret's token (rolled out with token mode)" token_accepted
+[[ "$(code)" == 401 ]] || fail "no token: $(code), want 401"
+[[ "$(code -H 'Authorization: Bearer wrong')" == 401 ]] || fail "wrong token: want 401"
+
+step "7. clean up"
+kill "${PIDS[@]}" 2>/dev/null || true
+PIDS=()
+kubectl -n demo delete ls demo
+kubectl delete namespace demo
+helm uninstall logstream -n logstream-system
+kubectl delete -f charts/logstream/crds/
+step "done"
