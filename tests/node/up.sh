@@ -412,6 +412,8 @@ node_ready() {
   [[ "$("${KUBECTL[@]}" get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" == True ]]
 }
 wait_ready kubelet node_ready
+# Pods are refused until the namespace's ServiceAccount exists.
+wait_ready kube-controller-manager "${KUBECTL[@]}" -n default get serviceaccount default
 step "node $NODE_NAME Ready, kube-proxy healthy"
 
 # The `kubernetes` Service's endpoint (the API server runs with

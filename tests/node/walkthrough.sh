@@ -25,11 +25,15 @@ trap finish EXIT
 SECONDS=0
 step() { echo "== walkthrough [${SECONDS}s] $*"; }
 fail() { echo "walkthrough.sh: $*" >&2; exit 1; }
-# The tools as a user has them on PATH.
-kubectl() { "$BIN_DIR/kubectl" "$@"; }
-helm() { "$CACHE/tools/bin/helm" "$@"; }
-websocat() { "$CACHE/tools/bin/websocat" "$@"; }
-logstream() { "$CACHE/musl-target/x86_64-unknown-linux-musl/release/logstream" "$@"; }
+# The tools on PATH, as a user has them (real executables, not shell
+# functions: a backgrounded function is a subshell that `kill $!` would stop
+# without stopping its kubectl).
+mkdir -p "$W/bin"
+ln -s "$BIN_DIR/kubectl" "$W/bin/kubectl"
+ln -s "$CACHE/tools/bin/helm" "$W/bin/helm"
+ln -s "$CACHE/tools/bin/websocat" "$W/bin/websocat"
+ln -s "$CACHE/musl-target/x86_64-unknown-linux-musl/release/logstream" "$W/bin/logstream"
+export PATH="$W/bin:$PATH"
 # wait_for SECONDS WHAT CMD...: CMD until it succeeds.
 wait_for() {
   local deadline=$((SECONDS + $1)) what=$2
