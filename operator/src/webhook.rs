@@ -88,31 +88,58 @@ async fn review_pod(
             return (resp, "error");
         }
     };
-    match mutate(pod, &streams, &st.inject) {
+    let name = pod
+        .metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
+        .unwrap_or("");
+    let (resp, outcome) = respond(resp, pod, mutate(pod, &streams, &st.inject));
+    match outcome {
+        "injected" => tracing::info!(namespace = %ns, pod = name, "sidecar injected"),
+        "not_injected" => {
+            tracing::warn!(namespace = %ns, pod = name, warnings = ?resp.warnings, "pod admitted without the sidecar")
+        }
+        _ => {}
+    }
+    (resp, outcome)
+}
+
+/// The answer to one admission review, given what [`mutate`] decided.
+///
+/// Never a deny: a pod the LogStream cannot be injected into (its container
+/// is missing, the log volume's name is taken, ...) is admitted unchanged
+/// with an admission warning, which `kubectl` prints; the reconciler reports
+/// it as a pod without the sidecar. `failurePolicy: Ignore` covers only our
+/// errors, not a deny, so a deny here would stall scale-ups, node drains and
+/// rollouts of the app.
+fn respond(
+    resp: AdmissionResponse,
+    pod: &Pod,
+    decision: Result<Option<Pod>, crate::mutate::MutateError>,
+) -> (AdmissionResponse, &'static str) {
+    let not_injected = |resp: AdmissionResponse, why: String| {
+        let mut resp = resp;
+        resp.warnings = Some(vec![format!(
+            "logstream: {why}; the pod is admitted without the logstream sidecar"
+        )]);
+        (resp, "not_injected")
+    };
+    match decision {
         Ok(None) => (resp, "skipped"),
         Ok(Some(mutated)) => {
             let (Ok(before), Ok(after)) =
                 (serde_json::to_value(pod), serde_json::to_value(&mutated))
             else {
-                return (resp, "error");
+                return not_injected(resp, "cannot serialise the pod".into());
             };
             let patch = json_patch::diff(&before, &after);
-            match resp.with_patch(patch) {
-                Ok(r) => {
-                    tracing::info!(namespace = %ns, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or(""), "sidecar injected");
-                    (r, "injected")
-                }
-                Err(e) => (
-                    AdmissionResponse::from(req)
-                        .deny(format!("logstream: cannot build patch: {e}")),
-                    "error",
-                ),
+            match resp.clone().with_patch(patch) {
+                Ok(r) => (r, "injected"),
+                Err(e) => not_injected(resp, format!("cannot build the patch: {e}")),
             }
         }
-        Err(e) => {
-            tracing::warn!(namespace = %ns, error = %e, "pod refused");
-            (resp.deny(format!("logstream: {e}")), "denied")
-        }
+        Err(e) => not_injected(resp, e.to_string()),
     }
 }
 
@@ -226,6 +253,80 @@ pub async fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn review_response(pod: &Pod) -> AdmissionResponse {
+        let review: AdmissionReview<Pod> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "0d4d7c9e-1b2a-4c3d-8e9f-000000000001",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "namespace": "shop",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": pod,
+                "dryRun": false
+            }
+        }))
+        .unwrap();
+        let req: AdmissionRequest<Pod> = review.try_into().unwrap();
+        AdmissionResponse::from(&req)
+    }
+
+    fn app_pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "web-", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "image": "busybox"}]}
+        }))
+        .unwrap()
+    }
+
+    /// A pod the LogStream cannot be injected into is admitted unchanged,
+    /// with a warning that says why: a deny would stall the app's rollouts.
+    #[test]
+    fn a_pod_that_cannot_be_injected_is_admitted_unchanged_with_a_warning() {
+        let pod = app_pod();
+        let err = crate::mutate::MutateError::NoContainer {
+            stream: "web".into(),
+            container: "nope".into(),
+            available: "app".into(),
+        };
+        let (resp, outcome) = respond(review_response(&pod), &pod, Err(err));
+        assert_eq!(outcome, "not_injected");
+        let v = serde_json::to_value(resp.into_review()).unwrap();
+        let r = &v["response"];
+        assert_eq!(r["allowed"], true, "{v:#}");
+        assert!(r.get("patch").is_none_or(|p| p.is_null()), "{v:#}");
+        let warning = r["warnings"][0].as_str().unwrap();
+        assert!(
+            warning.contains(r#"container "nope" not found"#)
+                && warning.contains("admitted without the logstream sidecar"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn an_injected_pod_is_admitted_with_its_patch_and_no_warning() {
+        let pod = app_pod();
+        let mut mutated = pod.clone();
+        mutated
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("logstream.dev/stream".into(), "web".into());
+        let (resp, outcome) = respond(review_response(&pod), &pod, Ok(Some(mutated)));
+        assert_eq!(outcome, "injected");
+        let v = serde_json::to_value(resp.into_review()).unwrap();
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(!v["response"]["patch"].is_null(), "{v:#}");
+        assert!(
+            v["response"].get("warnings").is_none_or(|w| w.is_null()),
+            "{v:#}"
+        );
+    }
 
     #[test]
     fn configuration_never_blocks_deploys_and_only_sees_labelled_namespaces() {

@@ -886,6 +886,75 @@ fn json_docs(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A pod the LogStream cannot be injected into (it names a container the pod
+/// does not have) is still created: admitted unchanged, with the reason as a
+/// warning `kubectl` prints, and reported in the LogStream's status. The
+/// webhook never blocks a workload.
+fn a_pod_that_cannot_be_injected_is_admitted_with_a_warning(ctx: &Ctx) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    let ns = "misfit";
+    node.kubectl(&["create", "namespace", ns])
+        .stdout_if_success();
+    node.kubectl_stdin(
+        &["apply", "-n", ns, "-f", "-"],
+        r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"misfit"},
+            "spec":{"selector":{"matchLabels":{"app":"misfit"}},"paths":["*.log"],
+                    "mountPath":"/var/log/app","container":"nope"}}"#,
+    )
+    .stdout_if_success();
+    node.poll(
+        "the namespace to be labelled for injection",
+        CONVERGE,
+        || {
+            let v = get_json(node, &["namespace", ns]);
+            (v["metadata"]["labels"]["logstream.dev/injection"] == "enabled").then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    let run = node.kubectl(&[
+        "run",
+        "-n",
+        ns,
+        "misfit",
+        "--image=docker.io/library/busybox:1.36",
+        "--labels=app=misfit",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    run.stdout_if_success();
+    assert!(
+        run.stderr.contains("Warning: logstream:")
+            && run.stderr.contains(r#"container "nope" not found"#),
+        "no admission warning: {}",
+        run.stderr
+    );
+    let pod = get_json(node, &["-n", ns, "pod", "misfit"]);
+    assert!(pod["spec"]["initContainers"].is_null(), "{pod:#}");
+    assert_eq!(
+        pod["spec"]["containers"].as_array().unwrap().len(),
+        1,
+        "{pod:#}"
+    );
+    node.poll(
+        "the LogStream status to name the pod without the sidecar",
+        CONVERGE,
+        || {
+            let st = get_json(node, &["-n", ns, "ls/misfit"])["status"].clone();
+            st["pendingRestart"]
+                .as_array()?
+                .iter()
+                .any(|p| p == "misfit")
+                .then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])
+        .stdout_if_success();
+    Ok(())
+}
+
 /// `helm uninstall` after the LogStreams are gone, then deleting the
 /// namespaces: nothing of ours is left in the cluster.
 fn uninstall_leaves_nothing_behind(ctx: &Ctx) -> Result<(), Failed> {
@@ -908,7 +977,14 @@ fn uninstall_leaves_nothing_behind(ctx: &Ctx) -> Result<(), Failed> {
         "--wait",
     ])
     .stdout_if_success();
-    for ns in [OPERATOR_NS, DEMO_NS, "drain", "restart", "webhook-check"] {
+    for ns in [
+        OPERATOR_NS,
+        DEMO_NS,
+        "drain",
+        "restart",
+        "webhook-check",
+        "misfit",
+    ] {
         node.kubectl(&[
             "delete",
             "namespace",
@@ -944,7 +1020,7 @@ fn main() {
         demo: OnceLock::new(),
     });
     type Case = fn(&Ctx) -> Result<(), Failed>;
-    let cases: [(&str, Case); 8] = [
+    let cases: [(&str, Case); 9] = [
         (
             "chart_operator_runs_and_the_api_server_calls_its_webhook",
             chart_operator_runs_and_the_api_server_calls_its_webhook,
@@ -970,6 +1046,10 @@ fn main() {
             restart_pods_rolls_an_existing_deployment_once,
         ),
         ("deleting_a_pod_loses_no_line", deleting_a_pod_loses_no_line),
+        (
+            "a_pod_that_cannot_be_injected_is_admitted_with_a_warning",
+            a_pod_that_cannot_be_injected_is_admitted_with_a_warning,
+        ),
         (
             "uninstall_leaves_nothing_behind",
             uninstall_leaves_nothing_behind,
