@@ -278,6 +278,13 @@ pub struct SidecarSpec {
     /// Resources of the sidecar (default: 10m/32Mi requests, 128Mi limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Primary group of the sidecar (it runs as user 65532), so that it can
+    /// read files the app writes group-readable (mode 0640) as another user.
+    /// Default: the app container's `runAsGroup`, else the pod's, when set
+    /// and not 0; else 65532.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub run_as_group: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

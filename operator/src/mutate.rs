@@ -161,6 +161,11 @@ pub fn mutate(
             })?,
         None => 0,
     };
+    let group = sidecar_group(
+        ls.spec.sidecar.run_as_group,
+        &spec.containers[app_idx],
+        spec.security_context.as_ref(),
+    );
     let app = &mut spec.containers[app_idx];
     let app_name = app.name.clone();
     // Reuse the volume the app already mounts there, else add an emptyDir.
@@ -296,7 +301,10 @@ pub fn mutate(
                 .clone()
                 .unwrap_or_else(default_resources),
         ),
-        security_context: Some(restricted_security_context()),
+        security_context: Some(SecurityContext {
+            run_as_group: Some(group),
+            ..restricted_security_context()
+        }),
         ..Container::default()
     };
     if cfg.native_sidecars {
@@ -312,6 +320,27 @@ pub fn mutate(
     pod.annotations_mut()
         .insert(INJECTED_ANNOTATION.into(), stream);
     Ok(Some(pod))
+}
+
+/// The sidecar's primary group: the LogStream's `sidecar.runAsGroup`, else
+/// the app container's `runAsGroup`, else the pod's, else [`SIDECAR_UID`].
+/// The app's group lets the sidecar read what the app writes with mode 0640
+/// as another user (the common case); group 0 is never inherited, only
+/// granted by the LogStream, since it opens every root-group file.
+pub fn sidecar_group(
+    explicit: Option<i64>,
+    app: &Container,
+    pod: Option<&k8s_openapi::api::core::v1::PodSecurityContext>,
+) -> i64 {
+    explicit
+        .or_else(|| {
+            app.security_context
+                .as_ref()
+                .and_then(|c| c.run_as_group)
+                .or_else(|| pod.and_then(|p| p.run_as_group))
+                .filter(|g| *g != 0)
+        })
+        .unwrap_or(SIDECAR_UID)
 }
 
 /// Non-root, read-only root filesystem, no capabilities, default seccomp.
@@ -436,6 +465,68 @@ mod tests {
             .chain(s.containers.iter())
             .filter(|c| c.name == SIDECAR_NAME)
             .count()
+    }
+
+    fn group_of(p: &Pod) -> Option<i64> {
+        sidecar(p).security_context.as_ref().unwrap().run_as_group
+    }
+
+    /// Files the app writes with mode 0640 as another user are readable when
+    /// the sidecar shares the app's group: taken from the app container, then
+    /// the pod, or set on the LogStream; never 0 unless the LogStream says so.
+    #[test]
+    fn sidecar_group_follows_the_app_or_the_logstream() {
+        let injected = |pod_json: serde_json::Value, ls: LogStream| {
+            mutate(&pod(pod_json), &[ls], &cfg()).unwrap().unwrap()
+        };
+        let app = |sc: serde_json::Value, pod_sc: serde_json::Value| {
+            serde_json::json!({
+                "metadata": {"name": "w", "labels": {"app": "web"}},
+                "spec": {"securityContext": pod_sc,
+                         "containers": [{"name": "app", "image": "x", "securityContext": sc}]}
+            })
+        };
+        let none = serde_json::json!({});
+        assert_eq!(
+            group_of(&injected(app(none.clone(), none.clone()), web())),
+            Some(SIDECAR_UID)
+        );
+        assert_eq!(
+            group_of(&injected(
+                app(
+                    serde_json::json!({"runAsGroup": 3000}),
+                    serde_json::json!({"runAsGroup": 4000})
+                ),
+                web()
+            )),
+            Some(3000)
+        );
+        assert_eq!(
+            group_of(&injected(
+                app(none.clone(), serde_json::json!({"runAsGroup": 4000})),
+                web()
+            )),
+            Some(4000)
+        );
+        assert_eq!(
+            group_of(&injected(
+                app(serde_json::json!({"runAsGroup": 0}), none.clone()),
+                web()
+            )),
+            Some(SIDECAR_UID),
+            "the root group is not inherited"
+        );
+        let explicit = stream(
+            "web",
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}}, "sidecar": {"runAsGroup": 0}}),
+        );
+        assert_eq!(
+            group_of(&injected(
+                app(serde_json::json!({"runAsGroup": 3000}), none),
+                explicit
+            )),
+            Some(0)
+        );
     }
 
     #[test]

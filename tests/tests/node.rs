@@ -955,6 +955,125 @@ fn a_pod_that_cannot_be_injected_is_admitted_with_a_warning(ctx: &Ctx) -> Result
     Ok(())
 }
 
+/// An app that writes its files as another user with mode 0640. With its
+/// group in the pod spec, the sidecar shares it by default and reads them.
+/// With the group invisible to the operator (the app chowns its files), the
+/// sidecar cannot open them and says so in its metrics; the documented
+/// setting, `sidecar.runAsGroup`, makes them readable.
+fn files_written_as_another_user_with_mode_0640(ctx: &Ctx) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    let ns = "perms";
+    node.kubectl(&["create", "namespace", ns])
+        .stdout_if_success();
+    let stream = |name: &str, extra: &str| {
+        format!(
+            r#"{{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{{"name":"{name}"}},
+                "spec":{{"selector":{{"matchLabels":{{"app":"{name}"}}}},"paths":["*.log"],
+                         "mountPath":"/var/log/app"{extra}}}}}"#
+        )
+    };
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &stream("inherit", ""))
+        .stdout_if_success();
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &stream("chowned", ""))
+        .stdout_if_success();
+    node.poll(
+        "the namespace to be labelled for injection",
+        CONVERGE,
+        || {
+            let v = get_json(node, &["namespace", ns]);
+            (v["metadata"]["labels"]["logstream.dev/injection"] == "enabled").then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    // uid 1000, gid 3000 in the pod spec; umask 027: app.log is 0640 1000:3000.
+    let inherit = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: inherit, labels: {app: inherit}}
+spec:
+  containers:
+  - name: app
+    image: docker.io/library/busybox:1.36
+    securityContext: {runAsUser: 1000, runAsGroup: 3000}
+    command: [sh, -c, 'umask 027; while true; do echo "perms-inherit $(date +%s)" >> /var/log/app/app.log; sleep 0.2; done']
+    volumeMounts: [{name: logs, mountPath: /var/log/app}]
+  volumes: [{name: logs, emptyDir: {}}]
+"#;
+    // Root in the pod spec; app.log appears (renamed into place) as
+    // 1000:4000, mode 0640.
+    let chowned = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: chowned, labels: {app: chowned}}
+spec:
+  containers:
+  - name: app
+    image: docker.io/library/busybox:1.36
+    command: [sh, -c, 'f=/var/log/app/app.log; t=/var/log/app/.app.tmp; umask 077; touch $t; chown 1000:4000 $t; chmod 0640 $t; mv $t $f; while true; do echo "perms-chowned $(date +%s)" >> $f; sleep 0.2; done']
+    volumeMounts: [{name: logs, mountPath: /var/log/app}]
+  volumes: [{name: logs, emptyDir: {}}]
+"#;
+    for pod in [inherit, chowned] {
+        node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], pod)
+            .stdout_if_success();
+    }
+    converged_pods(node, ns, "app=inherit", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
+    converged_pods(node, ns, "app=chowned", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
+
+    let lines_of = |pod: &str, marker: &str| {
+        let pf = node.port_forward(ns, &format!("pod/{pod}"), 7680);
+        node.poll(
+            &format!("{pod}'s lines through its sidecar"),
+            CONVERGE,
+            || {
+                let (_, body) = curl(&[
+                    "-sN",
+                    "--max-time",
+                    "3",
+                    &format!("{}/stream?tail=3", pf.url()),
+                ]);
+                body.contains(marker).then_some(())
+            },
+            || ctx.describe(ns),
+        );
+    };
+    lines_of("inherit", "perms-inherit");
+
+    let pf = node.port_forward(ns, "pod/chowned", 7680);
+    node.poll(
+        "the chowned file to be refused (files_refused{reason=open_failed})",
+        CONVERGE,
+        || {
+            let (_, metrics) = curl(&["-s", "--max-time", "3", &format!("{}/metrics", pf.url())]);
+            metrics
+                .lines()
+                .any(|l| {
+                    l.contains("files_refused") && l.contains("open_failed") && !l.ends_with(" 0")
+                })
+                .then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    drop(pf);
+
+    // The documented setting, then a new pod.
+    node.kubectl_stdin(
+        &["apply", "-n", ns, "-f", "-"],
+        &stream("chowned", r#","sidecar":{"runAsGroup":4000}"#),
+    )
+    .stdout_if_success();
+    node.kubectl(&["-n", ns, "delete", "pod", "chowned", "--wait=true"])
+        .stdout_if_success();
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], chowned)
+        .stdout_if_success();
+    converged_pods(node, ns, "app=chowned", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
+    lines_of("chowned", "perms-chowned");
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])
+        .stdout_if_success();
+    Ok(())
+}
+
 /// `helm uninstall` after the LogStreams are gone, then deleting the
 /// namespaces: nothing of ours is left in the cluster.
 fn uninstall_leaves_nothing_behind(ctx: &Ctx) -> Result<(), Failed> {
@@ -1020,7 +1139,7 @@ fn main() {
         demo: OnceLock::new(),
     });
     type Case = fn(&Ctx) -> Result<(), Failed>;
-    let cases: [(&str, Case); 9] = [
+    let cases: [(&str, Case); 10] = [
         (
             "chart_operator_runs_and_the_api_server_calls_its_webhook",
             chart_operator_runs_and_the_api_server_calls_its_webhook,
@@ -1049,6 +1168,10 @@ fn main() {
         (
             "a_pod_that_cannot_be_injected_is_admitted_with_a_warning",
             a_pod_that_cannot_be_injected_is_admitted_with_a_warning,
+        ),
+        (
+            "files_written_as_another_user_with_mode_0640",
+            files_written_as_another_user_with_mode_0640,
         ),
         (
             "uninstall_leaves_nothing_behind",
