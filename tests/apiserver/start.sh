@@ -63,55 +63,13 @@ EOF
 read -r ETCD_CLIENT_PORT ETCD_PEER_PORT API_PORT KCM_PORT <<<"$(free_ports 4)"
 
 # --- certificates -------------------------------------------------------------
-ssl() { openssl "$@" 2>>"$WORK/openssl.log"; }
-ssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=logstream-test-ca" \
-  -keyout "$PKI/ca.key" -out "$PKI/ca.crt" \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-
-sign() { # NAME SUBJECT EXTENSIONS
-  ssl req -new -newkey rsa:2048 -nodes -subj "$2" -keyout "$PKI/$1.key" -out "$PKI/$1.csr"
-  printf '%s\n' "$3" >"$PKI/$1.ext"
-  ssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-    -days 3650 -extfile "$PKI/$1.ext" -out "$PKI/$1.crt"
-  rm -f "$PKI/$1.csr" "$PKI/$1.ext"
-}
-sign apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-client_ext="basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth"
-sign admin "/O=system:masters/CN=logstream-admin" "$client_ext"
-sign kube-controller-manager "/CN=system:kube-controller-manager" "$client_ext"
-ssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key"
-ssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
-chmod 600 "$PKI"/*.key
-
-kubeconfig() { # FILE USER
-  local b64="base64 -w0"
-  cat >"$1" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: logstream-test
-  cluster:
-    server: https://127.0.0.1:$API_PORT
-    certificate-authority-data: $($b64 <"$PKI/ca.crt")
-users:
-- name: $2
-  user:
-    client-certificate-data: $($b64 <"$PKI/$2.crt")
-    client-key-data: $($b64 <"$PKI/$2.key")
-contexts:
-- name: logstream-test
-  context:
-    cluster: logstream-test
-    user: $2
-current-context: logstream-test
-EOF
-  chmod 600 "$1"
-}
+# shellcheck source=tests/apiserver/pki.sh
+source "$HERE/pki.sh"
+pki_ca
+sign apiserver "/CN=kube-apiserver" "$(server_ext "IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")"
+sign admin "/O=system:masters/CN=logstream-admin" "$CLIENT_EXT"
+sign kube-controller-manager "/CN=system:kube-controller-manager" "$CLIENT_EXT"
+pki_service_accounts
 kubeconfig "$WORK/kubeconfig" admin
 kubeconfig "$WORK/kube-controller-manager.kubeconfig" kube-controller-manager
 

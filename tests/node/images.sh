@@ -38,7 +38,12 @@ done
 # --- the static binaries, exactly as static_binaries.rs builds them ----------
 MUSL_TARGET_DIR="$CACHE/musl-target"
 echo "images: cargo build --release --target $TARGET (logstream, logstream-operator)" >&2
-(cd "$ROOT" && CARGO_TARGET_DIR="$MUSL_TARGET_DIR" CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+# A clean environment, as static_binaries.rs uses: what a test process adds
+# (LD_LIBRARY_PATH, CARGO_PKG_*, ...) would otherwise make cargo rebuild the
+# whole tree each time the other one built it.
+(cd "$ROOT" && env -i PATH="$PATH" HOME="$HOME" \
+  ${CARGO_HOME:+CARGO_HOME="$CARGO_HOME"} ${RUSTUP_HOME:+RUSTUP_HOME="$RUSTUP_HOME"} \
+  CARGO_TARGET_DIR="$MUSL_TARGET_DIR" CARGO_PROFILE_RELEASE_STRIP=debuginfo \
   nice -n 10 cargo build --quiet --release --locked --target "$TARGET" \
   -p logstream -p logstream-operator)
 REL="$MUSL_TARGET_DIR/$TARGET/release"

@@ -111,61 +111,18 @@ if [[ ! -f "$HOST_RESTORE" ]]; then
 fi
 
 # --- certificates ------------------------------------------------------------------
-ssl() { openssl "$@" 2>>"$WORK/openssl.log"; }
-ssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=logstream-node-ca" \
-  -keyout "$PKI/ca.key" -out "$PKI/ca.crt" \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-sign() { # NAME SUBJECT EXTENSIONS
-  ssl req -new -newkey rsa:2048 -nodes -subj "$2" -keyout "$PKI/$1.key" -out "$PKI/$1.csr"
-  printf '%s\n' "$3" >"$PKI/$1.ext"
-  ssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-    -days 3650 -extfile "$PKI/$1.ext" -out "$PKI/$1.crt"
-  rm -f "$PKI/$1.csr" "$PKI/$1.ext"
-}
-sign apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,IP:$API_SVC_IP,IP:$GW_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-client_ext="basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth"
-sign admin "/O=system:masters/CN=logstream-admin" "$client_ext"
-sign kube-controller-manager "/CN=system:kube-controller-manager" "$client_ext"
-sign kube-scheduler "/CN=system:kube-scheduler" "$client_ext"
-sign kube-proxy "/CN=system:kube-proxy" "$client_ext"
-sign kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "$client_ext"
-sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client_ext"
-sign kubelet-serving "/CN=$NODE_NAME" "basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:$NODE_IP,DNS:$NODE_NAME"
-ssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key"
-ssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
-chmod 600 "$PKI"/*.key
-
-kubeconfig() { # FILE USER
-  cat >"$1" <<KC
-apiVersion: v1
-kind: Config
-clusters:
-- name: logstream-node
-  cluster:
-    server: https://127.0.0.1:$API_PORT
-    certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
-users:
-- name: $2
-  user:
-    client-certificate-data: $(base64 -w0 <"$PKI/$2.crt")
-    client-key-data: $(base64 -w0 <"$PKI/$2.key")
-contexts:
-- name: logstream-node
-  context:
-    cluster: logstream-node
-    user: $2
-current-context: logstream-node
-KC
-  chmod 600 "$1"
-}
+# shellcheck source=tests/apiserver/pki.sh
+source "$ROOT/tests/apiserver/pki.sh"
+pki_ca
+sign apiserver "/CN=kube-apiserver" "$(server_ext "IP:127.0.0.1,DNS:localhost,IP:$API_SVC_IP,IP:$GW_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")"
+sign admin "/O=system:masters/CN=logstream-admin" "$CLIENT_EXT"
+sign kube-controller-manager "/CN=system:kube-controller-manager" "$CLIENT_EXT"
+sign kube-scheduler "/CN=system:kube-scheduler" "$CLIENT_EXT"
+sign kube-proxy "/CN=system:kube-proxy" "$CLIENT_EXT"
+sign kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "$CLIENT_EXT"
+sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$CLIENT_EXT"
+sign kubelet-serving "/CN=$NODE_NAME" "$(server_ext "IP:$NODE_IP,DNS:$NODE_NAME")"
+pki_service_accounts
 for u in admin kube-controller-manager kube-scheduler kube-proxy kubelet; do
   kubeconfig "$WORK/$u.kubeconfig" "$u"
 done

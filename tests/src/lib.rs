@@ -76,6 +76,17 @@ pub struct KubectlOutput {
 }
 
 impl KubectlOutput {
+    /// The output of a finished `kubectl` (or `helm`) run with `args`.
+    pub fn new(args: &[&str], out: &std::process::Output) -> KubectlOutput {
+        KubectlOutput {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            status: out.status,
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// stdout; panics with the command line and stderr if kubectl failed.
     #[track_caller]
     pub fn stdout_if_success(&self) -> &str {
@@ -234,21 +245,27 @@ impl ControlPlane {
 
     /// The last `lines` lines of each component log, for failure messages.
     pub fn log_tails(&self, lines: usize) -> String {
-        let mut s = String::new();
-        for name in COMPONENTS {
-            let path = self.work_dir.join(format!("{name}.log"));
-            let Ok(log) = fs::read_to_string(&path) else {
-                continue;
-            };
-            let all: Vec<&str> = log.lines().collect();
-            let tail = &all[all.len().saturating_sub(lines)..];
-            let _ = writeln!(s, "--- last {} lines of {} ---", tail.len(), path.display());
-            for line in tail {
-                let _ = writeln!(s, "{line}");
-            }
-        }
-        s
+        log_tails(&self.work_dir, &COMPONENTS, lines)
     }
+}
+
+/// The last `lines` lines of `WORK_DIR/NAME.log` for each component, for
+/// failure messages.
+fn log_tails(work_dir: &Path, components: &[&str], lines: usize) -> String {
+    let mut s = String::new();
+    for name in components {
+        let path = work_dir.join(format!("{name}.log"));
+        let Ok(log) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let all: Vec<&str> = log.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        let _ = writeln!(s, "--- last {} lines of {} ---", tail.len(), path.display());
+        for line in tail {
+            let _ = writeln!(s, "{line}");
+        }
+    }
+    s
 }
 
 impl Drop for ControlPlane {
@@ -320,13 +337,7 @@ fn run_kubectl(
         // a broken pipe here is not the interesting error.
         let _ = writer.join();
     }
-    KubectlOutput {
-        args: args.iter().map(|a| a.to_string()).collect(),
-        status: out.status,
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    KubectlOutput::new(args, &out)
 }
 
 /// `tests/harness/watchdog.sh`: waits for EOF on its stdin, then runs

@@ -161,13 +161,7 @@ impl Node {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {} (.ci/install-helm): {e}", helm.display()));
-        KubectlOutput {
-            args: args.iter().map(|a| a.to_string()).collect(),
-            status: out.status,
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        KubectlOutput::new(args, &out)
     }
 
     /// `kubectl -n NS port-forward TARGET :REMOTE`, once it forwards.
@@ -257,20 +251,7 @@ impl Node {
 
     /// The last `lines` lines of each component log.
     pub fn log_tails(&self, lines: usize) -> String {
-        let mut s = String::new();
-        for name in COMPONENTS {
-            let path = self.work_dir.join(format!("{name}.log"));
-            let Ok(log) = fs::read_to_string(&path) else {
-                continue;
-            };
-            let all: Vec<&str> = log.lines().collect();
-            s.push_str(&format!("--- last lines of {} ---\n", path.display()));
-            for line in &all[all.len().saturating_sub(lines)..] {
-                s.push_str(line);
-                s.push('\n');
-            }
-        }
-        s
+        crate::log_tails(&self.work_dir, &COMPONENTS, lines)
     }
 }
 

@@ -187,6 +187,33 @@ fn converged_pods(node: &Node, ns: &str, selector: &str, n: usize) -> Result<Vec
     }
 }
 
+/// Applies LogStream NAME in NS: pods labelled `app=NAME`, `*.log` under
+/// /var/log/app; `extra` adds spec fields (`,"container":"x"`).
+fn apply_stream(node: &Node, ns: &str, name: &str, extra: &str) {
+    let ls = format!(
+        r#"{{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{{"name":"{name}"}},
+            "spec":{{"selector":{{"matchLabels":{{"app":"{name}"}}}},"paths":["*.log"],
+                     "mountPath":"/var/log/app"{extra}}}}}"#
+    );
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &ls)
+        .stdout_if_success();
+}
+
+/// Waits until the operator has labelled NS for injection: the webhook sees
+/// only the pods of labelled namespaces.
+fn injection_enabled(ctx: &Ctx, ns: &str) {
+    let node = ctx.node();
+    node.poll(
+        "the namespace to be labelled for injection",
+        CONVERGE,
+        || {
+            let v = get_json(node, &["namespace", ns]);
+            (v["metadata"]["labels"]["logstream.dev/injection"] == "enabled").then_some(())
+        },
+        || ctx.describe(ns),
+    );
+}
+
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
@@ -334,12 +361,7 @@ fn chart_operator_runs_and_the_api_server_calls_its_webhook(ctx: &Ctx) -> Result
     let ns = "webhook-check";
     node.kubectl(&["create", "namespace", ns])
         .stdout_if_success();
-    node.kubectl_stdin(
-        &["apply", "-n", ns, "-f", "-"],
-        r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"w"},
-            "spec":{"selector":{"matchLabels":{"app":"w"}},"paths":["*.log"],"mountPath":"/var/log/app"}}"#,
-    )
-    .stdout_if_success();
+    apply_stream(node, ns, "w", "");
     let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"w","labels":{"app":"w"}},
         "spec":{"containers":[{"name":"app","image":"docker.io/library/busybox:1.36","command":["sleep","3600"]}]}}"#;
     let mutated = node.poll(
@@ -725,12 +747,7 @@ fn deleting_a_pod_loses_no_line(ctx: &Ctx) -> Result<(), Failed> {
     let ns = "drain";
     node.kubectl(&["create", "namespace", ns])
         .stdout_if_success();
-    node.kubectl_stdin(
-        &["apply", "-n", ns, "-f", "-"],
-        r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"counter"},
-            "spec":{"selector":{"matchLabels":{"app":"counter"}},"paths":["*.log"],"mountPath":"/var/log/app"}}"#,
-    )
-    .stdout_if_success();
+    apply_stream(node, ns, "counter", "");
     // The app numbers its lines; on SIGTERM it writes one last line with
     // the count, then exits.
     let pod = r#"
@@ -754,16 +771,7 @@ spec:
     volumeMounts: [{name: logs, mountPath: /var/log/app}]
   volumes: [{name: logs, emptyDir: {}}]
 "#;
-    // The webhook injects only once the namespace is labelled.
-    node.poll(
-        "the namespace to be labelled for injection",
-        CONVERGE,
-        || {
-            let v = get_json(node, &["namespace", ns]);
-            (v["metadata"]["labels"]["logstream.dev/injection"] == "enabled").then_some(())
-        },
-        || ctx.describe(ns),
-    );
+    injection_enabled(ctx, ns);
     node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], pod)
         .stdout_if_success();
     converged_pods(node, ns, "app=counter", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
@@ -896,22 +904,8 @@ fn a_pod_that_cannot_be_injected_is_admitted_with_a_warning(ctx: &Ctx) -> Result
     let ns = "misfit";
     node.kubectl(&["create", "namespace", ns])
         .stdout_if_success();
-    node.kubectl_stdin(
-        &["apply", "-n", ns, "-f", "-"],
-        r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"misfit"},
-            "spec":{"selector":{"matchLabels":{"app":"misfit"}},"paths":["*.log"],
-                    "mountPath":"/var/log/app","container":"nope"}}"#,
-    )
-    .stdout_if_success();
-    node.poll(
-        "the namespace to be labelled for injection",
-        CONVERGE,
-        || {
-            let v = get_json(node, &["namespace", ns]);
-            (v["metadata"]["labels"]["logstream.dev/injection"] == "enabled").then_some(())
-        },
-        || ctx.describe(ns),
-    );
+    apply_stream(node, ns, "misfit", r#","container":"nope""#);
+    injection_enabled(ctx, ns);
     let run = node.kubectl(&[
         "run",
         "-n",
@@ -966,26 +960,9 @@ fn files_written_as_another_user_with_mode_0640(ctx: &Ctx) -> Result<(), Failed>
     let ns = "perms";
     node.kubectl(&["create", "namespace", ns])
         .stdout_if_success();
-    let stream = |name: &str, extra: &str| {
-        format!(
-            r#"{{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{{"name":"{name}"}},
-                "spec":{{"selector":{{"matchLabels":{{"app":"{name}"}}}},"paths":["*.log"],
-                         "mountPath":"/var/log/app"{extra}}}}}"#
-        )
-    };
-    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &stream("inherit", ""))
-        .stdout_if_success();
-    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &stream("chowned", ""))
-        .stdout_if_success();
-    node.poll(
-        "the namespace to be labelled for injection",
-        CONVERGE,
-        || {
-            let v = get_json(node, &["namespace", ns]);
-            (v["metadata"]["labels"]["logstream.dev/injection"] == "enabled").then_some(())
-        },
-        || ctx.describe(ns),
-    );
+    apply_stream(node, ns, "inherit", "");
+    apply_stream(node, ns, "chowned", "");
+    injection_enabled(ctx, ns);
     // uid 1000, gid 3000 in the pod spec; umask 027: app.log is 0640 1000:3000.
     let inherit = r#"
 apiVersion: v1
@@ -1058,11 +1035,7 @@ spec:
     drop(pf);
 
     // The documented setting, then a new pod.
-    node.kubectl_stdin(
-        &["apply", "-n", ns, "-f", "-"],
-        &stream("chowned", r#","sidecar":{"runAsGroup":4000}"#),
-    )
-    .stdout_if_success();
+    apply_stream(node, ns, "chowned", r#","sidecar":{"runAsGroup":4000}"#);
     node.kubectl(&["-n", ns, "delete", "pod", "chowned", "--wait=true"])
         .stdout_if_success();
     node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], chowned)

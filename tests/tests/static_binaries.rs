@@ -37,12 +37,22 @@ fn musl_release_dir() -> &'static Path {
                 PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/logstream")
             });
         let target_dir = cache.join("musl-target");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let cargo = "cargo";
         let started = Instant::now();
         // stderr is inherited: a cold build takes minutes and says so there.
-        let status = Command::new("nice")
+        // A clean environment, the same as tests/node/images.sh builds these
+        // in (same target dir): what cargo test adds to ours (LD_LIBRARY_PATH,
+        // CARGO_PKG_*, ...) would make each of the two rebuild the whole tree.
+        let mut build = Command::new("nice");
+        build.env_clear();
+        for var in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME"] {
+            if let Some(v) = std::env::var_os(var) {
+                build.env(var, v);
+            }
+        }
+        let status = build
             .args(["-n", "10"])
-            .arg(&cargo)
+            .arg(cargo)
             .args(["build", "--release", "--locked", "--target", TARGET])
             .args(["-p", "logstream", "-p", "logstream-operator"])
             .current_dir(repo())
