@@ -43,13 +43,27 @@ fn musl_release_dir() -> &'static Path {
         // A clean environment, the same as tests/node/images.sh builds these
         // in (same target dir): what cargo test adds to ours (LD_LIBRARY_PATH,
         // CARGO_PKG_*, ...) would make each of the two rebuild the whole tree.
+        // rustup puts its toolchain's bin dir first on PATH (and sets
+        // CARGO_HOME and RUSTUP_HOME) for what it starts: normalised too.
+        let home = std::env::var("HOME").unwrap_or_default();
+        let path = std::env::var("PATH").unwrap_or_default();
+        let path: Vec<&str> = path
+            .split(':')
+            .filter(|d| !d.contains("/.rustup/toolchains/"))
+            .collect();
         let mut build = Command::new("nice");
-        build.env_clear();
-        for var in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME"] {
-            if let Some(v) = std::env::var_os(var) {
-                build.env(var, v);
-            }
-        }
+        build
+            .env_clear()
+            .env("PATH", path.join(":"))
+            .env("HOME", &home)
+            .env(
+                "CARGO_HOME",
+                std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo")),
+            )
+            .env(
+                "RUSTUP_HOME",
+                std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
+            );
         let status = build
             .args(["-n", "10"])
             .arg(cargo)
