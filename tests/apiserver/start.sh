@@ -37,34 +37,11 @@ cleanup_on_failure() {
 }
 trap cleanup_on_failure EXIT
 
-# --- free loopback ports: bind all of them at once so they are distinct ------
-free_ports() { # N
-  if command -v python3 >/dev/null 2>&1; then
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-  else # fallback: random ports that nothing answers on
-    local ports=() p
-    while ((${#ports[@]} < $1)); do
-      p=$((20000 + RANDOM % 12000))
-      [[ " ${ports[*]} " == *" $p "* ]] && continue
-      (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
-      ports+=("$p")
-    done
-    echo "${ports[*]}"
-  fi
-}
+# shellcheck source=tests/apiserver/common.sh
+source "$HERE/common.sh"
 read -r ETCD_CLIENT_PORT ETCD_PEER_PORT API_PORT KCM_PORT <<<"$(free_ports 4)"
 
 # --- certificates -------------------------------------------------------------
-# shellcheck source=tests/apiserver/pki.sh
-source "$HERE/pki.sh"
 pki_ca
 sign apiserver "/CN=kube-apiserver" "$(server_ext "IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")"
 sign admin "/O=system:masters/CN=logstream-admin" "$CLIENT_EXT"
@@ -73,48 +50,22 @@ pki_service_accounts
 kubeconfig "$WORK/kubeconfig" admin
 kubeconfig "$WORK/kube-controller-manager.kubeconfig" kube-controller-manager
 
-# --- process helpers ----------------------------------------------------------
-launch() { # NAME ARGS... ; detached, all stdio redirected so callers' pipes close
-  local name=$1
-  shift
-  setsid "$BIN/$name" "$@" </dev/null >"$WORK/$name.log" 2>&1 &
-  echo "$! $name" >>"$WORK/pids"
-}
-wait_ready() { # NAME PID CHECK-COMMAND...
-  local name=$1 pid=$2 deadline=$((SECONDS + TIMEOUT))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "$name exited early; last log lines:" >&2
-      tail -n 30 "$WORK/$name.log" >&2
-      exit 1
-    fi
-    if ((SECONDS >= deadline)); then
-      echo "$name not ready after ${TIMEOUT}s; last log lines:" >&2
-      tail -n 30 "$WORK/$name.log" >&2
-      exit 1
-    fi
-    sleep 0.2 # poll interval only
-  done
-}
-pid_of() { awk -v n="$1" '$2 == n {print $1}' "$WORK/pids"; }
-body_is_ok() { [[ "$(curl -sS --max-time 5 "$@")" == ok ]]; }
 
 # --- etcd ---------------------------------------------------------------------
 ETCD_URL="http://127.0.0.1:$ETCD_CLIENT_PORT"
 PEER_URL="http://127.0.0.1:$ETCD_PEER_PORT"
-launch etcd --name=logstream --data-dir="$WORK/etcd-data" \
+launch etcd "$BIN/etcd" --name=logstream --data-dir="$WORK/etcd-data" \
   --listen-client-urls="$ETCD_URL" --advertise-client-urls="$ETCD_URL" \
   --listen-peer-urls="$PEER_URL" --initial-advertise-peer-urls="$PEER_URL" \
   --initial-cluster="logstream=$PEER_URL" --initial-cluster-state=new \
   --unsafe-no-fsync=true --log-level=warn
-wait_ready etcd "$(pid_of etcd)" curl -fsS --max-time 5 "$ETCD_URL/health"
+wait_ready etcd curl -fsS --max-time 5 "$ETCD_URL/health"
 
 # --- kube-apiserver -----------------------------------------------------------
 API_URL="https://127.0.0.1:$API_PORT"
 # Flags follow envtest; --endpoint-reconciler-type=none because 127.0.0.1 is not
 # a valid Endpoints IP (the reconciler would only log errors).
-launch kube-apiserver \
+launch kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers="$ETCD_URL" \
   --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
   --cert-dir="$PKI" --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
@@ -131,13 +82,13 @@ launch kube-apiserver \
 api_readyz() {
   body_is_ok --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$API_URL/readyz"
 }
-wait_ready kube-apiserver "$(pid_of kube-apiserver)" api_readyz
+wait_ready kube-apiserver api_readyz
 
 # --- kube-controller-manager --------------------------------------------------
 # No --authentication/authorization-kubeconfig: only /healthz, /readyz, /livez
 # are served (always allowed), which is all that is polled here.
 KCM_KUBECONFIG="$WORK/kube-controller-manager.kubeconfig"
-launch kube-controller-manager \
+launch kube-controller-manager "$BIN/kube-controller-manager" \
   --kubeconfig="$KCM_KUBECONFIG" \
   --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$WORK/kcm-certs" \
   --leader-elect=false \
@@ -147,7 +98,7 @@ launch kube-controller-manager \
   --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
   --service-cluster-ip-range=10.0.0.0/24 \
   --profiling=false
-wait_ready kube-controller-manager "$(pid_of kube-controller-manager)" \
+wait_ready kube-controller-manager \
   body_is_ok --insecure "https://127.0.0.1:$KCM_PORT/healthz"
 
 cat >"$WORK/env" <<EOF

@@ -88,17 +88,8 @@ cleanup_on_failure() {
 }
 trap cleanup_on_failure EXIT
 
-free_ports() { # N distinct free loopback ports
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
+# shellcheck source=tests/apiserver/common.sh
+source "$ROOT/tests/apiserver/common.sh"
 read -r ETCD_CLIENT_PORT ETCD_PEER_PORT API_PORT KCM_PORT SCHED_PORT KUBELET_PORT \
   KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT <<<"$(free_ports 9)"
 
@@ -111,8 +102,6 @@ if [[ ! -f "$HOST_RESTORE" ]]; then
 fi
 
 # --- certificates ------------------------------------------------------------------
-# shellcheck source=tests/apiserver/pki.sh
-source "$ROOT/tests/apiserver/pki.sh"
 pki_ca
 sign apiserver "/CN=kube-apiserver" "$(server_ext "IP:127.0.0.1,DNS:localhost,IP:$API_SVC_IP,IP:$GW_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")"
 sign admin "/O=system:masters/CN=logstream-admin" "$CLIENT_EXT"
@@ -129,33 +118,6 @@ done
 cp "$WORK/admin.kubeconfig" "$WORK/kubeconfig"
 step certificates
 
-# --- processes ----------------------------------------------------------------------
-launch() { # NAME PATH ARGS... ; detached, all stdio redirected
-  local name=$1 path=$2
-  shift 2
-  setsid "$path" "$@" </dev/null >"$WORK/$name.log" 2>&1 &
-  echo "$! $name" >>"$WORK/pids"
-}
-pid_of() { awk -v n="$1" '$2 == n {print $1}' "$WORK/pids"; }
-wait_ready() { # NAME CHECK-COMMAND...
-  local name=$1 pid deadline=$((SECONDS + TIMEOUT))
-  pid="$(pid_of "$name")"
-  shift
-  until "$@" >/dev/null 2>&1; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "$name exited early; last log lines:" >&2
-      tail -n 30 "$WORK/$name.log" >&2
-      exit 1
-    fi
-    if ((SECONDS >= deadline)); then
-      echo "$name not ready after ${TIMEOUT}s; last log lines:" >&2
-      tail -n 30 "$WORK/$name.log" >&2
-      exit 1
-    fi
-    sleep 0.2 # poll interval of a readiness probe
-  done
-}
-body_is_ok() { [[ "$(curl -sS --max-time 5 "$@")" == ok ]]; }
 
 ETCD_URL="http://127.0.0.1:$ETCD_CLIENT_PORT"
 PEER_URL="http://127.0.0.1:$ETCD_PEER_PORT"

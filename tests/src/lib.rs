@@ -449,6 +449,24 @@ fn resolve_bin_dir() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Where builds and tools are cached: `$LOGSTREAM_CACHE`, else
+/// `~/.cache/logstream`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("LOGSTREAM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/logstream")
+        })
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics after
 /// `timeout` naming `what` — for state the controllers reach eventually
 /// (a Deployment's ReplicaSet, a namespace's `kube-root-ca.crt`).

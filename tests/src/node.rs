@@ -17,7 +17,7 @@
 
 use std::fs;
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -50,20 +50,8 @@ pub struct Node {
     watchdog: Option<Watchdog>,
 }
 
-fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
 fn node_script(name: &str) -> PathBuf {
-    repo().join("tests/node").join(name)
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("LOGSTREAM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/logstream")
-        })
+    crate::repo_root().join("tests/node").join(name)
 }
 
 fn keep() -> bool {
@@ -150,14 +138,14 @@ impl Node {
     /// `helm ARGS...` against the node (`.ci/install-helm`'s helm), run from
     /// the repository root as the READMEs' commands are.
     pub fn helm(&self, args: &[&str]) -> KubectlOutput {
-        let helm = cache_dir().join("tools/bin/helm");
+        let helm = crate::cache_dir().join("tools/bin/helm");
         let out = Command::new(&helm)
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HELM_CACHE_HOME", self.work_dir.join("helm/cache"))
             .env("HELM_CONFIG_HOME", self.work_dir.join("helm/config"))
             .env("HELM_DATA_HOME", self.work_dir.join("helm/data"))
-            .current_dir(repo())
+            .current_dir(crate::repo_root())
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {} (.ci/install-helm): {e}", helm.display()));

@@ -22,7 +22,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams};
 use logstream_operator::crd::LogStream;
-use logstream_tests::{ControlPlane, OperatorProcess, eventually, free_port};
+use logstream_tests::{ControlPlane, OperatorProcess, cache_dir, eventually, free_port, repo_root};
 use serde_json::{Value, json};
 
 const NS: &str = "logstream-system";
@@ -115,21 +115,6 @@ const ROLE_SELF_MANAGED: &[&str] = &[
     "/secrets:delete@logstream-webhook-tls",
 ];
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("LOGSTREAM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/logstream")
-        })
-}
-
 fn helm_bin() -> PathBuf {
     let cached = cache_dir().join("tools/bin/helm");
     if cached.is_file() {
@@ -151,7 +136,7 @@ fn helm_bin() -> PathBuf {
 fn helm(args: &[&str]) -> String {
     let out = Command::new(helm_bin())
         .args(args)
-        .current_dir(repo())
+        .current_dir(repo_root())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -250,11 +235,12 @@ fn set_of(lists: &[&[&str]]) -> BTreeSet<String> {
 
 #[test]
 fn chart_crd_is_the_generated_crd() {
-    let chart =
-        std::fs::read_to_string(repo().join("charts/logstream/crds/logstream.dev_logstreams.yaml"))
-            .expect("charts/logstream/crds/logstream.dev_logstreams.yaml");
+    let chart = std::fs::read_to_string(
+        repo_root().join("charts/logstream/crds/logstream.dev_logstreams.yaml"),
+    )
+    .expect("charts/logstream/crds/logstream.dev_logstreams.yaml");
     let generated =
-        std::fs::read_to_string(repo().join("crds/logstream.dev_logstreams.yaml")).unwrap();
+        std::fs::read_to_string(repo_root().join("crds/logstream.dev_logstreams.yaml")).unwrap();
     assert!(
         chart == generated,
         "charts/logstream/crds/ drifted from crds/: cp crds/logstream.dev_logstreams.yaml charts/logstream/crds/"
@@ -286,7 +272,7 @@ fn helm_lint_is_clean() {
             "--set",
             "webhook.tls.mode=vault",
         ])
-        .current_dir(repo())
+        .current_dir(repo_root())
         .output()
         .unwrap();
     assert!(!bad.status.success());
@@ -742,7 +728,7 @@ fn operator_bin() -> &'static Path {
                 "-p",
                 "logstream-operator",
             ])
-            .current_dir(repo())
+            .current_dir(repo_root())
             .env("CARGO_TARGET_DIR", &target_dir)
             // As the Dockerfiles set it.
             .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
@@ -860,7 +846,7 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
         "-n",
         "shop",
         "-f",
-        &repo().join("examples/demo-app.yaml").to_string_lossy(),
+        &repo_root().join("examples/demo-app.yaml").to_string_lossy(),
     ])
     .stdout_if_success();
     let client = cp.client().await;
@@ -915,7 +901,9 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
         "-n",
         "shop",
         "-f",
-        &repo().join("examples/logstream.yaml").to_string_lossy(),
+        &repo_root()
+            .join("examples/logstream.yaml")
+            .to_string_lossy(),
     ])
     .stdout_if_success();
     let services: Api<Service> = Api::namespaced(client.clone(), "shop");

@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write as _};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -25,26 +24,12 @@ use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use logstream_tests::node::Node;
+use logstream_tests::{cache_dir, repo_root};
 use serde_json::Value;
 
 const OPERATOR_NS: &str = "logstream-system";
 const DEMO_NS: &str = "demo";
 const CONVERGE: Duration = Duration::from_secs(120);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("LOGSTREAM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/logstream")
-        })
-}
 
 /// The node and the shared set-ups, each done once.
 struct Ctx {
@@ -147,7 +132,7 @@ fn tail(s: &str, n: usize) -> String {
 /// `python3 tests/e2e/checks.py ARGS...` with `stdin`: Ok(stdout) or Err(reason).
 fn checks(args: &[&str], stdin: &str) -> Result<String, String> {
     let mut child = Command::new("python3")
-        .arg(repo().join("tests/e2e/checks.py"))
+        .arg(repo_root().join("tests/e2e/checks.py"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -472,7 +457,7 @@ fn port_forward_to_a_pod_streams_to_curl_websocat_and_chromium(ctx: &Ctx) -> Res
     // written after READY arrives live.
     let live = unique("after-page");
     let mut cmd = Command::new("node");
-    cmd.arg(repo().join("tests/browser/page.mjs"))
+    cmd.arg(repo_root().join("tests/browser/page.mjs"))
         .arg(format!("{url}/"))
         .args(["--history", &history, "--live", &live]);
     let page = Lines::spawn(cmd, "page.mjs in Chromium");
