@@ -46,6 +46,7 @@ pub struct Metrics {
     pub partial_flushes: Counter,
     pub rotations: Family<ReasonLabel, Counter>,
     pub files_refused: Family<ReasonLabel, Counter>,
+    pub files_not_tailed: Family<ReasonLabel, Gauge>,
     pub files_tracked: Gauge,
     pub inotify_overflows: Counter,
     pub records_sent: Family<TransportLabel, Counter>,
@@ -80,6 +81,7 @@ impl Metrics {
             partial_flushes: Counter::default(),
             rotations: Family::default(),
             files_refused: Family::default(),
+            files_not_tailed: Family::default(),
             files_tracked: Gauge::default(),
             inotify_overflows: Counter::default(),
             records_sent: Family::default(),
@@ -148,6 +150,11 @@ impl Metrics {
             "files_refused",
             "Paths refused, by reason",
             m.files_refused.clone(),
+        );
+        registry.register(
+            "files_not_tailed",
+            "Matching paths not tailed after the last scan (unreadable, not regular, symlink), by reason",
+            m.files_not_tailed.clone(),
         );
         registry.register(
             "files_tracked",

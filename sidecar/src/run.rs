@@ -50,6 +50,7 @@ pub async fn run_streamer(
     let hub = Hub::new(opts.history, incarnation);
     let metrics = Arc::new(Metrics::new());
     let tailer = Tailer::new(opts.tail, hub.clone(), metrics.clone())?;
+    let files = tailer.file_report();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -73,6 +74,7 @@ pub async fn run_streamer(
         opts.server,
         ready_rx,
         drain_rx.clone(),
+        Some(files),
     );
     let (server, _local) = start_server(state.clone(), opts.listen, drain_rx).await?;
     shutdown.await;

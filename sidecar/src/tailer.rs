@@ -13,7 +13,7 @@
 //! without following symlinks; symlinks are refused, so nothing outside the
 //! directory is ever opened.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -87,6 +87,31 @@ impl TailConfig {
     }
 }
 
+/// A path under the log directory that matches but is not tailed, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NotTailed {
+    /// Relative to the log directory.
+    pub path: String,
+    /// `open_failed`, `unreadable_dir`, `not_regular`, `symlink`, `non_utf8_name`.
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// What the tailer reads and what it cannot, after its last scan: served on
+/// `/readyz?verbose` and read by the operator for the LogStream's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FileReport {
+    /// Files being read.
+    pub tailed: usize,
+    /// At most [`REPORT_LISTED`] entries, sorted by path.
+    pub not_tailed: Vec<NotTailed>,
+    /// All paths not tailed (may exceed the list).
+    pub not_tailed_total: usize,
+}
+
+/// Entries listed in a [`FileReport`]; the rest is counted.
+pub const REPORT_LISTED: usize = 50;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FileId {
     dev: u64,
@@ -103,6 +128,54 @@ struct Tracked {
     last_growth: Instant,
     /// Order of discovery: older files of a source are read first.
     generation: u64,
+}
+
+/// Why the streamer may not read `meta`'s file: its owner and mode against
+/// the streamer's own ids (`/proc/self/status`), and the setting that helps.
+fn permission_hint(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let ids = std::fs::read_to_string("/proc/self/status")
+        .map(|s| ProcessIds::parse(&s))
+        .unwrap_or_default();
+    format!(
+        "owner {}:{} mode {:04o}; the streamer runs as uid {} gid {} groups {:?} (set the LogStream's sidecar.runAsGroup to the file's group, or have the app write group-readable files)",
+        meta.uid(),
+        meta.gid(),
+        meta.permissions().mode() & 0o7777,
+        ids.uid,
+        ids.gid,
+        ids.groups
+    )
+}
+
+/// Effective ids of a process, from the text of `/proc/<pid>/status`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ProcessIds {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+impl ProcessIds {
+    fn parse(status: &str) -> ProcessIds {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|rest| {
+                    rest.split_whitespace()
+                        .filter_map(|v| v.parse::<u32>().ok())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        // `Uid:` and `Gid:` list real, effective, saved and filesystem ids.
+        ProcessIds {
+            uid: field("Uid:").get(1).copied().unwrap_or_default(),
+            gid: field("Gid:").get(1).copied().unwrap_or_default(),
+            groups: field("Groups:"),
+        }
+    }
 }
 
 /// Upper bound on remembered offsets of released files.
@@ -122,7 +195,11 @@ pub struct Tailer {
     known: HashMap<FileId, u64>,
     known_order: VecDeque<FileId>,
     sources: HashMap<String, Arc<SourceInfo>>,
-    refused: HashMap<PathBuf, &'static str>,
+    /// Paths refused during the current scan, and during the one before
+    /// (a refusal is logged and counted once, when it starts).
+    refused: BTreeMap<PathBuf, (&'static str, String)>,
+    refused_before: BTreeMap<PathBuf, (&'static str, String)>,
+    report: watch::Sender<FileReport>,
     dirs: Vec<PathBuf>,
     scanned_once: bool,
     generation: u64,
@@ -173,7 +250,9 @@ impl Tailer {
             known: HashMap::new(),
             known_order: VecDeque::new(),
             sources: HashMap::new(),
-            refused: HashMap::new(),
+            refused: BTreeMap::new(),
+            refused_before: BTreeMap::new(),
+            report: watch::channel(FileReport::default()).0,
             dirs: Vec::new(),
             scanned_once: false,
             generation: 0,
@@ -187,8 +266,14 @@ impl Tailer {
         self.files.len()
     }
 
+    /// The report after each scan.
+    pub fn file_report(&self) -> watch::Receiver<FileReport> {
+        self.report.subscribe()
+    }
+
     /// Finds files, notices rotations, reads everything new and publishes it.
     pub fn scan(&mut self) {
+        self.refused_before = std::mem::take(&mut self.refused);
         let found = self.walk();
         let mut seen = Vec::with_capacity(found.len());
         for (path, rel) in found {
@@ -208,6 +293,48 @@ impl Tailer {
         }
         self.scanned_once = true;
         self.read_all(true);
+        self.publish_report();
+    }
+
+    /// Refusals that ended are forgotten (file gone, or readable now); the
+    /// gauge and the report show the current ones.
+    fn publish_report(&mut self) {
+        let mut by_reason: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for (reason, _) in self.refused_before.values() {
+            by_reason.insert(reason, 0);
+        }
+        for (reason, _) in self.refused.values() {
+            *by_reason.entry(reason).or_default() += 1;
+        }
+        for (reason, n) in by_reason {
+            self.metrics
+                .files_not_tailed
+                .get_or_create(&ReasonLabel { reason })
+                .set(n);
+        }
+        let report = FileReport {
+            tailed: self.files.len(),
+            not_tailed: self
+                .refused
+                .iter()
+                .take(REPORT_LISTED)
+                .map(|(path, (reason, detail))| NotTailed {
+                    path: match path.strip_prefix(&self.root) {
+                        Ok(rel) if rel.as_os_str().is_empty() => ".".into(),
+                        Ok(rel) => rel.to_string_lossy().into_owned(),
+                        Err(_) => path.to_string_lossy().into_owned(),
+                    },
+                    reason,
+                    detail: detail.clone(),
+                })
+                .collect(),
+            not_tailed_total: self.refused.len(),
+        };
+        self.report.send_if_modified(|r| {
+            let changed = *r != report;
+            *r = report;
+            changed
+        });
     }
 
     /// Reads every tracked file to EOF and publishes; `stat` also checks for
@@ -412,7 +539,13 @@ impl Tailer {
         {
             Ok(f) => f,
             Err(e) => {
-                self.refuse(path, "open_failed", &e.to_string());
+                let detail = match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => {
+                        format!("{e}; {}", permission_hint(&meta))
+                    }
+                    _ => e.to_string(),
+                };
+                self.refuse(path, "open_failed", &detail);
                 return None;
             }
         };
@@ -460,7 +593,9 @@ impl Tailer {
     }
 
     fn refuse(&mut self, path: &Path, reason: &'static str, detail: &str) {
-        if self.refused.insert(path.to_path_buf(), reason).is_none() {
+        self.refused
+            .insert(path.to_path_buf(), (reason, detail.to_string()));
+        if !self.refused_before.contains_key(path) {
             self.metrics
                 .files_refused
                 .get_or_create(&ReasonLabel { reason })
@@ -476,8 +611,19 @@ impl Tailer {
         self.dirs.clear();
         while let Some((dir, depth)) = dirs.pop() {
             self.dirs.push(dir.clone());
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                continue;
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    // Files below it may match: say so instead of skipping silently.
+                    let detail = match std::fs::symlink_metadata(&dir) {
+                        Ok(m) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                            format!("{e}; {}", permission_hint(&m))
+                        }
+                        _ => e.to_string(),
+                    };
+                    self.refuse(&dir, "unreadable_dir", &detail);
+                    continue;
+                }
             };
             for ent in rd.flatten() {
                 let Ok(ft) = ent.file_type() else { continue };
@@ -631,5 +777,24 @@ fn start_of_line_after(file: &File, from: u64) -> u64 {
                 pos += n as u64;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_ids_are_the_effective_ones() {
+        let status = "Name:\tlogstream\nUid:\t0\t65532\t65532\t65532\nGid:\t0\t3000\t3000\t3000\nGroups:\t3000 4000 \n";
+        assert_eq!(
+            ProcessIds::parse(status),
+            ProcessIds {
+                uid: 65532,
+                gid: 3000,
+                groups: vec![3000, 4000]
+            }
+        );
+        assert_eq!(ProcessIds::parse("Groups:\n"), ProcessIds::default());
     }
 }

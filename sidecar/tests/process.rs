@@ -915,3 +915,44 @@ fn readyz_is_unavailable_while_draining() {
     drop(c);
     assert!(s.wait_exit().success());
 }
+
+#[test]
+fn readyz_reports_paths_not_tailed_to_token_holders_and_forgets_them_when_gone() {
+    let s = Server::start(&["--token", "s3cret", "--no-loopback-exemption"]);
+    s.append("app.log", "hello\n");
+    std::os::unix::fs::symlink("/etc/passwd", s.dir.join("evil.log")).unwrap();
+    let series = r#"logstream_files_not_tailed{reason="symlink"}"#;
+    s.wait_metric_eq(series, 1.0);
+    // The probe stays a bare word; the detail names files and takes the token.
+    assert_eq!(
+        http_get(&s.addr, "/readyz"),
+        Some((200, "ready\n".to_string()))
+    );
+    let (code, _) = http_get(&s.addr, "/readyz?verbose").unwrap();
+    assert_eq!(code, 401);
+    let (code, text) = http_get(&s.addr, "/readyz?verbose&access_token=s3cret").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        text.contains("[+]tailer: 1 files tailed\n")
+            && text.contains("[-]files: 1 matching paths not tailed\n")
+            && text.contains("    evil.log: symlink: symlinks are not followed\n")
+            && text.ends_with("ready\n"),
+        "{text}"
+    );
+    let (code, json) = http_get(&s.addr, "/readyz?format=json&access_token=s3cret").unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["files"]["tailed"], 1);
+    assert_eq!(v["files"]["not_tailed_total"], 1);
+    assert_eq!(v["files"]["not_tailed"][0]["path"], "evil.log");
+    assert_eq!(v["files"]["not_tailed"][0]["reason"], "symlink");
+    // Gone from the folder, gone from the report and the gauge.
+    std::fs::remove_file(s.dir.join("evil.log")).unwrap();
+    s.wait_metric_eq(series, 0.0);
+    let (_, text) = http_get(&s.addr, "/readyz?verbose&access_token=s3cret").unwrap();
+    assert!(
+        text.contains("[+]files: every matching path is tailed\n"),
+        "{text}"
+    );
+}

@@ -102,7 +102,14 @@ pub async fn run_aggregator(
     let mut server_cfg = opts.server;
     server_cfg.role = "aggregator".into();
     server_cfg.reconnect_on_drain = true;
-    let state = AppState::new(hub.clone(), metrics.clone(), server_cfg, ready_rx, drain_rx);
+    let state = AppState::new(
+        hub.clone(),
+        metrics.clone(),
+        server_cfg,
+        ready_rx,
+        drain_rx,
+        None,
+    );
     let (server, _local) = start_server(state.clone(), opts.listen, stop_rx).await?;
 
     shutdown.await;

@@ -109,6 +109,8 @@ pub struct AppState {
     connections: AtomicUsize,
     /// Tailer has done its first scan.
     pub ready: watch::Receiver<bool>,
+    /// What the tailer reads and cannot read (empty on an aggregator).
+    pub files: watch::Receiver<crate::tailer::FileReport>,
     /// SIGTERM received.
     pub draining: watch::Receiver<bool>,
     /// Streaming sessions, awaited on shutdown.
@@ -125,6 +127,7 @@ impl AppState {
         cfg: ServerConfig,
         ready: watch::Receiver<bool>,
         draining: watch::Receiver<bool>,
+        files: Option<watch::Receiver<crate::tailer::FileReport>>,
     ) -> Arc<AppState> {
         Arc::new(AppState {
             hub,
@@ -132,6 +135,7 @@ impl AppState {
             cfg,
             connections: AtomicUsize::new(0),
             ready,
+            files: files.unwrap_or_else(|| watch::channel(Default::default()).1),
             draining,
             sessions: TaskTracker::new(),
             ping_epoch: std::sync::atomic::AtomicU64::new(0),
@@ -145,7 +149,7 @@ impl AppState {
         // The senders are dropped: the flags keep their last values.
         let (_, ready) = watch::channel(true);
         let (_, draining) = watch::channel(false);
-        AppState::new(hub, Arc::new(Metrics::new()), cfg, ready, draining)
+        AppState::new(hub, Arc::new(Metrics::new()), cfg, ready, draining, None)
     }
 
     pub fn connections(&self) -> usize {
@@ -444,14 +448,69 @@ async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
 }
 
-async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    if *st.draining.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+/// Readiness for probes (status code and one word), and with `?verbose`
+/// (text) or `?format=json` the files report: which matching paths are not
+/// tailed and why. The report names files, so it takes a token like the
+/// streams do; the bare probe does not.
+async fn readyz(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let (code, word) = if *st.draining.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if !*st.ready.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
     } else {
-        "ready\n".into_response()
+        (StatusCode::OK, "ready")
+    };
+    let pairs = url_pairs(raw.as_deref().unwrap_or(""));
+    let json = pairs.iter().any(|(k, v)| k == "format" && v == "json");
+    let verbose = pairs.iter().any(|(k, _)| k == "verbose");
+    if !json && !verbose {
+        return (code, format!("{word}\n")).into_response();
     }
+    let token = pairs
+        .iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.as_str());
+    if let Err(refused) = st.check_token(&headers, Some(peer), token).await {
+        return refused;
+    }
+    let report = st.files.borrow().clone();
+    if json {
+        let body = serde_json::json!({"status": word, "files": report});
+        return (code, axum::Json(body)).into_response();
+    }
+    (code, render_readiness(word, &report)).into_response()
+}
+
+/// `/readyz?verbose`: one line per check, then the paths not tailed.
+fn render_readiness(word: &str, report: &crate::tailer::FileReport) -> String {
+    use std::fmt::Write;
+    let mut out = format!("[+]tailer: {} files tailed\n", report.tailed);
+    if report.not_tailed_total == 0 {
+        out.push_str("[+]files: every matching path is tailed\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "[-]files: {} matching paths not tailed",
+            report.not_tailed_total
+        );
+        for n in &report.not_tailed {
+            let _ = writeln!(out, "    {}: {}: {}", n.path, n.reason, n.detail);
+        }
+        if report.not_tailed.len() < report.not_tailed_total {
+            let _ = writeln!(
+                out,
+                "    … and {} more",
+                report.not_tailed_total - report.not_tailed.len()
+            );
+        }
+    }
+    let _ = writeln!(out, "{word}");
+    out
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
