@@ -29,12 +29,15 @@ use serde::de::DeserializeOwned;
 use crate::build::{self, AGGREGATOR, BuildConfig, MANAGED_BY};
 use crate::crd::{LogStream, LogStreamStatus};
 use crate::metrics::{ErrorLabel, Metrics};
-use crate::mutate::{PULL_SECRET, selects};
+use crate::mutate::{self, PULL_SECRET, selects};
+use crate::probe;
 use crate::restart::{self, Workload, WorkloadKind};
 use crate::webhook::NAMESPACE_LABEL;
 
 pub const FINALIZER: &str = "logstream.dev/cleanup";
 const PENDING_LISTED: usize = 20;
+/// Pods named, with their reason, in the Injected condition.
+const BLOCKED_LISTED: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -239,7 +242,7 @@ async fn apply_aggregator(
     ns: &str,
     streams: &[LogStream],
     cfg: &BuildConfig,
-) -> Result<(), Error> {
+) -> Result<String, Error> {
     // Keep the namespace's pull token once made: sidecars already hold it.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let existing = secrets.get_opt(PULL_SECRET).await?;
@@ -258,7 +261,7 @@ async fn apply_aggregator(
     apply(client, ns, &objs.role_binding).await?;
     apply(client, ns, &objs.deployment).await?;
     apply(client, ns, &objs.service).await?;
-    Ok(())
+    Ok(token)
 }
 
 /// 32 random bytes from the OS, hex.
@@ -304,7 +307,7 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let streams = live_streams(client, &ns).await?;
-    apply_aggregator(client, &ns, &streams, &ctx.build).await?;
+    let pull_token = apply_aggregator(client, &ns, &streams, &ctx.build).await?;
 
     // Which selected pods run without the sidecar?
     let pods = Api::<Pod>::namespaced(client.clone(), &ns)
@@ -318,8 +321,22 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         pending,
     } = restart::census(ls, &pods);
     ctx.metrics.pods_pending_restart.set(pending.len() as i64);
-    if ls.spec.restart_pods && !pending.is_empty() {
-        for owner in &restart_owners(client, &ns, ls, &streams, &pending).await? {
+    // Pods the webhook admitted without the sidecar because it cannot be
+    // added (a missing container, a taken volume name): a restart would not
+    // help, the reason goes into the status.
+    let blocked: Vec<(String, String)> = pending
+        .iter()
+        .filter_map(|p| {
+            mutate::injection_problem(p, &streams).map(|e| (p.name_any(), e.to_string()))
+        })
+        .collect();
+    let restartable: Vec<&Pod> = pending
+        .iter()
+        .copied()
+        .filter(|p| !blocked.iter().any(|(name, _)| *name == p.name_any()))
+        .collect();
+    if ls.spec.restart_pods && !restartable.is_empty() {
+        for owner in &restart_owners(client, &ns, ls, &streams, &restartable).await? {
             publish(
                 ctx,
                 ls,
@@ -330,8 +347,30 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
             .await;
         }
     }
+    // What the running sidecars cannot read (their /readyz report).
+    let answers = probe::ask_all(&probe::probeable(&injected), &pull_token).await;
+    let files = probe::files_condition(&answers);
     let old = ls.status.clone().unwrap_or_default();
-    let status = status(ls, &old, selected.len(), injected.len(), &pending);
+    let status = status(
+        ls,
+        &old,
+        selected.len(),
+        injected.len(),
+        &pending,
+        &blocked,
+        files,
+    );
+    let files_message = |s: &LogStreamStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "FilesReadable" && c.status == "False")
+            .map(|c| c.message.clone())
+    };
+    if let Some(msg) = files_message(&status)
+        && files_message(&old).as_ref() != Some(&msg)
+    {
+        publish(ctx, ls, EventType::Warning, "PathsNotTailed", msg).await;
+    }
     if old.injected_pods != status.injected_pods
         || old.pending_restart_pods != status.pending_restart_pods
     {
@@ -362,7 +401,10 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
             )
             .await?;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // Sidecars' reports change without an event the controller sees: ask
+    // again soon while any runs.
+    let every = if injected.is_empty() { 300 } else { 60 };
+    Ok(Action::requeue(Duration::from_secs(every)))
 }
 
 async fn publish(ctx: &Context, ls: &LogStream, type_: EventType, reason: &str, note: String) {
@@ -475,10 +517,11 @@ pub fn status(
     selected: usize,
     injected: usize,
     pending: &[&Pod],
+    blocked: &[(String, String)],
+    files: Option<(bool, &str, String)>,
 ) -> LogStreamStatus {
     let gen_ = ls.metadata.generation;
-    let cond = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
+    let cond_s = |type_: &str, status: &str, reason: &str, message: String| {
         // Keep the transition time while the status does not change.
         let last = old
             .conditions
@@ -495,6 +538,9 @@ pub fn status(
             last_transition_time: last,
         }
     };
+    let cond = |type_: &str, ok: bool, reason: &str, message: String| {
+        cond_s(type_, if ok { "True" } else { "False" }, reason, message)
+    };
     let pending_n = pending.len();
     let injected_cond = if selected == 0 {
         cond(
@@ -503,6 +549,27 @@ pub fn status(
             "NoPodsSelected",
             "no pod matches the selector yet".into(),
         )
+    } else if !blocked.is_empty() {
+        let listed: Vec<String> = blocked
+            .iter()
+            .take(BLOCKED_LISTED)
+            .map(|(pod, why)| format!("{pod}: {why}"))
+            .collect();
+        let mut message = format!(
+            "{} of {selected} selected pods cannot get the sidecar: {}",
+            blocked.len(),
+            listed.join("; ")
+        );
+        if blocked.len() > BLOCKED_LISTED {
+            message.push_str(&format!("; … and {} more", blocked.len() - BLOCKED_LISTED));
+        }
+        if pending_n > blocked.len() {
+            message.push_str(&format!(
+                "; {} more run without it until restarted",
+                pending_n - blocked.len()
+            ));
+        }
+        cond("Injected", false, "CannotInject", message)
     } else if pending_n == 0 {
         cond(
             "Injected",
@@ -525,7 +592,39 @@ pub fn status(
             ),
         )
     };
-    let degraded = pending_n > 0 && !ls.spec.restart_pods;
+    let files_cond = match &files {
+        Some((ok, reason, message)) => cond("FilesReadable", *ok, reason, message.clone()),
+        None => cond_s(
+            "FilesReadable",
+            "Unknown",
+            "NoSidecarRunning",
+            "no injected pod is running yet".into(),
+        ),
+    };
+    let unread = files
+        .as_ref()
+        .is_some_and(|(ok, reason, _)| !ok && *reason == "PathsNotTailed");
+    let degraded_reason = if !blocked.is_empty() {
+        Some((
+            "CannotInject",
+            format!(
+                "{} selected pods cannot get the sidecar: see Injected",
+                blocked.len()
+            ),
+        ))
+    } else if pending_n > 0 && !ls.spec.restart_pods {
+        Some((
+            "PodsWithoutSidecar",
+            format!("{pending_n} selected pods cannot be streamed until restarted"),
+        ))
+    } else if unread {
+        Some((
+            "PathsNotTailed",
+            "some matching log files cannot be read by the sidecar: see FilesReadable".into(),
+        ))
+    } else {
+        None
+    };
     LogStreamStatus {
         observed_generation: gen_,
         conditions: vec![
@@ -536,20 +635,11 @@ pub fn status(
                 format!("Service, Ingress and {AGGREGATOR} applied"),
             ),
             injected_cond,
-            cond(
-                "Degraded",
-                degraded,
-                if degraded {
-                    "PodsWithoutSidecar"
-                } else {
-                    "AsExpected"
-                },
-                if degraded {
-                    format!("{pending_n} selected pods cannot be streamed until restarted")
-                } else {
-                    String::new()
-                },
-            ),
+            files_cond,
+            match degraded_reason {
+                Some((reason, message)) => cond("Degraded", true, reason, message),
+                None => cond("Degraded", false, "AsExpected", String::new()),
+            },
         ],
         selected_pods: selected as i32,
         injected_pods: injected as i32,
@@ -616,7 +706,7 @@ mod tests {
         .unwrap();
         let pod: Pod =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "web-old"}})).unwrap();
-        let s1 = status(&ls, &LogStreamStatus::default(), 3, 2, &[&pod]);
+        let s1 = status(&ls, &LogStreamStatus::default(), 3, 2, &[&pod], &[], None);
         assert_eq!(
             (s1.selected_pods, s1.injected_pods, s1.pending_restart_pods),
             (3, 2, 1)
@@ -629,13 +719,13 @@ mod tests {
         assert_eq!(by(&s1, "Injected").status, "False");
         assert_eq!(by(&s1, "Injected").reason, "PodsPendingRestart");
         assert_eq!(by(&s1, "Degraded").status, "True");
-        let s2 = status(&ls, &s1, 3, 2, &[&pod]);
+        let s2 = status(&ls, &s1, 3, 2, &[&pod], &[], None);
         assert_eq!(
             by(&s2, "Injected").last_transition_time,
             by(&s1, "Injected").last_transition_time
         );
         ls.spec.restart_pods = true;
-        let s3 = status(&ls, &s2, 3, 3, &[]);
+        let s3 = status(&ls, &s2, 3, 3, &[], &[], None);
         assert_eq!(by(&s3, "Injected").reason, "AllInjected");
         assert_eq!(by(&s3, "Degraded").status, "False");
         assert!(
@@ -643,5 +733,61 @@ mod tests {
                 .iter()
                 .any(|u| u.contains("logstream-aggregator.shop.svc"))
         );
+    }
+
+    #[test]
+    fn status_names_pods_that_cannot_get_the_sidecar_and_unread_files() {
+        let ls: LogStream = serde_json::from_value(serde_json::json!({
+            "apiVersion": "logstream.dev/v1alpha1", "kind": "LogStream",
+            "metadata": {"name": "web", "namespace": "shop", "generation": 1},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "restartPods": true}
+        }))
+        .unwrap();
+        let pod = |n: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": n}})).unwrap()
+        };
+        let (a, b) = (pod("web-a"), pod("web-b"));
+        let blocked = vec![(
+            "web-a".to_string(),
+            "container \"nope\" not found".to_string(),
+        )];
+        let files = Some((
+            false,
+            "PathsNotTailed",
+            "1 matching paths not tailed: web-c: x.log: symlink: no".to_string(),
+        ));
+        let s = status(
+            &ls,
+            &LogStreamStatus::default(),
+            3,
+            1,
+            &[&a, &b],
+            &blocked,
+            files,
+        );
+        let by = |t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+        assert_eq!(by("Injected").reason, "CannotInject");
+        assert_eq!(
+            by("Injected").message,
+            "1 of 3 selected pods cannot get the sidecar: web-a: container \"nope\" not found; 1 more run without it until restarted"
+        );
+        assert_eq!(
+            (
+                by("Degraded").status.as_str(),
+                by("Degraded").reason.as_str()
+            ),
+            ("True", "CannotInject")
+        );
+        assert_eq!(by("FilesReadable").status, "False");
+        let s = status(&ls, &s, 3, 3, &[], &[], None);
+        let by = |t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+        assert_eq!(
+            (
+                by("FilesReadable").status.as_str(),
+                by("FilesReadable").reason.as_str()
+            ),
+            ("Unknown", "NoSidecarRunning")
+        );
+        assert_eq!(by("Degraded").status, "False");
     }
 }

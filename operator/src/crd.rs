@@ -315,7 +315,8 @@ impl Default for AggregatorSpec {
 pub struct LogStreamStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Injected`, `Degraded`.
+    /// `Ready`, `Injected`, `FilesReadable` (what running sidecars cannot
+    /// read, from their `/readyz` report), `Degraded`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default)]

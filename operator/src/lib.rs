@@ -15,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod mutate;
 pub mod owner;
+pub mod probe;
 pub mod restart;
 pub mod run;
 pub mod tls;

@@ -63,13 +63,67 @@ pub enum MutateError {
     )]
     NameTaken { stream: String },
     #[error(
-        "LogStream {stream}: container {container:?} mounts {mount_path} with a subPath; the sidecar needs the whole volume"
+        "LogStream {stream}: container {container:?} mounts {mount_path} with a subPathExpr, which the sidecar cannot expand the same way"
     )]
     SubPath {
         stream: String,
         container: String,
         mount_path: String,
     },
+}
+
+/// The app's volume holding `mount_path` and the sub-path the sidecar mounts
+/// of it: the mount at exactly that path, else the deepest mount of a
+/// parent folder (the logs are a sub-folder of that volume). `None`: no
+/// mount holds it; `Err`: it is under a `subPathExpr`, whose variables are
+/// the app container's.
+#[allow(clippy::type_complexity)]
+pub fn log_mount(
+    mounts: &[VolumeMount],
+    mount_path: &str,
+) -> Option<Result<(String, Option<String>), ()>> {
+    let below = |m: &VolumeMount| -> Option<String> {
+        let at = m.mount_path.trim_end_matches('/');
+        if at == mount_path {
+            return Some(String::new());
+        }
+        let rel = mount_path.strip_prefix(at)?.strip_prefix('/')?;
+        Some(rel.to_string())
+    };
+    let (m, rel) = mounts
+        .iter()
+        .filter_map(|m| below(m).map(|rel| (m, rel)))
+        .min_by_key(|(_, rel)| rel.len())?;
+    if m.sub_path_expr.as_deref().is_some_and(|e| !e.is_empty()) {
+        return Some(Err(()));
+    }
+    let sub = [m.sub_path.as_deref().unwrap_or(""), rel.as_str()]
+        .iter()
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("/");
+    Some(Ok((m.name.clone(), (!sub.is_empty()).then_some(sub))))
+}
+
+/// Why the sidecar cannot be added to this pod as it is (what the webhook
+/// would answer now), `None` when it could be or nothing selects it.
+pub fn injection_problem(pod: &Pod, streams: &[LogStream]) -> Option<MutateError> {
+    let cfg = InjectConfig {
+        image: String::new(),
+        native_sidecars: true,
+    };
+    mutate(pod, streams, &cfg).err()
+}
+
+/// The sidecar's drain budget: the pod's `terminationGracePeriodSeconds`
+/// (default 30) less one second. The kubelet stops a native sidecar only
+/// after the app has exited, with what is left of that period (at least
+/// 2 s), so the sidecar never needs more; a fixed shorter budget would cut
+/// a drain the kubelet would have allowed.
+pub fn drain_budget(spec: &k8s_openapi::api::core::v1::PodSpec) -> String {
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+    format!("{}s", (grace - 1).max(1))
 }
 
 /// True when `ls` selects pods with these labels. An empty or invalid
@@ -168,23 +222,20 @@ pub fn mutate(
     );
     let app = &mut spec.containers[app_idx];
     let app_name = app.name.clone();
-    // Reuse the volume the app already mounts there, else add an emptyDir.
-    let existing = app
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.mount_path.trim_end_matches('/') == mount_path)
-        .cloned();
-    let volume = match existing {
-        Some(m) => {
-            if m.sub_path.is_some() || m.sub_path_expr.is_some() {
-                return Err(MutateError::SubPath {
-                    stream,
-                    container: app_name,
-                    mount_path,
-                });
-            }
-            m.name
+    // Reuse the volume the app already mounts there (or at a parent
+    // folder: a new emptyDir would shadow it), else add an emptyDir.
+    let existing = log_mount(
+        app.volume_mounts.as_deref().unwrap_or_default(),
+        &mount_path,
+    );
+    let (volume, sub_path) = match existing {
+        Some(Ok(found)) => found,
+        Some(Err(())) => {
+            return Err(MutateError::SubPath {
+                stream,
+                container: app_name,
+                mount_path,
+            });
         }
         None => {
             if spec.volumes.iter().flatten().any(|v| v.name == LOG_VOLUME) {
@@ -203,12 +254,13 @@ pub fn mutate(
                     mount_path: mount_path.clone(),
                     ..VolumeMount::default()
                 });
-            LOG_VOLUME.to_string()
+            (LOG_VOLUME.to_string(), None)
         }
     };
     let mut mounts = vec![VolumeMount {
         name: volume,
         mount_path: mount_path.clone(),
+        sub_path,
         read_only: Some(true),
         ..VolumeMount::default()
     }];
@@ -231,6 +283,7 @@ pub fn mutate(
         value_env("LOGSTREAM_BUFFER_LINES", &ls.spec.buffer.lines.to_string()),
         value_env("LOGSTREAM_BUFFER_BYTES", &ls.spec.buffer.bytes.to_string()),
         value_env("LOGSTREAM_LOG_FORMAT", "json"),
+        value_env("LOGSTREAM_GRACE", &drain_budget(spec)),
     ];
     if let Some(k) = &ls.spec.parse.level_field {
         env.push(value_env("LOGSTREAM_LEVEL_KEY", k));
@@ -657,13 +710,93 @@ mod tests {
 
         let p = pod(serde_json::json!({
             "metadata": {"name": "web-1", "labels": {"app": "web"}},
-            "spec": {"containers": [{"name": "app", "volumeMounts": [{"name": "d", "mountPath": "/var/log/app", "subPath": "x"}]}],
+            "spec": {"containers": [{"name": "app", "volumeMounts": [{"name": "d", "mountPath": "/var/log/app", "subPathExpr": "$(POD_NAME)"}]}],
                      "volumes": [{"name": "d", "emptyDir": {}}]}
         }));
         assert!(matches!(
             mutate(&p, &[web()], &cfg()),
             Err(MutateError::SubPath { .. })
         ));
+    }
+
+    /// The sidecar mounts what holds the logs: the app's volume at that
+    /// path (with its subPath), or the sub-folder of a volume mounted at a
+    /// parent folder, never a new emptyDir that would shadow it.
+    #[test]
+    fn logs_under_an_existing_volume_are_read_from_it() {
+        let m = |name: &str, at: &str, sub: Option<&str>| VolumeMount {
+            name: name.into(),
+            mount_path: at.into(),
+            sub_path: sub.map(Into::into),
+            ..VolumeMount::default()
+        };
+        let found = |mounts: &[VolumeMount]| log_mount(mounts, "/var/log/app");
+        assert_eq!(found(&[]), None);
+        assert_eq!(found(&[m("d", "/var/log/application", None)]), None);
+        assert_eq!(
+            found(&[m("d", "/var/log/app/", None)]),
+            Some(Ok(("d".into(), None)))
+        );
+        assert_eq!(
+            found(&[m("d", "/var/log/app", Some("x"))]),
+            Some(Ok(("d".into(), Some("x".into()))))
+        );
+        assert_eq!(
+            found(&[
+                m("root", "/", None),
+                m("var", "/var/log", Some("logs/")),
+                m("o", "/opt", None)
+            ]),
+            Some(Ok(("var".into(), Some("logs/app".into()))))
+        );
+        assert_eq!(
+            found(&[m("root", "/", None)]),
+            Some(Ok(("root".into(), Some("var/log/app".into()))))
+        );
+
+        // End to end: the app mounts its volume at /var/log.
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "volumeMounts": [{"name": "data", "mountPath": "/var/log"}]}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "logs"}}]}
+        }));
+        let out = mutate(&p, &[web()], &cfg()).unwrap().unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.volumes.as_ref().unwrap().len(),
+            2,
+            "only the pull token's volume is added, no emptyDir"
+        );
+        assert_eq!(spec.containers[0].volume_mounts.as_ref().unwrap().len(), 1);
+        let mount = &sidecar(&out).volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.sub_path.as_deref()
+            ),
+            ("data", "/var/log/app", Some("app"))
+        );
+    }
+
+    #[test]
+    fn the_drain_budget_is_the_pods_grace_period() {
+        let env = |p: &Pod| {
+            let out = mutate(p, &[web()], &cfg()).unwrap().unwrap();
+            sidecar(&out)
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "LOGSTREAM_GRACE")
+                .and_then(|e| e.value.clone())
+                .unwrap()
+        };
+        assert_eq!(env(&web_pod()), "29s");
+        let mut long = web_pod();
+        long.spec.as_mut().unwrap().termination_grace_period_seconds = Some(120);
+        assert_eq!(env(&long), "119s");
+        long.spec.as_mut().unwrap().termination_grace_period_seconds = Some(0);
+        assert_eq!(env(&long), "1s");
     }
 
     #[test]

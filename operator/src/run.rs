@@ -138,6 +138,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             native_sidecars: native,
         },
         metrics: metrics.clone(),
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: format!("{}-webhook", crate::build::MANAGED_BY),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
     });
     let server = axum_server::bind_rustls(opts.webhook_listen, tls_config.clone())
         .handle(handle.clone())

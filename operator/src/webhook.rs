@@ -33,6 +33,9 @@ pub struct WebhookState {
     pub client: kube::Client,
     pub inject: InjectConfig,
     pub metrics: Arc<Metrics>,
+    /// Records a Warning Event on the owner of a pod admitted without the
+    /// sidecar (the pod itself may not have a name yet).
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 pub fn router(state: Arc<WebhookState>) -> Router {
@@ -98,11 +101,51 @@ async fn review_pod(
     match outcome {
         "injected" => tracing::info!(namespace = %ns, pod = name, "sidecar injected"),
         "not_injected" => {
-            tracing::warn!(namespace = %ns, pod = name, warnings = ?resp.warnings, "pod admitted without the sidecar")
+            tracing::warn!(namespace = %ns, pod = name, warnings = ?resp.warnings, "pod admitted without the sidecar");
+            if req.dry_run {
+                return (resp, outcome);
+            }
+            if let Some(owner) = owner_ref(pod, ns) {
+                let note = resp.warnings.clone().unwrap_or_default().join("; ");
+                let recorder = st.recorder.clone();
+                // Off the admission path: the answer never waits for it.
+                tokio::spawn(async move {
+                    let ev = kube::runtime::events::Event {
+                        type_: kube::runtime::events::EventType::Warning,
+                        reason: "SidecarNotInjected".into(),
+                        note: Some(note),
+                        action: "Admit".into(),
+                        secondary: None,
+                    };
+                    if let Err(e) = recorder.publish(&ev, &owner).await {
+                        tracing::debug!(error = %e, "event not recorded");
+                    }
+                });
+            }
         }
         _ => {}
     }
     (resp, outcome)
+}
+
+/// The pod's controlling owner (ReplicaSet, StatefulSet, Job, ...) as an
+/// event target; `None` for a bare pod (which has no name yet when created
+/// with generateName, and is named in the warning `kubectl` prints).
+fn owner_ref(pod: &Pod, ns: &str) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+    let o = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    Some(k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(o.api_version.clone()),
+        kind: Some(o.kind.clone()),
+        name: Some(o.name.clone()),
+        namespace: Some(ns.to_string()),
+        uid: Some(o.uid.clone()),
+        ..Default::default()
+    })
 }
 
 /// The answer to one admission review, given what [`mutate`] decided.

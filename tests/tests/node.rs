@@ -727,14 +727,27 @@ fn restart_pods_rolls_an_existing_deployment_once(ctx: &Ctx) -> Result<(), Faile
 /// wrote before it exited reaches the client exactly once; the app stops
 /// first, then the sidecar, with exit code 0.
 fn deleting_a_pod_loses_no_line(ctx: &Ctx) -> Result<(), Failed> {
+    drain_case(ctx, "drain", 0)
+}
+
+/// An app that keeps writing for 20 s after SIGTERM, within the default
+/// 30 s grace: the sidecar streams until the app is gone and drains in
+/// what is left (its budget is the pod's grace period, set by the webhook).
+fn an_app_that_exits_20s_after_sigterm_loses_no_line(ctx: &Ctx) -> Result<(), Failed> {
+    drain_case(ctx, "drain-slow", 20)
+}
+
+/// Deletes a numbered-lines app `linger` seconds of writing after SIGTERM
+/// while a client follows the aggregator; counts lost and repeated lines
+/// and checks the order and exit codes of app and sidecar.
+fn drain_case(ctx: &Ctx, ns: &str, linger: u32) -> Result<(), Failed> {
     ctx.chart()?;
     let node = ctx.node();
-    let ns = "drain";
     node.kubectl(&["create", "namespace", ns])
         .stdout_if_success();
     apply_stream(node, ns, "counter", "");
-    // The app numbers its lines; on SIGTERM it writes one last line with
-    // the count, then exits.
+    // The app numbers its lines; LINGER seconds after SIGTERM it writes one
+    // last line with the count, then exits.
     let pod = r#"
 apiVersion: v1
 kind: Pod
@@ -743,21 +756,26 @@ spec:
   containers:
   - name: app
     image: docker.io/library/busybox:1.36
+    env: [{name: LINGER, value: "LINGER_S"}]
     command:
     - sh
     - -c
     - |
-      n=0
-      trap 'echo "counter-last $n" >> /var/log/app/app.log; exit 0' TERM
+      n=0; stop=0
+      trap 'stop=$(date +%s)' TERM
       while true; do
         n=$((n+1)); echo "counter-line $n" >> /var/log/app/app.log
+        if [ $stop -gt 0 ] && [ $(( $(date +%s) - stop )) -ge $LINGER ]; then
+          echo "counter-last $n" >> /var/log/app/app.log; exit 0
+        fi
         sleep 0.01
       done
     volumeMounts: [{name: logs, mountPath: /var/log/app}]
   volumes: [{name: logs, emptyDir: {}}]
-"#;
+"#
+    .replace("LINGER_S", &linger.to_string());
     injection_enabled(ctx, ns);
-    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], pod)
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &pod)
         .stdout_if_success();
     converged_pods(node, ns, "app=counter", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
     node.kubectl(&[
@@ -824,7 +842,7 @@ spec:
     let lost: Vec<u64> = (1..=n).filter(|k| !count.contains_key(k)).collect();
     let repeated: Vec<(&u64, &u32)> = count.iter().filter(|(_, c)| **c > 1).collect();
     eprintln!(
-        "deleting_a_pod_loses_no_line: {n} lines written, lost {}, repeated {}",
+        "drain ({linger} s after SIGTERM): {n} lines written, lost {}, repeated {}",
         lost.len(),
         repeated.len()
     );
@@ -916,18 +934,87 @@ fn a_pod_that_cannot_be_injected_is_admitted_with_a_warning(ctx: &Ctx) -> Result
         1,
         "{pod:#}"
     );
+    // A Deployment's pods are admitted too (the rollout completes), and the
+    // reason is recorded as a Warning Event on their ReplicaSet.
+    let deployment = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: misfit-app}
+spec:
+  replicas: 1
+  selector: {matchLabels: {role: misfit-app}}
+  template:
+    metadata: {labels: {app: misfit, role: misfit-app}}
+    spec:
+      containers:
+      - {name: app, image: docker.io/library/busybox:1.36, command: [sleep, "3600"]}
+"#;
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], deployment)
+        .stdout_if_success();
+    node.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deployment/misfit-app",
+        "--timeout=120s",
+    ])
+    .stdout_if_success();
     node.poll(
-        "the LogStream status to name the pod without the sidecar",
+        "a SidecarNotInjected Event on the ReplicaSet",
         CONVERGE,
         || {
-            let st = get_json(node, &["-n", ns, "ls/misfit"])["status"].clone();
-            st["pendingRestart"]
+            let ev = get_json(
+                node,
+                &[
+                    "-n",
+                    ns,
+                    "events",
+                    "--field-selector",
+                    "reason=SidecarNotInjected",
+                ],
+            );
+            ev["items"]
                 .as_array()?
                 .iter()
-                .any(|p| p == "misfit")
+                .any(|e| {
+                    e["involvedObject"]["kind"] == "ReplicaSet"
+                        && e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains(r#"container "nope" not found"#))
+                })
                 .then_some(())
         },
         || ctx.describe(ns),
+    );
+    // The LogStream names each pod and the reason; a restart would not help.
+    node.poll(
+        "the LogStream status to name the pods that cannot get the sidecar, and why",
+        CONVERGE,
+        || {
+            let st = get_json(node, &["-n", ns, "ls/misfit"])["status"].clone();
+            let injected = st["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Injected")?
+                .clone();
+            let msg = injected["message"].as_str()?;
+            (injected["reason"] == "CannotInject"
+                && msg.starts_with("2 of 2 selected pods cannot get the sidecar")
+                && msg.contains(r#"misfit: LogStream misfit: container "nope" not found"#)
+                && st["pendingRestart"]
+                    .as_array()?
+                    .iter()
+                    .any(|p| p == "misfit"))
+            .then_some(())
+        },
+        || {
+            format!(
+                "{:#}\n{}",
+                get_json(node, &["-n", ns, "ls/misfit"])["status"],
+                ctx.describe(ns)
+            )
+        },
     );
     node.kubectl(&["delete", "namespace", ns, "--wait=false"])
         .stdout_if_success();
@@ -937,8 +1024,9 @@ fn a_pod_that_cannot_be_injected_is_admitted_with_a_warning(ctx: &Ctx) -> Result
 /// An app that writes its files as another user with mode 0640. With its
 /// group in the pod spec, the sidecar shares it by default and reads them.
 /// With the group invisible to the operator (the app chowns its files), the
-/// sidecar cannot open them and says so in its metrics; the documented
-/// setting, `sidecar.runAsGroup`, makes them readable.
+/// sidecar cannot open them and says so in its metrics, and the LogStream's
+/// status names pod, path, owner and mode; the documented setting,
+/// `sidecar.runAsGroup`, makes them readable.
 fn files_written_as_another_user_with_mode_0640(ctx: &Ctx) -> Result<(), Failed> {
     ctx.chart()?;
     let node = ctx.node();
@@ -1018,6 +1106,56 @@ spec:
         || ctx.describe(ns),
     );
     drop(pf);
+    // The operator asks the sidecar and says it in the LogStream's status
+    // (naming pod, path, owner and mode) and in a Warning Event.
+    let condition = |name: &str, type_: &str| {
+        let v = get_json(node, &["-n", ns, "logstream", name]);
+        v["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+            .unwrap_or(Value::Null)
+    };
+    node.poll(
+        "LogStream chowned to report the unreadable file (FilesReadable=False)",
+        CONVERGE,
+        || {
+            let c = condition("chowned", "FilesReadable");
+            let msg = c["message"].as_str().unwrap_or("");
+            (c["status"] == "False"
+                && c["reason"] == "PathsNotTailed"
+                && msg.contains("chowned: app.log: open_failed: Permission denied")
+                && msg.contains("owner 1000:4000 mode 0640"))
+            .then_some(())
+        },
+        || {
+            format!(
+                "{:#}\n{}",
+                condition("chowned", "FilesReadable"),
+                ctx.describe(ns)
+            )
+        },
+    );
+    assert_eq!(condition("chowned", "Degraded")["reason"], "PathsNotTailed");
+    let events = node
+        .kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "events",
+            "--field-selector",
+            "reason=PathsNotTailed",
+            "-o",
+            "name",
+        ])
+        .stdout_if_success()
+        .to_string();
+    assert!(!events.trim().is_empty(), "no PathsNotTailed event");
+    node.poll(
+        "LogStream inherit to report every file tailed",
+        CONVERGE,
+        || (condition("inherit", "FilesReadable")["status"] == "True").then_some(()),
+        || format!("{:#}", condition("inherit", "FilesReadable")),
+    );
 
     // The documented setting, then a new pod.
     apply_stream(node, ns, "chowned", r#","sidecar":{"runAsGroup":4000}"#);
@@ -1027,6 +1165,90 @@ spec:
         .stdout_if_success();
     converged_pods(node, ns, "app=chowned", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
     lines_of("chowned", "perms-chowned");
+    node.poll(
+        "LogStream chowned to report every file tailed",
+        CONVERGE,
+        || (condition("chowned", "FilesReadable")["status"] == "True").then_some(()),
+        || {
+            format!(
+                "{:#}\n{}",
+                condition("chowned", "FilesReadable"),
+                ctx.describe(ns)
+            )
+        },
+    );
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])
+        .stdout_if_success();
+    Ok(())
+}
+
+/// The app mounts its volume at /var/log and writes /var/log/app/app.log;
+/// the LogStream reads /var/log/app. The sidecar mounts that sub-folder of
+/// the app's volume instead of shadowing it with an emptyDir, so the file
+/// stays in the app's volume (another container reading the volume sees
+/// it) and streams.
+fn logs_under_a_volume_mounted_at_a_parent_folder_stay_in_it(ctx: &Ctx) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    let ns = "parent-volume";
+    node.kubectl(&["create", "namespace", ns])
+        .stdout_if_success();
+    apply_stream(node, ns, "nested", "");
+    injection_enabled(ctx, ns);
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: nested, labels: {app: nested}}
+spec:
+  containers:
+  - name: app
+    image: docker.io/library/busybox:1.36
+    command: [sh, -c, 'mkdir -p /var/log/app; while true; do echo "nested-line $(date +%s)" >> /var/log/app/app.log; sleep 0.2; done']
+    volumeMounts: [{name: data, mountPath: /var/log}]
+  - name: shipper
+    image: docker.io/library/busybox:1.36
+    command: [sh, -c, 'while true; do sleep 1; done']
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, emptyDir: {}}]
+"#;
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], pod)
+        .stdout_if_success();
+    converged_pods(node, ns, "app=nested", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
+    let spec = get_json(node, &["-n", ns, "pod", "nested"]);
+    let volumes = spec["spec"]["volumes"].as_array().map_or(0, Vec::len);
+    assert_eq!(volumes, 2, "data + the pull token, no emptyDir: {spec:#}");
+    let pf = node.port_forward(ns, "pod/nested", 7680);
+    node.poll(
+        "nested's lines through its sidecar",
+        CONVERGE,
+        || {
+            let (_, body) = curl(&[
+                "-sN",
+                "--max-time",
+                "3",
+                &format!("{}/stream?tail=3", pf.url()),
+            ]);
+            body.contains("nested-line").then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    let shipped = node.kubectl(&[
+        "-n",
+        ns,
+        "exec",
+        "nested",
+        "-c",
+        "shipper",
+        "--",
+        "tail",
+        "-n",
+        "1",
+        "/data/app/app.log",
+    ]);
+    assert!(
+        shipped.stdout_if_success().contains("nested-line"),
+        "the app's file is not in its own volume"
+    );
     node.kubectl(&["delete", "namespace", ns, "--wait=false"])
         .stdout_if_success();
     Ok(())
@@ -1058,6 +1280,7 @@ fn uninstall_leaves_nothing_behind(ctx: &Ctx) -> Result<(), Failed> {
         OPERATOR_NS,
         DEMO_NS,
         "drain",
+        "drain-slow",
         "restart",
         "webhook-check",
         "misfit",
@@ -1097,7 +1320,7 @@ fn main() {
         demo: OnceLock::new(),
     });
     type Case = fn(&Ctx) -> Result<(), Failed>;
-    let cases: [(&str, Case); 10] = [
+    let cases: [(&str, Case); 12] = [
         (
             "chart_operator_runs_and_the_api_server_calls_its_webhook",
             chart_operator_runs_and_the_api_server_calls_its_webhook,
@@ -1124,12 +1347,20 @@ fn main() {
         ),
         ("deleting_a_pod_loses_no_line", deleting_a_pod_loses_no_line),
         (
+            "an_app_that_exits_20s_after_sigterm_loses_no_line",
+            an_app_that_exits_20s_after_sigterm_loses_no_line,
+        ),
+        (
             "a_pod_that_cannot_be_injected_is_admitted_with_a_warning",
             a_pod_that_cannot_be_injected_is_admitted_with_a_warning,
         ),
         (
             "files_written_as_another_user_with_mode_0640",
             files_written_as_another_user_with_mode_0640,
+        ),
+        (
+            "logs_under_a_volume_mounted_at_a_parent_folder_stay_in_it",
+            logs_under_a_volume_mounted_at_a_parent_folder_stay_in_it,
         ),
         (
             "uninstall_leaves_nothing_behind",

@@ -480,10 +480,15 @@ async fn readyz(
     }
     let report = st.files.borrow().clone();
     if json {
-        let body = serde_json::json!({"status": word, "files": report});
-        return (code, axum::Json(body)).into_response();
+        return (code, axum::Json(readiness_json(word, &report))).into_response();
     }
     (code, render_readiness(word, &report)).into_response()
+}
+
+/// `/readyz?format=json`; the operator reads it (operator/src/probe.rs), and
+/// `tests/fixtures/readyz-files.json` pins its shape for both.
+pub fn readiness_json(word: &str, report: &crate::tailer::FileReport) -> serde_json::Value {
+    serde_json::json!({"status": word, "files": report})
 }
 
 /// `/readyz?verbose`: one line per check, then the paths not tailed.
@@ -563,6 +568,22 @@ pub(crate) async fn admit_stream(
 mod tests {
     use super::*;
     use crate::hub::HubLimits;
+
+    #[test]
+    fn readiness_document_matches_the_fixture_the_operator_parses() {
+        let report = crate::tailer::FileReport {
+            tailed: 1,
+            not_tailed: vec![crate::tailer::NotTailed {
+                path: "app/secret.log".into(),
+                reason: "open_failed",
+                detail: "Permission denied (os error 13); owner 1000:4000 mode 0640; the streamer runs as uid 65532 gid 3000 groups [3000] (set the LogStream's sidecar.runAsGroup to the file's group, or have the app write group-readable files)".into(),
+            }],
+            not_tailed_total: 1,
+        };
+        let want: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/readyz-files.json")).unwrap();
+        assert_eq!(readiness_json("ready", &report), want);
+    }
     use kube_auth::{KubeAuth, Target};
 
     /// A server in kubernetes mode whose API server is unreachable, with the
