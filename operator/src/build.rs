@@ -231,11 +231,14 @@ pub struct AggregatorObjects {
 }
 
 /// `pull_token` is the namespace's existing token, or a fresh random one.
+/// `ns_mesh`: the service mesh the namespace opts into ([`crate::mesh`]),
+/// which decides with the LogStreams whether loopback needs a token.
 pub fn aggregator(
     namespace: &str,
     streams: &[LogStream],
     cfg: &BuildConfig,
     pull_token: &str,
+    ns_mesh: Option<&str>,
 ) -> AggregatorObjects {
     let owners: Vec<OwnerReference> = streams.iter().filter_map(shared_owner).collect();
     let meta = |name: &str| ObjectMeta {
@@ -304,6 +307,9 @@ pub fn aggregator(
     }
     if streams.iter().any(uses_kubernetes_access) {
         extra_env.push(env("LOGSTREAM_KUBERNETES_AUTH", "true"));
+    }
+    if !crate::mesh::aggregator_trusts_loopback(streams, ns_mesh) {
+        extra_env.push(env("LOGSTREAM_NO_LOOPBACK_EXEMPTION", "true"));
     }
     let container = Container {
         name: "aggregator".into(),
@@ -628,6 +634,7 @@ mod tests {
                 owner: None,
             },
             "tok",
+            None,
         );
         assert_eq!(objs.pull_secret.data.as_ref().unwrap()["token"].0, b"tok");
         let pod = objs
@@ -770,28 +777,52 @@ mod tests {
         // The aggregator checks tokens whenever one LogStream uses kubernetes mode.
         let objs = aggregator(
             "shop",
-            &[web],
+            std::slice::from_ref(&web),
             &BuildConfig {
                 image: "i".into(),
                 owner: None,
             },
             "t",
+            None,
         );
-        let env = objs
-            .deployment
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .containers[0]
-            .env
-            .clone()
-            .unwrap();
+        let env_of = |objs: AggregatorObjects| {
+            objs.deployment
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .containers[0]
+                .env
+                .clone()
+                .unwrap()
+        };
+        let env = env_of(objs);
         assert!(
             env.iter().any(
                 |e| e.name == "LOGSTREAM_KUBERNETES_AUTH" && e.value.as_deref() == Some("true")
             )
+        );
+        assert!(
+            !env.iter()
+                .any(|e| e.name == "LOGSTREAM_NO_LOOPBACK_EXEMPTION")
+        );
+        // In an Istio namespace loopback is the mesh's proxy: token required.
+        let cfg = BuildConfig {
+            image: "i".into(),
+            owner: None,
+        };
+        let env = env_of(aggregator(
+            "shop",
+            std::slice::from_ref(&web),
+            &cfg,
+            "t",
+            Some("istio"),
+        ));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "LOGSTREAM_NO_LOOPBACK_EXEMPTION"
+                    && e.value.as_deref() == Some("true"))
         );
     }
 

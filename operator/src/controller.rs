@@ -242,6 +242,7 @@ async fn apply_aggregator(
     ns: &str,
     streams: &[LogStream],
     cfg: &BuildConfig,
+    ns_mesh: Option<&str>,
 ) -> Result<String, Error> {
     // Keep the namespace's pull token once made: sidecars already hold it.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -254,7 +255,7 @@ async fn apply_aggregator(
         })
         .filter(|t| !t.is_empty())
         .map_or_else(random_token, Ok)?;
-    let objs = build::aggregator(ns, streams, cfg, &token);
+    let objs = build::aggregator(ns, streams, cfg, &token, ns_mesh);
     apply(client, ns, &objs.pull_secret).await?;
     apply(client, ns, &objs.service_account).await?;
     apply(client, ns, &objs.role).await?;
@@ -271,11 +272,12 @@ fn random_token() -> Result<String, Error> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// Sets or removes the injection label; returns the namespace as it now is.
 async fn label_namespace(
     client: &kube::Client,
     ns: &str,
     enabled: bool,
-) -> Result<(), kube::Error> {
+) -> Result<Namespace, kube::Error> {
     let api: Api<Namespace> = Api::all(client.clone());
     let value = if enabled {
         serde_json::json!("enabled")
@@ -284,15 +286,23 @@ async fn label_namespace(
     };
     let patch = serde_json::json!({"metadata": {"labels": {NAMESPACE_LABEL: value}}});
     api.patch(ns, &PatchParams::default(), &Patch::Merge(patch))
-        .await?;
-    Ok(())
+        .await
+}
+
+/// The mesh a namespace opts into ([`crate::mesh::of_labels`]).
+fn namespace_mesh(ns: &Namespace) -> Option<&'static str> {
+    let empty = BTreeMap::new();
+    crate::mesh::of_labels(
+        ns.metadata.labels.as_ref().unwrap_or(&empty),
+        ns.metadata.annotations.as_ref().unwrap_or(&empty),
+    )
 }
 
 async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let ns = ls.namespace().ok_or(Error::NoNamespace)?;
     let name = ls.name_any();
-    label_namespace(client, &ns, true).await?;
+    let namespace = label_namespace(client, &ns, true).await?;
     let svc_name = build::stream_service_name(ls);
     if ls.spec.service.enabled {
         apply(client, &ns, &build::stream_service(ls)).await?;
@@ -307,7 +317,14 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let streams = live_streams(client, &ns).await?;
-    let pull_token = apply_aggregator(client, &ns, &streams, &ctx.build).await?;
+    let pull_token = apply_aggregator(
+        client,
+        &ns,
+        &streams,
+        &ctx.build,
+        namespace_mesh(&namespace),
+    )
+    .await?;
 
     // Which selected pods run without the sidecar?
     let pods = Api::<Pod>::namespaced(client.clone(), &ns)
@@ -675,7 +692,9 @@ async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
             del?;
         }
     } else {
-        apply_aggregator(client, &ns, &others, &ctx.build).await?;
+        // Setting the label that is already there returns the namespace.
+        let namespace = label_namespace(client, &ns, true).await?;
+        apply_aggregator(client, &ns, &others, &ctx.build, namespace_mesh(&namespace)).await?;
     }
     // Without `others` (or none in kubernetes mode) this deletes the binding;
     // otherwise it drops the ServiceAccounts only this LogStream needed.

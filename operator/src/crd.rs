@@ -258,6 +258,13 @@ pub struct AccessSpec {
     /// Secret key holding the token (mode `token`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<SecretKeyRef>,
+    /// Serve loopback clients (`kubectl port-forward`, which the API server
+    /// already authorised) without a token. Default: yes, except in pods and
+    /// namespaces with a service-mesh proxy (Istio, Linkerd), whose proxy
+    /// delivers every inbound connection from loopback; `false` requires a
+    /// token from everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_loopback: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

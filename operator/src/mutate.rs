@@ -182,6 +182,7 @@ pub fn mutate(
         return Ok(None);
     };
     let stream = ls.name_any();
+    let mesh = crate::mesh::of_pod(pod);
     let mut pod = pod.clone();
     let Some(spec) = pod.spec.as_mut() else {
         return Err(MutateError::NoContainers { stream });
@@ -285,6 +286,9 @@ pub fn mutate(
         value_env("LOGSTREAM_LOG_FORMAT", "json"),
         value_env("LOGSTREAM_GRACE", &drain_budget(spec)),
     ];
+    if !crate::mesh::sidecar_trusts_loopback(ls, mesh) {
+        env.push(value_env("LOGSTREAM_NO_LOOPBACK_EXEMPTION", "true"));
+    }
     if let Some(k) = &ls.spec.parse.level_field {
         env.push(value_env("LOGSTREAM_LEVEL_KEY", k));
     }
@@ -777,6 +781,32 @@ mod tests {
             ),
             ("data", "/var/log/app", Some("app"))
         );
+    }
+
+    #[test]
+    fn a_meshed_pods_sidecar_requires_the_token_from_loopback() {
+        let flag = |p: &Pod, streams: &[LogStream]| {
+            let out = mutate(p, streams, &cfg()).unwrap().unwrap();
+            sidecar(&out)
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "LOGSTREAM_NO_LOOPBACK_EXEMPTION")
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(flag(&web_pod(), &[web()]), None);
+        let mut meshed = web_pod();
+        meshed.spec.as_mut().unwrap().containers.push(Container {
+            name: "istio-proxy".into(),
+            ..Container::default()
+        });
+        assert_eq!(flag(&meshed, &[web()]).as_deref(), Some("true"));
+        let mut trusting = web();
+        trusting.spec.access.trust_loopback = Some(true);
+        assert_eq!(flag(&meshed, &[trusting]), None);
+        let mut strict = web();
+        strict.spec.access.trust_loopback = Some(false);
+        assert_eq!(flag(&web_pod(), &[strict]).as_deref(), Some("true"));
     }
 
     #[test]

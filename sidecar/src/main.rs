@@ -231,8 +231,9 @@ struct Common {
         value_delimiter = ','
     )]
     token_files: Vec<PathBuf>,
-    /// Require the token from loopback clients (port-forward) too.
-    #[arg(long)]
+    /// Require the token from loopback clients (port-forward) too (set by
+    /// the operator in pods with a service-mesh proxy).
+    #[arg(long, env = "LOGSTREAM_NO_LOOPBACK_EXEMPTION")]
     no_loopback_exemption: bool,
     /// Serve non-loopback clients without a token (insecure).
     #[arg(long, env = "LOGSTREAM_ALLOW_UNAUTHENTICATED")]

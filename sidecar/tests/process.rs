@@ -956,3 +956,36 @@ fn readyz_reports_paths_not_tailed_to_token_holders_and_forgets_them_when_gone()
         "{text}"
     );
 }
+
+/// What the operator sets in meshed pods (a mesh proxy delivers inbound
+/// connections from loopback): loopback clients need the token too.
+#[test]
+fn the_operators_loopback_switch_requires_the_token_from_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = [
+        "serve",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        "s3cret",
+    ];
+    let s = Server::spawn_env(&dir, &args, &[("LOGSTREAM_NO_LOOPBACK_EXEMPTION", "true")]);
+    assert_eq!(http_get(&s.addr, "/sse").map(|r| r.0), Some(401));
+    assert_eq!(http_get(&s.addr, "/readyz?verbose").map(|r| r.0), Some(401));
+    let (code, _) = http_request(
+        &s.addr,
+        &format!(
+            "GET /readyz?verbose HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n",
+            s.addr
+        ),
+    )
+    .map_or((0, String::new()), |r| r);
+    assert_eq!(code, 200);
+    drop(s);
+    let s = Server::spawn_env(&dir, &args, &[("LOGSTREAM_NO_LOOPBACK_EXEMPTION", "false")]);
+    assert_eq!(http_get(&s.addr, "/readyz?verbose").map(|r| r.0), Some(200));
+}

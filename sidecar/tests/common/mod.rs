@@ -77,10 +77,17 @@ impl Server {
 
     /// Runs the binary with `args`; `dir` is the watched folder (or a scratch dir).
     pub fn spawn(dir: &Path, args: &[&str]) -> Server {
+        Server::spawn_env(dir, args, &[])
+    }
+
+    /// [`Server::spawn`] with extra environment variables (the operator
+    /// configures the injected sidecar through them).
+    pub fn spawn_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
         let stderr_log = dir.with_extension(format!("stderr.{}.log", std::process::id()));
         let err = std::fs::File::create(&stderr_log).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_logstream"))
             .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(err)
