@@ -37,12 +37,16 @@ pub const MANAGED_BY: &str = "logstream-operator";
 pub const AGGREGATOR_DRAIN_SECONDS: i64 = 25;
 
 /// Settings of the operator that shape the objects.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct BuildConfig {
     pub image: String,
     /// Owner of the cluster-scoped objects no LogStream can own (the chart's
     /// ClusterRole, [`crate::owner`]); `None` outside the chart.
     pub owner: Option<OwnerReference>,
+    /// `imagePullPolicy` of the aggregator (`None`: the cluster's default).
+    pub pull_policy: Option<String>,
+    pub run_as: crate::dataplane::RunAs,
+    pub aggregator_pod: crate::dataplane::AggregatorPod,
 }
 
 fn labels(component: &str, stream: Option<&str>) -> BTreeMap<String, String> {
@@ -61,9 +65,22 @@ fn labels(component: &str, stream: Option<&str>) -> BTreeMap<String, String> {
         ),
     ]);
     if let Some(s) = stream {
-        l.insert("logstream.dev/owner".into(), s.into());
+        l.insert("logstream.dev/owner".into(), label_value(s));
     }
     l
+}
+
+/// A LogStream's name as a label value: names may have 253 characters,
+/// label values 63. Longer names keep a prefix and get a hash (the same
+/// name always gives the same value).
+pub fn label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    let hash = format!("{:08x}", fnv1a(name.as_bytes()) as u32);
+    // Label values must start and end with an alphanumeric character.
+    let keep = name[..63 - hash.len() - 1].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{keep}-{hash}")
 }
 
 /// A DNS-label name (≤ 63 characters) derived from `base` and `suffix`.
@@ -111,14 +128,13 @@ pub fn stream_service(ls: &LogStream) -> Service {
             namespace: ls.namespace(),
             labels: Some(labels("sidecars", Some(&name))),
             owner_references: owner(ls).map(|o| vec![o]),
-            annotations: Some(BTreeMap::from([(
-                "traefik.ingress.kubernetes.io/service.sticky.cookie".to_string(),
-                "true".to_string(),
-            )])),
             ..ObjectMeta::default()
         },
         spec: Some(ServiceSpec {
-            selector: Some(BTreeMap::from([(STREAM_LABEL.to_string(), name)])),
+            selector: Some(BTreeMap::from([(
+                STREAM_LABEL.to_string(),
+                label_value(&name),
+            )])),
             ports: Some(vec![stream_port()]),
             session_affinity: Some("ClientIP".into()),
             session_affinity_config: Some(SessionAffinityConfig {
@@ -346,9 +362,17 @@ pub fn aggregator(
         }]),
         readiness_probe: Some(probe("/readyz")),
         liveness_probe: Some(probe("/healthz")),
-        security_context: Some(restricted_security_context()),
+        image_pull_policy: cfg.pull_policy.clone(),
+        resources: Some(
+            cfg.aggregator_pod
+                .resources
+                .clone()
+                .unwrap_or_else(crate::dataplane::default_aggregator_resources),
+        ),
+        security_context: Some(restricted_security_context(cfg.run_as)),
         ..Container::default()
     };
+    let placement = &cfg.aggregator_pod;
     AggregatorObjects {
         pull_secret: Secret {
             metadata: meta(PULL_SECRET),
@@ -425,6 +449,13 @@ pub fn aggregator(
                         }),
                         containers: vec![container],
                         volumes: Some(volumes),
+                        node_selector: (!placement.node_selector.is_empty())
+                            .then(|| placement.node_selector.clone()),
+                        tolerations: (!placement.tolerations.is_empty())
+                            .then(|| placement.tolerations.clone()),
+                        image_pull_secrets: (!placement.image_pull_secrets.is_empty())
+                            .then(|| placement.image_pull_secrets.clone()),
+                        priority_class_name: placement.priority_class_name.clone(),
                         ..PodSpec::default()
                     }),
                 },
@@ -433,7 +464,21 @@ pub fn aggregator(
             status: None,
         },
         service: Service {
-            metadata: meta(AGGREGATOR),
+            metadata: ObjectMeta {
+                // Traefik reads its sticky cookie from the Service an
+                // Ingress routes to, and every LogStream Ingress routes here.
+                annotations: Some(BTreeMap::from([
+                    (
+                        "traefik.ingress.kubernetes.io/service.sticky.cookie".to_string(),
+                        "true".to_string(),
+                    ),
+                    (
+                        "traefik.ingress.kubernetes.io/service.sticky.cookie.name".to_string(),
+                        "logstream-affinity".to_string(),
+                    ),
+                ])),
+                ..meta(AGGREGATOR)
+            },
             spec: Some(ServiceSpec {
                 selector: Some(selector),
                 ports: Some(vec![stream_port()]),
@@ -501,7 +546,8 @@ pub fn auth_binding(
         let labels = pod.labels();
         let opted_out = crate::mutate::opted_out(pod);
         let streamed = kube_streams.iter().any(|s| {
-            labels.get(STREAM_LABEL) == Some(&s.name_any()) || crate::mutate::selects(s, labels)
+            labels.get(STREAM_LABEL) == Some(&label_value(&s.name_any()))
+                || crate::mutate::selects(s, labels)
         });
         if pod.metadata.deletion_timestamp.is_none() && !opted_out && streamed {
             accounts.insert(service_account_of(pod));
@@ -632,6 +678,7 @@ mod tests {
             &BuildConfig {
                 image: "img".into(),
                 owner: None,
+                ..BuildConfig::default()
             },
             "tok",
             None,
@@ -736,6 +783,7 @@ mod tests {
         let cfg = BuildConfig {
             image: "i".into(),
             owner: None,
+            ..BuildConfig::default()
         };
         let b = auth_binding("shop", &[web.clone(), tok.clone()], &pods, &cfg).unwrap();
         assert_eq!(
@@ -781,6 +829,7 @@ mod tests {
             &BuildConfig {
                 image: "i".into(),
                 owner: None,
+                ..BuildConfig::default()
             },
             "t",
             None,
@@ -811,6 +860,7 @@ mod tests {
         let cfg = BuildConfig {
             image: "i".into(),
             owner: None,
+            ..BuildConfig::default()
         };
         let env = env_of(aggregator(
             "shop",
@@ -824,6 +874,60 @@ mod tests {
                 .any(|e| e.name == "LOGSTREAM_NO_LOOPBACK_EXEMPTION"
                     && e.value.as_deref() == Some("true"))
         );
+    }
+
+    #[test]
+    fn aggregator_placement_pull_policy_and_traefik_stickiness() {
+        let web = stream(
+            "web",
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}),
+        );
+        let cfg = BuildConfig {
+            image: "i".into(),
+            pull_policy: Some("IfNotPresent".into()),
+            run_as: crate::dataplane::RunAs {
+                user: None,
+                group: None,
+            },
+            aggregator_pod: crate::dataplane::parse_aggregator_pod(
+                r#"{"nodeSelector":{"pool":"infra"},"tolerations":[{"key":"infra","operator":"Exists"}],
+                    "imagePullSecrets":[{"name":"regcred"}],"resources":{"limits":{"memory":"1Gi"}}}"#,
+            )
+            .unwrap(),
+            ..BuildConfig::default()
+        };
+        let objs = aggregator("shop", std::slice::from_ref(&web), &cfg, "t", None);
+        let pod = objs.deployment.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["pool"], "infra");
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("infra"));
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+        let c = &pod.containers[0];
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
+            "1Gi"
+        );
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (None, None));
+        // Defaults: resources set, nothing else.
+        let objs = aggregator("shop", &[web], &BuildConfig::default(), "t", None);
+        let pod = objs.deployment.spec.unwrap().template.spec.unwrap();
+        assert!(pod.node_selector.is_none() && pod.tolerations.is_none());
+        assert!(
+            pod.containers[0]
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .is_some()
+        );
+        // Traefik's sticky cookie sits on the Service the Ingress routes to.
+        let a = objs.service.metadata.annotations.unwrap();
+        assert_eq!(
+            a["traefik.ingress.kubernetes.io/service.sticky.cookie"],
+            "true"
+        );
+        assert_eq!(objs.service.metadata.name.as_deref(), Some(AGGREGATOR));
     }
 
     #[test]

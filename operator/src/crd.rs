@@ -55,6 +55,13 @@ pub struct LogStreamSpec {
     ]))]
     pub mount_path: String,
 
+    /// `sizeLimit` of the emptyDir added when no volume of the app holds
+    /// `mountPath` (default: none, as the app's own writes had). The kubelet
+    /// evicts the pod when the files exceed it: pick it above what log
+    /// rotation keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir_size_limit: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+
     /// The app container that writes the logs (default: the first container).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]

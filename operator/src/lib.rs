@@ -11,6 +11,7 @@
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod dataplane;
 pub mod leader;
 pub mod mesh;
 pub mod metrics;

@@ -84,6 +84,21 @@ struct RunArgs {
     /// ClusterRole (the chart's own) that owns the webhook configuration, TLS Secret, leader Lease and auth-delegator bindings the operator creates, so the garbage collector deletes them with it (helm uninstall). Needs get on it.
     #[arg(long, env = "LOGSTREAM_OWNER_CLUSTER_ROLE")]
     owner_cluster_role: Option<String>,
+    /// imagePullPolicy of the sidecar and the aggregator (default: the cluster's).
+    #[arg(long, value_parser = ["Always", "IfNotPresent", "Never"])]
+    image_pull_policy: Option<String>,
+    /// User the sidecar and the aggregator run as; empty: left to the platform (OpenShift's restricted SCC assigns one).
+    #[arg(long, default_value = "65532", value_parser = logstream_operator::dataplane::parse_id)]
+    run_as_user: logstream_operator::dataplane::OptionalId,
+    /// Their group when the app's is unknown; empty: left to the platform.
+    #[arg(long, default_value = "65532", value_parser = logstream_operator::dataplane::parse_id)]
+    run_as_group: logstream_operator::dataplane::OptionalId,
+    /// The aggregator pods' resources, nodeSelector, tolerations, imagePullSecrets and priorityClassName, as JSON.
+    #[arg(long, env = "LOGSTREAM_AGGREGATOR_POD", default_value = "", value_parser = logstream_operator::dataplane::parse_aggregator_pod)]
+    aggregator_pod: logstream_operator::dataplane::AggregatorPod,
+    /// The API server's timeout for one admission call (1-30 s) in the webhook configuration the operator registers.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=30))]
+    webhook_timeout_seconds: i32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -130,6 +145,13 @@ fn main() -> anyhow::Result<()> {
                 manage_webhook: a.manage_webhook,
                 tls_cert_dir: a.tls_cert_dir,
                 owner_cluster_role: a.owner_cluster_role,
+                pull_policy: a.image_pull_policy,
+                run_as: logstream_operator::dataplane::RunAs {
+                    user: a.run_as_user.0,
+                    group: a.run_as_group.0,
+                },
+                aggregator_pod: a.aggregator_pod,
+                webhook_timeout_seconds: a.webhook_timeout_seconds,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -148,5 +170,38 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut full = vec!["logstream-operator", "run"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Run(a) => *a,
+            Command::Crd => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn data_plane_ids_default_to_65532_and_can_be_left_to_the_platform() {
+        let a = run_args(&[]);
+        assert_eq!(
+            (a.run_as_user.0, a.run_as_group.0),
+            (Some(65532), Some(65532))
+        );
+        assert_eq!(a.webhook_timeout_seconds, 5);
+        let a = run_args(&[
+            "--run-as-user=",
+            "--run-as-group=",
+            "--webhook-timeout-seconds=12",
+        ]);
+        assert_eq!((a.run_as_user.0, a.run_as_group.0), (None, None));
+        assert_eq!(a.webhook_timeout_seconds, 12);
+        let a = run_args(&["--aggregator-pod", r#"{"nodeSelector":{"pool":"infra"}}"#]);
+        assert_eq!(a.aggregator_pod.node_selector["pool"], "infra");
+        assert!(Cli::try_parse_from(["logstream-operator", "run", "--run-as-user=0"]).is_err());
+        assert!(
+            Cli::try_parse_from(["logstream-operator", "run", "--webhook-timeout-seconds=31"])
+                .is_err()
+        );
     }
 }

@@ -34,12 +34,15 @@ pub const PULL_SECRET: &str = "logstream-pull-token";
 /// Non-root user of the sidecar image.
 pub const SIDECAR_UID: i64 = 65532;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct InjectConfig {
     pub image: String,
     /// The cluster runs native sidecars (init containers with
     /// `restartPolicy: Always`, Kubernetes 1.29+).
     pub native_sidecars: bool,
+    /// `imagePullPolicy` of the sidecar (`None`: the cluster's default).
+    pub pull_policy: Option<String>,
+    pub run_as: crate::dataplane::RunAs,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -110,8 +113,8 @@ pub fn log_mount(
 /// would answer now), `None` when it could be or nothing selects it.
 pub fn injection_problem(pod: &Pod, streams: &[LogStream]) -> Option<MutateError> {
     let cfg = InjectConfig {
-        image: String::new(),
         native_sidecars: true,
+        ..InjectConfig::default()
     };
     mutate(pod, streams, &cfg).err()
 }
@@ -220,6 +223,7 @@ pub fn mutate(
         ls.spec.sidecar.run_as_group,
         &spec.containers[app_idx],
         spec.security_context.as_ref(),
+        cfg.run_as.group,
     );
     let app = &mut spec.containers[app_idx];
     let app_name = app.name.clone();
@@ -244,7 +248,10 @@ pub fn mutate(
             }
             spec.volumes.get_or_insert_with(Vec::new).push(Volume {
                 name: LOG_VOLUME.into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: ls.spec.empty_dir_size_limit.clone(),
+                    ..EmptyDirVolumeSource::default()
+                }),
                 ..Volume::default()
             });
             spec.containers[app_idx]
@@ -358,9 +365,10 @@ pub fn mutate(
                 .clone()
                 .unwrap_or_else(default_resources),
         ),
+        image_pull_policy: cfg.pull_policy.clone(),
         security_context: Some(SecurityContext {
-            run_as_group: Some(group),
-            ..restricted_security_context()
+            run_as_group: group,
+            ..restricted_security_context(cfg.run_as)
         }),
         ..Container::default()
     };
@@ -373,14 +381,17 @@ pub fn mutate(
     } else {
         spec.containers.push(sidecar);
     }
-    pod.labels_mut().insert(STREAM_LABEL.into(), stream.clone());
+    pod.labels_mut()
+        .insert(STREAM_LABEL.into(), crate::build::label_value(&stream));
     pod.annotations_mut()
         .insert(INJECTED_ANNOTATION.into(), stream);
     Ok(Some(pod))
 }
 
 /// The sidecar's primary group: the LogStream's `sidecar.runAsGroup`, else
-/// the app container's `runAsGroup`, else the pod's, else [`SIDECAR_UID`].
+/// the app container's `runAsGroup`, else the pod's, else `fallback` (the
+/// operator's `--run-as-group`, 65532 by default; `None` leaves it to the
+/// platform).
 /// The app's group lets the sidecar read what the app writes with mode 0640
 /// as another user (the common case); group 0 is never inherited, only
 /// granted by the LogStream, since it opens every root-group file.
@@ -388,7 +399,8 @@ pub fn sidecar_group(
     explicit: Option<i64>,
     app: &Container,
     pod: Option<&k8s_openapi::api::core::v1::PodSecurityContext>,
-) -> i64 {
+    fallback: Option<i64>,
+) -> Option<i64> {
     explicit
         .or_else(|| {
             app.security_context
@@ -397,15 +409,16 @@ pub fn sidecar_group(
                 .or_else(|| pod.and_then(|p| p.run_as_group))
                 .filter(|g| *g != 0)
         })
-        .unwrap_or(SIDECAR_UID)
+        .or(fallback)
 }
 
-/// Non-root, read-only root filesystem, no capabilities, default seccomp.
-pub fn restricted_security_context() -> SecurityContext {
+/// Non-root, read-only root filesystem, no capabilities, default seccomp;
+/// user and group as configured (unset: the platform assigns them).
+pub fn restricted_security_context(run_as: crate::dataplane::RunAs) -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(SIDECAR_UID),
-        run_as_group: Some(SIDECAR_UID),
+        run_as_user: run_as.user,
+        run_as_group: run_as.group,
         read_only_root_filesystem: Some(true),
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
@@ -487,6 +500,7 @@ mod tests {
         InjectConfig {
             image: "logstream:test".into(),
             native_sidecars: true,
+            ..InjectConfig::default()
         }
     }
 
@@ -807,6 +821,86 @@ mod tests {
         let mut strict = web();
         strict.spec.access.trust_loopback = Some(false);
         assert_eq!(flag(&web_pod(), &[strict]).as_deref(), Some("true"));
+    }
+
+    /// OpenShift's restricted SCC assigns ids itself and rejects others:
+    /// the operator can leave them unset; pull policy and the emptyDir's
+    /// size limit come from the chart and the LogStream.
+    #[test]
+    fn ids_pull_policy_and_size_limit_are_configurable() {
+        let platform = InjectConfig {
+            pull_policy: Some("Always".into()),
+            run_as: crate::dataplane::RunAs {
+                user: None,
+                group: None,
+            },
+            ..cfg()
+        };
+        let mut ls = web();
+        ls.spec.empty_dir_size_limit = Some(Quantity("2Gi".into()));
+        let out = mutate(&web_pod(), &[ls], &platform).unwrap().unwrap();
+        let sc = sidecar(&out).security_context.clone().unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (None, None));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sidecar(&out).image_pull_policy.as_deref(), Some("Always"));
+        let vol = out
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == LOG_VOLUME)
+            .unwrap();
+        assert_eq!(
+            vol.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("2Gi".into()))
+        );
+        // The app's group is still shared when the pod states it.
+        let mut grouped = web_pod();
+        grouped.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+            run_as_group: Some(3000),
+            ..SecurityContext::default()
+        });
+        let out = mutate(&grouped, &[web()], &platform).unwrap().unwrap();
+        assert_eq!(
+            sidecar(&out)
+                .security_context
+                .as_ref()
+                .unwrap()
+                .run_as_group,
+            Some(3000)
+        );
+        // Defaults: 65532, no pull policy, no size limit.
+        let out = mutate(&web_pod(), &[web()], &cfg()).unwrap().unwrap();
+        let sc = sidecar(&out).security_context.clone().unwrap();
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_group),
+            (Some(65532), Some(65532))
+        );
+        assert_eq!(sidecar(&out).image_pull_policy, None);
+    }
+
+    #[test]
+    fn a_long_logstream_name_becomes_a_valid_label_value() {
+        let long = "a".repeat(60) + ".b-c-" + &"d".repeat(100);
+        let ls = stream(
+            &long,
+            serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}),
+        );
+        let out = mutate(&web_pod(), std::slice::from_ref(&ls), &cfg())
+            .unwrap()
+            .unwrap();
+        let v = &out.labels()[STREAM_LABEL];
+        assert!(
+            v.len() <= 63 && v.chars().last().unwrap().is_ascii_alphanumeric(),
+            "{v}"
+        );
+        assert_eq!(*v, crate::build::label_value(&long));
+        let svc = crate::build::stream_service(&ls);
+        assert_eq!(svc.spec.unwrap().selector.unwrap()[STREAM_LABEL], *v);
+        assert_eq!(crate::build::label_value("web"), "web");
     }
 
     #[test]

@@ -46,6 +46,12 @@ pub struct RunOptions {
     /// LogStreams, so the garbage collector removes it with the release;
     /// `None`: those objects have no owner (runs outside the chart).
     pub owner_cluster_role: Option<String>,
+    /// How the sidecar and the aggregator run (pull policy, ids, placement).
+    pub pull_policy: Option<String>,
+    pub run_as: crate::dataplane::RunAs,
+    pub aggregator_pod: crate::dataplane::AggregatorPod,
+    /// The API server's timeout for one admission call (1–30 s).
+    pub webhook_timeout_seconds: i32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +130,16 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     if opts.manage_webhook {
         match &certs {
-            Some(c) => webhook::register(&client, &opts.webhook, &c.ca_pem, owner.as_ref()).await?,
+            Some(c) => {
+                webhook::register(
+                    &client,
+                    &opts.webhook,
+                    &c.ca_pem,
+                    owner.as_ref(),
+                    opts.webhook_timeout_seconds,
+                )
+                .await?
+            }
             None => tracing::warn!(
                 "--manage-webhook with --tls-cert-dir: the CA bundle is left to whoever issued the files"
             ),
@@ -136,6 +151,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         inject: InjectConfig {
             image: opts.image.clone(),
             native_sidecars: native,
+            pull_policy: opts.pull_policy.clone(),
+            run_as: opts.run_as,
         },
         metrics: metrics.clone(),
         recorder: kube::runtime::events::Recorder::new(
@@ -225,9 +242,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                             continue;
                         }
                         if opts.manage_webhook
-                            && let Err(e) =
-                                webhook::register(&client, &opts.webhook, &c.ca_pem, owner.as_ref())
-                                    .await
+                            && let Err(e) = webhook::register(
+                                &client,
+                                &opts.webhook,
+                                &c.ca_pem,
+                                owner.as_ref(),
+                                opts.webhook_timeout_seconds,
+                            )
+                            .await
                         {
                             tracing::error!(error = %e, "update caBundle");
                         }
@@ -265,6 +287,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         BuildConfig {
             image: opts.image.clone(),
             owner: owner.clone(),
+            pull_policy: opts.pull_policy.clone(),
+            run_as: opts.run_as,
+            aggregator_pod: opts.aggregator_pod.clone(),
         },
         metrics,
     ));

@@ -201,11 +201,13 @@ pub enum Endpoint {
 
 /// The webhook configuration the operator registers. `owner` (the chart's
 /// ClusterRole, [`crate::owner`]) makes `helm uninstall` remove it although
-/// Helm never rendered it.
+/// Helm never rendered it; `timeout_seconds` is the chart's
+/// `webhook.timeoutSeconds` (the API server's default is 10).
 pub fn configuration(
     endpoint: &Endpoint,
     ca_pem: &str,
     owner: Option<&OwnerReference>,
+    timeout_seconds: i32,
 ) -> MutatingWebhookConfiguration {
     let client_config = match endpoint {
         Endpoint::Service {
@@ -245,7 +247,7 @@ pub fn configuration(
             // An outage of the operator must never block a deploy.
             failure_policy: Some("Ignore".into()),
             side_effects: "None".into(),
-            timeout_seconds: Some(5),
+            timeout_seconds: Some(timeout_seconds.clamp(1, 30)),
             reinvocation_policy: Some("IfNeeded".into()),
             namespace_selector: Some(LabelSelector {
                 match_labels: Some(BTreeMap::from([(
@@ -282,12 +284,13 @@ pub async fn register(
     endpoint: &Endpoint,
     ca_pem: &str,
     owner: Option<&OwnerReference>,
+    timeout_seconds: i32,
 ) -> Result<(), kube::Error> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     api.patch(
         WEBHOOK_NAME,
         &PatchParams::apply(crate::build::MANAGED_BY).force(),
-        &Patch::Apply(configuration(endpoint, ca_pem, owner)),
+        &Patch::Apply(configuration(endpoint, ca_pem, owner, timeout_seconds)),
     )
     .await?;
     Ok(())
@@ -377,9 +380,11 @@ mod tests {
             &Endpoint::Url("https://127.0.0.1:9443/mutate".into()),
             "CA",
             None,
+            7,
         );
         assert!(c.metadata.owner_references.is_none(), "no owner given");
         let w = &c.webhooks.unwrap()[0];
+        assert_eq!(w.timeout_seconds, Some(7));
         assert_eq!(w.failure_policy.as_deref(), Some("Ignore"));
         assert_eq!(w.side_effects, "None");
         assert_eq!(
@@ -405,6 +410,7 @@ mod tests {
             &Endpoint::Url("https://127.0.0.1:9443/mutate".into()),
             "CA",
             Some(&owner),
+            5,
         );
         assert_eq!(c.metadata.owner_references, Some(vec![owner]));
     }

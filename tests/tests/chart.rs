@@ -38,6 +38,10 @@ const FULL: &[&str] = &[
     "grafana.dashboard.enabled=true",
     "grafana.lokiDatasource.enabled=true",
     "operator.replicas=2",
+    "operator.hostNetwork=true",
+    "webhook.containerPort=9443",
+    "logstream.image.pullPolicy=Always",
+    "aggregator.nodeSelector.pool=infra",
 ];
 
 /// What the operator's ClusterRole may grant, as `group/resource:verb` or
@@ -462,6 +466,131 @@ fn operator_deployment_is_hardened_and_wired() {
     assert_eq!(one(&full, "Deployment")["spec"]["replicas"], 2);
 }
 
+/// The operator's arguments as the chart renders them with `sets`.
+fn operator_args(sets: &[&str]) -> (Vec<String>, Value) {
+    let rendered = docs(&render(sets, false));
+    let pod = one(&rendered, "Deployment")["spec"]["template"]["spec"].clone();
+    let args = strs(&pod["containers"][0]["args"])
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    (args, pod)
+}
+
+fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+}
+
+/// Day-one settings reach the operator in the form it parses: pull policy,
+/// data-plane ids (or none, for OpenShift), the aggregator's placement, the
+/// webhook's timeout and port, host networking.
+#[test]
+fn data_plane_and_webhook_settings_reach_the_operator() {
+    let (args, pod) = operator_args(&[]);
+    assert_eq!(arg(&args, "--run-as-user"), Some("65532"));
+    assert_eq!(arg(&args, "--run-as-group"), Some("65532"));
+    assert_eq!(arg(&args, "--webhook-timeout-seconds"), Some("5"));
+    assert_eq!(arg(&args, "--image-pull-policy"), None);
+    let agg = logstream_operator::dataplane::parse_aggregator_pod(
+        arg(&args, "--aggregator-pod").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(agg, logstream_operator::dataplane::AggregatorPod::default());
+    assert!(pod["hostNetwork"].is_null());
+
+    let (args, pod) = operator_args(&[
+        "logstream.image.pullPolicy=Always",
+        "aggregator.nodeSelector.pool=infra",
+        "aggregator.imagePullSecrets[0].name=regcred",
+        "aggregator.resources.limits.memory=1Gi",
+        "aggregator.priorityClassName=high",
+        "webhook.timeoutSeconds=9",
+        "webhook.containerPort=9443",
+        "operator.hostNetwork=true",
+    ]);
+    assert_eq!(arg(&args, "--image-pull-policy"), Some("Always"));
+    assert_eq!(arg(&args, "--webhook-timeout-seconds"), Some("9"));
+    assert_eq!(arg(&args, "--webhook-listen"), Some("0.0.0.0:9443"));
+    assert_eq!(pod["containers"][0]["ports"][0]["containerPort"], 9443);
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    let agg = logstream_operator::dataplane::parse_aggregator_pod(
+        arg(&args, "--aggregator-pod").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(agg.node_selector["pool"], "infra");
+    assert_eq!(agg.image_pull_secrets[0].name, "regcred");
+    assert_eq!(agg.priority_class_name.as_deref(), Some("high"));
+    assert_eq!(agg.resources.unwrap().limits.unwrap()["memory"].0, "1Gi");
+}
+
+/// OpenShift's restricted SCC assigns user, group and fsGroup itself and
+/// rejects pods that pin others: with the documented nulls, neither the
+/// operator's pod nor the data plane pins any.
+#[test]
+fn openshift_values_pin_no_ids() {
+    let (args, pod) = operator_args(&[
+        "operator.podSecurityContext.runAsUser=null",
+        "operator.podSecurityContext.runAsGroup=null",
+        "operator.podSecurityContext.fsGroup=null",
+        "operator.securityContext.runAsUser=null",
+        "operator.securityContext.runAsGroup=null",
+        "logstream.runAsUser=null",
+        "logstream.runAsGroup=null",
+    ]);
+    let text = serde_json::to_string(&pod).unwrap();
+    for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+        assert!(!text.contains(key), "{key} still pinned: {pod:#}");
+    }
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+    assert_eq!(arg(&args, "--run-as-user"), Some(""));
+    assert_eq!(arg(&args, "--run-as-group"), Some(""));
+    assert_eq!(
+        logstream_operator::dataplane::parse_id(""),
+        Ok(logstream_operator::dataplane::OptionalId(None))
+    );
+}
+
+/// As a dependency of another chart, Helm passes `global`: the schema must
+/// accept it (it rejected every unknown top-level key).
+#[test]
+fn the_chart_works_as_a_subchart() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("parent");
+    std::fs::create_dir_all(parent.join("charts")).unwrap();
+    std::fs::write(
+        parent.join("Chart.yaml"),
+        format!(
+            "apiVersion: v2\nname: parent\nversion: 0.1.0\ndependencies:\n- name: logstream\n  version: \">=0.0.0\"\n  repository: file://{}\n",
+            repo_root().join("charts/logstream").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        parent.join("values.yaml"),
+        "global:\n  imageRegistry: registry.example\nlogstream:\n  operator:\n    replicas: 1\n",
+    )
+    .unwrap();
+    let parent = parent.to_str().unwrap();
+    helm(&["dependency", "build", parent]);
+    let out = helm(&[
+        "template",
+        "p",
+        parent,
+        "--namespace",
+        NS,
+        "--kube-version",
+        KUBE_VERSION,
+    ]);
+    let rendered = docs(&out);
+    assert_eq!(one(&rendered, "Deployment")["kind"], "Deployment");
+}
+
 #[test]
 fn cert_manager_mode_issues_the_certificate_and_owns_the_webhook() {
     let full = docs(&render(FULL, false));
@@ -497,6 +626,7 @@ fn cert_manager_mode_issues_the_certificate_and_owns_the_webhook() {
         },
         "",
         None,
+        5,
     );
     let mut want = serde_json::to_value(&ours).unwrap()["webhooks"].clone();
     want[0]["clientConfig"]

@@ -543,6 +543,7 @@ async fn webhook_served_from_mounted_certificate_files() {
         &Endpoint::Url(format!("https://127.0.0.1:{port}/mutate")),
         &certs.ca_pem,
         None,
+        5,
     )
     .await
     .unwrap();
