@@ -670,7 +670,9 @@ pub fn status(
     }
 }
 
-async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
+/// What the finalizer does before a LogStream goes (also run by
+/// [`crate::uninstall`] when no operator runs).
+pub(crate) async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let ns = ls.namespace().ok_or(Error::NoNamespace)?;
     let others: Vec<LogStream> = live_streams(client, &ns)

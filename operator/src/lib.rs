@@ -21,4 +21,5 @@ pub mod probe;
 pub mod restart;
 pub mod run;
 pub mod tls;
+pub mod uninstall;
 pub mod webhook;

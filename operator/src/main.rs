@@ -26,6 +26,24 @@ enum Command {
     Crd,
     /// Run the controller and the injection webhook.
     Run(Box<RunArgs>),
+    /// Delete every LogStream and wait until each is cleaned up (the chart's
+    /// pre-delete hook). With --without-operator, do the cleanup here and
+    /// release the finalizers: the way out when the operator is gone and
+    /// LogStreams (or namespaces being deleted) are stuck.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct UninstallArgs {
+    /// Only this namespace (default: all).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Run each LogStream's cleanup here and remove its finalizer.
+    #[arg(long)]
+    without_operator: bool,
+    /// Longest wait for the LogStreams to go.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,6 +136,30 @@ fn main() -> anyhow::Result<()> {
             print!("{}", logstream_operator::crd::crd_yaml()?);
             Ok(())
         }
+        Command::Uninstall(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let client = kube::Client::try_default().await?;
+                // Only the cleanup of namespaces where other LogStreams stay
+                // builds objects, and every LogStream is being removed.
+                let ctx = logstream_operator::controller::Context::new(
+                    client,
+                    logstream_operator::build::BuildConfig::default(),
+                    std::sync::Arc::new(logstream_operator::metrics::Metrics::new()),
+                );
+                let n = logstream_operator::uninstall::uninstall(
+                    &ctx,
+                    a.namespace.as_deref(),
+                    a.without_operator,
+                    a.timeout,
+                )
+                .await?;
+                println!("{n} LogStream(s) removed");
+                anyhow::Ok(())
+            })
+        }
         Command::Run(a) => {
             let webhook = match a.webhook_url {
                 Some(u) => Endpoint::Url(u),
@@ -177,7 +219,7 @@ mod tests {
         full.extend_from_slice(args);
         match Cli::try_parse_from(full).unwrap().command {
             Command::Run(a) => *a,
-            Command::Crd => unreachable!(),
+            _ => unreachable!("run was parsed"),
         }
     }
 

@@ -52,6 +52,7 @@ const CLUSTER_ALLOWED: &[&str] = &[
     "logstream.dev/logstreams:list",
     "logstream.dev/logstreams:watch",
     "logstream.dev/logstreams:patch",
+    "logstream.dev/logstreams:delete",
     "logstream.dev/logstreams/status:patch",
     "/pods:get",
     "/pods:list",
@@ -523,6 +524,28 @@ fn data_plane_and_webhook_settings_reach_the_operator() {
     assert_eq!(agg.image_pull_secrets[0].name, "regcred");
     assert_eq!(agg.priority_class_name.as_deref(), Some("high"));
     assert_eq!(agg.resources.unwrap().limits.unwrap()["memory"].0, "1Gi");
+}
+
+/// `helm uninstall` first runs `logstream-operator uninstall` in a Job
+/// (pre-delete hook) with the operator's ServiceAccount; its pod is not
+/// picked by the webhook Service or the PodDisruptionBudget.
+#[test]
+fn uninstall_hook_deletes_the_logstreams_first() {
+    let rendered = docs(&render(FULL, false));
+    let job = one(&rendered, "Job");
+    assert_eq!(job["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
+    let pod = &job["spec"]["template"];
+    assert_eq!(strs(&pod["spec"]["containers"][0]["args"])[0], "uninstall");
+    assert_eq!(pod["spec"]["serviceAccountName"], "logstream-operator");
+    let labels = pod["metadata"]["labels"].as_object().unwrap();
+    let svc = one(&rendered, "Service");
+    let selector = svc["spec"]["selector"].as_object().unwrap();
+    assert!(
+        !selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "the webhook Service would select the hook's pod"
+    );
+    let off = docs(&render(&["uninstall.deleteLogStreams=false"], false));
+    assert!(all_of(&off, "Job").is_empty());
 }
 
 /// OpenShift's restricted SCC assigns user, group and fsGroup itself and

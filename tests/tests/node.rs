@@ -1256,20 +1256,19 @@ spec:
     Ok(())
 }
 
-/// `helm uninstall` after the LogStreams are gone, then deleting the
-/// namespaces: nothing of ours is left in the cluster.
+/// `helm uninstall` with LogStreams still there, then deleting the
+/// namespaces (which would hang on a LogStream's finalizer without the
+/// chart's pre-delete hook): nothing of ours is left in the cluster.
 fn uninstall_leaves_nothing_behind(ctx: &Ctx) -> Result<(), Failed> {
     ctx.chart()?;
     let node = ctx.node();
-    node.kubectl(&[
-        "delete",
-        "ls",
-        "--all",
-        "--all-namespaces",
-        "--wait=true",
-        "--timeout=120s",
-    ])
-    .stdout_if_success();
+    // LogStreams are still there: the chart's pre-delete hook removes them
+    // while the operator can still clean each up.
+    let before = node.kubectl(&["get", "ls", "--all-namespaces", "-o", "name"]);
+    assert!(
+        !before.stdout_if_success().trim().is_empty(),
+        "the case needs a LogStream left at uninstall"
+    );
     node.helm(&[
         "uninstall",
         "logstream",
@@ -1278,6 +1277,21 @@ fn uninstall_leaves_nothing_behind(ctx: &Ctx) -> Result<(), Failed> {
         "--wait",
     ])
     .stdout_if_success();
+    let after = node.kubectl(&["get", "ls", "--all-namespaces", "-o", "name"]);
+    assert_eq!(after.stdout_if_success().trim(), "", "LogStreams left");
+    let labelled = node.kubectl(&[
+        "get",
+        "namespaces",
+        "-l",
+        "logstream.dev/injection",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        labelled.stdout_if_success().trim(),
+        "",
+        "namespaces still labelled"
+    );
     for ns in [
         OPERATOR_NS,
         DEMO_NS,

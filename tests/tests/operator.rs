@@ -643,3 +643,102 @@ async fn a_webhook_certificate_near_expiry_is_renewed() {
         op.log()
     );
 }
+
+/// `logstream-operator uninstall ARGS` as a user runs it; (success, stdout, stderr).
+fn uninstall(cp: &ControlPlane, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(operator_bin())
+        .arg("uninstall")
+        .args(args)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The operator removed before its LogStreams: their finalizer can no
+/// longer run, so they (and a namespace being deleted with them) stay.
+/// `uninstall` says so; `uninstall --without-operator` runs the cleanup
+/// itself and releases them, leaving nothing of ours in the namespace.
+#[tokio::test]
+async fn logstreams_left_without_the_operator_are_released_by_uninstall() {
+    let cp = ControlPlane::start();
+    install_crd(&cp);
+    for ns in ["logstream-system", "shop"] {
+        cp.kubectl(&["create", "namespace", ns]).stdout_if_success();
+    }
+    let client = cp.client().await;
+    let op = Operator::start(&cp);
+    cp.kubectl(&[
+        "apply",
+        "-n",
+        "shop",
+        "-f",
+        &repo("examples/logstream.yaml"),
+    ])
+    .stdout_if_success();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    eventually("the aggregator Deployment", PATIENCE, || async {
+        deployments.get_opt("logstream-aggregator").await.ok()?
+    })
+    .await;
+    let streams: Api<LogStream> = Api::namespaced(client.clone(), "shop");
+    eventually("the finalizer", PATIENCE, || async {
+        let ls = streams.get("demo").await.ok()?;
+        ls.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"logstream.dev/cleanup".to_string())
+            .then_some(())
+    })
+    .await;
+    drop(op);
+
+    cp.kubectl(&["delete", "-n", "shop", "logstream", "demo", "--wait=false"])
+        .stdout_if_success();
+    let stuck = streams.get("demo").await.unwrap();
+    assert!(
+        stuck.metadata.deletion_timestamp.is_some(),
+        "held by its finalizer"
+    );
+
+    let (ok, _, err) = uninstall(&cp, &["--timeout", "2s"]);
+    assert!(!ok);
+    assert!(
+        err.contains("shop/demo") && err.contains("--without-operator"),
+        "{err}"
+    );
+    let (ok, out, err) = uninstall(&cp, &["--without-operator"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "1 LogStream(s) removed");
+    assert!(streams.get_opt("demo").await.unwrap().is_none());
+    assert!(
+        deployments
+            .get_opt("logstream-aggregator")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let ns = Api::<Namespace>::all(client.clone())
+        .get("shop")
+        .await
+        .unwrap();
+    assert!(
+        !ns.metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("logstream.dev/injection")
+    );
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client);
+    assert!(
+        bindings
+            .get_opt("logstream:auth-delegator:shop")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
