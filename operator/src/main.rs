@@ -117,6 +117,9 @@ struct RunArgs {
     /// The API server's timeout for one admission call (1-30 s) in the webhook configuration the operator registers.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=30))]
     webhook_timeout_seconds: i32,
+    /// How often each replica re-reads the self-managed certificate Secret, renews it when close to expiry, and serves what it holds.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    cert_check_interval: std::time::Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -194,6 +197,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 aggregator_pod: a.aggregator_pod,
                 webhook_timeout_seconds: a.webhook_timeout_seconds,
+                cert_check_interval: a.cert_check_interval,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

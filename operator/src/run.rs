@@ -52,6 +52,9 @@ pub struct RunOptions {
     pub aggregator_pod: crate::dataplane::AggregatorPod,
     /// The API server's timeout for one admission call (1–30 s).
     pub webhook_timeout_seconds: i32,
+    /// How often each replica re-reads the certificate Secret (and renews
+    /// it when close to expiry).
+    pub cert_check_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +219,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             }
             let Some(mut current) = certs else { return };
             loop {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
+                // Every replica looks each period: the one that finds the pair
+                // close to expiry renews it; the others pick it up.
+                tokio::time::sleep(opts.cert_check_interval).await;
                 match tls::ensure(
                     &secrets,
                     &opts.tls_secret,
@@ -231,16 +236,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                         if fresh {
                             metrics.cert_renewals.inc();
                         }
-                        if let Err(e) = tls_config
-                            .reload_from_pem(
-                                c.cert_pem.clone().into_bytes(),
-                                c.key_pem.clone().into_bytes(),
-                            )
-                            .await
-                        {
-                            tracing::error!(error = %e, "reload webhook certificate");
-                            continue;
-                        }
+                        // The API server must trust the new CA before this
+                        // replica serves a certificate signed by it (the
+                        // bundle still holds the previous CA for the others).
                         if opts.manage_webhook
                             && let Err(e) = webhook::register(
                                 &client,
@@ -251,8 +249,20 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                             )
                             .await
                         {
-                            tracing::error!(error = %e, "update caBundle");
+                            tracing::error!(error = %e, "update caBundle; keeping the current certificate");
+                            continue;
                         }
+                        if let Err(e) = tls_config
+                            .reload_from_pem(
+                                c.cert_pem.clone().into_bytes(),
+                                c.key_pem.clone().into_bytes(),
+                            )
+                            .await
+                        {
+                            tracing::error!(error = %e, "reload webhook certificate");
+                            continue;
+                        }
+                        tracing::info!(not_after = %c.not_after, "webhook certificate reloaded");
                         current = c;
                     }
                     Ok(_) => {}

@@ -1,6 +1,15 @@
 //! Webhook TLS, self-managed: a CA and a serving certificate generated with
 //! rcgen, kept in a Secret so every replica serves the same pair, renewed
 //! well before expiry.
+//!
+//! Several replicas start and renew at once, so every write is conditional:
+//! a missing Secret is created (a second creator gets 409 and adopts the
+//! winner's pair), an existing one is patched with its `resourceVersion` as
+//! precondition (a concurrent writer gets 409 and re-reads). One pair per
+//! version, whoever writes it. A renewal keeps the previous CA in `ca.crt`
+//! (and so in the webhook's caBundle) beside the new one: replicas still
+//! serving the previous certificate stay trusted until they reload, and
+//! each replica registers the bundle before it serves a new certificate.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,7 +17,7 @@ use std::net::IpAddr;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -46,6 +55,31 @@ impl WebhookCerts {
     }
 }
 
+/// The PEM certificates of a bundle, in order.
+fn pem_blocks(bundle: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    bundle
+        .split_inclusive(END)
+        .filter(|b| b.contains(END))
+        .map(|b| format!("{}\n", b.trim_start()))
+        .collect()
+}
+
+/// A new CA and serving certificate whose `ca_pem` also holds the CA that
+/// signed `previous` (not older ones: those expired long before).
+pub fn rotate(
+    previous: &WebhookCerts,
+    dns_names: &[String],
+    ips: &[IpAddr],
+    now: OffsetDateTime,
+) -> Result<WebhookCerts, TlsError> {
+    let mut next = generate(dns_names, ips, now)?;
+    if let Some(ca) = pem_blocks(&previous.ca_pem).into_iter().next() {
+        next.ca_pem.push_str(&ca);
+    }
+    Ok(next)
+}
+
 /// Generates a CA and a serving certificate for `dns_names` and `ips`.
 pub fn generate(
     dns_names: &[String],
@@ -58,8 +92,12 @@ pub fn generate(
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::CommonName, "logstream webhook CA");
+    // A name of its own per CA: during a renewal the bundle holds two, and
+    // clients that pick an issuer by subject alone must find the right one.
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        format!("logstream webhook CA {}", now.unix_timestamp_nanos()),
+    );
     ca.not_before = now - Duration::minutes(5);
     ca.not_after = not_after + Duration::days(1);
     let ca_cert = ca.self_signed(&ca_key)?;
@@ -78,6 +116,8 @@ pub fn generate(
     );
     leaf.not_before = now - Duration::minutes(5);
     leaf.not_after = not_after;
+    // Names the signing CA's key, so verifiers pick it among several.
+    leaf.use_authority_key_identifier_extension = true;
     let cert = leaf.signed_by(&key, &issuer)?;
     Ok(WebhookCerts {
         ca_pem: ca_cert.pem(),
@@ -158,15 +198,20 @@ enum Plan {
     /// release's Secret goes with `helm uninstall` without waiting a year
     /// for the renewal.
     Adopt(WebhookCerts),
-    /// Missing, unreadable or close to expiry: generate new ones.
+    /// Close to expiry: a new pair, the current CA kept in the bundle.
+    Renew(WebhookCerts),
+    /// Missing or unreadable: generate new ones.
     Issue,
 }
 
 fn plan(current: Option<&Secret>, owner: Option<&OwnerReference>, now: OffsetDateTime) -> Plan {
     let Some(s) = current else { return Plan::Issue };
-    let Some(c) = from_secret(s).filter(|c| !c.needs_renewal(now)) else {
+    let Some(c) = from_secret(s) else {
         return Plan::Issue;
     };
+    if c.needs_renewal(now) {
+        return Plan::Renew(c);
+    }
     let owned = owner.is_none_or(|o| {
         s.metadata
             .owner_references
@@ -177,9 +222,13 @@ fn plan(current: Option<&Secret>, owner: Option<&OwnerReference>, now: OffsetDat
     if owned { Plan::Keep(c) } else { Plan::Adopt(c) }
 }
 
+/// Conditional writes lost to another replica before giving up.
+const WRITE_ATTEMPTS: usize = 5;
+
 /// Loads the certificates from the Secret, or generates (and stores) new
 /// ones when missing, unreadable or close to expiry. Returns them and whether
-/// they are new.
+/// they are new. Safe to call from every replica at once (see the module
+/// docs): what it returns is what the Secret holds.
 pub async fn ensure(
     secrets: &Api<Secret>,
     name: &str,
@@ -188,39 +237,56 @@ pub async fn ensure(
     ips: &[IpAddr],
     owner: Option<&OwnerReference>,
 ) -> Result<(WebhookCerts, bool), TlsError> {
-    let now = OffsetDateTime::now_utc();
-    let current = secrets
-        .get_opt(name)
-        .await
-        .map_err(|source| TlsError::Secret {
-            name: name.into(),
-            source,
-        })?;
-    let (certs, fresh) = match plan(current.as_ref(), owner, now) {
-        Plan::Keep(c) => return Ok((c, false)),
-        Plan::Adopt(c) => (c, false),
-        Plan::Issue => (generate(dns_names, ips, now)?, true),
+    let err = |source| TlsError::Secret {
+        name: name.into(),
+        source,
     };
-    secrets
-        .patch(
-            name,
-            &PatchParams::apply(crate::build::MANAGED_BY).force(),
-            &Patch::Apply(to_secret(name, namespace, &certs, owner)),
-        )
-        .await
-        .map_err(|source| TlsError::Secret {
-            name: name.into(),
-            source,
-        })?;
-    if fresh {
-        tracing::info!(secret = name, not_after = %certs.not_after, "webhook certificate issued");
-    } else {
-        tracing::info!(
-            secret = name,
-            "webhook certificate Secret given its owner reference"
-        );
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let now = OffsetDateTime::now_utc();
+        let current = secrets.get_opt(name).await.map_err(err)?;
+        let (certs, fresh) = match plan(current.as_ref(), owner, now) {
+            Plan::Keep(c) => return Ok((c, false)),
+            Plan::Adopt(c) => (c, false),
+            Plan::Renew(old) => (rotate(&old, dns_names, ips, now)?, true),
+            Plan::Issue => (generate(dns_names, ips, now)?, true),
+        };
+        let desired = to_secret(name, namespace, &certs, owner);
+        let written = match &current {
+            None => secrets.create(&PostParams::default(), &desired).await,
+            Some(cur) => {
+                // The resourceVersion makes the patch conditional.
+                let mut body = serde_json::to_value(&desired).unwrap_or_default();
+                body["metadata"]["resourceVersion"] =
+                    serde_json::json!(cur.metadata.resource_version);
+                secrets
+                    .patch(name, &PatchParams::default(), &Patch::Merge(body))
+                    .await
+            }
+        };
+        match written {
+            Ok(_) => {}
+            // Another replica wrote first: serve what it wrote.
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < WRITE_ATTEMPTS => {
+                tracing::info!(
+                    secret = name,
+                    "webhook certificate written by another replica; re-reading"
+                );
+                continue;
+            }
+            Err(e) => return Err(err(e)),
+        }
+        if fresh {
+            tracing::info!(secret = name, not_after = %certs.not_after, cas = pem_blocks(&certs.ca_pem).len(), "webhook certificate issued");
+        } else {
+            tracing::info!(
+                secret = name,
+                "webhook certificate Secret given its owner reference"
+            );
+        }
+        return Ok((certs, fresh));
     }
-    Ok((certs, fresh))
 }
 
 #[cfg(test)]
@@ -262,11 +328,44 @@ mod tests {
             plan(Some(&unowned), Some(&owner), now),
             Plan::Adopt(c.clone())
         );
-        assert_eq!(plan(Some(&owned), Some(&owner), now), Plan::Keep(c));
+        assert_eq!(plan(Some(&owned), Some(&owner), now), Plan::Keep(c.clone()));
         // Missing, unreadable, or close to expiry: new certificates.
         assert_eq!(plan(None, Some(&owner), now), Plan::Issue);
         assert_eq!(plan(Some(&Secret::default()), None, now), Plan::Issue);
         let late = now + VALIDITY - RENEW_BEFORE + Duration::days(1);
-        assert_eq!(plan(Some(&owned), Some(&owner), late), Plan::Issue);
+        assert_eq!(plan(Some(&owned), Some(&owner), late), Plan::Renew(c));
+    }
+
+    /// A renewal's bundle holds the new CA and the one before it (which
+    /// still signs what other replicas serve), never more.
+    #[test]
+    fn renewal_keeps_the_previous_ca_in_the_bundle() {
+        let now = OffsetDateTime::now_utc();
+        let first = generate(&["svc.ns.svc".into()], &[], now).unwrap();
+        assert_eq!(
+            pem_blocks(&first.ca_pem),
+            std::slice::from_ref(&first.ca_pem)
+        );
+        let second = rotate(&first, &["svc.ns.svc".into()], &[], now).unwrap();
+        let blocks = pem_blocks(&second.ca_pem);
+        assert_eq!(blocks.len(), 2);
+        assert_ne!(blocks[0], first.ca_pem);
+        assert_eq!(blocks[1], first.ca_pem);
+        let third = rotate(&second, &["svc.ns.svc".into()], &[], now).unwrap();
+        let blocks3 = pem_blocks(&third.ca_pem);
+        assert_eq!(blocks3.len(), 2);
+        assert_eq!(blocks3[1], blocks[0], "only the previous CA is carried");
+        // Both CAs verify: rustls accepts the bundle as roots.
+        let mut roots = rustls::RootCertStore::empty();
+        for b in &blocks {
+            let der = rustls_pemfile_der(b);
+            roots.add(der).unwrap();
+        }
+        assert_eq!(roots.len(), 2);
+    }
+
+    fn rustls_pemfile_der(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
     }
 }

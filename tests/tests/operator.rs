@@ -742,3 +742,119 @@ async fn logstreams_left_without_the_operator_are_released_by_uninstall() {
             .is_none()
     );
 }
+
+/// `curl --cacert BUNDLE https://127.0.0.1:PORT/healthz` succeeds: the
+/// replica on PORT serves a certificate the bundle trusts.
+fn trusted(bundle: &str, port: u16, dir: &std::path::Path) -> bool {
+    let file = dir.join(format!("bundle-{port}.pem"));
+    std::fs::write(&file, bundle).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "--max-time", "10", "--cacert"])
+        .arg(&file)
+        .arg(format!("https://127.0.0.1:{port}/healthz"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "curl to {port}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    out.status.success()
+}
+
+/// Two replicas starting at once against no Secret serve one CA, and a
+/// forced renewal keeps every replica trusted by the registered caBundle
+/// throughout: the bundle carries the previous CA until each replica serves
+/// the new certificate. Before, each renewal replaced the bundle, and a
+/// replica still serving the previous certificate failed TLS for up to an
+/// hour (admissions to it: pods without the sidecar).
+#[tokio::test]
+async fn replicas_share_one_ca_and_stay_trusted_through_a_renewal() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::Secret;
+    let cp = ControlPlane::start();
+    install_crd(&cp);
+    cp.kubectl(&["create", "namespace", "logstream-system"])
+        .stdout_if_success();
+    let (p1, p2) = (free_port(), free_port());
+    let extra = ["--cert-check-interval", "1s"];
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Operator::start_with(&cp, "operator-a", p1, &extra));
+        let b = s.spawn(|| Operator::start_with(&cp, "operator-b", p2, &extra));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let client = cp.client().await;
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let bundle = || async {
+        let h = hooks.get("logstream-injector").await.unwrap();
+        String::from_utf8(
+            h.webhooks.unwrap()[0]
+                .client_config
+                .ca_bundle
+                .clone()
+                .unwrap()
+                .0,
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let first = bundle().await;
+    assert!(trusted(&first, p1, dir.path()), "replica a: {}", a.log());
+    assert!(trusted(&first, p2, dir.path()), "replica b: {}", b.log());
+
+    // Force a renewal: the stored pair now expires tomorrow.
+    let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    cp.kubectl(&[
+        "-n",
+        "logstream-system",
+        "annotate",
+        "--overwrite",
+        "secret",
+        "logstream-webhook-tls",
+        &format!("logstream.dev/not-after={tomorrow}"),
+    ])
+    .stdout_if_success();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "logstream-system");
+    let mut checks = 0;
+    loop {
+        // Whatever is registered right now trusts both replicas.
+        let now = bundle().await;
+        assert!(
+            trusted(&now, p1, dir.path()),
+            "replica a untrusted during the renewal: {}",
+            a.log()
+        );
+        assert!(
+            trusted(&now, p2, dir.path()),
+            "replica b untrusted during the renewal: {}",
+            b.log()
+        );
+        checks += 1;
+        let reloaded = |log: String| log.contains("webhook certificate reloaded");
+        if reloaded(a.log()) && reloaded(b.log()) {
+            break;
+        }
+        assert!(checks < 600, "the replicas did not both reload");
+    }
+    let stored = secrets.get("logstream-webhook-tls").await.unwrap();
+    let ca = String::from_utf8(stored.data.unwrap()["ca.crt"].0.clone()).unwrap();
+    assert_eq!(
+        ca.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "new CA + previous CA"
+    );
+    assert!(ca.ends_with(&first), "the previous CA is kept");
+    assert_eq!(bundle().await, ca);
+    // Both serve the new certificate: the new CA alone trusts them.
+    let new_ca = &ca[..ca.find(&first).unwrap()];
+    assert!(trusted(new_ca, p1, dir.path()) && trusted(new_ca, p2, dir.path()));
+    assert_eq!(
+        a.log().matches("webhook certificate issued").count()
+            + b.log().matches("webhook certificate issued").count(),
+        2,
+        "one issue at start and one renewal, by whichever replica won"
+    );
+}
