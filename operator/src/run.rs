@@ -117,6 +117,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                 &dns,
                 &opts.cert_ips,
                 owner.as_ref(),
+                &opts.identity,
             )
             .await?;
             if fresh {
@@ -229,6 +230,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                     &dns,
                     &opts.cert_ips,
                     owner.as_ref(),
+                    &opts.identity,
                 )
                 .await
                 {

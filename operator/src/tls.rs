@@ -3,8 +3,9 @@
 //! well before expiry.
 //!
 //! Several replicas start and renew at once, so every write is conditional:
-//! a missing Secret is created (a second creator gets 409 and adopts the
-//! winner's pair), an existing one is patched with its `resourceVersion` as
+//! a missing Secret is created by a server-side apply under the replica's
+//! own field manager (a second creator gets 409 and adopts the winner's
+//! pair), an existing one is patched with its `resourceVersion` as
 //! precondition (a concurrent writer gets 409 and re-reads). One pair per
 //! version, whoever writes it. A renewal keeps the previous CA in `ca.crt`
 //! (and so in the webhook's caBundle) beside the new one: replicas still
@@ -17,7 +18,7 @@ use std::net::IpAddr;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -229,6 +230,8 @@ const WRITE_ATTEMPTS: usize = 5;
 /// ones when missing, unreadable or close to expiry. Returns them and whether
 /// they are new. Safe to call from every replica at once (see the module
 /// docs): what it returns is what the Secret holds.
+/// `replica` names this replica (its field manager when it creates the
+/// Secret).
 pub async fn ensure(
     secrets: &Api<Secret>,
     name: &str,
@@ -236,6 +239,7 @@ pub async fn ensure(
     dns_names: &[String],
     ips: &[IpAddr],
     owner: Option<&OwnerReference>,
+    replica: &str,
 ) -> Result<(WebhookCerts, bool), TlsError> {
     let err = |source| TlsError::Secret {
         name: name.into(),
@@ -254,7 +258,19 @@ pub async fn ensure(
         };
         let desired = to_secret(name, namespace, &certs, owner);
         let written = match &current {
-            None => secrets.create(&PostParams::default(), &desired).await,
+            // Server-side apply, not a create: RBAC can limit patch to this
+            // Secret's name but not create. Without force and under a field
+            // manager of this replica's own, a second replica applying other
+            // certificates meets a conflict (409) instead of overwriting.
+            None => {
+                secrets
+                    .patch(
+                        name,
+                        &PatchParams::apply(&format!("{}/{replica}", crate::build::MANAGED_BY)),
+                        &Patch::Apply(&desired),
+                    )
+                    .await
+            }
             Some(cur) => {
                 // The resourceVersion makes the patch conditional.
                 let mut body = serde_json::to_value(&desired).unwrap_or_default();

@@ -42,10 +42,12 @@ echo "images: cargo build --release --target $TARGET (logstream, logstream-opera
 # (LD_LIBRARY_PATH, CARGO_PKG_*, ...) would otherwise make cargo rebuild the
 # whole tree each time the other one built it.
 # rustup puts its toolchain's bin dir first on PATH (and sets CARGO_HOME and
-# RUSTUP_HOME) for the processes it starts, so those are normalised too.
-clean_path="$(tr ':' '\n' <<<"$PATH" | grep -v '/\.rustup/toolchains/' | paste -sd: -)"
-(cd "$ROOT" && env -i PATH="$clean_path" HOME="$HOME" \
-  CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" \
+# RUSTUP_HOME) for the processes it starts, and callers add their own dirs:
+# PATH is one fixed list (cargo's bin dir, then the system's), the same in
+# static_binaries.rs.
+cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+(cd "$ROOT" && env -i PATH="$cargo_home/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME="$HOME" \
+  CARGO_HOME="$cargo_home" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" \
   CARGO_TARGET_DIR="$MUSL_TARGET_DIR" CARGO_PROFILE_RELEASE_STRIP=debuginfo \
   nice -n 10 cargo build --quiet --release --locked --target "$TARGET" \
   -p logstream -p logstream-operator)

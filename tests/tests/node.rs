@@ -184,6 +184,16 @@ fn apply_stream(node: &Node, ns: &str, name: &str, extra: &str) {
         .stdout_if_success();
 }
 
+/// Namespace NS with LogStream NAME (see [`apply_stream`]), labelled for
+/// injection: what most cases start from.
+fn namespace_with_stream(ctx: &Ctx, ns: &str, name: &str, extra: &str) {
+    let node = ctx.node();
+    node.kubectl(&["create", "namespace", ns])
+        .stdout_if_success();
+    apply_stream(node, ns, name, extra);
+    injection_enabled(ctx, ns);
+}
+
 /// Waits until the operator has labelled NS for injection: the webhook sees
 /// only the pods of labelled namespaces.
 fn injection_enabled(ctx: &Ctx, ns: &str) {
@@ -905,10 +915,7 @@ fn a_pod_that_cannot_be_injected_is_admitted_with_a_warning(ctx: &Ctx) -> Result
     ctx.chart()?;
     let node = ctx.node();
     let ns = "misfit";
-    node.kubectl(&["create", "namespace", ns])
-        .stdout_if_success();
-    apply_stream(node, ns, "misfit", r#","container":"nope""#);
-    injection_enabled(ctx, ns);
+    namespace_with_stream(ctx, ns, "misfit", r#","container":"nope""#);
     let run = node.kubectl(&[
         "run",
         "-n",
@@ -1191,10 +1198,7 @@ fn logs_under_a_volume_mounted_at_a_parent_folder_stay_in_it(ctx: &Ctx) -> Resul
     ctx.chart()?;
     let node = ctx.node();
     let ns = "parent-volume";
-    node.kubectl(&["create", "namespace", ns])
-        .stdout_if_success();
-    apply_stream(node, ns, "nested", "");
-    injection_enabled(ctx, ns);
+    namespace_with_stream(ctx, ns, "nested", "");
     let pod = r#"
 apiVersion: v1
 kind: Pod
@@ -1256,6 +1260,158 @@ spec:
     Ok(())
 }
 
+/// Two operator replicas serve the webhook through its Service. Their
+/// shared certificate is renewed (the Secret made to expire tomorrow) while
+/// pods keep being admitted: every pod admitted before, during and after
+/// the rotation gets the sidecar, and both replicas end up serving the new
+/// certificate with the previous CA still in the bundle.
+fn a_certificate_renewal_under_two_replicas_misses_no_pod(ctx: &Ctx) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    let ns = "rotation";
+    namespace_with_stream(ctx, ns, "rot", "");
+    node.kubectl(&[
+        "-n",
+        OPERATOR_NS,
+        "rollout",
+        "status",
+        "deployment/logstream-operator",
+        "--timeout=120s",
+    ])
+    .stdout_if_success();
+    let replicas: Vec<String> = node
+        .kubectl(&[
+            "-n",
+            OPERATOR_NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "-o",
+            "name",
+        ])
+        .stdout_if_success()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+    let reloaded = |pod: &str| {
+        node.kubectl(&["-n", OPERATOR_NS, "logs", pod])
+            .stdout
+            .contains("webhook certificate reloaded")
+    };
+    assert!(
+        !replicas.iter().any(|p| reloaded(p)),
+        "a reload before the renewal"
+    );
+    let pod = |i: usize| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"rot-{i}","labels":{{"app":"rot"}}}},
+                "spec":{{"containers":[{{"name":"app","image":"docker.io/library/busybox:1.36","command":["sleep","3600"]}}]}}}}"#
+        )
+    };
+    // Admitted through the Service (either replica), not stored.
+    let admitted_with_sidecar = |i: usize| {
+        let out = node.kubectl_stdin(
+            &[
+                "create",
+                "-n",
+                ns,
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            &pod(i),
+        );
+        let v: Value = serde_json::from_str(out.stdout_if_success()).unwrap_or(Value::Null);
+        v["spec"]["initContainers"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["name"] == "logstream"))
+    };
+    let mut admitted = 0;
+    let mut missed = Vec::new();
+    for i in 0..5 {
+        admitted += 1;
+        if !admitted_with_sidecar(i) {
+            missed.push(i);
+        }
+    }
+    let expiry = {
+        let out = Command::new("date")
+            .args(["-u", "-d", "+1 day", "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    node.kubectl(&[
+        "-n",
+        OPERATOR_NS,
+        "annotate",
+        "--overwrite",
+        "secret",
+        "logstream-webhook-tls",
+        &format!("logstream.dev/not-after={expiry}"),
+    ])
+    .stdout_if_success();
+    // Keep admitting until both replicas serve the new certificate, then a
+    // few more.
+    let deadline = std::time::Instant::now() + CONVERGE;
+    let mut after = 0;
+    let mut i = 5;
+    while after < 5 {
+        admitted += 1;
+        if !admitted_with_sidecar(i) {
+            missed.push(i);
+        }
+        i += 1;
+        if replicas.iter().all(|p| reloaded(p)) {
+            after += 1;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicas did not both reload: {}",
+            ctx.describe(OPERATOR_NS)
+        );
+    }
+    eprintln!(
+        "certificate renewal under two replicas: {admitted} pods admitted, {} without the sidecar",
+        missed.len()
+    );
+    assert!(
+        missed.is_empty(),
+        "admitted without the sidecar: {missed:?}"
+    );
+    let hook = get_json(
+        node,
+        &["mutatingwebhookconfiguration", "logstream-injector"],
+    );
+    let bundle = hook["webhooks"][0]["clientConfig"]["caBundle"]
+        .as_str()
+        .unwrap_or("");
+    let pem = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(bundle.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let pem = String::from_utf8_lossy(&pem.stdout);
+    assert_eq!(
+        pem.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "new and previous CA: {pem}"
+    );
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])
+        .stdout_if_success();
+    Ok(())
+}
+
 /// `helm uninstall` with LogStreams still there, then deleting the
 /// namespaces (which would hang on a LogStream's finalizer without the
 /// chart's pre-delete hook): nothing of ours is left in the cluster.
@@ -1297,6 +1453,7 @@ fn uninstall_leaves_nothing_behind(ctx: &Ctx) -> Result<(), Failed> {
         DEMO_NS,
         "drain",
         "drain-slow",
+        "rotation",
         "restart",
         "webhook-check",
         "misfit",
@@ -1336,7 +1493,7 @@ fn main() {
         demo: OnceLock::new(),
     });
     type Case = fn(&Ctx) -> Result<(), Failed>;
-    let cases: [(&str, Case); 12] = [
+    let cases: [(&str, Case); 13] = [
         (
             "chart_operator_runs_and_the_api_server_calls_its_webhook",
             chart_operator_runs_and_the_api_server_calls_its_webhook,
@@ -1377,6 +1534,10 @@ fn main() {
         (
             "logs_under_a_volume_mounted_at_a_parent_folder_stay_in_it",
             logs_under_a_volume_mounted_at_a_parent_folder_stay_in_it,
+        ),
+        (
+            "a_certificate_renewal_under_two_replicas_misses_no_pod",
+            a_certificate_renewal_under_two_replicas_misses_no_pod,
         ),
         (
             "uninstall_leaves_nothing_behind",

@@ -44,22 +44,21 @@ fn musl_release_dir() -> &'static Path {
         // in (same target dir): what cargo test adds to ours (LD_LIBRARY_PATH,
         // CARGO_PKG_*, ...) would make each of the two rebuild the whole tree.
         // rustup puts its toolchain's bin dir first on PATH (and sets
-        // CARGO_HOME and RUSTUP_HOME) for what it starts: normalised too.
+        // CARGO_HOME and RUSTUP_HOME) for what it starts, and callers add
+        // their own dirs: PATH is one fixed list, the same in images.sh.
         let home = std::env::var("HOME").unwrap_or_default();
-        let path = std::env::var("PATH").unwrap_or_default();
-        let path: Vec<&str> = path
-            .split(':')
-            .filter(|d| !d.contains("/.rustup/toolchains/"))
-            .collect();
+        let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
         let mut build = Command::new("nice");
         build
             .env_clear()
-            .env("PATH", path.join(":"))
-            .env("HOME", &home)
             .env(
-                "CARGO_HOME",
-                std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo")),
+                "PATH",
+                format!(
+                    "{cargo_home}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                ),
             )
+            .env("HOME", &home)
+            .env("CARGO_HOME", &cargo_home)
             .env(
                 "RUSTUP_HOME",
                 std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
