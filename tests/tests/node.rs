@@ -340,7 +340,10 @@ fn chart_operator_runs_and_the_api_server_calls_its_webhook(ctx: &Ctx) -> Result
     ctx.chart()?;
     let node = ctx.node();
     let deploy = get_json(node, &["-n", OPERATOR_NS, "deploy/logstream-operator"]);
-    assert_eq!(deploy["status"]["readyReplicas"], 1, "{deploy:#}");
+    assert_eq!(
+        deploy["status"]["readyReplicas"], 2,
+        "two replicas (tests/node/values.yaml): {deploy:#}"
+    );
     let hook = get_json(
         node,
         &["mutatingwebhookconfiguration", "logstream-injector"],
