@@ -28,6 +28,7 @@ use crate::crd::{LogStream, STREAM_PORT};
 use crate::mutate::{
     PULL_SECRET, PULL_TOKEN_FILE, STREAM_LABEL, restricted_security_context, secret_volume,
 };
+use crate::names::{label_value, object_name};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, VolumeMount};
 
@@ -68,37 +69,6 @@ fn labels(component: &str, stream: Option<&str>) -> BTreeMap<String, String> {
         l.insert("logstream.dev/owner".into(), label_value(s));
     }
     l
-}
-
-/// A LogStream's name as a label value: names may have 253 characters,
-/// label values 63. Longer names keep a prefix and get a hash (the same
-/// name always gives the same value).
-pub fn label_value(name: &str) -> String {
-    if name.len() <= 63 {
-        return name.to_string();
-    }
-    let hash = format!("{:08x}", fnv1a(name.as_bytes()) as u32);
-    // Label values must start and end with an alphanumeric character.
-    let keep = name[..63 - hash.len() - 1].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-    format!("{keep}-{hash}")
-}
-
-/// A DNS-label name (≤ 63 characters) derived from `base` and `suffix`.
-pub fn object_name(base: &str, suffix: &str) -> String {
-    let full = format!("{base}-{suffix}");
-    if full.len() <= 63 {
-        return full;
-    }
-    let hash = format!("{:08x}", fnv1a(full.as_bytes()) as u32);
-    let keep = 63 - suffix.len() - hash.len() - 2;
-    format!("{}-{hash}-{suffix}", base[..keep].trim_end_matches('-'))
-}
-
-/// Small stable hash for name shortening (not security relevant).
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325, |h, x| {
-        (h ^ u64::from(*x)).wrapping_mul(0x100000001b3)
-    })
 }
 
 pub fn stream_service_name(ls: &LogStream) -> String {
@@ -928,17 +898,5 @@ mod tests {
             "true"
         );
         assert_eq!(objs.service.metadata.name.as_deref(), Some(AGGREGATOR));
-    }
-
-    #[test]
-    fn long_names_stay_dns_labels() {
-        let n = object_name(&"x".repeat(200), "logstream");
-        assert!(n.len() <= 63, "{n}");
-        assert!(n.ends_with("-logstream"));
-        assert_ne!(
-            object_name(&"x".repeat(200), "logstream"),
-            object_name(&"x".repeat(201), "logstream")
-        );
-        assert_eq!(object_name("web", "logstream"), "web-logstream");
     }
 }

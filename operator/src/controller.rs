@@ -312,8 +312,12 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     match build::stream_ingress(ls) {
         Some(ing) => apply(client, &ns, &ing).await?,
         None => {
-            delete_if_present::<Ingress>(client, &ns, &build::object_name(&name, "logstream"))
-                .await?
+            delete_if_present::<Ingress>(
+                client,
+                &ns,
+                &crate::names::object_name(&name, "logstream"),
+            )
+            .await?
         }
     }
     let streams = live_streams(client, &ns).await?;

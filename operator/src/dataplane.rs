@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration};
 use serde::Deserialize;
 
+/// Non-root user of the data-plane images (their Dockerfiles' `USER`).
+pub const SIDECAR_UID: i64 = 65532;
+
 /// User and group of the data-plane containers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunAs {
@@ -21,8 +24,8 @@ pub struct RunAs {
 impl Default for RunAs {
     fn default() -> RunAs {
         RunAs {
-            user: Some(crate::mutate::SIDECAR_UID),
-            group: Some(crate::mutate::SIDECAR_UID),
+            user: Some(SIDECAR_UID),
+            group: Some(SIDECAR_UID),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod leader;
 pub mod mesh;
 pub mod metrics;
 pub mod mutate;
+pub mod names;
 pub mod owner;
 pub mod probe;
 pub mod restart;

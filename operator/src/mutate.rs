@@ -31,8 +31,7 @@ const PULL_VOLUME: &str = "logstream-pull";
 pub const PULL_TOKEN_FILE: &str = "/var/run/logstream/pull/token";
 /// The per-namespace Secret holding the token the aggregator pulls sidecars with.
 pub const PULL_SECRET: &str = "logstream-pull-token";
-/// Non-root user of the sidecar image.
-pub const SIDECAR_UID: i64 = 65532;
+pub use crate::dataplane::SIDECAR_UID;
 
 #[derive(Clone, Debug, Default)]
 pub struct InjectConfig {
@@ -382,7 +381,7 @@ pub fn mutate(
         spec.containers.push(sidecar);
     }
     pod.labels_mut()
-        .insert(STREAM_LABEL.into(), crate::build::label_value(&stream));
+        .insert(STREAM_LABEL.into(), crate::names::label_value(&stream));
     pod.annotations_mut()
         .insert(INJECTED_ANNOTATION.into(), stream);
     Ok(Some(pod))
@@ -897,10 +896,10 @@ mod tests {
             v.len() <= 63 && v.chars().last().unwrap().is_ascii_alphanumeric(),
             "{v}"
         );
-        assert_eq!(*v, crate::build::label_value(&long));
+        assert_eq!(*v, crate::names::label_value(&long));
         let svc = crate::build::stream_service(&ls);
         assert_eq!(svc.spec.unwrap().selector.unwrap()[STREAM_LABEL], *v);
-        assert_eq!(crate::build::label_value("web"), "web");
+        assert_eq!(crate::names::label_value("web"), "web");
     }
 
     #[test]
