@@ -48,7 +48,7 @@ echo "images: cargo build --release --target $TARGET (logstream, logstream-opera
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 (cd "$ROOT" && env -i PATH="$cargo_home/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME="$HOME" \
   CARGO_HOME="$cargo_home" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" \
-  CARGO_TARGET_DIR="$MUSL_TARGET_DIR" CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+  CARGO_TARGET_DIR="$MUSL_TARGET_DIR" CARGO_PROFILE_RELEASE_STRIP=debuginfo ${CARGO_LOG:+CARGO_LOG="$CARGO_LOG"} \
   nice -n 10 cargo build --quiet --release --locked --target "$TARGET" \
   -p logstream -p logstream-operator)
 REL="$MUSL_TARGET_DIR/$TARGET/release"

@@ -619,3 +619,68 @@ impl Drop for OperatorProcess {
         }
     }
 }
+
+/// The static binaries' target (the Dockerfiles build for it).
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// `cargo build --release --locked --target x86_64-unknown-linux-musl` of
+/// `logstream` and `logstream-operator`, as in the Dockerfiles, once per test
+/// binary; returns the release directory. The one way the tests build them:
+/// every suite (and tests/node/images.sh, with the same environment) shares
+/// the target dir, so a build in another environment would make the next
+/// one rebuild the whole tree.
+pub fn musl_release_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target_dir = cache_dir().join("musl-target");
+        let cargo = "cargo";
+        let started = Instant::now();
+        // stderr is inherited: a cold build takes minutes and says so there.
+        // A clean environment, the same as tests/node/images.sh builds these
+        // in (same target dir): what cargo test adds to ours (LD_LIBRARY_PATH,
+        // CARGO_PKG_*, ...) would make each of the two rebuild the whole tree.
+        // rustup puts its toolchain's bin dir first on PATH (and sets
+        // CARGO_HOME and RUSTUP_HOME) for what it starts, and callers add
+        // their own dirs: PATH is one fixed list, the same in images.sh.
+        let home = std::env::var("HOME").unwrap_or_default();
+        let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
+        let mut build = Command::new("nice");
+        build
+            .env_clear()
+            .env(
+                "PATH",
+                format!(
+                    "{cargo_home}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                ),
+            )
+            .env("HOME", &home)
+            .env("CARGO_HOME", &cargo_home)
+            .env(
+                "RUSTUP_HOME",
+                std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
+            );
+        let status = build
+            .args(["-n", "10"])
+            .arg(cargo)
+            .args(["build", "--release", "--locked", "--target", MUSL_TARGET])
+            .args(["-p", "logstream", "-p", "logstream-operator"])
+            .current_dir(repo_root())
+            .env("CARGO_TARGET_DIR", &target_dir)
+            // As the Dockerfiles set it.
+            .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+        assert!(
+            status.success(),
+            "musl release build failed ({status}); run .ci/install-helm \
+             (rustup target add {MUSL_TARGET}, apt musl-tools)"
+        );
+        eprintln!(
+            "logstream-tests: musl release build took {:.1?}",
+            started.elapsed()
+        );
+        target_dir.join(MUSL_TARGET).join("release")
+    })
+}

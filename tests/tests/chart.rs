@@ -9,9 +9,8 @@
 #![allow(clippy::unwrap_used)] // test code
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -862,36 +861,8 @@ fn rendered_manifests_are_accepted_by_the_api_server() {
 
 /// The musl release operator (what the image ships), built like
 /// static_binaries.rs does (shared target dir, so one build serves both).
-fn operator_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let target_dir = cache_dir().join("musl-target");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new("nice")
-            .args(["-n", "10"])
-            .arg(&cargo)
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                "x86_64-unknown-linux-musl",
-                "-p",
-                "logstream",
-                "-p",
-                "logstream-operator",
-            ])
-            .current_dir(repo_root())
-            .env("CARGO_TARGET_DIR", &target_dir)
-            // As the Dockerfiles set it.
-            .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "musl build failed: run .ci/install-helm");
-        target_dir.join("x86_64-unknown-linux-musl/release/logstream-operator")
-    })
+fn operator_bin() -> PathBuf {
+    logstream_tests::musl_release_dir().join("logstream-operator")
 }
 
 /// A kubeconfig for `cp` that authenticates as the chart's ServiceAccount
@@ -1016,7 +987,7 @@ async fn operator_runs_with_only_the_permissions_the_chart_grants() {
     // The operator as its ServiceAccount; webhook by URL (no cluster network).
     let kubeconfig = service_account_kubeconfig(&cp, "logstream-operator");
     let mut op = OperatorProcess::spawn(
-        bin,
+        &bin,
         &kubeconfig,
         free_port(),
         &[

@@ -14,10 +14,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
-
-const TARGET: &str = "x86_64-unknown-linux-musl";
+use std::time::Duration;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,67 +23,8 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// `cargo build --release --locked --target x86_64-unknown-linux-musl`, as in
-/// the Dockerfiles, once per test binary; returns the release directory.
 fn musl_release_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let cache = std::env::var_os("LOGSTREAM_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/logstream")
-            });
-        let target_dir = cache.join("musl-target");
-        let cargo = "cargo";
-        let started = Instant::now();
-        // stderr is inherited: a cold build takes minutes and says so there.
-        // A clean environment, the same as tests/node/images.sh builds these
-        // in (same target dir): what cargo test adds to ours (LD_LIBRARY_PATH,
-        // CARGO_PKG_*, ...) would make each of the two rebuild the whole tree.
-        // rustup puts its toolchain's bin dir first on PATH (and sets
-        // CARGO_HOME and RUSTUP_HOME) for what it starts, and callers add
-        // their own dirs: PATH is one fixed list, the same in images.sh.
-        let home = std::env::var("HOME").unwrap_or_default();
-        let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
-        let mut build = Command::new("nice");
-        build
-            .env_clear()
-            .env(
-                "PATH",
-                format!(
-                    "{cargo_home}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-                ),
-            )
-            .env("HOME", &home)
-            .env("CARGO_HOME", &cargo_home)
-            .env(
-                "RUSTUP_HOME",
-                std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
-            );
-        let status = build
-            .args(["-n", "10"])
-            .arg(cargo)
-            .args(["build", "--release", "--locked", "--target", TARGET])
-            .args(["-p", "logstream", "-p", "logstream-operator"])
-            .current_dir(repo())
-            .env("CARGO_TARGET_DIR", &target_dir)
-            // As the Dockerfiles set it.
-            .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
-        assert!(
-            status.success(),
-            "musl release build failed ({status}); run .ci/install-helm \
-             (rustup target add {TARGET}, apt musl-tools)"
-        );
-        eprintln!(
-            "static_binaries: musl release build took {:.1?}",
-            started.elapsed()
-        );
-        target_dir.join(TARGET).join("release")
-    })
+    logstream_tests::musl_release_dir()
 }
 
 fn bin(name: &str) -> PathBuf {
