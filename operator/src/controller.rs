@@ -321,20 +321,27 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let streams = live_streams(client, &ns).await?;
-    let pull_token = apply_aggregator(
-        client,
-        &ns,
-        &streams,
-        &ctx.build,
-        namespace_mesh(&namespace),
-    )
-    .await?;
-
-    // Which selected pods run without the sidecar?
     let pods = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await?
         .items;
+    // Meshed by the namespace's opt-in, or found meshed (a mesh injecting
+    // by default gives the aggregator's own pods a proxy).
+    let ns_mesh = namespace_mesh(&namespace).or_else(|| {
+        pods.iter()
+            .filter(|p| {
+                p.labels()
+                    .get("app.kubernetes.io/component")
+                    .map(String::as_str)
+                    == Some("aggregator")
+                    && p.labels().get("app.kubernetes.io/name").map(String::as_str)
+                        == Some("logstream")
+            })
+            .find_map(crate::mesh::of_pod)
+    });
+    let pull_token = apply_aggregator(client, &ns, &streams, &ctx.build, ns_mesh).await?;
+
+    // Which selected pods run without the sidecar?
     apply_auth_binding(client, &ns, &streams, &pods, &ctx.build).await?;
     let restart::Census {
         selected,
@@ -381,11 +388,19 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         &blocked,
         files,
     );
+    // The paths, not who answered this time: a flaky sidecar must not
+    // repeat the Event.
     let files_message = |s: &LogStreamStatus| {
         s.conditions
             .iter()
-            .find(|c| c.type_ == "FilesReadable" && c.status == "False")
-            .map(|c| c.message.clone())
+            .find(|c| c.type_ == "FilesReadable" && c.reason == "PathsNotTailed")
+            .map(|c| {
+                c.message
+                    .split("; not answering:")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
     };
     if let Some(msg) = files_message(&status)
         && files_message(&old).as_ref() != Some(&msg)
@@ -619,7 +634,7 @@ pub fn status(
             "FilesReadable",
             "Unknown",
             "NoSidecarRunning",
-            "no injected pod is running yet".into(),
+            "no injected pod has a ready sidecar yet".into(),
         ),
     };
     let unread = files

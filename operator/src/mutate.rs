@@ -64,6 +64,8 @@ pub enum MutateError {
         "LogStream {stream}: the pod already has a container named {SIDECAR_NAME:?} that logstream did not inject"
     )]
     NameTaken { stream: String },
+    #[error("LogStream {stream}: emptyDirSizeLimit {value:?} is not a quantity (e.g. 500Mi, 2Gi)")]
+    SizeLimit { stream: String, value: String },
     #[error(
         "LogStream {stream}: container {container:?} mounts {mount_path} with a subPathExpr, which the sidecar cannot expand the same way"
     )]
@@ -106,6 +108,30 @@ pub fn log_mount(
         .collect::<Vec<_>>()
         .join("/");
     Some(Ok((m.name.clone(), (!sub.is_empty()).then_some(sub))))
+}
+
+/// A Kubernetes resource quantity (`500Mi`, `2G`, `1.5Gi`, `1e9`, `1000`),
+/// non-negative, as the API server parses it.
+pub fn is_quantity(s: &str) -> bool {
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let digits = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits);
+    let mut parts = number.splitn(2, '.');
+    let whole = parts.next().unwrap_or("");
+    let frac = parts.next();
+    let number_ok = (!whole.is_empty() || frac.is_some_and(|f| !f.is_empty()))
+        && frac.is_none_or(|f| !f.contains('.'));
+    let suffix_ok = match suffix {
+        "" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
+        "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => true,
+        e => e
+            .strip_prefix(['e', 'E'])
+            .map(|x| x.strip_prefix(['+', '-']).unwrap_or(x))
+            .is_some_and(|x| !x.is_empty() && x.chars().all(|c| c.is_ascii_digit())),
+    };
+    number_ok && suffix_ok
 }
 
 /// Why the sidecar cannot be added to this pod as it is (what the webhook
@@ -244,6 +270,16 @@ pub fn mutate(
         None => {
             if spec.volumes.iter().flatten().any(|v| v.name == LOG_VOLUME) {
                 return Err(MutateError::VolumeNameTaken { stream, mount_path });
+            }
+            // The API server would reject the whole pod for a bad quantity:
+            // refuse the sidecar instead, never the pod.
+            if let Some(q) = &ls.spec.empty_dir_size_limit
+                && !is_quantity(&q.0)
+            {
+                return Err(MutateError::SizeLimit {
+                    stream,
+                    value: q.0.clone(),
+                });
             }
             spec.volumes.get_or_insert_with(Vec::new).push(Volume {
                 name: LOG_VOLUME.into(),
@@ -900,6 +936,24 @@ mod tests {
         let svc = crate::build::stream_service(&ls);
         assert_eq!(svc.spec.unwrap().selector.unwrap()[STREAM_LABEL], *v);
         assert_eq!(crate::names::label_value("web"), "web");
+    }
+
+    #[test]
+    fn quantities_are_recognised_and_a_bad_size_limit_costs_only_the_sidecar() {
+        for ok in [
+            "500Mi", "2Gi", "1.5Gi", "1e9", "1000", "0.5", "+1k", "1E3", "100m",
+        ] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["lots", "", "Mi", "1.2.3", "-1Gi", "1GB", "1e", "1 Gi"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+        let mut ls = web();
+        ls.spec.empty_dir_size_limit = Some(Quantity("lots".into()));
+        assert!(matches!(
+            mutate(&web_pod(), &[ls], &cfg()),
+            Err(MutateError::SizeLimit { .. })
+        ));
     }
 
     #[test]

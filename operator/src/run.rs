@@ -102,6 +102,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         dns.push(format!("{name}.{namespace}.svc"));
         dns.push(format!("{name}.{namespace}.svc.cluster.local"));
     }
+    let cert_spec = tls::CertSpec {
+        secret: &opts.tls_secret,
+        namespace: &opts.namespace,
+        dns_names: &dns,
+        ips: &opts.cert_ips,
+        owner: owner.as_ref(),
+        replica: &opts.identity,
+    };
     let (tls_config, certs) = match &opts.tls_cert_dir {
         Some(dir) => {
             let config = RustlsConfig::from_pem_file(dir.join("tls.crt"), dir.join("tls.key"))
@@ -110,16 +118,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             (config, None)
         }
         None => {
-            let (certs, fresh) = tls::ensure(
-                &secrets,
-                &opts.tls_secret,
-                &opts.namespace,
-                &dns,
-                &opts.cert_ips,
-                owner.as_ref(),
-                &opts.identity,
-            )
-            .await?;
+            let (certs, fresh) = tls::ensure(&secrets, &cert_spec, None).await?;
             if fresh {
                 metrics.cert_renewals.inc();
             }
@@ -223,17 +222,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                 // Every replica looks each period: the one that finds the pair
                 // close to expiry renews it; the others pick it up.
                 tokio::time::sleep(opts.cert_check_interval).await;
-                match tls::ensure(
-                    &secrets,
-                    &opts.tls_secret,
-                    &opts.namespace,
-                    &dns,
-                    &opts.cert_ips,
-                    owner.as_ref(),
-                    &opts.identity,
-                )
-                .await
-                {
+                let cert_spec = tls::CertSpec {
+                    secret: &opts.tls_secret,
+                    namespace: &opts.namespace,
+                    dns_names: &dns,
+                    ips: &opts.cert_ips,
+                    owner: owner.as_ref(),
+                    replica: &opts.identity,
+                };
+                match tls::ensure(&secrets, &cert_spec, Some(&current)).await {
                     Ok((c, fresh)) if c != current => {
                         if fresh {
                             metrics.cert_renewals.inc();
@@ -267,6 +264,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                         tracing::info!(not_after = %c.not_after, "webhook certificate reloaded");
                         current = c;
                     }
+                    // Unchanged. Not registered again: a read that lost a
+                    // race with another replica's renewal would put a stale
+                    // bundle back.
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "webhook certificate renewal"),
                 }

@@ -226,21 +226,38 @@ fn plan(current: Option<&Secret>, owner: Option<&OwnerReference>, now: OffsetDat
 /// Conditional writes lost to another replica before giving up.
 const WRITE_ATTEMPTS: usize = 5;
 
+/// Where the pair lives and what it must name.
+pub struct CertSpec<'a> {
+    pub secret: &'a str,
+    pub namespace: &'a str,
+    pub dns_names: &'a [String],
+    pub ips: &'a [IpAddr],
+    /// The chart's ClusterRole ([`crate::owner`]), so the Secret goes with
+    /// `helm uninstall`.
+    pub owner: Option<&'a OwnerReference>,
+    /// This replica (its field manager when it creates the Secret).
+    pub replica: &'a str,
+}
+
 /// Loads the certificates from the Secret, or generates (and stores) new
 /// ones when missing, unreadable or close to expiry. Returns them and whether
 /// they are new. Safe to call from every replica at once (see the module
-/// docs): what it returns is what the Secret holds.
-/// `replica` names this replica (its field manager when it creates the
-/// Secret).
+/// docs): what it returns is what the Secret holds. `serving`: the pair this
+/// replica serves now; a pair issued because the Secret was deleted or
+/// damaged keeps its CA in the bundle, as a renewal does.
 pub async fn ensure(
     secrets: &Api<Secret>,
-    name: &str,
-    namespace: &str,
-    dns_names: &[String],
-    ips: &[IpAddr],
-    owner: Option<&OwnerReference>,
-    replica: &str,
+    spec: &CertSpec<'_>,
+    serving: Option<&WebhookCerts>,
 ) -> Result<(WebhookCerts, bool), TlsError> {
+    let CertSpec {
+        secret: name,
+        namespace,
+        dns_names,
+        ips,
+        owner,
+        replica,
+    } = *spec;
     let err = |source| TlsError::Secret {
         name: name.into(),
         source,
@@ -254,7 +271,10 @@ pub async fn ensure(
             Plan::Keep(c) => return Ok((c, false)),
             Plan::Adopt(c) => (c, false),
             Plan::Renew(old) => (rotate(&old, dns_names, ips, now)?, true),
-            Plan::Issue => (generate(dns_names, ips, now)?, true),
+            Plan::Issue => match serving {
+                Some(old) => (rotate(old, dns_names, ips, now)?, true),
+                None => (generate(dns_names, ips, now)?, true),
+            },
         };
         let desired = to_secret(name, namespace, &certs, owner);
         let written = match &current {

@@ -60,7 +60,12 @@ pub async fn uninstall(
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let found = api.list(&ListParams::default()).await?.items;
+    let found = match api.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        // The CRD is gone already: no LogStream can be left.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
     // All are marked for deletion first, so no cleanup below sees another
     // live LogStream and rebuilds the shared objects for it.
     for ls in &found {

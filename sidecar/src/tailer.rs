@@ -613,6 +613,11 @@ impl Tailer {
             self.dirs.push(dir.clone());
             let rd = match std::fs::read_dir(&dir) {
                 Ok(rd) => rd,
+                // A filesystem's own lost+found (root, 0700, on every ext4
+                // volume) holds no app logs: not worth a warning.
+                Err(_) if depth == 1 && dir.file_name().is_some_and(|n| n == "lost+found") => {
+                    continue;
+                }
                 Err(e) => {
                     // Files below it may match: say so instead of skipping silently.
                     let detail = match std::fs::symlink_metadata(&dir) {
@@ -632,7 +637,10 @@ impl Tailer {
                     continue;
                 };
                 let Some(rel) = rel.to_str().map(str::to_owned) else {
-                    self.refuse(&path, "non_utf8_name", "file name is not UTF-8");
+                    // Only a name the globs select is a path "not tailed".
+                    if !ft.is_dir() && self.globs.is_match(rel) {
+                        self.refuse(&path, "non_utf8_name", "file name is not UTF-8");
+                    }
                     continue;
                 };
                 if ft.is_dir() {

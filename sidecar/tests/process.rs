@@ -947,6 +947,14 @@ fn readyz_reports_paths_not_tailed_to_token_holders_and_forgets_them_when_gone()
     assert_eq!(v["files"]["not_tailed_total"], 1);
     assert_eq!(v["files"]["not_tailed"][0]["path"], "evil.log");
     assert_eq!(v["files"]["not_tailed"][0]["reason"], "symlink");
+    // A non-UTF-8 name is reported only when the globs select it.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = |n: &[u8]| s.dir.join(std::ffi::OsStr::from_bytes(n));
+    std::fs::write(odd(b"notes-\xff.txt"), "x\n").unwrap();
+    std::fs::write(odd(b"app-\xff.log"), "x\n").unwrap();
+    s.wait_metric_eq(r#"logstream_files_not_tailed{reason="non_utf8_name"}"#, 1.0);
+    std::fs::remove_file(odd(b"notes-\xff.txt")).unwrap();
+    std::fs::remove_file(odd(b"app-\xff.log")).unwrap();
     // Gone from the folder, gone from the report and the gauge.
     std::fs::remove_file(s.dir.join("evil.log")).unwrap();
     s.wait_metric_eq(series, 0.0);

@@ -510,6 +510,9 @@ fn data_plane_and_webhook_settings_reach_the_operator() {
         "operator.hostNetwork=true",
     ]);
     assert_eq!(arg(&args, "--image-pull-policy"), Some("Always"));
+    // Large ids stay integers (Helm's numbers are floats: 1e+06).
+    let (big, _) = operator_args(&["logstream.runAsUser=1000000"]);
+    assert_eq!(arg(&big, "--run-as-user"), Some("1000000"));
     assert_eq!(arg(&args, "--webhook-timeout-seconds"), Some("9"));
     assert_eq!(arg(&args, "--webhook-listen"), Some("0.0.0.0:9443"));
     assert_eq!(pod["containers"][0]["ports"][0]["containerPort"], 9443);
