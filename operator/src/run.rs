@@ -102,14 +102,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         dns.push(format!("{name}.{namespace}.svc"));
         dns.push(format!("{name}.{namespace}.svc.cluster.local"));
     }
-    let cert_spec = tls::CertSpec {
-        secret: &opts.tls_secret,
-        namespace: &opts.namespace,
-        dns_names: &dns,
-        ips: &opts.cert_ips,
-        owner: owner.as_ref(),
-        replica: &opts.identity,
-    };
+    let spec = cert_spec(&opts, &dns, owner.as_ref());
     let (tls_config, certs) = match &opts.tls_cert_dir {
         Some(dir) => {
             let config = RustlsConfig::from_pem_file(dir.join("tls.crt"), dir.join("tls.key"))
@@ -118,7 +111,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             (config, None)
         }
         None => {
-            let (certs, fresh) = tls::ensure(&secrets, &cert_spec, None).await?;
+            let (certs, fresh) = tls::ensure(&secrets, &spec, None).await?;
             if fresh {
                 metrics.cert_renewals.inc();
             }
@@ -222,15 +215,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                 // Every replica looks each period: the one that finds the pair
                 // close to expiry renews it; the others pick it up.
                 tokio::time::sleep(opts.cert_check_interval).await;
-                let cert_spec = tls::CertSpec {
-                    secret: &opts.tls_secret,
-                    namespace: &opts.namespace,
-                    dns_names: &dns,
-                    ips: &opts.cert_ips,
-                    owner: owner.as_ref(),
-                    replica: &opts.identity,
-                };
-                match tls::ensure(&secrets, &cert_spec, Some(&current)).await {
+                let spec = cert_spec(&opts, &dns, owner.as_ref());
+                match tls::ensure(&secrets, &spec, Some(&current)).await {
                     Ok((c, fresh)) if c != current => {
                         if fresh {
                             metrics.cert_renewals.inc();
@@ -351,5 +337,21 @@ async fn terminated() {
     tokio::select! {
         _ = term => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// What the webhook certificate must name, from the options.
+fn cert_spec<'a>(
+    opts: &'a RunOptions,
+    dns: &'a [String],
+    owner: Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> tls::CertSpec<'a> {
+    tls::CertSpec {
+        secret: &opts.tls_secret,
+        namespace: &opts.namespace,
+        dns_names: dns,
+        ips: &opts.cert_ips,
+        owner,
+        replica: &opts.identity,
     }
 }
