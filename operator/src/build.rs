@@ -216,6 +216,20 @@ pub struct AggregatorObjects {
     pub service: Service,
 }
 
+/// The labels that select a namespace's aggregator pods.
+pub fn aggregator_selector() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "logstream".to_string(),
+        ),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "aggregator".to_string(),
+        ),
+    ])
+}
+
 /// `pull_token` is the namespace's existing token, or a fresh random one.
 /// `ns_mesh`: the service mesh the namespace opts into ([`crate::mesh`]),
 /// which decides with the LogStreams whether loopback needs a token.
@@ -239,16 +253,7 @@ pub fn aggregator(
         .map(|s| s.spec.aggregator.replicas)
         .max()
         .unwrap_or(2);
-    let selector = BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_string(),
-            "logstream".to_string(),
-        ),
-        (
-            "app.kubernetes.io/component".to_string(),
-            "aggregator".to_string(),
-        ),
-    ]);
+    let selector = aggregator_selector();
     let env = |name: &str, value: &str| EnvVar {
         name: name.into(),
         value: Some(value.into()),

@@ -289,15 +289,6 @@ async fn label_namespace(
         .await
 }
 
-/// The mesh a namespace opts into ([`crate::mesh::of_labels`]).
-fn namespace_mesh(ns: &Namespace) -> Option<&'static str> {
-    let empty = BTreeMap::new();
-    crate::mesh::of_labels(
-        ns.metadata.labels.as_ref().unwrap_or(&empty),
-        ns.metadata.annotations.as_ref().unwrap_or(&empty),
-    )
-}
-
 async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let ns = ls.namespace().ok_or(Error::NoNamespace)?;
@@ -327,16 +318,10 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         .items;
     // Meshed by the namespace's opt-in, or found meshed (a mesh injecting
     // by default gives the aggregator's own pods a proxy).
-    let ns_mesh = namespace_mesh(&namespace).or_else(|| {
+    let ns_mesh = crate::mesh::of_meta(&namespace.metadata).or_else(|| {
+        let selector = build::aggregator_selector();
         pods.iter()
-            .filter(|p| {
-                p.labels()
-                    .get("app.kubernetes.io/component")
-                    .map(String::as_str)
-                    == Some("aggregator")
-                    && p.labels().get("app.kubernetes.io/name").map(String::as_str)
-                        == Some("logstream")
-            })
+            .filter(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
             .find_map(crate::mesh::of_pod)
     });
     let pull_token = apply_aggregator(client, &ns, &streams, &ctx.build, ns_mesh).await?;
@@ -352,17 +337,14 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     // Pods the webhook admitted without the sidecar because it cannot be
     // added (a missing container, a taken volume name): a restart would not
     // help, the reason goes into the status.
-    let blocked: Vec<(String, String)> = pending
-        .iter()
-        .filter_map(|p| {
-            mutate::injection_problem(p, &streams).map(|e| (p.name_any(), e.to_string()))
-        })
-        .collect();
-    let restartable: Vec<&Pod> = pending
-        .iter()
-        .copied()
-        .filter(|p| !blocked.iter().any(|(name, _)| *name == p.name_any()))
-        .collect();
+    let mut blocked: Vec<(String, String)> = Vec::new();
+    let mut restartable: Vec<&Pod> = Vec::new();
+    for p in &pending {
+        match mutate::injection_problem(p, &streams) {
+            Some(e) => blocked.push((p.name_any(), e.to_string())),
+            None => restartable.push(p),
+        }
+    }
     if ls.spec.restart_pods && !restartable.is_empty() {
         for owner in &restart_owners(client, &ns, ls, &streams, &restartable).await? {
             publish(
@@ -715,7 +697,14 @@ pub(crate) async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Err
     } else {
         // Setting the label that is already there returns the namespace.
         let namespace = label_namespace(client, &ns, true).await?;
-        apply_aggregator(client, &ns, &others, &ctx.build, namespace_mesh(&namespace)).await?;
+        apply_aggregator(
+            client,
+            &ns,
+            &others,
+            &ctx.build,
+            crate::mesh::of_meta(&namespace.metadata),
+        )
+        .await?;
     }
     // Without `others` (or none in kubernetes mode) this deletes the binding;
     // otherwise it drops the ServiceAccounts only this LogStream needed.

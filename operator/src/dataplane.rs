@@ -46,21 +46,27 @@ pub struct AggregatorPod {
     pub priority_class_name: Option<String>,
 }
 
-/// The aggregator's resources when none are configured: it holds the
-/// namespace's merged history (100,000 records / 64 MiB by default).
-pub fn default_aggregator_resources() -> ResourceRequirements {
+/// Requests of `cpu` and `memory`, and a `memory_limit` (no CPU limit:
+/// throttling a streamer only delays lines).
+pub fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     ResourceRequirements {
         requests: Some(BTreeMap::from([
-            ("cpu".to_string(), Quantity("50m".into())),
-            ("memory".to_string(), Quantity("96Mi".into())),
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
         ])),
         limits: Some(BTreeMap::from([(
             "memory".to_string(),
-            Quantity("512Mi".into()),
+            Quantity(memory_limit.into()),
         )])),
         ..ResourceRequirements::default()
     }
+}
+
+/// The aggregator's resources when none are configured: it holds the
+/// namespace's merged history (100,000 records / 64 MiB by default).
+pub fn default_aggregator_resources() -> ResourceRequirements {
+    resources("50m", "96Mi", "512Mi")
 }
 
 /// A user or group id, or none ("leave it to the platform").

@@ -9,9 +9,8 @@
 //! where the exemption is safe: never in a meshed pod or namespace unless a
 //! LogStream says `access.trustLoopback: true`, never when one says `false`.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::crd::LogStream;
 
@@ -33,20 +32,13 @@ pub fn of_pod(pod: &Pod) -> Option<&'static str> {
             _ => {}
         }
     }
-    let empty = BTreeMap::new();
-    of_labels(
-        pod.metadata.labels.as_ref().unwrap_or(&empty),
-        pod.metadata.annotations.as_ref().unwrap_or(&empty),
-    )
+    of_meta(&pod.metadata)
 }
 
 /// The mesh a pod or namespace opts into through its labels/annotations.
-pub fn of_labels(
-    labels: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
-) -> Option<&'static str> {
-    let label = |k: &str| labels.get(k).map(String::as_str);
-    let annotation = |k: &str| annotations.get(k).map(String::as_str);
+pub fn of_meta(meta: &ObjectMeta) -> Option<&'static str> {
+    let label = |k: &str| meta.labels.as_ref()?.get(k).map(String::as_str);
+    let annotation = |k: &str| meta.annotations.as_ref()?.get(k).map(String::as_str);
     if label("istio-injection") == Some("enabled")
         || label("sidecar.istio.io/inject") == Some("true")
         || annotation("sidecar.istio.io/inject") == Some("true")
@@ -88,6 +80,7 @@ pub fn aggregator_trusts_loopback(streams: &[LogStream], ns_mesh: Option<&str>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn ls(trust: Option<bool>) -> LogStream {
         let mut v = serde_json::json!({
@@ -121,10 +114,22 @@ mod tests {
             "spec": {"containers": [{"name": "app"}]}}),
         );
         assert_eq!(of_pod(&opted), Some("istio"));
-        let ns = BTreeMap::from([("linkerd.io/inject".to_string(), "enabled".to_string())]);
-        assert_eq!(of_labels(&BTreeMap::new(), &ns), Some("linkerd"));
-        let off = BTreeMap::from([("istio-injection".to_string(), "disabled".to_string())]);
-        assert_eq!(of_labels(&off, &BTreeMap::new()), None);
+        let ns = ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                "linkerd.io/inject".to_string(),
+                "enabled".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(of_meta(&ns), Some("linkerd"));
+        let off = ObjectMeta {
+            labels: Some(BTreeMap::from([(
+                "istio-injection".to_string(),
+                "disabled".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(of_meta(&off), None);
     }
 
     #[test]

@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::{
     HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
     SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -469,17 +468,7 @@ pub fn restricted_security_context(run_as: crate::dataplane::RunAs) -> SecurityC
 }
 
 fn default_resources() -> ResourceRequirements {
-    ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".to_string(), Quantity("10m".into())),
-            ("memory".to_string(), Quantity("32Mi".into())),
-        ])),
-        limits: Some(BTreeMap::from([(
-            "memory".to_string(),
-            Quantity("128Mi".into()),
-        )])),
-        ..ResourceRequirements::default()
-    }
+    crate::dataplane::resources("10m", "32Mi", "128Mi")
 }
 
 pub fn secret_volume(name: &str, secret: &str) -> Volume {
@@ -519,6 +508,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 mod tests {
     use super::*;
     use crate::crd::LogStreamSpec;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn stream(name: &str, json: serde_json::Value) -> LogStream {
         let spec: LogStreamSpec = serde_json::from_value(json).unwrap();

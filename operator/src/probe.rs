@@ -153,6 +153,16 @@ async fn ask(client: &HttpClient, ip: &str, token: &str) -> Result<Readiness, Pr
     serde_json::from_slice(&body).map_err(|e| ProbeError::Body(e.to_string()))
 }
 
+/// The first [`LISTED`] items, joined.
+fn listed(items: &[String], sep: &str) -> String {
+    items
+        .iter()
+        .take(LISTED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
 /// The `FilesReadable` condition from the answers: (ok, reason, message).
 /// `None` when there was no one to ask.
 pub fn files_condition(
@@ -179,26 +189,13 @@ pub fn files_condition(
     let not_asked = if unreachable.is_empty() {
         String::new()
     } else {
-        format!(
-            "; not answering: {}",
-            unreachable
-                .iter()
-                .take(LISTED)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!("; not answering: {}", listed(&unreachable, ", "))
     };
     if total > 0 {
         let more = total.saturating_sub(problems.len().min(LISTED));
         let mut msg = format!(
             "{total} matching paths not tailed: {}",
-            problems
-                .iter()
-                .take(LISTED)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
+            listed(&problems, "; ")
         );
         if more > 0 {
             msg.push_str(&format!(
