@@ -20,6 +20,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub mod close {
     /// Server shutting down or draining: reconnect (elsewhere) with your cursor.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke RFC 6455's framing rules (unmasked or fragmented
+    /// control frames, reserved bits or opcodes, oversized control frames).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text message that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Slow consumer closed under the `close` policy, or a forbidden request.
     pub const POLICY: u16 = 1008;
     /// A client message exceeded the size limit.

@@ -205,8 +205,17 @@ impl AppState {
         query_token: Option<&str>,
     ) -> Result<(), Response> {
         let auth = &self.cfg.auth;
+        // The exemption is for port-forward users, who address the server
+        // by a loopback name. A page on a name its owner rebinds to
+        // 127.0.0.1 reaches the same socket with its own name as Host (and
+        // as Origin, so the origin check alone cannot tell): it is not exempt.
+        let mut foreign_host = None;
         if peer.is_some_and(|p| is_loopback(p.ip())) && auth.loopback_exempt {
-            return Ok(());
+            let host = headers.get(header::HOST).map(|h| h.to_str().unwrap_or("?"));
+            match host {
+                Some(h) if !self.exempt_host(h) => foreign_host = Some(h),
+                _ => return Ok(()),
+            }
         }
         let got = bearer(headers).or(query_token);
         // Compare against every token, in constant time each.
@@ -217,6 +226,19 @@ impl AppState {
         });
         if static_ok {
             return Ok(());
+        }
+        if let (Some(host), None) = (foreign_host, got) {
+            self.reject("foreign_host");
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host {host:?} is not a loopback name: without a token, only requests to \
+                     localhost, *.localhost or a loopback address (or the host of an \
+                     --allowed-origin) are served, so a page on a rebound name cannot read \
+                     through a port-forward\n"
+                ),
+            )
+                .into_response());
         }
         if let Some(k8s) = &auth.kubernetes {
             let Some(token) = got else {
@@ -295,6 +317,19 @@ impl AppState {
             .into_response())
     }
 
+    /// Whether a loopback client's Host may use the loopback exemption: a
+    /// loopback name or address, or the host of an allowed origin.
+    fn exempt_host(&self, host: &str) -> bool {
+        is_loopback_host(host)
+            || self.cfg.allowed_origins.iter().any(|a| {
+                a == "*"
+                    || a.split_once("://")
+                        .map_or(a.as_str(), |(_, h)| h)
+                        .trim_end_matches('/')
+                        .eq_ignore_ascii_case(host)
+            })
+    }
+
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
         let origin_host = origin
             .split_once("://")
@@ -346,6 +381,22 @@ fn unauthorized(body: String) -> Response {
     r
 }
 
+/// `localhost`, a name under `.localhost` (RFC 6761: always loopback, so
+/// nobody can rebind it) or a loopback address, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(a, _)| a),
+        None => host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<IpAddr>().is_ok_and(is_loopback)
+}
+
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
@@ -374,6 +425,12 @@ pub struct StreamQuery {
 pub enum QueryError {
     #[error("bad query: {0}")]
     Syntax(String),
+    #[error("{name}: {value:?} is not valid: {reason}")]
+    Param {
+        name: String,
+        value: String,
+        reason: String,
+    },
     #[error("{0}")]
     Filter(#[from] FilterError),
 }
@@ -390,8 +447,20 @@ pub fn parse_query(raw: Option<&str>) -> Result<StreamQuery, QueryError> {
     }
     let encoded =
         serde_urlencoded::to_string(&rest).map_err(|e| QueryError::Syntax(e.to_string()))?;
-    let sub: Subscribe =
-        serde_urlencoded::from_str(&encoded).map_err(|e| QueryError::Syntax(e.to_string()))?;
+    // Deserialized with its path tracked, so an error names the parameter
+    // (PROTOCOL.md promises it; serde_urlencoded alone says "invalid digit").
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(encoded.as_bytes()));
+    let sub: Subscribe = serde_path_to_error::deserialize(de).map_err(|e| {
+        let name = e.path().to_string();
+        match rest.iter().find(|(k, _)| *k == name) {
+            Some((_, value)) => QueryError::Param {
+                name,
+                value: value.clone(),
+                reason: e.into_inner().to_string(),
+            },
+            None => QueryError::Syntax(e.into_inner().to_string()),
+        }
+    })?;
     let filter = Filter::compile(&sub)?;
     Ok(StreamQuery { sub, filter, token })
 }

@@ -148,6 +148,16 @@ fn handshake_accept(headers: &HeaderMap) -> Result<header::HeaderValue, Response
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(refuse("`Sec-WebSocket-Key` header missing"));
     };
+    // RFC 6455 4.1/4.2.1: a random 16-byte value, base64-encoded.
+    use base64::Engine as _;
+    if base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes())
+        .map_or(true, |k| k.len() != 16)
+    {
+        return Err(refuse(
+            "`Sec-WebSocket-Key` must be 16 bytes, base64-encoded (24 characters)",
+        ));
+    }
     header::HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
         .map_err(|_| refuse("bad `Sec-WebSocket-Key`"))
 }
@@ -205,9 +215,14 @@ where
 }
 
 fn close_msg(code: u16, reason: &str) -> Message {
+    // A close frame's reason is at most 123 bytes (control frames carry 125).
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     Message::Close(Some(CloseFrame {
         code: CloseCode::from(code),
-        reason: Utf8Bytes::from(reason.to_string()),
+        reason: Utf8Bytes::from(reason[..end].to_string()),
     }))
 }
 
@@ -269,6 +284,10 @@ pub enum End {
     SendFailed,
     SendTimeout,
     PeerSilent,
+    /// The client broke the framing rules (tungstenite's description).
+    ProtocolError(String),
+    /// A text message that is not UTF-8.
+    BadText,
 }
 
 /// Runs one WebSocket client to the end.
@@ -288,7 +307,7 @@ where
 {
     let end = Box::pin(run(ws, st, session)).await;
     tracing::debug!(?end, "websocket session ended");
-    let (code, reason, dropped) = match end {
+    let (code, reason, dropped) = match &end {
         End::ClientClosed => (None, "", None),
         End::Drained | End::DrainTimeout => (Some(close::GOING_AWAY), "server shutting down", None),
         End::TooSlow => (Some(close::POLICY), "slow consumer", Some("slow_client")),
@@ -300,6 +319,12 @@ where
         End::SendFailed => (None, "", None),
         End::SendTimeout => (None, "", Some("send_timeout")),
         End::PeerSilent => (Some(close::POLICY), "no pong", Some("pong_timeout")),
+        End::ProtocolError(why) => (Some(close::PROTOCOL), why.as_str(), Some("protocol_error")),
+        End::BadText => (
+            Some(close::INVALID_DATA),
+            "text message is not UTF-8",
+            Some("invalid_utf8"),
+        ),
     };
     if let Some(reason) = dropped {
         st.metrics.dropped(reason);
@@ -516,13 +541,7 @@ where
 {
     let msg = match msg {
         None => return Step::End(End::ClientClosed),
-        Some(Err(e)) => {
-            return Step::End(if is_capacity(&e) {
-                End::TooBig
-            } else {
-                End::ClientClosed
-            });
-        }
+        Some(Err(e)) => return Step::End(read_failure(&e)),
         Some(Ok(m)) => m,
     };
     let error = |code: &str, message: String| {
@@ -568,15 +587,23 @@ fn render(m: &ServerMessage, f: Format) -> String {
     }
 }
 
-fn is_capacity<E: std::error::Error + 'static>(e: &E) -> bool {
+/// How a failed read ends the connection: the close code tells the client
+/// what it did (RFC 6455 7.4.1), where a bare reset would not.
+fn read_failure<E: std::error::Error + 'static>(e: &E) -> End {
+    use tokio_tungstenite::tungstenite::Error as WsError;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            return matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_));
+        if let Some(t) = err.downcast_ref::<WsError>() {
+            return match t {
+                WsError::Capacity(_) => End::TooBig,
+                WsError::Protocol(p) => End::ProtocolError(p.to_string()),
+                WsError::Utf8(_) => End::BadText,
+                _ => End::ClientClosed,
+            };
         }
         cur = err.source();
     }
-    false
+    End::ClientClosed
 }
 
 #[cfg(test)]

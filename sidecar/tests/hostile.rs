@@ -1,0 +1,260 @@
+//! Hostile and unlucky clients against the real binary over real sockets:
+//! each case is a reproduction of a way the server once broke a promise.
+#![allow(clippy::unwrap_used)] // test code
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::Server;
+
+/// A GET with the given Host and extra header lines: the status, and the
+/// body read until it holds `until` (streams do not end) or the server closes.
+fn get_with_host(s: &Server, path: &str, host: &str, extra: &str, until: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(&s.addr).unwrap();
+    tcp.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n")
+            && body.contains(until)
+        {
+            let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+            return (code, body.to_string());
+        }
+        match tcp.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .map_or(0, |c| c.parse().unwrap());
+    (code, body.to_string())
+}
+
+/// A page on a name the attacker controls, rebound to 127.0.0.1, sends its
+/// own name as Host and Origin: same-origin for the browser, but it must not
+/// ride the loopback exemption.
+#[test]
+fn a_rebound_name_does_not_get_the_loopback_exemption() {
+    let s = Server::start(&["--allowed-origin", "http://viewer.example:8080"]);
+    s.append("app.log", "secret line\n");
+    let port = s.addr.rsplit(':').next().unwrap();
+    let evil = format!("evil.example:{port}");
+    let (code, body) = get_with_host(
+        &s,
+        "/stream?tail=5",
+        &evil,
+        &format!("Origin: http://{evil}\r\n"),
+        "\n",
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("evil.example"),
+        "the refusal names the host: {body}"
+    );
+    // Without an Origin too: a same-origin GET from a page sends none.
+    let (code, _) = get_with_host(&s, "/stream?tail=5", &evil, "", "\n");
+    assert_eq!(code, 403);
+    let (code, _) = get_with_host(&s, "/loki/api/v1/labels", &evil, "", "\n");
+    assert_eq!(code, 403);
+    // What port-forward users type, and what an allowed origin names.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("LocalHost:{port}"),
+        "viewer.localhost".to_string(),
+        "[::1]".to_string(),
+        "viewer.example:8080".to_string(),
+    ] {
+        let (code, body) = get_with_host(&s, "/stream?tail=1", &host, "", "secret line");
+        assert_eq!(code, 200, "Host {host}: {body}");
+        assert!(body.contains("secret line"), "{body}");
+    }
+    // Health and metrics need no token and stay reachable by any name.
+    let (code, _) = get_with_host(&s, "/healthz", &evil, "", "ok");
+    assert_eq!(code, 200);
+}
+
+/// A token holder is not a rebinding victim: any Host will do.
+#[test]
+fn a_token_holder_may_use_any_host() {
+    let s = Server::start(&["--token", "t0ken"]);
+    s.append("app.log", "with token\n");
+    let (code, body) = get_with_host(
+        &s,
+        "/stream?tail=1",
+        "logs.example:443",
+        "Authorization: Bearer t0ken\r\n",
+        "with token",
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn a_bad_parameter_is_named_in_the_400() {
+    let s = Server::start(&[]);
+    for (query, name) in [
+        ("tail=-1", "tail"),
+        ("tail=99999999999999999999", "tail"),
+        ("format=xml", "format"),
+        ("tail=5&format=xml", "format"),
+        ("level=warn%2B&tail=x", "tail"),
+    ] {
+        for path in ["/stream", "/sse"] {
+            let (code, body) = get_with_host(&s, &format!("{path}?{query}"), "localhost", "", "\n");
+            assert_eq!(code, 400, "{path}?{query}: {body}");
+            assert!(
+                body.starts_with(&format!("{name}: ")),
+                "{path}?{query}: the message names `{name}`: {body}"
+            );
+        }
+    }
+}
+
+/// The raw handshake of `/ws` with the given key.
+fn ws_handshake(s: &Server, key: &str) -> (TcpStream, String) {
+    let mut tcp = TcpStream::connect(&s.addr).unwrap();
+    tcp.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    write!(
+        tcp,
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tcp.read(&mut b).unwrap(), 1, "head ended early: {head:?}");
+        head.push(b[0]);
+    }
+    (tcp, String::from_utf8(head).unwrap())
+}
+
+#[test]
+fn invalid_websocket_keys_are_refused_with_400() {
+    let s = Server::start(&[]);
+    // RFC 6455 4.1: the key is 16 bytes, base64-encoded (24 characters).
+    for key in [
+        "abc",
+        "c2hvcnQ=",
+        &"A".repeat(40),
+        "!!!!!!!!!!!!!!!!!!!!!!==",
+        "",
+    ] {
+        let (_, head) = ws_handshake(&s, key);
+        assert!(head.starts_with("HTTP/1.1 400"), "key {key:?}: {head}");
+    }
+    let (_, head) = ws_handshake(&s, "dGhlIHNhbXBsZSBub25jZQ==");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "RFC 6455's example answer: {head}"
+    );
+}
+
+/// A client frame (FIN + opcode byte as given, masked unless `unmasked`).
+fn client_frame(first: u8, payload: &[u8], unmasked: bool) -> Vec<u8> {
+    let mut f = vec![first];
+    let mask_bit = if unmasked { 0 } else { 0x80 };
+    match payload.len() {
+        n if n < 126 => f.push(mask_bit | n as u8),
+        n => {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    if unmasked {
+        f.extend_from_slice(payload);
+    } else {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    }
+    f
+}
+
+/// Reads server frames until a close frame; returns its status code (None
+/// for a close without one, or a connection that ended without a close).
+fn close_code(tcp: &mut TcpStream) -> Option<u16> {
+    loop {
+        let mut h = [0u8; 2];
+        if tcp.read_exact(&mut h).is_err() {
+            return None;
+        }
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                tcp.read_exact(&mut l).unwrap();
+                u16::from_be_bytes(l) as usize
+            }
+            127 => {
+                let mut l = [0u8; 8];
+                tcp.read_exact(&mut l).unwrap();
+                u64::from_be_bytes(l) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        tcp.read_exact(&mut payload).unwrap();
+        if h[0] & 0x0f == 0x8 {
+            return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+}
+
+#[test]
+fn protocol_violations_close_with_1002_and_bad_text_with_1007() {
+    let s = Server::start(&[]);
+    let cases: [(&str, Vec<u8>, u16); 7] = [
+        (
+            "unmasked frame",
+            client_frame(0x81, br#"{"type":"ping"}"#, true),
+            1002,
+        ),
+        ("fragmented ping", client_frame(0x09, b"hi", false), 1002),
+        (
+            "invalid UTF-8 text",
+            client_frame(0x81, b"\xff\xfe", false),
+            1007,
+        ),
+        (
+            "RSV1 without an extension",
+            client_frame(0xc1, b"{}", false),
+            1002,
+        ),
+        ("unknown data opcode", client_frame(0x83, b"x", false), 1002),
+        (
+            "unknown control opcode",
+            client_frame(0x8b, b"x", false),
+            1002,
+        ),
+        (
+            "200-byte ping",
+            client_frame(0x89, &[b'p'; 200], false),
+            1002,
+        ),
+    ];
+    for (what, frame, want) in cases {
+        let (mut tcp, head) = ws_handshake(&s, "dGhlIHNhbXBsZSBub25jZQ==");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        tcp.write_all(&frame).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(close_code(&mut tcp), Some(want), "{what}");
+    }
+    // The server is none the worse.
+    let (_, head) = ws_handshake(&s, "dGhlIHNhbXBsZSBub25jZQ==");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
