@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Files are identified by (device, inode), never by name, so a rotated file is
-//! neither lost nor read twice. Paths are found by walking the directory
+//! neither lost nor read twice; a released file's remembered offset is used
+//! again only for a file with the same inode *and* the same first bytes, and
+//! a deleted file's is forgotten (its inode number is soon reused). Paths are found by walking the directory
 //! without following symlinks; symlinks are refused, so nothing outside the
 //! directory is ever opened.
 
@@ -112,6 +114,42 @@ pub struct FileReport {
 /// Entries listed in a [`FileReport`]; the rest is counted.
 pub const REPORT_LISTED: usize = 50;
 
+/// Where a released file was left, and what it began with: an inode
+/// number alone does not name a file for long (ext4 hands a freed one to the
+/// next file created).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mark {
+    offset: u64,
+    /// Hash of the first [`MARK_BYTES`] bytes (fewer when the file was shorter).
+    head: u64,
+}
+
+/// Bytes of a file's start compared before resuming it at a remembered offset.
+const MARK_BYTES: usize = 1024;
+
+impl Mark {
+    fn of(file: &File, offset: u64) -> Mark {
+        use std::hash::{Hash, Hasher};
+        let mut buf = [0u8; MARK_BYTES];
+        let want = offset.min(MARK_BYTES as u64) as usize;
+        let mut got = 0;
+        while got < want {
+            match file.read_at(&mut buf[got..want], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        buf[..got].hash(&mut h);
+        Mark {
+            offset,
+            head: h.finish(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FileId {
     dev: u64,
@@ -191,8 +229,9 @@ pub struct Tailer {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     files: HashMap<FileId, Tracked>,
-    /// Offsets of released files, in case they show up again under a matching name.
-    known: HashMap<FileId, u64>,
+    /// Where released files were left, in case they show up again under a
+    /// matching name.
+    known: HashMap<FileId, Mark>,
     known_order: VecDeque<FileId>,
     sources: HashMap<String, Arc<SourceInfo>>,
     /// Paths refused during the current scan, and during the one before
@@ -353,7 +392,12 @@ impl Tailer {
                 let mut lines = Vec::new();
                 t.splitter.flush(&mut lines);
                 self.emit(&t.source, lines);
-                self.remember(id, t.offset);
+                // A deleted file never comes back; its inode number soon
+                // names a new file, which must not start at this offset.
+                if t.file.metadata().is_ok_and(|m| m.nlink() > 0) {
+                    let mark = Mark::of(&t.file, t.offset);
+                    self.remember(id, mark);
+                }
             }
         }
         self.metrics.files_tracked.set(self.files.len() as i64);
@@ -510,8 +554,8 @@ impl Tailer {
         }
     }
 
-    fn remember(&mut self, id: FileId, offset: u64) {
-        if self.known.insert(id, offset).is_none() {
+    fn remember(&mut self, id: FileId, mark: Mark) {
+        if self.known.insert(id, mark).is_none() {
             self.known_order.push_back(id);
         }
         while self.known_order.len() > KNOWN_LIMIT {
@@ -560,7 +604,11 @@ impl Tailer {
         };
         let size = fmeta.len();
         let offset = match self.known.remove(&id) {
-            Some(off) if off <= size => off,
+            // Same inode number, same first bytes, not shorter: the file we
+            // released. Anything else is a new file on a reused inode.
+            Some(mark) if mark.offset <= size && mark == Mark::of(&file, mark.offset) => {
+                mark.offset
+            }
             _ if !self.scanned_once && size > self.cfg.initial_bytes => {
                 start_of_line_after(&file, size - self.cfg.initial_bytes)
             }

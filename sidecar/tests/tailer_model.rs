@@ -22,11 +22,14 @@ const MAX_LINE: usize = 64;
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// Lines appended to a file; the last one may lack its newline.
+    /// Lines appended to a file; the last one may lack its newline. A
+    /// write that creates the file is seen by the tailer before the bytes
+    /// land, or (`late`) only after them, as when inotify lags.
     Write {
         file: usize,
         lines: Vec<String>,
         terminated: bool,
+        late: bool,
     },
     /// logrotate `create`: rename away (out of the glob), create anew.
     Rotate { file: usize },
@@ -50,8 +53,8 @@ fn line() -> impl Strategy<Value = String> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..FILES.len(), prop::collection::vec(line(), 1..5), any::<bool>())
-            .prop_map(|(file, lines, terminated)| Op::Write { file, lines, terminated }),
+        6 => (0..FILES.len(), prop::collection::vec(line(), 1..5), any::<bool>(), any::<bool>())
+            .prop_map(|(file, lines, terminated, late)| Op::Write { file, lines, terminated, late }),
         1 => (0..FILES.len()).prop_map(|file| Op::Rotate { file }),
         1 => (0..FILES.len()).prop_map(|file| Op::Truncate { file }),
         1 => (0..FILES.len()).prop_map(|file| Op::Delete { file }),
@@ -113,6 +116,11 @@ struct World {
 
 impl World {
     fn new() -> World {
+        World::with(|_| {})
+    }
+
+    /// A world whose tailer settings `tune` changes first.
+    fn with(tune: impl FnOnce(&mut TailConfig)) -> World {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("sub")).unwrap();
         let hub = Hub::new(
@@ -128,6 +136,7 @@ impl World {
         // Timers never fire inside a case: the ops decide what happens.
         cfg.partial_timeout = Duration::from_secs(3600);
         cfg.rotate_wait = Duration::from_secs(3600);
+        tune(&mut cfg);
         let mut tailer = Tailer::new(cfg, hub.clone(), Arc::new(Metrics::new())).unwrap();
         tailer.scan();
         World {
@@ -149,6 +158,7 @@ impl World {
                 file,
                 lines,
                 terminated,
+                late,
             } => {
                 let path = self.path(*file);
                 let created = !path.exists();
@@ -157,7 +167,7 @@ impl World {
                     .append(true)
                     .open(&path)
                     .unwrap();
-                if created {
+                if created && !late {
                     // The tailer learns of new files from inotify at once.
                     self.tailer.scan();
                 }
@@ -167,6 +177,9 @@ impl World {
                 }
                 f.write_all(buf.as_bytes()).unwrap();
                 self.model.write(FILES[*file], lines, *terminated);
+                if created && *late {
+                    self.tailer.scan();
+                }
             }
             Op::Rotate { file } => {
                 let path = self.path(*file);
@@ -293,6 +306,7 @@ fn rotated_partial_precedes_successor() {
         file: 0,
         lines: vec!["one".into(), "tw".into()],
         terminated: false,
+        late: false,
     });
     w.apply(&Op::Scan);
     w.apply(&Op::Rotate { file: 0 });
@@ -300,6 +314,7 @@ fn rotated_partial_precedes_successor() {
         file: 0,
         lines: vec!["three".into()],
         terminated: true,
+        late: false,
     });
     let (got, _, _) = w.finish();
     assert_eq!(
@@ -340,18 +355,21 @@ fn partials_of_successive_rotations_keep_their_order() {
         file: 1,
         lines: vec!["a".into()],
         terminated: false,
+        late: false,
     });
     w.apply(&Op::Rotate { file: 1 });
     w.apply(&Op::Write {
         file: 1,
         lines: vec!["b".into()],
         terminated: false,
+        late: false,
     });
     w.apply(&Op::Rotate { file: 1 });
     w.apply(&Op::Write {
         file: 1,
         lines: vec!["".into()],
         terminated: true,
+        late: false,
     });
     let (got, _, _) = w.finish();
     let want = [("a", true), ("b", true), ("", false)].map(|(l, p)| (l.to_string(), p));
@@ -367,6 +385,7 @@ fn large_backlog_after_rotation_keeps_order() {
         file: 0,
         lines: vec!["held".into()],
         terminated: false,
+        late: false,
     });
     w.apply(&Op::Scan);
     w.apply(&Op::Rotate { file: 0 });
@@ -375,6 +394,7 @@ fn large_backlog_after_rotation_keeps_order() {
         file: 0,
         lines: many.clone(),
         terminated: true,
+        late: false,
     });
     w.apply(&Op::Read);
     let (got, _, _) = w.finish();
@@ -382,4 +402,67 @@ fn large_backlog_after_rotation_keeps_order() {
     want.extend(many.into_iter().map(|l| (l, false)));
     assert_eq!(got["a.log"].len(), want.len());
     assert!(got["a.log"] == want);
+}
+
+/// Regression: a file deleted and released, then created anew with content
+/// before the tailer looks (ext4 hands the new file the freed inode number),
+/// was read from the deleted file's remembered offset: its first lines were
+/// lost and the next one cut.
+#[test]
+fn a_new_file_on_a_reused_inode_is_read_from_its_start() {
+    let mut w = World::new();
+    w.apply(&Op::Write {
+        file: 0,
+        lines: vec!["inc 0 A 0000000000".into(), "inc 0 B".into()],
+        terminated: true,
+        late: false,
+    });
+    w.apply(&Op::Scan);
+    w.apply(&Op::Delete { file: 0 });
+    w.apply(&Op::Scan);
+    w.apply(&Op::Write {
+        file: 0,
+        lines: vec!["inc 1 A 00000000000000000000".into(), "inc 1 B".into()],
+        terminated: true,
+        late: true,
+    });
+    let (got, _, _) = w.finish();
+    let lines: Vec<&str> = got["a.log"].iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            "inc 0 A 0000000000",
+            "inc 0 B",
+            "inc 1 A 00000000000000000000",
+            "inc 1 B"
+        ]
+    );
+}
+
+/// Regression: logrotate renames a file away; the tailer releases it once it
+/// stops growing and remembers where it was; logrotate later deletes it
+/// unseen, and the next file created gets its inode number. That file
+/// starts at 0, not at the old offset.
+#[test]
+fn a_released_files_offset_is_not_used_for_a_different_file() {
+    let mut w = World::with(|cfg| cfg.rotate_wait = Duration::ZERO);
+    let old = "old content that is longer than what follows\n".repeat(4);
+    std::fs::write(w.path(0), &old).unwrap();
+    w.tailer.scan();
+    let rotated = w.dir.path().join("a.log.1");
+    std::fs::rename(w.path(0), &rotated).unwrap();
+    w.tailer.scan(); // no longer under a matching name, idle: released
+    w.tailer.scan();
+    assert_eq!(w.tailer.open_files(), 0);
+    std::fs::remove_file(&rotated).unwrap(); // out of sight
+    let new = "fresh line one\n".repeat(20);
+    std::fs::write(w.path(0), &new).unwrap();
+    w.tailer.scan();
+    let (got, _, _) = w.finish();
+    let lines: Vec<&str> = got["a.log"].iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(lines.len(), 24, "{lines:?}");
+    assert!(
+        lines[4..].iter().all(|l| *l == "fresh line one"),
+        "{lines:?}"
+    );
 }
