@@ -13,6 +13,7 @@
 pub mod aggregator;
 pub mod client;
 pub mod demo;
+pub mod fds;
 pub mod filter;
 pub mod hub;
 pub mod lines;

@@ -251,6 +251,10 @@ struct Common {
     /// How long a draining WebSocket waits for the client's ack.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     ack_timeout: Duration,
+    /// Longest a client may take to send a whole request head (its
+    /// WebSocket handshake included).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    head_timeout: Duration,
 }
 
 impl Common {
@@ -266,9 +270,19 @@ impl Common {
     }
 
     fn server(&self, role: &str) -> anyhow::Result<ServerConfig> {
+        let budget = logstream::fds::process_budget();
+        if self.max_connections > budget.connections {
+            tracing::warn!(
+                max_connections = self.max_connections,
+                budget = budget.connections,
+                "--max-connections is more than the descriptor limit allows: serving at most the budget (raise RLIMIT_NOFILE for more)"
+            );
+        }
         Ok(ServerConfig {
             role: role.into(),
-            max_connections: self.max_connections,
+            max_connections: self.max_connections.min(budget.connections),
+            head_timeout: self.head_timeout,
+            pending_heads: budget.pending_heads,
             max_message_bytes: self.max_message_bytes,
             session: SessionLimits {
                 queue_bytes: self.client_queue_bytes,
@@ -314,6 +328,7 @@ impl Common {
         tail.max_line = self.max_line_bytes;
         tail.partial_timeout = self.partial_timeout;
         tail.poll = self.poll_interval;
+        tail.max_files = logstream::fds::process_budget().files;
         Ok(StreamerOptions {
             tail,
             server: self.server(role)?,

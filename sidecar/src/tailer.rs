@@ -64,6 +64,10 @@ pub struct TailConfig {
     pub initial_bytes: u64,
     /// Deepest directory level searched below `root`.
     pub max_depth: usize,
+    /// Files held open at most (active and rotated): the share of the
+    /// descriptor limit the server leaves to the tailer (fds.rs). Past it,
+    /// files are reported as not tailed (`fd_budget`).
+    pub max_files: usize,
 }
 
 impl TailConfig {
@@ -85,6 +89,7 @@ impl TailConfig {
             level_key: None,
             initial_bytes: 8 << 20,
             max_depth: 8,
+            max_files: usize::MAX,
         }
     }
 }
@@ -94,7 +99,8 @@ impl TailConfig {
 pub struct NotTailed {
     /// Relative to the log directory.
     pub path: String,
-    /// `open_failed`, `unreadable_dir`, `not_regular`, `symlink`, `non_utf8_name`.
+    /// `open_failed`, `unreadable_dir`, `not_regular`, `symlink`,
+    /// `non_utf8_name`, `fd_budget`.
     pub reason: &'static str,
     pub detail: String,
 }
@@ -345,6 +351,20 @@ impl Tailer {
         for (reason, _) in self.refused.values() {
             *by_reason.entry(reason).or_default() += 1;
         }
+        let over_budget = |m: &BTreeMap<PathBuf, (&'static str, String)>| {
+            m.values().filter(|(r, _)| *r == "fd_budget").count()
+        };
+        let (now, before) = (
+            over_budget(&self.refused),
+            over_budget(&self.refused_before),
+        );
+        if now > 0 && before == 0 {
+            tracing::warn!(
+                files = now,
+                open = self.files.len(),
+                "descriptor budget for files reached: files not tailed (listed on /readyz?verbose)"
+            );
+        }
         for (reason, n) in by_reason {
             self.metrics
                 .files_not_tailed
@@ -575,6 +595,16 @@ impl Tailer {
         if self.files.contains_key(&id) {
             return Some(id);
         }
+        if self.files.len() >= self.cfg.max_files {
+            let detail = format!(
+                "{} files open, the descriptor budget for files; raise the container's \
+                 RLIMIT_NOFILE (the soft limit is raised to the hard one at start) or \
+                 narrow the globs",
+                self.files.len()
+            );
+            self.refuse(path, "fd_budget", &detail);
+            return None;
+        }
         // O_NOFOLLOW: the path may have been swapped for a symlink since the walk.
         let file = match std::fs::OpenOptions::new()
             .read(true)
@@ -648,7 +678,11 @@ impl Tailer {
                 .files_refused
                 .get_or_create(&ReasonLabel { reason })
                 .inc();
-            tracing::warn!(path = %path.display(), reason, detail, "file refused");
+            // Over the budget, thousands of files may be refused at once:
+            // one line for the lot (publish_report), not one each.
+            if reason != "fd_budget" {
+                tracing::warn!(path = %path.display(), reason, detail, "file refused");
+            }
         }
     }
 

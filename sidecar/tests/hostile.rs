@@ -258,3 +258,94 @@ fn protocol_violations_close_with_1002_and_bad_text_with_1007() {
     let (_, head) = ws_handshake(&s, "dGhlIHNhbXBsZSBub25jZQ==");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }
+
+/// More files than descriptors: the server keeps answering, tails what its
+/// budget allows and names the rest (before: `accept: Too many open
+/// files`, `/healthz` silent).
+#[test]
+fn more_files_than_descriptors_keep_the_server_serving() {
+    let s = Server::start_with_nofile(&[], (512, 512));
+    for i in 0..1500 {
+        s.append(&format!("f{i:04}.log"), &format!("line of {i}\n"));
+    }
+    s.wait_metric(r#"logstream_files_not_tailed{reason="fd_budget"}"#, 1.0);
+    let (code, _) = common::http_get(&s.addr, "/healthz").expect("/healthz answers");
+    assert_eq!(code, 200);
+    let tracked = s.metric("logstream_files_tracked").unwrap();
+    assert!(tracked > 100.0 && tracked < 512.0, "{tracked}");
+    let (code, body) = common::http_get(&s.addr, "/readyz?verbose").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("fd_budget"), "{body}");
+    // And a stream still opens and reads a tailed file.
+    let (code, body) = get_with_host(&s, "/stream?tail=1&file=f0000.log", "localhost", "", "\n");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("line of 0"), "{body}");
+}
+
+/// A soft limit below the hard one is raised at start-up (before: 1024
+/// files was the end, whatever the hard limit).
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let s = Server::start_with_nofile(&[], (512, 8192));
+    for i in 0..1500 {
+        s.append(&format!("f{i:04}.log"), &format!("line of {i}\n"));
+    }
+    s.wait_metric_eq("logstream_files_tracked", 1500.0);
+    assert_eq!(
+        s.metric(r#"logstream_files_not_tailed{reason="fd_budget"}"#),
+        None,
+        "nothing refused"
+    );
+}
+
+/// Slowloris: connections that send a request head one byte at a time. The
+/// oldest unfinished heads make way for new connections, so a probe that
+/// sends its head at once is answered (before: 300 of them under a
+/// 256-descriptor limit left `/healthz` unreachable).
+#[test]
+fn slow_request_heads_do_not_lock_out_a_health_check() {
+    let s = Server::start_with_nofile(&[], (256, 256));
+    let slow: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut t = TcpStream::connect(&s.addr).unwrap();
+            t.write_all(b"G").unwrap();
+            t
+        })
+        .collect();
+    let (code, _) = common::http_get(&s.addr, "/healthz").expect("/healthz answers");
+    assert_eq!(code, 200);
+    assert!(
+        s.metric(r#"logstream_connections_rejected_total{reason="slow_head"}"#)
+            .is_some_and(|n| n >= 1.0),
+        "evictions are counted"
+    );
+    drop(slow);
+}
+
+/// The whole request head has a deadline, not only its first byte: a
+/// client that keeps sending header bytes is cut off.
+#[test]
+fn a_request_head_that_never_ends_is_cut_off() {
+    let s = Server::start(&["--head-timeout", "1s"]);
+    let mut t = TcpStream::connect(&s.addr).unwrap();
+    t.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    t.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let mut buf = [0u8; 256];
+    loop {
+        assert!(std::time::Instant::now() < deadline, "never cut off");
+        // One header byte per read timeout: always within any per-read limit.
+        if t.write_all(b"X").is_err() {
+            break;
+        }
+        match t.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => break, // an error response (408) ends it too
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+}

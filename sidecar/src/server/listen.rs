@@ -26,17 +26,16 @@ use axum::extract::ConnectInfo;
 use axum::http::{self, StatusCode, header};
 use bytes::Buf;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::heads::HeadGuard;
 use super::{AppState, ws};
 
-/// Longest a new connection may take to send its first request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Heads longer than this (cookies...) go to hyper.
 const PEEK_BYTES: usize = 4096;
 /// Most header lines of a head answered directly (more: hyper).
@@ -132,18 +131,28 @@ async fn start(
     mut stop: watch::Receiver<bool>,
     connections: TaskTracker,
 ) {
+    // The whole head is due within the head timeout: the first bytes here,
+    // the rest (a head split over several reads) under hyper's timer.
+    let started = tokio::time::Instant::now();
+    let (head, evicted) = st.heads.enter();
+    for _ in 0..evicted {
+        st.reject("slow_head");
+    }
     let peeked = tokio::select! {
-        r = tokio::time::timeout(HEAD_TIMEOUT, peek_direct(&tcp)) => match r {
+        r = tokio::time::timeout(st.cfg.head_timeout, peek_direct(&tcp)) => match r {
             Ok(Ok(p)) => p,
             // Silent, closed or broken before a request: nothing to answer.
             _ => return,
         },
+        _ = head.evicted() => return,
         _ = super::until_true(&mut stop) => return,
     };
     let Some((req, head_len)) = peeked else {
-        connections.spawn(with_hyper(tcp, peer, app, stop));
+        let left = st.cfg.head_timeout.saturating_sub(started.elapsed());
+        connections.spawn(with_hyper(tcp, peer, app, stop, head, left));
         return;
     };
+    drop(head);
     drop(stop);
     match respond(&mut tcp, peer, app, req, head_len).await {
         Ok(Answer::Body(mut body, chunked)) => {
@@ -443,17 +452,28 @@ fn poll_next(
 }
 
 /// Serves a connection with hyper (HTTP/1.1, upgrades for WebSockets).
+/// Serves a connection with hyper. Its first head is still arriving:
+/// `head` keeps it in the pending set (evicted: closed) until hyper has the
+/// whole head, which must come within `head_timeout` (and every later head
+/// on the connection within the server's head timeout).
 async fn with_hyper(
     tcp: TcpStream,
     peer: SocketAddr,
     app: Router,
     mut stop: watch::Receiver<bool>,
+    head: HeadGuard,
+    head_timeout: Duration,
 ) {
+    let head = Arc::new(head);
+    let first_head = head.clone();
     let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        first_head.done();
         req.extensions_mut().insert(ConnectInfo(peer));
         app.clone().oneshot(req.map(Body::new))
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
         .serve_connection(TokioIo::new(tcp), svc)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
@@ -466,6 +486,7 @@ async fn with_hyper(
                 }
                 return;
             }
+            _ = head.evicted() => return,
             _ = super::until_true(&mut stop), if !asked_to_end => {
                 asked_to_end = true;
                 conn.as_mut().graceful_shutdown();

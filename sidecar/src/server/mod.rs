@@ -2,6 +2,7 @@
 //! limits), health, metrics, and the graceful drain on shutdown.
 
 mod frame;
+mod heads;
 pub mod http;
 pub mod kube_auth;
 mod listen;
@@ -64,6 +65,11 @@ pub struct ServerConfig {
     pub reconnect_on_drain: bool,
     /// Upper bound of the random delay suggested in `reconnect`.
     pub reconnect_jitter: Duration,
+    /// Longest a connection may take to send a whole request head.
+    pub head_timeout: Duration,
+    /// Connections whose head is still arriving; at the bound the oldest
+    /// is closed (server/heads.rs).
+    pub pending_heads: usize,
 }
 
 impl ServerConfig {
@@ -98,6 +104,8 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             reconnect_on_drain: false,
             reconnect_jitter: Duration::from_secs(2),
+            head_timeout: Duration::from_secs(10),
+            pending_heads: 1024,
         }
     }
 }
@@ -118,6 +126,8 @@ pub struct AppState {
     /// Ticks of the shared ping clock (server/listen.rs): every WebSocket
     /// pings when it changes, so no connection keeps a timer of its own.
     pub ping_epoch: std::sync::atomic::AtomicU64,
+    /// Connections whose request head is still arriving.
+    pub(crate) heads: Arc<heads::Pending>,
 }
 
 impl AppState {
@@ -132,6 +142,7 @@ impl AppState {
         Arc::new(AppState {
             hub,
             metrics,
+            heads: Arc::new(heads::Pending::new(cfg.pending_heads)),
             cfg,
             connections: AtomicUsize::new(0),
             ready,
@@ -173,7 +184,7 @@ impl AppState {
         })
     }
 
-    fn reject(&self, reason: &'static str) {
+    pub(crate) fn reject(&self, reason: &'static str) {
         self.metrics
             .connections_rejected
             .get_or_create(&ReasonLabel { reason })

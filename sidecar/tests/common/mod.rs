@@ -83,16 +83,54 @@ impl Server {
     /// [`Server::spawn`] with extra environment variables (the operator
     /// configures the injected sidecar through them).
     pub fn spawn_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        Server::spawn_with(dir, args, envs, None)
+    }
+
+    /// `logstream serve --dir <new temp dir>` with `RLIMIT_NOFILE` set to
+    /// (soft, hard) before it starts, as `prlimit --nofile` or a container
+    /// runtime would.
+    pub fn start_with_nofile(args: &[&str], nofile: (u64, u64)) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut full = vec![
+            "serve",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        full.extend_from_slice(args);
+        let mut s = Server::spawn_with(&dir, &full, &[], Some(nofile));
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn spawn_with(
+        dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        nofile: Option<(u64, u64)>,
+    ) -> Server {
         let stderr_log = dir.with_extension(format!("stderr.{}.log", std::process::id()));
         let err = std::fs::File::create(&stderr_log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_logstream"))
-            .args(args)
+        // util-linux's prlimit sets the limit and execs the server.
+        let mut cmd = match nofile {
+            Some((soft, hard)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:{hard}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_logstream"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_logstream")),
+        };
+        cmd.args(args)
             .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .expect("start logstream");
+            .stderr(err);
+        let mut child = cmd.spawn().expect("start logstream");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
