@@ -209,6 +209,14 @@ fn injection_enabled(ctx: &Ctx, ns: &str) {
     );
 }
 
+/// The condition TYPE of a LogStream's `status` (null when absent).
+fn condition_of(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null)
+}
+
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
@@ -1003,11 +1011,7 @@ spec:
         CONVERGE,
         || {
             let st = get_json(node, &["-n", ns, "ls/misfit"])["status"].clone();
-            let injected = st["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "Injected")?
-                .clone();
+            let injected = condition_of(&st, "Injected");
             let msg = injected["message"].as_str()?;
             (injected["reason"] == "CannotInject"
                 && msg.starts_with("2 of 2 selected pods cannot get the sidecar")
@@ -1119,11 +1123,10 @@ spec:
     // The operator asks the sidecar and says it in the LogStream's status
     // (naming pod, path, owner and mode) and in a Warning Event.
     let condition = |name: &str, type_: &str| {
-        let v = get_json(node, &["-n", ns, "logstream", name]);
-        v["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
-            .unwrap_or(Value::Null)
+        condition_of(
+            &get_json(node, &["-n", ns, "logstream", name])["status"],
+            type_,
+        )
     };
     node.poll(
         "LogStream chowned to report the unreadable file (FilesReadable=False)",
