@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,7 +100,7 @@ pub struct NotTailed {
     /// Relative to the log directory.
     pub path: String,
     /// `open_failed`, `unreadable_dir`, `not_regular`, `symlink`,
-    /// `non_utf8_name`, `fd_budget`.
+    /// `outside_volume`, `non_utf8_name`, `fd_budget`.
     pub reason: &'static str,
     pub detail: String,
 }
@@ -119,6 +119,85 @@ pub struct FileReport {
 
 /// Entries listed in a [`FileReport`]; the rest is counted.
 pub const REPORT_LISTED: usize = 50;
+
+/// The log directory, held open: files are opened relative to it with
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so a folder swapped for
+/// a symlink between the walk and the open (a race a compromised app can
+/// win) fails with `ELOOP` instead of reaching outside. Kernels without
+/// `openat2` (before 5.6, or a seccomp profile that refuses it) get the same
+/// rule one component at a time (`openat` with `O_NOFOLLOW` each).
+struct Beneath {
+    dir: std::os::fd::OwnedFd,
+    dev: u64,
+    /// `openat2` answered ENOSYS/EPERM once: use the fallback from then on.
+    no_openat2: std::sync::atomic::AtomicBool,
+}
+
+impl Beneath {
+    fn new(root: &Path) -> std::io::Result<Beneath> {
+        use rustix::fs::{Mode, OFlags};
+        let dir = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let dev = rustix::fs::fstat(&dir)?.st_dev;
+        Ok(Beneath {
+            dir,
+            dev,
+            no_openat2: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Opens `rel` (relative to the root, `/`-separated) for reading.
+    fn open(&self, rel: &str) -> std::io::Result<File> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        use std::sync::atomic::Ordering;
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+        if !self.no_openat2.load(Ordering::Relaxed) {
+            let resolve =
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(&self.dir, rel, flags, Mode::empty(), resolve) {
+                Ok(fd) => return Ok(File::from(fd)),
+                Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+                    self.no_openat2.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut parts = rel.split('/').filter(|c| !c.is_empty()).peekable();
+        let mut dir: Option<std::os::fd::OwnedFd> = None;
+        while let Some(part) = parts.next() {
+            if part == ".." || part == "." {
+                return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+            }
+            let at = match &dir {
+                Some(d) => std::os::fd::AsFd::as_fd(d),
+                None => std::os::fd::AsFd::as_fd(&self.dir),
+            };
+            if parts.peek().is_none() {
+                return Ok(File::from(rustix::fs::openat(
+                    at,
+                    part,
+                    flags,
+                    Mode::empty(),
+                )?));
+            }
+            let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(at, part, dir_flags, Mode::empty()) {
+                Ok(d) => dir = Some(d),
+                // O_PATH|O_NOFOLLOW on a symlink opens the link itself, and
+                // O_DIRECTORY then refuses it: say what it is.
+                Err(rustix::io::Errno::NOTDIR) => {
+                    return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+}
 
 /// Where a released file was left, and what it began with: an inode
 /// number alone does not name a file for long (ext4 hands a freed one to the
@@ -231,6 +310,8 @@ const PUBLISH_LINES: usize = 4096;
 pub struct Tailer {
     cfg: TailConfig,
     root: PathBuf,
+    /// Opens files below the root without following any symlink.
+    beneath: Beneath,
     globs: GlobSet,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -285,8 +366,13 @@ impl Tailer {
             glob: cfg.globs.join(","),
             reason: e.to_string(),
         })?;
+        let beneath = Beneath::new(&root).map_err(|source| TailError::Root {
+            path: cfg.root.clone(),
+            source,
+        })?;
         Ok(Tailer {
             cfg,
+            beneath,
             root,
             globs,
             hub,
@@ -605,13 +691,18 @@ impl Tailer {
             self.refuse(path, "fd_budget", &detail);
             return None;
         }
-        // O_NOFOLLOW: the path may have been swapped for a symlink since the walk.
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-        {
+        let file = match self.beneath.open(&rel) {
             Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                // Any component, not only the last: the walk saw a folder
+                // that has been swapped for a symlink since.
+                self.refuse(path, "symlink", "a component of the path is a symlink");
+                return None;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                self.refuse(path, "outside_volume", "resolves outside the log directory");
+                return None;
+            }
             Err(e) => {
                 let detail = match e.kind() {
                     std::io::ErrorKind::PermissionDenied => {
@@ -626,6 +717,16 @@ impl Tailer {
         let fmeta = file.metadata().ok()?;
         if !fmeta.is_file() {
             self.refuse(path, "not_regular", "not a regular file");
+            return None;
+        }
+        if fmeta.dev() != self.beneath.dev {
+            // Another filesystem mounted below the folder, or an escape:
+            // either way not the log volume.
+            self.refuse(
+                path,
+                "outside_volume",
+                "on another filesystem than the log directory",
+            );
             return None;
         }
         let id = FileId {
@@ -873,6 +974,50 @@ fn start_of_line_after(file: &File, from: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tailer(dir: &Path) -> Tailer {
+        let hub = Hub::new(
+            crate::hub::HubLimits {
+                max_lines: 1000,
+                max_bytes: 1 << 20,
+            },
+            "test",
+        );
+        Tailer::new(TailConfig::new(dir), hub, Arc::new(Metrics::new())).unwrap()
+    }
+
+    /// The race of a folder swapped for a symlink between the walk and the
+    /// open, at its worst moment: the walk saw `sub/x.log` in a real
+    /// folder, the open finds `sub` pointing outside. Before, O_NOFOLLOW
+    /// guarded only `x.log` and the file outside was tailed.
+    #[test]
+    fn a_folder_swapped_for_a_symlink_after_the_walk_is_not_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("x.log"), "secret\n").unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), logs.path().join("sub")).unwrap();
+        for fallback in [false, true] {
+            let mut t = tailer(logs.path());
+            t.beneath
+                .no_openat2
+                .store(fallback, std::sync::atomic::Ordering::Relaxed);
+            let path = t.root.join("sub/x.log");
+            assert!(t.track(&path, "sub/x.log".into()).is_none(), "{fallback}");
+            assert_eq!(t.refused.get(&path).map(|r| r.0), Some("symlink"));
+            assert_eq!(t.open_files(), 0);
+        }
+        // A real folder still works, through both ways of opening.
+        std::fs::create_dir(logs.path().join("real")).unwrap();
+        std::fs::write(logs.path().join("real/y.log"), "fine\n").unwrap();
+        for fallback in [false, true] {
+            let mut t = tailer(logs.path());
+            t.beneath
+                .no_openat2
+                .store(fallback, std::sync::atomic::Ordering::Relaxed);
+            let path = t.root.join("real/y.log");
+            assert!(t.track(&path, "real/y.log".into()).is_some(), "{fallback}");
+        }
+    }
 
     #[test]
     fn process_ids_are_the_effective_ones() {
