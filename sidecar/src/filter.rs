@@ -1,15 +1,34 @@
-//! Compiles a [`Subscribe`] into a record filter and a start position.
+//! Compiles a [`Subscribe`] into a record filter and a start position, and
+//! owns the compiled patterns every filter shares.
+//!
+//! A compiled pattern can be large (a Unicode `\w{20}` is about 1 MB), and
+//! many clients open the same stream (`file=app.log` from every viewer), so
+//! a pattern is compiled once and shared by every filter that asks for it;
+//! the patterns in use together are bounded by [`PATTERN_MEMORY`], and a new
+//! one past it is refused with an error instead of buying more memory.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use globset::{Glob, GlobMatcher};
-use regex::Regex;
+use regex_automata::meta::Regex;
 
 use crate::hub::{Entry, now_ns, parse_ts};
 use crate::protocol::{Format, Level, Source, Subscribe};
 
 /// Longest accepted regular expression, to bound compile cost of hostile input.
 const MAX_PATTERN: usize = 1024;
+/// Largest compiled regular expression.
+const REGEX_LIMIT: usize = 1 << 20;
+/// Largest lazy-DFA cache of one, per thread using it (past it the cache is
+/// cleared, or a slower engine answers: never more memory).
+const CACHE_LIMIT: usize = 256 << 10;
+/// Compiled patterns in use at once, all filters together.
+pub const PATTERN_MEMORY: usize = 64 << 20;
+/// What a glob is counted as (globset does not say; measured ones are
+/// a few KB).
+const GLOB_COST: usize = 16 << 10;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FilterError {
@@ -27,6 +46,12 @@ pub enum FilterError {
     Since(String),
     #[error("{0}: pattern longer than {MAX_PATTERN} bytes")]
     TooLong(&'static str),
+    #[error(
+        "{field}: the patterns other clients use hold the server's pattern memory ({mib} MiB); use one of theirs or a simpler pattern, or try again later",
+        field = .0,
+        mib = PATTERN_MEMORY >> 20
+    )]
+    Busy(&'static str),
 }
 
 /// Compiled filter.
@@ -34,11 +59,11 @@ pub enum FilterError {
 pub struct Filter {
     /// Matchers are boxed: most clients set few of them, and every
     /// connection holds its filter while idle.
-    file: Option<Box<GlobMatcher>>,
+    file: Option<Arc<GlobMatcher>>,
     levels: Option<[bool; 6]>,
-    grep: Option<Box<Regex>>,
-    pod: Option<Box<Regex>>,
-    container: Option<Box<Regex>>,
+    grep: Option<Arc<Regex>>,
+    pod: Option<Arc<Regex>>,
+    container: Option<Arc<Regex>>,
     pub since_ns: Option<i64>,
     pub format: Format,
 }
@@ -48,11 +73,7 @@ impl Filter {
         let file = match &s.file {
             Some(f) if !f.is_empty() => {
                 check_len("file", f)?;
-                Some(Box::new(
-                    Glob::new(f)
-                        .map_err(|e| FilterError::File(e.kind().to_string()))?
-                        .compile_matcher(),
-                ))
+                Some(shared_glob(f)?)
             }
             _ => None,
         };
@@ -63,18 +84,16 @@ impl Filter {
         let grep = match &s.grep {
             Some(g) if !g.is_empty() => {
                 check_len("grep", g)?;
-                Some(Box::new(compile_regex(g).map_err(FilterError::Grep)?))
+                Some(shared_regex("grep", g.clone())?)
             }
             _ => None,
         };
         let label =
-            |field: &'static str, v: &Option<String>| -> Result<Option<Box<Regex>>, FilterError> {
+            |field: &'static str, v: &Option<String>| -> Result<Option<Arc<Regex>>, FilterError> {
                 match v {
                     Some(p) if !p.is_empty() => {
                         check_len(field, p)?;
-                        compile_regex(&format!("^(?:{p})$"))
-                            .map(|r| Some(Box::new(r)))
-                            .map_err(|reason| FilterError::Label { field, reason })
+                        shared_regex(field, format!("^(?:{p})$")).map(Some)
                     }
                     _ => Ok(None),
                 }
@@ -133,7 +152,7 @@ impl Filter {
             }
         }
         if let Some(g) = &self.grep
-            && !g.is_match(&e.line)
+            && !g.is_match(e.line.as_bytes())
         {
             return false;
         }
@@ -148,12 +167,120 @@ fn check_len(field: &'static str, v: &str) -> Result<(), FilterError> {
     Ok(())
 }
 
+/// A compiled pattern shared by the filters that use it.
+#[derive(Clone)]
+enum Compiled {
+    Regex(Arc<Regex>),
+    Glob(Arc<GlobMatcher>),
+}
+
+impl Compiled {
+    /// Held by a filter (not only by the table).
+    fn in_use(&self) -> bool {
+        match self {
+            Compiled::Regex(r) => Arc::strong_count(r) > 1,
+            Compiled::Glob(g) => Arc::strong_count(g) > 1,
+        }
+    }
+}
+
+/// The compiled patterns, by kind and text, with what each is counted as.
+struct Patterns {
+    table: HashMap<(bool, String), (Compiled, usize)>,
+    bytes: usize,
+    budget: usize,
+}
+
+static PATTERNS: LazyLock<Mutex<Patterns>> = LazyLock::new(|| {
+    Mutex::new(Patterns {
+        table: HashMap::new(),
+        bytes: 0,
+        budget: PATTERN_MEMORY,
+    })
+});
+
+/// Bytes the compiled patterns in use are counted as (all filters).
+pub fn pattern_memory() -> usize {
+    PATTERNS.lock().unwrap_or_else(|p| p.into_inner()).bytes
+}
+
+impl Patterns {
+    /// The pattern `key`, compiled by `build` unless some filter holds it
+    /// already; refused when it would not fit in [`PATTERN_MEMORY`].
+    fn get(
+        &mut self,
+        key: (bool, String),
+        field: &'static str,
+        build: impl FnOnce() -> Result<(Compiled, usize), FilterError>,
+    ) -> Result<Compiled, FilterError> {
+        if let Some((c, _)) = self.table.get(&key) {
+            return Ok(c.clone());
+        }
+        let (compiled, cost) = build()?;
+        if self.bytes + cost > self.budget || self.table.len() >= 4096 {
+            // Patterns no filter holds any more go first.
+            self.table.retain(|_, (c, _)| c.in_use());
+            self.bytes = self.table.values().map(|(_, n)| n).sum();
+            if self.bytes + cost > self.budget {
+                return Err(FilterError::Busy(field));
+            }
+        }
+        self.bytes += cost;
+        self.table.insert(key, (compiled.clone(), cost));
+        Ok(compiled)
+    }
+}
+
+fn shared_regex(field: &'static str, pattern: String) -> Result<Arc<Regex>, FilterError> {
+    let mut patterns = PATTERNS.lock().unwrap_or_else(|p| p.into_inner());
+    let c = patterns.get((true, pattern.clone()), field, || {
+        let re = compile_regex(&pattern).map_err(|reason| match field {
+            "grep" => FilterError::Grep(reason),
+            field => FilterError::Label { field, reason },
+        })?;
+        // The program, plus a lazy DFA cache for each thread using it at
+        // once (the runtime's workers), at most CACHE_LIMIT each.
+        let cost = re.memory_usage() + 2 * CACHE_LIMIT;
+        Ok((Compiled::Regex(Arc::new(re)), cost))
+    })?;
+    match c {
+        Compiled::Regex(r) => Ok(r),
+        Compiled::Glob(_) => Err(FilterError::Busy(field)),
+    }
+}
+
+fn shared_glob(pattern: &str) -> Result<Arc<GlobMatcher>, FilterError> {
+    let mut patterns = PATTERNS.lock().unwrap_or_else(|p| p.into_inner());
+    let c = patterns.get((false, pattern.to_string()), "file", || {
+        let g = Glob::new(pattern)
+            .map_err(|e| FilterError::File(e.kind().to_string()))?
+            .compile_matcher();
+        Ok((Compiled::Glob(Arc::new(g)), GLOB_COST + pattern.len()))
+    })?;
+    match c {
+        Compiled::Glob(g) => Ok(g),
+        Compiled::Regex(_) => Err(FilterError::Busy("file")),
+    }
+}
+
 fn compile_regex(p: &str) -> Result<Regex, String> {
-    regex::RegexBuilder::new(p)
-        .size_limit(1 << 20)
-        .dfa_size_limit(1 << 20)
-        .build()
-        .map_err(|e| e.to_string())
+    Regex::builder()
+        .configure(
+            Regex::config()
+                .nfa_size_limit(Some(REGEX_LIMIT))
+                .onepass_size_limit(Some(REGEX_LIMIT))
+                .dfa_size_limit(Some(CACHE_LIMIT))
+                .hybrid_cache_capacity(CACHE_LIMIT),
+        )
+        .build(p)
+        .map_err(|e| match (e.syntax_error(), e.size_limit()) {
+            (Some(syntax), _) => format!("regex parse error: {syntax}"),
+            (None, Some(limit)) => format!(
+                "compiled pattern exceeds the size limit of {} KiB",
+                limit >> 10
+            ),
+            _ => e.to_string(),
+        })
 }
 
 fn parse_levels(spec: &str) -> Result<[bool; 6], FilterError> {
@@ -205,6 +332,62 @@ mod tests {
         assert!(e.to_string().starts_with("file:"), "{e}");
         let e = Filter::compile(&sub(|s| s.grep = Some("a".repeat(5000)))).unwrap_err();
         assert_eq!(e, FilterError::TooLong("grep"));
+    }
+
+    #[test]
+    fn filters_with_the_same_pattern_share_one_compiled_copy() {
+        let a = Filter::compile(&sub(|s| {
+            s.grep = Some(r"\w{20}".into());
+            s.file = Some("app.log".into());
+        }))
+        .unwrap();
+        let b = Filter::compile(&sub(|s| {
+            s.grep = Some(r"\w{20}".into());
+            s.file = Some("app.log".into());
+        }))
+        .unwrap();
+        assert!(Arc::ptr_eq(
+            a.grep.as_ref().unwrap(),
+            b.grep.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            a.file.as_ref().unwrap(),
+            b.file.as_ref().unwrap()
+        ));
+        // A pod pattern of the same text is anchored: another pattern.
+        let c = Filter::compile(&sub(|s| s.pod = Some(r"\w{20}".into()))).unwrap();
+        assert!(!Arc::ptr_eq(
+            a.grep.as_ref().unwrap(),
+            c.pod.as_ref().unwrap()
+        ));
+    }
+
+    #[test]
+    fn patterns_past_the_budget_are_refused_until_others_are_dropped() {
+        let mut p = Patterns {
+            table: HashMap::new(),
+            bytes: 0,
+            budget: 3 << 20,
+        };
+        let get = |p: &mut Patterns, pat: &str| {
+            let pat = pat.to_string();
+            p.get((true, pat.clone()), "grep", || {
+                let re = compile_regex(&pat).map_err(FilterError::Grep)?;
+                let cost = re.memory_usage() + 2 * CACHE_LIMIT;
+                Ok((Compiled::Regex(Arc::new(re)), cost))
+            })
+        };
+        let big = get(&mut p, r"\w{20}").unwrap();
+        let again = get(&mut p, r"\w{20}").unwrap();
+        assert_eq!(p.table.len(), 1, "the same pattern is not counted twice");
+        let e = get(&mut p, r"\w{19}").err().unwrap();
+        assert_eq!(e, FilterError::Busy("grep"));
+        assert!(e.to_string().contains("pattern memory"), "{e}");
+        drop((big, again));
+        assert!(
+            get(&mut p, r"\w{19}").is_ok(),
+            "room once nobody holds the first"
+        );
     }
 
     #[test]
