@@ -63,10 +63,56 @@ pub struct Entry {
     json: std::sync::OnceLock<Bytes>,
     /// Wire bytes published before this entry (cumulative), for lag accounting.
     pub start_bytes: u64,
+    /// Size of the serialised record (made once, at publish).
+    wire: u32,
 }
 
-/// Bytes of a serialised record besides its strings (keys, sid, seq, ts).
-const RECORD_OVERHEAD: usize = 112;
+/// Bytes of a serialised record besides its strings and seq: the keys,
+/// quotes and separators, the 16-digit sid and the 30-byte ts.
+const RECORD_OVERHEAD: usize = 123;
+/// What the allocator adds to each allocation (header and rounding), and
+/// the Arc's counts: the entry, its line and its JSON are three.
+const ALLOC_OVERHEAD: usize = 16;
+
+/// Bytes `s` takes inside a JSON string: serde_json writes `"`, `\\` and
+/// the five short control escapes as two bytes, other control bytes as
+/// `\u00XX` (six). A line of control bytes is six times its length on the
+/// wire and in the history: counting its raw length let `--buffer-bytes`
+/// hold five times what it said.
+pub fn json_escaped_len(s: &str) -> usize {
+    s.len()
+        + s.bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+}
+
+/// Size of the serialised record of `p` (a test checks it is exact).
+fn wire_size(p: &Pending) -> u32 {
+    let (source, line) = (&p.source.source, &p.line);
+    let optional = p.level.map_or(0, |l| 11 + l.as_str().len())
+        + if p.partial { 15 } else { 0 }
+        + p.split.map_or(0, |s| {
+            11 + match s {
+                SplitPart::First => 5,
+                SplitPart::Middle => 6,
+                SplitPart::Last => 4,
+            }
+        });
+    let n = RECORD_OVERHEAD
+        + p.seq.checked_ilog10().unwrap_or(0) as usize
+        + 1
+        + optional
+        + json_escaped_len(line)
+        + json_escaped_len(&source.namespace)
+        + json_escaped_len(&source.pod)
+        + json_escaped_len(&source.container)
+        + json_escaped_len(&source.file);
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 impl Entry {
     /// The record as JSON (serialised once, on first use).
@@ -74,20 +120,15 @@ impl Entry {
         self.json.get_or_init(|| serialise(self))
     }
 
-    /// Size of the serialised record, estimated without serialising it.
+    /// Size of the serialised record, known without serialising it.
     pub fn wire_size(&self) -> usize {
-        let s = &self.source.source;
-        RECORD_OVERHEAD
-            + self.line.len()
-            + s.namespace.len()
-            + s.pod.len()
-            + s.container.len()
-            + s.file.len()
+        self.wire as usize
     }
 
-    /// Memory accounted for in the history: the line and, once made, its JSON.
+    /// Memory accounted for in the history: the entry, its line and, once
+    /// made, its JSON, each with the allocator's bookkeeping.
     pub fn size(&self) -> usize {
-        self.wire_size() + self.line.len() + std::mem::size_of::<Entry>()
+        self.wire_size() + self.line.len() + std::mem::size_of::<Entry>() + 3 * ALLOC_OVERHEAD
     }
 
     pub fn to_record(&self) -> Record {
@@ -266,8 +307,10 @@ impl Hub {
                 if let Some(last) = ring.last_seq.get_mut(slot) {
                     *last = (*last).max(p.seq);
                 }
+                let wire = wire_size(&p);
                 let entry = Entry {
                     idx,
+                    wire,
                     source: p.source,
                     seq: p.seq,
                     ts_ns: p.ts_ns,
@@ -320,8 +363,12 @@ fn serialise(p: &Entry) -> Bytes {
         partial: p.partial,
         split: p.split,
     };
+    // Sized up front, so the history holds no doubled Vec capacity.
+    let mut out = Vec::with_capacity(p.wire_size());
     // Serialising plain strings and numbers into a Vec cannot fail.
-    Bytes::from(serde_json::to_vec(&rec).unwrap_or_default())
+    let _ = serde_json::to_writer(&mut out, &rec);
+    out.shrink_to_fit();
+    Bytes::from(out)
 }
 
 /// Borrowing twin of [`Record`] used to serialise without copies; a golden
@@ -454,6 +501,55 @@ pub(crate) mod tests {
         let ring = hub.lock();
         assert!(ring.bytes() <= 2000, "{}", ring.bytes());
         assert!(!ring.is_empty() && ring.len() < 20);
+    }
+
+    /// The history counts what a record costs on the wire and in memory:
+    /// escapes included (a control byte is six bytes of JSON).
+    #[test]
+    fn the_wire_size_counts_json_escapes() {
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 100,
+                max_bytes: 1 << 20,
+            },
+            "t",
+        );
+        let a = hub.source(src("a.log"));
+        let lines = [
+            "plain text".to_string(),
+            "\u{1}".repeat(1000),
+            "\"quoted\" \\ back\tslash\n".repeat(50),
+            "é€ multi-byte".repeat(40),
+        ];
+        for l in &lines {
+            publish_lines(&hub, &a, &[l]);
+        }
+        for (i, (level, partial, split)) in [
+            (Some(Level::Error), true, Some(SplitPart::Middle)),
+            (Some(Level::Warn), false, Some(SplitPart::First)),
+            (None, true, Some(SplitPart::Last)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // Sequence numbers of every width.
+            for _ in 0..(i * 5000) {
+                a.next_seq();
+            }
+            hub.publish(vec![Pending {
+                source: a.clone(),
+                seq: a.next_seq(),
+                ts_ns: now_ns(),
+                level,
+                line: "with options".into(),
+                partial,
+                split,
+            }]);
+        }
+        let ring = hub.lock();
+        for e in ring.iter_from(ring.first_idx()) {
+            assert_eq!(e.json().len(), e.wire_size(), "{:?}", e.line);
+        }
     }
 
     #[test]

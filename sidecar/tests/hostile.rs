@@ -399,3 +399,43 @@ async fn a_hundred_clients_with_the_same_heavy_filter_share_it() {
         "100 clients with one filter grew the server by {grown} KiB"
     );
 }
+
+/// `--buffer-bytes` holds what it says when lines are control bytes, which
+/// JSON escapes to six bytes each (before: 8 MiB configured, `history_bytes`
+/// said 8 MiB, the server grew by 41 MB).
+#[tokio::test]
+async fn the_history_bound_counts_escaped_bytes() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::start(&["--buffer-bytes", "8388608", "--buffer-lines", "1000000"]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(ws.next().await, Some(Ok(Message::Text(_)))),
+        "hello"
+    );
+    let before = rss_kib(s.child.id());
+    let line = format!("{}\n", "\u{1}".repeat(1000));
+    const LINES: usize = 8000;
+    for _ in 0..LINES / 100 {
+        s.append("ctl.log", &line.repeat(100));
+    }
+    // The client reads to the last record (a gap when it falls behind the
+    // history), so the JSON of what the history holds is made and held.
+    let last = format!("\"seq\":{LINES},");
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains(&last) => break,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let grown = rss_kib(s.child.id()).saturating_sub(before);
+    let counted = s.metric("logstream_history_bytes").unwrap();
+    assert!(counted <= 8388608.0, "{counted}");
+    assert!(
+        grown < 20 << 10,
+        "an 8 MiB history grew the server by {grown} KiB"
+    );
+}
