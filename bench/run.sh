@@ -135,6 +135,10 @@ if want idle; then
     echo "== idle connections" >&2
     run "$BIN/ls-idle" --steps "$STEPS" --procs 2 --ips-per-proc 4 --settle-ms 2000 \
         --server-arg=--max-connections --server-arg=20000 "${Q[@]}" --json-out "$OUT/idle.json"
+    # What `logstream tail --file` and the page open: a filtered stream.
+    run "$BIN/ls-idle" --steps "$STEPS" --procs 2 --ips-per-proc 4 --settle-ms 2000 \
+        --path '/ws?file=app.log&level=warn%2B' \
+        --server-arg=--max-connections --server-arg=20000 "${Q[@]}" --json-out "$OUT/idle-filtered.json"
 fi
 
 if want fanin; then
