@@ -126,11 +126,16 @@ fn a_bad_parameter_is_named_in_the_400() {
 
 /// The raw handshake of `/ws` with the given key.
 fn ws_handshake(s: &Server, key: &str) -> (TcpStream, String) {
+    ws_handshake_at(s, "/ws", key)
+}
+
+/// The raw WebSocket handshake of `path` with the given key.
+fn ws_handshake_at(s: &Server, path: &str, key: &str) -> (TcpStream, String) {
     let mut tcp = TcpStream::connect(&s.addr).unwrap();
     tcp.set_read_timeout(Some(common::PATIENCE)).unwrap();
     write!(
         tcp,
-        "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
     )
     .unwrap();
@@ -257,6 +262,21 @@ fn protocol_violations_close_with_1002_and_bad_text_with_1007() {
     // The server is none the worse.
     let (_, head) = ws_handshake(&s, "dGhlIHNhbXBsZSBub25jZQ==");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Loki's tail endpoint (Grafana's live view) says the same.
+    let tail = "/loki/api/v1/tail?query=%7Bfile%3D%22app.log%22%7D";
+    for (what, frame, want) in [
+        ("unmasked frame", client_frame(0x81, b"{}", true), 1002),
+        (
+            "invalid UTF-8 text",
+            client_frame(0x81, b"\xff", false),
+            1007,
+        ),
+    ] {
+        let (mut tcp, head) = ws_handshake_at(&s, tail, "dGhlIHNhbXBsZSBub25jZQ==");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        tcp.write_all(&frame).unwrap();
+        assert_eq!(close_code(&mut tcp), Some(want), "tail: {what}");
+    }
 }
 
 /// More files than descriptors: the server keeps answering, tails what its

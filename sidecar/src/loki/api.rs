@@ -843,6 +843,7 @@ pub async fn run_tail<W, R, E>(
 where
     W: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::error::Error + 'static,
 {
     let cfg = &st.cfg;
     macro_rules! send {
@@ -944,7 +945,10 @@ where
             msg = rx.next() => {
                 last_heard = Instant::now();
                 match msg {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return (0, ""),
+                    Some(Err(e)) => {
+                        return crate::server::ws::violation_close(&e).unwrap_or((0, ""));
+                    }
+                    None | Some(Ok(Message::Close(_))) => return (0, ""),
                     Some(Ok(_)) => {}
                 }
             }

@@ -587,6 +587,20 @@ fn render(m: &ServerMessage, f: Format) -> String {
     }
 }
 
+/// The close code and a fixed reason for a read that failed because the
+/// client broke the protocol (for transports that end with a static
+/// reason, such as the Loki tail); `None` for other failures.
+pub(crate) fn violation_close<E: std::error::Error + 'static>(
+    e: &E,
+) -> Option<(u16, &'static str)> {
+    match read_failure(e) {
+        End::ProtocolError(_) => Some((close::PROTOCOL, "protocol violation")),
+        End::BadText => Some((close::INVALID_DATA, "text message is not UTF-8")),
+        End::TooBig => Some((close::TOO_BIG, "message too big")),
+        _ => None,
+    }
+}
+
 /// How a failed read ends the connection: the close code tells the client
 /// what it did (RFC 6455 7.4.1), where a bare reset would not.
 fn read_failure<E: std::error::Error + 'static>(e: &E) -> End {
