@@ -459,3 +459,37 @@ async fn the_history_bound_counts_escaped_bytes() {
         "an 8 MiB history grew the server by {grown} KiB"
     );
 }
+
+/// Garbage after the handshake, on /ws and on the Loki tail: every
+/// connection ends (with a close frame or not), the server stays up.
+#[test]
+fn garbage_frames_end_the_connection_not_the_server() {
+    let s = Server::start(&[]);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let tail = "/loki/api/v1/tail?query=%7Bfile%3D%22app.log%22%7D";
+    for i in 0..100 {
+        let len = 1 + (next() % 300) as usize;
+        let mut junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 {
+            // A plausible first byte (FIN + text) so the header parse goes further.
+            junk[0] = 0x81;
+        }
+        let path = if i % 3 == 0 { tail } else { "/ws" };
+        let (mut tcp, head) = ws_handshake_at(&s, path, "dGhlIHNhbXBsZSBub25jZQ==");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let _ = tcp.write_all(&junk);
+        let _ = tcp.shutdown(std::net::Shutdown::Write);
+        tcp.set_read_timeout(Some(common::PATIENCE)).unwrap();
+        // Read to the end: the server must close, not hang.
+        let mut sink = Vec::new();
+        let _ = tcp.read_to_end(&mut sink);
+    }
+    let (code, _) = common::http_get(&s.addr, "/healthz").expect("/healthz answers");
+    assert_eq!(code, 200);
+}

@@ -506,6 +506,26 @@ mod tests {
         })
     }
 
+    use proptest::prelude::Strategy as _;
+
+    proptest::proptest! {
+        /// Any bytes, as the first read of a connection: a request or
+        /// "hyper's turn", never a panic, and the head length fits.
+        #[test]
+        fn any_first_bytes_are_routed_without_panic(
+            bytes in proptest::prop_oneof![
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+                "GET /(ws|sse|stream)[?a-z=&%0-9]{0,30} HTTP/1\\.[01]\r\n([A-Za-z-]{1,12}: [ -~]{0,20}\r\n){0,60}\r\n"
+                    .prop_map(String::into_bytes),
+            ]
+        ) {
+            let bytes: Vec<u8> = bytes;
+            if let Some((_, n)) = direct_request(&bytes) {
+                proptest::prop_assert!(n <= bytes.len());
+            }
+        }
+    }
+
     #[test]
     fn only_whole_bodiless_http11_gets_of_stream_paths_are_answered_directly() {
         let ok = "GET /sse?file=a.log HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
