@@ -33,6 +33,16 @@ impl SourceInfo {
     pub fn next_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
+
+    /// The last sequence number allocated (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed)
+    }
+
+    /// Continues a sequence an earlier process left at `seq`.
+    pub fn continue_after(&self, seq: u64) {
+        self.next_seq.fetch_max(seq, Ordering::Relaxed);
+    }
 }
 
 /// A record ready to be published.

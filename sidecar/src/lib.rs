@@ -20,6 +20,7 @@ pub mod lines;
 pub mod loki;
 pub mod metrics;
 pub mod parse;
+pub mod positions;
 pub mod protocol;
 pub mod run;
 pub mod server;

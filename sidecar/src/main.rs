@@ -207,7 +207,7 @@ struct Common {
     slow_client_grace: Duration,
     #[arg(long, value_enum, default_value = "gap")]
     slow_client: SlowPolicy,
-    #[arg(long, env = "LOGSTREAM_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "LOGSTREAM_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Largest message a client may send.
     #[arg(long, default_value_t = 64 << 10)]
@@ -251,6 +251,11 @@ struct Common {
     /// How long a draining WebSocket waits for the client's ack.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     ack_timeout: Duration,
+    /// Folder where each file's position is kept, so a restarted streamer
+    /// continues its sources instead of sending the end of every file again
+    /// (an emptyDir in a pod survives a container restart).
+    #[arg(long, env = "LOGSTREAM_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Longest a client may take to send a whole request head (its
     /// WebSocket handshake included).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -272,11 +277,19 @@ impl Common {
     fn server(&self, role: &str) -> anyhow::Result<ServerConfig> {
         let budget = logstream::fds::process_budget();
         if self.max_connections > budget.connections {
-            tracing::warn!(
-                max_connections = self.max_connections,
-                budget = budget.connections,
-                "--max-connections is more than the descriptor limit allows: serving at most the budget (raise RLIMIT_NOFILE for more)"
-            );
+            // Said loudly only when someone asked for more than fits.
+            if self.max_connections == DEFAULT_MAX_CONNECTIONS {
+                tracing::info!(
+                    budget = budget.connections,
+                    "serving at most the descriptor budget's connections"
+                );
+            } else {
+                tracing::warn!(
+                    max_connections = self.max_connections,
+                    budget = budget.connections,
+                    "--max-connections is more than the descriptor limit allows: serving at most the budget (raise RLIMIT_NOFILE for more)"
+                );
+            }
         }
         Ok(ServerConfig {
             role: role.into(),
@@ -329,6 +342,11 @@ impl Common {
         tail.partial_timeout = self.partial_timeout;
         tail.poll = self.poll_interval;
         tail.max_files = logstream::fds::process_budget().files;
+        if let Some(d) = &self.state_dir {
+            std::fs::create_dir_all(d)
+                .map_err(|e| anyhow::anyhow!("state folder {}: {e}", d.display()))?;
+            tail.state_file = Some(d.join(logstream::positions::FILE_NAME));
+        }
         Ok(StreamerOptions {
             tail,
             server: self.server(role)?,
@@ -338,6 +356,8 @@ impl Common {
         })
     }
 }
+
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 fn read_secret(p: &std::path::Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(p)

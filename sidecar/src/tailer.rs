@@ -68,6 +68,9 @@ pub struct TailConfig {
     /// descriptor limit the server leaves to the tailer (fds.rs). Past it,
     /// files are reported as not tailed (`fd_budget`).
     pub max_files: usize,
+    /// Where positions are kept across restarts (positions.rs); `None`: a
+    /// restart reads the end of each file again under new ids.
+    pub state_file: Option<PathBuf>,
 }
 
 impl TailConfig {
@@ -90,6 +93,7 @@ impl TailConfig {
             initial_bytes: 8 << 20,
             max_depth: 8,
             max_files: usize::MAX,
+            state_file: None,
         }
     }
 }
@@ -251,6 +255,8 @@ struct Tracked {
     last_growth: Instant,
     /// Order of discovery: older files of a source are read first.
     generation: u64,
+    /// The offset the head hash was last taken at, and the hash (positions).
+    head: Option<(u64, u64)>,
 }
 
 /// Why the streamer may not read `meta`'s file: its owner and mode against
@@ -331,6 +337,10 @@ pub struct Tailer {
     generation: u64,
     buf: Vec<u8>,
     out: Vec<Pending>,
+    /// Positions an earlier process saved, by path, not yet continued.
+    restored: HashMap<String, crate::positions::Saved>,
+    /// What the state file holds now (nothing is written when unchanged).
+    saved: Option<crate::positions::Positions>,
 }
 
 impl Tailer {
@@ -370,6 +380,29 @@ impl Tailer {
             path: cfg.root.clone(),
             source,
         })?;
+        let previous = cfg
+            .state_file
+            .as_deref()
+            .map(crate::positions::Positions::load)
+            .unwrap_or_default();
+        let mut known = HashMap::new();
+        let mut known_order = VecDeque::new();
+        let mut restored = HashMap::new();
+        for f in previous.files.iter().take(KNOWN_LIMIT) {
+            let id = FileId {
+                dev: f.dev,
+                ino: f.ino,
+            };
+            known.insert(
+                id,
+                Mark {
+                    offset: f.offset,
+                    head: f.head,
+                },
+            );
+            known_order.push_back(id);
+            restored.insert(f.rel.clone(), f.clone());
+        }
         Ok(Tailer {
             cfg,
             beneath,
@@ -378,8 +411,8 @@ impl Tailer {
             hub,
             metrics,
             files: HashMap::new(),
-            known: HashMap::new(),
-            known_order: VecDeque::new(),
+            known,
+            known_order,
             sources: HashMap::new(),
             refused: BTreeMap::new(),
             refused_before: BTreeMap::new(),
@@ -389,6 +422,8 @@ impl Tailer {
             generation: 0,
             buf: vec![0; CHUNK],
             out: Vec::new(),
+            restored,
+            saved: Some(previous),
         })
     }
 
@@ -508,6 +543,51 @@ impl Tailer {
         }
         self.metrics.files_tracked.set(self.files.len() as i64);
         self.flush_out();
+    }
+
+    /// Writes where each file is (at its last whole line) to the state
+    /// file, when configured and changed since the last write.
+    pub fn save_positions(&mut self) {
+        let Some(path) = self.cfg.state_file.clone() else {
+            return;
+        };
+        let mut files: Vec<crate::positions::Saved> = self
+            .files
+            .iter_mut()
+            .filter(|(_, t)| t.active)
+            .map(|(id, t)| {
+                let offset = t.offset - t.splitter.pending() as u64;
+                // The head hash only changes while the file is shorter than
+                // what it covers.
+                let head = match t.head {
+                    Some((at, head))
+                        if at.min(MARK_BYTES as u64) == offset.min(MARK_BYTES as u64) =>
+                    {
+                        head
+                    }
+                    _ => Mark::of(&t.file, offset).head,
+                };
+                t.head = Some((offset, head));
+                crate::positions::Saved {
+                    rel: t.source.source.file.clone(),
+                    dev: id.dev,
+                    ino: id.ino,
+                    offset,
+                    head,
+                    sid: t.source.sid,
+                    seq: t.source.last_seq(),
+                }
+            })
+            .collect();
+        files.sort_by(|a, b| a.rel.cmp(&b.rel));
+        let now = crate::positions::Positions::new(files);
+        if self.saved.as_ref() == Some(&now) {
+            return;
+        }
+        match now.save(&path) {
+            Ok(()) => self.saved = Some(now),
+            Err(e) => tracing::warn!(error = %e, "positions not saved"),
+        }
     }
 
     /// Flushes every held partial line (shutdown).
@@ -734,10 +814,13 @@ impl Tailer {
             ino: fmeta.ino(),
         };
         let size = fmeta.len();
+        let mut continued = false;
         let offset = match self.known.remove(&id) {
             // Same inode number, same first bytes, not shorter: the file we
-            // released. Anything else is a new file on a reused inode.
+            // released (or an earlier process saved). Anything else is a new
+            // file on a reused inode.
             Some(mark) if mark.offset <= size && mark == Mark::of(&file, mark.offset) => {
+                continued = true;
                 mark.offset
             }
             _ if !self.scanned_once && size > self.cfg.initial_bytes => {
@@ -745,13 +828,28 @@ impl Tailer {
             }
             _ => 0,
         };
+        // An earlier process's place in this very file: continue its source
+        // id and sequence. Otherwise the source is new (new id), so no old
+        // cursor can cover lines it never saw.
+        let saved = self
+            .restored
+            .remove(&rel)
+            .filter(|s| continued && s.dev == id.dev && s.ino == id.ino);
         let source = self
             .sources
             .entry(rel.clone())
             .or_insert_with(|| {
                 let mut s = self.cfg.origin.clone();
                 s.file = rel.clone();
-                self.hub.source(s)
+                match &saved {
+                    Some(saved) => {
+                        let info = self.hub.source_with_id(s, saved.sid);
+                        info.continue_after(saved.seq);
+                        tracing::info!(file = %rel, seq = saved.seq, "continuing an earlier process's sequence");
+                        info
+                    }
+                    None => self.hub.source(s),
+                }
             })
             .clone();
         tracing::info!(file = %rel, offset, "tailing");
@@ -766,6 +864,7 @@ impl Tailer {
                 active: true,
                 last_growth: Instant::now(),
                 generation: self.generation,
+                head: None,
             },
         );
         Some(id)
@@ -911,6 +1010,7 @@ impl Tailer {
                 }
                 _ = poll.tick() => {
                     self.scan();
+                    self.save_positions();
                     if let Some((s, watched)) = events.as_mut() {
                         self.watch_new_dirs(s.watches(), watched);
                     }
@@ -920,6 +1020,7 @@ impl Tailer {
         // Drain: read to EOF, flush partial lines, then end the stream.
         self.scan();
         self.flush_partials();
+        self.save_positions();
         self.hub.close();
         tracing::info!("tailer drained");
     }

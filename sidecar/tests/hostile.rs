@@ -493,3 +493,69 @@ fn garbage_frames_end_the_connection_not_the_server() {
     let (code, _) = common::http_get(&s.addr, "/healthz").expect("/healthz answers");
     assert_eq!(code, 200);
 }
+
+/// A restarted streamer with a state folder continues its sources: a client
+/// resuming with its cursor gets what was written since, and nothing twice,
+/// after SIGTERM and after SIGKILL alike (before: every line again, under
+/// new source ids).
+#[tokio::test]
+async fn a_restarted_streamer_with_a_state_folder_repeats_nothing() {
+    use logstream::client::Connection;
+    use logstream::protocol::Subscribe;
+    let numbered =
+        |from: usize, to: usize| -> String { (from..to).map(|i| format!("line {i}\n")).collect() };
+    for signal in ["KILL", "TERM"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        let state = tmp.path().join("state");
+        std::fs::create_dir_all(&logs).unwrap();
+        let args = ["--state-dir", state.to_str().unwrap()];
+        let mut s = Server::start_in(&logs, &args);
+        let mut c = Connection::open(&common::opts(&s, Subscribe::default()), None)
+            .await
+            .unwrap();
+        common::hello(&mut c).await;
+        s.append("app.log", &numbered(0, 100));
+        let (r, _) = common::records(&mut c, 100).await;
+        assert_eq!(r.last().unwrap().line, "line 99");
+        let cursor = c.cursor.clone();
+        drop(c);
+        // Positions are saved about once a second: wait for the first save.
+        let saved = state.join("positions.json");
+        let deadline = std::time::Instant::now() + common::PATIENCE;
+        while !std::fs::read_to_string(&saved).is_ok_and(|t| t.contains("app.log")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "positions never saved"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.signal(signal);
+        s.wait_exit();
+        // Written while no streamer runs.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(logs.join("app.log"))
+            .unwrap()
+            .write_all(numbered(100, 150).as_bytes())
+            .unwrap();
+        let s = Server::start_in(&logs, &args);
+        let mut c = Connection::open(&common::opts(&s, Subscribe::default()), Some(&cursor))
+            .await
+            .unwrap();
+        common::hello(&mut c).await;
+        s.append("app.log", "the end\n");
+        let (r, other) =
+            common::collect(&mut c, |r| r.last().is_some_and(|l| l.line == "the end")).await;
+        let got: Vec<&str> = r.iter().map(|r| r.line.as_str()).collect();
+        let mut want: Vec<String> = (100..150).map(|i| format!("line {i}")).collect();
+        want.push("the end".into());
+        assert_eq!(got, want, "after SIG{signal}; other messages: {other:?}");
+        let seqs: Vec<u64> = r.iter().map(|r| r.seq).collect();
+        assert_eq!(
+            seqs,
+            (101..=151).collect::<Vec<u64>>(),
+            "the sequence continues"
+        );
+    }
+}
