@@ -26,6 +26,11 @@ const LOG_VOLUME: &str = "logstream-logs";
 const TOKEN_VOLUME: &str = "logstream-token";
 const TOKEN_DIR: &str = "/var/run/logstream/token";
 const PULL_VOLUME: &str = "logstream-pull";
+/// The sidecar's own emptyDir for its file positions: it outlives a
+/// restart of the sidecar container, so a restarted sidecar continues its
+/// sources instead of sending the end of every file again.
+const STATE_VOLUME: &str = "logstream-state";
+const STATE_DIR: &str = "/var/run/logstream/state";
 /// Where the namespace's pull token (shared by sidecars and aggregator) is mounted.
 pub const PULL_TOKEN_FILE: &str = "/var/run/logstream/pull/token";
 /// The per-namespace Secret holding the token the aggregator pulls sidecars with.
@@ -329,6 +334,31 @@ pub fn mutate(
     ];
     if !crate::mesh::sidecar_trusts_loopback(ls, mesh) {
         env.push(value_env("LOGSTREAM_NO_LOOPBACK_EXEMPTION", "true"));
+    }
+    // A name the pod already uses costs the positions, not the sidecar.
+    if !spec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| v.name == STATE_VOLUME)
+    {
+        spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: STATE_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                // A few hundred bytes per file.
+                size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                    "8Mi".into(),
+                )),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: STATE_VOLUME.into(),
+            mount_path: STATE_DIR.into(),
+            ..VolumeMount::default()
+        });
+        env.push(value_env("LOGSTREAM_STATE_DIR", STATE_DIR));
     }
     if let Some(k) = &ls.spec.parse.level_field {
         env.push(value_env("LOGSTREAM_LEVEL_KEY", k));
@@ -707,8 +737,8 @@ mod tests {
         let spec = out.spec.as_ref().unwrap();
         assert_eq!(
             spec.volumes.as_ref().unwrap().len(),
-            2,
-            "no extra log volume, only the pull token"
+            3,
+            "no extra log volume, only the pull token and the sidecar's state"
         );
         assert_eq!(spec.containers[0].volume_mounts.as_ref().unwrap().len(), 1);
         assert_eq!(
@@ -807,8 +837,8 @@ mod tests {
         let spec = out.spec.as_ref().unwrap();
         assert_eq!(
             spec.volumes.as_ref().unwrap().len(),
-            2,
-            "only the pull token's volume is added, no emptyDir"
+            3,
+            "only the pull token's and the sidecar's state volumes are added, no emptyDir for logs"
         );
         assert_eq!(spec.containers[0].volume_mounts.as_ref().unwrap().len(), 1);
         let mount = &sidecar(&out).volume_mounts.as_ref().unwrap()[0];
@@ -1008,6 +1038,69 @@ mod tests {
         assert_eq!(out.labels()[STREAM_LABEL], "a");
     }
 
+    /// The sidecar keeps its file positions in an emptyDir of its own, so a
+    /// restart of its container repeats nothing; a pod that already uses
+    /// the name still gets the sidecar, without positions.
+    #[test]
+    fn the_sidecar_keeps_its_positions_in_its_own_emptydir() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app"}]}
+        }));
+        let out = mutate(&p, &[web()], &cfg()).unwrap().unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        let state = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == STATE_VOLUME)
+            .expect("state volume");
+        assert!(state.empty_dir.is_some());
+        let sc = sidecar(&out);
+        let mount = sc
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == STATE_VOLUME)
+            .expect("state mount");
+        assert_eq!(mount.mount_path, STATE_DIR);
+        assert_ne!(mount.read_only, Some(true));
+        let env = sc.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "LOGSTREAM_STATE_DIR" && e.value.as_deref() == Some(STATE_DIR))
+        );
+        assert!(
+            spec.containers.iter().all(|c| c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != STATE_VOLUME)),
+            "the app does not see it"
+        );
+
+        let taken = pod(serde_json::json!({
+            "metadata": {"name": "web-2", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app"}],
+                     "volumes": [{"name": "logstream-state", "configMap": {"name": "x"}}]}
+        }));
+        let out = mutate(&taken, &[web()], &cfg()).unwrap().unwrap();
+        let sc = sidecar(&out);
+        assert!(
+            sc.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|e| e.name != "LOGSTREAM_STATE_DIR")
+        );
+        assert!(
+            sc.volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != STATE_VOLUME)
+        );
+    }
+
     #[test]
     fn token_mode_mounts_the_secret() {
         let ls = stream(
@@ -1077,7 +1170,8 @@ mod tests {
             let s = out.spec.as_ref().unwrap();
             let app_log_mounts = s.containers[0].volume_mounts.iter().flatten().filter(|m| m.mount_path == "/var/log/app").count();
             proptest::prop_assert_eq!(app_log_mounts, 1);
-            proptest::prop_assert_eq!(s.volumes.as_ref().unwrap().len(), 2);
+            // The logs' (the app's own or one added), the pull token's, the sidecar's state.
+            proptest::prop_assert_eq!(s.volumes.as_ref().unwrap().len(), 3);
             proptest::prop_assert_eq!(mutate(&out, &[web()], &c).unwrap(), None);
         }
     }

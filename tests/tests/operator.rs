@@ -307,7 +307,8 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
         );
         assert!(s.containers.iter().all(|c| c.name != "logstream"));
         // examples/demo-app.yaml mounts its own volume at /var/log/app: reused,
-        // not duplicated; the only other volume we add is the pull token.
+        // not duplicated; the other volumes we add are the pull token and
+        // the sidecar's state (its file positions).
         let ours: Vec<&str> = s
             .volumes
             .as_ref()
@@ -316,7 +317,7 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
             .map(|v| v.name.as_str())
             .filter(|n| !n.starts_with("kube-api-access"))
             .collect();
-        assert_eq!(ours, ["logs", "logstream-pull"]);
+        assert_eq!(ours, ["logs", "logstream-state", "logstream-pull"]);
         let mount = &sidecars[0].volume_mounts.as_ref().unwrap()[0];
         assert_eq!((mount.name.as_str(), mount.read_only), ("logs", Some(true)));
     }
