@@ -20,6 +20,10 @@ use crate::owner::{self, OwnerError};
 use crate::tls;
 use crate::webhook::{self, Endpoint, WebhookState};
 
+/// How long a replica waits between registering a new caBundle and serving
+/// a certificate signed by the new CA.
+const BUNDLE_PROPAGATION: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// Namespace the operator runs in (its TLS Secret lives there).
@@ -236,6 +240,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                         {
                             tracing::error!(error = %e, "update caBundle; keeping the current certificate");
                             continue;
+                        }
+                        // The API server sees the new bundle through its
+                        // watch, shortly after the write: serve the new
+                        // certificate only then (seen on a loaded machine:
+                        // 7 ms after the write was too early for a client
+                        // that had just read the previous bundle).
+                        if opts.manage_webhook {
+                            tokio::time::sleep(BUNDLE_PROPAGATION).await;
                         }
                         if let Err(e) = tls_config
                             .reload_from_pem(

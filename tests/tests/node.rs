@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use logstream_tests::node::Node;
+use logstream_tests::node::{Node, PortForward};
 use logstream_tests::{cache_dir, repo_root};
 use serde_json::Value;
 
@@ -758,6 +758,60 @@ fn an_app_that_exits_20s_after_sigterm_loses_no_line(ctx: &Ctx) -> Result<(), Fa
     drain_case(ctx, "drain-slow", 20)
 }
 
+/// Applies the counter app `pod` in `ns` (a LogStream `counter` selects
+/// it), waits for it and the aggregator, and follows the aggregator from
+/// the start of its history; returns the port-forward, the follower and
+/// its first `counter-line` record.
+fn counter_followed(
+    ctx: &Ctx,
+    ns: &str,
+    pod: &str,
+) -> Result<(PortForward, Lines, Vec<String>), Failed> {
+    let node = ctx.node();
+    injection_enabled(ctx, ns);
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], pod)
+        .stdout_if_success();
+    converged_pods(node, ns, "app=counter", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
+    node.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deploy/logstream-aggregator",
+        "--timeout=120s",
+    ])
+    .stdout_if_success();
+    let pf = node.port_forward(ns, "svc/logstream-aggregator", 7680);
+    let mut cmd = Command::new(logstream_tests::workspace_bin("logstream", "logstream"));
+    cmd.args([
+        "tail",
+        &pf.url(),
+        "--json",
+        "--tail",
+        "1000000",
+        "--grep",
+        "counter-",
+    ]);
+    let follow = Lines::spawn(cmd, "logstream tail --json (aggregator)");
+    let first = follow.until(CONVERGE, |l| l.contains("counter-line"));
+    Ok((pf, follow, vec![first]))
+}
+
+/// How often each `counter-line N` came, by N.
+fn counter_lines(records: &[String]) -> BTreeMap<u64, u32> {
+    let mut count = BTreeMap::new();
+    for r in records {
+        if let Some(k) = json(r)["line"]
+            .as_str()
+            .and_then(|l| l.strip_prefix("counter-line "))
+            .and_then(|k| k.trim().parse::<u64>().ok())
+        {
+            *count.entry(k).or_insert(0u32) += 1;
+        }
+    }
+    count
+}
+
 /// Deletes a numbered-lines app `linger` seconds of writing after SIGTERM
 /// while a client follows the aggregator; counts lost and repeated lines
 /// and checks the order and exit codes of app and sidecar.
@@ -795,34 +849,7 @@ spec:
   volumes: [{name: logs, emptyDir: {}}]
 "#
     .replace("LINGER_S", &linger.to_string());
-    injection_enabled(ctx, ns);
-    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &pod)
-        .stdout_if_success();
-    converged_pods(node, ns, "app=counter", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
-    node.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deploy/logstream-aggregator",
-        "--timeout=120s",
-    ])
-    .stdout_if_success();
-
-    let pf = node.port_forward(ns, "svc/logstream-aggregator", 7680);
-    let mut cmd = Command::new(logstream_tests::workspace_bin("logstream", "logstream"));
-    // From the start of the aggregator's history (the app's first line).
-    cmd.args([
-        "tail",
-        &pf.url(),
-        "--json",
-        "--tail",
-        "1000000",
-        "--grep",
-        "counter-",
-    ]);
-    let follow = Lines::spawn(cmd, "logstream tail --json (aggregator)");
-    let mut records = vec![follow.until(CONVERGE, |l| l.contains("counter-line"))];
+    let (_pf, follow, mut records) = counter_followed(ctx, ns, &pod)?;
 
     // Watch the pod's container states through its deletion.
     let mut cmd = Command::new(node.bin_dir.join("kubectl"));
@@ -850,16 +877,7 @@ spec:
         .and_then(|l| l.strip_prefix("counter-last "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("{last}"));
-    let mut count = BTreeMap::new();
-    for r in &records {
-        if let Some(k) = json(r)["line"]
-            .as_str()
-            .and_then(|l| l.strip_prefix("counter-line "))
-            .and_then(|k| k.trim().parse::<u64>().ok())
-        {
-            *count.entry(k).or_insert(0u32) += 1;
-        }
-    }
+    let count = counter_lines(&records);
     let lost: Vec<u64> = (1..=n).filter(|k| !count.contains_key(k)).collect();
     let repeated: Vec<(&u64, &u32)> = count.iter().filter(|(_, c)| **c > 1).collect();
     eprintln!(
@@ -895,6 +913,116 @@ spec:
     assert!(
         app["finishedAt"].as_str() <= sidecar["finishedAt"].as_str(),
         "the sidecar ended before the app: {pod:#}"
+    );
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])
+        .stdout_if_success();
+    Ok(())
+}
+
+/// Polls `f` until it gives a value, for at most `limit`.
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The host pid of the injected sidecar of namespace `ns` (the node's
+/// processes are this machine's: found by command line and environment).
+fn sidecar_pid(ns: &str) -> Option<u32> {
+    let want = format!("POD_NAMESPACE={ns}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_sidecar = args.first().is_some_and(|a| a.ends_with(b"logstream"))
+            && args.get(1).is_some_and(|a| *a == b"sidecar");
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        (is_sidecar && environ.split(|b| *b == 0).any(|v| v == want.as_bytes())).then_some(pid)
+    })
+}
+
+/// The sidecar container is killed (SIGKILL, as the OOM killer or a node
+/// problem would) while the app writes numbered lines; the kubelet restarts
+/// it, and a client following the aggregator from the start gets every
+/// line once: the restarted sidecar continues its sources from its state
+/// emptyDir. Before, it read the end of the file again under new ids and
+/// the client got those lines twice.
+fn a_killed_sidecar_repeats_nothing_downstream(ctx: &Ctx) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    let ns = "restart";
+    node.kubectl(&["create", "namespace", ns])
+        .stdout_if_success();
+    apply_stream(node, ns, "counter", "");
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: counter, labels: {app: counter}}
+spec:
+  containers:
+  - name: app
+    image: docker.io/library/busybox:1.36
+    command: [sh, -c, 'n=0; while true; do n=$((n+1)); echo "counter-line $n" >> /var/log/app/app.log; sleep 0.01; done']
+    volumeMounts: [{name: logs, mountPath: /var/log/app}]
+  volumes: [{name: logs, emptyDir: {}}]
+"#;
+    let (_pf, follow, mut records) = counter_followed(ctx, ns, pod)?;
+    let pid = sidecar_pid(ns).ok_or("the sidecar's process is not on this machine")?;
+    // Positions are saved about once a second: wait for the first save,
+    // read through the process's own root.
+    let saved = format!("/proc/{pid}/root/var/run/logstream/state/positions.json");
+    wait_for(CONVERGE, || {
+        std::fs::read_to_string(&saved)
+            .is_ok_and(|t| t.contains("app.log"))
+            .then_some(())
+    })
+    .ok_or_else(|| format!("{saved} never written"))?;
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    if !killed.success() {
+        return Err(format!("kill -KILL {pid} failed").into());
+    }
+    // The kubelet restarts it; then one more line, the end marker.
+    let restarted = wait_for(CONVERGE, || {
+        let p = get_json(node, &["-n", ns, "get", "pod", "counter", "-o", "json"]);
+        let st = p["status"]["initContainerStatuses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "logstream").cloned())
+            .unwrap_or_default();
+        (st["restartCount"].as_u64() >= Some(1) && st["ready"] == true).then_some(())
+    });
+    restarted.ok_or_else(|| format!("the sidecar was not restarted\n{}", ctx.describe(ns)))?;
+    exec_append(node, ns, "counter", "counter-end");
+    follow.until(CONVERGE, |l| {
+        records.push(l.to_string());
+        l.contains("counter-end")
+    });
+    let count = counter_lines(&records);
+    let (first, last) = (
+        *count.keys().next().ok_or("no lines")?,
+        *count.keys().last().ok_or("no lines")?,
+    );
+    let lost: Vec<u64> = (first..=last).filter(|k| !count.contains_key(k)).collect();
+    let repeated: Vec<(&u64, &u32)> = count.iter().filter(|(_, c)| **c > 1).collect();
+    eprintln!(
+        "killed sidecar: lines {first}..={last} seen, lost {}, repeated {}",
+        lost.len(),
+        repeated.len()
+    );
+    assert!(lost.is_empty(), "lost: {:?}", &lost[..lost.len().min(20)]);
+    assert!(
+        repeated.is_empty(),
+        "{} lines repeated: {:?}",
+        repeated.len(),
+        &repeated[..repeated.len().min(20)]
     );
     node.kubectl(&["delete", "namespace", ns, "--wait=false"])
         .stdout_if_success();
@@ -1499,7 +1627,7 @@ fn main() {
         demo: OnceLock::new(),
     });
     type Case = fn(&Ctx) -> Result<(), Failed>;
-    let cases: [(&str, Case); 13] = [
+    let cases: [(&str, Case); 14] = [
         (
             "chart_operator_runs_and_the_api_server_calls_its_webhook",
             chart_operator_runs_and_the_api_server_calls_its_webhook,
@@ -1525,6 +1653,10 @@ fn main() {
             restart_pods_rolls_an_existing_deployment_once,
         ),
         ("deleting_a_pod_loses_no_line", deleting_a_pod_loses_no_line),
+        (
+            "a_killed_sidecar_repeats_nothing_downstream",
+            a_killed_sidecar_repeats_nothing_downstream,
+        ),
         (
             "an_app_that_exits_20s_after_sigterm_loses_no_line",
             an_app_that_exits_20s_after_sigterm_loses_no_line,
