@@ -76,8 +76,14 @@ def pods_converged(want, native_only):
         if not sc.get("readOnlyRootFilesystem") or sc.get("allowPrivilegeEscalation", True):
             fail(f"{name}: sidecar securityContext not hardened: {sc}")
         mounts = c.get("volumeMounts", [])
-        if not mounts or not all(m.get("readOnly") for m in mounts):
+        # Everything read-only but the sidecar's own state emptyDir (its
+        # file positions), which the app does not mount.
+        writable = [m for m in mounts if not m.get("readOnly")]
+        if not mounts or any(m.get("name") != "logstream-state" for m in writable):
             fail(f"{name}: sidecar mounts not all read-only: {mounts}")
+        app_mounts = [m.get("name") for x in p["spec"].get("containers", []) if x.get("name") != "logstream" for m in x.get("volumeMounts", [])]
+        if "logstream-state" in app_mounts:
+            fail(f"{name}: an app container mounts the sidecar's state volume")
         if p["metadata"].get("labels", {}).get("logstream.dev/stream") is None:
             fail(f"{name}: no logstream.dev/stream label")
         if not ready(p):

@@ -992,7 +992,7 @@ spec:
     }
     // The kubelet restarts it; then one more line, the end marker.
     let restarted = wait_for(CONVERGE, || {
-        let p = get_json(node, &["-n", ns, "get", "pod", "counter", "-o", "json"]);
+        let p = get_json(node, &["-n", ns, "pod", "counter"]);
         let st = p["status"]["initContainerStatuses"]
             .as_array()
             .and_then(|a| a.iter().find(|c| c["name"] == "logstream").cloned())
