@@ -758,8 +758,8 @@ fn an_app_that_exits_20s_after_sigterm_loses_no_line(ctx: &Ctx) -> Result<(), Fa
     drain_case(ctx, "drain-slow", 20)
 }
 
-/// Applies the counter app `pod` in `ns` (a LogStream `counter` selects
-/// it), waits for it and the aggregator, and follows the aggregator from
+/// Creates `ns` with a LogStream `counter`, applies the counter app `pod`
+/// there, waits for it and the aggregator, and follows the aggregator from
 /// the start of its history; returns the port-forward, the follower and
 /// its first `counter-line` record.
 fn counter_followed(
@@ -768,7 +768,7 @@ fn counter_followed(
     pod: &str,
 ) -> Result<(PortForward, Lines, Vec<String>), Failed> {
     let node = ctx.node();
-    injection_enabled(ctx, ns);
+    namespace_with_stream(ctx, ns, "counter", "");
     node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], pod)
         .stdout_if_success();
     converged_pods(node, ns, "app=counter", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
@@ -818,9 +818,6 @@ fn counter_lines(records: &[String]) -> BTreeMap<u64, u32> {
 fn drain_case(ctx: &Ctx, ns: &str, linger: u32) -> Result<(), Failed> {
     ctx.chart()?;
     let node = ctx.node();
-    node.kubectl(&["create", "namespace", ns])
-        .stdout_if_success();
-    apply_stream(node, ns, "counter", "");
     // The app numbers its lines; LINGER seconds after SIGTERM it writes one
     // last line with the count, then exits.
     let pod = r#"
@@ -958,9 +955,6 @@ fn a_killed_sidecar_repeats_nothing_downstream(ctx: &Ctx) -> Result<(), Failed> 
     ctx.chart()?;
     let node = ctx.node();
     let ns = "sidecar-kill";
-    node.kubectl(&["create", "namespace", ns])
-        .stdout_if_success();
-    apply_stream(node, ns, "counter", "");
     let pod = r#"
 apiVersion: v1
 kind: Pod

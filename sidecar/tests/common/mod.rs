@@ -22,15 +22,29 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 impl Server {
     /// `logstream serve --dir <new temp dir> --listen 127.0.0.1:0 <args>`.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_limited(args, None)
+    }
+
+    /// [`Server::start`] with `RLIMIT_NOFILE` set to (soft, hard) before it
+    /// starts, as `prlimit --nofile` or a container runtime would.
+    pub fn start_with_nofile(args: &[&str], nofile: (u64, u64)) -> Server {
+        Server::start_limited(args, Some(nofile))
+    }
+
+    fn start_limited(args: &[&str], nofile: Option<(u64, u64)>) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("logs");
         std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Server::start_in(&dir, args);
+        let mut s = Server::serve_in(&dir, args, nofile);
         s._tmp = Some(tmp);
         s
     }
 
     pub fn start_in(dir: &Path, args: &[&str]) -> Server {
+        Server::serve_in(dir, args, None)
+    }
+
+    fn serve_in(dir: &Path, args: &[&str], nofile: Option<(u64, u64)>) -> Server {
         let mut full = vec![
             "serve",
             "--dir",
@@ -39,7 +53,7 @@ impl Server {
             "127.0.0.1:0",
         ];
         full.extend_from_slice(args);
-        Server::spawn(dir, &full)
+        Server::spawn_with(dir, &full, &[], nofile)
     }
 
     /// `logstream sidecar` on a new temp folder, as pod `pod` of namespace `ns`.
@@ -84,26 +98,6 @@ impl Server {
     /// configures the injected sidecar through them).
     pub fn spawn_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
         Server::spawn_with(dir, args, envs, None)
-    }
-
-    /// `logstream serve --dir <new temp dir>` with `RLIMIT_NOFILE` set to
-    /// (soft, hard) before it starts, as `prlimit --nofile` or a container
-    /// runtime would.
-    pub fn start_with_nofile(args: &[&str], nofile: (u64, u64)) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("logs");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut full = vec![
-            "serve",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        full.extend_from_slice(args);
-        let mut s = Server::spawn_with(&dir, &full, &[], Some(nofile));
-        s._tmp = Some(tmp);
-        s
     }
 
     pub fn spawn_with(
