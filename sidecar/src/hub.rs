@@ -26,6 +26,9 @@ pub struct SourceInfo {
     pub sid: SourceId,
     pub source: Source,
     next_seq: AtomicU64,
+    /// Bytes its strings take in every serialised record (escapes
+    /// included), counted once.
+    wire_strings: usize,
 }
 
 impl SourceInfo {
@@ -89,7 +92,7 @@ const ALLOC_OVERHEAD: usize = 16;
 /// `\u00XX` (six). A line of control bytes is six times its length on the
 /// wire and in the history: counting its raw length let `--buffer-bytes`
 /// hold five times what it said.
-pub fn json_escaped_len(s: &str) -> usize {
+fn json_escaped_len(s: &str) -> usize {
     s.len()
         + s.bytes()
             .map(|b| match b {
@@ -102,7 +105,6 @@ pub fn json_escaped_len(s: &str) -> usize {
 
 /// Size of the serialised record of `p` (a test checks it is exact).
 fn wire_size(p: &Pending) -> u32 {
-    let (source, line) = (&p.source.source, &p.line);
     let optional = p.level.map_or(0, |l| 11 + l.as_str().len())
         + if p.partial { 15 } else { 0 }
         + p.split.map_or(0, |s| {
@@ -116,11 +118,8 @@ fn wire_size(p: &Pending) -> u32 {
         + p.seq.checked_ilog10().unwrap_or(0) as usize
         + 1
         + optional
-        + json_escaped_len(line)
-        + json_escaped_len(&source.namespace)
-        + json_escaped_len(&source.pod)
-        + json_escaped_len(&source.container)
-        + json_escaped_len(&source.file);
+        + json_escaped_len(&p.line)
+        + p.source.wire_strings;
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
@@ -292,11 +291,16 @@ impl Hub {
             return ring.sources[*slot as usize].clone();
         }
         let slot = ring.sources.len() as u32;
+        let wire_strings = json_escaped_len(&source.namespace)
+            + json_escaped_len(&source.pod)
+            + json_escaped_len(&source.container)
+            + json_escaped_len(&source.file);
         let info = Arc::new(SourceInfo {
             slot,
             sid,
             source,
             next_seq: AtomicU64::new(0),
+            wire_strings,
         });
         ring.sources.push(info.clone());
         ring.by_sid.insert(sid, slot);
@@ -309,15 +313,16 @@ impl Hub {
         if batch.is_empty() {
             return;
         }
+        // Sized before the lock: the line is scanned for escapes.
+        let wires: Vec<u32> = batch.iter().map(wire_size).collect();
         let next_idx = {
             let mut ring = self.lock();
-            for p in batch {
+            for (p, wire) in batch.into_iter().zip(wires) {
                 let idx = ring.next_idx();
                 let slot = p.source.slot as usize;
                 if let Some(last) = ring.last_seq.get_mut(slot) {
                     *last = (*last).max(p.seq);
                 }
-                let wire = wire_size(&p);
                 let entry = Entry {
                     idx,
                     wire,

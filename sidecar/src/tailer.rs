@@ -11,9 +11,9 @@
 //! Files are identified by (device, inode), never by name, so a rotated file is
 //! neither lost nor read twice; a released file's remembered offset is used
 //! again only for a file with the same inode *and* the same first bytes, and
-//! a deleted file's is forgotten (its inode number is soon reused). Paths are found by walking the directory
-//! without following symlinks; symlinks are refused, so nothing outside the
-//! directory is ever opened.
+//! a deleted file's is forgotten (its inode number is soon reused). Paths are
+//! found by walking the directory without following symlinks; symlinks are
+//! refused, so nothing outside the directory is ever opened.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -134,7 +134,7 @@ struct Beneath {
     dir: std::os::fd::OwnedFd,
     dev: u64,
     /// `openat2` answered ENOSYS/EPERM once: use the fallback from then on.
-    no_openat2: std::sync::atomic::AtomicBool,
+    no_openat2: std::cell::Cell<bool>,
 }
 
 impl Beneath {
@@ -149,23 +149,22 @@ impl Beneath {
         Ok(Beneath {
             dir,
             dev,
-            no_openat2: std::sync::atomic::AtomicBool::new(false),
+            no_openat2: std::cell::Cell::new(false),
         })
     }
 
     /// Opens `rel` (relative to the root, `/`-separated) for reading.
     fn open(&self, rel: &str) -> std::io::Result<File> {
         use rustix::fs::{Mode, OFlags, ResolveFlags};
-        use std::sync::atomic::Ordering;
         let flags =
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-        if !self.no_openat2.load(Ordering::Relaxed) {
+        if !self.no_openat2.get() {
             let resolve =
                 ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
             match rustix::fs::openat2(&self.dir, rel, flags, Mode::empty(), resolve) {
                 Ok(fd) => return Ok(File::from(fd)),
                 Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
-                    self.no_openat2.store(true, Ordering::Relaxed);
+                    self.no_openat2.set(true);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -237,6 +236,16 @@ impl Mark {
             head: h.finish(),
         }
     }
+}
+
+/// What becomes of a file after a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Release {
+    Keep,
+    /// Rotated away and idle for `rotate_wait`: its place is remembered.
+    Idle,
+    /// Rotated away and deleted: its inode number will name another file.
+    Deleted,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -385,25 +394,7 @@ impl Tailer {
             .as_deref()
             .map(crate::positions::Positions::load)
             .unwrap_or_default();
-        let mut known = HashMap::new();
-        let mut known_order = VecDeque::new();
-        let mut restored = HashMap::new();
-        for f in previous.files.iter().take(KNOWN_LIMIT) {
-            let id = FileId {
-                dev: f.dev,
-                ino: f.ino,
-            };
-            known.insert(
-                id,
-                Mark {
-                    offset: f.offset,
-                    head: f.head,
-                },
-            );
-            known_order.push_back(id);
-            restored.insert(f.rel.clone(), f.clone());
-        }
-        Ok(Tailer {
+        let mut t = Tailer {
             cfg,
             beneath,
             root,
@@ -411,8 +402,8 @@ impl Tailer {
             hub,
             metrics,
             files: HashMap::new(),
-            known,
-            known_order,
+            known: HashMap::new(),
+            known_order: VecDeque::new(),
             sources: HashMap::new(),
             refused: BTreeMap::new(),
             refused_before: BTreeMap::new(),
@@ -422,9 +413,27 @@ impl Tailer {
             generation: 0,
             buf: vec![0; CHUNK],
             out: Vec::new(),
-            restored,
-            saved: Some(previous),
-        })
+            restored: HashMap::new(),
+            saved: None,
+        };
+        // An earlier process's places count as released files: a file
+        // found again with the same identity continues there.
+        for f in &previous.files {
+            let id = FileId {
+                dev: f.dev,
+                ino: f.ino,
+            };
+            t.remember(
+                id,
+                Mark {
+                    offset: f.offset,
+                    head: f.head,
+                },
+            );
+            t.restored.insert(f.rel.clone(), f.clone());
+        }
+        t.saved = Some(previous);
+        Ok(t)
     }
 
     /// Number of open files (active and rotated).
@@ -527,15 +536,17 @@ impl Tailer {
         for id in ids {
             // Release right after the last read, so a rotated file's held
             // partial line precedes its successor's lines.
-            if self.read_file(id, stat) == Some(true)
-                && let Some(mut t) = self.files.remove(&id)
-            {
+            let Some(release @ (Release::Idle | Release::Deleted)) = self.read_file(id, stat)
+            else {
+                continue;
+            };
+            if let Some(mut t) = self.files.remove(&id) {
                 let mut lines = Vec::new();
                 t.splitter.flush(&mut lines);
                 self.emit(&t.source, lines);
                 // A deleted file never comes back; its inode number soon
                 // names a new file, which must not start at this offset.
-                if t.file.metadata().is_ok_and(|m| m.nlink() > 0) {
+                if release == Release::Idle {
                     let mark = Mark::of(&t.file, t.offset);
                     self.remember(id, mark);
                 }
@@ -604,8 +615,8 @@ impl Tailer {
         self.flush_out();
     }
 
-    /// Reads one file; returns Some(true) when it should be released.
-    fn read_file(&mut self, id: FileId, stat: bool) -> Option<bool> {
+    /// Reads one file; returns whether (and why) it should be released.
+    fn read_file(&mut self, id: FileId, stat: bool) -> Option<Release> {
         let t = self.files.get_mut(&id)?;
         let meta = if stat { t.file.metadata().ok() } else { None };
         if let Some(m) = &meta
@@ -667,7 +678,7 @@ impl Tailer {
                 return self.read_file(id, true);
             }
         }
-        let mut release = false;
+        let mut release = Release::Keep;
         if stat {
             let idle = now.duration_since(t.last_growth);
             if t.splitter.pending() > 0 && idle >= self.cfg.partial_timeout {
@@ -681,7 +692,13 @@ impl Tailer {
                         .get_or_create(&ReasonLabel { reason: "delete" })
                         .inc();
                 }
-                release = deleted || idle >= self.cfg.rotate_wait;
+                release = if deleted {
+                    Release::Deleted
+                } else if idle >= self.cfg.rotate_wait {
+                    Release::Idle
+                } else {
+                    Release::Keep
+                };
             }
         }
         let source = t.source.clone();
@@ -1099,9 +1116,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), logs.path().join("sub")).unwrap();
         for fallback in [false, true] {
             let mut t = tailer(logs.path());
-            t.beneath
-                .no_openat2
-                .store(fallback, std::sync::atomic::Ordering::Relaxed);
+            t.beneath.no_openat2.set(fallback);
             let path = t.root.join("sub/x.log");
             assert!(t.track(&path, "sub/x.log".into()).is_none(), "{fallback}");
             assert_eq!(t.refused.get(&path).map(|r| r.0), Some("symlink"));
@@ -1112,9 +1127,7 @@ mod tests {
         std::fs::write(logs.path().join("real/y.log"), "fine\n").unwrap();
         for fallback in [false, true] {
             let mut t = tailer(logs.path());
-            t.beneath
-                .no_openat2
-                .store(fallback, std::sync::atomic::Ordering::Relaxed);
+            t.beneath.no_openat2.set(fallback);
             let path = t.root.join("real/y.log");
             assert!(t.track(&path, "real/y.log".into()).is_some(), "{fallback}");
         }

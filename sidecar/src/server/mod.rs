@@ -332,21 +332,15 @@ impl AppState {
     /// loopback name or address, or the host of an allowed origin.
     fn exempt_host(&self, host: &str) -> bool {
         is_loopback_host(host)
-            || self.cfg.allowed_origins.iter().any(|a| {
-                a == "*"
-                    || a.split_once("://")
-                        .map_or(a.as_str(), |(_, h)| h)
-                        .trim_end_matches('/')
-                        .eq_ignore_ascii_case(host)
-            })
+            || self
+                .cfg
+                .allowed_origins
+                .iter()
+                .any(|a| a == "*" || origin_host(a).eq_ignore_ascii_case(host))
     }
 
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        let origin_host = origin
-            .split_once("://")
-            .map_or(origin, |(_, h)| h)
-            .trim_end_matches('/');
-        if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)) {
+        if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host(origin))) {
             return true;
         }
         self.cfg
@@ -390,6 +384,14 @@ fn unauthorized(body: String) -> Response {
         HeaderValue::from_static("Bearer realm=\"logstream\""),
     );
     r
+}
+
+/// The `host[:port]` of an origin (`scheme://host[:port]`).
+fn origin_host(origin: &str) -> &str {
+    origin
+        .split_once("://")
+        .map_or(origin, |(_, h)| h)
+        .trim_end_matches('/')
 }
 
 /// `localhost`, a name under `.localhost` (RFC 6761: always loopback, so
