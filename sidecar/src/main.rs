@@ -207,6 +207,11 @@ struct Common {
     slow_client_grace: Duration,
     #[arg(long, value_enum, default_value = "gap")]
     slow_client: SlowPolicy,
+    /// Kernel send buffer of a streaming connection in bytes (0: the
+    /// kernel's autotuning); what sits there reaches a slow client before
+    /// its gap notice does.
+    #[arg(long, default_value_t = logstream::server::DEFAULT_STREAM_SEND_BUFFER)]
+    stream_send_buffer: usize,
     #[arg(long, env = "LOGSTREAM_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Largest message a client may send.
@@ -315,6 +320,7 @@ impl Common {
                 kubernetes: None,
             },
             allowed_origins: self.allowed_origins.clone(),
+            stream_send_buffer: self.stream_send_buffer,
             ..ServerConfig::default()
         })
     }

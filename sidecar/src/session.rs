@@ -82,8 +82,9 @@ pub struct Session {
     /// Marks of a resume cursor for sources this hub does not know (kept so
     /// the cursor handed back never forgets them). Boxed: rare.
     foreign: Option<Box<Cursor>>,
-    /// Boxed: rare, and every idle connection holds its session.
-    pending_gap: Option<Box<(u64, Cursor)>>,
+    /// A gap decided but not yet reported. Boxed: rare, and every idle
+    /// connection holds its session.
+    pending_gap: Option<Box<(u64, GapReason, Cursor)>>,
     /// Since when the client has been more than `queue_bytes` behind.
     behind_since: Option<Instant>,
     /// Per hub slot: does the filter's source part match (0: not asked yet,
@@ -94,6 +95,11 @@ pub struct Session {
 
 impl Session {
     /// Positions a new session according to `sub` (`resume`, `tail`, `since`).
+    /// The bounds this session runs under.
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
     pub fn new(hub: Arc<Hub>, sub: &Subscribe, filter: Filter, limits: SessionLimits) -> Session {
         let mut s = Session {
             hub,
@@ -199,7 +205,11 @@ impl Session {
             }
         }
         if missed > 0 {
-            self.pending_gap = Some(Box::new((missed, self.cursor_locked(ring))));
+            self.pending_gap = Some(Box::new((
+                missed,
+                GapReason::Evicted,
+                self.cursor_locked(ring),
+            )));
         }
         self.next = start.unwrap_or(ring.next_idx());
     }
@@ -239,13 +249,72 @@ impl Session {
         ok && self.filter.matches_record(e)
     }
 
+    /// Applies the slow-client policy: `Gap` (the session now stands at the
+    /// head) or `TooSlow` once the client has been more than `queue_bytes`
+    /// behind for `slow_grace`.
+    fn judge(&mut self, ring: &Ring) -> Option<Pull> {
+        if self.next < ring.first_idx() {
+            return None; // an eviction gap comes first (pull)
+        }
+        let lag = ring.total_bytes() - ring.bytes_before(self.next);
+        let now = Instant::now();
+        if lag <= self.limits.queue_bytes {
+            self.behind_since = None;
+            return None;
+        }
+        let since = *self.behind_since.get_or_insert(now);
+        if now.duration_since(since) < self.limits.slow_grace {
+            return None;
+        }
+        self.behind_since = None;
+        if self.limits.policy == SlowPolicy::Close {
+            return Some(Pull::TooSlow);
+        }
+        let cursor = self.cursor_locked(ring);
+        let head = ring.next_idx();
+        let missed = head - self.next;
+        for e in ring.iter_from(self.next) {
+            let slot = e.source.slot as usize;
+            self.seen[slot] = self.seen[slot].max(e.seq);
+        }
+        self.next = head;
+        Some(Pull::Gap {
+            missed,
+            reason: GapReason::SlowClient,
+            cursor,
+        })
+    }
+
+    /// The slow-client check between pulls, for a transport whose send is
+    /// taking long: `true` when the client is to be closed. A gap decided
+    /// here is reported by the next [`Session::pull`], before any record.
+    pub fn too_slow(&mut self) -> bool {
+        if self.pending_gap.is_some() {
+            return false;
+        }
+        let hub = self.hub.clone();
+        let ring = hub.lock();
+        match self.judge(&ring) {
+            Some(Pull::TooSlow) => true,
+            Some(Pull::Gap {
+                missed,
+                reason,
+                cursor,
+            }) => {
+                self.pending_gap = Some(Box::new((missed, reason, cursor)));
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// Takes the next step for this client.
     pub fn pull(&mut self) -> Pull {
         if let Some(gap) = self.pending_gap.take() {
-            let (missed, cursor) = *gap;
+            let (missed, reason, cursor) = *gap;
             return Pull::Gap {
                 missed,
-                reason: crate::protocol::GapReason::Evicted,
+                reason,
                 cursor,
             };
         }
@@ -274,32 +343,8 @@ impl Session {
                 cursor,
             };
         }
-        let lag = ring.total_bytes() - ring.bytes_before(self.next);
-        let now = Instant::now();
-        let slow = if lag > self.limits.queue_bytes {
-            let since = *self.behind_since.get_or_insert(now);
-            now.duration_since(since) >= self.limits.slow_grace
-        } else {
-            self.behind_since = None;
-            false
-        };
-        if slow {
-            self.behind_since = None;
-            if self.limits.policy == SlowPolicy::Close {
-                return Pull::TooSlow;
-            }
-            let cursor = self.cursor_locked(&ring);
-            let missed = head - self.next;
-            for e in ring.iter_from(self.next) {
-                let slot = e.source.slot as usize;
-                self.seen[slot] = self.seen[slot].max(e.seq);
-            }
-            self.next = head;
-            return Pull::Gap {
-                missed,
-                reason: GapReason::SlowClient,
-                cursor,
-            };
+        if let Some(verdict) = self.judge(&ring) {
+            return verdict;
         }
         if self.next >= head {
             return if closed { Pull::Ended } else { Pull::Idle };

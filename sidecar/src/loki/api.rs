@@ -65,7 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             get(index_stats).post(index_stats),
         )
         .route("/loki/api/v1/status/buildinfo", get(buildinfo))
-        .route("/loki/api/v1/tail", get(tail))
+        .route(super::TAIL_PATH, get(tail))
         .route_layer(middleware::from_fn_with_state(lk.clone(), admit))
         .route("/ready", get(ready))
         .with_state(lk)

@@ -30,6 +30,9 @@
 //! The parser is our own: the `logql-parser` crate is AGPL-3.0, which an
 //! Apache-2.0 binary cannot link without taking on the AGPL's terms.
 
+/// Loki's live tail (a WebSocket that streams for as long as the client stays).
+pub const TAIL_PATH: &str = "/loki/api/v1/tail";
+
 pub mod api;
 pub mod eval;
 pub mod logql;

@@ -139,7 +139,7 @@ async fn start(
         st.reject("slow_head");
     }
     let peeked = tokio::select! {
-        r = tokio::time::timeout(st.cfg.head_timeout, peek_direct(&tcp)) => match r {
+        r = tokio::time::timeout(st.cfg.head_timeout, peek_direct(&tcp, st.cfg.stream_send_buffer)) => match r {
             Ok(Ok(p)) => p,
             // Silent, closed or broken before a request: nothing to answer.
             _ => return,
@@ -174,13 +174,41 @@ async fn start(
 /// Waits for the first bytes of the connection and, when they hold a whole
 /// request head for a direct path, returns it and its length (still unread).
 /// `Ok(None)`: hyper answers. An error or end of stream: nothing to answer.
-async fn peek_direct(tcp: &TcpStream) -> std::io::Result<Option<(http::Request<Body>, usize)>> {
+/// A request for a stream gets its send buffer capped to `send_buffer`.
+async fn peek_direct(
+    tcp: &TcpStream,
+    send_buffer: usize,
+) -> std::io::Result<Option<(http::Request<Body>, usize)>> {
     let mut buf = vec![0u8; PEEK_BYTES];
     let n = tcp.peek(&mut buf).await?;
     if n == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
+    if send_buffer > 0 && is_stream_request(&buf[..n]) {
+        // What the kernel buffers for a client is invisible to the
+        // slow-client check: left to autotuning it grows to megabytes that a
+        // slow reader drains before it reads of its gap.
+        if let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(tcp, send_buffer) {
+            tracing::debug!(error = %e, "SO_SNDBUF");
+        }
+    }
     Ok(direct_request(&buf[..n]))
+}
+
+/// Whether a request's first bytes ask for a response that streams for as
+/// long as the client stays (the direct paths and Loki's tail).
+fn is_stream_request(bytes: &[u8]) -> bool {
+    let Some(target) = bytes
+        .strip_prefix(b"GET ")
+        .and_then(|rest| rest.split(|b| *b == b' ').next())
+    else {
+        return false;
+    };
+    let path = target.split(|b| *b == b'?').next().unwrap_or(target);
+    DIRECT_PATHS
+        .iter()
+        .chain([&WEBSOCKET_PATH, &crate::loki::TAIL_PATH])
+        .any(|p| path == p.as_bytes())
 }
 
 /// The request of `bytes` and the length of its head, when it is one the

@@ -70,7 +70,17 @@ pub struct ServerConfig {
     /// Connections whose head is still arriving; at the bound the oldest
     /// is closed (server/heads.rs).
     pub pending_heads: usize,
+    /// Kernel send buffer of a streaming connection (`/ws`, `/sse`,
+    /// `/stream`, Loki tail); 0 leaves it to the kernel's autotuning, which
+    /// grows it to megabytes that a slow reader must drain before it hears
+    /// of its gap.
+    pub stream_send_buffer: usize,
 }
+
+/// Default of [`ServerConfig::stream_send_buffer`]: Linux doubles it for
+/// bookkeeping, so ~256 KiB may sit in the kernel per stream, enough for
+/// 250 MB/s at a 1 ms round trip.
+pub const DEFAULT_STREAM_SEND_BUFFER: usize = 128 << 10;
 
 impl ServerConfig {
     /// A random delay in `[0, reconnect_jitter)`, so clients do not all come back at once.
@@ -102,6 +112,7 @@ impl Default for ServerConfig {
                 kubernetes: None,
             },
             allowed_origins: Vec::new(),
+            stream_send_buffer: DEFAULT_STREAM_SEND_BUFFER,
             reconnect_on_drain: false,
             reconnect_jitter: Duration::from_secs(2),
             head_timeout: Duration::from_secs(10),

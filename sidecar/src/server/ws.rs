@@ -420,7 +420,11 @@ where
                                 Format::Raw => frame::raw_lines(&entries),
                             };
                             let bytes = data.len();
-                            sent!(ws.send_text(data));
+                            if let Err(end) =
+                                Box::pin(send_batch(ws, data, session, send_timeout)).await
+                            {
+                                return end;
+                            }
                             metrics.sent(Transport::ws, entries.len(), bytes);
                         }
                         // Even at the head, pull once more: only Idle or Ended
@@ -491,6 +495,31 @@ where
                 }
             }
             Wake::DrainTimeout => return End::DrainTimeout,
+        }
+    }
+}
+
+/// Sends one batch of records. While the client is slow to take it, the
+/// slow-client policy keeps being applied: a client that stopped reading is
+/// closed after its grace, or its gap decided then (reported next), instead
+/// of when this write finally completes or times out.
+async fn send_batch<S: DataSink>(
+    ws: &mut S,
+    data: String,
+    session: &mut Session,
+    send_timeout: Duration,
+) -> Result<(), End> {
+    let check =
+        (session.limits().slow_grace / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let deadline = Instant::now() + send_timeout;
+    let mut send = ws.send_text(data);
+    loop {
+        match tokio::time::timeout(check, &mut send).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_)) => return Err(End::SendFailed),
+            Err(_) if Instant::now() >= deadline => return Err(End::SendTimeout),
+            Err(_) if session.too_slow() => return Err(End::TooSlow),
+            Err(_) => {}
         }
     }
 }
