@@ -671,3 +671,38 @@ fn a_stalled_websocket_reader_is_closed_by_the_slow_client_policy() {
         std::thread::sleep(Duration::from_millis(3)); // ~3 MB/s
     }
 }
+
+/// A WebSocket client that goes away without a close frame (a closed tab, a
+/// killed `websocat`) is not a protocol violation: before, every one was
+/// counted as dropped for `protocol_error`, drowning the real ones.
+#[test]
+fn a_client_leaving_without_a_close_frame_is_not_a_protocol_error() {
+    let s = Server::start(&[]);
+    s.wait_ready();
+    for _ in 0..3 {
+        let (mut tcp, head) = ws_handshake(&s, "dGhlIHNhbXBsZSBub25jZQ==");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // The whole hello frame is read, so closing sends a FIN (unread
+        // data would make it a reset).
+        let mut head = [0u8; 2];
+        tcp.read_exact(&mut head).unwrap();
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                tcp.read_exact(&mut l).unwrap();
+                usize::from(u16::from_be_bytes(l))
+            }
+            n => usize::from(n),
+        };
+        let mut hello = vec![0u8; len];
+        tcp.read_exact(&mut hello).unwrap();
+        assert!(String::from_utf8_lossy(&hello).contains("hello"));
+        drop(tcp);
+    }
+    s.wait_metric_eq("logstream_clients{transport=\"ws\"}", 0.0);
+    let body = common::http_get(&s.addr, "/metrics").unwrap().1;
+    assert!(
+        !body.contains("clients_dropped_total{reason=\"protocol_error\"}"),
+        "{body}"
+    );
+}

@@ -277,6 +277,8 @@ where
 #[derive(Debug, PartialEq, Eq)]
 pub enum End {
     ClientClosed,
+    /// The connection dropped without a closing handshake.
+    ClientGone,
     Drained,
     DrainTimeout,
     TooSlow,
@@ -316,7 +318,7 @@ where
             "message too big",
             Some("message_too_big"),
         ),
-        End::SendFailed => (None, "", None),
+        End::SendFailed | End::ClientGone => (None, "", None),
         End::SendTimeout => (None, "", Some("send_timeout")),
         End::PeerSilent => (Some(close::POLICY), "no pong", Some("pong_timeout")),
         End::ProtocolError(why) => (Some(close::PROTOCOL), why.as_str(), Some("protocol_error")),
@@ -634,11 +636,15 @@ pub(crate) fn violation_close<E: std::error::Error + 'static>(
 /// what it did (RFC 6455 7.4.1), where a bare reset would not.
 fn read_failure<E: std::error::Error + 'static>(e: &E) -> End {
     use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(t) = err.downcast_ref::<WsError>() {
             return match t {
                 WsError::Capacity(_) => End::TooBig,
+                // The peer went away without a close frame: not a
+                // violation, and nothing can be sent to it any more.
+                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::ClientGone,
                 WsError::Protocol(p) => End::ProtocolError(p.to_string()),
                 WsError::Utf8(_) => End::BadText,
                 _ => End::ClientClosed,
