@@ -568,15 +568,36 @@ fn ten_kb() -> String {
 /// A stream of `path` opened on a raw socket (its response head is read
 /// with the stream's first bytes).
 fn open_stream(s: &Server, path: &str) -> TcpStream {
+    open_stream_with(path, TcpStream::connect(&s.addr).unwrap())
+}
+
+fn open_stream_with(path: &str, mut tcp: TcpStream) -> TcpStream {
+    tcp.set_read_timeout(Some(common::PATIENCE)).unwrap();
     if path.starts_with("/ws") {
-        let (tcp, head) = ws_handshake_at(s, path, "dGhlIHNhbXBsZSBub25jZQ==");
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        write!(
+            tcp,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .unwrap();
         return tcp;
     }
-    let mut tcp = TcpStream::connect(&s.addr).unwrap();
-    tcp.set_read_timeout(Some(common::PATIENCE)).unwrap();
     write!(tcp, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     tcp
+}
+
+/// A connection to the server whose receive buffer is 8 KiB from the
+/// start (set before connecting, so the window is small from the
+/// handshake on): the kernel then opens the window in small steps, as a
+/// slow reader across a real network sees it.
+fn small_receive_buffer(s: &Server) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, ipproto, sockopt};
+    let fd =
+        rustix::net::socket(AddressFamily::INET, SocketType::STREAM, Some(ipproto::TCP)).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 8 << 10).unwrap();
+    let addr: std::net::SocketAddr = s.addr.parse().unwrap();
+    rustix::net::connect(&fd, &addr).unwrap();
+    TcpStream::from(fd)
 }
 
 /// Bytes a slow reader of `path` takes in after the server decided it was
@@ -705,4 +726,64 @@ fn a_client_leaving_without_a_close_frame_is_not_a_protocol_error() {
         !body.contains("clients_dropped_total{reason=\"protocol_error\"}"),
         "{body}"
     );
+}
+
+/// Reads `path` at 16 KiB/s (a 64 KiB batch takes 4 s to drain) while the
+/// stream runs at ~2 MB/s and the send timeout is 2 s; returns once the
+/// client has read `marker` (its gap notice). Panics if the server drops it.
+fn slow_but_reading(path: &str, marker: &[u8]) {
+    let s = Server::start(&["--send-timeout", "2s", "--stream-send-buffer", "16384"]);
+    s.wait_ready();
+    s.append("app.log", "");
+    let mut tcp = open_stream_with(path, small_receive_buffer(&s));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, dir) = (stop.clone(), s.dir.clone());
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("app.log"))
+                .unwrap();
+            let block = ten_kb().repeat(2);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(block.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(10)); // ~2 MB/s
+            }
+        })
+    };
+    let mut chunk = [0u8; 4096];
+    let mut seen = Vec::new();
+    loop {
+        let n = tcp.read(&mut chunk).unwrap_or(0);
+        assert!(
+            n > 0,
+            "the server dropped a client that kept reading: {:?}",
+            s.metric("logstream_clients_dropped_total{reason=\"send_timeout\"}")
+        );
+        seen.extend_from_slice(&chunk[..n]);
+        if seen.windows(marker.len()).any(|w| w == marker) {
+            break;
+        }
+        seen.drain(..seen.len().saturating_sub(marker.len()));
+        std::thread::sleep(Duration::from_millis(250)); // 16 KiB/s
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(
+        s.metric("logstream_clients_dropped_total{reason=\"send_timeout\"}"),
+        None
+    );
+}
+
+/// The send timeout is for a client that takes nothing: one that reads
+/// slower than a batch per send timeout, but reads, gets the slow-client
+/// policy's gap (before, it was dropped mid-batch for `send_timeout`).
+#[test]
+fn a_slow_websocket_reader_that_keeps_reading_gets_a_gap_not_a_timeout() {
+    slow_but_reading("/ws?format=raw", br#""type":"gap""#);
+}
+
+#[test]
+fn a_slow_sse_reader_that_keeps_reading_gets_a_gap_not_a_timeout() {
+    slow_but_reading("/sse?format=raw", b"event: gap");
 }

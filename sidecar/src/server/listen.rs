@@ -412,10 +412,7 @@ async fn pump(
         // Boxed: what a write needs exists only while it is in flight.
         // A client that stops reading (stalled, or gone without a word)
         // must not hold its slot and its place in the hub forever.
-        match tokio::time::timeout(send_timeout, Box::pin(write_data(tcp, data, chunked))).await {
-            Ok(r) => r?,
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        }
+        Box::pin(write_data(tcp, data, chunked, send_timeout)).await?;
     }
     if chunked {
         tcp.write_all(b"0\r\n\r\n").await?;
@@ -423,13 +420,18 @@ async fn pump(
     Ok(())
 }
 
-async fn write_data(tcp: &mut TcpStream, data: bytes::Bytes, chunked: bool) -> std::io::Result<()> {
+async fn write_data(
+    tcp: &mut TcpStream,
+    mut data: bytes::Bytes,
+    chunked: bool,
+    stall: Duration,
+) -> std::io::Result<()> {
     if chunked {
         let size = format!("{:x}\r\n", data.len());
         let mut out = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
-        tcp.write_all_buf(&mut out).await
+        super::write::write_all_progressing(tcp, &mut out, stall).await
     } else {
-        tcp.write_all(&data).await
+        super::write::write_all_progressing(tcp, &mut data, stall).await
     }
 }
 

@@ -7,6 +7,7 @@ pub mod http;
 pub mod kube_auth;
 mod listen;
 pub use listen::serve;
+mod write;
 pub mod ws;
 
 use std::net::{IpAddr, SocketAddr};

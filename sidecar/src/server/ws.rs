@@ -238,10 +238,12 @@ fn text(s: String) -> Message {
 /// Record batches therefore go to the socket directly, framed with
 /// tungstenite's own header code, and nothing of them stays behind.
 pub trait DataSink {
-    /// Sends `text` as one text frame.
+    /// Sends `text` as one text frame; `TimedOut` when the client takes
+    /// nothing for `stall`.
     fn send_text(
         &mut self,
         text: String,
+        stall: Duration,
     ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>>;
 }
 
@@ -252,11 +254,15 @@ where
     fn send_text(
         &mut self,
         text: String,
+        stall: Duration,
     ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>> {
         Box::pin(async move {
             // Whatever tungstenite queued (pongs, control frames) goes first,
             // so frames never interleave.
-            SinkExt::flush(self).await.map_err(std::io::Error::other)?;
+            match tokio::time::timeout(stall, SinkExt::flush(self)).await {
+                Ok(r) => r.map_err(std::io::Error::other)?,
+                Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            }
             let header = FrameHeader {
                 opcode: OpCode::Data(Data::Text),
                 ..FrameHeader::default()
@@ -267,8 +273,7 @@ where
                 .map_err(std::io::Error::other)?;
             let io = self.get_mut();
             let mut out = bytes::Buf::chain(&head[..], text.as_bytes());
-            tokio::io::AsyncWriteExt::write_all_buf(io, &mut out).await?;
-            tokio::io::AsyncWriteExt::flush(io).await
+            super::write::write_all_progressing(io, &mut out, stall).await
         })
     }
 }
@@ -504,7 +509,7 @@ where
 /// Sends one batch of records. While the client is slow to take it, the
 /// slow-client policy keeps being applied: a client that stopped reading is
 /// closed after its grace, or its gap decided then (reported next), instead
-/// of when this write finally completes or times out.
+/// of when this write finally completes or stalls for the send timeout.
 async fn send_batch<S: DataSink>(
     ws: &mut S,
     data: String,
@@ -513,13 +518,14 @@ async fn send_batch<S: DataSink>(
 ) -> Result<(), End> {
     let check =
         (session.limits().slow_grace / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let deadline = Instant::now() + send_timeout;
-    let mut send = ws.send_text(data);
+    let mut send = ws.send_text(data, send_timeout);
     loop {
         match tokio::time::timeout(check, &mut send).await {
             Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(End::SendTimeout);
+            }
             Ok(Err(_)) => return Err(End::SendFailed),
-            Err(_) if Instant::now() >= deadline => return Err(End::SendTimeout),
             Err(_) if session.too_slow() => return Err(End::TooSlow),
             Err(_) => {}
         }
@@ -689,6 +695,7 @@ mod tests {
         fn send_text(
             &mut self,
             text: String,
+            _stall: Duration,
         ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>> {
             Box::pin(async move {
                 self.tx
