@@ -24,18 +24,15 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::AccessMode;
-use crate::crd::{LogStream, STREAM_PORT};
-use crate::mutate::{
-    PULL_SECRET, PULL_TOKEN_FILE, STREAM_LABEL, restricted_security_context, secret_volume,
+use crate::crd::LogStream;
+use crate::keys::{
+    AGGREGATOR, AGGREGATOR_DRAIN_SECONDS, AUTH_DELEGATOR, MANAGED_BY, NAMESPACE_OWNER_LABEL,
+    PULL_SECRET, PULL_TOKEN_FILE, STREAM_LABEL, STREAM_PORT, env,
 };
+use crate::mutate::{restricted_security_context, secret_volume};
 use crate::names::{label_value, object_name};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, VolumeMount};
-
-pub const AGGREGATOR: &str = "logstream-aggregator";
-pub const MANAGED_BY: &str = "logstream-operator";
-/// Seconds the aggregator may take to drain; its grace period adds a margin.
-pub const AGGREGATOR_DRAIN_SECONDS: i64 = 25;
 
 /// Settings of the operator that shape the objects.
 #[derive(Clone, Debug, Default)]
@@ -292,15 +289,15 @@ pub fn aggregator(
             });
         }
     }
-    let mut extra_env = vec![env("LOGSTREAM_UPSTREAM_TOKEN_FILE", PULL_TOKEN_FILE)];
+    let mut extra_env = vec![env(env::UPSTREAM_TOKEN_FILE, PULL_TOKEN_FILE)];
     if !user_tokens.is_empty() {
-        extra_env.push(env("LOGSTREAM_TOKEN_FILE", &user_tokens.join(",")));
+        extra_env.push(env(env::TOKEN_FILE, &user_tokens.join(",")));
     }
     if streams.iter().any(uses_kubernetes_access) {
-        extra_env.push(env("LOGSTREAM_KUBERNETES_AUTH", "true"));
+        extra_env.push(env(env::KUBERNETES_AUTH, "true"));
     }
     if !crate::mesh::aggregator_trusts_loopback(streams, ns_mesh) {
-        extra_env.push(env("LOGSTREAM_NO_LOOPBACK_EXEMPTION", "true"));
+        extra_env.push(env(env::NO_LOOPBACK_EXEMPTION, "true"));
     }
     let container = Container {
         name: "aggregator".into(),
@@ -319,10 +316,10 @@ pub fn aggregator(
                         ..EnvVarSource::default()
                     }),
                 },
-                env("LOGSTREAM_LISTEN", &format!("0.0.0.0:{STREAM_PORT}")),
-                env("LOGSTREAM_DISCOVER_LABEL", STREAM_LABEL),
-                env("LOGSTREAM_GRACE", &format!("{AGGREGATOR_DRAIN_SECONDS}s")),
-                env("LOGSTREAM_LOG_FORMAT", "json"),
+                env(env::LISTEN, &format!("0.0.0.0:{STREAM_PORT}")),
+                env(env::DISCOVER_LABEL, STREAM_LABEL),
+                env(env::GRACE, &format!("{AGGREGATOR_DRAIN_SECONDS}s")),
+                env(env::LOG_FORMAT, "json"),
             ]
             .into_iter()
             .chain(extra_env)
@@ -474,12 +471,6 @@ pub fn aggregator(
 pub fn uses_kubernetes_access(ls: &LogStream) -> bool {
     ls.spec.access.mode == AccessMode::Kubernetes
 }
-
-/// Built-in ClusterRole allowing `create` on TokenReviews and
-/// SubjectAccessReviews: what a server needs to check Kubernetes tokens.
-pub const AUTH_DELEGATOR: &str = "system:auth-delegator";
-/// Label naming the namespace a cluster-scoped object belongs to.
-pub const NAMESPACE_OWNER_LABEL: &str = "logstream.dev/namespace";
 
 /// One binding per namespace, so it lives and dies with the namespace's
 /// LogStreams (cluster-scoped: no LogStream can own it, the finalizer removes

@@ -26,15 +26,14 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::build::{self, AGGREGATOR, BuildConfig, MANAGED_BY};
+use crate::build::{self, BuildConfig};
 use crate::crd::{LogStream, LogStreamStatus};
+use crate::keys::{AGGREGATOR, FINALIZER, MANAGED_BY, NAMESPACE_LABEL, PULL_SECRET};
 use crate::metrics::{ErrorLabel, Metrics};
-use crate::mutate::{self, PULL_SECRET, selects};
+use crate::mutate::{self, selects};
 use crate::probe;
 use crate::restart::{self, Workload, WorkloadKind};
-use crate::webhook::NAMESPACE_LABEL;
 
-pub const FINALIZER: &str = "logstream.dev/cleanup";
 const PENDING_LISTED: usize = 20;
 /// Pods named, with their reason, in the Injected condition.
 const BLOCKED_LISTED: usize = 5;

@@ -11,8 +11,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Port the sidecar and the aggregator listen on.
-pub const STREAM_PORT: i32 = 7680;
+pub use crate::keys::STREAM_PORT;
 
 /// Streams the log files that the selected pods write into a shared volume.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

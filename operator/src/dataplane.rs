@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration};
 use serde::Deserialize;
 
-/// Non-root user of the data-plane images (their Dockerfiles' `USER`).
-pub const SIDECAR_UID: i64 = 65532;
+use crate::keys::SIDECAR_UID;
 
 /// User and group of the data-plane containers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,6 +12,7 @@ pub mod build;
 pub mod controller;
 pub mod crd;
 pub mod dataplane;
+pub mod keys;
 pub mod leader;
 pub mod mesh;
 pub mod metrics;

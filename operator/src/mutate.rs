@@ -12,30 +12,21 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
-use crate::crd::{AccessMode, LogStream, STREAM_PORT};
+use crate::crd::{AccessMode, LogStream};
+use crate::keys::{
+    INJECTED_ANNOTATION, OPT_OUT_LABEL, PULL_SECRET, PULL_TOKEN_FILE, SIDECAR_NAME, STREAM_LABEL,
+    STREAM_PORT, env, paths,
+};
 
-/// Label put on injected pods: the name of the LogStream (Services select it).
-pub const STREAM_LABEL: &str = "logstream.dev/stream";
-/// Annotation marking injection, so it never happens twice.
-pub const INJECTED_ANNOTATION: &str = "logstream.dev/injected";
-/// Pods labelled `logstream.dev/inject: "false"` are never injected. A label,
-/// not an annotation: the webhook's objectSelector can only match labels.
-pub const OPT_OUT_LABEL: &str = "logstream.dev/inject";
-pub const SIDECAR_NAME: &str = "logstream";
 const LOG_VOLUME: &str = "logstream-logs";
 const TOKEN_VOLUME: &str = "logstream-token";
-const TOKEN_DIR: &str = "/var/run/logstream/token";
+const TOKEN_DIR: &str = paths::TOKEN_DIR;
 const PULL_VOLUME: &str = "logstream-pull";
 /// The sidecar's own emptyDir for its file positions: it outlives a
 /// restart of the sidecar container, so a restarted sidecar continues its
 /// sources instead of sending the end of every file again.
 const STATE_VOLUME: &str = "logstream-state";
-const STATE_DIR: &str = "/var/run/logstream/state";
-/// Where the namespace's pull token (shared by sidecars and aggregator) is mounted.
-pub const PULL_TOKEN_FILE: &str = "/var/run/logstream/pull/token";
-/// The per-namespace Secret holding the token the aggregator pulls sidecars with.
-pub const PULL_SECRET: &str = "logstream-pull-token";
-pub use crate::dataplane::SIDECAR_UID;
+const STATE_DIR: &str = paths::STATE_DIR;
 
 #[derive(Clone, Debug, Default)]
 pub struct InjectConfig {
@@ -312,11 +303,11 @@ pub fn mutate(
         ..VolumeMount::default()
     }];
     let mut env = vec![
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        field_env("POD_NAME", "metadata.name"),
-        value_env("LOGSTREAM_CONTAINER", &app_name),
-        value_env("LOGSTREAM_DIR", &mount_path),
-        value_env("LOGSTREAM_LISTEN", &format!("0.0.0.0:{STREAM_PORT}")),
+        field_env(env::POD_NAMESPACE, "metadata.namespace"),
+        field_env(env::POD_NAME, "metadata.name"),
+        value_env(env::CONTAINER, &app_name),
+        value_env(env::DIR, &mount_path),
+        value_env(env::LISTEN, &format!("0.0.0.0:{STREAM_PORT}")),
         value_env(
             "LOGSTREAM_GLOBS",
             &ls.spec
@@ -326,14 +317,14 @@ pub fn mutate(
                 .collect::<Vec<_>>()
                 .join(","),
         ),
-        value_env("LOGSTREAM_PARSE", ls.spec.parse.format.as_str()),
-        value_env("LOGSTREAM_BUFFER_LINES", &ls.spec.buffer.lines.to_string()),
-        value_env("LOGSTREAM_BUFFER_BYTES", &ls.spec.buffer.bytes.to_string()),
-        value_env("LOGSTREAM_LOG_FORMAT", "json"),
-        value_env("LOGSTREAM_GRACE", &drain_budget(spec)),
+        value_env(env::PARSE, ls.spec.parse.format.as_str()),
+        value_env(env::BUFFER_LINES, &ls.spec.buffer.lines.to_string()),
+        value_env(env::BUFFER_BYTES, &ls.spec.buffer.bytes.to_string()),
+        value_env(env::LOG_FORMAT, "json"),
+        value_env(env::GRACE, &drain_budget(spec)),
     ];
     if !crate::mesh::sidecar_trusts_loopback(ls, mesh) {
-        env.push(value_env("LOGSTREAM_NO_LOOPBACK_EXEMPTION", "true"));
+        env.push(value_env(env::NO_LOOPBACK_EXEMPTION, "true"));
     }
     // A name the pod already uses costs the positions, not the sidecar.
     if !spec
@@ -358,10 +349,10 @@ pub fn mutate(
             mount_path: STATE_DIR.into(),
             ..VolumeMount::default()
         });
-        env.push(value_env("LOGSTREAM_STATE_DIR", STATE_DIR));
+        env.push(value_env(env::STATE_DIR, STATE_DIR));
     }
     if let Some(k) = &ls.spec.parse.level_field {
-        env.push(value_env("LOGSTREAM_LEVEL_KEY", k));
+        env.push(value_env(env::LEVEL_KEY, k));
     }
     // The aggregator pulls with the namespace's pull token; in token mode the
     // users' token is accepted too. Loopback (port-forward) needs neither.
@@ -387,11 +378,11 @@ pub fn mutate(
         });
         token_files.push(format!("{TOKEN_DIR}/{}", secret.key));
     }
-    env.push(value_env("LOGSTREAM_TOKEN_FILE", &token_files.join(",")));
+    env.push(value_env(env::TOKEN_FILE, &token_files.join(",")));
     if ls.spec.access.mode == AccessMode::Kubernetes {
         // Checked with the pod's ServiceAccount, which the operator binds
         // to system:auth-delegator.
-        env.push(value_env("LOGSTREAM_KUBERNETES_AUTH", "true"));
+        env.push(value_env(env::KUBERNETES_AUTH, "true"));
     }
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
@@ -538,6 +529,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 mod tests {
     use super::*;
     use crate::crd::LogStreamSpec;
+    use crate::keys::SIDECAR_UID;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn stream(name: &str, json: serde_json::Value) -> LogStream {

@@ -17,8 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde::Deserialize;
 
-use crate::crd::STREAM_PORT;
-use crate::mutate::SIDECAR_NAME;
+use crate::keys::{SIDECAR_NAME, STREAM_PORT};
 
 /// Pods asked at once, and how long one may take.
 const CONCURRENCY: usize = 8;

@@ -24,14 +24,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use crate::crd::LogStream;
+use crate::keys::{RESTARTED_AT, RESTARTED_FOR};
 use crate::mutate::{is_injected, opted_out, selects};
-
-/// Pod template annotation: when the owner was rolled (informative, like
-/// `kubectl.kubernetes.io/restartedAt`).
-pub const RESTARTED_AT: &str = "logstream.dev/restartedAt";
-/// Pod template annotation: what the owner was rolled for,
-/// `<LogStream uid>/<generation>` (see [`need`]).
-pub const RESTARTED_FOR: &str = "logstream.dev/restarted-for";
 
 /// The pods a LogStream accounts for, by state.
 #[derive(Debug, Default)]
@@ -209,7 +203,7 @@ pub fn restart_patch(ls: &LogStream, stamp: &str) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mutate::{INJECTED_ANNOTATION, OPT_OUT_LABEL};
+    use crate::keys::{INJECTED_ANNOTATION, OPT_OUT_LABEL};
 
     fn stream(name: &str, generation: i64, restart: bool) -> LogStream {
         serde_json::from_value(serde_json::json!({

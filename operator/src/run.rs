@@ -158,7 +158,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {
-                controller: format!("{}-webhook", crate::build::MANAGED_BY),
+                controller: format!("{}-webhook", crate::keys::MANAGED_BY),
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),

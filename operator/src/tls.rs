@@ -162,7 +162,7 @@ fn to_secret(
             annotations: Some(BTreeMap::from([(NOT_AFTER.to_string(), not_after)])),
             labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/managed-by".to_string(),
-                crate::build::MANAGED_BY.to_string(),
+                crate::keys::MANAGED_BY.to_string(),
             )])),
             owner_references: owner.map(|o| vec![o.clone()]),
             ..ObjectMeta::default()
@@ -286,7 +286,7 @@ pub async fn ensure(
                 secrets
                     .patch(
                         name,
-                        &PatchParams::apply(&format!("{}/{replica}", crate::build::MANAGED_BY)),
+                        &PatchParams::apply(&format!("{}/{replica}", crate::keys::MANAGED_BY)),
                         &Patch::Apply(&desired),
                     )
                     .await

@@ -16,8 +16,9 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
-use crate::controller::{Context, FINALIZER, cleanup};
+use crate::controller::{Context, cleanup};
 use crate::crd::LogStream;
+use crate::keys::FINALIZER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UninstallError {

@@ -24,10 +24,7 @@ use crate::crd::LogStream;
 use crate::metrics::Metrics;
 use crate::mutate::{InjectConfig, mutate};
 
-pub const WEBHOOK_NAME: &str = "logstream-injector";
-/// Namespaces holding LogStreams carry this label; only their pods reach the webhook.
-pub const NAMESPACE_LABEL: &str = "logstream.dev/injection";
-pub use crate::mutate::OPT_OUT_LABEL;
+use crate::keys::{MANAGED_BY, NAMESPACE_LABEL, OPT_OUT_LABEL, WEBHOOK_NAME};
 
 pub struct WebhookState {
     pub client: kube::Client,
@@ -235,7 +232,7 @@ pub fn configuration(
             name: Some(WEBHOOK_NAME.into()),
             labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/managed-by".to_string(),
-                crate::build::MANAGED_BY.to_string(),
+                MANAGED_BY.to_string(),
             )])),
             owner_references: owner.map(|o| vec![o.clone()]),
             ..ObjectMeta::default()
@@ -289,7 +286,7 @@ pub async fn register(
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     api.patch(
         WEBHOOK_NAME,
-        &PatchParams::apply(crate::build::MANAGED_BY).force(),
+        &PatchParams::apply(MANAGED_BY).force(),
         &Patch::Apply(configuration(endpoint, ca_pem, owner, timeout_seconds)),
     )
     .await?;

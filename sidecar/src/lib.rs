@@ -15,6 +15,8 @@ pub mod client;
 pub mod demo;
 pub mod fds;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod lines;
 pub mod loki;

@@ -15,6 +15,7 @@ use logstream::server::kube_auth::{KubeAuth, Target};
 use logstream::server::{AuthConfig, ServerConfig};
 use logstream::session::{SessionLimits, SlowPolicy};
 use logstream::tailer::TailConfig;
+use logstream_contract::{STREAM_PORT, env};
 
 /// mimalloc instead of glibc's malloc: the aggregator ingests ~30% more lines
 /// per CPU-second with it (212k vs 160k). Its arenas commit lazily
@@ -33,7 +34,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, env = "LOGSTREAM_LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "json"])]
+    #[arg(long, env = env::LOG_FORMAT, default_value = "text", global = true, value_parser = ["text", "json"])]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -54,16 +55,16 @@ enum Command {
     /// Run inside a pod next to the app (configured by the operator's injector).
     Sidecar {
         /// The shared log volume, mounted read-only.
-        #[arg(long, env = "LOGSTREAM_DIR", default_value = "/var/log/app")]
+        #[arg(long, env = env::DIR, default_value = "/var/log/app")]
         dir: PathBuf,
-        #[arg(long, env = "LOGSTREAM_LISTEN", default_value = "0.0.0.0:7680")]
+        #[arg(long, env = env::LISTEN, default_value_t = default_listen())]
         listen: SocketAddr,
-        #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+        #[arg(long, env = env::POD_NAMESPACE, default_value = "")]
         namespace: String,
-        #[arg(long, env = "POD_NAME", default_value = "")]
+        #[arg(long, env = env::POD_NAME, default_value = "")]
         pod: String,
         /// The app container that writes the files.
-        #[arg(long, env = "LOGSTREAM_CONTAINER", default_value = "")]
+        #[arg(long, env = env::CONTAINER, default_value = "")]
         container: String,
         #[command(flatten)]
         kubernetes: KubernetesAuth,
@@ -73,28 +74,28 @@ enum Command {
     /// Pull every sidecar of a namespace (or `--source` URLs), merge and serve.
     Aggregator {
         /// Upstream base URLs (repeat or comma-separate); without them, pods are discovered.
-        #[arg(long = "source", env = "LOGSTREAM_SOURCES", value_delimiter = ',')]
+        #[arg(long = "source", env = env::SOURCES, value_delimiter = ',')]
         sources: Vec<String>,
         /// Namespace whose pods are discovered.
-        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        #[arg(long, env = env::POD_NAMESPACE, default_value = "default")]
         namespace: String,
         /// Label selector of the pods carrying a sidecar.
         #[arg(
             long,
-            env = "LOGSTREAM_DISCOVER_LABEL",
+            env = env::DISCOVER_LABEL,
             default_value = "logstream.dev/stream"
         )]
         discover_label: String,
-        #[arg(long, env = "LOGSTREAM_LISTEN", default_value = "0.0.0.0:7680")]
+        #[arg(long, env = env::LISTEN, default_value_t = default_listen())]
         listen: SocketAddr,
         /// Cross-source reordering by timestamp; no record waits longer.
         #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
         reorder_window: Duration,
         /// Token presented to the sidecars.
-        #[arg(long, env = "LOGSTREAM_UPSTREAM_TOKEN_FILE")]
+        #[arg(long, env = env::UPSTREAM_TOKEN_FILE)]
         upstream_token_file: Option<PathBuf>,
         /// After SIGTERM, keep telling clients to reconnect this long before closing the listener.
-        #[arg(long, env = "LOGSTREAM_DRAIN_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
+        #[arg(long, env = env::DRAIN_DELAY, default_value = "2s", value_parser = humantime::parse_duration)]
         drain_delay: Duration,
         /// Upper bound of the random delay clients are asked to wait before reconnecting.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -121,7 +122,7 @@ enum Command {
     Tail {
         /// `http://host:port` of a sidecar, local server or aggregator.
         url: String,
-        #[arg(long, env = "LOGSTREAM_TOKEN")]
+        #[arg(long, env = env::TOKEN)]
         token: Option<String>,
         #[arg(long)]
         tail: Option<usize>,
@@ -144,10 +145,10 @@ enum Command {
 struct KubernetesAuth {
     /// Also accept Kubernetes bearer tokens whose user may `get pods/log`
     /// (TokenReview, then SubjectAccessReview): whoever may `kubectl logs` may stream.
-    #[arg(long, env = "LOGSTREAM_KUBERNETES_AUTH")]
+    #[arg(long, env = env::KUBERNETES_AUTH)]
     kubernetes_auth: bool,
     /// How long a token's answer (allowed, forbidden or invalid) is remembered.
-    #[arg(long, env = "LOGSTREAM_AUTH_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::AUTH_CACHE_TTL, default_value = "30s", value_parser = humantime::parse_duration)]
     auth_cache_ttl: Duration,
 }
 
@@ -173,22 +174,22 @@ struct Common {
     /// Globs of files to stream, relative to the folder (repeat or comma-separate).
     #[arg(
         long = "glob",
-        env = "LOGSTREAM_GLOBS",
+        env = env::GLOBS,
         value_delimiter = ',',
         default_value = "**/*.log"
     )]
     globs: Vec<String>,
     /// How lines are parsed for their level.
-    #[arg(long, env = "LOGSTREAM_PARSE", default_value = "auto")]
+    #[arg(long, env = env::PARSE, default_value = "auto")]
     parse: ParseMode,
     /// Field that carries the level in JSON/logfmt lines (default: level, lvl, severity...).
-    #[arg(long, env = "LOGSTREAM_LEVEL_KEY")]
+    #[arg(long, env = env::LEVEL_KEY)]
     level_key: Option<String>,
     /// Records kept in history.
-    #[arg(long, env = "LOGSTREAM_BUFFER_LINES", default_value_t = 100_000)]
+    #[arg(long, env = env::BUFFER_LINES, default_value_t = 100_000)]
     buffer_lines: usize,
     /// Bytes kept in history.
-    #[arg(long, env = "LOGSTREAM_BUFFER_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = env::BUFFER_BYTES, default_value_t = 64 << 20)]
     buffer_bytes: usize,
     /// Longer lines are split into marked parts.
     #[arg(long, default_value_t = 64 << 10)]
@@ -212,7 +213,7 @@ struct Common {
     /// its gap notice does.
     #[arg(long, default_value_t = logstream::server::DEFAULT_STREAM_SEND_BUFFER)]
     stream_send_buffer: usize,
-    #[arg(long, env = "LOGSTREAM_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = env::MAX_CONNECTIONS, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Largest message a client may send.
     #[arg(long, default_value_t = 64 << 10)]
@@ -227,31 +228,31 @@ struct Common {
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     keepalive: Duration,
     /// Bearer token clients must present (header or `access_token=`).
-    #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
+    #[arg(long, env = env::TOKEN, hide_env_values = true)]
     token: Option<String>,
     /// Files holding accepted bearer tokens (mounted Secrets; repeat or comma-separate).
     #[arg(
         long = "token-file",
-        env = "LOGSTREAM_TOKEN_FILE",
+        env = env::TOKEN_FILE,
         value_delimiter = ','
     )]
     token_files: Vec<PathBuf>,
     /// Require the token from loopback clients (port-forward) too (set by
     /// the operator in pods with a service-mesh proxy).
-    #[arg(long, env = "LOGSTREAM_NO_LOOPBACK_EXEMPTION")]
+    #[arg(long, env = env::NO_LOOPBACK_EXEMPTION)]
     no_loopback_exemption: bool,
     /// Serve non-loopback clients without a token (insecure).
-    #[arg(long, env = "LOGSTREAM_ALLOW_UNAUTHENTICATED")]
+    #[arg(long, env = env::ALLOW_UNAUTHENTICATED)]
     allow_unauthenticated: bool,
     /// Browser origins allowed besides the server's own (`*` for any).
     #[arg(
         long = "allowed-origin",
-        env = "LOGSTREAM_ALLOWED_ORIGINS",
+        env = env::ALLOWED_ORIGINS,
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,
     /// Longest a shutdown may take.
-    #[arg(long, env = "LOGSTREAM_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::GRACE, default_value = "25s", value_parser = humantime::parse_duration)]
     grace: Duration,
     /// How long a draining WebSocket waits for the client's ack.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -259,7 +260,7 @@ struct Common {
     /// Folder where each file's position is kept, so a restarted streamer
     /// continues its sources instead of sending the end of every file again
     /// (an emptyDir in a pod survives a container restart).
-    #[arg(long, env = "LOGSTREAM_STATE_DIR")]
+    #[arg(long, env = env::STATE_DIR)]
     state_dir: Option<PathBuf>,
     /// Longest a client may take to send a whole request head (its
     /// WebSocket handshake included).
@@ -364,6 +365,11 @@ impl Common {
 }
 
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Every address on the contract's port.
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], STREAM_PORT))
+}
 
 fn read_secret(p: &std::path::Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(p)

@@ -636,7 +636,7 @@ fn cert_manager_mode_issues_the_certificate_and_owns_the_webhook() {
     let mwc = one(&full, "MutatingWebhookConfiguration");
     assert_eq!(
         mwc["metadata"]["name"],
-        logstream_operator::webhook::WEBHOOK_NAME
+        logstream_operator::keys::WEBHOOK_NAME
     );
     assert_eq!(
         mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],

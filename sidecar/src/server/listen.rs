@@ -197,7 +197,7 @@ async fn peek_direct(
 
 /// Whether a request's first bytes ask for a response that streams for as
 /// long as the client stays (the direct paths and Loki's tail).
-fn is_stream_request(bytes: &[u8]) -> bool {
+pub(crate) fn is_stream_request(bytes: &[u8]) -> bool {
     let Some(target) = bytes
         .strip_prefix(b"GET ")
         .and_then(|rest| rest.split(|b| *b == b' ').next())
@@ -214,7 +214,7 @@ fn is_stream_request(bytes: &[u8]) -> bool {
 /// The request of `bytes` and the length of its head, when it is one the
 /// accept loop answers: a complete `GET` over HTTP/1.1 without body, of a
 /// streaming path (no upgrade) or of `/ws` (a WebSocket upgrade).
-fn direct_request(bytes: &[u8]) -> Option<(http::Request<Body>, usize)> {
+pub(crate) fn direct_request(bytes: &[u8]) -> Option<(http::Request<Body>, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(bytes) {

@@ -7,6 +7,7 @@ pub mod http;
 pub mod kube_auth;
 mod listen;
 pub use listen::serve;
+pub(crate) use listen::{direct_request, is_stream_request};
 mod write;
 pub mod ws;
 

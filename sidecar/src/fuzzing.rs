@@ -1,0 +1,306 @@
+//! Entry points of the coverage-guided fuzz targets (`fuzz/`, built with
+//! AFL++ through `cargo afl`) and of the replay of their corpora in every
+//! `cargo test`. Each takes arbitrary bytes from the outside world (a
+//! client's request head and frames, a query string, a LogQL query, a log
+//! file's bytes) and must return without panicking, hanging or breaking an
+//! invariant; a panic is what the fuzzer reports as a crash.
+//!
+//! Not part of the API: hidden from the documentation and free to change.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http;
+use futures::StreamExt;
+use tower::ServiceExt;
+
+use crate::filter::Filter;
+use crate::hub::{Hub, HubLimits, Pending, SourceInfo, now_ns};
+use crate::lines::{Line, LineSplitter};
+use crate::metrics::Transport;
+use crate::parse::{ParseMode, detect_level};
+use crate::protocol::{ClientMessage, Level, Source, Subscribe};
+use crate::server::{AppState, ServerConfig};
+use crate::session::{Session, SessionLimits};
+
+/// A small history every target that needs a server reads: two files of a
+/// pod, plain, JSON and logfmt lines at several levels.
+fn state() -> &'static Arc<AppState> {
+    static STATE: OnceLock<Arc<AppState>> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 1000,
+                max_bytes: 1 << 20,
+            },
+            "fuzz",
+        );
+        for (file, lines) in [
+            (
+                "app.log",
+                &[
+                    "2026-12-04T10:00:00Z INFO started port=8080",
+                    r#"{"level":"error","msg":"payment failed","code":502,"user":"a"}"#,
+                    "level=warn msg=\"slow query\" duration=1.5s table=orders",
+                ][..],
+            ),
+            (
+                "sub/worker.log",
+                &[
+                    "DEBUG tick 1",
+                    "Exception in thread main",
+                    "    at Foo.bar(Foo.java:3)",
+                ][..],
+            ),
+        ] {
+            let info: Arc<SourceInfo> = hub.source(Source {
+                namespace: "shop".into(),
+                pod: "web-0".into(),
+                container: "app".into(),
+                file: file.into(),
+            });
+            hub.publish(
+                lines
+                    .iter()
+                    .map(|l| Pending {
+                        source: info.clone(),
+                        seq: info.next_seq(),
+                        ts_ns: now_ns(),
+                        level: detect_level(l, ParseMode::Auto, None),
+                        line: (*l).to_string(),
+                        partial: false,
+                        split: None,
+                    })
+                    .collect(),
+            );
+        }
+        let (_ready_tx, ready) = tokio::sync::watch::channel(true);
+        let (_drain_tx, draining) = tokio::sync::watch::channel(false);
+        let cfg = ServerConfig {
+            max_message_bytes: 4 << 10,
+            ..ServerConfig::default()
+        };
+        AppState::new(
+            hub,
+            Arc::new(crate::metrics::Metrics::new()),
+            cfg,
+            ready,
+            draining,
+            None,
+        )
+    })
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime")
+    })
+}
+
+/// Longest one input may take; past it the target panics, so a hang is
+/// reported like a crash.
+const PATIENCE: Duration = Duration::from_secs(2);
+
+/// A request head as a client sends it: parsed by the accept loop's own
+/// parser (the direct streaming paths and the WebSocket handshake) and, when
+/// it is a request at all, answered by the whole router (access checks,
+/// query parameters, filters, the Loki API and its LogQL).
+pub fn request_head(data: &[u8]) {
+    let _ = crate::server::is_stream_request(data);
+    let direct = crate::server::direct_request(data);
+    let req = match direct {
+        Some((req, len)) => {
+            assert!(len <= data.len(), "head longer than its bytes");
+            req
+        }
+        None => match any_request(data) {
+            Some(r) => r,
+            None => return,
+        },
+    };
+    let app = crate::server::router(state().clone());
+    runtime().block_on(async {
+        let mut req = req;
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                40000,
+            ))));
+        let answer = tokio::time::timeout(PATIENCE, app.oneshot(req)).await;
+        let Ok(Ok(resp)) = answer else {
+            panic!("the router did not answer in time");
+        };
+        // A streaming answer never ends: its first frame, if ready, is enough.
+        let mut body = resp.into_body().into_data_stream();
+        let _ = futures::FutureExt::now_or_never(body.next());
+    });
+}
+
+/// Any request `httparse` accepts, as hyper would hand it to the router.
+fn any_request(data: &[u8]) -> Option<http::Request<axum::body::Body>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = parsed.parse(data) else {
+        return None;
+    };
+    let mut b = http::Request::builder()
+        .method(parsed.method?)
+        .uri(parsed.path?);
+    for h in parsed.headers.iter() {
+        b = b.header(h.name, h.value);
+    }
+    b.body(axum::body::Body::from(data[len..].to_vec())).ok()
+}
+
+/// Bytes a client sends after its WebSocket handshake, read by the server's
+/// real WebSocket session until they end or it closes the connection.
+pub fn websocket_frames(data: &[u8]) {
+    let st = state().clone();
+    runtime().block_on(async {
+        let (server_io, mut client_io) = tokio::io::duplex(64 << 10);
+        let Some(mut socket) = crate::server::ws::socket(server_io, &st) else {
+            panic!("no WebSocket over a duplex");
+        };
+        let Some(guard) = st.try_connect(Transport::ws) else {
+            panic!("connection limit in a fuzz run");
+        };
+        let sub = Subscribe {
+            tail: Some(10),
+            ..Subscribe::default()
+        };
+        let filter = Filter::compile(&sub).expect("the default filter compiles");
+        let mut session = Session::new(st.hub.clone(), &sub, filter, SessionLimits::default());
+        let client = async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut rx, mut tx) = tokio::io::split(&mut client_io);
+            let send = async {
+                let _ = tx.write_all(data).await;
+                let _ = tx.shutdown().await;
+            };
+            let drain = async {
+                let mut sink = vec![0u8; 16 << 10];
+                while matches!(rx.read(&mut sink).await, Ok(n) if n > 0) {}
+            };
+            tokio::join!(send, drain);
+        };
+        let server = async move {
+            crate::server::ws::serve(&mut socket, &st, &mut session, &guard).await;
+            drop(socket);
+        };
+        let both = async { tokio::join!(server, client) };
+        if tokio::time::timeout(PATIENCE, both).await.is_err() {
+            panic!("the WebSocket session did not end after the client's bytes");
+        }
+    });
+}
+
+/// A client message (a WebSocket text frame's payload): parsed, and a
+/// subscription compiled into a filter and positioned on the history.
+pub fn client_message(data: &[u8]) {
+    let Ok(msg) = serde_json::from_slice::<ClientMessage>(data) else {
+        return;
+    };
+    if let ClientMessage::Subscribe(sub) = msg {
+        subscribe(&sub);
+    }
+}
+
+/// A stream's query string (`/ws?…`, `/sse?…`): parsed, compiled and
+/// positioned; a refusal must say what is wrong.
+pub fn stream_query(data: &[u8]) {
+    let Ok(q) = std::str::from_utf8(data) else {
+        return;
+    };
+    match crate::server::parse_query(Some(q)) {
+        Ok(query) => subscribe(&query.sub),
+        Err(e) => assert!(!e.to_string().is_empty(), "an empty error"),
+    }
+}
+
+fn subscribe(sub: &Subscribe) {
+    let Ok(filter) = Filter::compile(sub) else {
+        return;
+    };
+    let hub = state().hub.clone();
+    let mut session = Session::new(hub, sub, filter, SessionLimits::default());
+    for _ in 0..4 {
+        if matches!(
+            session.pull(),
+            crate::session::Pull::Idle | crate::session::Pull::Ended
+        ) {
+            break;
+        }
+    }
+    let _ = session.cursor().to_string();
+}
+
+/// A LogQL query as Grafana sends it: parsed as a query and as a selector.
+pub fn logql(data: &[u8]) {
+    let Ok(q) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = crate::loki::logql::parse(q);
+    let _ = crate::loki::logql::parse_selector(q);
+}
+
+/// A log file's bytes, cut into reads at sizes the input chooses: the
+/// splitter keeps every byte once (as text or a replacement), never cuts a
+/// part over its limit, and every line's level is read in every mode.
+pub fn file_bytes(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let max_line = 16 + usize::from(first);
+    let mut splitter = LineSplitter::new(max_line);
+    let mut out: Vec<Line> = Vec::new();
+    let mut input = rest;
+    let mut step = 1 + usize::from(first % 7);
+    while !input.is_empty() {
+        let n = step.min(input.len());
+        splitter.push(&input[..n], &mut out);
+        input = &input[n..];
+        step = step * 3 % 97 + 1;
+    }
+    splitter.flush(&mut out);
+    assert_eq!(splitter.pending(), 0, "a flush leaves nothing pending");
+    for line in &out {
+        assert!(
+            !line.text.contains('\n'),
+            "a line holds a newline: {:?}",
+            line.text
+        );
+        // Each input byte becomes at most one U+FFFD (3 bytes) of text.
+        assert!(
+            line.text.len() <= 3 * max_line.max(16),
+            "a part of {} bytes over a limit of {max_line}",
+            line.text.len()
+        );
+        for mode in [
+            ParseMode::Auto,
+            ParseMode::Json,
+            ParseMode::Logfmt,
+            ParseMode::Plain,
+        ] {
+            let _ = detect_level(&line.text, mode, None);
+            let _ = detect_level(&line.text, mode, Some("severity"));
+        }
+        let _ = Level::parse_loose(&line.text);
+    }
+}
+
+/// A fuzz target: arbitrary bytes in, a panic on a finding.
+pub type Target = fn(&[u8]);
+
+/// Every target by name, for the fuzz binaries and the corpus replay.
+pub const TARGETS: [(&str, Target); 6] = [
+    ("request_head", request_head),
+    ("websocket_frames", websocket_frames),
+    ("client_message", client_message),
+    ("stream_query", stream_query),
+    ("logql", logql),
+    ("file_bytes", file_bytes),
+];
