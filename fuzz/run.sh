@@ -6,7 +6,7 @@
 #
 # Targets (logstream::fuzzing): request_head websocket_frames client_message
 # stream_query logql file_bytes. Each starts from fuzz/corpus/TARGET; findings
-# go to $HOME/.cache/logstream/fuzz-out/TARGET. Exits non-zero, naming the
+# go to $FUZZ_OUT/TARGET (default $HOME/.cache/logstream/fuzz-out). Exits non-zero, naming the
 # inputs, when a run found a crash or a hang: add such an input to
 # fuzz/corpus/TARGET once fixed, so `cargo test` replays it for ever.
 #
@@ -44,7 +44,7 @@ export AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 \
 failed=0
 printf '%-18s %10s %8s %8s %7s %7s %8s\n' target execs exec/s corpus crashes hangs coverage
 for t in "${targets[@]}"; do
-    out="$cache/fuzz-out/$t"
+    out="${FUZZ_OUT:-$cache/fuzz-out}/$t"
     rm -rf "$out"
     mkdir -p "$out"
     cargo afl fuzz -V "$secs" -t 5000 -i "fuzz/corpus/$t" -o "$out" -- "$bin" "$t" \
