@@ -1,4 +1,4 @@
-//! The reconciler: per LogStream, dereference → build (pure, [`crate::build`])
+//! The reconciler: per LogStream, dereference → build (pure, [`crate::desired`])
 //! → apply (server-side apply) → status. A finalizer runs cleanup that owner
 //! references cannot: unlabelling the namespace and shrinking the shared
 //! aggregator's owner list.
@@ -26,8 +26,8 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::build::{self, BuildConfig};
 use crate::crd::{LogStream, LogStreamStatus};
+use crate::desired::{self, BuildConfig};
 use crate::keys::{AGGREGATOR, FINALIZER, MANAGED_BY, NAMESPACE_LABEL, PULL_SECRET};
 use crate::metrics::{ErrorLabel, Metrics};
 use crate::mutate::{self, selects};
@@ -134,12 +134,12 @@ async fn apply_auth_binding(
     cfg: &BuildConfig,
 ) -> Result<(), kube::Error> {
     let api: Api<ClusterRoleBinding> = Api::all(client.clone());
-    match build::auth_binding(ns, streams, pods, cfg) {
+    match desired::auth_binding(ns, streams, pods, cfg) {
         Some(b) => {
             api.patch(&b.name_any(), &ssa(), &Patch::Apply(&b)).await?;
         }
         None => match api
-            .delete(&build::auth_binding_name(ns), &DeleteParams::background())
+            .delete(&desired::auth_binding_name(ns), &DeleteParams::background())
             .await
         {
             Ok(_) => {}
@@ -254,7 +254,7 @@ async fn apply_aggregator(
         })
         .filter(|t| !t.is_empty())
         .map_or_else(random_token, Ok)?;
-    let objs = build::aggregator(ns, streams, cfg, &token, ns_mesh);
+    let objs = desired::aggregator(ns, streams, cfg, &token, ns_mesh);
     apply(client, ns, &objs.pull_secret).await?;
     apply(client, ns, &objs.service_account).await?;
     apply(client, ns, &objs.role).await?;
@@ -293,13 +293,13 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     let ns = ls.namespace().ok_or(Error::NoNamespace)?;
     let name = ls.name_any();
     let namespace = label_namespace(client, &ns, true).await?;
-    let svc_name = build::stream_service_name(ls);
+    let svc_name = desired::stream_service_name(ls);
     if ls.spec.service.enabled {
-        apply(client, &ns, &build::stream_service(ls)).await?;
+        apply(client, &ns, &desired::stream_service(ls)).await?;
     } else {
         delete_if_present::<Service>(client, &ns, &svc_name).await?;
     }
-    match build::stream_ingress(ls) {
+    match desired::stream_ingress(ls) {
         Some(ing) => apply(client, &ns, &ing).await?,
         None => {
             delete_if_present::<Ingress>(
@@ -318,7 +318,7 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     // Meshed by the namespace's opt-in, or found meshed (a mesh injecting
     // by default gives the aggregator's own pods a proxy).
     let ns_mesh = crate::mesh::of_meta(&namespace.metadata).or_else(|| {
-        let selector = build::aggregator_selector();
+        let selector = desired::aggregator_selector();
         pods.iter()
             .filter(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
             .find_map(crate::mesh::of_pod)
@@ -666,7 +666,7 @@ pub fn status(
             .take(PENDING_LISTED)
             .map(|p| p.name_any())
             .collect(),
-        urls: build::urls(ls),
+        urls: desired::urls(ls),
     }
 }
 

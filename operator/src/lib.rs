@@ -8,10 +8,10 @@
 //!  run-time objects outside LogStreams: owned by the chart's ClusterRole (garbage collected)
 //! ```
 
-pub mod build;
 pub mod controller;
 pub mod crd;
 pub mod dataplane;
+pub mod desired;
 pub mod keys;
 pub mod leader;
 pub mod mesh;

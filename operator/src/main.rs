@@ -149,7 +149,7 @@ fn main() -> anyhow::Result<()> {
                 // builds objects, and every LogStream is being removed.
                 let ctx = logstream_operator::controller::Context::new(
                     client,
-                    logstream_operator::build::BuildConfig::default(),
+                    logstream_operator::desired::BuildConfig::default(),
                     std::sync::Arc::new(logstream_operator::metrics::Metrics::new()),
                 );
                 let n = logstream_operator::uninstall::uninstall(

@@ -945,7 +945,7 @@ mod tests {
             "{v}"
         );
         assert_eq!(*v, crate::names::label_value(&long));
-        let svc = crate::build::stream_service(&ls);
+        let svc = crate::desired::stream_service(&ls);
         assert_eq!(svc.spec.unwrap().selector.unwrap()[STREAM_LABEL], *v);
         assert_eq!(crate::names::label_value("web"), "web");
     }

@@ -11,8 +11,8 @@ use axum_server::tls_rustls::RustlsConfig;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
-use crate::build::BuildConfig;
 use crate::controller::{self, Context};
+use crate::desired::BuildConfig;
 use crate::leader::{Leader, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::mutate::InjectConfig;

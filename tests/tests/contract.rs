@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use logstream_operator::build::{self, BuildConfig};
 use logstream_operator::crd::{LogStream, LogStreamSpec};
+use logstream_operator::desired::{self, BuildConfig};
 use logstream_operator::keys::SIDECAR_NAME;
 use logstream_operator::mutate::{InjectConfig, mutate};
 
@@ -109,7 +109,7 @@ fn every_variable_the_operator_writes_is_read_by_the_streamer() {
         aggregator_pod: Default::default(),
     };
     for mesh in [None, Some("istio")] {
-        let objects = build::aggregator("shop", &streams(), &cfg, "pull-token", mesh);
+        let objects = desired::aggregator("shop", &streams(), &cfg, "pull-token", mesh);
         let pod = objects.deployment.spec.unwrap().template.spec.unwrap();
         for c in &pod.containers {
             let written = variables_of(c);

@@ -32,7 +32,7 @@ use crate::keys::{
 use crate::mutate::{restricted_security_context, secret_volume};
 use crate::names::{label_value, object_name};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Secret, VolumeMount};
+use k8s_openapi::api::core::v1::{Secret, Volume, VolumeMount};
 
 /// Settings of the operator that shape the objects.
 #[derive(Clone, Debug, Default)]
@@ -250,7 +250,44 @@ pub fn aggregator(
         .map(|s| s.spec.aggregator.replicas)
         .max()
         .unwrap_or(2);
-    let selector = aggregator_selector();
+    let (container, volumes) = aggregator_container(streams, cfg, ns_mesh);
+    AggregatorObjects {
+        pull_secret: Secret {
+            metadata: meta(PULL_SECRET),
+            string_data: None,
+            data: Some(BTreeMap::from([(
+                "token".to_string(),
+                ByteString(pull_token.as_bytes().to_vec()),
+            )])),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        },
+        service_account: ServiceAccount {
+            metadata: meta(AGGREGATOR),
+            automount_service_account_token: Some(true),
+            ..ServiceAccount::default()
+        },
+        role: aggregator_role(meta(AGGREGATOR)),
+        role_binding: aggregator_role_binding(meta(AGGREGATOR), namespace),
+        deployment: aggregator_deployment(
+            meta(AGGREGATOR),
+            replicas,
+            container,
+            volumes,
+            &cfg.aggregator_pod,
+        ),
+        service: aggregator_service(meta(AGGREGATOR)),
+    }
+}
+
+/// The aggregator's container and the volumes it mounts: the pull token it
+/// presents to sidecars, and the tokens of LogStreams in token mode (their
+/// users may present them to the aggregator too).
+fn aggregator_container(
+    streams: &[LogStream],
+    cfg: &BuildConfig,
+    ns_mesh: Option<&str>,
+) -> (Container, Vec<Volume>) {
     let env = |name: &str, value: &str| EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -265,8 +302,6 @@ pub fn aggregator(
         period_seconds: Some(5),
         ..Probe::default()
     };
-    // The pull token reaches the sidecars; users in token mode present their
-    // own tokens, accepted here too.
     let mut volumes = vec![secret_volume("logstream-pull", PULL_SECRET)];
     let mut mounts = vec![VolumeMount {
         name: "logstream-pull".into(),
@@ -306,7 +341,7 @@ pub fn aggregator(
         env: Some(
             vec![
                 EnvVar {
-                    name: "POD_NAMESPACE".into(),
+                    name: env::POD_NAMESPACE.into(),
                     value: None,
                     value_from: Some(EnvVarSource {
                         field_ref: Some(ObjectFieldSelector {
@@ -344,126 +379,132 @@ pub fn aggregator(
         security_context: Some(restricted_security_context(cfg.run_as)),
         ..Container::default()
     };
-    let placement = &cfg.aggregator_pod;
-    AggregatorObjects {
-        pull_secret: Secret {
-            metadata: meta(PULL_SECRET),
-            string_data: None,
-            data: Some(BTreeMap::from([(
-                "token".to_string(),
-                ByteString(pull_token.as_bytes().to_vec()),
-            )])),
-            type_: Some("Opaque".into()),
-            ..Secret::default()
-        },
-        service_account: ServiceAccount {
-            metadata: meta(AGGREGATOR),
-            automount_service_account_token: Some(true),
-            ..ServiceAccount::default()
-        },
-        role: Role {
-            metadata: meta(AGGREGATOR),
-            rules: Some(vec![
-                PolicyRule {
-                    api_groups: Some(vec![String::new()]),
-                    resources: Some(vec!["pods".into()]),
-                    verbs: vec!["get".into(), "list".into(), "watch".into()],
-                    ..PolicyRule::default()
-                },
-                PolicyRule {
-                    api_groups: Some(vec!["logstream.dev".into()]),
-                    resources: Some(vec!["logstreams".into()]),
-                    verbs: vec!["get".into(), "list".into(), "watch".into()],
-                    ..PolicyRule::default()
-                },
-            ]),
-        },
-        role_binding: RoleBinding {
-            metadata: meta(AGGREGATOR),
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".into(),
-                kind: "Role".into(),
-                name: AGGREGATOR.into(),
+    (container, volumes)
+}
+
+/// What the aggregator may read: pods (discovery) and LogStreams.
+fn aggregator_role(metadata: ObjectMeta) -> Role {
+    Role {
+        metadata,
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["pods".into()]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..PolicyRule::default()
             },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: AGGREGATOR.into(),
-                namespace: Some(namespace.into()),
-                ..Subject::default()
-            }]),
-        },
-        deployment: Deployment {
-            metadata: meta(AGGREGATOR),
-            spec: Some(DeploymentSpec {
-                replicas: Some(replicas),
-                selector: LabelSelector {
-                    match_labels: Some(selector.clone()),
-                    match_expressions: None,
-                },
-                strategy: Some(DeploymentStrategy {
-                    type_: Some("RollingUpdate".into()),
-                    rolling_update: Some(RollingUpdateDeployment {
-                        max_unavailable: Some(IntOrString::Int(0)),
-                        max_surge: Some(IntOrString::Int(1)),
-                    }),
-                }),
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(labels("aggregator", None)),
-                        ..ObjectMeta::default()
-                    }),
-                    spec: Some(PodSpec {
-                        service_account_name: Some(AGGREGATOR.into()),
-                        termination_grace_period_seconds: Some(AGGREGATOR_DRAIN_SECONDS + 10),
-                        security_context: Some(PodSecurityContext {
-                            run_as_non_root: Some(true),
-                            ..PodSecurityContext::default()
-                        }),
-                        containers: vec![container],
-                        volumes: Some(volumes),
-                        node_selector: (!placement.node_selector.is_empty())
-                            .then(|| placement.node_selector.clone()),
-                        tolerations: (!placement.tolerations.is_empty())
-                            .then(|| placement.tolerations.clone()),
-                        image_pull_secrets: (!placement.image_pull_secrets.is_empty())
-                            .then(|| placement.image_pull_secrets.clone()),
-                        priority_class_name: placement.priority_class_name.clone(),
-                        ..PodSpec::default()
-                    }),
-                },
-                ..DeploymentSpec::default()
-            }),
-            status: None,
-        },
-        service: Service {
-            metadata: ObjectMeta {
-                // Traefik reads its sticky cookie from the Service an
-                // Ingress routes to, and every LogStream Ingress routes here.
-                annotations: Some(BTreeMap::from([
-                    (
-                        "traefik.ingress.kubernetes.io/service.sticky.cookie".to_string(),
-                        "true".to_string(),
-                    ),
-                    (
-                        "traefik.ingress.kubernetes.io/service.sticky.cookie.name".to_string(),
-                        "logstream-affinity".to_string(),
-                    ),
-                ])),
-                ..meta(AGGREGATOR)
+            PolicyRule {
+                api_groups: Some(vec!["logstream.dev".into()]),
+                resources: Some(vec!["logstreams".into()]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..PolicyRule::default()
             },
-            spec: Some(ServiceSpec {
-                selector: Some(selector),
-                ports: Some(vec![stream_port()]),
-                session_affinity: Some("ClientIP".into()),
-                session_affinity_config: Some(SessionAffinityConfig {
-                    client_ip: Some(ClientIPConfig {
-                        timeout_seconds: Some(3600),
-                    }),
-                }),
-                ..ServiceSpec::default()
-            }),
-            status: None,
+        ]),
+    }
+}
+
+fn aggregator_role_binding(metadata: ObjectMeta, namespace: &str) -> RoleBinding {
+    RoleBinding {
+        metadata,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: AGGREGATOR.into(),
         },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: AGGREGATOR.into(),
+            namespace: Some(namespace.into()),
+            ..Subject::default()
+        }]),
+    }
+}
+
+/// The aggregator's Deployment: rolled one new pod at a time with none
+/// unavailable, given time to drain, placed as the chart says.
+fn aggregator_deployment(
+    metadata: ObjectMeta,
+    replicas: i32,
+    container: Container,
+    volumes: Vec<Volume>,
+    placement: &crate::dataplane::AggregatorPod,
+) -> Deployment {
+    Deployment {
+        metadata,
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(aggregator_selector()),
+                match_expressions: None,
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels("aggregator", None)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(AGGREGATOR.into()),
+                    termination_grace_period_seconds: Some(AGGREGATOR_DRAIN_SECONDS + 10),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    node_selector: (!placement.node_selector.is_empty())
+                        .then(|| placement.node_selector.clone()),
+                    tolerations: (!placement.tolerations.is_empty())
+                        .then(|| placement.tolerations.clone()),
+                    image_pull_secrets: (!placement.image_pull_secrets.is_empty())
+                        .then(|| placement.image_pull_secrets.clone()),
+                    priority_class_name: placement.priority_class_name.clone(),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The aggregator's Service: ClientIP affinity, and Traefik's sticky
+/// cookie for Ingresses.
+fn aggregator_service(metadata: ObjectMeta) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            // Traefik reads its sticky cookie from the Service an
+            // Ingress routes to, and every LogStream Ingress routes here.
+            annotations: Some(BTreeMap::from([
+                (
+                    "traefik.ingress.kubernetes.io/service.sticky.cookie".to_string(),
+                    "true".to_string(),
+                ),
+                (
+                    "traefik.ingress.kubernetes.io/service.sticky.cookie.name".to_string(),
+                    "logstream-affinity".to_string(),
+                ),
+            ])),
+            ..metadata
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(aggregator_selector()),
+            ports: Some(vec![stream_port()]),
+            session_affinity: Some("ClientIP".into()),
+            session_affinity_config: Some(SessionAffinityConfig {
+                client_ip: Some(ClientIPConfig {
+                    timeout_seconds: Some(3600),
+                }),
+            }),
+            ..ServiceSpec::default()
+        }),
+        status: None,
     }
 }
 
