@@ -26,7 +26,7 @@ use super::logql::{self, LogQuery, MetricExpr, ParseError, Query};
 use crate::filter::Filter;
 use crate::hub::{Entry, Hub, format_ts, now_ns, parse_ts};
 use crate::protocol::{Subscribe, close};
-use crate::server::AppState;
+use crate::server::state::AppState;
 use crate::session::{Pull, Session};
 
 /// Loki's default `limit` for queries and the tail replay.
@@ -751,7 +751,7 @@ async fn tail(
     let slot = st.try_connect(crate::metrics::Transport::ws);
     let buf = st.cfg.ws_buffer_bytes;
     let ws = ws
-        .read_buffer_size(crate::server::ws::READ_BUFFER_BYTES)
+        .read_buffer_size(st.cfg.ws_read_buffer_bytes)
         .write_buffer_size(buf)
         .max_write_buffer_size(buf + st.cfg.session.batch_bytes * 4 + st.cfg.max_message_bytes)
         .max_message_size(st.cfg.max_message_bytes)

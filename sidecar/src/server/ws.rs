@@ -20,17 +20,12 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::frame;
-use super::{AppState, ConnGuard, admit_stream};
+use super::query::admit_stream;
+use super::{AppState, ConnGuard};
 use crate::filter::Filter;
 use crate::metrics::Transport;
 use crate::protocol::{ClientMessage, Cursor, Format, PROTOCOL_VERSION, ServerMessage, close};
 use crate::session::{Pull, Session};
-
-/// Read buffer of a connection. Clients send only small control messages,
-/// and tungstenite reserves a whole frame once its header is read, so a
-/// small buffer costs nothing in function; it is resident for every idle
-/// connection (tungstenite zero-fills it before each read), so it matters.
-pub(crate) const READ_BUFFER_BYTES: usize = 64;
 
 /// Marks a request whose connection the accept loop answers itself
 /// (server/listen.rs): the handler then hands the accepted connection back in
@@ -182,7 +177,7 @@ where
 fn config(st: &AppState) -> WebSocketConfig {
     let buf = st.cfg.ws_buffer_bytes;
     WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(st.cfg.ws_read_buffer_bytes)
         .write_buffer_size(buf)
         .max_write_buffer_size(buf + st.cfg.session.batch_bytes * 2 + st.cfg.max_message_bytes)
         .max_message_size(Some(st.cfg.max_message_bytes))

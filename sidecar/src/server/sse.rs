@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval};
 
 use super::frame;
-use super::{AppState, ConnGuard, admit_stream};
+use super::query::admit_stream;
+use super::{AppState, ConnGuard};
 use crate::hub::Head;
 use crate::metrics::Transport;
 use crate::protocol::{Format, PROTOCOL_VERSION, ServerMessage};

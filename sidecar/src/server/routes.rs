@@ -1,0 +1,168 @@
+//! The routes of a streaming server: the streams, the page, health,
+//! readiness, metrics, the protocol schema, and the Loki API merged in.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+
+use super::query::url_pairs;
+use super::{AppState, sse, ws};
+
+/// Builds the router of a streaming server.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/ws", get(ws::handler))
+        .route("/sse", get(sse::sse))
+        .route("/stream", get(sse::stream))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/protocol.schema.json", get(schema))
+        .merge(crate::loki::api::router(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Request latency by route and status. For the streaming routes it is the
+/// time to the response head (the stream itself is counted elsewhere).
+async fn observe(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .request_seconds
+        .get_or_create(&crate::metrics::RequestLabels {
+            path,
+            code: resp.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+/// Readiness for probes (status code and one word), and with `?verbose`
+/// (text) or `?format=json` the files report: which matching paths are not
+/// tailed and why. The report names files, so it takes a token like the
+/// streams do; the bare probe does not.
+async fn readyz(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let (code, word) = if *st.draining.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if !*st.ready.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    let pairs = url_pairs(raw.as_deref().unwrap_or(""));
+    let json = pairs.iter().any(|(k, v)| k == "format" && v == "json");
+    let verbose = pairs.iter().any(|(k, _)| k == "verbose");
+    if !json && !verbose {
+        return (code, format!("{word}\n")).into_response();
+    }
+    let token = pairs
+        .iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.as_str());
+    if let Err(refused) = st.check_token(&headers, Some(peer), token).await {
+        return refused;
+    }
+    let report = st.files.borrow().clone();
+    if json {
+        return (code, axum::Json(readiness_json(word, &report))).into_response();
+    }
+    (code, render_readiness(word, &report)).into_response()
+}
+
+/// `/readyz?format=json`; the operator reads it (operator/src/probe.rs), and
+/// `tests/fixtures/readyz-files.json` pins its shape for both.
+pub fn readiness_json(word: &str, report: &crate::tailer::FileReport) -> serde_json::Value {
+    serde_json::json!({"status": word, "files": report})
+}
+
+/// `/readyz?verbose`: one line per check, then the paths not tailed.
+fn render_readiness(word: &str, report: &crate::tailer::FileReport) -> String {
+    use std::fmt::Write;
+    let mut out = format!("[+]tailer: {} files tailed\n", report.tailed);
+    if report.not_tailed_total == 0 {
+        out.push_str("[+]files: every matching path is tailed\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "[-]files: {} matching paths not tailed",
+            report.not_tailed_total
+        );
+        for n in &report.not_tailed {
+            let _ = writeln!(out, "    {}: {}: {}", n.path, n.reason, n.detail);
+        }
+        if report.not_tailed.len() < report.not_tailed_total {
+            let _ = writeln!(
+                out,
+                "    … and {} more",
+                report.not_tailed_total - report.not_tailed.len()
+            );
+        }
+    }
+    let _ = writeln!(out, "{word}");
+    out
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn schema() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/schema+json")],
+        serde_json::to_string_pretty(&crate::protocol::json_schema()).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_document_matches_the_fixture_the_operator_parses() {
+        let report = crate::tailer::FileReport {
+            tailed: 1,
+            not_tailed: vec![crate::tailer::NotTailed {
+                path: "app/secret.log".into(),
+                reason: "open_failed",
+                detail: "Permission denied (os error 13); owner 1000:4000 mode 0640; the streamer runs as uid 65532 gid 3000 groups [3000] (set the LogStream's sidecar.runAsGroup to the file's group, or have the app write group-readable files)".into(),
+            }],
+            not_tailed_total: 1,
+        };
+        let want: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/readyz-files.json")).unwrap();
+        assert_eq!(readiness_json("ready", &report), want);
+    }
+}
