@@ -191,84 +191,44 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         );
         tokio::spawn(async move {
             if let Some(dir) = &opts.tls_cert_dir {
-                let modified =
-                    |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-                let mut seen = modified(&dir.join("tls.crt"));
-                loop {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    let now = modified(&dir.join("tls.crt"));
-                    if now != seen {
-                        match tls_config
-                            .reload_from_pem_file(dir.join("tls.crt"), dir.join("tls.key"))
-                            .await
-                        {
-                            Ok(()) => {
-                                tracing::info!("webhook certificate reloaded from files");
-                                metrics.cert_renewals.inc();
-                                seen = now;
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "reload webhook certificate files")
-                            }
-                        }
-                    }
-                }
+                tls::follow_files(dir, &tls_config, &metrics).await;
             }
-            let Some(mut current) = certs else { return };
-            loop {
-                // Every replica looks each period: the one that finds the pair
-                // close to expiry renews it; the others pick it up.
-                tokio::time::sleep(opts.cert_check_interval).await;
-                let spec = cert_spec(&opts, &dns, owner.as_ref());
-                match tls::ensure(&secrets, &spec, Some(&current)).await {
-                    Ok((c, fresh)) if c != current => {
-                        if fresh {
-                            metrics.cert_renewals.inc();
-                        }
-                        // The API server must trust the new CA before this
-                        // replica serves a certificate signed by it (the
-                        // bundle still holds the previous CA for the others).
-                        if opts.manage_webhook
-                            && let Err(e) = webhook::register(
-                                &client,
-                                &opts.webhook,
-                                &c.ca_pem,
-                                owner.as_ref(),
-                                opts.webhook_timeout_seconds,
-                            )
-                            .await
-                        {
-                            tracing::error!(error = %e, "update caBundle; keeping the current certificate");
-                            continue;
-                        }
-                        // The API server sees the new bundle through its
-                        // watch, shortly after the write: serve the new
-                        // certificate only then (seen on a loaded machine:
-                        // 7 ms after the write was too early for a client
-                        // that had just read the previous bundle).
-                        if opts.manage_webhook {
-                            tokio::time::sleep(BUNDLE_PROPAGATION).await;
-                        }
-                        if let Err(e) = tls_config
-                            .reload_from_pem(
-                                c.cert_pem.clone().into_bytes(),
-                                c.key_pem.clone().into_bytes(),
-                            )
-                            .await
-                        {
-                            tracing::error!(error = %e, "reload webhook certificate");
-                            continue;
-                        }
-                        tracing::info!(not_after = %c.not_after, "webhook certificate reloaded");
-                        current = c;
+            let Some(current) = certs else { return };
+            // The API server must trust the new CA before this replica
+            // serves a certificate signed by it (the bundle still holds the
+            // previous CA for the others); it sees the new bundle through
+            // its watch, shortly after the write (seen on a loaded machine:
+            // 7 ms after the write was too early for a client that had just
+            // read the previous bundle).
+            let publish_ca = |ca_pem: String| {
+                let (client, opts, owner) = (&client, &opts, owner.as_ref());
+                async move {
+                    if !opts.manage_webhook {
+                        return Ok(());
                     }
-                    // Unchanged. Not registered again: a read that lost a
-                    // race with another replica's renewal would put a stale
-                    // bundle back.
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "webhook certificate renewal"),
+                    webhook::register(
+                        client,
+                        &opts.webhook,
+                        &ca_pem,
+                        owner,
+                        opts.webhook_timeout_seconds,
+                    )
+                    .await?;
+                    tokio::time::sleep(BUNDLE_PROPAGATION).await;
+                    Ok(())
                 }
-            }
+            };
+            let spec = cert_spec(&opts, &dns, owner.as_ref());
+            tls::keep_fresh(
+                &secrets,
+                &spec,
+                current,
+                &tls_config,
+                &metrics,
+                opts.cert_check_interval,
+                publish_ca,
+            )
+            .await;
         })
     };
     // Health and metrics over plain HTTP.

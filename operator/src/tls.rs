@@ -325,6 +325,85 @@ pub async fn ensure(
     }
 }
 
+/// Reloads `config` from `dir`'s `tls.crt` and `tls.key` whenever the
+/// certificate file changes (cert-manager rotating the mounted Secret);
+/// looks once a minute, never returns.
+pub async fn follow_files(
+    dir: &std::path::Path,
+    config: &axum_server::tls_rustls::RustlsConfig,
+    metrics: &crate::metrics::Metrics,
+) {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&dir.join("tls.crt"));
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let now = modified(&dir.join("tls.crt"));
+        if now == seen {
+            continue;
+        }
+        match config
+            .reload_from_pem_file(dir.join("tls.crt"), dir.join("tls.key"))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!("webhook certificate reloaded from files");
+                metrics.cert_renewals.inc();
+                seen = now;
+            }
+            Err(e) => tracing::error!(error = %e, "reload webhook certificate files"),
+        }
+    }
+}
+
+/// Keeps a self-managed pair fresh, never returns: every `every`, each
+/// replica looks at the Secret; the one that finds the pair close to expiry
+/// renews it, the others pick the new pair up. A new pair is served only
+/// after `publish_ca` has made its CA trusted (the webhook's caBundle); when
+/// that fails the current pair stays.
+pub async fn keep_fresh<F, Fut>(
+    secrets: &Api<Secret>,
+    spec: &CertSpec<'_>,
+    mut current: WebhookCerts,
+    config: &axum_server::tls_rustls::RustlsConfig,
+    metrics: &crate::metrics::Metrics,
+    every: std::time::Duration,
+    publish_ca: F,
+) where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    loop {
+        tokio::time::sleep(every).await;
+        match ensure(secrets, spec, Some(&current)).await {
+            Ok((c, fresh)) if c != current => {
+                if fresh {
+                    metrics.cert_renewals.inc();
+                }
+                if let Err(e) = publish_ca(c.ca_pem.clone()).await {
+                    tracing::error!(error = %e, "update caBundle; keeping the current certificate");
+                    continue;
+                }
+                if let Err(e) = config
+                    .reload_from_pem(
+                        c.cert_pem.clone().into_bytes(),
+                        c.key_pem.clone().into_bytes(),
+                    )
+                    .await
+                {
+                    tracing::error!(error = %e, "reload webhook certificate");
+                    continue;
+                }
+                tracing::info!(not_after = %c.not_after, "webhook certificate reloaded");
+                current = c;
+            }
+            // Unchanged. Not registered again: a read that lost a race with
+            // another replica's renewal would put a stale bundle back.
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "webhook certificate renewal"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
