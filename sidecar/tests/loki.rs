@@ -736,3 +736,36 @@ fn cli_shaped_query_labels_and_series() {
         );
     }
 }
+
+/// A Loki tail is counted like every other stream: records and bytes sent
+/// by transport, gaps by reason, clients dropped by reason (before, a tail
+/// counted only the records its gaps skipped).
+#[tokio::test]
+async fn a_tail_is_counted_like_every_stream() {
+    let s = Server::start(&[
+        "--client-queue-bytes",
+        "65536",
+        "--slow-client-grace",
+        "0s",
+        "--slow-client",
+        "close",
+    ]);
+    write_fixture(&s);
+    let url = s.ws_url(&format!(
+        "/loki/api/v1/tail?{}",
+        enc(&[("query", r#"{file="app.log"}"#)])
+    ));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert!(!frame_lines(&next_text(&mut ws).await).is_empty());
+    s.wait_metric("logstream_records_sent_total{transport=\"ws\"}", 1.0);
+    // Then it stops reading while the file grows far past its queue.
+    let block = format!("{}\n", "y".repeat(199)).repeat(500);
+    let series = "logstream_clients_dropped_total{reason=\"slow_client\"}";
+    let deadline = Instant::now() + PATIENCE;
+    while s.metric(series).unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "never dropped");
+        s.append("app.log", &block);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(ws);
+}

@@ -35,7 +35,6 @@ const DEFAULT_LIMIT: usize = 100;
 const DEFAULT_SINCE_NS: i64 = 3_600 * 1_000_000_000;
 /// Loki's cap on points per series of a range query.
 const MAX_POINTS: i64 = 11_000;
-const PING_EVERY: Duration = Duration::from_secs(1);
 /// A WebSocket close reason is at most 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -749,13 +748,13 @@ async fn tail(
     let req = TailRequest::parse(&Params::parse(raw.as_deref(), &[]), now_ns());
     // Tails share the server's connection budget.
     let slot = st.try_connect(crate::metrics::Transport::ws);
-    let buf = st.cfg.ws_buffer_bytes;
+    let cfg = &st.cfg;
     let ws = ws
-        .read_buffer_size(st.cfg.ws_read_buffer_bytes)
-        .write_buffer_size(buf)
-        .max_write_buffer_size(buf + st.cfg.session.batch_bytes * 4 + st.cfg.max_message_bytes)
-        .max_message_size(st.cfg.max_message_bytes)
-        .max_frame_size(st.cfg.max_message_bytes);
+        .read_buffer_size(cfg.ws_read_buffer_bytes)
+        .write_buffer_size(cfg.ws_buffer_bytes)
+        .max_write_buffer_size(cfg.ws_max_write_buffer(true))
+        .max_message_size(cfg.max_message_bytes)
+        .max_frame_size(cfg.ws_max_frame());
     let tracker = st.sessions.clone();
     ws.on_upgrade(move |socket: WebSocket| {
         tracker.track_future(async move {
@@ -832,8 +831,10 @@ fn process(
 }
 
 /// Streams a tail to one client: replays up to `limit` matching lines since
-/// `start`, then live ones, pinging every second. Returns the close code and
-/// reason to send (code 0: the peer is gone, send nothing).
+/// `start`, then live ones, pinging on the server's shared clock. Counts
+/// what it sends, its gaps and why it drops a client as the other streams
+/// do. Returns the close code and reason to send (code 0: the peer is gone,
+/// send nothing).
 pub async fn run_tail<W, R, E>(
     tx: &mut W,
     mut rx: R,
@@ -846,13 +847,26 @@ where
     E: std::error::Error + 'static,
 {
     let cfg = &st.cfg;
+    let metrics = &st.metrics;
     macro_rules! send {
         ($msg:expr) => {
             match tokio::time::timeout(cfg.send_timeout, tx.send($msg)).await {
                 Ok(Ok(())) => {}
-                _ => return (0, ""),
+                Ok(Err(_)) => return (0, ""),
+                Err(_) => {
+                    metrics.dropped("send_timeout");
+                    return (0, "");
+                }
             }
         };
+    }
+    // A frame of rows, counted as the other transports count theirs.
+    macro_rules! send_rows {
+        ($rows:expr) => {{
+            let frame = tail_frame($rows);
+            metrics.sent(crate::metrics::Transport::ws, $rows.len(), frame.len());
+            send!(Message::Text(Utf8Bytes::from(frame)));
+        }};
     }
     let sub = Subscribe {
         since: Some(format_ts(req.start_ns)),
@@ -893,7 +907,7 @@ where
     }
     if !replay.is_empty() {
         let rows: Vec<_> = replay.into_iter().collect();
-        send!(Message::Text(Utf8Bytes::from(tail_frame(&rows))));
+        send_rows!(&rows);
     }
     if ended {
         return (close::GOING_AWAY, "server shutting down");
@@ -901,7 +915,9 @@ where
     let mut head = st.hub.watch();
     let mut draining = st.draining.clone();
     let mut drain_deadline: Option<Instant> = None;
-    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    // Pings follow the server's shared clock (server/listen.rs), which
+    // wakes the hub's waiters on every tick.
+    let mut pinged = st.ping_epoch.load(std::sync::atomic::Ordering::Relaxed);
     let mut last_heard = Instant::now();
     loop {
         head.borrow_and_update();
@@ -910,18 +926,20 @@ where
                 Pull::Batch { entries, more } => {
                     process(&req.query, &mut cache, &entries, &mut rows);
                     if !rows.is_empty() {
-                        let frame = tail_frame(&rows);
+                        send_rows!(&rows);
                         rows.clear();
-                        send!(Message::Text(Utf8Bytes::from(frame)));
                     }
                     if !more {
                         break;
                     }
                 }
-                Pull::Gap { missed, .. } => {
-                    st.metrics.gap_records.inc_by(missed);
+                // Loki's tail has no gap message: the client sees the
+                // missing lines as a jump in time; the metrics see the gap.
+                Pull::Gap { missed, reason, .. } => metrics.gap(reason, missed),
+                Pull::TooSlow => {
+                    metrics.dropped("slow_client");
+                    return (close::POLICY, "slow consumer");
                 }
-                Pull::TooSlow => return (close::POLICY, "slow consumer"),
                 Pull::Idle => break,
                 Pull::Ended => return (close::GOING_AWAY, "server shutting down"),
             }
@@ -931,6 +949,15 @@ where
             changed = head.changed() => {
                 if changed.is_err() {
                     return (close::GOING_AWAY, "server shutting down");
+                }
+                let epoch = st.ping_epoch.load(std::sync::atomic::Ordering::Relaxed);
+                if epoch != pinged {
+                    pinged = epoch;
+                    if last_heard.elapsed() >= cfg.pong_timeout {
+                        metrics.dropped("pong_timeout");
+                        return (close::POLICY, "no pong");
+                    }
+                    send!(Message::Ping(Bytes::new()));
                 }
             }
             d = draining.changed(), if drain_deadline.is_none() => {
@@ -946,17 +973,19 @@ where
                 last_heard = Instant::now();
                 match msg {
                     Some(Err(e)) => {
-                        return crate::server::ws::violation_close(&e).unwrap_or((0, ""));
+                        // The close code tells the client what it did; the
+                        // metric counts it as the WebSocket stream does.
+                        return match crate::server::ws::violation_close(&e) {
+                            Some((code, reason, counted)) => {
+                                metrics.dropped(counted);
+                                (code, reason)
+                            }
+                            None => (0, ""),
+                        };
                     }
                     None | Some(Ok(Message::Close(_))) => return (0, ""),
                     Some(Ok(_)) => {}
                 }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= cfg.pong_timeout {
-                    return (close::POLICY, "no pong");
-                }
-                send!(Message::Ping(Bytes::new()));
             }
         }
     }

@@ -78,6 +78,23 @@ pub struct ServerConfig {
 pub const DEFAULT_STREAM_SEND_BUFFER: usize = 128 << 10;
 
 impl ServerConfig {
+    /// Most bytes tungstenite may hold to send on one WebSocket. `/ws`
+    /// writes record batches to the socket itself, so only control frames
+    /// and one batch's worth pass through the buffer; the Loki tail sends
+    /// its frames (a batch's records with labels and JSON escaping, up to
+    /// about twice the batch) through it.
+    pub fn ws_max_write_buffer(&self, frames_through_buffer: bool) -> usize {
+        let batches = if frames_through_buffer { 4 } else { 2 };
+        self.ws_buffer_bytes + self.session.batch_bytes * batches + self.max_message_bytes
+    }
+
+    /// Largest frame read from a client: a frame somewhat over the message
+    /// limit is read whole, so the client gets a 1009 close instead of a
+    /// reset on unread data; beyond that it is refused from its header.
+    pub fn ws_max_frame(&self) -> usize {
+        self.max_message_bytes.saturating_mul(4).max(64 << 10)
+    }
+
     /// A random delay in `[0, reconnect_jitter)`, so clients do not all come back at once.
     pub fn reconnect_after_ms(&self) -> u64 {
         let max = self.reconnect_jitter.as_millis().max(1) as u64;

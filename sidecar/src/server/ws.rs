@@ -173,20 +173,15 @@ where
     made
 }
 
-/// The socket limits of a connection.
+/// The socket limits of a connection (server/state.rs sizes them).
 fn config(st: &AppState) -> WebSocketConfig {
-    let buf = st.cfg.ws_buffer_bytes;
+    let cfg = &st.cfg;
     WebSocketConfig::default()
-        .read_buffer_size(st.cfg.ws_read_buffer_bytes)
-        .write_buffer_size(buf)
-        .max_write_buffer_size(buf + st.cfg.session.batch_bytes * 2 + st.cfg.max_message_bytes)
-        .max_message_size(Some(st.cfg.max_message_bytes))
-        // A frame somewhat over the limit is read whole, so the client gets
-        // our 1009 close instead of a reset on unread data; beyond that it is
-        // refused from its header alone.
-        .max_frame_size(Some(
-            st.cfg.max_message_bytes.saturating_mul(4).max(64 << 10),
-        ))
+        .read_buffer_size(cfg.ws_read_buffer_bytes)
+        .write_buffer_size(cfg.ws_buffer_bytes)
+        .max_write_buffer_size(cfg.ws_max_write_buffer(false))
+        .max_message_size(Some(cfg.max_message_bytes))
+        .max_frame_size(Some(cfg.ws_max_frame()))
 }
 
 /// Serves an accepted client on its WebSocket to the end.
@@ -624,11 +619,15 @@ fn render(m: &ServerMessage, f: Format) -> String {
 /// reason, such as the Loki tail); `None` for other failures.
 pub(crate) fn violation_close<E: std::error::Error + 'static>(
     e: &E,
-) -> Option<(u16, &'static str)> {
+) -> Option<(u16, &'static str, &'static str)> {
     match read_failure(e) {
-        End::ProtocolError(_) => Some((close::PROTOCOL, "protocol violation")),
-        End::BadText => Some((close::INVALID_DATA, "text message is not UTF-8")),
-        End::TooBig => Some((close::TOO_BIG, "message too big")),
+        End::ProtocolError(_) => Some((close::PROTOCOL, "protocol violation", "protocol_error")),
+        End::BadText => Some((
+            close::INVALID_DATA,
+            "text message is not UTF-8",
+            "invalid_utf8",
+        )),
+        End::TooBig => Some((close::TOO_BIG, "message too big", "message_too_big")),
         _ => None,
     }
 }
