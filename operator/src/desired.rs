@@ -8,9 +8,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service,
-    ServiceAccount, ServicePort, ServiceSpec, SessionAffinityConfig,
+    ClientIPConfig, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Service, ServiceAccount, ServicePort,
+    ServiceSpec, SessionAffinityConfig,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -29,7 +29,7 @@ use crate::keys::{
     AGGREGATOR, AGGREGATOR_DRAIN_SECONDS, AUTH_DELEGATOR, MANAGED_BY, NAMESPACE_OWNER_LABEL,
     PULL_SECRET, PULL_TOKEN_FILE, STREAM_LABEL, STREAM_PORT, env,
 };
-use crate::mutate::{restricted_security_context, secret_volume};
+use crate::mutate::{http_probe, restricted_security_context, secret_volume, value_env};
 use crate::names::{label_value, object_name};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, Volume, VolumeMount};
@@ -288,20 +288,7 @@ fn aggregator_container(
     cfg: &BuildConfig,
     ns_mesh: Option<&str>,
 ) -> (Container, Vec<Volume>) {
-    let env = |name: &str, value: &str| EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
-    };
-    let probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("logstream".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(5),
-        ..Probe::default()
-    };
+    let env = value_env;
     let mut volumes = vec![secret_volume("logstream-pull", PULL_SECRET)];
     let mut mounts = vec![VolumeMount {
         name: "logstream-pull".into(),
@@ -367,8 +354,8 @@ fn aggregator_container(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(probe("/readyz")),
-        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(http_probe("/readyz")),
+        liveness_probe: Some(http_probe("/healthz")),
         image_pull_policy: cfg.pull_policy.clone(),
         resources: Some(
             cfg.aggregator_pod

@@ -384,15 +384,6 @@ pub fn mutate(
         // to system:auth-delegator.
         env.push(value_env(env::KUBERNETES_AUTH, "true"));
     }
-    let probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("logstream".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(5),
-        ..Probe::default()
-    };
     let mut sidecar = Container {
         name: SIDECAR_NAME.into(),
         image: Some(
@@ -411,8 +402,8 @@ pub fn mutate(
             ..ContainerPort::default()
         }]),
         volume_mounts: Some(mounts),
-        readiness_probe: Some(probe("/readyz")),
-        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(http_probe("/readyz")),
+        liveness_probe: Some(http_probe("/healthz")),
         resources: Some(
             ls.spec
                 .sidecar
@@ -500,6 +491,19 @@ pub fn secret_volume(name: &str, secret: &str) -> Volume {
             ..SecretVolumeSource::default()
         }),
         ..Volume::default()
+    }
+}
+
+/// A probe of the streamer's port (named `logstream`) at `path`, every 5 s.
+pub fn http_probe(path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("logstream".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
     }
 }
 
