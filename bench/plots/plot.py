@@ -109,12 +109,45 @@ def fanout(d, out):
     plt.close(fig)
 
 
+def soak(d, out):
+    """RSS, open descriptors, CPU and connected clients of the server over
+    the soak run (bench/results/soak.json, written by ls-soak)."""
+    v = load(d, "soak.json")
+    if not v:
+        return
+    samples = v["samples"]
+    t = [s["t_s"] / 60 for s in samples]
+    fig, axes = plt.subplots(4, 1, figsize=(9, 9), sharex=True)
+    series = [
+        ("rss_bytes", "RSS (MiB)", 1 / 2**20, "tab:blue"),
+        ("fds", "open descriptors", 1, "tab:green"),
+        ("cpu_share", "CPU (cores)", 1, "tab:red"),
+        ("clients", "connected clients", 1, "tab:purple"),
+    ]
+    for ax, (key, label, scale, color) in zip(axes, series):
+        ax.plot(t, [(s.get(key) or 0) * scale for s in samples], color=color, lw=1)
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    load_ = v["load"]
+    axes[0].set_title(
+        f"Soak: {load_['files']} rotating files, {load_['rate_lines_per_s']} lines/s, "
+        f"{load_['clients']} churning + {load_['slow_clients']} slow clients, "
+        f"a hostile one every {load_['hostile_every_s']} s"
+    )
+    axes[-1].set_xlabel("minutes")
+    fig.tight_layout()
+    fig.savefig(out / "soak.png", dpi=110)
+    plt.close(fig)
+
+
 def main():
     d, out = Path(sys.argv[1]), Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     idle(d, out)
     latency(d, out)
     fanout(d, out)
+    soak(d, out)
     print(f"plots written to {out}", file=sys.stderr)
 
 

@@ -133,8 +133,12 @@ fn main() -> Result<()> {
         )));
         let samples = sample(&server, pid, &args, &tally).await;
         stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        // Clients see the stop at their next message; quiet ones (a level
+        // filter nothing matches) are not waited for.
+        let all = futures::future::join_all(tasks.iter_mut());
+        let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+        for t in &tasks {
+            t.abort();
         }
         samples
     });
