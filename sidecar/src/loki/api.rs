@@ -27,6 +27,7 @@ use crate::filter::Filter;
 use crate::hub::{Entry, Hub, format_ts, now_ns, parse_ts};
 use crate::protocol::{Subscribe, close};
 use crate::server::state::AppState;
+use crate::server::stream::Next as Step;
 use crate::session::{Pull, Session};
 
 /// Loki's default `limit` for queries and the tail replay.
@@ -922,26 +923,22 @@ where
     loop {
         head.borrow_and_update();
         loop {
-            match session.pull() {
-                Pull::Batch { entries, more } => {
+            match crate::server::stream::next(&mut session, st) {
+                Step::Records(entries) => {
                     process(&req.query, &mut cache, &entries, &mut rows);
                     if !rows.is_empty() {
                         send_rows!(&rows);
                         rows.clear();
                     }
-                    if !more {
-                        break;
-                    }
                 }
                 // Loki's tail has no gap message: the client sees the
-                // missing lines as a jump in time; the metrics see the gap.
-                Pull::Gap { missed, reason, .. } => metrics.gap(reason, missed),
-                Pull::TooSlow => {
-                    metrics.dropped("slow_client");
-                    return (close::POLICY, "slow consumer");
+                // missing lines as a jump in time; the metrics count it.
+                Step::Gap { .. } => {}
+                Step::TooSlow => return (close::POLICY, "slow consumer"),
+                Step::Idle => break,
+                Step::Drained(_) | Step::Reconnect(_) => {
+                    return (close::GOING_AWAY, "server shutting down");
                 }
-                Pull::Idle => break,
-                Pull::Ended => return (close::GOING_AWAY, "server shutting down"),
             }
         }
         let deadline = drain_deadline;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::hub::Entry;
-use crate::protocol::{Cursor, ServerMessage};
+use crate::protocol::{Cursor, Format, ServerMessage};
 
 /// `{"type":"records","records":[...],"cursor":"..."}` from pre-serialised records.
 pub fn records_json(entries: &[Arc<Entry>], cursor: &Cursor) -> String {
@@ -43,4 +43,70 @@ pub fn message(m: &ServerMessage) -> String {
 /// A control message as a comment-style line for raw text streams.
 pub fn raw_notice(m: &ServerMessage) -> String {
     format!("# logstream: {}", message(m))
+}
+
+/// A control message as a WebSocket text frame or a line of a JSON stream
+/// (`format=json`), or as a `# logstream:` line of a raw one.
+pub fn notice(m: &ServerMessage, f: Format) -> String {
+    match f {
+        Format::Json => message(m),
+        Format::Raw => raw_notice(m),
+    }
+}
+
+/// One SSE event per record; the resume cursor rides on the last one only,
+/// which is all `EventSource` keeps.
+pub fn sse_records(entries: &[Arc<Entry>], cursor: &str, fmt: Format) -> String {
+    let mut s = String::with_capacity(
+        entries.iter().map(|e| e.wire_size() + 8).sum::<usize>() + cursor.len() + 8,
+    );
+    let last = entries.len().saturating_sub(1);
+    for (i, e) in entries.iter().enumerate() {
+        if i == last {
+            s.push_str("id: ");
+            s.push_str(cursor);
+            s.push('\n');
+        }
+        s.push_str("data: ");
+        match fmt {
+            Format::Json => s.push_str(std::str::from_utf8(e.json()).unwrap_or("null")),
+            // A bare CR would end the SSE line early.
+            Format::Raw => s.push_str(&e.line.replace('\r', "\\r")),
+        }
+        s.push_str("\n\n");
+    }
+    s
+}
+
+/// A control message as a named SSE event (`gap`, `draining`, `reconnect`,
+/// `hello`).
+pub fn sse_event(m: &ServerMessage) -> String {
+    let name = match m {
+        ServerMessage::Hello { .. } => "hello",
+        ServerMessage::Gap { .. } => "gap",
+        ServerMessage::Draining { .. } => "draining",
+        ServerMessage::Reconnect { .. } => "reconnect",
+        _ => "message",
+    };
+    format!("event: {name}\ndata: {}\n\n", message(m))
+}
+
+/// Records as the plain stream sends them: raw lines, or one JSON record
+/// per line (`format=json`); each ends with a newline.
+pub fn plain_records(entries: &[Arc<Entry>], fmt: Format) -> String {
+    match fmt {
+        Format::Raw => {
+            let mut s = raw_lines(entries);
+            s.push('\n');
+            s
+        }
+        Format::Json => {
+            let mut s = String::with_capacity(entries.iter().map(|e| e.wire_size() + 1).sum());
+            for e in entries {
+                s.push_str(std::str::from_utf8(e.json()).unwrap_or("null"));
+                s.push('\n');
+            }
+            s
+        }
+    }
 }

@@ -16,6 +16,7 @@ pub mod query;
 pub mod routes;
 pub mod sse;
 pub mod state;
+pub mod stream;
 mod write;
 pub mod ws;
 

@@ -17,11 +17,12 @@ use tokio::time::{Instant, Interval};
 
 use super::frame;
 use super::query::admit_stream;
+use super::stream::{self, Next};
 use super::{AppState, ConnGuard};
 use crate::hub::Head;
 use crate::metrics::Transport;
-use crate::protocol::{Format, PROTOCOL_VERSION, ServerMessage};
-use crate::session::{Pull, Session};
+use crate::protocol::{Format, ServerMessage};
+use crate::session::Session;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -129,80 +130,58 @@ impl BodyState {
         if self.done {
             return None;
         }
+        let format = self.session.filter.format;
         if !self.started {
             self.started = true;
             if self.kind == Kind::Sse {
-                let hello = ServerMessage::Hello {
-                    version: PROTOCOL_VERSION,
-                    server: format!("logstream/{}", env!("CARGO_PKG_VERSION")),
-                    role: self.st.cfg.role.clone(),
-                    cursor: self.session.cursor(),
-                };
+                let hello = stream::hello(&self.session, &self.st.cfg);
                 return Some(Bytes::from(format!(
-                    "retry: 2000\nevent: hello\ndata: {}\n\n",
-                    frame::message(&hello)
+                    "retry: 2000\n{}",
+                    frame::sse_event(&hello)
                 )));
             }
         }
-        let metrics = self.st.metrics.clone();
         let reconnect_on_drain = self.st.cfg.reconnect_on_drain;
         loop {
-            let draining = *self.draining.borrow();
-            if reconnect_on_drain && draining {
-                self.done = true;
-                let after_ms = self.st.cfg.reconnect_after_ms();
-                let reason = "server shutting down; resume elsewhere with your cursor".to_string();
-                return Some(self.control(&ServerMessage::Reconnect { after_ms, reason }));
-            }
             self.head.borrow_and_update();
-            match self.session.pull() {
-                Pull::Batch { entries, .. } if !entries.is_empty() => {
-                    let chunk = match (self.kind, self.session.filter.format) {
-                        (Kind::Sse, fmt) => {
-                            sse_records(&entries, &self.session.cursor().to_string(), fmt)
+            match stream::next(&mut self.session, &self.st) {
+                Next::Records(entries) => {
+                    let chunk = match self.kind {
+                        Kind::Sse => {
+                            frame::sse_records(&entries, &self.session.cursor().to_string(), format)
                         }
-                        (Kind::Plain, Format::Raw) => {
-                            let mut s = frame::raw_lines(&entries);
-                            s.push('\n');
-                            s
-                        }
-                        (Kind::Plain, Format::Json) => {
-                            let mut s = String::new();
-                            for e in &entries {
-                                s.push_str(std::str::from_utf8(e.json()).unwrap_or("null"));
-                                s.push('\n');
-                            }
-                            s
-                        }
+                        Kind::Plain => frame::plain_records(&entries, format),
                     };
-                    metrics.sent(self.transport.clone(), entries.len(), chunk.len());
+                    self.st
+                        .metrics
+                        .sent(self.transport.clone(), entries.len(), chunk.len());
                     self.keepalive.reset();
                     return Some(Bytes::from(chunk));
                 }
-                Pull::Batch { .. } => continue,
-                Pull::Gap {
+                Next::Gap {
                     missed,
                     reason,
                     cursor,
                 } => {
-                    metrics.gap(reason, missed);
                     return Some(self.control(&ServerMessage::Gap {
                         missed,
                         reason,
                         cursor,
                     }));
                 }
-                Pull::TooSlow => {
-                    metrics.dropped("slow_client");
+                Next::TooSlow => {
                     self.done = true;
                     return None;
                 }
-                Pull::Ended => {
+                Next::Reconnect(m) => {
                     self.done = true;
-                    let cursor = self.session.cursor();
+                    return Some(self.control(&m));
+                }
+                Next::Drained(cursor) => {
+                    self.done = true;
                     return Some(self.control(&ServerMessage::Draining { cursor }));
                 }
-                Pull::Idle => {
+                Next::Idle => {
                     tokio::select! {
                         changed = self.head.changed() => {
                             if changed.is_err() {
@@ -223,40 +202,9 @@ impl BodyState {
     }
 
     fn control(&self, m: &ServerMessage) -> Bytes {
-        let name = match m {
-            ServerMessage::Gap { .. } => "gap",
-            ServerMessage::Draining { .. } => "draining",
-            ServerMessage::Reconnect { .. } => "reconnect",
-            _ => "message",
-        };
-        Bytes::from(match (self.kind, self.session.filter.format) {
-            (Kind::Sse, _) => format!("event: {name}\ndata: {}\n\n", frame::message(m)),
-            (Kind::Plain, Format::Json) => format!("{}\n", frame::message(m)),
-            (Kind::Plain, Format::Raw) => format!("{}\n", frame::raw_notice(m)),
+        Bytes::from(match self.kind {
+            Kind::Sse => frame::sse_event(m),
+            Kind::Plain => format!("{}\n", frame::notice(m, self.session.filter.format)),
         })
     }
-}
-
-/// One SSE event per record; the resume cursor rides on the last one only,
-/// which is all `EventSource` keeps.
-fn sse_records(entries: &[Arc<crate::hub::Entry>], cursor: &str, fmt: Format) -> String {
-    let mut s = String::with_capacity(
-        entries.iter().map(|e| e.wire_size() + 8).sum::<usize>() + cursor.len() + 8,
-    );
-    let last = entries.len().saturating_sub(1);
-    for (i, e) in entries.iter().enumerate() {
-        if i == last {
-            s.push_str("id: ");
-            s.push_str(cursor);
-            s.push('\n');
-        }
-        s.push_str("data: ");
-        match fmt {
-            Format::Json => s.push_str(std::str::from_utf8(e.json()).unwrap_or("null")),
-            // A bare CR would end the SSE line early.
-            Format::Raw => s.push_str(&e.line.replace('\r', "\\r")),
-        }
-        s.push_str("\n\n");
-    }
-    s
 }

@@ -21,11 +21,12 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::frame;
 use super::query::admit_stream;
+use super::stream::{self, Next};
 use super::{AppState, ConnGuard};
 use crate::filter::Filter;
 use crate::metrics::Transport;
-use crate::protocol::{ClientMessage, Cursor, Format, PROTOCOL_VERSION, ServerMessage, close};
-use crate::session::{Pull, Session};
+use crate::protocol::{ClientMessage, Cursor, Format, ServerMessage, close};
+use crate::session::Session;
 
 /// Marks a request whose connection the accept loop answers itself
 /// (server/listen.rs): the handler then hands the accepted connection back in
@@ -307,7 +308,8 @@ where
     let (code, reason, dropped) = match &end {
         End::ClientClosed => (None, "", None),
         End::Drained | End::DrainTimeout => (Some(close::GOING_AWAY), "server shutting down", None),
-        End::TooSlow => (Some(close::POLICY), "slow consumer", Some("slow_client")),
+        // Counted as a drop where the policy was applied (stream.rs).
+        End::TooSlow => (Some(close::POLICY), "slow consumer", None),
         End::TooBig => (
             Some(close::TOO_BIG),
             "message too big",
@@ -378,21 +380,9 @@ where
             sent!(ws.send(msg))
         }};
     }
-    let hello = render(
-        &ServerMessage::Hello {
-            version: PROTOCOL_VERSION,
-            server: format!("logstream/{}", env!("CARGO_PKG_VERSION")),
-            role: cfg.role.clone(),
-            cursor: session.cursor(),
-        },
-        session.filter.format,
-    );
-    send!(text(hello));
+    let format = session.filter.format;
+    send!(text(frame::notice(&stream::hello(session, cfg), format)));
     let mut head = st.hub.watch();
-    let reconnect = |cfg: &super::ServerConfig| ServerMessage::Reconnect {
-        after_ms: cfg.reconnect_after_ms(),
-        reason: "server shutting down; resume elsewhere with your cursor".into(),
-    };
     // Pings follow the server's shared clock (server/listen.rs).
     let mut pinged = st.ping_epoch.load(Ordering::Relaxed);
     let mut last_heard = Instant::now();
@@ -400,60 +390,49 @@ where
     // Boxed and made only once draining starts: an idle connection keeps no timer for it.
     let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
-        // The drain wakes the hub's waiters (server/listen.rs), so this is
-        // seen at once.
-        if cfg.reconnect_on_drain && draining.is_none() && *st.draining.borrow() {
-            send!(text(render(&reconnect(cfg), session.filter.format)));
-            return End::Drained;
-        }
         if draining.is_none() {
             head.borrow_and_update();
+            // Until Idle or an end: even at the head one more step is taken,
+            // or a close seen before the wake-up above would be missed
+            // (regression: a drain waited for the next ping). The drain
+            // wakes the hub's waiters (server/listen.rs), so a reconnect is
+            // seen at once.
             loop {
-                match session.pull() {
-                    Pull::Batch { entries, more } => {
-                        if !entries.is_empty() {
-                            let data = match session.filter.format {
-                                Format::Json => frame::records_json(&entries, &session.cursor()),
-                                Format::Raw => frame::raw_lines(&entries),
-                            };
-                            let bytes = data.len();
-                            if let Err(end) =
-                                Box::pin(send_batch(ws, data, session, send_timeout)).await
-                            {
-                                return end;
-                            }
-                            metrics.sent(Transport::ws, entries.len(), bytes);
+                match stream::next(session, st) {
+                    Next::Records(entries) => {
+                        let data = match format {
+                            Format::Json => frame::records_json(&entries, &session.cursor()),
+                            Format::Raw => frame::raw_lines(&entries),
+                        };
+                        let bytes = data.len();
+                        if let Err(end) = Box::pin(send_batch(ws, data, session, st)).await {
+                            return end;
                         }
-                        // Even at the head, pull once more: only Idle or Ended
-                        // may end this loop, or a close seen before the
-                        // wake-up above would be missed (regression: a drain
-                        // waited for the next ping).
-                        let _ = more;
+                        metrics.sent(Transport::ws, entries.len(), bytes);
                     }
-                    Pull::Gap {
+                    Next::Gap {
                         missed,
                         reason,
                         cursor,
                     } => {
-                        metrics.gap(reason, missed);
                         let m = ServerMessage::Gap {
                             missed,
                             reason,
                             cursor,
                         };
-                        send!(text(render(&m, session.filter.format)));
+                        send!(text(frame::notice(&m, format)));
                     }
-                    Pull::TooSlow => return End::TooSlow,
-                    Pull::Idle => break,
-                    Pull::Ended => {
-                        let cursor = session.cursor();
-                        let frame = text(render(
-                            &ServerMessage::Draining {
-                                cursor: cursor.clone(),
-                            },
-                            session.filter.format,
-                        ));
-                        send!(frame);
+                    Next::TooSlow => return End::TooSlow,
+                    Next::Idle => break,
+                    Next::Reconnect(m) => {
+                        send!(text(frame::notice(&m, format)));
+                        return End::Drained;
+                    }
+                    Next::Drained(cursor) => {
+                        let m = ServerMessage::Draining {
+                            cursor: cursor.clone(),
+                        };
+                        send!(text(frame::notice(&m, format)));
                         draining = Some(cursor);
                         drain_deadline = Some(Box::pin(tokio::time::sleep(cfg.ack_timeout)));
                         break;
@@ -504,11 +483,11 @@ async fn send_batch<S: DataSink>(
     ws: &mut S,
     data: String,
     session: &mut Session,
-    send_timeout: Duration,
+    st: &AppState,
 ) -> Result<(), End> {
     let check =
         (session.limits().slow_grace / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut send = ws.send_text(data, send_timeout);
+    let mut send = ws.send_text(data, st.cfg.send_timeout);
     loop {
         match tokio::time::timeout(check, &mut send).await {
             Ok(Ok(())) => return Ok(()),
@@ -516,7 +495,7 @@ async fn send_batch<S: DataSink>(
                 return Err(End::SendTimeout);
             }
             Ok(Err(_)) => return Err(End::SendFailed),
-            Err(_) if session.too_slow() => return Err(End::TooSlow),
+            Err(_) if stream::too_slow(session, st) => return Err(End::TooSlow),
             Err(_) => {}
         }
     }
@@ -604,13 +583,6 @@ where
         ),
         Message::Close(_) => Step::End(End::ClientClosed),
         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Step::Continue,
-    }
-}
-
-fn render(m: &ServerMessage, f: Format) -> String {
-    match f {
-        Format::Json => frame::message(m),
-        Format::Raw => frame::raw_notice(m),
     }
 }
 
