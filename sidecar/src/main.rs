@@ -43,101 +43,116 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Stream the files of a local folder (no cluster needed).
-    Serve {
-        /// Folder whose files are streamed.
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:7680")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        common: Common,
-    },
+    Serve(ServeArgs),
     /// Run inside a pod next to the app (configured by the operator's injector).
-    Sidecar {
-        /// The shared log volume, mounted read-only.
-        #[arg(long, env = env::DIR, default_value = "/var/log/app")]
-        dir: PathBuf,
-        #[arg(long, env = env::LISTEN, default_value_t = default_listen())]
-        listen: SocketAddr,
-        #[arg(long, env = env::POD_NAMESPACE, default_value = "")]
-        namespace: String,
-        #[arg(long, env = env::POD_NAME, default_value = "")]
-        pod: String,
-        /// The app container that writes the files.
-        #[arg(long, env = env::CONTAINER, default_value = "")]
-        container: String,
-        #[command(flatten)]
-        kubernetes: KubernetesAuth,
-        #[command(flatten)]
-        common: Common,
-    },
+    Sidecar(SidecarArgs),
     /// Pull every sidecar of a namespace (or `--source` URLs), merge and serve.
-    Aggregator {
-        /// Upstream base URLs (repeat or comma-separate); without them, pods are discovered.
-        #[arg(long = "source", env = env::SOURCES, value_delimiter = ',')]
-        sources: Vec<String>,
-        /// Namespace whose pods are discovered.
-        #[arg(long, env = env::POD_NAMESPACE, default_value = "default")]
-        namespace: String,
-        /// Label selector of the pods carrying a sidecar.
-        #[arg(
-            long,
-            env = env::DISCOVER_LABEL,
-            default_value = "logstream.dev/stream"
-        )]
-        discover_label: String,
-        #[arg(long, env = env::LISTEN, default_value_t = default_listen())]
-        listen: SocketAddr,
-        /// Cross-source reordering by timestamp; no record waits longer.
-        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
-        reorder_window: Duration,
-        /// Token presented to the sidecars.
-        #[arg(long, env = env::UPSTREAM_TOKEN_FILE)]
-        upstream_token_file: Option<PathBuf>,
-        /// After SIGTERM, keep telling clients to reconnect this long before closing the listener.
-        #[arg(long, env = env::DRAIN_DELAY, default_value = "2s", value_parser = humantime::parse_duration)]
-        drain_delay: Duration,
-        /// Upper bound of the random delay clients are asked to wait before reconnecting.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        reconnect_jitter: Duration,
-        #[command(flatten)]
-        kubernetes: KubernetesAuth,
-        #[command(flatten)]
-        common: Common,
-    },
+    Aggregator(AggregatorArgs),
     /// Write demo logs (mixed formats and levels, rotating) into a folder.
-    DemoWriter {
-        dir: PathBuf,
-        /// Lines per second.
-        #[arg(long, default_value_t = 5)]
-        rate: u64,
-        /// Rotate app.log past this many bytes (0: never).
-        #[arg(long, default_value_t = 1 << 20)]
-        rotate_bytes: u64,
-        /// Stop after this many lines (0: never).
-        #[arg(long, default_value_t = 0)]
-        count: u64,
-    },
+    DemoWriter(DemoWriterArgs),
     /// Follow a logstream server from the terminal (reconnects and resumes).
-    Tail {
-        /// `http://host:port` of a sidecar, local server or aggregator.
-        url: String,
-        #[arg(long, env = env::TOKEN)]
-        token: Option<String>,
-        #[arg(long)]
-        tail: Option<usize>,
-        #[arg(long)]
-        grep: Option<String>,
-        #[arg(long)]
-        level: Option<String>,
-        #[arg(long)]
-        file: Option<String>,
-        /// Print whole records as JSON lines.
-        #[arg(long)]
-        json: bool,
-    },
+    Tail(TailArgs),
     /// Print the JSON Schema of the wire protocol.
     Schema,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Folder whose files are streamed.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7680")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct SidecarArgs {
+    /// The shared log volume, mounted read-only.
+    #[arg(long, env = env::DIR, default_value = "/var/log/app")]
+    dir: PathBuf,
+    #[arg(long, env = env::LISTEN, default_value_t = default_listen())]
+    listen: SocketAddr,
+    #[arg(long, env = env::POD_NAMESPACE, default_value = "")]
+    namespace: String,
+    #[arg(long, env = env::POD_NAME, default_value = "")]
+    pod: String,
+    /// The app container that writes the files.
+    #[arg(long, env = env::CONTAINER, default_value = "")]
+    container: String,
+    #[command(flatten)]
+    kubernetes: KubernetesAuth,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct AggregatorArgs {
+    /// Upstream base URLs (repeat or comma-separate); without them, pods are discovered.
+    #[arg(long = "source", env = env::SOURCES, value_delimiter = ',')]
+    sources: Vec<String>,
+    /// Namespace whose pods are discovered.
+    #[arg(long, env = env::POD_NAMESPACE, default_value = "default")]
+    namespace: String,
+    /// Label selector of the pods carrying a sidecar.
+    #[arg(
+        long,
+        env = env::DISCOVER_LABEL,
+        default_value = "logstream.dev/stream"
+    )]
+    discover_label: String,
+    #[arg(long, env = env::LISTEN, default_value_t = default_listen())]
+    listen: SocketAddr,
+    /// Cross-source reordering by timestamp; no record waits longer.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    reorder_window: Duration,
+    /// Token presented to the sidecars.
+    #[arg(long, env = env::UPSTREAM_TOKEN_FILE)]
+    upstream_token_file: Option<PathBuf>,
+    /// After SIGTERM, keep telling clients to reconnect this long before closing the listener.
+    #[arg(long, env = env::DRAIN_DELAY, default_value = "2s", value_parser = humantime::parse_duration)]
+    drain_delay: Duration,
+    /// Upper bound of the random delay clients are asked to wait before reconnecting.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    reconnect_jitter: Duration,
+    #[command(flatten)]
+    kubernetes: KubernetesAuth,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct DemoWriterArgs {
+    dir: PathBuf,
+    /// Lines per second.
+    #[arg(long, default_value_t = 5)]
+    rate: u64,
+    /// Rotate app.log past this many bytes (0: never).
+    #[arg(long, default_value_t = 1 << 20)]
+    rotate_bytes: u64,
+    /// Stop after this many lines (0: never).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+}
+
+#[derive(Args, Debug)]
+struct TailArgs {
+    /// `http://host:port` of a sidecar, local server or aggregator.
+    url: String,
+    #[arg(long, env = env::TOKEN)]
+    token: Option<String>,
+    #[arg(long)]
+    tail: Option<usize>,
+    #[arg(long)]
+    grep: Option<String>,
+    #[arg(long)]
+    level: Option<String>,
+    #[arg(long)]
+    file: Option<String>,
+    /// Print whole records as JSON lines.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Kubernetes access mode of the in-cluster servers.
@@ -402,39 +417,57 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::DemoWriter {
+        Command::DemoWriter(a) => a.run(),
+        Command::Serve(a) => a.run(),
+        Command::Sidecar(a) => a.run(),
+        Command::Aggregator(a) => a.run(),
+        Command::Tail(a) => a.run(),
+    }
+}
+
+impl DemoWriterArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let DemoWriterArgs {
             dir,
             rate,
             rotate_bytes,
             count,
-        } => {
-            logstream::demo::run_demo(&logstream::demo::DemoOptions {
-                dir,
-                rate,
-                rotate_bytes,
-                count,
-            })?;
-            Ok(())
-        }
-        Command::Serve {
+        } = self;
+        logstream::demo::run_demo(&logstream::demo::DemoOptions {
+            dir,
+            rate,
+            rotate_bytes,
+            count,
+        })?;
+        Ok(())
+    }
+}
+
+impl ServeArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let ServeArgs {
             dir,
             listen,
             common,
-        } => {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            let origin = logstream::protocol::Source {
-                namespace: String::new(),
-                pod: host,
-                container: String::new(),
-                file: String::new(),
-            };
-            let opts = common.build(dir, origin, "local", listen)?;
-            runtime()?.block_on(run_streamer(opts, termination()))?;
-            Ok(())
-        }
-        Command::Sidecar {
+        } = self;
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let origin = logstream::protocol::Source {
+            namespace: String::new(),
+            pod: host,
+            container: String::new(),
+            file: String::new(),
+        };
+        let opts = common.build(dir, origin, "local", listen)?;
+        runtime()?.block_on(run_streamer(opts, termination()))?;
+        Ok(())
+    }
+}
+
+impl SidecarArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let SidecarArgs {
             dir,
             listen,
             namespace,
@@ -442,23 +475,27 @@ fn main() -> anyhow::Result<()> {
             container,
             kubernetes,
             common,
-        } => {
-            let target = Target {
-                namespace: namespace.clone(),
-                pod: Some(pod.clone()),
-            };
-            let origin = logstream::protocol::Source {
-                namespace,
-                pod,
-                container,
-                file: String::new(),
-            };
-            let mut opts = common.build(dir, origin, "sidecar", listen)?;
-            kubernetes.apply(&mut opts.server, target)?;
-            runtime()?.block_on(run_streamer(opts, termination()))?;
-            Ok(())
-        }
-        Command::Aggregator {
+        } = self;
+        let target = Target {
+            namespace: namespace.clone(),
+            pod: Some(pod.clone()),
+        };
+        let origin = logstream::protocol::Source {
+            namespace,
+            pod,
+            container,
+            file: String::new(),
+        };
+        let mut opts = common.build(dir, origin, "sidecar", listen)?;
+        kubernetes.apply(&mut opts.server, target)?;
+        runtime()?.block_on(run_streamer(opts, termination()))?;
+        Ok(())
+    }
+}
+
+impl AggregatorArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let AggregatorArgs {
             sources,
             namespace,
             discover_label,
@@ -469,41 +506,45 @@ fn main() -> anyhow::Result<()> {
             reconnect_jitter,
             kubernetes,
             common,
-        } => {
-            let mut server = common.server("aggregator")?;
-            kubernetes.apply(
-                &mut server,
-                Target {
-                    namespace: namespace.clone(),
-                    pod: None,
-                },
-            )?;
-            let discovery = if sources.is_empty() {
-                Discovery::Pods {
-                    namespace,
-                    label: discover_label,
-                }
-            } else {
-                Discovery::Static(sources)
-            };
-            server.reconnect_jitter = reconnect_jitter;
-            let opts = AggregatorOptions {
-                discovery,
-                server,
-                history: common.history(),
-                listen,
-                reorder_window,
-                upstream_token: upstream_token_file
-                    .as_deref()
-                    .map(read_secret)
-                    .transpose()?,
-                drain_delay,
-                grace: common.grace,
-            };
-            runtime()?.block_on(run_aggregator(opts, termination()))?;
-            Ok(())
-        }
-        Command::Tail {
+        } = self;
+        let mut server = common.server("aggregator")?;
+        kubernetes.apply(
+            &mut server,
+            Target {
+                namespace: namespace.clone(),
+                pod: None,
+            },
+        )?;
+        let discovery = if sources.is_empty() {
+            Discovery::Pods {
+                namespace,
+                label: discover_label,
+            }
+        } else {
+            Discovery::Static(sources)
+        };
+        server.reconnect_jitter = reconnect_jitter;
+        let opts = AggregatorOptions {
+            discovery,
+            server,
+            history: common.history(),
+            listen,
+            reorder_window,
+            upstream_token: upstream_token_file
+                .as_deref()
+                .map(read_secret)
+                .transpose()?,
+            drain_delay,
+            grace: common.grace,
+        };
+        runtime()?.block_on(run_aggregator(opts, termination()))?;
+        Ok(())
+    }
+}
+
+impl TailArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let TailArgs {
             url,
             token,
             tail,
@@ -511,27 +552,26 @@ fn main() -> anyhow::Result<()> {
             level,
             file,
             json,
-        } => {
-            let sub = Subscribe {
-                tail,
-                grep,
-                level,
-                file,
-                format: Some(Format::Json),
-                ..Default::default()
-            };
-            let opts = logstream::client::ClientOptions {
-                base: url,
-                sub,
-                token,
-            };
-            runtime()?.block_on(async move {
-                tokio::select! {
-                    r = logstream::client::follow(opts, move |m, r| print_message(m, r, json)) => r.map_err(anyhow::Error::from),
-                    _ = termination() => Ok(()),
-                }
-            })
-        }
+        } = self;
+        let sub = Subscribe {
+            tail,
+            grep,
+            level,
+            file,
+            format: Some(Format::Json),
+            ..Default::default()
+        };
+        let opts = logstream::client::ClientOptions {
+            base: url,
+            sub,
+            token,
+        };
+        runtime()?.block_on(async move {
+            tokio::select! {
+                r = logstream::client::follow(opts, move |m, r| print_message(m, r, json)) => r.map_err(anyhow::Error::from),
+                _ = termination() => Ok(()),
+            }
+        })
     }
 }
 
