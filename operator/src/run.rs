@@ -24,41 +24,110 @@ use crate::webhook::{self, Endpoint, WebhookState};
 /// a certificate signed by the new CA.
 const BUNDLE_PROPAGATION: Duration = Duration::from_secs(2);
 
-#[derive(Clone, Debug)]
+/// The operator's `run` command line: parsed by clap in the binary, read
+/// here as it is (the derived values are methods).
+#[derive(Clone, Debug, clap::Args)]
 pub struct RunOptions {
-    /// Namespace the operator runs in (its TLS Secret lives there).
+    /// Namespace the operator runs in.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "logstream-system")]
     pub namespace: String,
+    /// Image of the sidecar and the aggregator.
+    #[arg(
+        long,
+        env = "LOGSTREAM_IMAGE",
+        default_value = "ghcr.io/logstream-dev/logstream:0.1.0"
+    )]
     pub image: String,
+    #[arg(long, default_value = "0.0.0.0:8443")]
     pub webhook_listen: SocketAddr,
-    pub webhook: Endpoint,
+    /// Service the API server calls the webhook through.
+    #[arg(
+        long,
+        env = "LOGSTREAM_WEBHOOK_SERVICE",
+        default_value = "logstream-operator"
+    )]
+    pub webhook_service: String,
+    #[arg(long, default_value_t = 443)]
+    pub webhook_service_port: i32,
+    /// Call the webhook by URL instead of Service (out-of-cluster runs and tests).
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// Secret holding the webhook CA and certificate.
+    #[arg(long, default_value = "logstream-webhook-tls")]
     pub tls_secret: String,
-    /// Extra names and addresses on the serving certificate.
+    /// Extra DNS names on the serving certificate.
+    #[arg(long = "cert-dns", value_delimiter = ',')]
     pub cert_dns: Vec<String>,
+    /// Extra IP addresses on the serving certificate.
+    #[arg(long = "cert-ip", value_delimiter = ',')]
     pub cert_ips: Vec<IpAddr>,
+    /// Health and metrics (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:8080")]
     pub health_listen: SocketAddr,
-    /// Force plain containers instead of native sidecars (auto-detected otherwise).
+    /// Inject native sidecars (true) or plain containers (false); detected from the server version when unset.
+    #[arg(long)]
     pub native_sidecars: Option<bool>,
-    /// Register the MutatingWebhookConfiguration (and its CA bundle) ourselves.
+    /// Register the MutatingWebhookConfiguration and its CA bundle (false when a chart or cert-manager does).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub manage_webhook: bool,
-    /// Serve `tls.crt`/`tls.key` from this directory (cert-manager) instead of
-    /// the self-managed Secret.
+    /// Serve the webhook certificate from DIR/tls.crt and DIR/tls.key (e.g. a cert-manager Secret) instead of the self-managed Secret.
+    #[arg(long)]
     pub tls_cert_dir: Option<std::path::PathBuf>,
-    /// Leader election: this replica's identity and the lease timing.
-    pub identity: String,
+    /// Identity in the leader-election lease (default: the pod name, else the host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// A leader that has not renewed for this long is replaced.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
-    /// ClusterRole (the chart's) that owns what the operator creates outside
-    /// LogStreams, so the garbage collector removes it with the release;
-    /// `None`: those objects have no owner (runs outside the chart).
+    /// ClusterRole (the chart's own) that owns the webhook configuration, TLS Secret, leader Lease and auth-delegator bindings the operator creates, so the garbage collector deletes them with it (helm uninstall). Needs get on it.
+    #[arg(long, env = "LOGSTREAM_OWNER_CLUSTER_ROLE")]
     pub owner_cluster_role: Option<String>,
-    /// How the sidecar and the aggregator run (pull policy, ids, placement).
-    pub pull_policy: Option<String>,
-    pub run_as: crate::dataplane::RunAs,
+    /// imagePullPolicy of the sidecar and the aggregator (default: the cluster's).
+    #[arg(long, value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub image_pull_policy: Option<String>,
+    /// User the sidecar and the aggregator run as; empty: left to the platform (OpenShift's restricted SCC assigns one).
+    #[arg(long, default_value = "65532", value_parser = crate::dataplane::parse_id)]
+    pub run_as_user: crate::dataplane::OptionalId,
+    /// Their group when the app's is unknown; empty: left to the platform.
+    #[arg(long, default_value = "65532", value_parser = crate::dataplane::parse_id)]
+    pub run_as_group: crate::dataplane::OptionalId,
+    /// The aggregator pods' resources, nodeSelector, tolerations, imagePullSecrets and priorityClassName, as JSON.
+    #[arg(long, env = "LOGSTREAM_AGGREGATOR_POD", default_value = "", value_parser = crate::dataplane::parse_aggregator_pod)]
     pub aggregator_pod: crate::dataplane::AggregatorPod,
-    /// The API server's timeout for one admission call (1–30 s).
+    /// The API server's timeout for one admission call (1-30 s) in the webhook configuration the operator registers.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=30))]
     pub webhook_timeout_seconds: i32,
-    /// How often each replica re-reads the certificate Secret (and renews
-    /// it when close to expiry).
+    /// How often each replica re-reads the self-managed certificate Secret, renews it when close to expiry, and serves what it holds.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub cert_check_interval: Duration,
+}
+
+impl RunOptions {
+    /// How the API server reaches the webhook.
+    pub fn endpoint(&self) -> Endpoint {
+        match &self.webhook_url {
+            Some(u) => Endpoint::Url(u.clone()),
+            None => Endpoint::Service {
+                name: self.webhook_service.clone(),
+                namespace: self.namespace.clone(),
+                port: self.webhook_service_port,
+            },
+        }
+    }
+
+    /// This replica in the leader-election lease (and as the creator of
+    /// the TLS Secret).
+    pub fn identity(&self) -> &str {
+        self.identity.as_deref().unwrap_or_default()
+    }
+
+    /// How the sidecar and the aggregator run.
+    pub fn run_as(&self) -> crate::dataplane::RunAs {
+        crate::dataplane::RunAs {
+            user: self.run_as_user.0,
+            group: self.run_as_group.0,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +144,11 @@ pub enum RunError {
     Listen(std::io::Error),
 }
 
-pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
+    opts.identity.get_or_insert_with(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await?;
     let native = match opts.native_sidecars {
@@ -101,7 +174,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let mut dns = opts.cert_dns.clone();
     if let Endpoint::Service {
         name, namespace, ..
-    } = &opts.webhook
+    } = &opts.endpoint()
     {
         dns.push(format!("{name}.{namespace}.svc"));
         dns.push(format!("{name}.{namespace}.svc.cluster.local"));
@@ -133,7 +206,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             Some(c) => {
                 webhook::register(
                     &client,
-                    &opts.webhook,
+                    &opts.endpoint(),
                     &c.ca_pem,
                     owner.as_ref(),
                     opts.webhook_timeout_seconds,
@@ -151,8 +224,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         inject: InjectConfig {
             image: opts.image.clone(),
             native_sidecars: native,
-            pull_policy: opts.pull_policy.clone(),
-            run_as: opts.run_as,
+            pull_policy: opts.image_pull_policy.clone(),
+            run_as: opts.run_as(),
         },
         metrics: metrics.clone(),
         recorder: kube::runtime::events::Recorder::new(
@@ -208,7 +281,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                     }
                     webhook::register(
                         client,
-                        &opts.webhook,
+                        &opts.endpoint(),
                         &ca_pem,
                         owner,
                         opts.webhook_timeout_seconds,
@@ -257,8 +330,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         BuildConfig {
             image: opts.image.clone(),
             owner: owner.clone(),
-            pull_policy: opts.pull_policy.clone(),
-            run_as: opts.run_as,
+            pull_policy: opts.image_pull_policy.clone(),
+            run_as: opts.run_as(),
             aggregator_pod: opts.aggregator_pod.clone(),
         },
         metrics,
@@ -268,7 +341,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         LeaseConfig {
             namespace: opts.namespace.clone(),
             name: "logstream-operator".into(),
-            identity: opts.identity.clone(),
+            identity: opts.identity().to_string(),
             duration: opts.lease_duration,
             renew_every: (opts.lease_duration / 3).max(Duration::from_millis(200)),
             owner,
@@ -324,6 +397,6 @@ fn cert_spec<'a>(
         dns_names: dns,
         ips: &opts.cert_ips,
         owner,
-        replica: &opts.identity,
+        replica: opts.identity(),
     }
 }
