@@ -29,8 +29,9 @@ pub enum Next {
     /// this cursor, then end (or wait for the client's ack).
     Drained(Cursor),
     /// The server drains and its clients resume elsewhere (aggregator):
-    /// send this `reconnect`, then end.
-    Reconnect(ServerMessage),
+    /// send this `reconnect`, then end. Boxed: a step is held across a
+    /// transport's awaits, and every idle connection carries its size.
+    Reconnect(Box<ServerMessage>),
     /// Too slow under `--slow-client close`: end (already counted as a
     /// drop).
     TooSlow,
@@ -41,7 +42,7 @@ pub enum Next {
 /// noticed by pulling once more.
 pub fn next(session: &mut Session, st: &AppState) -> Next {
     if st.cfg.reconnect_on_drain && *st.draining.borrow() {
-        return Next::Reconnect(reconnect(&st.cfg));
+        return Next::Reconnect(Box::new(reconnect(&st.cfg)));
     }
     loop {
         return match session.pull() {
