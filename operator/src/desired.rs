@@ -8,9 +8,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Service, ServiceAccount, ServicePort,
-    ServiceSpec, SessionAffinityConfig,
+    ClientIPConfig, Container, ContainerPort, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Service, ServiceAccount, ServicePort, ServiceSpec, SessionAffinityConfig,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -29,7 +28,7 @@ use crate::keys::{
     AGGREGATOR, AGGREGATOR_DRAIN_SECONDS, AUTH_DELEGATOR, MANAGED_BY, NAMESPACE_OWNER_LABEL,
     PULL_SECRET, PULL_TOKEN_FILE, STREAM_LABEL, STREAM_PORT, env,
 };
-use crate::mutate::{http_probe, restricted_security_context, secret_volume, value_env};
+use crate::mutate::{field_env, http_probe, restricted_security_context, secret_volume, value_env};
 use crate::names::{label_value, object_name};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, Volume, VolumeMount};
@@ -288,7 +287,6 @@ fn aggregator_container(
     cfg: &BuildConfig,
     ns_mesh: Option<&str>,
 ) -> (Container, Vec<Volume>) {
-    let env = value_env;
     let mut volumes = vec![secret_volume("logstream-pull", PULL_SECRET)];
     let mut mounts = vec![VolumeMount {
         name: "logstream-pull".into(),
@@ -311,15 +309,15 @@ fn aggregator_container(
             });
         }
     }
-    let mut extra_env = vec![env(env::UPSTREAM_TOKEN_FILE, PULL_TOKEN_FILE)];
+    let mut extra_env = vec![value_env(env::UPSTREAM_TOKEN_FILE, PULL_TOKEN_FILE)];
     if !user_tokens.is_empty() {
-        extra_env.push(env(env::TOKEN_FILE, &user_tokens.join(",")));
+        extra_env.push(value_env(env::TOKEN_FILE, &user_tokens.join(",")));
     }
     if streams.iter().any(uses_kubernetes_access) {
-        extra_env.push(env(env::KUBERNETES_AUTH, "true"));
+        extra_env.push(value_env(env::KUBERNETES_AUTH, "true"));
     }
     if !crate::mesh::aggregator_trusts_loopback(streams, ns_mesh) {
-        extra_env.push(env(env::NO_LOOPBACK_EXEMPTION, "true"));
+        extra_env.push(value_env(env::NO_LOOPBACK_EXEMPTION, "true"));
     }
     let container = Container {
         name: "aggregator".into(),
@@ -327,21 +325,11 @@ fn aggregator_container(
         args: Some(vec!["aggregator".into()]),
         env: Some(
             vec![
-                EnvVar {
-                    name: env::POD_NAMESPACE.into(),
-                    value: None,
-                    value_from: Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector {
-                            field_path: "metadata.namespace".into(),
-                            api_version: None,
-                        }),
-                        ..EnvVarSource::default()
-                    }),
-                },
-                env(env::LISTEN, &format!("0.0.0.0:{STREAM_PORT}")),
-                env(env::DISCOVER_LABEL, STREAM_LABEL),
-                env(env::GRACE, &format!("{AGGREGATOR_DRAIN_SECONDS}s")),
-                env(env::LOG_FORMAT, "json"),
+                field_env(env::POD_NAMESPACE, "metadata.namespace"),
+                value_env(env::LISTEN, &format!("0.0.0.0:{STREAM_PORT}")),
+                value_env(env::DISCOVER_LABEL, STREAM_LABEL),
+                value_env(env::GRACE, &format!("{AGGREGATOR_DRAIN_SECONDS}s")),
+                value_env(env::LOG_FORMAT, "json"),
             ]
             .into_iter()
             .chain(extra_env)

@@ -515,7 +515,8 @@ pub fn value_env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn field_env(name: &str, path: &str) -> EnvVar {
+/// A variable from the pod's own fields (downward API).
+pub fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: None,
