@@ -122,7 +122,11 @@ pub fn request_head(data: &[u8]) {
             None => return,
         },
     };
-    let app = crate::server::router(state().clone());
+    // Built once: a router is cheap to clone, not to build.
+    static ROUTER: OnceLock<axum::Router> = OnceLock::new();
+    let app = ROUTER
+        .get_or_init(|| crate::server::router(state().clone()))
+        .clone();
     runtime().block_on(async {
         let mut req = req;
         req.extensions_mut()
