@@ -454,6 +454,17 @@ pub fn now_ns() -> i64 {
 pub(crate) mod tests {
     use super::*;
 
+    /// A hub of 100 records / 1 MiB, for tests that only need a few.
+    pub fn small_hub() -> Arc<Hub> {
+        Hub::new(
+            HubLimits {
+                max_lines: 100,
+                max_bytes: 1 << 20,
+            },
+            "t",
+        )
+    }
+
     pub fn src(file: &str) -> Source {
         Source {
             namespace: "ns".into(),
@@ -522,13 +533,7 @@ pub(crate) mod tests {
     /// escapes included (a control byte is six bytes of JSON).
     #[test]
     fn the_wire_size_counts_json_escapes() {
-        let hub = Hub::new(
-            HubLimits {
-                max_lines: 100,
-                max_bytes: 1 << 20,
-            },
-            "t",
-        );
+        let hub = small_hub();
         let a = hub.source(src("a.log"));
         let lines = [
             "plain text".to_string(),

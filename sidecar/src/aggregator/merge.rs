@@ -116,8 +116,8 @@ impl Reorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Hub;
     use crate::hub::tests::src;
-    use crate::hub::{Hub, HubLimits};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -140,13 +140,7 @@ mod tests {
 
     #[test]
     fn orders_across_sources_within_the_window() {
-        let hub = Hub::new(
-            HubLimits {
-                max_lines: 100,
-                max_bytes: 1 << 20,
-            },
-            "t",
-        );
+        let hub = crate::hub::tests::small_hub();
         let mut r = Reorder::new(Duration::from_nanos(100));
         r.push(rec(&hub, "a", 30), 0);
         r.push(rec(&hub, "b", 10), 5);
@@ -159,13 +153,7 @@ mod tests {
 
     #[test]
     fn nothing_waits_longer_than_the_window() {
-        let hub = Hub::new(
-            HubLimits {
-                max_lines: 100,
-                max_bytes: 1 << 20,
-            },
-            "t",
-        );
+        let hub = crate::hub::tests::small_hub();
         let mut r = Reorder::new(Duration::from_nanos(100));
         r.push(rec(&hub, "late", 1000), 0);
         r.push(rec(&hub, "early", 5), 50);
@@ -175,13 +163,7 @@ mod tests {
 
     #[test]
     fn per_source_order_survives_clock_steps_back() {
-        let hub = Hub::new(
-            HubLimits {
-                max_lines: 100,
-                max_bytes: 1 << 20,
-            },
-            "t",
-        );
+        let hub = crate::hub::tests::small_hub();
         let mut r = Reorder::new(Duration::ZERO);
         r.push(rec(&hub, "a", 50), 0);
         r.push(rec(&hub, "a", 20), 0);
@@ -193,13 +175,7 @@ mod tests {
 
     #[test]
     fn zero_window_releases_at_once() {
-        let hub = Hub::new(
-            HubLimits {
-                max_lines: 100,
-                max_bytes: 1 << 20,
-            },
-            "t",
-        );
+        let hub = crate::hub::tests::small_hub();
         let mut r = Reorder::new(Duration::ZERO);
         r.push(rec(&hub, "a", 7), 42);
         assert_eq!(r.pop_ready(42).len(), 1);

@@ -104,19 +104,12 @@ pub fn reconnect(cfg: &ServerConfig) -> ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::tests::{publish_lines, src};
-    use crate::hub::{Hub, HubLimits};
+    use crate::hub::tests::{publish_lines, small_hub, src};
     use crate::protocol::Subscribe;
     use crate::session::SessionLimits;
 
     fn setup(cfg: ServerConfig) -> (Arc<AppState>, Session) {
-        let hub = Hub::new(
-            HubLimits {
-                max_lines: 100,
-                max_bytes: 1 << 20,
-            },
-            "t",
-        );
+        let hub = small_hub();
         let st = AppState::for_tests(hub.clone(), cfg);
         let sub = Subscribe::default();
         let filter = crate::filter::Filter::compile(&sub).unwrap();

@@ -631,8 +631,8 @@ fn read_failure<E: std::error::Error + 'static>(e: &E) -> End {
 mod tests {
     //! The WebSocket logic driven through channels instead of a socket.
     use super::*;
-    use crate::hub::tests::{publish_lines, src};
-    use crate::hub::{Hub, HubLimits};
+    use crate::hub::Hub;
+    use crate::hub::tests::{publish_lines, small_hub, src};
     use crate::protocol::Subscribe;
     use crate::server::ServerConfig;
     use futures::channel::mpsc;
@@ -728,13 +728,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscribe_records_errors_and_drain_over_channels() {
-        let hub = Hub::new(
-            HubLimits {
-                max_lines: 100,
-                max_bytes: 1 << 20,
-            },
-            "t",
-        );
+        let hub = small_hub();
         let a = hub.source(src("a.log"));
         let st = state(&hub);
         let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
@@ -804,13 +798,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ack_that_does_not_cover_the_end_does_not_finish_the_drain() {
-        let hub = Hub::new(
-            HubLimits {
-                max_lines: 100,
-                max_bytes: 1 << 20,
-            },
-            "t",
-        );
+        let hub = small_hub();
         let a = hub.source(src("a.log"));
         let cfg = ServerConfig {
             ack_timeout: Duration::from_millis(50),
