@@ -491,6 +491,21 @@ where
 /// Path of one of this workspace's binaries, built (or brought up to date)
 /// first: `cargo test --workspace` builds only the binaries of packages that
 /// have integration tests of their own, and a stale binary would test old code.
+/// The address a spawned `logstream` announces on its first line of
+/// stdout (`listening on http://ADDR`); `Err` holds the line it printed
+/// instead (empty when it exited first).
+pub fn listening_address(child: &mut Child) -> Result<String, String> {
+    use std::io::BufRead as _;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    line.trim()
+        .strip_prefix("listening on http://")
+        .map(str::to_string)
+        .ok_or(line)
+}
+
 pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {

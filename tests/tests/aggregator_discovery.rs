@@ -3,7 +3,6 @@
 //! loopback) are pulled while they exist.
 #![allow(clippy::unwrap_used)] // test code
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -35,15 +34,8 @@ impl Proc {
             cmd.env("KUBECONFIG", k);
         }
         let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .to_string();
+        let addr = logstream_tests::listening_address(&mut child)
+            .unwrap_or_else(|line| panic!("{line:?}"));
         Proc { child, addr }
     }
 

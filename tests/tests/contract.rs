@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)] // test code
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -179,20 +179,19 @@ fn the_injected_sidecar_serves_with_exactly_the_operators_environment() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let Some(addr) = line.trim().strip_prefix("listening on http://") else {
-        let mut err = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-        let _ = child.kill();
-        panic!("the sidecar did not start: {line:?}\n{err}");
+    let addr = match logstream_tests::listening_address(&mut child) {
+        Ok(addr) => addr,
+        Err(line) => {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            let _ = child.kill();
+            panic!("the sidecar did not start: {line:?}\n{err}");
+        }
     };
     // The line, with the level the LogStream's levelField names and the
     // pod's identity; `trustLoopback: false` makes even this loopback client
     // present the token of the Secret.
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = TcpStream::connect(&addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         tcp,

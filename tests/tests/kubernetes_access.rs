@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)] // test code
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -47,15 +47,8 @@ impl Proc {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("{line:?}: {}", std::fs::read_to_string(&log).unwrap()))
-            .to_string();
+        let addr = logstream_tests::listening_address(&mut child)
+            .unwrap_or_else(|line| panic!("{line:?}: {}", std::fs::read_to_string(&log).unwrap()));
         Proc { child, addr, log }
     }
 

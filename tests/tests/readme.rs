@@ -480,15 +480,8 @@ fn run_local_commands(local: &[ReadmeCommand]) {
             assert!(addr.is_none(), "{at}: a second server");
             cmd.push_str(" --listen 127.0.0.1:0");
             let mut server = spawn_sh(&cmd, Stdio::piped());
-            let mut first = String::new();
-            BufReader::new(server.stdout.take().unwrap())
-                .read_line(&mut first)
-                .unwrap();
-            let a = first
-                .trim()
-                .strip_prefix("listening on http://")
-                .unwrap_or_else(|| panic!("{at}: unexpected first line {first:?}"))
-                .to_string();
+            let a = logstream_tests::listening_address(&mut server)
+                .unwrap_or_else(|first| panic!("{at}: unexpected first line {first:?}"));
             procs.0.push(server);
             addr = Some(a);
         } else {

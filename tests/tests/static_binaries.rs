@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)] // test code
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -246,15 +246,8 @@ fn dashboard_plots_metrics_the_static_streamer_exports() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
+    let addr = logstream_tests::listening_address(&mut child)
+        .unwrap_or_else(|line| panic!("unexpected first line: {line:?}"));
     let metrics = http_get(&addr, "/metrics");
     let _ = child.kill();
     let _ = child.wait();
