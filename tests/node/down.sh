@@ -86,6 +86,8 @@ done
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
   [[ $ns == "$CLIENT_NETNS_PREFIX"* ]] && ip netns del "$ns" 2>/dev/null
 done
+rm -rf "${CLIENT_ETC:?}/$CLIENT_NETNS_PREFIX"*
+rmdir "$CLIENT_ETC" 2>/dev/null
 for v in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
   [[ $v == lsc* ]] && ip link del "$v" 2>/dev/null
 done

@@ -7,6 +7,8 @@
 #   ghcr.io/logstream-dev/logstream-operator:dev  operator/Dockerfile's final stage
 #   docker.io/library/busybox:1.36                Debian's static busybox (examples/demo-app.yaml)
 #   registry.k8s.io/pause:3.10                    tests/node/pause.c (the pod sandbox)
+#   docker.io/library/traefik:<version>           Traefik (MIT), the node's ingress controller,
+#                                                 built from the Go module proxy (tests/node/traefik)
 #
 # The two project images come from the same static musl binaries that
 # tests/tests/static_binaries.rs builds (same command, same target dir), and
@@ -29,7 +31,7 @@ TARGET="x86_64-unknown-linux-musl"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 
-for tool in buildah gcc; do
+for tool in buildah gcc go; do
   command -v "$tool" >/dev/null || { echo "$tool not found: run .ci/install-tools" >&2; exit 1; }
 done
 [[ -x /bin/busybox ]] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' ||
@@ -111,3 +113,24 @@ mkdir -p "$stage/pause"
 gcc -static -Os -s -o "$stage/pause/pause" "$HERE/pause.c"
 image pause registry.k8s.io/pause:3.10 "$stage/pause" \
   "$(printf '%s\n' 'FROM scratch' 'COPY pause /pause' 'USER 65535:65535' 'ENTRYPOINT ["/pause"]')"
+
+# --- Traefik, the node's ingress controller (tests/node/traefik.yaml) ----------
+# Version from tests/node/traefik/go.mod (its `tool` line), built once into
+# $CACHE/traefik-<version>/ with the Go caches tests/apiserver/build.sh uses.
+TRAEFIK_MOD="$HERE/traefik"
+TRAEFIK_VERSION="$(awk '$1 == "github.com/traefik/traefik/v3" && $2 ~ /^v/ { print $2; exit }' "$TRAEFIK_MOD/go.mod")"
+[[ -n "$TRAEFIK_VERSION" ]] || { echo "cannot read Traefik's version from $TRAEFIK_MOD/go.mod" >&2; exit 1; }
+TRAEFIK_BIN="$CACHE/traefik-$TRAEFIK_VERSION/traefik"
+if [[ ! -x "$TRAEFIK_BIN" ]]; then
+  echo "images: building Traefik $TRAEFIK_VERSION from the Go module proxy ..." >&2
+  mkdir -p "${TRAEFIK_BIN%/*}"
+  (cd "$TRAEFIK_MOD" && GOMODCACHE="$CACHE/gomod" GOCACHE="$CACHE/gocache" \
+    GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 go build -trimpath \
+    -ldflags="-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+    -o "$TRAEFIK_BIN.tmp" github.com/traefik/traefik/v3/cmd/traefik)
+  mv -f "$TRAEFIK_BIN.tmp" "$TRAEFIK_BIN"
+fi
+mkdir -p "$stage/traefik"
+install -m 0755 "$TRAEFIK_BIN" "$stage/traefik/traefik"
+image traefik "docker.io/library/traefik:$TRAEFIK_VERSION" "$stage/traefik" \
+  "$(printf '%s\n' 'FROM scratch' 'COPY traefik /traefik' 'USER 65532:65532' 'ENTRYPOINT ["/traefik"]')"

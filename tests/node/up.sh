@@ -18,7 +18,8 @@
 # API server reaches pods through kube-proxy and the bridge; pods reach it at
 # the `kubernetes` Service (10.0.0.1:443 -> 10.244.0.1:6443, a socat to its
 # loopback port). Addresses 10.244.0.200-254 are left for test clients in
-# network namespaces (tests/node/client-netns.sh).
+# network namespaces (tests/node/client-netns.sh). Traefik (traefik.yaml) is
+# the ingress controller, at the Service address INGRESS_IP.
 set -euo pipefail
 
 [[ $# -eq 1 ]] || { echo "usage: $0 WORK_DIR" >&2; exit 2; }
@@ -356,6 +357,16 @@ ports:
   protocol: TCP
 YAML
 
+# The ingress controller (Traefik, the default IngressClass); not waited for:
+# the tests that use it wait for their Ingress to route.
+traefik_tag="$(awk '$1 == "github.com/traefik/traefik/v3" && $2 ~ /^v/ { print $2; exit }' "$HERE/traefik/go.mod")"
+grep -q "image: docker.io/library/traefik:$traefik_tag\$" "$HERE/traefik.yaml" ||
+  { echo "tests/node/traefik.yaml: image tag is not $traefik_tag (tests/node/traefik/go.mod)" >&2; exit 1; }
+grep -q "clusterIP: $INGRESS_IP " "$HERE/traefik.yaml" ||
+  { echo "tests/node/traefik.yaml: the Service's clusterIP is not INGRESS_IP ($INGRESS_IP)" >&2; exit 1; }
+"${KUBECTL[@]}" apply -f "$HERE/traefik.yaml" >/dev/null
+step "Traefik $traefik_tag applied (IngressClass traefik, Service $INGRESS_IP)"
+
 cat >"$WORK/env" <<ENV
 BIN_DIR=$BIN
 APISERVER_URL=$API_URL
@@ -367,6 +378,7 @@ BRIDGE=$BRIDGE
 GW_IP=$GW_IP
 POD_CIDR=$POD_CIDR
 SVC_CIDR=$SVC_CIDR
+INGRESS_IP=$INGRESS_IP
 KUBECONFIG=$WORK/kubeconfig
 ENV
 started_ok=1

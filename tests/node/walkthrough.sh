@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Usage: tests/node/walkthrough.sh     (from the repository root)
-# examples/README.md steps 2 to 5 and 7, as written there, on the node of
+# examples/README.md steps 2 to 7, as written there, on the node of
 # tests/node/up.sh with the chart installed (KUBECONFIG set): the demo app,
 # a pod through `kubectl port-forward "pod/$POD" 7680` (websocat, curl), all
 # pods through the aggregator (curl, `logstream tail`), token mode checked
-# from a client host on the pod bridge, clean-up. Each command's output is
+# from a client host on the pod bridge, the Ingress through Traefik from that
+# host, clean-up. Each command's output is
 # checked; the first failure stops the script (exit 1) naming it.
 # tests/tests/readme.rs counts the commands here as run (.ci/run runs this).
 set -euo pipefail
@@ -108,6 +109,20 @@ token_accepted() { [[ "$(code -H "Authorization: Bearer $TOKEN")" == 200 ]]; }
 wait_for 120 "the aggregator to accept the Secret's token (rolled out with token mode)" token_accepted
 [[ "$(code)" == 401 ]] || fail "no token: $(code), want 401"
 [[ "$(code -H 'Authorization: Bearer wrong')" == 401 ]] || fail "wrong token: want 401"
+
+step "6. through the Ingress (Traefik), as the README writes it"
+# In the client namespace logs.demo.localtest.me resolves to Traefik's
+# Service (client-netns.sh), as it resolves to the ingress controller on
+# 127.0.0.1 on a workstation with kind.
+ingress_routes() { ip netns exec lsnode-client-9 curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://logs.demo.localtest.me/stream | grep -qx 401; }
+wait_for 120 "Traefik to route logs.demo.localtest.me to the aggregator" ingress_routes
+ip netns exec lsnode-client-9 curl -i http://logs.demo.localtest.me/stream >"$W/ingress-401.out"
+head -1 "$W/ingress-401.out" | grep -q ' 401' || fail "no token through the Ingress: $(head -3 "$W/ingress-401.out")"
+ip netns exec lsnode-client-9 timeout 3 curl -N -H "Authorization: Bearer $TOKEN" 'http://logs.demo.localtest.me/sse?tail=20' >"$W/ingress-sse.out" || true
+some_lines "$W/ingress-sse.out" 20 '^data:'
+ip netns exec lsnode-client-9 curl -H "Authorization: Bearer $TOKEN" \
+  'http://logs.demo.localtest.me/loki/api/v1/query?query=vector(1)%2Bvector(1)&time=4000000000' >"$W/ingress-health.out"
+grep -q '"value":\[4000000000,"2"\]' "$W/ingress-health.out" || fail "Grafana's health check through the Ingress: $(cat "$W/ingress-health.out")"
 
 step "7. clean up"
 kill "${PIDS[@]}" 2>/dev/null || true

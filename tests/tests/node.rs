@@ -670,6 +670,181 @@ fn service_client_ip_affinity_keeps_a_client_on_one_pod(ctx: &Ctx) -> Result<(),
     Ok(())
 }
 
+/// The Ingress host of the examples (`logstream.yaml`).
+const INGRESS_HOST: &str = "logs.demo.localtest.me";
+
+/// Requests to `path` served by each aggregator pod so far (its
+/// `/metrics`, through a port-forward to the pod), by pod name.
+fn aggregator_requests(node: &Node, pods: &[String], path: &str) -> BTreeMap<String, u64> {
+    let want =
+        format!("logstream_http_request_duration_seconds_count{{path=\"{path}\",code=\"200\"}} ");
+    pods.iter()
+        .map(|pod| {
+            let pf = node.port_forward(DEMO_NS, &format!("pod/{pod}"), 7680);
+            let (ok, body) = curl(&["-sS", "--max-time", "10", &format!("{}/metrics", pf.url())]);
+            assert!(ok, "metrics of {pod}: {body}");
+            let n = body
+                .lines()
+                .find_map(|l| l.strip_prefix(want.as_str()))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            (pod.clone(), n)
+        })
+        .collect()
+}
+
+/// examples/README.md step 6 through a real ingress controller: Traefik
+/// (tests/node/traefik.yaml, the node's default IngressClass) routes
+/// `logs.demo.localtest.me` (resolved by the client namespace's hosts file)
+/// to the aggregator with the operator's Ingress: 401 without a token,
+/// Grafana's health check and SSE with one; its sticky cookie (read from the
+/// aggregator's Service) keeps a client on one of the two replicas, which
+/// round-robin without it.
+fn an_ingress_through_traefik_keeps_a_client_on_one_aggregator_replica(
+    ctx: &Ctx,
+) -> Result<(), Failed> {
+    ctx.demo()?;
+    let node = ctx.node();
+    node.kubectl(&[
+        "-n",
+        DEMO_NS,
+        "rollout",
+        "status",
+        "deploy/logstream-aggregator",
+        "--timeout=120s",
+    ])
+    .stdout_if_success();
+    let ingress = get_json(node, &["-n", DEMO_NS, "ingress/demo-logstream"]);
+    assert_eq!(
+        ingress["spec"]["rules"][0]["host"], INGRESS_HOST,
+        "{ingress:#}"
+    );
+    let client = node.client(3);
+    let url = |path: &str| format!("http://{INGRESS_HOST}{path}");
+    // (status, headers and body) of `curl -i ARGS URL` from the client.
+    let request = |args: &[&str], path: &str| -> (String, String) {
+        let out = client
+            .command("curl")
+            .args(["-sS", "-i", "--max-time", "10"])
+            .args(args)
+            .arg(url(path))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = text.split_whitespace().nth(1).unwrap_or("000").to_string();
+        (status, text)
+    };
+    // 404 until Traefik has read the Ingress, 503 until it has endpoints.
+    let (_, refused) = node.poll(
+        "Traefik to route the Ingress to the aggregator (401 without a token)",
+        CONVERGE,
+        || {
+            let (status, text) = request(&[], "/stream");
+            (status == "401").then_some((status, text))
+        },
+        || {
+            let traefik = node.kubectl(&["-n", "traefik", "logs", "deploy/traefik", "--tail=20"]);
+            format!(
+                "{}{}\n{}",
+                traefik.stdout,
+                traefik.stderr,
+                ctx.describe(DEMO_NS)
+            )
+        },
+    );
+    assert!(refused.contains("Kubernetes token"), "{refused}");
+    assert!(
+        refused
+            .to_ascii_lowercase()
+            .contains("set-cookie: logstream-affinity="),
+        "no sticky cookie from Traefik: {refused}"
+    );
+    let (reader, _) = reader_and_stranger_tokens(node, DEMO_NS);
+    let bearer = format!("Authorization: Bearer {reader}");
+    let (status, health) = request(
+        &["-H", &bearer],
+        "/loki/api/v1/query?query=vector(1)%2Bvector(1)&time=4000000000",
+    );
+    assert_eq!(status, "200", "{health}");
+    assert!(health.contains(r#""value":[4000000000,"2"]"#), "{health}");
+    let sse = client
+        .command("curl")
+        .args(["-sSN", "--max-time", "3", "-H", &bearer])
+        .arg(url("/sse?tail=5&format=raw"))
+        .output()
+        .unwrap();
+    let sse = String::from_utf8_lossy(&sse.stdout);
+    assert!(
+        sse.contains("event: hello"),
+        "no SSE through Traefik: {sse}"
+    );
+    assert!(
+        sse.matches("\ndata:").count() >= 5,
+        "fewer than 5 records: {sse}"
+    );
+
+    // Two replicas; which one served a request shows in its metrics.
+    let replicas: Vec<String> = node
+        .kubectl(&[
+            "-n",
+            DEMO_NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=aggregator",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .stdout_if_success()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(replicas.len(), 2, "aggregator replicas: {replicas:?}");
+    let labels = "/loki/api/v1/labels";
+    let served = |cookie: Option<&str>| {
+        let before = aggregator_requests(node, &replicas, labels);
+        for _ in 0..12 {
+            let mut args = vec!["-H", bearer.as_str()];
+            if let Some(c) = cookie {
+                args.extend(["-b", c]);
+            }
+            let (status, text) = request(&args, labels);
+            assert_eq!(status, "200", "{text}");
+        }
+        let after = aggregator_requests(node, &replicas, labels);
+        replicas
+            .iter()
+            .map(|r| after[r] - before[r])
+            .collect::<Vec<u64>>()
+    };
+    let spread = served(None);
+    assert!(
+        spread.iter().all(|&n| n > 0),
+        "without the cookie Traefik should use both replicas: {spread:?}"
+    );
+    let cookie = refused
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie").then(|| {
+                value
+                    .trim()
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+        })
+        .unwrap();
+    let sticky = served(Some(&cookie));
+    assert_eq!(
+        sticky.iter().filter(|&&n| n > 0).count(),
+        1,
+        "with the cookie {cookie} every request should reach one replica: {sticky:?}"
+    );
+    assert_eq!(sticky.iter().sum::<u64>(), 12, "{sticky:?}");
+    Ok(())
+}
+
 /// Issue "restartPods looped": a Deployment of 2 replicas created before its
 /// LogStream, with `restartPods: true`, converges to 2 injected pods with
 /// exactly one extra ReplicaSet and one template change, and stays there when
@@ -1624,7 +1799,7 @@ fn main() {
         demo: OnceLock::new(),
     });
     type Case = fn(&Ctx) -> Result<(), Failed>;
-    let cases: [(&str, Case); 14] = [
+    let cases: [(&str, Case); 15] = [
         (
             "chart_operator_runs_and_the_api_server_calls_its_webhook",
             chart_operator_runs_and_the_api_server_calls_its_webhook,
@@ -1644,6 +1819,10 @@ fn main() {
         (
             "service_client_ip_affinity_keeps_a_client_on_one_pod",
             service_client_ip_affinity_keeps_a_client_on_one_pod,
+        ),
+        (
+            "an_ingress_through_traefik_keeps_a_client_on_one_aggregator_replica",
+            an_ingress_through_traefik_keeps_a_client_on_one_aggregator_replica,
         ),
         (
             "restart_pods_rolls_an_existing_deployment_once",
