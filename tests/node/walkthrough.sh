@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Usage: tests/node/walkthrough.sh     (from the repository root)
-# examples/README.md steps 2 to 7, as written there, on the node of
+# examples/README.md steps 2 to 7 (logcli's requests sent with curl), as written there, on the node of
 # tests/node/up.sh with the chart installed (KUBECONFIG set): the demo app,
 # a pod through `kubectl port-forward "pod/$POD" 7680` (websocat, curl), all
 # pods through the aggregator (curl, `logstream tail`), token mode checked
@@ -96,6 +96,31 @@ wait_for 60 "records of both demo pods from the aggregator" both_pods
 timeout 5 logstream tail http://127.0.0.1:7680 --level error >"$W/tail-error.out" 2>"$W/tail-error.err" || true
 some_lines "$W/tail-error.out" 1 error
 ! grep -qv error "$W/tail-error.out" || fail "--level error let another line through"
+
+step "5. the Loki API with curl (what logcli sends)"
+curl -s 'http://127.0.0.1:7680/loki/api/v1/labels?since=1h' >"$W/labels.json"
+python3 - "$W/labels.json" <<'PY' || fail "labels: $(cat "$W/labels.json")"
+import json, sys
+got = set(json.load(open(sys.argv[1]))["data"])
+assert {"namespace", "pod", "container", "file", "level"} <= got, got
+PY
+curl -sG http://127.0.0.1:7680/loki/api/v1/query_range --data-urlencode 'query={pod=~"demo-.*", level="error"}' --data-urlencode since=10m --data-urlencode limit=20 >"$W/errors.json"
+python3 - "$W/errors.json" <<'PY' || fail "error lines: $(head -c 500 "$W/errors.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))["data"]
+assert r["resultType"] == "streams", r["resultType"]
+lines = [v for s in r["result"] for v in s["values"]]
+assert 1 <= len(lines) <= 20, len(lines)
+assert all(s["stream"]["level"] == "error" and s["stream"]["pod"].startswith("demo-") for s in r["result"]), r["result"]
+PY
+curl -sG http://127.0.0.1:7680/loki/api/v1/query_range --data-urlencode 'query=sum by (level) (count_over_time({pod=~"demo-.*"}[1m]))' --data-urlencode since=10m >"$W/levels.json"
+python3 - "$W/levels.json" <<'PY' || fail "count by level: $(head -c 500 "$W/levels.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))["data"]
+assert r["resultType"] == "matrix", r["resultType"]
+levels = {s["metric"].get("level") for s in r["result"]}
+assert {"info", "error"} <= levels, levels
+PY
 
 step "5. access mode token, from a client that is not loopback"
 kubectl -n demo create secret generic logstream-viewer --from-literal=token="$(openssl rand -hex 24)"
