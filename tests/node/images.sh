@@ -9,6 +9,8 @@
 #   registry.k8s.io/pause:3.10                    tests/node/pause.c (the pod sandbox)
 #   docker.io/library/traefik:<version>           Traefik (MIT), the node's ingress controller,
 #                                                 built from the Go module proxy (tests/node/traefik)
+#   docker.io/coredns/coredns:<version>           CoreDNS (Apache-2.0), the node's cluster DNS,
+#                                                 built from the Go module proxy (tests/node/coredns)
 #
 # The two project images come from the same static musl binaries that
 # tests/tests/static_binaries.rs builds (same command, same target dir), and
@@ -114,23 +116,32 @@ gcc -static -Os -s -o "$stage/pause/pause" "$HERE/pause.c"
 image pause registry.k8s.io/pause:3.10 "$stage/pause" \
   "$(printf '%s\n' 'FROM scratch' 'COPY pause /pause' 'USER 65535:65535' 'ENTRYPOINT ["/pause"]')"
 
-# --- Traefik, the node's ingress controller (tests/node/traefik.yaml) ----------
-# Version from tests/node/traefik/go.mod (its `tool` line), built once into
-# $CACHE/traefik-<version>/ with the Go caches tests/apiserver/build.sh uses.
-TRAEFIK_MOD="$HERE/traefik"
-TRAEFIK_VERSION="$(awk '$1 == "github.com/traefik/traefik/v3" && $2 ~ /^v/ { print $2; exit }' "$TRAEFIK_MOD/go.mod")"
-[[ -n "$TRAEFIK_VERSION" ]] || { echo "cannot read Traefik's version from $TRAEFIK_MOD/go.mod" >&2; exit 1; }
-TRAEFIK_BIN="$CACHE/traefik-$TRAEFIK_VERSION/traefik"
-if [[ ! -x "$TRAEFIK_BIN" ]]; then
-  echo "images: building Traefik $TRAEFIK_VERSION from the Go module proxy ..." >&2
-  mkdir -p "${TRAEFIK_BIN%/*}"
-  (cd "$TRAEFIK_MOD" && GOMODCACHE="$CACHE/gomod" GOCACHE="$CACHE/gocache" \
-    GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 go build -trimpath \
-    -ldflags="-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
-    -o "$TRAEFIK_BIN.tmp" github.com/traefik/traefik/v3/cmd/traefik)
-  mv -f "$TRAEFIK_BIN.tmp" "$TRAEFIK_BIN"
-fi
-mkdir -p "$stage/traefik"
-install -m 0755 "$TRAEFIK_BIN" "$stage/traefik/traefik"
-image traefik "docker.io/library/traefik:$TRAEFIK_VERSION" "$stage/traefik" \
-  "$(printf '%s\n' 'FROM scratch' 'COPY traefik /traefik' 'USER 65532:65532' 'ENTRYPOINT ["/traefik"]')"
+# --- cluster add-ons built from the Go module proxy -----------------------------
+# go_image NAME MODULE PACKAGE REF_PREFIX [LDFLAGS]: the Go program PACKAGE of
+# MODULE, at the version tests/node/NAME/go.mod pins (its `tool` line), built
+# once into $CACHE/NAME-<version>/ with the Go caches of
+# tests/apiserver/build.sh, alone on scratch as REF_PREFIX<version>, uid 65532.
+go_image() {
+  local name=$1 module=$2 pkg=$3 ref=$4 ldflags=${5:-} mod="$HERE/$1" version bin
+  version="$(awk -v m="$module" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$mod/go.mod")"
+  [[ -n "$version" ]] || { echo "cannot read $module's version from $mod/go.mod" >&2; exit 1; }
+  bin="$CACHE/$name-$version/$name"
+  if [[ ! -x "$bin" ]]; then
+    echo "images: building $name $version from the Go module proxy ..." >&2
+    mkdir -p "${bin%/*}"
+    (cd "$mod" && GOMODCACHE="$CACHE/gomod" GOCACHE="$CACHE/gocache" \
+      GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 go build -trimpath \
+      -ldflags="-s -w ${ldflags//@VERSION@/$version}" -o "$bin.tmp" "$pkg")
+    mv -f "$bin.tmp" "$bin"
+  fi
+  mkdir -p "$stage/$name"
+  install -m 0755 "$bin" "$stage/$name/$name"
+  image "$name" "$ref${version#v}" "$stage/$name" \
+    "$(printf '%s\n' 'FROM scratch' "COPY $name /$name" 'USER 65532:65532' "ENTRYPOINT [\"/$name\"]")"
+}
+
+# Traefik (MIT), the ingress controller (tests/node/traefik.yaml).
+go_image traefik github.com/traefik/traefik/v3 github.com/traefik/traefik/v3/cmd/traefik \
+  docker.io/library/traefik:v -X=github.com/traefik/traefik/v3/pkg/version.Version=@VERSION@
+# CoreDNS (Apache-2.0), the cluster DNS (tests/node/coredns.yaml).
+go_image coredns github.com/coredns/coredns github.com/coredns/coredns docker.io/coredns/coredns:

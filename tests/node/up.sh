@@ -19,7 +19,8 @@
 # the `kubernetes` Service (10.0.0.1:443 -> 10.244.0.1:6443, a socat to its
 # loopback port). Addresses 10.244.0.200-254 are left for test clients in
 # network namespaces (tests/node/client-netns.sh). Traefik (traefik.yaml) is
-# the ingress controller, at the Service address INGRESS_IP.
+# the ingress controller, at the Service address INGRESS_IP; CoreDNS
+# (coredns.yaml) the cluster DNS at DNS_IP, for cluster.local only.
 set -euo pipefail
 
 [[ $# -eq 1 ]] || { echo "usage: $0 WORK_DIR" >&2; exit 2; }
@@ -281,6 +282,8 @@ authorization:
   mode: AlwaysAllow
 podLogsDir: $WORK/pod-logs
 resolvConf: /etc/resolv.conf
+clusterDNS: ["$DNS_IP"]
+clusterDomain: $CLUSTER_DOMAIN
 registerNode: true
 rotateCertificates: false
 serializeImagePulls: false
@@ -357,15 +360,21 @@ ports:
   protocol: TCP
 YAML
 
-# The ingress controller (Traefik, the default IngressClass); not waited for:
-# the tests that use it wait for their Ingress to route.
-traefik_tag="$(awk '$1 == "github.com/traefik/traefik/v3" && $2 ~ /^v/ { print $2; exit }' "$HERE/traefik/go.mod")"
-grep -q "image: docker.io/library/traefik:$traefik_tag\$" "$HERE/traefik.yaml" ||
-  { echo "tests/node/traefik.yaml: image tag is not $traefik_tag (tests/node/traefik/go.mod)" >&2; exit 1; }
-grep -q "clusterIP: $INGRESS_IP " "$HERE/traefik.yaml" ||
-  { echo "tests/node/traefik.yaml: the Service's clusterIP is not INGRESS_IP ($INGRESS_IP)" >&2; exit 1; }
-"${KUBECTL[@]}" apply -f "$HERE/traefik.yaml" >/dev/null
-step "Traefik $traefik_tag applied (IngressClass traefik, Service $INGRESS_IP)"
+# Cluster add-ons, not waited for (what uses them waits for its own result):
+# Traefik, the ingress controller (the default IngressClass), and CoreDNS, the
+# cluster DNS. Their image tags must be the versions their go.mod pins.
+addon() { # NAME MODULE IMAGE_PREFIX SERVICE_IP
+  local version
+  version="$(awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$HERE/$1/go.mod")"
+  grep -q "image: $3${version#v}\$" "$HERE/$1.yaml" ||
+    { echo "tests/node/$1.yaml: image is not $3${version#v} (tests/node/$1/go.mod)" >&2; exit 1; }
+  grep -q "clusterIP: $4 " "$HERE/$1.yaml" ||
+    { echo "tests/node/$1.yaml: the Service's clusterIP is not $4 (net.env)" >&2; exit 1; }
+  "${KUBECTL[@]}" apply -f "$HERE/$1.yaml" >/dev/null
+  step "$1 $version applied (Service $4)"
+}
+addon traefik github.com/traefik/traefik/v3 docker.io/library/traefik:v "$INGRESS_IP"
+addon coredns github.com/coredns/coredns docker.io/coredns/coredns: "$DNS_IP"
 
 cat >"$WORK/env" <<ENV
 BIN_DIR=$BIN
@@ -379,6 +388,7 @@ GW_IP=$GW_IP
 POD_CIDR=$POD_CIDR
 SVC_CIDR=$SVC_CIDR
 INGRESS_IP=$INGRESS_IP
+DNS_IP=$DNS_IP
 KUBECONFIG=$WORK/kubeconfig
 ENV
 started_ok=1

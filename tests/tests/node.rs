@@ -845,6 +845,127 @@ fn an_ingress_through_traefik_keeps_a_client_on_one_aggregator_replica(
     Ok(())
 }
 
+/// Runs `script` in a busybox pod of `ns` as ServiceAccount `sa` (its token
+/// mounted, as Grafana's is) and returns its phase and output once it ends.
+fn run_pod(node: &Node, ns: &str, name: &str, sa: &str, script: &str) -> (String, String) {
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "serviceAccountName": sa,
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "client",
+                "image": "docker.io/library/busybox:1.36",
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script],
+            }],
+        },
+    });
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &pod.to_string())
+        .stdout_if_success();
+    let phase = node.poll(
+        &format!("pod {ns}/{name} to finish"),
+        CONVERGE,
+        || {
+            let p = get_json(node, &["-n", ns, &format!("pod/{name}")]);
+            let phase = p["status"]["phase"].as_str()?.to_string();
+            (phase == "Succeeded" || phase == "Failed").then_some(phase)
+        },
+        || {
+            let d = node.kubectl(&["-n", ns, "describe", "pod", name]);
+            format!("{}{}", d.stdout, d.stderr)
+        },
+    );
+    let logs = node.kubectl(&["-n", ns, "logs", name]);
+    (phase, format!("{}{}", logs.stdout, logs.stderr))
+}
+
+/// examples/README.md step 5, "A Grafana in the cluster": a pod in namespace
+/// `monitoring` running as ServiceAccount `grafana` reaches the aggregator at
+/// the URL of examples/grafana/datasource.yaml through the cluster DNS
+/// (CoreDNS, tests/node/coredns.yaml), sending its own mounted token as that
+/// file's header says; once the README's Role and RoleBinding grant it
+/// `pods/log`, Grafana's health check answers 2 and the labels come back;
+/// another ServiceAccount of that namespace gets 403.
+fn an_in_cluster_grafana_reaches_the_aggregator_by_dns_with_its_token(
+    ctx: &Ctx,
+) -> Result<(), Failed> {
+    ctx.demo()?;
+    let node = ctx.node();
+    let ds: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join("examples/grafana/datasource.yaml")).unwrap(),
+    )
+    .unwrap();
+    let source = &ds["datasources"][0];
+    let url = source["url"].as_str().unwrap();
+    assert_eq!(url, "http://logstream-aggregator.demo.svc:7680");
+    assert_eq!(source["jsonData"]["httpHeaderName1"], "Authorization");
+    let value = source["secureJsonData"]["httpHeaderValue1"]
+        .as_str()
+        .unwrap();
+    // Grafana expands $__file{PATH} to the file's content when it provisions.
+    let (prefix, path) = value
+        .split_once("$__file{")
+        .and_then(|(pre, rest)| Some((pre, rest.strip_suffix('}')?)))
+        .unwrap_or_else(|| panic!("no $__file{{...}} in {value}"));
+    let ns = "monitoring";
+    node.kubectl(&["create", "namespace", ns])
+        .stdout_if_success();
+    for sa in ["grafana", "stranger"] {
+        node.kubectl(&["-n", ns, "create", "serviceaccount", sa])
+            .stdout_if_success();
+    }
+    // The grant, as examples/README.md writes it.
+    node.kubectl(&[
+        "-n",
+        DEMO_NS,
+        "create",
+        "role",
+        "logstream-viewer",
+        "--verb=get",
+        "--resource=pods/log",
+    ])
+    .stdout_if_success();
+    node.kubectl(&[
+        "-n",
+        DEMO_NS,
+        "create",
+        "rolebinding",
+        "grafana-logstream-viewer",
+        "--role=logstream-viewer",
+        "--serviceaccount=monitoring:grafana",
+    ])
+    .stdout_if_success();
+    let script = format!(
+        "set -e; nslookup logstream-aggregator.demo.svc.cluster.local; \
+         auth=\"Authorization: {prefix}$(cat {path})\"; \
+         wget -qO- --header \"$auth\" '{url}/loki/api/v1/query?query=vector(1)%2Bvector(1)&time=4000000000'; echo; \
+         wget -qO- --header \"$auth\" '{url}/loki/api/v1/labels'; echo"
+    );
+    let (phase, out) = run_pod(node, ns, "grafana", "grafana", &script);
+    assert_eq!(phase, "Succeeded", "{out}");
+    assert!(out.contains(r#""value":[4000000000,"2"]"#), "{out}");
+    assert!(
+        out.contains(r#""pod""#) && out.contains(r#""level""#),
+        "{out}"
+    );
+    let (phase, out) = run_pod(node, ns, "stranger", "stranger", &script);
+    assert_eq!(phase, "Failed", "{out}");
+    assert!(out.contains("403"), "{out}");
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])
+        .stdout_if_success();
+    for what in [
+        "rolebinding/grafana-logstream-viewer",
+        "role/logstream-viewer",
+    ] {
+        node.kubectl(&["-n", DEMO_NS, "delete", what])
+            .stdout_if_success();
+    }
+    Ok(())
+}
+
 /// Issue "restartPods looped": a Deployment of 2 replicas created before its
 /// LogStream, with `restartPods: true`, converges to 2 injected pods with
 /// exactly one extra ReplicaSet and one template change, and stays there when
@@ -1799,7 +1920,7 @@ fn main() {
         demo: OnceLock::new(),
     });
     type Case = fn(&Ctx) -> Result<(), Failed>;
-    let cases: [(&str, Case); 15] = [
+    let cases: [(&str, Case); 16] = [
         (
             "chart_operator_runs_and_the_api_server_calls_its_webhook",
             chart_operator_runs_and_the_api_server_calls_its_webhook,
@@ -1823,6 +1944,10 @@ fn main() {
         (
             "an_ingress_through_traefik_keeps_a_client_on_one_aggregator_replica",
             an_ingress_through_traefik_keeps_a_client_on_one_aggregator_replica,
+        ),
+        (
+            "an_in_cluster_grafana_reaches_the_aggregator_by_dns_with_its_token",
+            an_in_cluster_grafana_reaches_the_aggregator_by_dns_with_its_token,
         ),
         (
             "restart_pods_rolls_an_existing_deployment_once",
