@@ -301,7 +301,10 @@ kubectl -n ingress-nginx patch deployment ingress-nginx-controller --type=json \
   -p '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--watch-ingress-without-class=true"}]'
 kubectl -n ingress-nginx rollout status deployment/ingress-nginx-controller --timeout=300s
 IMAGES=("${LOGSTREAM_IMAGE}" "${OPERATOR_IMAGE}" "${APP_IMAGE}")
-if ! kind load docker-image --name "${CLUSTER}" "${IMAGES[@]}" 2>"${WORK}/kind-load.err"; then
+# kind's commands take their default cluster from KIND_CLUSTER_NAME, so the
+# project's images load with examples/README.md's command as written.
+if ! KIND_CLUSTER_NAME="${CLUSTER}" kind load docker-image ${LOGSTREAM_IMAGE} ${OPERATOR_IMAGE} 2>"${WORK}/kind-load.err" ||
+  ! kind load docker-image --name "${CLUSTER}" "${APP_IMAGE}" 2>>"${WORK}/kind-load.err"; then
   # With Docker's containerd image store (the default since Docker 29) this
   # fails on multi-platform images ("content digest not found", kind#3795):
   # load a single-platform archive instead.
