@@ -247,8 +247,8 @@ pub fn logql(data: &[u8]) {
     let Ok(q) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = crate::loki::logql::parse(q);
-    let _ = crate::loki::logql::parse_selector(q);
+    let _ = logstream_logql::parse(q);
+    let _ = logstream_logql::parse_selector(q);
 }
 
 /// A log file's bytes, cut into reads at sizes the input chooses: the

@@ -53,8 +53,8 @@ proptest! {
 
     #[test]
     fn logql_parses_or_says_why(q in prop_oneof![near(LOGQL), ".{0,200}"]) {
-        let _ = logstream::loki::logql::parse(&q);
-        let _ = logstream::loki::logql::parse_selector(&q);
+        let _ = logstream_logql::parse(&q);
+        let _ = logstream_logql::parse_selector(&q);
     }
 
     #[test]

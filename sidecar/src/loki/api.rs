@@ -22,13 +22,13 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::eval::{self, Direction, Grid, Labels, Steps, StreamCache};
-use super::logql::{self, LogQuery, MetricExpr, ParseError, Query};
 use crate::filter::Filter;
 use crate::hub::{Entry, Hub, format_ts, now_ns, parse_ts};
 use crate::protocol::{Subscribe, close};
 use crate::server::state::AppState;
 use crate::server::stream::Next as Step;
 use crate::session::{Pull, Session};
+use logstream_logql::{self as logql, LogQuery, MetricExpr, ParseError, Query};
 
 /// Loki's default `limit` for queries and the tail replay.
 const DEFAULT_LIMIT: usize = 100;

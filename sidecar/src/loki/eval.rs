@@ -11,12 +11,12 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::logql::{
+use crate::hub::{Entry, format_ts};
+use crate::protocol::Level;
+use logstream_logql::{
     AggOp, BinOp, Grouping, LabelFilter, LabelFmt, LabelRef, LogQuery, MetricExpr, RangeFn, Stage,
     Template, TplPart,
 };
-use crate::hub::{Entry, format_ts};
-use crate::protocol::Level;
 
 /// A label set; sorted, so it prints and compares canonically.
 pub type Labels = BTreeMap<String, String>;
@@ -369,7 +369,7 @@ fn label_filter(f: &LabelFilter, l: &Labels) -> Option<bool> {
             Some(op.apply(v, *value))
         }
         LabelFilter::Dur { name, op, secs } => {
-            let ns = super::logql::parse_duration(get(name).trim())?;
+            let ns = logstream_logql::parse_duration(get(name).trim())?;
             Some(op.apply(ns as f64 / 1e9, *secs))
         }
         LabelFilter::And(a, b) => {
@@ -776,7 +776,7 @@ pub fn format_value(v: f64) -> String {
 pub(crate) mod tests {
     use super::*;
     use crate::hub::{Hub, HubLimits, Pending};
-    use crate::loki::logql::{Query, parse};
+    use logstream_logql::{Query, parse};
 
     pub const T0: i64 = 1_700_000_000_000_000_000;
     pub const SEC: i64 = 1_000_000_000;

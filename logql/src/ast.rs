@@ -1,0 +1,302 @@
+//! The parsed form of a query.
+
+use regex::Regex;
+
+use crate::compile;
+
+/// A parsed query.
+#[derive(Debug, Clone)]
+pub enum Query {
+    Log(LogQuery),
+    Metric(MetricExpr),
+}
+
+/// A stream selector and its pipeline.
+#[derive(Debug, Clone)]
+pub struct LogQuery {
+    pub matchers: Vec<Matcher>,
+    pub pipeline: Vec<Stage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Eq,
+    Neq,
+    Re,
+    Nre,
+}
+
+/// `name op "value"`; regexes are fully anchored.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub name: String,
+    pub op: MatchOp,
+    pub value: String,
+    re: Option<Regex>,
+}
+
+impl Matcher {
+    pub fn new(name: &str, op: MatchOp, value: &str) -> Result<Matcher, String> {
+        let re = match op {
+            MatchOp::Re | MatchOp::Nre => Some(compile(&format!("^(?:{value})$"))?),
+            MatchOp::Eq | MatchOp::Neq => None,
+        };
+        Ok(Matcher {
+            name: name.to_string(),
+            op,
+            value: value.to_string(),
+            re,
+        })
+    }
+
+    /// Whether a label value (`""` when the label is absent) satisfies this matcher.
+    pub fn matches(&self, v: &str) -> bool {
+        match (self.op, &self.re) {
+            (MatchOp::Eq, _) => v == self.value,
+            (MatchOp::Neq, _) => v != self.value,
+            (MatchOp::Re, Some(re)) => re.is_match(v),
+            (MatchOp::Nre, Some(re)) => !re.is_match(v),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineOp {
+    /// `|=`
+    Contains,
+    /// `!=`
+    NotContains,
+    /// `|~`
+    Match,
+    /// `!~`
+    NotMatch,
+}
+
+/// A line filter; several patterns (`|= "a" or "b"`) match if any does
+/// (for the negated forms: if none does).
+#[derive(Debug, Clone)]
+pub struct LineFilter {
+    pub op: LineOp,
+    pub patterns: Vec<String>,
+    pub(crate) res: Vec<Regex>,
+}
+
+impl LineFilter {
+    pub fn matches(&self, line: &str) -> bool {
+        let any = match self.op {
+            LineOp::Contains | LineOp::NotContains => {
+                self.patterns.iter().any(|p| line.contains(p.as_str()))
+            }
+            LineOp::Match | LineOp::NotMatch => self.res.iter().any(|r| r.is_match(line)),
+        };
+        match self.op {
+            LineOp::Contains | LineOp::Match => any,
+            LineOp::NotContains | LineOp::NotMatch => !any,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Neq,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl CmpOp {
+    pub fn apply(self, a: f64, b: f64) -> bool {
+        match self {
+            CmpOp::Eq => a == b,
+            CmpOp::Neq => a != b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+        }
+    }
+}
+
+/// `| name op value`, combined with `and`/`,`/juxtaposition and `or`.
+#[derive(Debug, Clone)]
+pub enum LabelFilter {
+    And(Box<LabelFilter>, Box<LabelFilter>),
+    Or(Box<LabelFilter>, Box<LabelFilter>),
+    Str(Matcher),
+    Num {
+        name: String,
+        op: CmpOp,
+        value: f64,
+    },
+    /// Compared as seconds; the label must hold a Go-style duration (`1.5s`).
+    Dur {
+        name: String,
+        op: CmpOp,
+        secs: f64,
+    },
+}
+
+/// A `drop`/`keep` item: a bare name, or a name with a value matcher.
+#[derive(Debug, Clone)]
+pub enum LabelRef {
+    Name(String),
+    Matcher(Matcher),
+}
+
+impl LabelRef {
+    pub fn name(&self) -> &str {
+        match self {
+            LabelRef::Name(n) => n,
+            LabelRef::Matcher(m) => &m.name,
+        }
+    }
+}
+
+/// A `line_format`/`label_format` template: only literal text and
+/// `{{.label}}`, `{{__line__}}`, `{{__timestamp__}}` actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(pub Vec<TplPart>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TplPart {
+    Lit(String),
+    Label(String),
+    Line,
+    Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub enum LabelFmt {
+    /// `dst=src`
+    Rename(String),
+    /// `dst="template"`
+    Template(Template),
+}
+
+#[derive(Debug, Clone)]
+pub enum Stage {
+    Line(LineFilter),
+    Json,
+    Logfmt,
+    Regexp(Regex),
+    LabelFilter(LabelFilter),
+    Drop(Vec<LabelRef>),
+    Keep(Vec<LabelRef>),
+    LineFormat(Template),
+    LabelFormat(Vec<(String, LabelFmt)>),
+    Decolorize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeFn {
+    CountOverTime,
+    Rate,
+    BytesOverTime,
+    BytesRate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggOp {
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Count,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grouping {
+    pub without: bool,
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
+}
+
+impl BinOp {
+    pub fn apply(self, a: f64, b: f64) -> f64 {
+        match self {
+            BinOp::Add => a + b,
+            BinOp::Sub => a - b,
+            BinOp::Mul => a * b,
+            BinOp::Div => a / b,
+            BinOp::Mod => a % b,
+            BinOp::Pow => a.powf(b),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum MetricExpr {
+    Range {
+        func: RangeFn,
+        query: LogQuery,
+        range_ns: i64,
+        offset_ns: i64,
+    },
+    Agg {
+        op: AggOp,
+        grouping: Option<Grouping>,
+        inner: Box<MetricExpr>,
+    },
+    /// A number literal.
+    Scalar(f64),
+    /// `vector(n)`: one sample with no labels.
+    Vector(f64),
+    Binary {
+        op: BinOp,
+        lhs: Box<MetricExpr>,
+        rhs: Box<MetricExpr>,
+    },
+}
+
+impl MetricExpr {
+    /// How far before an evaluation time this expression reads entries.
+    pub fn lookback_ns(&self) -> i64 {
+        match self {
+            MetricExpr::Range {
+                range_ns,
+                offset_ns,
+                ..
+            } => range_ns.saturating_add(*offset_ns),
+            MetricExpr::Agg { inner, .. } => inner.lookback_ns(),
+            MetricExpr::Binary { lhs, rhs, .. } => lhs.lookback_ns().max(rhs.lookback_ns()),
+            MetricExpr::Scalar(_) | MetricExpr::Vector(_) => 0,
+        }
+    }
+
+    /// How far after an evaluation time this expression reads entries
+    /// (negative offsets look forward).
+    pub fn lookahead_ns(&self) -> i64 {
+        match self {
+            MetricExpr::Range { offset_ns, .. } => (-offset_ns).max(0),
+            MetricExpr::Agg { inner, .. } => inner.lookahead_ns(),
+            MetricExpr::Binary { lhs, rhs, .. } => lhs.lookahead_ns().max(rhs.lookahead_ns()),
+            MetricExpr::Scalar(_) | MetricExpr::Vector(_) => 0,
+        }
+    }
+
+    /// The log queries this expression reads.
+    pub fn log_queries(&self) -> Vec<&LogQuery> {
+        match self {
+            MetricExpr::Range { query, .. } => vec![query],
+            MetricExpr::Agg { inner, .. } => inner.log_queries(),
+            MetricExpr::Binary { lhs, rhs, .. } => {
+                let mut v = lhs.log_queries();
+                v.extend(rhs.log_queries());
+                v
+            }
+            MetricExpr::Scalar(_) | MetricExpr::Vector(_) => Vec::new(),
+        }
+    }
+}

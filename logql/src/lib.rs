@@ -1,0 +1,118 @@
+//! LogQL for logstream's Loki-compatible API: the AST, a lexer, a
+//! recursive-descent parser for the subset logstream evaluates, and the
+//! evaluator over any log entries ([`eval::LogEntry`]). Pure: no I/O, no
+//! async runtime, so it is table-tested and fuzzed alone.
+//!
+//! Errors carry the line and column of the offending token and print like
+//! Loki's own: `parse error at line L, col C: ...`; errors about the query as
+//! a whole (no usable matcher) have no position: `parse error : ...`. Every
+//! one of them is a 400 in Loki's API ([`ParseError`]).
+//!
+//! LogQL supported: stream selectors (`= != =~ !~`, regexes fully anchored,
+//! `"..."` with Go escapes or backticks, `#` comments); line filters
+//! (`|= != |~ !~`, chained, `or`-alternatives, the empty `` |= `` ``);
+//! `| json` and `| logfmt` (no parameters), `| regexp`, label filters
+//! (`= != =~ !~ == > >= < <=` on strings, numbers and durations, combined with
+//! `and`, `,`, `or` and parentheses; like Loki, a failed conversion sets
+//! `__error__`), `| drop` and `| keep` (names or `name="value"`),
+//! `| line_format` and `| label_format` with `{{.label}}`, `{{__line__}}`,
+//! `{{__timestamp__}}` only, `| decolorize`; metrics `count_over_time`,
+//! `rate`, `bytes_over_time`, `bytes_rate` with `[range]` and `offset`,
+//! `sum avg min max count` with `by`/`without`, and arithmetic
+//! (`+ - * / % ^`) between scalars, `vector(n)` and vectors with equal labels.
+//! Anything else is a 400 `parse error at line L, col C: ...`.
+//!
+//! The parser is our own: the `logql-parser` crate is AGPL-3.0, which an
+//! Apache-2.0 binary cannot link without taking on the AGPL's terms.
+
+use std::fmt;
+
+use regex::Regex;
+
+mod ast;
+mod lexer;
+mod parser;
+
+pub use ast::*;
+pub use parser::{parse, parse_selector};
+
+/// Longest accepted query, to bound parse and regex compile cost.
+pub const MAX_QUERY_BYTES: usize = 64 << 10;
+
+/// Loki's message for a selector without a matcher that excludes the empty value.
+pub const EMPTY_SELECTOR: &str = "queries require at least one regexp or equality matcher that does not have an empty-compatible value. For instance, app=~\".*\" does not meet this requirement, but app=~\".+\" will";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// 1-based; 0 with `col` 0 when the error concerns the whole query.
+    pub line: usize,
+    pub col: usize,
+    pub msg: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 && self.col == 0 {
+            write!(f, "parse error : {}", self.msg)
+        } else {
+            write!(
+                f,
+                "parse error at line {}, col {}: {}",
+                self.line, self.col, self.msg
+            )
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Parses a duration such as `15s`, `2000ms`, `1h30m`, `1d`, `1.5s`.
+pub fn parse_duration(s: &str) -> Option<i64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "d" => 86_400e9,
+            "w" => 7.0 * 86_400e9,
+            "y" => 365.0 * 86_400e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += n * unit;
+    }
+    if !total.is_finite() || total > i64::MAX as f64 {
+        return None;
+    }
+    Some(total as i64)
+}
+
+pub(crate) fn compile(p: &str) -> Result<Regex, String> {
+    regex::RegexBuilder::new(p)
+        .size_limit(1 << 20)
+        .dfa_size_limit(1 << 20)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;
