@@ -30,6 +30,7 @@ use std::fmt;
 use regex::Regex;
 
 mod ast;
+pub mod eval;
 mod lexer;
 mod parser;
 
@@ -112,6 +113,38 @@ pub(crate) fn compile(p: &str) -> Result<Regex, String> {
         .dfa_size_limit(1 << 20)
         .build()
         .map_err(|e| e.to_string())
+}
+
+/// RFC 3339 UTC with nanoseconds. The date-and-seconds prefix is cached per
+/// thread: consecutive records mostly share their second.
+pub fn format_ts(ns: i64) -> String {
+    use std::cell::RefCell;
+    use std::fmt::Write;
+    thread_local! {
+        static PREFIX: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    PREFIX.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            let t = time::OffsetDateTime::from_unix_timestamp(secs)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
+            cache.1 = format!(
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.",
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+            cache.0 = secs;
+        }
+        let mut s = String::with_capacity(cache.1.len() + 10);
+        s.push_str(&cache.1);
+        // Writing into a String cannot fail.
+        let _ = write!(s, "{nanos:09}Z");
+        s
+    })
 }
 
 #[cfg(test)]

@@ -404,37 +404,9 @@ struct RecordRef<'a> {
     split: Option<SplitPart>,
 }
 
-/// RFC 3339 UTC with nanoseconds. The date-and-seconds prefix is cached per
-/// thread: consecutive records mostly share their second.
-pub fn format_ts(ns: i64) -> String {
-    use std::cell::RefCell;
-    use std::fmt::Write;
-    thread_local! {
-        static PREFIX: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
-    }
-    let secs = ns.div_euclid(1_000_000_000);
-    let nanos = ns.rem_euclid(1_000_000_000);
-    PREFIX.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.0 != secs {
-            let t = time::OffsetDateTime::from_unix_timestamp(secs)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
-            cache.1 = format!(
-                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.",
-                t.hour(),
-                t.minute(),
-                t.second()
-            );
-            cache.0 = secs;
-        }
-        let mut s = String::with_capacity(cache.1.len() + 10);
-        s.push_str(&cache.1);
-        // Writing into a String cannot fail.
-        let _ = write!(s, "{nanos:09}Z");
-        s
-    })
-}
+/// RFC 3339 UTC with nanoseconds: one formatter for the wire and LogQL's
+/// `{{__timestamp__}}`.
+pub use logstream_logql::format_ts;
 
 /// Parses RFC 3339 into nanoseconds since the epoch.
 pub fn parse_ts(s: &str) -> Option<i64> {

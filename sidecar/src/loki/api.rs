@@ -21,13 +21,13 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::eval::{self, Direction, Grid, Labels, Steps, StreamCache};
 use crate::filter::Filter;
 use crate::hub::{Entry, Hub, format_ts, now_ns, parse_ts};
 use crate::protocol::{Subscribe, close};
 use crate::server::state::AppState;
 use crate::server::stream::Next as Step;
 use crate::session::{Pull, Session};
+use logstream_logql::eval::{self, Direction, Grid, Labels, Steps, StreamCache};
 use logstream_logql::{self as logql, LogQuery, MetricExpr, ParseError, Query};
 
 /// Loki's default `limit` for queries and the tail replay.
@@ -412,7 +412,7 @@ fn streams_in(hub: &Hub, from: i64, to: i64, sels: &[LogQuery]) -> BTreeSet<Labe
         if e.ts_ns < from || e.ts_ns >= to || !seen.insert((e.source.slot, e.level)) {
             continue;
         }
-        let l = eval::stream_labels(e);
+        let l = super::stream_labels(e);
         if selected(sels, &l) {
             out.insert(l);
         }
@@ -668,7 +668,7 @@ async fn index_stats(State(lk): State<Loki>, RawQuery(raw): RawQuery, body: Byte
             let key = (e.source.slot, e.level);
             let ok = *verdicts
                 .entry(key)
-                .or_insert_with(|| selected(&sels, &eval::stream_labels(e)));
+                .or_insert_with(|| selected(&sels, &super::stream_labels(e)));
             if ok {
                 streams.insert(key);
                 st.entries += 1;

@@ -20,4 +20,111 @@
 pub const TAIL_PATH: &str = "/loki/api/v1/tail";
 
 pub mod api;
-pub mod eval;
+
+use logstream_logql::eval::{Labels, LogEntry};
+
+use crate::hub::Entry;
+use crate::protocol::Level;
+
+/// The labels of the Loki stream an entry belongs to: `namespace`, `pod`,
+/// `container`, `file` (each only when not empty) and `level` (`unknown`
+/// when the line had none).
+pub fn stream_labels(e: &Entry) -> Labels {
+    let s = &e.source.source;
+    let mut l = Labels::new();
+    for (k, v) in [
+        ("namespace", &s.namespace),
+        ("pod", &s.pod),
+        ("container", &s.container),
+        ("file", &s.file),
+    ] {
+        if !v.is_empty() {
+            l.insert(k.to_string(), v.clone());
+        }
+    }
+    l.insert("level".into(), level_name(e.level).into());
+    l
+}
+
+pub fn level_name(l: Option<Level>) -> &'static str {
+    l.map_or("unknown", Level::as_str)
+}
+
+/// The hub's records are what LogQL evaluates: one stream per source and
+/// level.
+impl LogEntry for Entry {
+    fn stream_key(&self) -> u64 {
+        (u64::from(self.source.slot) << 8) | self.level.map_or(0, |l| l as u64 + 1)
+    }
+    fn stream_labels(&self) -> Labels {
+        stream_labels(self)
+    }
+    fn ts_ns(&self) -> i64 {
+        self.ts_ns
+    }
+    fn idx(&self) -> u64 {
+        self.idx
+    }
+    fn line(&self) -> &str {
+        &self.line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::hub::{Hub, HubLimits, Pending};
+
+    /// One entry per (file, level) of pod `pod` in namespace `ns`.
+    fn entries(rows: &[(&str, Option<Level>)]) -> Vec<Arc<Entry>> {
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 100,
+                max_bytes: 1 << 20,
+            },
+            "t",
+        );
+        for (file, level) in rows {
+            let info = hub.source(crate::hub::tests::src(file));
+            hub.publish(vec![Pending {
+                source: info.clone(),
+                seq: info.next_seq(),
+                ts_ns: 1,
+                level: *level,
+                line: "x".into(),
+                partial: false,
+                split: None,
+            }]);
+        }
+        let ring = hub.lock();
+        ring.iter_from(ring.first_idx()).cloned().collect()
+    }
+
+    #[test]
+    fn stream_labels_of_an_entry() {
+        let e = entries(&[
+            ("app.log", Some(Level::Info)),
+            ("db.log", None),
+            ("app.log", Some(Level::Error)),
+            ("app.log", Some(Level::Info)),
+        ]);
+        let want: Labels = [
+            ("container", "app"),
+            ("file", "app.log"),
+            ("level", "info"),
+            ("namespace", "ns"),
+            ("pod", "pod"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(stream_labels(&e[0]), want);
+        assert_eq!(stream_labels(&e[1])["level"], "unknown");
+        // One stream key per stream.
+        assert_eq!(e[0].stream_key(), e[3].stream_key());
+        assert_ne!(e[0].stream_key(), e[1].stream_key());
+        assert_ne!(e[0].stream_key(), e[2].stream_key());
+    }
+}

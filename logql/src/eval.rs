@@ -1,5 +1,6 @@
-//! Evaluation of parsed LogQL over hub entries: pure functions over a slice
-//! of [`Entry`], no locks and no I/O, so they are unit-tested directly.
+//! Evaluation of parsed LogQL over log entries: pure functions over a slice
+//! of anything that is a [`LogEntry`], no locks and no I/O, so they are
+//! unit-tested directly.
 //!
 //! ```text
 //!  entries ──stream labels──► selector ──► pipeline (filters, parsers, formats) ──► rows
@@ -11,11 +12,9 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::hub::{Entry, format_ts};
-use crate::protocol::Level;
-use logstream_logql::{
+use crate::{
     AggOp, BinOp, Grouping, LabelFilter, LabelFmt, LabelRef, LogQuery, MetricExpr, RangeFn, Stage,
-    Template, TplPart,
+    Template, TplPart, format_ts,
 };
 
 /// A label set; sorted, so it prints and compares canonically.
@@ -23,44 +22,52 @@ pub type Labels = BTreeMap<String, String>;
 
 pub const ERROR_LABEL: &str = "__error__";
 
-/// The labels of the Loki stream an entry belongs to: `namespace`, `pod`,
-/// `container`, `file` (each only when not empty) and `level` (`unknown`
-/// when the line had none).
-pub fn stream_labels(e: &Entry) -> Labels {
-    let s = &e.source.source;
-    let mut l = Labels::new();
-    for (k, v) in [
-        ("namespace", &s.namespace),
-        ("pod", &s.pod),
-        ("container", &s.container),
-        ("file", &s.file),
-    ] {
-        if !v.is_empty() {
-            l.insert(k.to_string(), v.clone());
-        }
+/// What the evaluator needs of a log entry.
+pub trait LogEntry {
+    /// Equal for entries of one stream (equal [`LogEntry::stream_labels`]):
+    /// the selector is decided once per key.
+    fn stream_key(&self) -> u64;
+    /// The labels of the entry's stream.
+    fn stream_labels(&self) -> Labels;
+    /// When it was read, in nanoseconds since the epoch.
+    fn ts_ns(&self) -> i64;
+    /// Its position in the log: entries with equal timestamps keep this order.
+    fn idx(&self) -> u64;
+    fn line(&self) -> &str;
+}
+
+impl<T: LogEntry + ?Sized> LogEntry for Arc<T> {
+    fn stream_key(&self) -> u64 {
+        (**self).stream_key()
     }
-    l.insert("level".into(), level_name(e.level).into());
-    l
+    fn stream_labels(&self) -> Labels {
+        (**self).stream_labels()
+    }
+    fn ts_ns(&self) -> i64 {
+        (**self).ts_ns()
+    }
+    fn idx(&self) -> u64 {
+        (**self).idx()
+    }
+    fn line(&self) -> &str {
+        (**self).line()
+    }
 }
 
-pub fn level_name(l: Option<Level>) -> &'static str {
-    l.map_or("unknown", Level::as_str)
-}
-
-/// Stream labels per (source, level), computed once per query, with the
-/// verdict of the query's selector.
+/// Stream labels per stream key, computed once per query, with the verdict
+/// of the query's selector.
 #[derive(Default)]
 pub struct StreamCache {
-    map: HashMap<(u32, Option<Level>), Option<Arc<Labels>>>,
+    map: HashMap<u64, Option<Arc<Labels>>>,
 }
 
 impl StreamCache {
     /// The entry's stream labels if `q`'s selector accepts them.
-    pub fn selected(&mut self, q: &LogQuery, e: &Entry) -> Option<Arc<Labels>> {
+    pub fn selected(&mut self, q: &LogQuery, e: &impl LogEntry) -> Option<Arc<Labels>> {
         self.map
-            .entry((e.source.slot, e.level))
+            .entry(e.stream_key())
             .or_insert_with(|| {
-                let l = stream_labels(e);
+                let l = e.stream_labels();
                 selects(q, &l).then(|| Arc::new(l))
             })
             .clone()
@@ -83,22 +90,23 @@ pub struct Row<'a> {
 }
 
 /// Runs `q` over entries whose time is in `[from, to)`.
-pub fn select<'a>(
+pub fn select<'a, E: LogEntry>(
     q: &'a LogQuery,
-    entries: &'a [Arc<Entry>],
+    entries: &'a [E],
     from: i64,
     to: i64,
 ) -> impl Iterator<Item = Row<'a>> + 'a {
     let mut cache = StreamCache::default();
     entries.iter().filter_map(move |e| {
-        if e.ts_ns < from || e.ts_ns >= to {
+        let ts_ns = e.ts_ns();
+        if ts_ns < from || ts_ns >= to {
             return None;
         }
         let base = cache.selected(q, e)?;
-        let (line, changed) = run_pipeline(&q.pipeline, &base, &e.line, e.ts_ns)?;
+        let (line, changed) = run_pipeline(&q.pipeline, &base, e.line(), ts_ns)?;
         Some(Row {
-            ts_ns: e.ts_ns,
-            idx: e.idx,
+            ts_ns,
+            idx: e.idx(),
             labels: changed.map_or(base, Arc::new),
             line,
         })
@@ -369,7 +377,7 @@ fn label_filter(f: &LabelFilter, l: &Labels) -> Option<bool> {
             Some(op.apply(v, *value))
         }
         LabelFilter::Dur { name, op, secs } => {
-            let ns = logstream_logql::parse_duration(get(name).trim())?;
+            let ns = crate::parse_duration(get(name).trim())?;
             Some(op.apply(ns as f64 / 1e9, *secs))
         }
         LabelFilter::And(a, b) => {
@@ -457,7 +465,7 @@ pub struct LogResult {
 /// oldest (forward) matching lines across all streams.
 pub fn log_query(
     q: &LogQuery,
-    entries: &[Arc<Entry>],
+    entries: &[impl LogEntry],
     start: i64,
     end: i64,
     limit: usize,
@@ -546,9 +554,9 @@ pub fn needed_window(expr: &MetricExpr, steps: &Steps) -> (i64, i64) {
 }
 
 /// Evaluates a metric expression at every step.
-pub fn metric_query(
+pub fn metric_query<E: LogEntry>(
     expr: &MetricExpr,
-    entries: &[Arc<Entry>],
+    entries: &[E],
     steps: &Steps,
 ) -> Result<Grid, String> {
     Ok(match expr {
@@ -588,7 +596,7 @@ fn range_fn(
     q: &LogQuery,
     range_ns: i64,
     offset_ns: i64,
-    entries: &[Arc<Entry>],
+    entries: &[impl LogEntry],
     steps: &Steps,
 ) -> Vec<Series> {
     // Window for step t: (t - offset - range, t - offset].
@@ -773,357 +781,5 @@ pub fn format_value(v: f64) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::hub::{Hub, HubLimits, Pending};
-    use logstream_logql::{Query, parse};
-
-    pub const T0: i64 = 1_700_000_000_000_000_000;
-    pub const SEC: i64 = 1_000_000_000;
-
-    /// Entries of `app.log` and `db.log` at known times: (file, level, seconds after T0, line).
-    pub fn entries(rows: &[(&str, Option<Level>, i64, &str)]) -> Vec<Arc<Entry>> {
-        let hub = Hub::new(
-            HubLimits {
-                max_lines: 10_000,
-                max_bytes: 1 << 30,
-            },
-            "t",
-        );
-        for (file, level, secs, line) in rows {
-            let info = hub.source(crate::hub::tests::src(file));
-            hub.publish(vec![Pending {
-                source: info.clone(),
-                seq: info.next_seq(),
-                ts_ns: T0 + secs * SEC,
-                level: *level,
-                line: line.to_string(),
-                partial: false,
-                split: None,
-            }]);
-        }
-        let ring = hub.lock();
-        ring.iter_from(ring.first_idx()).cloned().collect()
-    }
-
-    fn sample() -> Vec<Arc<Entry>> {
-        use Level::*;
-        entries(&[
-            ("app.log", Some(Info), 0, "INFO started x=1"),
-            ("app.log", Some(Warn), 1, "WARN slow request x=2"),
-            ("db.log", None, 1, "vacuum"),
-            (
-                "app.log",
-                Some(Error),
-                2,
-                r#"{"level":"error","status":500,"req":{"path":"/a"},"dur":"1.5s"}"#,
-            ),
-            (
-                "app.log",
-                Some(Info),
-                3,
-                r#"{"level":"info","status":200,"req":{"path":"/b"},"dur":"20ms"}"#,
-            ),
-            ("app.log", Some(Info), 4, "INFO done x=3"),
-            ("app.log", None, 5, "no level here"),
-        ])
-    }
-
-    fn lq(q: &str) -> LogQuery {
-        match parse(q).unwrap() {
-            Query::Log(l) => l,
-            Query::Metric(_) => panic!("metric"),
-        }
-    }
-
-    fn mq(q: &str) -> MetricExpr {
-        match parse(q).unwrap() {
-            Query::Metric(m) => m,
-            Query::Log(_) => panic!("log"),
-        }
-    }
-
-    fn lines(r: &LogResult) -> Vec<&str> {
-        r.streams
-            .iter()
-            .flat_map(|s| s.values.iter().map(|(_, l)| l.as_str()))
-            .collect()
-    }
-
-    const ALL: (i64, i64) = (T0, T0 + 100 * SEC);
-
-    #[test]
-    fn stream_labels_of_an_entry() {
-        let e = sample();
-        let l = stream_labels(&e[0]);
-        let want: Labels = [
-            ("container", "app"),
-            ("file", "app.log"),
-            ("level", "info"),
-            ("namespace", "ns"),
-            ("pod", "pod"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        assert_eq!(l, want);
-        assert_eq!(stream_labels(&e[2])["level"], "unknown");
-    }
-
-    #[test]
-    fn limit_applies_across_streams_in_both_directions() {
-        let e = sample();
-        let q = lq(r#"{file="app.log"}"#);
-        let r = log_query(&q, &e, ALL.0, ALL.1, 2, Direction::Backward);
-        assert_eq!(r.matched, 6);
-        assert_eq!(r.returned, 2);
-        let mut got = lines(&r);
-        got.sort();
-        assert_eq!(got, ["INFO done x=3", "no level here"]);
-        let r = log_query(&q, &e, ALL.0, ALL.1, 2, Direction::Forward);
-        let mut got = lines(&r);
-        got.sort();
-        assert_eq!(got, ["INFO started x=1", "WARN slow request x=2"]);
-        // Within a stream, values follow the direction.
-        let r = log_query(&q, &e, ALL.0, ALL.1, 100, Direction::Backward);
-        let info = r
-            .streams
-            .iter()
-            .find(|s| s.labels["level"] == "info")
-            .unwrap();
-        let ts: Vec<i64> = info.values.iter().map(|(t, _)| *t).collect();
-        assert!(ts.windows(2).all(|w| w[0] > w[1]), "{ts:?}");
-    }
-
-    #[test]
-    fn start_is_inclusive_and_end_exclusive() {
-        let e = sample();
-        let q = lq(r#"{file="app.log"}"#);
-        let r = log_query(&q, &e, T0 + SEC, T0 + 3 * SEC, 100, Direction::Forward);
-        assert_eq!(lines(&r).len(), 2, "{:?}", lines(&r));
-        assert_eq!(r.streams[0].values.len() + r.streams[1].values.len(), 2);
-    }
-
-    #[test]
-    fn line_filters_and_selectors() {
-        let e = sample();
-        let r = log_query(
-            &lq(r#"{file=~"app.*", level!="warn"} |= "x=" != "done""#),
-            &e,
-            ALL.0,
-            ALL.1,
-            100,
-            Direction::Forward,
-        );
-        assert_eq!(lines(&r), ["INFO started x=1"]);
-        let r = log_query(
-            &lq(r#"{level="unknown"}"#),
-            &e,
-            ALL.0,
-            ALL.1,
-            100,
-            Direction::Forward,
-        );
-        // Streams are ordered by their labels (app.log before db.log).
-        assert_eq!(lines(&r), ["no level here", "vacuum"]);
-    }
-
-    #[test]
-    fn json_extracts_flattened_fields_and_marks_errors() {
-        let e = sample();
-        let r = log_query(
-            &lq(r#"{file="app.log"} | json | status >= 500"#),
-            &e,
-            ALL.0,
-            ALL.1,
-            100,
-            Direction::Forward,
-        );
-        // Non-JSON lines carry __error__ and skip the label filter, like Loki.
-        let errored: Vec<&Stream> = r
-            .streams
-            .iter()
-            .filter(|s| s.labels.contains_key(ERROR_LABEL))
-            .collect();
-        assert_eq!(errored.iter().map(|s| s.values.len()).sum::<usize>(), 4);
-        let ok: Vec<&Stream> = r
-            .streams
-            .iter()
-            .filter(|s| !s.labels.contains_key(ERROR_LABEL))
-            .collect();
-        assert_eq!(ok.len(), 1);
-        assert_eq!(ok[0].labels["status"], "500");
-        assert_eq!(ok[0].labels["req_path"], "/a");
-        assert_eq!(ok[0].labels["level_extracted"], "error");
-        assert_eq!(ok[0].labels["level"], "error");
-        // Dropping errored lines and comparing durations.
-        let r = log_query(
-            &lq(r#"{file="app.log"} | json | __error__=`` | dur > 1s"#),
-            &e,
-            ALL.0,
-            ALL.1,
-            100,
-            Direction::Forward,
-        );
-        assert_eq!(r.returned, 1);
-        assert!(lines(&r)[0].contains("/a"));
-        // drop __error__ keeps the lines but removes the label.
-        let r = log_query(
-            &lq(r#"{file="app.log"} | json | drop __error__, req_path"#),
-            &e,
-            ALL.0,
-            ALL.1,
-            100,
-            Direction::Forward,
-        );
-        assert_eq!(r.returned, 6);
-        assert!(
-            r.streams
-                .iter()
-                .all(|s| !s.labels.contains_key(ERROR_LABEL) && !s.labels.contains_key("req_path"))
-        );
-    }
-
-    #[test]
-    fn logfmt_regexp_formats_and_keep() {
-        let e = sample();
-        let r = log_query(
-            &lq(
-                r#"{file="app.log"} |~ "x=\\d" | logfmt | x > 1 | line_format "{{.level}}: x is {{.x}}" | label_format n=x | keep n, level"#,
-            ),
-            &e,
-            ALL.0,
-            ALL.1,
-            100,
-            Direction::Forward,
-        );
-        assert_eq!(lines(&r), ["info: x is 3", "warn: x is 2"]);
-        assert!(r.streams.iter().all(|s| s.labels.len() == 2));
-        assert_eq!(r.streams[0].labels["n"], "3");
-        let r = log_query(
-            &lq(r#"{file="app.log"} | regexp `^(?P<word>[A-Z]+) ` | word="WARN""#),
-            &e,
-            ALL.0,
-            ALL.1,
-            100,
-            Direction::Forward,
-        );
-        assert_eq!(lines(&r), ["WARN slow request x=2"]);
-    }
-
-    #[test]
-    fn logfmt_parser() {
-        assert_eq!(
-            logfmt_fields(r#"a=1 b="two words" c= d e="q\"x""#).unwrap(),
-            [
-                ("a".into(), "1".into()),
-                ("b".into(), "two words".into()),
-                ("c".into(), String::new()),
-                ("d".into(), String::new()),
-                ("e".into(), "q\"x".into()),
-            ]
-        );
-        assert!(logfmt_fields(r#"a="open"#).is_none());
-        assert!(logfmt_fields("=x").is_none());
-        assert_eq!(decolorize("\u{1b}[31mred\u{1b}[0m!"), "red!");
-    }
-
-    #[test]
-    fn count_over_time_with_sum_by_level() {
-        let e = sample();
-        let expr =
-            mq(r#"sum by (level) (count_over_time({file="app.log"} | drop __error__[2000ms]))"#);
-        let steps = Steps {
-            start: T0,
-            step: 2 * SEC,
-            count: 4,
-        };
-        let Grid::Vector(series) = metric_query(&expr, &e, &steps).unwrap() else {
-            panic!()
-        };
-        let get = |lvl: &str| {
-            series
-                .iter()
-                .find(|s| s.labels.get("level").map(String::as_str) == Some(lvl))
-                .unwrap_or_else(|| panic!("{lvl}: {series:?}"))
-                .values
-                .clone()
-        };
-        // Windows (t-2s, t] at t = 0, 2, 4, 6 s.
-        assert_eq!(get("info"), [Some(1.0), None, Some(2.0), None]);
-        assert_eq!(get("warn"), [None, Some(1.0), None, None]);
-        assert_eq!(get("error"), [None, Some(1.0), None, None]);
-        assert_eq!(get("unknown"), [None, None, None, Some(1.0)]);
-        assert!(series.iter().all(|s| s.labels.len() == 1));
-    }
-
-    #[test]
-    fn rate_sum_without_and_arithmetic() {
-        let e = sample();
-        let steps = Steps {
-            start: T0 + 10 * SEC,
-            step: SEC,
-            count: 1,
-        };
-        let g = metric_query(&mq(r#"sum(rate({file=~".+"}[10s]))"#), &e, &steps).unwrap();
-        // Entries at 1..=5 s (6 of 7; the one at 0 s is outside (0, 10]).
-        assert_eq!(
-            g,
-            Grid::Vector(vec![Series {
-                labels: Labels::new(),
-                values: vec![Some(0.6)]
-            }])
-        );
-        let g = metric_query(
-            &mq(r#"sum without (level, pod, namespace, container) (count_over_time({file=~".+"}[1m])) * 2"#),
-            &e,
-            &steps,
-        )
-        .unwrap();
-        let Grid::Vector(s) = g else { panic!() };
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[0].labels["file"], "app.log");
-        assert_eq!(s[0].values, [Some(12.0)]);
-        assert_eq!(s[1].values, [Some(2.0)]);
-        let g = metric_query(&mq("vector(1)+vector(1)"), &e, &Steps::instant(T0)).unwrap();
-        assert_eq!(
-            g,
-            Grid::Vector(vec![Series {
-                labels: Labels::new(),
-                values: vec![Some(2.0)]
-            }])
-        );
-        assert_eq!(
-            metric_query(&mq("2 ^ 3 - 1"), &e, &Steps::instant(T0)).unwrap(),
-            Grid::Scalar(7.0)
-        );
-        assert!(metric_query(&mq("sum(1)"), &e, &Steps::instant(T0)).is_err());
-    }
-
-    #[test]
-    fn offset_shifts_the_window() {
-        let e = sample();
-        let steps = Steps::instant(T0 + 12 * SEC);
-        let g = metric_query(
-            &mq(r#"count_over_time({file="db.log"}[5s] offset 10s)"#),
-            &e,
-            &steps,
-        )
-        .unwrap();
-        let Grid::Vector(s) = g else { panic!() };
-        assert_eq!(s[0].values, [Some(1.0)]);
-        assert_eq!(
-            needed_window(&mq(r#"count_over_time({a="b"}[5s] offset 10s)"#), &steps).0,
-            T0 - 3 * SEC
-        );
-    }
-
-    #[test]
-    fn values_format_like_prometheus() {
-        assert_eq!(format_value(2.0), "2");
-        assert_eq!(format_value(0.1), "0.1");
-        assert_eq!(format_value(1e21), "1000000000000000000000");
-        assert_eq!(format_value(f64::INFINITY), "+Inf");
-        assert_eq!(format_value(f64::NAN), "NaN");
-    }
-}
+#[cfg(test)]
+mod tests;

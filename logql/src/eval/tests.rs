@@ -1,0 +1,376 @@
+use super::*;
+use crate::{Query, parse};
+
+pub const T0: i64 = 1_700_000_000_000_000_000;
+pub const SEC: i64 = 1_000_000_000;
+
+/// Levels of the sample lines.
+#[derive(Clone, Copy)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// An entry of pod `pod` (container `app`, namespace `ns`): the stream
+/// labels logstream gives a record.
+pub struct Entry {
+    file: String,
+    level: Option<Level>,
+    ts_ns: i64,
+    idx: u64,
+    line: String,
+}
+
+impl LogEntry for Entry {
+    fn stream_key(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&(&self.file, self.level.map(|l| l as u8)), &mut h);
+        std::hash::Hasher::finish(&h)
+    }
+    fn stream_labels(&self) -> Labels {
+        let level = match self.level {
+            Some(Level::Info) => "info",
+            Some(Level::Warn) => "warn",
+            Some(Level::Error) => "error",
+            None => "unknown",
+        };
+        [
+            ("namespace", "ns"),
+            ("pod", "pod"),
+            ("container", "app"),
+            ("file", self.file.as_str()),
+            ("level", level),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+    fn ts_ns(&self) -> i64 {
+        self.ts_ns
+    }
+    fn idx(&self) -> u64 {
+        self.idx
+    }
+    fn line(&self) -> &str {
+        &self.line
+    }
+}
+
+/// Entries of `app.log` and `db.log` at known times: (file, level, seconds after T0, line).
+pub fn entries(rows: &[(&str, Option<Level>, i64, &str)]) -> Vec<Arc<Entry>> {
+    rows.iter()
+        .zip(0..)
+        .map(|((file, level, secs, line), idx)| {
+            Arc::new(Entry {
+                file: file.to_string(),
+                level: *level,
+                ts_ns: T0 + secs * SEC,
+                idx,
+                line: line.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn sample() -> Vec<Arc<Entry>> {
+    use Level::*;
+    entries(&[
+        ("app.log", Some(Info), 0, "INFO started x=1"),
+        ("app.log", Some(Warn), 1, "WARN slow request x=2"),
+        ("db.log", None, 1, "vacuum"),
+        (
+            "app.log",
+            Some(Error),
+            2,
+            r#"{"level":"error","status":500,"req":{"path":"/a"},"dur":"1.5s"}"#,
+        ),
+        (
+            "app.log",
+            Some(Info),
+            3,
+            r#"{"level":"info","status":200,"req":{"path":"/b"},"dur":"20ms"}"#,
+        ),
+        ("app.log", Some(Info), 4, "INFO done x=3"),
+        ("app.log", None, 5, "no level here"),
+    ])
+}
+
+fn lq(q: &str) -> LogQuery {
+    match parse(q).unwrap() {
+        Query::Log(l) => l,
+        Query::Metric(_) => panic!("metric"),
+    }
+}
+
+fn mq(q: &str) -> MetricExpr {
+    match parse(q).unwrap() {
+        Query::Metric(m) => m,
+        Query::Log(_) => panic!("log"),
+    }
+}
+
+fn lines(r: &LogResult) -> Vec<&str> {
+    r.streams
+        .iter()
+        .flat_map(|s| s.values.iter().map(|(_, l)| l.as_str()))
+        .collect()
+}
+
+const ALL: (i64, i64) = (T0, T0 + 100 * SEC);
+
+#[test]
+fn limit_applies_across_streams_in_both_directions() {
+    let e = sample();
+    let q = lq(r#"{file="app.log"}"#);
+    let r = log_query(&q, &e, ALL.0, ALL.1, 2, Direction::Backward);
+    assert_eq!(r.matched, 6);
+    assert_eq!(r.returned, 2);
+    let mut got = lines(&r);
+    got.sort();
+    assert_eq!(got, ["INFO done x=3", "no level here"]);
+    let r = log_query(&q, &e, ALL.0, ALL.1, 2, Direction::Forward);
+    let mut got = lines(&r);
+    got.sort();
+    assert_eq!(got, ["INFO started x=1", "WARN slow request x=2"]);
+    // Within a stream, values follow the direction.
+    let r = log_query(&q, &e, ALL.0, ALL.1, 100, Direction::Backward);
+    let info = r
+        .streams
+        .iter()
+        .find(|s| s.labels["level"] == "info")
+        .unwrap();
+    let ts: Vec<i64> = info.values.iter().map(|(t, _)| *t).collect();
+    assert!(ts.windows(2).all(|w| w[0] > w[1]), "{ts:?}");
+}
+
+#[test]
+fn start_is_inclusive_and_end_exclusive() {
+    let e = sample();
+    let q = lq(r#"{file="app.log"}"#);
+    let r = log_query(&q, &e, T0 + SEC, T0 + 3 * SEC, 100, Direction::Forward);
+    assert_eq!(lines(&r).len(), 2, "{:?}", lines(&r));
+    assert_eq!(r.streams[0].values.len() + r.streams[1].values.len(), 2);
+}
+
+#[test]
+fn line_filters_and_selectors() {
+    let e = sample();
+    let r = log_query(
+        &lq(r#"{file=~"app.*", level!="warn"} |= "x=" != "done""#),
+        &e,
+        ALL.0,
+        ALL.1,
+        100,
+        Direction::Forward,
+    );
+    assert_eq!(lines(&r), ["INFO started x=1"]);
+    let r = log_query(
+        &lq(r#"{level="unknown"}"#),
+        &e,
+        ALL.0,
+        ALL.1,
+        100,
+        Direction::Forward,
+    );
+    // Streams are ordered by their labels (app.log before db.log).
+    assert_eq!(lines(&r), ["no level here", "vacuum"]);
+}
+
+#[test]
+fn json_extracts_flattened_fields_and_marks_errors() {
+    let e = sample();
+    let r = log_query(
+        &lq(r#"{file="app.log"} | json | status >= 500"#),
+        &e,
+        ALL.0,
+        ALL.1,
+        100,
+        Direction::Forward,
+    );
+    // Non-JSON lines carry __error__ and skip the label filter, like Loki.
+    let errored: Vec<&Stream> = r
+        .streams
+        .iter()
+        .filter(|s| s.labels.contains_key(ERROR_LABEL))
+        .collect();
+    assert_eq!(errored.iter().map(|s| s.values.len()).sum::<usize>(), 4);
+    let ok: Vec<&Stream> = r
+        .streams
+        .iter()
+        .filter(|s| !s.labels.contains_key(ERROR_LABEL))
+        .collect();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].labels["status"], "500");
+    assert_eq!(ok[0].labels["req_path"], "/a");
+    assert_eq!(ok[0].labels["level_extracted"], "error");
+    assert_eq!(ok[0].labels["level"], "error");
+    // Dropping errored lines and comparing durations.
+    let r = log_query(
+        &lq(r#"{file="app.log"} | json | __error__=`` | dur > 1s"#),
+        &e,
+        ALL.0,
+        ALL.1,
+        100,
+        Direction::Forward,
+    );
+    assert_eq!(r.returned, 1);
+    assert!(lines(&r)[0].contains("/a"));
+    // drop __error__ keeps the lines but removes the label.
+    let r = log_query(
+        &lq(r#"{file="app.log"} | json | drop __error__, req_path"#),
+        &e,
+        ALL.0,
+        ALL.1,
+        100,
+        Direction::Forward,
+    );
+    assert_eq!(r.returned, 6);
+    assert!(
+        r.streams
+            .iter()
+            .all(|s| !s.labels.contains_key(ERROR_LABEL) && !s.labels.contains_key("req_path"))
+    );
+}
+
+#[test]
+fn logfmt_regexp_formats_and_keep() {
+    let e = sample();
+    let r = log_query(
+        &lq(
+            r#"{file="app.log"} |~ "x=\\d" | logfmt | x > 1 | line_format "{{.level}}: x is {{.x}}" | label_format n=x | keep n, level"#,
+        ),
+        &e,
+        ALL.0,
+        ALL.1,
+        100,
+        Direction::Forward,
+    );
+    assert_eq!(lines(&r), ["info: x is 3", "warn: x is 2"]);
+    assert!(r.streams.iter().all(|s| s.labels.len() == 2));
+    assert_eq!(r.streams[0].labels["n"], "3");
+    let r = log_query(
+        &lq(r#"{file="app.log"} | regexp `^(?P<word>[A-Z]+) ` | word="WARN""#),
+        &e,
+        ALL.0,
+        ALL.1,
+        100,
+        Direction::Forward,
+    );
+    assert_eq!(lines(&r), ["WARN slow request x=2"]);
+}
+
+#[test]
+fn logfmt_parser() {
+    assert_eq!(
+        logfmt_fields(r#"a=1 b="two words" c= d e="q\"x""#).unwrap(),
+        [
+            ("a".into(), "1".into()),
+            ("b".into(), "two words".into()),
+            ("c".into(), String::new()),
+            ("d".into(), String::new()),
+            ("e".into(), "q\"x".into()),
+        ]
+    );
+    assert!(logfmt_fields(r#"a="open"#).is_none());
+    assert!(logfmt_fields("=x").is_none());
+    assert_eq!(decolorize("\u{1b}[31mred\u{1b}[0m!"), "red!");
+}
+
+#[test]
+fn count_over_time_with_sum_by_level() {
+    let e = sample();
+    let expr = mq(r#"sum by (level) (count_over_time({file="app.log"} | drop __error__[2000ms]))"#);
+    let steps = Steps {
+        start: T0,
+        step: 2 * SEC,
+        count: 4,
+    };
+    let Grid::Vector(series) = metric_query(&expr, &e, &steps).unwrap() else {
+        panic!()
+    };
+    let get = |lvl: &str| {
+        series
+            .iter()
+            .find(|s| s.labels.get("level").map(String::as_str) == Some(lvl))
+            .unwrap_or_else(|| panic!("{lvl}: {series:?}"))
+            .values
+            .clone()
+    };
+    // Windows (t-2s, t] at t = 0, 2, 4, 6 s.
+    assert_eq!(get("info"), [Some(1.0), None, Some(2.0), None]);
+    assert_eq!(get("warn"), [None, Some(1.0), None, None]);
+    assert_eq!(get("error"), [None, Some(1.0), None, None]);
+    assert_eq!(get("unknown"), [None, None, None, Some(1.0)]);
+    assert!(series.iter().all(|s| s.labels.len() == 1));
+}
+
+#[test]
+fn rate_sum_without_and_arithmetic() {
+    let e = sample();
+    let steps = Steps {
+        start: T0 + 10 * SEC,
+        step: SEC,
+        count: 1,
+    };
+    let g = metric_query(&mq(r#"sum(rate({file=~".+"}[10s]))"#), &e, &steps).unwrap();
+    // Entries at 1..=5 s (6 of 7; the one at 0 s is outside (0, 10]).
+    assert_eq!(
+        g,
+        Grid::Vector(vec![Series {
+            labels: Labels::new(),
+            values: vec![Some(0.6)]
+        }])
+    );
+    let g = metric_query(
+        &mq(r#"sum without (level, pod, namespace, container) (count_over_time({file=~".+"}[1m])) * 2"#),
+        &e,
+        &steps,
+    )
+    .unwrap();
+    let Grid::Vector(s) = g else { panic!() };
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].labels["file"], "app.log");
+    assert_eq!(s[0].values, [Some(12.0)]);
+    assert_eq!(s[1].values, [Some(2.0)]);
+    let g = metric_query(&mq("vector(1)+vector(1)"), &e, &Steps::instant(T0)).unwrap();
+    assert_eq!(
+        g,
+        Grid::Vector(vec![Series {
+            labels: Labels::new(),
+            values: vec![Some(2.0)]
+        }])
+    );
+    assert_eq!(
+        metric_query(&mq("2 ^ 3 - 1"), &e, &Steps::instant(T0)).unwrap(),
+        Grid::Scalar(7.0)
+    );
+    assert!(metric_query(&mq("sum(1)"), &e, &Steps::instant(T0)).is_err());
+}
+
+#[test]
+fn offset_shifts_the_window() {
+    let e = sample();
+    let steps = Steps::instant(T0 + 12 * SEC);
+    let g = metric_query(
+        &mq(r#"count_over_time({file="db.log"}[5s] offset 10s)"#),
+        &e,
+        &steps,
+    )
+    .unwrap();
+    let Grid::Vector(s) = g else { panic!() };
+    assert_eq!(s[0].values, [Some(1.0)]);
+    assert_eq!(
+        needed_window(&mq(r#"count_over_time({a="b"}[5s] offset 10s)"#), &steps).0,
+        T0 - 3 * SEC
+    );
+}
+
+#[test]
+fn values_format_like_prometheus() {
+    assert_eq!(format_value(2.0), "2");
+    assert_eq!(format_value(0.1), "0.1");
+    assert_eq!(format_value(1e21), "1000000000000000000000");
+    assert_eq!(format_value(f64::INFINITY), "+Inf");
+    assert_eq!(format_value(f64::NAN), "NaN");
+}
