@@ -20,6 +20,11 @@
 pub const TAIL_PATH: &str = "/loki/api/v1/tail";
 
 pub mod api;
+mod metadata;
+mod params;
+mod query;
+mod response;
+mod tail;
 
 use logstream_logql::eval::{Labels, LogEntry};
 

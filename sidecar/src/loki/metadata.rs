@@ -1,0 +1,156 @@
+//! Labels, label values, series, index stats, build info and readiness.
+
+use std::collections::{BTreeSet, HashSet};
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::api::Loki;
+use super::params::Params;
+use super::query::{blocking, selected, streams_in, window_and_selectors};
+use super::response::{bad_request, json, success};
+use logstream_logql::eval::Labels;
+use logstream_logql::{self as logql, LogQuery, ParseError, Query};
+
+/// Selectors of the optional `query` parameter of the metadata endpoints.
+#[allow(clippy::result_large_err)]
+pub(super) fn selector_param(p: &Params, key: &str) -> Result<Vec<LogQuery>, Response> {
+    p.all(key)
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| selector_of(s).map_err(bad_request))
+        .collect()
+}
+
+/// A selector, or the selectors inside a metric query.
+fn selector_of(s: &str) -> Result<LogQuery, ParseError> {
+    match logql::parse_selector(s) {
+        Ok(q) => Ok(q),
+        Err(e) => match logql::parse(s) {
+            Ok(Query::Metric(m)) => {
+                let qs = m.log_queries();
+                qs.first().map(|q| (*q).clone()).ok_or(e)
+            }
+            _ => Err(e),
+        },
+    }
+}
+
+pub(super) async fn labels(
+    State(lk): State<Loki>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let (start, end, sels) = match window_and_selectors(raw, &body, &["query"]) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let names: BTreeSet<String> = streams_in(&lk.app.hub, start, end, &sels)
+        .into_iter()
+        .flat_map(|l| l.into_keys())
+        .collect();
+    success(names, Vec::new())
+}
+
+pub(super) async fn label_values(
+    State(lk): State<Loki>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let (start, end, sels) = match window_and_selectors(raw, &body, &["query"]) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let values: BTreeSet<String> = streams_in(&lk.app.hub, start, end, &sels)
+        .into_iter()
+        .filter_map(|mut l| l.remove(&name))
+        .collect();
+    success(values, Vec::new())
+}
+
+pub(super) async fn series(
+    State(lk): State<Loki>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let (start, end, sels) = match window_and_selectors(raw, &body, &["match[]", "match"]) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let all: Vec<Labels> = streams_in(&lk.app.hub, start, end, &sels)
+        .into_iter()
+        .collect();
+    success(all, Vec::new())
+}
+
+#[derive(Serialize, Default)]
+struct IndexStats {
+    streams: usize,
+    chunks: usize,
+    entries: usize,
+    bytes: usize,
+}
+
+pub(super) async fn index_stats(
+    State(lk): State<Loki>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let (start, end, sels) = match window_and_selectors(raw, &body, &["query"]) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let hub = lk.app.hub.clone();
+    let stats = blocking(move || {
+        let ring = hub.lock();
+        let mut verdicts = std::collections::HashMap::new();
+        let mut streams = HashSet::new();
+        let mut st = IndexStats::default();
+        for e in ring.iter_from(ring.first_idx()) {
+            if e.ts_ns < start || e.ts_ns >= end {
+                continue;
+            }
+            let key = (e.source.slot, e.level);
+            let ok = *verdicts
+                .entry(key)
+                .or_insert_with(|| selected(&sels, &super::stream_labels(e)));
+            if ok {
+                streams.insert(key);
+                st.entries += 1;
+                st.bytes += e.line.len();
+            }
+        }
+        st.streams = streams.len();
+        st.chunks = st.streams;
+        st
+    })
+    .await;
+    match stats {
+        Ok(s) => json(&s),
+        Err(r) => r,
+    }
+}
+
+pub(super) async fn buildinfo() -> Response {
+    json(&serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": "",
+        "branch": "",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+        "application": "logstream",
+    }))
+}
+
+pub(super) async fn ready(State(lk): State<Loki>) -> Response {
+    if lk.app.is_ready() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}

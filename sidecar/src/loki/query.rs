@@ -1,0 +1,258 @@
+//! `/query` and `/query_range`: a snapshot of the history, evaluated off the
+//! async threads, as streams, a matrix or a vector.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::api::Loki;
+use super::metadata::selector_param;
+use super::params::{bounds, direction, limit, params, parse_seconds_or_duration, parse_time};
+use super::response::{Data, StreamOut, bad_request, metric_response, success};
+use crate::hub::{Entry, Hub, format_ts, now_ns};
+use logstream_logql::eval::{self, Direction, Labels, Steps};
+use logstream_logql::{self as logql, LogQuery, MetricExpr, Query};
+
+/// Loki's cap on points per series of a range query.
+const MAX_POINTS: i64 = 11_000;
+
+// ---------------------------------------------------------------------------
+// History snapshots
+
+/// Entries with a time in `[from, to]`, and what the history no longer has.
+struct Snapshot {
+    entries: Vec<Arc<Entry>>,
+    /// Time of the oldest record still kept, when some were evicted.
+    evicted_before: Option<i64>,
+}
+
+fn snapshot(hub: &Hub, from: i64, to: i64) -> Snapshot {
+    let ring = hub.lock();
+    let evicted_before = (ring.evicted() > 0)
+        .then(|| ring.get(ring.first_idx()).map(|e| e.ts_ns))
+        .flatten();
+    let entries = ring
+        .iter_from(ring.first_idx())
+        .filter(|e| e.ts_ns >= from && e.ts_ns <= to)
+        .cloned()
+        .collect();
+    Snapshot {
+        entries,
+        evicted_before,
+    }
+}
+
+fn history_warning(snap: &Snapshot, start: i64) -> Option<String> {
+    let oldest = snap.evicted_before?;
+    (start < oldest).then(|| {
+        format!(
+            "logstream keeps a bounded history: lines before {} were evicted and are missing from this result",
+            format_ts(oldest)
+        )
+    })
+}
+
+/// Distinct stream label sets with an entry in `[from, to)` that `sel` accepts.
+/// The `start`/`end` window and the stream selectors found under `keys`,
+/// as the label, series and stats endpoints take them.
+#[allow(clippy::result_large_err)]
+pub(super) fn window_and_selectors(
+    raw: Option<String>,
+    body: &Bytes,
+    keys: &[&str],
+) -> Result<(i64, i64, Vec<LogQuery>), Response> {
+    let p = params(raw, body);
+    let (start, end) = bounds(&p, now_ns()).map_err(bad_request)?;
+    let mut sels = Vec::new();
+    for k in keys {
+        sels.extend(selector_param(&p, k)?);
+    }
+    Ok((start, end, sels))
+}
+
+/// No selector matches everything; otherwise any one must match.
+pub(super) fn selected(sels: &[LogQuery], labels: &Labels) -> bool {
+    sels.is_empty() || sels.iter().any(|q| eval::selects(q, labels))
+}
+
+pub(super) fn streams_in(hub: &Hub, from: i64, to: i64, sels: &[LogQuery]) -> BTreeSet<Labels> {
+    let ring = hub.lock();
+    let mut seen = HashSet::new();
+    let mut out = BTreeSet::new();
+    for e in ring.iter_from(ring.first_idx()) {
+        if e.ts_ns < from || e.ts_ns >= to || !seen.insert((e.source.slot, e.level)) {
+            continue;
+        }
+        let l = super::stream_labels(e);
+        if selected(sels, &l) {
+            out.insert(l);
+        }
+    }
+    out
+}
+
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}\n"),
+        )
+            .into_response()
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+pub(super) async fn query_range(
+    State(lk): State<Loki>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let p = params(raw, &body);
+    let now = now_ns();
+    let parsed = (|| -> Result<_, String> {
+        let q = logql::parse(p.get("query").unwrap_or("")).map_err(|e| e.to_string())?;
+        let (start, end) = bounds(&p, now)?;
+        if end < start {
+            return Err("end timestamp must not be before or equal to start time".into());
+        }
+        Ok((q, start, end, limit(&p)?, direction(&p)?))
+    })();
+    let (q, start, end, limit, dir) = match parsed {
+        Ok(v) => v,
+        Err(e) => return bad_request(e),
+    };
+    match q {
+        Query::Log(q) => log_response(&lk.app.hub, q, start, end, limit, dir).await,
+        Query::Metric(m) => {
+            let step = match p.get("step") {
+                Some(s) => match parse_seconds_or_duration(s) {
+                    Ok(v) => v,
+                    Err(e) => return bad_request(e),
+                },
+                None => ((end - start) / 1_000_000_000 / 250).max(1) * 1_000_000_000,
+            };
+            if step <= 0 {
+                return bad_request(
+                    "zero or negative query resolution step widths are not accepted. Try a positive integer",
+                );
+            }
+            if (end - start) / step > MAX_POINTS {
+                return bad_request(
+                    "exceeded maximum resolution of 11,000 points per time series. Try increasing the value of the step parameter",
+                );
+            }
+            // Steps on multiples of `step`, the last one at or after `end`
+            // so the newest lines are counted.
+            let first = start.div_euclid(step) * step;
+            let last =
+                end.div_euclid(step) * step + if end.rem_euclid(step) == 0 { 0 } else { step };
+            let steps = Steps {
+                start: first,
+                step,
+                count: ((last - first) / step) as usize + 1,
+            };
+            metric_eval(&lk.app.hub, m, steps, start, false).await
+        }
+    }
+}
+
+async fn log_response(
+    hub: &Arc<Hub>,
+    q: LogQuery,
+    start: i64,
+    end: i64,
+    limit: usize,
+    dir: Direction,
+) -> Response {
+    let hub = hub.clone();
+    let result = blocking(move || {
+        let snap = snapshot(&hub, start, end);
+        let r = eval::log_query(&q, &snap.entries, start, end, limit, dir);
+        let mut warnings: Vec<String> = history_warning(&snap, start).into_iter().collect();
+        if r.matched > r.returned {
+            warnings.push(format!(
+                "results truncated to the limit of {limit} lines ({} matched); narrow the query or raise the limit",
+                r.matched
+            ));
+        }
+        (r, warnings)
+    })
+    .await;
+    let (r, warnings) = match result {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let result: Vec<StreamOut<'_>> = r
+        .streams
+        .iter()
+        .map(|s| StreamOut {
+            stream: &s.labels,
+            values: s
+                .values
+                .iter()
+                .map(|(ts, line)| (ts.to_string(), line.as_str()))
+                .collect(),
+        })
+        .collect();
+    success(
+        Data {
+            result_type: "streams",
+            result,
+        },
+        warnings,
+    )
+}
+
+async fn metric_eval(
+    hub: &Arc<Hub>,
+    m: MetricExpr,
+    steps: Steps,
+    start: i64,
+    instant: bool,
+) -> Response {
+    let hub = hub.clone();
+    let result = blocking(move || {
+        let (from, to) = eval::needed_window(&m, &steps);
+        let snap = snapshot(&hub, from, to);
+        let warnings: Vec<String> = history_warning(&snap, start.min(from))
+            .into_iter()
+            .collect();
+        eval::metric_query(&m, &snap.entries, &steps).map(|g| (g, warnings))
+    })
+    .await;
+    match result {
+        Ok(Ok((grid, warnings))) => metric_response(&grid, &steps, instant, warnings),
+        Ok(Err(e)) => bad_request(e),
+        Err(resp) => resp,
+    }
+}
+
+pub(super) async fn query(
+    State(lk): State<Loki>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let p = params(raw, &body);
+    let q = match logql::parse(p.get("query").unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
+    };
+    let t = match parse_time(p.get("time"), now_ns()) {
+        Ok(t) => t,
+        Err(e) => return bad_request(format!("could not parse 'time' parameter: {e}")),
+    };
+    match q {
+        Query::Log(_) => bad_request(
+            "log queries are not supported as an instant query type, please change your query to a range query type",
+        ),
+        Query::Metric(m) => metric_eval(&lk.app.hub, m, Steps::instant(t), t, true).await,
+    }
+}

@@ -1,0 +1,398 @@
+//! `/tail`: Loki's live tail over WebSocket, one session on the hub per
+//! client.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::api::Loki;
+use super::params::{Params, bounds, limit};
+use super::response::StreamOut;
+use crate::filter::Filter;
+use crate::hub::{Entry, format_ts, now_ns};
+use crate::protocol::{Subscribe, close};
+use crate::server::state::AppState;
+use crate::server::stream::Next as Step;
+use crate::session::{Pull, Session};
+use logstream_logql::eval::{self, Labels, StreamCache};
+use logstream_logql::{self as logql, LogQuery, Query};
+
+/// A WebSocket close reason is at most 123 bytes.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// A parsed `/tail` request.
+#[derive(Debug)]
+pub struct TailRequest {
+    pub query: LogQuery,
+    pub start_ns: i64,
+    /// Most history lines replayed before live ones.
+    pub limit: usize,
+}
+
+impl TailRequest {
+    pub fn parse(p: &Params, now: i64) -> Result<TailRequest, String> {
+        let query = match logql::parse(p.get("query").unwrap_or("")).map_err(|e| e.to_string())? {
+            Query::Log(q) => q,
+            Query::Metric(_) => return Err("tail supports log queries only".into()),
+        };
+        let (start_ns, _) = bounds(p, now)?;
+        Ok(TailRequest {
+            query,
+            start_ns,
+            limit: limit(p)?,
+        })
+    }
+}
+
+pub(super) async fn tail(
+    State(lk): State<Loki>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let st = lk.app.clone();
+    if let Err(r) = st.check_origin(&headers) {
+        return r;
+    }
+    // A bad query is reported after the upgrade (close 1008 with the
+    // reason): a refused handshake looks like 1006 to a browser, which
+    // Grafana retries forever.
+    let req = TailRequest::parse(&Params::parse(raw.as_deref(), &[]), now_ns());
+    // Tails share the server's connection budget.
+    let slot = st.try_connect(crate::metrics::Transport::ws);
+    let cfg = &st.cfg;
+    let ws = ws
+        .read_buffer_size(cfg.ws_read_buffer_bytes)
+        .write_buffer_size(cfg.ws_buffer_bytes)
+        .max_write_buffer_size(cfg.ws_max_write_buffer(true))
+        .max_message_size(cfg.max_message_bytes)
+        .max_frame_size(cfg.ws_max_frame());
+    let tracker = st.sessions.clone();
+    ws.on_upgrade(move |socket: WebSocket| {
+        tracker.track_future(async move {
+            let (mut tx, rx) = socket.split();
+            let (code, reason) = match (req, slot) {
+                (Err(e), _) => (close::POLICY, e),
+                (Ok(_), None) => (close::TRY_AGAIN_LATER, "connection limit reached".into()),
+                (Ok(req), Some(_slot)) => {
+                    let (code, reason) = run_tail(&mut tx, rx, &st, req).await;
+                    (code, reason.to_string())
+                }
+            };
+            if code != 0 {
+                let send = tx.send(close_msg(code, &reason));
+                let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+            }
+        })
+    })
+}
+
+fn close_msg(code: u16, reason: &str) -> Message {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason[..end].to_string()),
+    }))
+}
+
+/// One tail frame: `{"streams":[{"stream":{..},"values":[["ns","line"],..]}],"dropped_entries":null}`.
+pub fn tail_frame(rows: &[(Arc<Labels>, i64, String)]) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        streams: Vec<StreamOut<'a>>,
+        dropped_entries: Option<()>,
+    }
+    let mut streams: Vec<StreamOut<'_>> = Vec::new();
+    let mut index: std::collections::HashMap<&Labels, usize> = std::collections::HashMap::new();
+    for (labels, ts, line) in rows {
+        let i = *index.entry(labels).or_insert_with(|| {
+            streams.push(StreamOut {
+                stream: labels,
+                values: Vec::new(),
+            });
+            streams.len() - 1
+        });
+        if let Some(s) = streams.get_mut(i) {
+            s.values.push((ts.to_string(), line));
+        }
+    }
+    serde_json::to_string(&Frame {
+        streams,
+        dropped_entries: None,
+    })
+    .unwrap_or_default()
+}
+
+fn process(
+    q: &LogQuery,
+    cache: &mut StreamCache,
+    entries: &[Arc<Entry>],
+    out: &mut Vec<(Arc<Labels>, i64, String)>,
+) {
+    for e in entries {
+        let Some(base) = cache.selected(q, e) else {
+            continue;
+        };
+        if let Some((line, changed)) = eval::run_pipeline(&q.pipeline, &base, &e.line, e.ts_ns) {
+            out.push((changed.map_or(base, Arc::new), e.ts_ns, line.into_owned()));
+        }
+    }
+}
+
+/// Streams a tail to one client: replays up to `limit` matching lines since
+/// `start`, then live ones, pinging on the server's shared clock. Counts
+/// what it sends, its gaps and why it drops a client as the other streams
+/// do. Returns the close code and reason to send (code 0: the peer is gone,
+/// send nothing).
+pub async fn run_tail<W, R, E>(
+    tx: &mut W,
+    mut rx: R,
+    st: &Arc<AppState>,
+    req: TailRequest,
+) -> (u16, &'static str)
+where
+    W: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::error::Error + 'static,
+{
+    let cfg = &st.cfg;
+    let metrics = &st.metrics;
+    macro_rules! send {
+        ($msg:expr) => {
+            match tokio::time::timeout(cfg.send_timeout, tx.send($msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return (0, ""),
+                Err(_) => {
+                    metrics.dropped("send_timeout");
+                    return (0, "");
+                }
+            }
+        };
+    }
+    // A frame of rows, counted as the other transports count theirs.
+    macro_rules! send_rows {
+        ($rows:expr) => {{
+            let frame = tail_frame($rows);
+            metrics.sent(crate::metrics::Transport::ws, $rows.len(), frame.len());
+            send!(Message::Text(Utf8Bytes::from(frame)));
+        }};
+    }
+    let sub = Subscribe {
+        since: Some(format_ts(req.start_ns)),
+        ..Default::default()
+    };
+    let Ok(filter) = Filter::compile(&sub) else {
+        return (close::POLICY, "bad start time");
+    };
+    let mut session = Session::new(st.hub.clone(), &sub, filter, cfg.session);
+    let mut cache = StreamCache::default();
+    // Replay: everything before the head as it was at connect time; only the
+    // newest `limit` matches are kept.
+    let replay_end = st.hub.head().next_idx;
+    let mut replay: VecDeque<(Arc<Labels>, i64, String)> = VecDeque::new();
+    let mut rows = Vec::new();
+    let mut ended = false;
+    loop {
+        match session.pull() {
+            Pull::Batch { entries, more } => {
+                process(&req.query, &mut cache, &entries, &mut rows);
+                for r in rows.drain(..) {
+                    replay.push_back(r);
+                    if replay.len() > req.limit {
+                        replay.pop_front();
+                    }
+                }
+                if !more || entries.last().is_some_and(|e| e.idx + 1 >= replay_end) {
+                    break;
+                }
+            }
+            Pull::Gap { .. } => {}
+            Pull::TooSlow | Pull::Idle => break,
+            Pull::Ended => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    if !replay.is_empty() {
+        let rows: Vec<_> = replay.into_iter().collect();
+        send_rows!(&rows);
+    }
+    if ended {
+        return (close::GOING_AWAY, "server shutting down");
+    }
+    let mut head = st.hub.watch();
+    let mut draining = st.draining.clone();
+    let mut drain_deadline: Option<Instant> = None;
+    // Pings follow the server's shared clock (server/listen.rs), which
+    // wakes the hub's waiters on every tick.
+    let mut pinged = st.ping_epoch.load(std::sync::atomic::Ordering::Relaxed);
+    let mut last_heard = Instant::now();
+    loop {
+        head.borrow_and_update();
+        loop {
+            match crate::server::stream::next(&mut session, st) {
+                Step::Records(entries) => {
+                    process(&req.query, &mut cache, &entries, &mut rows);
+                    if !rows.is_empty() {
+                        send_rows!(&rows);
+                        rows.clear();
+                    }
+                }
+                // Loki's tail has no gap message: the client sees the
+                // missing lines as a jump in time; the metrics count it.
+                Step::Gap { .. } => {}
+                Step::TooSlow => return (close::POLICY, "slow consumer"),
+                Step::Idle => break,
+                Step::Drained(_) | Step::Reconnect(_) => {
+                    return (close::GOING_AWAY, "server shutting down");
+                }
+            }
+        }
+        let deadline = drain_deadline;
+        tokio::select! {
+            changed = head.changed() => {
+                if changed.is_err() {
+                    return (close::GOING_AWAY, "server shutting down");
+                }
+                let epoch = st.ping_epoch.load(std::sync::atomic::Ordering::Relaxed);
+                if epoch != pinged {
+                    pinged = epoch;
+                    if last_heard.elapsed() >= cfg.pong_timeout {
+                        metrics.dropped("pong_timeout");
+                        return (close::POLICY, "no pong");
+                    }
+                    send!(Message::Ping(Bytes::new()));
+                }
+            }
+            d = draining.changed(), if drain_deadline.is_none() => {
+                if d.is_err() || *draining.borrow() {
+                    // Keep delivering until the hub closes, within the ack timeout.
+                    drain_deadline = Some(Instant::now() + cfg.ack_timeout);
+                }
+            }
+            _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } else { std::future::pending::<()>().await } } => {
+                return (close::GOING_AWAY, "server shutting down");
+            }
+            msg = rx.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    Some(Err(e)) => {
+                        // The close code tells the client what it did; the
+                        // metric counts it as the WebSocket stream does.
+                        return match crate::server::ws::violation_close(&e) {
+                            Some((code, reason, counted)) => {
+                                metrics.dropped(counted);
+                                (code, reason)
+                            }
+                            None => (0, ""),
+                        };
+                    }
+                    None | Some(Ok(Message::Close(_))) => return (0, ""),
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+
+    fn p(q: &str) -> Params {
+        Params::parse(Some(q), &[])
+    }
+
+    #[test]
+    fn tail_frames_group_by_stream_and_use_ns_strings() {
+        let a: Arc<Labels> = Arc::new([("file".to_string(), "a".to_string())].into());
+        let b: Arc<Labels> = Arc::new([("file".to_string(), "b".to_string())].into());
+        let f = tail_frame(&[
+            (a.clone(), 1, "x".into()),
+            (b, 2, "y".into()),
+            (a, 3, "z".into()),
+        ]);
+        assert_eq!(
+            f,
+            r#"{"streams":[{"stream":{"file":"a"},"values":[["1","x"],["3","z"]]},{"stream":{"file":"b"},"values":[["2","y"]]}],"dropped_entries":null}"#
+        );
+        assert_eq!(close_msg(1008, &"é".repeat(100)), {
+            let reason = "é".repeat(61);
+            Message::Close(Some(CloseFrame {
+                code: 1008,
+                reason: Utf8Bytes::from(reason),
+            }))
+        });
+    }
+
+    #[tokio::test]
+    async fn tail_replays_then_streams_over_channels() {
+        use crate::hub::HubLimits;
+        use crate::hub::tests::{publish_lines, src};
+        use crate::server::ServerConfig;
+        use futures::channel::mpsc;
+
+        let hub = Hub::new(
+            HubLimits {
+                max_lines: 1000,
+                max_bytes: 1 << 20,
+            },
+            "t",
+        );
+        let a = hub.source(src("app.log"));
+        let lines: Vec<String> = (0..150).map(|i| format!("old {i}")).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        publish_lines(&hub, &a, &refs);
+        publish_lines(&hub, &a, &["skip me"]);
+        let st = AppState::for_tests(hub.clone(), ServerConfig::default());
+        let req = TailRequest::parse(
+            &p("query=%7Bfile%3D%22app.log%22%7D%20%21%3D%20%22skip%22&limit=100"),
+            now_ns(),
+        )
+        .unwrap();
+        let (mut server_tx, mut client_rx) = mpsc::channel::<Message>(16);
+        let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
+        let task = tokio::spawn(async move { run_tail(&mut server_tx, server_rx, &st, req).await });
+        let next_text = async |rx: &mut mpsc::Receiver<Message>| -> serde_json::Value {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), rx.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                {
+                    Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                    Message::Close(c) => panic!("closed {c:?}"),
+                    _ => continue,
+                }
+            }
+        };
+        let first = next_text(&mut client_rx).await;
+        let values = first["streams"][0]["values"].as_array().unwrap();
+        assert_eq!(values.len(), 100);
+        assert_eq!(values[0][1], "old 50");
+        assert_eq!(values[99][1], "old 149");
+        assert_eq!(first["streams"][0]["stream"]["file"], "app.log");
+        assert!(first["dropped_entries"].is_null());
+        publish_lines(&hub, &a, &["skip this", "live 1"]);
+        let live = next_text(&mut client_rx).await;
+        assert_eq!(live["streams"][0]["values"][0][1], "live 1");
+        let ts = live["streams"][0]["values"][0][0].as_str().unwrap();
+        assert!(ts.parse::<i64>().is_ok(), "{ts}");
+        client_tx.send(Ok(Message::Close(None))).await.unwrap();
+        assert_eq!(task.await.unwrap(), (0, ""));
+    }
+}
