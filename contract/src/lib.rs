@@ -5,6 +5,8 @@
 //! streamer with exactly the environment the operator builds (and nothing
 //! else) and checks that it serves.
 
+pub mod logging;
+
 /// The port every streamer (sidecar and aggregator) serves on.
 pub const STREAM_PORT: u16 = 7680;
 

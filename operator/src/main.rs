@@ -11,7 +11,7 @@ use logstream_operator::run::{RunOptions, run};
 )]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, env = "LOGSTREAM_LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "json"])]
+    #[arg(long, env = logstream_contract::env::LOG_FORMAT, default_value = "text", global = true, value_parser = logstream_contract::logging::FORMATS)]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -45,16 +45,7 @@ struct UninstallArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
+    logstream_contract::logging::init(&cli.log_format);
     match cli.command {
         Command::Crd => {
             print!("{}", logstream_operator::crd::crd_yaml()?);

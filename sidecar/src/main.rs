@@ -34,7 +34,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, env = env::LOG_FORMAT, default_value = "text", global = true, value_parser = ["text", "json"])]
+    #[arg(long, env = env::LOG_FORMAT, default_value = "text", global = true, value_parser = logstream_contract::logging::FORMATS)]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -393,22 +393,9 @@ fn read_secret(p: &std::path::Path) -> anyhow::Result<String> {
         .to_string())
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    logstream_contract::logging::init(&cli.log_format);
     match cli.command {
         Command::Schema => {
             println!(
