@@ -30,7 +30,8 @@ use crate::crd::{LogStream, LogStreamStatus};
 use crate::desired::{self, BuildConfig};
 use crate::keys::{AGGREGATOR, FINALIZER, MANAGED_BY, NAMESPACE_LABEL, PULL_SECRET};
 use crate::metrics::{ErrorLabel, Metrics};
-use crate::mutate::{self, selects};
+use crate::mutate::selects;
+use crate::plan::{self, Observed, Plan, Want};
 use crate::probe;
 use crate::restart::{self, Workload, WorkloadKind};
 
@@ -128,24 +129,34 @@ where
 /// have a LogStream as owner, so this (and the finalizer) keep it in step.
 async fn apply_auth_binding(
     client: &kube::Client,
-    ns: &str,
-    streams: &[LogStream],
-    pods: &[Pod],
-    cfg: &BuildConfig,
+    want: &Want<ClusterRoleBinding>,
 ) -> Result<(), kube::Error> {
     let api: Api<ClusterRoleBinding> = Api::all(client.clone());
-    match desired::auth_binding(ns, streams, pods, cfg) {
-        Some(b) => {
-            api.patch(&b.name_any(), &ssa(), &Patch::Apply(&b)).await?;
+    match want {
+        Want::Apply(b) => {
+            api.patch(&b.name_any(), &ssa(), &Patch::Apply(b)).await?;
         }
-        None => match api
-            .delete(&desired::auth_binding_name(ns), &DeleteParams::background())
-            .await
-        {
+        Want::Delete(name) => match api.delete(name, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e),
         },
+    }
+    Ok(())
+}
+
+/// Applies a wanted object, or removes it when it is no longer wanted.
+async fn apply_or_delete<K>(client: &kube::Client, ns: &str, want: &Want<K>) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    match want {
+        Want::Apply(obj) => apply(client, ns, obj).await?,
+        Want::Delete(name) => delete_if_present::<K>(client, ns, name).await?,
     }
     Ok(())
 }
@@ -236,32 +247,34 @@ async fn live_streams(client: &kube::Client, ns: &str) -> Result<Vec<LogStream>,
     Ok(v)
 }
 
-async fn apply_aggregator(
-    client: &kube::Client,
-    ns: &str,
-    streams: &[LogStream],
-    cfg: &BuildConfig,
-    ns_mesh: Option<&str>,
-) -> Result<String, Error> {
-    // Keep the namespace's pull token once made: sidecars already hold it.
+/// The namespace's pull token: its Secret's, or a new one. Sidecars already
+/// hold a token once made, so it is kept.
+async fn pull_token(client: &kube::Client, ns: &str) -> Result<String, Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let existing = secrets.get_opt(PULL_SECRET).await?;
-    let token = existing
+    secrets
+        .get_opt(PULL_SECRET)
+        .await?
         .and_then(|s| {
             s.data?
                 .get("token")
                 .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         })
         .filter(|t| !t.is_empty())
-        .map_or_else(random_token, Ok)?;
-    let objs = desired::aggregator(ns, streams, cfg, &token, ns_mesh);
+        .map_or_else(random_token, Ok)
+}
+
+async fn apply_aggregator(
+    client: &kube::Client,
+    ns: &str,
+    objs: &desired::AggregatorObjects,
+) -> Result<(), Error> {
     apply(client, ns, &objs.pull_secret).await?;
     apply(client, ns, &objs.service_account).await?;
     apply(client, ns, &objs.role).await?;
     apply(client, ns, &objs.role_binding).await?;
     apply(client, ns, &objs.deployment).await?;
     apply(client, ns, &objs.service).await?;
-    Ok(token)
+    Ok(())
 }
 
 /// 32 random bytes from the OS, hex.
@@ -291,61 +304,29 @@ async fn label_namespace(
 async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let ns = ls.namespace().ok_or(Error::NoNamespace)?;
-    let name = ls.name_any();
-    let namespace = label_namespace(client, &ns, true).await?;
-    let svc_name = desired::stream_service_name(ls);
-    if ls.spec.service.enabled {
-        apply(client, &ns, &desired::stream_service(ls)).await?;
-    } else {
-        delete_if_present::<Service>(client, &ns, &svc_name).await?;
-    }
-    match desired::stream_ingress(ls) {
-        Some(ing) => apply(client, &ns, &ing).await?,
-        None => {
-            delete_if_present::<Ingress>(
-                client,
-                &ns,
-                &crate::names::object_name(&name, "logstream"),
-            )
+    // Read.
+    let seen = Observed {
+        namespace: Api::<Namespace>::all(client.clone()).get(&ns).await?,
+        streams: live_streams(client, &ns).await?,
+        pods: Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
             .await?
-        }
-    }
-    let streams = live_streams(client, &ns).await?;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    // Meshed by the namespace's opt-in, or found meshed (a mesh injecting
-    // by default gives the aggregator's own pods a proxy).
-    let ns_mesh = crate::mesh::of_meta(&namespace.metadata).or_else(|| {
-        let selector = desired::aggregator_selector();
-        pods.iter()
-            .filter(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
-            .find_map(crate::mesh::of_pod)
-    });
-    let pull_token = apply_aggregator(client, &ns, &streams, &ctx.build, ns_mesh).await?;
-
-    // Which selected pods run without the sidecar?
-    apply_auth_binding(client, &ns, &streams, &pods, &ctx.build).await?;
-    let restart::Census {
-        selected,
-        injected,
-        pending,
-    } = restart::census(ls, &pods);
-    ctx.metrics.pods_pending_restart.set(pending.len() as i64);
-    // Pods the webhook admitted without the sidecar because it cannot be
-    // added (a missing container, a taken volume name): a restart would not
-    // help, the reason goes into the status.
-    let mut blocked: Vec<(String, String)> = Vec::new();
-    let mut restartable: Vec<&Pod> = Vec::new();
-    for p in &pending {
-        match mutate::injection_problem(p, &streams) {
-            Some(e) => blocked.push((p.name_any(), e.to_string())),
-            None => restartable.push(p),
-        }
-    }
-    if ls.spec.restart_pods && !restartable.is_empty() {
-        for owner in &restart_owners(client, &ns, ls, &streams, &restartable).await? {
+            .items,
+        pull_token: pull_token(client, &ns).await?,
+    };
+    // Build.
+    let plan = plan::plan(ls, &seen, &ctx.build);
+    // Apply.
+    label_namespace(client, &ns, true).await?;
+    apply_or_delete(client, &ns, &plan.stream_service).await?;
+    apply_or_delete(client, &ns, &plan.ingress).await?;
+    apply_aggregator(client, &ns, &plan.aggregator).await?;
+    apply_auth_binding(client, &plan.auth_binding).await?;
+    ctx.metrics
+        .pods_pending_restart
+        .set(plan.census.pending.len() as i64);
+    if ls.spec.restart_pods && !plan.restartable.is_empty() {
+        for owner in &restart_owners(client, &ns, ls, &seen.streams, &plan.restartable).await? {
             publish(
                 ctx,
                 ls,
@@ -356,8 +337,27 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
             .await;
         }
     }
+    // Status.
+    report(ctx, ls, &ns, &seen.pull_token, &plan).await
+}
+
+/// Writes the status of `ls` (and the Events of its changes) from the plan
+/// and what the running sidecars say they cannot read.
+async fn report(
+    ctx: &Context,
+    ls: &LogStream,
+    ns: &str,
+    pull_token: &str,
+    plan: &Plan<'_>,
+) -> Result<Action, Error> {
+    let restart::Census {
+        selected,
+        injected,
+        pending,
+    } = &plan.census;
+    let blocked = &plan.blocked;
     // What the running sidecars cannot read (their /readyz report).
-    let answers = probe::ask_all(&probe::probeable(&injected), &pull_token).await;
+    let answers = probe::ask_all(&probe::probeable(injected), pull_token).await;
     let files = probe::files_condition(&answers);
     let old = ls.status.clone().unwrap_or_default();
     let status = status(
@@ -365,8 +365,8 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         &old,
         selected.len(),
         injected.len(),
-        &pending,
-        &blocked,
+        pending,
+        blocked,
         files,
     );
     // The paths, not who answered this time: a flaky sidecar must not
@@ -410,9 +410,9 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
     if Some(&status) != ls.status.as_ref() {
-        Api::<LogStream>::namespaced(client.clone(), &ns)
+        Api::<LogStream>::namespaced(ctx.client.clone(), ns)
             .patch_status(
-                &name,
+                &ls.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(serde_json::json!({ "status": status })),
             )
@@ -696,14 +696,14 @@ pub(crate) async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Err
     } else {
         // Setting the label that is already there returns the namespace.
         let namespace = label_namespace(client, &ns, true).await?;
-        apply_aggregator(
-            client,
+        let objs = desired::aggregator(
             &ns,
             &others,
             &ctx.build,
+            &pull_token(client, &ns).await?,
             crate::mesh::of_meta(&namespace.metadata),
-        )
-        .await?;
+        );
+        apply_aggregator(client, &ns, &objs).await?;
     }
     // Without `others` (or none in kubernetes mode) this deletes the binding;
     // otherwise it drops the ServiceAccounts only this LogStream needed.
@@ -715,7 +715,11 @@ pub(crate) async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Err
             .await?
             .items
     };
-    apply_auth_binding(client, &ns, &others, &pods, &ctx.build).await?;
+    let binding = match desired::auth_binding(&ns, &others, &pods, &ctx.build) {
+        Some(b) => Want::Apply(b),
+        None => Want::Delete(desired::auth_binding_name(&ns)),
+    };
+    apply_auth_binding(client, &binding).await?;
     tracing::info!(namespace = %ns, name = %ls.name_any(), remaining = others.len(), "LogStream cleaned up");
     Ok(Action::await_change())
 }

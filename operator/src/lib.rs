@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mutate;
 pub mod names;
 pub mod owner;
+pub mod plan;
 pub mod probe;
 pub mod restart;
 pub mod run;

@@ -87,6 +87,7 @@ const CLUSTER_ALLOWED: &[&str] = &[
     "apps/statefulsets:patch",
     "apps/daemonsets:patch",
     "apps/replicasets:get",
+    "/namespaces:get",
     "/namespaces:patch",
     "/secrets:get@logstream-pull-token",
     "/secrets:create@logstream-pull-token",
