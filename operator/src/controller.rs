@@ -176,14 +176,22 @@ pub async fn run(ctx: Arc<Context>) {
             Api::<Pod>::all(client.clone()),
             watcher::Config::default(),
             move |pod: Pod| {
-                // A pod change re-counts every LogStream of its namespace that selects it.
+                // A pod change re-counts every LogStream of its namespace that
+                // selects it; an aggregator pod's concerns them all (the
+                // auth-delegator binding stays while an old replica runs).
                 let labels = pod.labels().clone();
                 let ns = pod.namespace();
+                let aggregator = desired::aggregator_selector()
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v));
                 store
                     .state()
                     .into_iter()
                     .filter(|g| g.namespace() == ns)
-                    .filter(|g| g.0.as_ref().is_ok_and(|ls| selects(ls, &labels)))
+                    .filter(|g| {
+                        g.0.as_ref()
+                            .is_ok_and(|ls| aggregator || selects(ls, &labels))
+                    })
                     .map(|g| ObjectRef::from_obj(&*g))
                     .collect::<Vec<_>>()
             },

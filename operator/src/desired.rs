@@ -507,9 +507,11 @@ fn service_account_of(pod: &Pod) -> String {
 /// Binds `system:auth-delegator` to the ServiceAccounts whose servers check
 /// Kubernetes tokens in `namespace`: the aggregator's, and those of the pods
 /// a kubernetes-mode LogStream selects or has injected (pods waiting for a
-/// restart included, so their new sidecar can check tokens at once). `None`
-/// when no LogStream of the namespace uses kubernetes mode: the binding goes.
-/// Owned by `cfg.owner` when set.
+/// restart included, so their new sidecar can check tokens at once), and of
+/// any pod still running a streamer that checks them: after a switch to
+/// token mode, the old replicas serve until the rollout replaces them.
+/// `None` when no LogStream of the namespace uses kubernetes mode and no
+/// such pod runs: the binding goes. Owned by `cfg.owner` when set.
 pub fn auth_binding(
     namespace: &str,
     streams: &[LogStream],
@@ -520,10 +522,10 @@ pub fn auth_binding(
         .iter()
         .filter(|s| uses_kubernetes_access(s))
         .collect();
-    if kube_streams.is_empty() {
-        return None;
+    let mut accounts = std::collections::BTreeSet::new();
+    if !kube_streams.is_empty() {
+        accounts.insert(AGGREGATOR.to_string());
     }
-    let mut accounts = std::collections::BTreeSet::from([AGGREGATOR.to_string()]);
     for pod in pods {
         let labels = pod.labels();
         let opted_out = crate::mutate::opted_out(pod);
@@ -531,9 +533,14 @@ pub fn auth_binding(
             labels.get(STREAM_LABEL) == Some(&label_value(&s.name_any()))
                 || crate::mutate::selects(s, labels)
         });
-        if pod.metadata.deletion_timestamp.is_none() && !opted_out && streamed {
+        if (pod.metadata.deletion_timestamp.is_none() && !opted_out && streamed)
+            || checks_kubernetes_tokens(pod)
+        {
             accounts.insert(service_account_of(pod));
         }
+    }
+    if accounts.is_empty() {
+        return None;
     }
     let mut meta_labels = labels("auth", None);
     meta_labels.insert(NAMESPACE_OWNER_LABEL.into(), namespace.into());
@@ -561,6 +568,27 @@ pub fn auth_binding(
                 .collect(),
         ),
     })
+}
+
+/// Whether a pod that has not finished runs a streamer (sidecar or
+/// aggregator) that checks Kubernetes tokens: it needs the binding for as
+/// long as it serves, terminating included.
+fn checks_kubernetes_tokens(pod: &Pod) -> bool {
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    !finished
+        && spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .flat_map(|c| c.env.iter().flatten())
+            .any(|e| e.name == env::KUBERNETES_AUTH && e.value.as_deref() == Some("true"))
 }
 
 /// URLs reported in status.
@@ -802,8 +830,44 @@ mod tests {
                 .all(|s| s.kind == "ServiceAccount" && s.namespace.as_deref() == Some("shop"))
         );
         // No kubernetes-mode LogStream left: no binding.
-        assert!(auth_binding("shop", &[tok], &pods, &owned).is_none());
+        assert!(auth_binding("shop", std::slice::from_ref(&tok), &pods, &owned).is_none());
         assert!(auth_binding("shop", &[], &pods, &cfg).is_none());
+        // ... unless a streamer that checks Kubernetes tokens still runs: an
+        // aggregator replica from before the switch to token mode, until the
+        // rollout replaces it (terminating included); finished pods do not count.
+        let old_aggregator = |name: &str, phase: &str, deleted: bool| -> Pod {
+            let mut meta = serde_json::json!({"name": name, "namespace": "shop"});
+            if deleted {
+                meta["deletionTimestamp"] = "2026-12-04T00:00:00Z".into();
+            }
+            serde_json::from_value(serde_json::json!({
+                "metadata": meta,
+                "spec": {"serviceAccountName": AGGREGATOR, "containers": [{
+                    "name": "aggregator", "image": "i",
+                    "env": [{"name": env::KUBERNETES_AUTH, "value": "true"}],
+                }]},
+                "status": {"phase": phase},
+            }))
+            .unwrap()
+        };
+        let kept = auth_binding(
+            "shop",
+            std::slice::from_ref(&tok),
+            &[old_aggregator("agg-old", "Running", true)],
+            &cfg,
+        )
+        .expect("the old replica still checks tokens");
+        let names: Vec<String> = kept.subjects.unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, [AGGREGATOR]);
+        assert!(
+            auth_binding(
+                "shop",
+                std::slice::from_ref(&tok),
+                &[old_aggregator("agg-done", "Succeeded", false)],
+                &cfg
+            )
+            .is_none()
+        );
         // The aggregator checks tokens whenever one LogStream uses kubernetes mode.
         let objs = aggregator(
             "shop",

@@ -966,6 +966,132 @@ fn an_in_cluster_grafana_reaches_the_aggregator_by_dns_with_its_token(
     Ok(())
 }
 
+/// Switching a LogStream from `kubernetes` to `token` access must not break
+/// the aggregator replicas still running in kubernetes mode while the
+/// rollout replaces them: they keep their TokenReview/SubjectAccessReview
+/// rights (the auth-delegator binding) until they are gone, and the binding
+/// goes once they are. The rollout is paused, so the old replicas stay for
+/// as long as the case needs them (before: the binding was removed at once
+/// and a reader's token got an error from every old replica).
+fn an_access_mode_switch_keeps_old_replicas_able_to_check_tokens(ctx: &Ctx) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    let ns = "access-switch";
+    namespace_with_stream(ctx, ns, "sw", "");
+    node.poll(
+        "the operator to create the namespace's aggregator",
+        CONVERGE,
+        || {
+            node.kubectl(&["-n", ns, "get", "deploy/logstream-aggregator"])
+                .success
+                .then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    node.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deploy/logstream-aggregator",
+        "--timeout=120s",
+    ])
+    .stdout_if_success();
+    let binding = format!("clusterrolebinding/logstream:auth-delegator:{ns}");
+    node.kubectl(&["get", &binding]).stdout_if_success();
+    let (reader, _) = reader_and_stranger_tokens(node, ns);
+    node.kubectl(&["-n", ns, "rollout", "pause", "deploy/logstream-aggregator"])
+        .stdout_if_success();
+    let old_pods: Vec<String> = node
+        .kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=aggregator",
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ])
+        .stdout_if_success()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(!old_pods.is_empty(), "no aggregator pods in {ns}");
+    node.kubectl(&[
+        "-n",
+        ns,
+        "create",
+        "secret",
+        "generic",
+        "sw-token",
+        "--from-literal=token=0123456789abcdef0123456789abcdef",
+    ])
+    .stdout_if_success();
+    node.kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "ls",
+        "sw",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"access":{"mode":"token","tokenSecret":{"name":"sw-token","key":"token"}}}}"#,
+    ])
+    .stdout_if_success();
+    // The operator has reconciled the switch: the Deployment (paused, so
+    // not rolled out) no longer asks for Kubernetes tokens, and the
+    // LogStream's status is of the new generation.
+    node.poll(
+        "the operator to apply token mode to the paused aggregator Deployment",
+        CONVERGE,
+        || {
+            let d = get_json(node, &["-n", ns, "deploy/logstream-aggregator"]);
+            let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()?
+                .clone();
+            let kube = env
+                .iter()
+                .any(|e| e["name"] == "LOGSTREAM_KUBERNETES_AUTH" && e["value"] == "true");
+            let ls = get_json(node, &["-n", ns, "ls/sw"]);
+            (!kube && ls["status"]["observedGeneration"] == ls["metadata"]["generation"])
+                .then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    // The old replicas still serve a Kubernetes token with pods/log.
+    let client = node.client(4);
+    for ip in &old_pods {
+        let out = client
+            .command("curl")
+            .args(["-sS", "-w", "\n%{http_code}", "--max-time", "10"])
+            .args(["-H", &format!("Authorization: Bearer {reader}")])
+            .arg(format!("http://{ip}:7680/loki/api/v1/labels"))
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            body.trim_end().ends_with("200"),
+            "old replica {ip} after the switch: {body}"
+        );
+    }
+    node.kubectl(&["get", &binding]).stdout_if_success();
+    // Once the rollout has replaced them, the binding goes.
+    node.kubectl(&["-n", ns, "rollout", "resume", "deploy/logstream-aggregator"])
+        .stdout_if_success();
+    node.poll(
+        "the auth-delegator binding to go with the last kubernetes-mode replica",
+        CONVERGE,
+        || {
+            let out = node.kubectl(&["get", &binding, "--ignore-not-found", "-o", "name"]);
+            (out.success && out.stdout.trim().is_empty()).then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    Ok(())
+}
+
 /// Issue "restartPods looped": a Deployment of 2 replicas created before its
 /// LogStream, with `restartPods: true`, converges to 2 injected pods with
 /// exactly one extra ReplicaSet and one template change, and stays there when
@@ -1884,6 +2010,7 @@ fn uninstall_leaves_nothing_behind(ctx: &Ctx) -> Result<(), Failed> {
         "restart",
         "webhook-check",
         "misfit",
+        "access-switch",
     ] {
         node.kubectl(&[
             "delete",
@@ -1920,7 +2047,7 @@ fn main() {
         demo: OnceLock::new(),
     });
     type Case = fn(&Ctx) -> Result<(), Failed>;
-    let cases: [(&str, Case); 16] = [
+    let cases: [(&str, Case); 17] = [
         (
             "chart_operator_runs_and_the_api_server_calls_its_webhook",
             chart_operator_runs_and_the_api_server_calls_its_webhook,
@@ -1948,6 +2075,10 @@ fn main() {
         (
             "an_in_cluster_grafana_reaches_the_aggregator_by_dns_with_its_token",
             an_in_cluster_grafana_reaches_the_aggregator_by_dns_with_its_token,
+        ),
+        (
+            "an_access_mode_switch_keeps_old_replicas_able_to_check_tokens",
+            an_access_mode_switch_keeps_old_replicas_able_to_check_tokens,
         ),
         (
             "restart_pods_rolls_an_existing_deployment_once",
