@@ -1,0 +1,204 @@
+//! The WebSocket logic driven through channels instead of a socket.
+use super::*;
+use crate::hub::Hub;
+use crate::hub::tests::{publish_lines, small_hub, src};
+use crate::protocol::Subscribe;
+use crate::server::ServerConfig;
+use futures::channel::mpsc;
+
+fn state(hub: &Arc<Hub>) -> Arc<AppState> {
+    AppState::for_tests(hub.clone(), ServerConfig::default())
+}
+
+/// The two channel ends as one socket.
+struct Duplex {
+    tx: mpsc::Sender<Message>,
+    rx: mpsc::Receiver<Result<Message, std::io::Error>>,
+}
+
+impl Stream for Duplex {
+    type Item = Result<Message, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_next_unpin(cx)
+    }
+}
+
+impl DataSink for Duplex {
+    fn send_text(
+        &mut self,
+        text: String,
+        _stall: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>> {
+        Box::pin(async move {
+            self.tx
+                .send(Message::Text(text.into()))
+                .await
+                .map_err(std::io::Error::other)
+        })
+    }
+}
+
+impl Sink<Message> for Duplex {
+    type Error = mpsc::SendError;
+    fn poll_ready(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.tx.poll_ready_unpin(cx)
+    }
+    fn start_send(mut self: std::pin::Pin<&mut Self>, m: Message) -> Result<(), Self::Error> {
+        self.tx.start_send_unpin(m)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.tx.poll_flush_unpin(cx)
+    }
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.tx.poll_close_unpin(cx)
+    }
+}
+
+/// Serves one connection over channels on its own task.
+fn spawn_serve(
+    st: &Arc<AppState>,
+    tx: mpsc::Sender<Message>,
+    rx: mpsc::Receiver<Result<Message, std::io::Error>>,
+    mut session: Session,
+) -> tokio::task::JoinHandle<End> {
+    let st = st.clone();
+    let guard = st.try_connect(Transport::ws).unwrap();
+    tokio::spawn(async move {
+        let mut socket = Duplex { tx, rx };
+        serve(&mut socket, &st, &mut session, &guard).await
+    })
+}
+
+async fn recv(rx: &mut mpsc::Receiver<Message>) -> ServerMessage {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(f) => panic!("closed: {f:?}"),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn subscribe_records_errors_and_drain_over_channels() {
+    let hub = small_hub();
+    let a = hub.source(src("a.log"));
+    let st = state(&hub);
+    let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
+    let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
+    let sub = Subscribe::default();
+    let session = Session::new(
+        hub.clone(),
+        &sub,
+        Filter::compile(&sub).unwrap(),
+        st.cfg.session,
+    );
+    let task = spawn_serve(&st, server_tx, server_rx, session);
+
+    assert!(matches!(
+        recv(&mut client_rx).await,
+        ServerMessage::Hello { .. }
+    ));
+    publish_lines(&hub, &a, &["one", "two"]);
+    match recv(&mut client_rx).await {
+        ServerMessage::Records { records, cursor } => {
+            assert_eq!(
+                records.iter().map(|r| r.line.as_str()).collect::<Vec<_>>(),
+                ["one", "two"]
+            );
+            assert_eq!(cursor.get(a.sid), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    client_tx.send(Ok(Message::text("{oops"))).await.unwrap();
+    assert!(matches!(
+        recv(&mut client_rx).await,
+        ServerMessage::Error { .. }
+    ));
+    client_tx
+        .send(Ok(Message::text(r#"{"type":"subscribe","grep":"^t"}"#)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        recv(&mut client_rx).await,
+        ServerMessage::Subscribed { .. }
+    ));
+    publish_lines(&hub, &a, &["nope", "three"]);
+    match recv(&mut client_rx).await {
+        ServerMessage::Records { records, .. } => assert_eq!(records[0].line, "three"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(st.connections(), 1);
+    hub.close();
+    let cursor = match recv(&mut client_rx).await {
+        ServerMessage::Draining { cursor } => cursor,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(cursor.get(a.sid), 4);
+    client_tx
+        .send(Ok(Message::text(
+            serde_json::to_string(&ClientMessage::Ack { cursor }).unwrap(),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(task.await.unwrap(), End::Drained);
+    match client_rx.next().await {
+        Some(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), close::GOING_AWAY),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(st.connections(), 0, "the connection slot is released");
+}
+
+#[tokio::test]
+async fn an_ack_that_does_not_cover_the_end_does_not_finish_the_drain() {
+    let hub = small_hub();
+    let a = hub.source(src("a.log"));
+    let cfg = ServerConfig {
+        ack_timeout: Duration::from_millis(50),
+        ..ServerConfig::default()
+    };
+    let st = AppState::for_tests(hub.clone(), cfg);
+    let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
+    let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
+    let sub = Subscribe::default();
+    let session = Session::new(
+        hub.clone(),
+        &sub,
+        Filter::compile(&sub).unwrap(),
+        st.cfg.session,
+    );
+    let task = spawn_serve(&st, server_tx, server_rx, session);
+    recv(&mut client_rx).await;
+    publish_lines(&hub, &a, &["x", "y"]);
+    recv(&mut client_rx).await;
+    hub.close();
+    assert!(matches!(
+        recv(&mut client_rx).await,
+        ServerMessage::Draining { .. }
+    ));
+    let mut stale = Cursor::default();
+    stale.advance(a.sid, 1);
+    client_tx
+        .send(Ok(Message::text(
+            serde_json::to_string(&ClientMessage::Ack { cursor: stale }).unwrap(),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(task.await.unwrap(), End::DrainTimeout);
+}
