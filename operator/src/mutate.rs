@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
+    HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, SeccompProfile,
     SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -222,79 +222,15 @@ pub fn mutate(
         return Err(MutateError::NameTaken { stream });
     }
     let mount_path = ls.spec.mount_path.trim_end_matches('/').to_string();
-    let app_idx = match &ls.spec.container {
-        Some(name) => spec
-            .containers
-            .iter()
-            .position(|c| &c.name == name)
-            .ok_or_else(|| MutateError::NoContainer {
-                stream: stream.clone(),
-                container: name.clone(),
-                available: spec
-                    .containers
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?,
-        None => 0,
-    };
+    let app_idx = app_container(spec, ls, &stream)?;
     let group = sidecar_group(
         ls.spec.sidecar.run_as_group,
         &spec.containers[app_idx],
         spec.security_context.as_ref(),
         cfg.run_as.group,
     );
-    let app = &mut spec.containers[app_idx];
-    let app_name = app.name.clone();
-    // Reuse the volume the app already mounts there (or at a parent
-    // folder: a new emptyDir would shadow it), else add an emptyDir.
-    let existing = log_mount(
-        app.volume_mounts.as_deref().unwrap_or_default(),
-        &mount_path,
-    );
-    let (volume, sub_path) = match existing {
-        Some(Ok(found)) => found,
-        Some(Err(())) => {
-            return Err(MutateError::SubPath {
-                stream,
-                container: app_name,
-                mount_path,
-            });
-        }
-        None => {
-            if spec.volumes.iter().flatten().any(|v| v.name == LOG_VOLUME) {
-                return Err(MutateError::VolumeNameTaken { stream, mount_path });
-            }
-            // The API server would reject the whole pod for a bad quantity:
-            // refuse the sidecar instead, never the pod.
-            if let Some(q) = &ls.spec.empty_dir_size_limit
-                && !is_quantity(&q.0)
-            {
-                return Err(MutateError::SizeLimit {
-                    stream,
-                    value: q.0.clone(),
-                });
-            }
-            spec.volumes.get_or_insert_with(Vec::new).push(Volume {
-                name: LOG_VOLUME.into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    size_limit: ls.spec.empty_dir_size_limit.clone(),
-                    ..EmptyDirVolumeSource::default()
-                }),
-                ..Volume::default()
-            });
-            spec.containers[app_idx]
-                .volume_mounts
-                .get_or_insert_with(Vec::new)
-                .push(VolumeMount {
-                    name: LOG_VOLUME.into(),
-                    mount_path: mount_path.clone(),
-                    ..VolumeMount::default()
-                });
-            (LOG_VOLUME.to_string(), None)
-        }
-    };
+    let app_name = spec.containers[app_idx].name.clone();
+    let (volume, sub_path) = log_volume(spec, app_idx, ls, &stream, &mount_path)?;
     let mut mounts = vec![VolumeMount {
         name: volume,
         mount_path: mount_path.clone(),
@@ -302,14 +238,123 @@ pub fn mutate(
         read_only: Some(true),
         ..VolumeMount::default()
     }];
+    let mut env = sidecar_env(ls, spec, &app_name, &mount_path, mesh);
+    add_state_volume(spec, &mut mounts, &mut env);
+    if let Some(k) = &ls.spec.parse.level_field {
+        env.push(value_env(env::LEVEL_KEY, k));
+    }
+    add_access(spec, ls, &mut mounts, &mut env);
+    let mut sidecar = sidecar_container(ls, cfg, env, mounts, group);
+    if cfg.native_sidecars {
+        // Starts before the app and stops after it, so the last lines are read.
+        sidecar.restart_policy = Some("Always".into());
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .insert(0, sidecar);
+    } else {
+        spec.containers.push(sidecar);
+    }
+    pod.labels_mut()
+        .insert(STREAM_LABEL.into(), crate::names::label_value(&stream));
+    pod.annotations_mut()
+        .insert(INJECTED_ANNOTATION.into(), stream);
+    Ok(Some(pod))
+}
+
+/// The index of the container whose files are streamed: the LogStream's
+/// `container`, else the first.
+fn app_container(spec: &PodSpec, ls: &LogStream, stream: &str) -> Result<usize, MutateError> {
+    let Some(name) = &ls.spec.container else {
+        return Ok(0);
+    };
+    spec.containers
+        .iter()
+        .position(|c| &c.name == name)
+        .ok_or_else(|| MutateError::NoContainer {
+            stream: stream.to_string(),
+            container: name.clone(),
+            available: spec
+                .containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// The volume (and sub-path) holding the app's logs at `mount_path`: the
+/// one the app already mounts there or at a parent folder (a new emptyDir
+/// would shadow it), else a new emptyDir mounted into the app.
+fn log_volume(
+    spec: &mut PodSpec,
+    app_idx: usize,
+    ls: &LogStream,
+    stream: &str,
+    mount_path: &str,
+) -> Result<(String, Option<String>), MutateError> {
+    let app = &spec.containers[app_idx];
+    match log_mount(app.volume_mounts.as_deref().unwrap_or_default(), mount_path) {
+        Some(Ok(found)) => return Ok(found),
+        Some(Err(())) => {
+            return Err(MutateError::SubPath {
+                stream: stream.to_string(),
+                container: app.name.clone(),
+                mount_path: mount_path.to_string(),
+            });
+        }
+        None => {}
+    }
+    if spec.volumes.iter().flatten().any(|v| v.name == LOG_VOLUME) {
+        return Err(MutateError::VolumeNameTaken {
+            stream: stream.to_string(),
+            mount_path: mount_path.to_string(),
+        });
+    }
+    // The API server would reject the whole pod for a bad quantity: refuse
+    // the sidecar instead, never the pod.
+    if let Some(q) = &ls.spec.empty_dir_size_limit
+        && !is_quantity(&q.0)
+    {
+        return Err(MutateError::SizeLimit {
+            stream: stream.to_string(),
+            value: q.0.clone(),
+        });
+    }
+    spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: LOG_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: ls.spec.empty_dir_size_limit.clone(),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    spec.containers[app_idx]
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: LOG_VOLUME.into(),
+            mount_path: mount_path.to_string(),
+            ..VolumeMount::default()
+        });
+    Ok((LOG_VOLUME.to_string(), None))
+}
+
+/// The sidecar's environment from the LogStream (the contract's names).
+fn sidecar_env(
+    ls: &LogStream,
+    spec: &PodSpec,
+    app_name: &str,
+    mount_path: &str,
+    mesh: Option<&str>,
+) -> Vec<EnvVar> {
     let mut env = vec![
         field_env(env::POD_NAMESPACE, "metadata.namespace"),
         field_env(env::POD_NAME, "metadata.name"),
-        value_env(env::CONTAINER, &app_name),
-        value_env(env::DIR, &mount_path),
+        value_env(env::CONTAINER, app_name),
+        value_env(env::DIR, mount_path),
         value_env(env::LISTEN, &format!("0.0.0.0:{STREAM_PORT}")),
         value_env(
-            "LOGSTREAM_GLOBS",
+            env::GLOBS,
             &ls.spec
                 .paths
                 .iter()
@@ -326,36 +371,48 @@ pub fn mutate(
     if !crate::mesh::sidecar_trusts_loopback(ls, mesh) {
         env.push(value_env(env::NO_LOOPBACK_EXEMPTION, "true"));
     }
-    // A name the pod already uses costs the positions, not the sidecar.
-    if !spec
+    env
+}
+
+/// The sidecar's own emptyDir for file positions. A name the pod already
+/// uses costs the positions, not the sidecar.
+fn add_state_volume(spec: &mut PodSpec, mounts: &mut Vec<VolumeMount>, env: &mut Vec<EnvVar>) {
+    if spec
         .volumes
         .iter()
         .flatten()
         .any(|v| v.name == STATE_VOLUME)
     {
-        spec.volumes.get_or_insert_with(Vec::new).push(Volume {
-            name: STATE_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                // A few hundred bytes per file.
-                size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
-                    "8Mi".into(),
-                )),
-                ..EmptyDirVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: STATE_VOLUME.into(),
-            mount_path: STATE_DIR.into(),
-            ..VolumeMount::default()
-        });
-        env.push(value_env(env::STATE_DIR, STATE_DIR));
+        return;
     }
-    if let Some(k) = &ls.spec.parse.level_field {
-        env.push(value_env(env::LEVEL_KEY, k));
-    }
-    // The aggregator pulls with the namespace's pull token; in token mode the
-    // users' token is accepted too. Loopback (port-forward) needs neither.
+    spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: STATE_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            // A few hundred bytes per file.
+            size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                "8Mi".into(),
+            )),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    mounts.push(VolumeMount {
+        name: STATE_VOLUME.into(),
+        mount_path: STATE_DIR.into(),
+        ..VolumeMount::default()
+    });
+    env.push(value_env(env::STATE_DIR, STATE_DIR));
+}
+
+/// Who may read the sidecar: the aggregator with the namespace's pull token;
+/// in token mode the users' token too; in kubernetes mode whoever may `get
+/// pods/log`. Loopback (port-forward) needs none of them.
+fn add_access(
+    spec: &mut PodSpec,
+    ls: &LogStream,
+    mounts: &mut Vec<VolumeMount>,
+    env: &mut Vec<EnvVar>,
+) {
     let mut token_files = vec![PULL_TOKEN_FILE.to_string()];
     spec.volumes
         .get_or_insert_with(Vec::new)
@@ -384,7 +441,18 @@ pub fn mutate(
         // to system:auth-delegator.
         env.push(value_env(env::KUBERNETES_AUTH, "true"));
     }
-    let mut sidecar = Container {
+}
+
+/// The sidecar container itself: hardened, probed, with its environment and
+/// mounts.
+fn sidecar_container(
+    ls: &LogStream,
+    cfg: &InjectConfig,
+    env: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+    group: Option<i64>,
+) -> Container {
+    Container {
         name: SIDECAR_NAME.into(),
         image: Some(
             ls.spec
@@ -417,21 +485,7 @@ pub fn mutate(
             ..restricted_security_context(cfg.run_as)
         }),
         ..Container::default()
-    };
-    if cfg.native_sidecars {
-        // Starts before the app and stops after it, so the last lines are read.
-        sidecar.restart_policy = Some("Always".into());
-        spec.init_containers
-            .get_or_insert_with(Vec::new)
-            .insert(0, sidecar);
-    } else {
-        spec.containers.push(sidecar);
     }
-    pod.labels_mut()
-        .insert(STREAM_LABEL.into(), crate::names::label_value(&stream));
-    pod.annotations_mut()
-        .insert(INJECTED_ANNOTATION.into(), stream);
-    Ok(Some(pod))
 }
 
 /// The sidecar's primary group: the LogStream's `sidecar.runAsGroup`, else
