@@ -179,28 +179,13 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         dns.push(format!("{name}.{namespace}.svc"));
         dns.push(format!("{name}.{namespace}.svc.cluster.local"));
     }
-    let spec = cert_spec(&opts, &dns, owner.as_ref());
-    let (tls_config, certs) = match &opts.tls_cert_dir {
-        Some(dir) => {
-            let config = RustlsConfig::from_pem_file(dir.join("tls.crt"), dir.join("tls.key"))
-                .await
-                .map_err(RunError::TlsConfig)?;
-            (config, None)
-        }
-        None => {
-            let (certs, fresh) = tls::ensure(&secrets, &spec, None).await?;
-            if fresh {
-                metrics.cert_renewals.inc();
-            }
-            let config = RustlsConfig::from_pem(
-                certs.cert_pem.clone().into_bytes(),
-                certs.key_pem.clone().into_bytes(),
-            )
-            .await
-            .map_err(RunError::TlsConfig)?;
-            (config, Some(certs))
-        }
-    };
+    let (tls_config, certs) = webhook_tls(
+        &opts,
+        &secrets,
+        &cert_spec(&opts, &dns, owner.as_ref()),
+        &metrics,
+    )
+    .await?;
     if opts.manage_webhook {
         match &certs {
             Some(c) => {
@@ -250,80 +235,17 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         tracing::info!(%addr, "webhook listening");
     }
 
-    // Renew the certificate before it expires (self-managed), or reload the
-    // mounted files when cert-manager rotates them; every replica reloads.
-    let renew = {
-        let (client, secrets, opts, dns, tls_config, metrics, owner) = (
-            client.clone(),
-            secrets.clone(),
-            opts.clone(),
-            dns.clone(),
-            tls_config.clone(),
-            metrics.clone(),
-            owner.clone(),
-        );
-        tokio::spawn(async move {
-            if let Some(dir) = &opts.tls_cert_dir {
-                tls::follow_files(dir, &tls_config, &metrics).await;
-            }
-            let Some(current) = certs else { return };
-            // The API server must trust the new CA before this replica
-            // serves a certificate signed by it (the bundle still holds the
-            // previous CA for the others); it sees the new bundle through
-            // its watch, shortly after the write (seen on a loaded machine:
-            // 7 ms after the write was too early for a client that had just
-            // read the previous bundle).
-            let publish_ca = |ca_pem: String| {
-                let (client, opts, owner) = (&client, &opts, owner.as_ref());
-                async move {
-                    if !opts.manage_webhook {
-                        return Ok(());
-                    }
-                    webhook::register(
-                        client,
-                        &opts.endpoint(),
-                        &ca_pem,
-                        owner,
-                        opts.webhook_timeout_seconds,
-                    )
-                    .await?;
-                    tokio::time::sleep(BUNDLE_PROPAGATION).await;
-                    Ok(())
-                }
-            };
-            let spec = cert_spec(&opts, &dns, owner.as_ref());
-            tls::keep_fresh(
-                &secrets,
-                &spec,
-                current,
-                &tls_config,
-                &metrics,
-                opts.cert_check_interval,
-                publish_ca,
-            )
-            .await;
-        })
-    };
-    // Health and metrics over plain HTTP.
-    let health = {
-        let metrics = metrics.clone();
-        Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(|| async { "ready\n" }))
-            .route(
-                "/metrics",
-                get(move || {
-                    let m = metrics.clone();
-                    async move { m.encode() }
-                }),
-            )
-    };
-    let listener = tokio::net::TcpListener::bind(opts.health_listen)
-        .await
-        .map_err(RunError::Listen)?;
-    let health_task = tokio::spawn(async move {
-        let _ = axum::serve(listener, health).await;
+    let renew = spawn_renewal(RenewalParts {
+        client: client.clone(),
+        secrets: secrets.clone(),
+        opts: opts.clone(),
+        dns: dns.clone(),
+        tls_config: tls_config.clone(),
+        metrics: metrics.clone(),
+        owner: owner.clone(),
+        certs,
     });
+    let health_task = serve_health(opts.health_listen, metrics.clone()).await?;
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -367,6 +289,124 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     renew.abort();
     health_task.abort();
     Ok(())
+}
+
+/// The webhook's TLS: the mounted files (cert-manager), or the Secret the
+/// replicas share (made or renewed here when missing or due).
+async fn webhook_tls(
+    opts: &RunOptions,
+    secrets: &Api<Secret>,
+    spec: &tls::CertSpec<'_>,
+    metrics: &Metrics,
+) -> Result<(RustlsConfig, Option<tls::WebhookCerts>), RunError> {
+    if let Some(dir) = &opts.tls_cert_dir {
+        let config = RustlsConfig::from_pem_file(dir.join("tls.crt"), dir.join("tls.key"))
+            .await
+            .map_err(RunError::TlsConfig)?;
+        return Ok((config, None));
+    }
+    let (certs, fresh) = tls::ensure(secrets, spec, None).await?;
+    if fresh {
+        metrics.cert_renewals.inc();
+    }
+    let config = RustlsConfig::from_pem(
+        certs.cert_pem.clone().into_bytes(),
+        certs.key_pem.clone().into_bytes(),
+    )
+    .await
+    .map_err(RunError::TlsConfig)?;
+    Ok((config, Some(certs)))
+}
+
+/// What the renewal task owns.
+struct RenewalParts {
+    client: kube::Client,
+    secrets: Api<Secret>,
+    opts: RunOptions,
+    dns: Vec<String>,
+    tls_config: RustlsConfig,
+    metrics: Arc<Metrics>,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    certs: Option<tls::WebhookCerts>,
+}
+
+/// Renews the certificate before it expires (self-managed), or reloads the
+/// mounted files when cert-manager rotates them; every replica reloads.
+fn spawn_renewal(parts: RenewalParts) -> tokio::task::JoinHandle<()> {
+    let RenewalParts {
+        client,
+        secrets,
+        opts,
+        dns,
+        tls_config,
+        metrics,
+        owner,
+        certs,
+    } = parts;
+    tokio::spawn(async move {
+        if let Some(dir) = &opts.tls_cert_dir {
+            tls::follow_files(dir, &tls_config, &metrics).await;
+        }
+        let Some(current) = certs else { return };
+        // The API server must trust the new CA before this replica
+        // serves a certificate signed by it (the bundle still holds the
+        // previous CA for the others); it sees the new bundle through
+        // its watch, shortly after the write (seen on a loaded machine:
+        // 7 ms after the write was too early for a client that had just
+        // read the previous bundle).
+        let publish_ca = |ca_pem: String| {
+            let (client, opts, owner) = (&client, &opts, owner.as_ref());
+            async move {
+                if !opts.manage_webhook {
+                    return Ok(());
+                }
+                webhook::register(
+                    client,
+                    &opts.endpoint(),
+                    &ca_pem,
+                    owner,
+                    opts.webhook_timeout_seconds,
+                )
+                .await?;
+                tokio::time::sleep(BUNDLE_PROPAGATION).await;
+                Ok(())
+            }
+        };
+        let spec = cert_spec(&opts, &dns, owner.as_ref());
+        tls::keep_fresh(
+            &secrets,
+            &spec,
+            current,
+            &tls_config,
+            &metrics,
+            opts.cert_check_interval,
+            publish_ca,
+        )
+        .await;
+    })
+}
+
+/// `/healthz`, `/readyz` and `/metrics` over plain HTTP.
+async fn serve_health(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { m.encode() }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(RunError::Listen)?;
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, health).await;
+    }))
 }
 
 /// Resolves on SIGTERM or SIGINT.
