@@ -209,6 +209,31 @@ fn injection_enabled(ctx: &Ctx, ns: &str) {
     );
 }
 
+/// Waits until the operator has created the namespace's aggregator and its
+/// rollout is complete.
+fn aggregator_rolled_out(ctx: &Ctx, ns: &str) {
+    let node = ctx.node();
+    node.poll(
+        "the operator to create the namespace's aggregator",
+        CONVERGE,
+        || {
+            node.kubectl(&["-n", ns, "get", "deploy/logstream-aggregator"])
+                .success
+                .then_some(())
+        },
+        || ctx.describe(ns),
+    );
+    node.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deploy/logstream-aggregator",
+        "--timeout=120s",
+    ])
+    .stdout_if_success();
+}
+
 /// The condition TYPE of a LogStream's `status` (null when absent).
 fn condition_of(status: &Value, type_: &str) -> Value {
     status["conditions"]
@@ -551,15 +576,7 @@ fn cluster_ip(node: &Node, ns: &str, svc: &str) -> String {
 fn aggregator_serves_every_pod_and_checks_real_tokens(ctx: &Ctx) -> Result<(), Failed> {
     let pods = ctx.demo()?;
     let node = ctx.node();
-    node.kubectl(&[
-        "-n",
-        DEMO_NS,
-        "rollout",
-        "status",
-        "deploy/logstream-aggregator",
-        "--timeout=120s",
-    ])
-    .stdout_if_success();
+    aggregator_rolled_out(ctx, DEMO_NS);
     let pf = node.port_forward(DEMO_NS, "svc/logstream-aggregator", 7680);
     let markers: Vec<(String, String)> = pods
         .iter()
@@ -704,15 +721,7 @@ fn an_ingress_through_traefik_keeps_a_client_on_one_aggregator_replica(
 ) -> Result<(), Failed> {
     ctx.demo()?;
     let node = ctx.node();
-    node.kubectl(&[
-        "-n",
-        DEMO_NS,
-        "rollout",
-        "status",
-        "deploy/logstream-aggregator",
-        "--timeout=120s",
-    ])
-    .stdout_if_success();
+    aggregator_rolled_out(ctx, DEMO_NS);
     let ingress = get_json(node, &["-n", DEMO_NS, "ingress/demo-logstream"]);
     assert_eq!(
         ingress["spec"]["rules"][0]["host"], INGRESS_HOST,
@@ -978,25 +987,7 @@ fn an_access_mode_switch_keeps_old_replicas_able_to_check_tokens(ctx: &Ctx) -> R
     let node = ctx.node();
     let ns = "access-switch";
     namespace_with_stream(ctx, ns, "sw", "");
-    node.poll(
-        "the operator to create the namespace's aggregator",
-        CONVERGE,
-        || {
-            node.kubectl(&["-n", ns, "get", "deploy/logstream-aggregator"])
-                .success
-                .then_some(())
-        },
-        || ctx.describe(ns),
-    );
-    node.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deploy/logstream-aggregator",
-        "--timeout=120s",
-    ])
-    .stdout_if_success();
+    aggregator_rolled_out(ctx, ns);
     let binding = format!("clusterrolebinding/logstream:auth-delegator:{ns}");
     node.kubectl(&["get", &binding]).stdout_if_success();
     let (reader, _) = reader_and_stranger_tokens(node, ns);
@@ -1194,15 +1185,7 @@ fn counter_followed(
     node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], pod)
         .stdout_if_success();
     converged_pods(node, ns, "app=counter", 1).map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
-    node.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deploy/logstream-aggregator",
-        "--timeout=120s",
-    ])
-    .stdout_if_success();
+    aggregator_rolled_out(ctx, ns);
     let pf = node.port_forward(ns, "svc/logstream-aggregator", 7680);
     let mut cmd = Command::new(logstream_tests::workspace_bin("logstream", "logstream"));
     cmd.args([
