@@ -723,11 +723,7 @@ pub(crate) async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Err
             .await?
             .items
     };
-    let binding = match desired::auth_binding(&ns, &others, &pods, &ctx.build) {
-        Some(b) => Want::Apply(b),
-        None => Want::Delete(desired::auth_binding_name(&ns)),
-    };
-    apply_auth_binding(client, &binding).await?;
+    apply_auth_binding(client, &plan::auth_binding(&ns, &others, &pods, &ctx.build)).await?;
     tracing::info!(namespace = %ns, name = %ls.name_any(), remaining = others.len(), "LogStream cleaned up");
     Ok(Action::await_change())
 }

@@ -70,10 +70,7 @@ pub fn plan<'a>(ls: &LogStream, seen: &'a Observed, cfg: &BuildConfig) -> Plan<'
             .find_map(crate::mesh::of_pod)
     });
     let aggregator = desired::aggregator(&ns, &seen.streams, cfg, &seen.pull_token, ns_mesh);
-    let auth_binding = match desired::auth_binding(&ns, &seen.streams, &seen.pods, cfg) {
-        Some(b) => Want::Apply(b),
-        None => Want::Delete(desired::auth_binding_name(&ns)),
-    };
+    let auth_binding = auth_binding(&ns, &seen.streams, &seen.pods, cfg);
     let census = restart::census(ls, &seen.pods);
     let mut blocked = Vec::new();
     let mut restartable = Vec::new();
@@ -91,6 +88,20 @@ pub fn plan<'a>(ls: &LogStream, seen: &'a Observed, cfg: &BuildConfig) -> Plan<'
         census,
         blocked,
         restartable,
+    }
+}
+
+/// The namespace's auth-delegator binding as `streams` and `pods` need it,
+/// or its removal (also what a LogStream's cleanup applies).
+pub fn auth_binding(
+    ns: &str,
+    streams: &[LogStream],
+    pods: &[Pod],
+    cfg: &BuildConfig,
+) -> Want<ClusterRoleBinding> {
+    match desired::auth_binding(ns, streams, pods, cfg) {
+        Some(b) => Want::Apply(b),
+        None => Want::Delete(desired::auth_binding_name(ns)),
     }
 }
 

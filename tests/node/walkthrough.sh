@@ -129,23 +129,28 @@ kubectl -n demo patch ls demo --type merge \
 TOKEN=$(kubectl -n demo get secret logstream-viewer -o jsonpath='{.data.token}' | base64 -d)
 AGG_IP=$(kubectl -n demo get svc logstream-aggregator -o jsonpath='{.spec.clusterIP}')
 "$ROOT/tests/node/client-netns.sh" add 9 >/dev/null
-code() { ip netns exec lsnode-client-9 curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "http://$AGG_IP:7680/loki/api/v1/labels"; }
-token_accepted() { [[ "$(code -H "Authorization: Bearer $TOKEN")" == 200 ]]; }
+# code BASE_URL [CURL ARGS...]: the status of BASE_URL's Loki labels, from the client host.
+code() {
+  local base=$1
+  shift
+  ip netns exec lsnode-client-9 curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "$base/loki/api/v1/labels"
+}
+AGG="http://$AGG_IP:7680"
+token_accepted() { [[ "$(code "$AGG" -H "Authorization: Bearer $TOKEN")" == 200 ]]; }
 wait_for 120 "the aggregator to accept the Secret's token (rolled out with token mode)" token_accepted
 # One replica in token mode is not all of them: the Ingress below reaches
 # both.
 kubectl -n demo rollout status deploy/logstream-aggregator --timeout=120s
-[[ "$(code)" == 401 ]] || fail "no token: $(code), want 401"
-[[ "$(code -H 'Authorization: Bearer wrong')" == 401 ]] || fail "wrong token: want 401"
+[[ "$(code "$AGG")" == 401 ]] || fail "no token: $(code "$AGG"), want 401"
+[[ "$(code "$AGG" -H 'Authorization: Bearer wrong')" == 401 ]] || fail "wrong token: want 401"
 
 step "6. through the Ingress (Traefik), as the README writes it"
 # In the client namespace logs.demo.localtest.me resolves to Traefik's
 # Service (client-netns.sh), as it resolves to the ingress controller on
 # 127.0.0.1 on a workstation with kind.
-ingress_code() { ip netns exec lsnode-client-9 curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" http://logs.demo.localtest.me/loki/api/v1/labels; }
 # Traefik round-robins over the two replicas: two 200s in a row mean both
 # serve the token (and Traefik no longer routes to the replaced pods).
-ingress_serves() { for _ in 1 2; do [[ "$(ingress_code -H "Authorization: Bearer $TOKEN")" == 200 ]] || return 1; done; }
+ingress_serves() { for _ in 1 2; do [[ "$(code http://logs.demo.localtest.me -H "Authorization: Bearer $TOKEN")" == 200 ]] || return 1; done; }
 wait_for 120 "Traefik to route logs.demo.localtest.me to the token-mode aggregators" ingress_serves
 ip netns exec lsnode-client-9 curl -i http://logs.demo.localtest.me/stream >"$W/ingress-401.out"
 head -1 "$W/ingress-401.out" | grep -q ' 401' || fail "no token through the Ingress: $(head -3 "$W/ingress-401.out")"

@@ -4,8 +4,8 @@
 use axum::body::Bytes;
 
 use crate::hub::parse_ts;
+use logstream_logql as logql;
 use logstream_logql::eval::Direction;
-use logstream_logql::{self as logql};
 
 /// Loki's default `limit` for queries and the tail replay.
 const DEFAULT_LIMIT: usize = 100;
