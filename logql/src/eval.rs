@@ -558,7 +558,7 @@ pub fn metric_query<E: LogEntry>(
     expr: &MetricExpr,
     entries: &[E],
     steps: &Steps,
-) -> Result<Grid, String> {
+) -> Result<Grid, crate::LokiError> {
     Ok(match expr {
         MetricExpr::Scalar(n) => Grid::Scalar(*n),
         MetricExpr::Vector(n) => Grid::Vector(vec![Series {
@@ -580,7 +580,9 @@ pub fn metric_query<E: LogEntry>(
         } => match metric_query(inner, entries, steps)? {
             Grid::Vector(series) => Grid::Vector(aggregate(*op, grouping.as_ref(), series, steps)),
             Grid::Scalar(_) => {
-                return Err("expected a range vector or instant vector, got a scalar".into());
+                return Err(crate::LokiError::Query(
+                    "expected a range vector or instant vector, got a scalar".into(),
+                ));
             }
         },
         MetricExpr::Binary { op, lhs, rhs } => binary(

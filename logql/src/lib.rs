@@ -6,7 +6,8 @@
 //! Errors carry the line and column of the offending token and print like
 //! Loki's own: `parse error at line L, col C: ...`; errors about the query as
 //! a whole (no usable matcher) have no position: `parse error : ...`. Every
-//! one of them is a 400 in Loki's API ([`ParseError`]).
+//! error a Loki request can meet, in the query or in its parameters, is one
+//! [`LokiError`]; the API maps each to a 400 `text/plain` with its message.
 //!
 //! LogQL supported: stream selectors (`= != =~ !~`, regexes fully anchored,
 //! `"..."` with Go escapes or backticks, `#` comments); line filters
@@ -66,6 +67,26 @@ impl fmt::Display for ParseError {
 }
 
 impl std::error::Error for ParseError {}
+
+/// Why a Loki request is refused. Every variant is a client error (Loki's
+/// 400); the message is what Loki prints for the same request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LokiError {
+    /// The query does not parse or uses what logstream does not evaluate.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// A request parameter (`start`, `limit`, `step`, ...) is malformed.
+    #[error("{0}")]
+    Param(String),
+    /// The query parses but cannot be evaluated as asked (an instant log
+    /// query, a metric aggregation over a scalar, a metric tail).
+    #[error("{0}")]
+    Query(String),
+    /// The request would exceed a bound Loki also enforces (points per
+    /// series).
+    #[error("{0}")]
+    Limit(String),
+}
 
 /// Parses a duration such as `15s`, `2000ms`, `1h30m`, `1d`, `1.5s`.
 pub fn parse_duration(s: &str) -> Option<i64> {

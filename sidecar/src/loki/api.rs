@@ -5,7 +5,8 @@
 //! over a snapshot of the ring (`query.rs`, `metadata.rs`: taken under the
 //! lock as `Arc` clones, evaluated off the async threads), JSON out
 //! (`response.rs`); the live tail is `tail.rs`. Errors are `400 text/plain`,
-//! as Loki's are (`response::bad_request`).
+//! as Loki's are: every refusal is a `LokiError`, mapped in one place
+//! (`response::Refusal`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,17 +11,16 @@ use serde::Serialize;
 use super::api::Loki;
 use super::params::Params;
 use super::query::{blocking, selected, streams_in, window_and_selectors};
-use super::response::{bad_request, json, success};
+use super::response::{Refusal, json, success};
 use logstream_logql::eval::Labels;
-use logstream_logql::{self as logql, LogQuery, ParseError, Query};
+use logstream_logql::{self as logql, LogQuery, LokiError, ParseError, Query};
 
 /// Selectors of the optional `query` parameter of the metadata endpoints.
-#[allow(clippy::result_large_err)]
-pub(super) fn selector_param(p: &Params, key: &str) -> Result<Vec<LogQuery>, Response> {
+pub(super) fn selector_param(p: &Params, key: &str) -> Result<Vec<LogQuery>, LokiError> {
     p.all(key)
         .into_iter()
         .filter(|s| !s.trim().is_empty())
-        .map(|s| selector_of(s).map_err(bad_request))
+        .map(|s| selector_of(s).map_err(LokiError::from))
         .collect()
 }
 
@@ -43,16 +42,13 @@ pub(super) async fn labels(
     State(lk): State<Loki>,
     RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Response {
-    let (start, end, sels) = match window_and_selectors(raw, &body, &["query"]) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+) -> Result<Response, Refusal> {
+    let (start, end, sels) = window_and_selectors(raw, &body, &["query"])?;
     let names: BTreeSet<String> = streams_in(&lk.app.hub, start, end, &sels)
         .into_iter()
         .flat_map(|l| l.into_keys())
         .collect();
-    success(names, Vec::new())
+    Ok(success(names, Vec::new()))
 }
 
 pub(super) async fn label_values(
@@ -60,31 +56,25 @@ pub(super) async fn label_values(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Response {
-    let (start, end, sels) = match window_and_selectors(raw, &body, &["query"]) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+) -> Result<Response, Refusal> {
+    let (start, end, sels) = window_and_selectors(raw, &body, &["query"])?;
     let values: BTreeSet<String> = streams_in(&lk.app.hub, start, end, &sels)
         .into_iter()
         .filter_map(|mut l| l.remove(&name))
         .collect();
-    success(values, Vec::new())
+    Ok(success(values, Vec::new()))
 }
 
 pub(super) async fn series(
     State(lk): State<Loki>,
     RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Response {
-    let (start, end, sels) = match window_and_selectors(raw, &body, &["match[]", "match"]) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+) -> Result<Response, Refusal> {
+    let (start, end, sels) = window_and_selectors(raw, &body, &["match[]", "match"])?;
     let all: Vec<Labels> = streams_in(&lk.app.hub, start, end, &sels)
         .into_iter()
         .collect();
-    success(all, Vec::new())
+    Ok(success(all, Vec::new()))
 }
 
 #[derive(Serialize, Default)]
@@ -99,11 +89,8 @@ pub(super) async fn index_stats(
     State(lk): State<Loki>,
     RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Response {
-    let (start, end, sels) = match window_and_selectors(raw, &body, &["query"]) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+) -> Result<Response, Refusal> {
+    let (start, end, sels) = window_and_selectors(raw, &body, &["query"])?;
     let hub = lk.app.hub.clone();
     let stats = blocking(move || {
         let ring = hub.lock();
@@ -129,10 +116,10 @@ pub(super) async fn index_stats(
         st
     })
     .await;
-    match stats {
+    Ok(match stats {
         Ok(s) => json(&s),
         Err(r) => r,
-    }
+    })
 }
 
 pub(super) async fn buildinfo() -> Response {

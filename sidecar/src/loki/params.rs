@@ -4,8 +4,8 @@
 use axum::body::Bytes;
 
 use crate::hub::parse_ts;
-use logstream_logql as logql;
 use logstream_logql::eval::Direction;
+use logstream_logql::{self as logql, LokiError};
 
 /// Loki's default `limit` for queries and the tail replay.
 const DEFAULT_LIMIT: usize = 100;
@@ -82,35 +82,54 @@ pub fn parse_seconds_or_duration(v: &str) -> Result<i64, String> {
 
 /// `start`/`end`/`since` as Loki reads them: end defaults to now, start to
 /// `min(end, now) - since` (since defaults to 1h).
-pub fn bounds(p: &Params, now: i64) -> Result<(i64, i64), String> {
+pub fn bounds(p: &Params, now: i64) -> Result<(i64, i64), LokiError> {
     let since = match p.get("since") {
         Some(s) => logql::parse_duration(s)
-            .ok_or_else(|| format!("could not parse 'since' parameter: {s:?}"))?,
+            .ok_or_else(|| LokiError::Param(format!("could not parse 'since' parameter: {s:?}")))?,
         None => DEFAULT_SINCE_NS,
     };
-    let end = parse_time(p.get("end"), now)
-        .map_err(|e| format!("could not parse 'end' parameter: {e}"))?;
-    let start = parse_time(p.get("start"), end.min(now).saturating_sub(since))
-        .map_err(|e| format!("could not parse 'start' parameter: {e}"))?;
+    let end = time_param(p, "end", now)?;
+    let start = time_param(p, "start", end.min(now).saturating_sub(since))?;
     Ok((start, end))
 }
 
-pub(super) fn limit(p: &Params) -> Result<usize, String> {
+/// A timestamp parameter, `default` when absent.
+pub fn time_param(p: &Params, name: &str, default: i64) -> Result<i64, LokiError> {
+    parse_time(p.get(name), default)
+        .map_err(|e| LokiError::Param(format!("could not parse '{name}' parameter: {e}")))
+}
+
+/// `step` of a range query: given, or Loki's default of about 250 points
+/// per series (at least a second).
+pub(super) fn step(p: &Params, start: i64, end: i64) -> Result<i64, LokiError> {
+    let step = match p.get("step") {
+        Some(s) => parse_seconds_or_duration(s).map_err(LokiError::Param)?,
+        None => ((end - start) / 1_000_000_000 / 250).max(1) * 1_000_000_000,
+    };
+    if step <= 0 {
+        return Err(LokiError::Param(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+        ));
+    }
+    Ok(step)
+}
+
+pub(super) fn limit(p: &Params) -> Result<usize, LokiError> {
     match p.get("limit") {
         None => Ok(DEFAULT_LIMIT),
         Some(v) => match v.parse::<u32>() {
-            Ok(0) => Err("limit must be a positive value".into()),
+            Ok(0) => Err(LokiError::Param("limit must be a positive value".into())),
             Ok(n) => Ok(n as usize),
-            Err(_) => Err(format!("cannot parse limit {v:?}")),
+            Err(_) => Err(LokiError::Param(format!("cannot parse limit {v:?}"))),
         },
     }
 }
 
-pub(super) fn direction(p: &Params) -> Result<Direction, String> {
+pub(super) fn direction(p: &Params) -> Result<Direction, LokiError> {
     match p.get("direction").map(str::to_ascii_lowercase).as_deref() {
         None | Some("backward") => Ok(Direction::Backward),
         Some("forward") => Ok(Direction::Forward),
-        Some(other) => Err(format!("invalid direction {other:?}")),
+        Some(other) => Err(LokiError::Param(format!("invalid direction {other:?}"))),
     }
 }
 
@@ -163,6 +182,16 @@ mod tests {
         assert_eq!(direction(&p("direction=FORWARD")), Ok(Direction::Forward));
         assert_eq!(direction(&p("")), Ok(Direction::Backward));
         assert!(direction(&p("direction=up")).is_err());
+        assert_eq!(step(&p(""), 0, 3_600_000_000_000), Ok(14_000_000_000));
+        assert_eq!(step(&p("step=30s"), 0, 1), Ok(30_000_000_000));
+        assert!(matches!(step(&p("step=0"), 0, 1), Err(LokiError::Param(_))));
+        assert_eq!(
+            bounds(&p("start=yesterday"), now),
+            Err(LokiError::Param(
+                "could not parse 'start' parameter: cannot parse \"yesterday\" to a valid timestamp"
+                    .into()
+            ))
+        );
         assert_eq!(p("match[]=a&match[]=b").all("match[]"), ["a", "b"]);
     }
 }

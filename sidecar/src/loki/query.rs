@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::api::Loki;
 use super::metadata::selector_param;
-use super::params::{bounds, direction, limit, params, parse_seconds_or_duration, parse_time};
-use super::response::{Data, StreamOut, bad_request, metric_response, success};
+use super::params::{bounds, direction, limit, params, step, time_param};
+use super::response::{Data, Refusal, StreamOut, metric_response, success};
 use crate::hub::{Entry, Hub, format_ts, now_ns};
 use logstream_logql::eval::{self, Direction, Labels, Steps};
-use logstream_logql::{self as logql, LogQuery, MetricExpr, Query};
+use logstream_logql::{self as logql, LogQuery, LokiError, MetricExpr, Query};
 
 /// Loki's cap on points per series of a range query.
 const MAX_POINTS: i64 = 11_000;
@@ -59,14 +59,13 @@ fn history_warning(snap: &Snapshot, start: i64) -> Option<String> {
 /// Distinct stream label sets with an entry in `[from, to)` that `sel` accepts.
 /// The `start`/`end` window and the stream selectors found under `keys`,
 /// as the label, series and stats endpoints take them.
-#[allow(clippy::result_large_err)]
 pub(super) fn window_and_selectors(
     raw: Option<String>,
     body: &Bytes,
     keys: &[&str],
-) -> Result<(i64, i64, Vec<LogQuery>), Response> {
+) -> Result<(i64, i64, Vec<LogQuery>), LokiError> {
     let p = params(raw, body);
-    let (start, end) = bounds(&p, now_ns()).map_err(bad_request)?;
+    let (start, end) = bounds(&p, now_ns())?;
     let mut sels = Vec::new();
     for k in keys {
         sels.extend(selector_param(&p, k)?);
@@ -114,54 +113,43 @@ pub(super) async fn query_range(
     State(lk): State<Loki>,
     RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Response {
+) -> Result<Response, Refusal> {
     let p = params(raw, &body);
-    let now = now_ns();
-    let parsed = (|| -> Result<_, String> {
-        let q = logql::parse(p.get("query").unwrap_or("")).map_err(|e| e.to_string())?;
-        let (start, end) = bounds(&p, now)?;
-        if end < start {
-            return Err("end timestamp must not be before or equal to start time".into());
-        }
-        Ok((q, start, end, limit(&p)?, direction(&p)?))
-    })();
-    let (q, start, end, limit, dir) = match parsed {
-        Ok(v) => v,
-        Err(e) => return bad_request(e),
-    };
-    match q {
-        Query::Log(q) => log_response(&lk.app.hub, q, start, end, limit, dir).await,
-        Query::Metric(m) => {
-            let step = match p.get("step") {
-                Some(s) => match parse_seconds_or_duration(s) {
-                    Ok(v) => v,
-                    Err(e) => return bad_request(e),
-                },
-                None => ((end - start) / 1_000_000_000 / 250).max(1) * 1_000_000_000,
-            };
-            if step <= 0 {
-                return bad_request(
-                    "zero or negative query resolution step widths are not accepted. Try a positive integer",
-                );
-            }
-            if (end - start) / step > MAX_POINTS {
-                return bad_request(
-                    "exceeded maximum resolution of 11,000 points per time series. Try increasing the value of the step parameter",
-                );
-            }
-            // Steps on multiples of `step`, the last one at or after `end`
-            // so the newest lines are counted.
-            let first = start.div_euclid(step) * step;
-            let last =
-                end.div_euclid(step) * step + if end.rem_euclid(step) == 0 { 0 } else { step };
-            let steps = Steps {
-                start: first,
-                step,
-                count: ((last - first) / step) as usize + 1,
-            };
-            metric_eval(&lk.app.hub, m, steps, start, false).await
-        }
+    let q = logql::parse(p.get("query").unwrap_or(""))?;
+    let (start, end) = bounds(&p, now_ns())?;
+    if end < start {
+        return Err(LokiError::Param(
+            "end timestamp must not be before or equal to start time".into(),
+        )
+        .into());
     }
+    Ok(match q {
+        Query::Log(q) => {
+            let (limit, dir) = (limit(&p)?, direction(&p)?);
+            log_response(&lk.app.hub, q, start, end, limit, dir).await
+        }
+        Query::Metric(m) => {
+            let steps = range_steps(start, end, step(&p, start, end)?)?;
+            metric_eval(&lk.app.hub, m, steps, start, false).await?
+        }
+    })
+}
+
+/// Steps on multiples of `step`, the last one at or after `end` so the
+/// newest lines are counted.
+fn range_steps(start: i64, end: i64, step: i64) -> Result<Steps, LokiError> {
+    if (end - start) / step > MAX_POINTS {
+        return Err(LokiError::Limit(
+            "exceeded maximum resolution of 11,000 points per time series. Try increasing the value of the step parameter".into(),
+        ));
+    }
+    let first = start.div_euclid(step) * step;
+    let last = end.div_euclid(step) * step + if end.rem_euclid(step) == 0 { 0 } else { step };
+    Ok(Steps {
+        start: first,
+        step,
+        count: ((last - first) / step) as usize + 1,
+    })
 }
 
 async fn log_response(
@@ -217,7 +205,7 @@ async fn metric_eval(
     steps: Steps,
     start: i64,
     instant: bool,
-) -> Response {
+) -> Result<Response, Refusal> {
     let hub = hub.clone();
     let result = blocking(move || {
         let (from, to) = eval::needed_window(&m, &steps);
@@ -228,31 +216,43 @@ async fn metric_eval(
         eval::metric_query(&m, &snap.entries, &steps).map(|g| (g, warnings))
     })
     .await;
-    match result {
+    Ok(match result {
         Ok(Ok((grid, warnings))) => metric_response(&grid, &steps, instant, warnings),
-        Ok(Err(e)) => bad_request(e),
+        Ok(Err(e)) => return Err(e.into()),
         Err(resp) => resp,
-    }
+    })
 }
 
 pub(super) async fn query(
     State(lk): State<Loki>,
     RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Response {
+) -> Result<Response, Refusal> {
     let p = params(raw, &body);
-    let q = match logql::parse(p.get("query").unwrap_or("")) {
-        Ok(q) => q,
-        Err(e) => return bad_request(e),
-    };
-    let t = match parse_time(p.get("time"), now_ns()) {
-        Ok(t) => t,
-        Err(e) => return bad_request(format!("could not parse 'time' parameter: {e}")),
-    };
+    let q = logql::parse(p.get("query").unwrap_or(""))?;
+    let t = time_param(&p, "time", now_ns())?;
     match q {
-        Query::Log(_) => bad_request(
-            "log queries are not supported as an instant query type, please change your query to a range query type",
-        ),
+        Query::Log(_) => Err(LokiError::Query(
+            "log queries are not supported as an instant query type, please change your query to a range query type".into(),
+        )
+        .into()),
         Query::Metric(m) => metric_eval(&lk.app.hub, m, Steps::instant(t), t, true).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_steps_cover_the_end_and_cap_points() {
+        let s = range_steps(1_000, 10_500, 1_000).unwrap();
+        assert_eq!((s.start, s.step, s.count), (1_000, 1_000, 11));
+        let s = range_steps(1_000, 10_000, 1_000).unwrap();
+        assert_eq!(s.count, 10);
+        assert!(matches!(
+            range_steps(0, 11_001 * 1_000, 1_000),
+            Err(LokiError::Limit(_))
+        ));
     }
 }

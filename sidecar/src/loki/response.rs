@@ -1,19 +1,41 @@
 //! Loki's response shapes: the success envelope, seconds as numbers and
-//! values as strings for metrics, and 400 `text/plain` for every error.
+//! values as strings for metrics, and 400 `text/plain` for every
+//! [`LokiError`] ([`Refusal`], the one place that maps them).
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use logstream_logql::eval::{self, Grid, Labels, Steps};
+use logstream_logql::{LokiError, ParseError};
 
-pub(super) fn bad_request(msg: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("{msg}\n"),
-    )
-        .into_response()
+/// A refused Loki request as the HTTP response Loki gives: 400, `text/plain`,
+/// the error's message and a newline. Handlers return `Result<Response,
+/// Refusal>` and use `?` on anything that is a [`LokiError`].
+#[derive(Debug)]
+pub(super) struct Refusal(pub(super) LokiError);
+
+impl From<LokiError> for Refusal {
+    fn from(e: LokiError) -> Refusal {
+        Refusal(e)
+    }
+}
+
+impl From<ParseError> for Refusal {
+    fn from(e: ParseError) -> Refusal {
+        Refusal(e.into())
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.0),
+        )
+            .into_response()
+    }
 }
 
 pub(super) fn json<T: Serialize>(v: &T) -> Response {
@@ -154,6 +176,22 @@ pub(super) fn metric_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn every_refusal_is_a_plain_text_400_with_lokis_message() {
+        let r = Refusal(LokiError::Param("limit must be a positive value".into())).into_response();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"limit must be a positive value\n");
+        let parse = logstream_logql::parse("{").unwrap_err();
+        let r = Refusal::from(parse.clone()).into_response();
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        assert_eq!(body, format!("{parse}\n"));
+    }
 
     #[test]
     fn sample_times_are_seconds_numbers() {

@@ -24,7 +24,7 @@ use crate::server::state::AppState;
 use crate::server::stream::Next as Step;
 use crate::session::{Pull, Session};
 use logstream_logql::eval::{self, Labels, StreamCache};
-use logstream_logql::{self as logql, LogQuery, Query};
+use logstream_logql::{self as logql, LogQuery, LokiError, Query};
 
 /// A WebSocket close reason is at most 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
@@ -39,10 +39,12 @@ pub struct TailRequest {
 }
 
 impl TailRequest {
-    pub fn parse(p: &Params, now: i64) -> Result<TailRequest, String> {
-        let query = match logql::parse(p.get("query").unwrap_or("")).map_err(|e| e.to_string())? {
+    pub fn parse(p: &Params, now: i64) -> Result<TailRequest, LokiError> {
+        let query = match logql::parse(p.get("query").unwrap_or(""))? {
             Query::Log(q) => q,
-            Query::Metric(_) => return Err("tail supports log queries only".into()),
+            Query::Metric(_) => {
+                return Err(LokiError::Query("tail supports log queries only".into()));
+            }
         };
         let (start_ns, _) = bounds(p, now)?;
         Ok(TailRequest {
@@ -81,7 +83,7 @@ pub(super) async fn tail(
         tracker.track_future(async move {
             let (mut tx, rx) = socket.split();
             let (code, reason) = match (req, slot) {
-                (Err(e), _) => (close::POLICY, e),
+                (Err(e), _) => (close::POLICY, e.to_string()),
                 (Ok(_), None) => (close::TRY_AGAIN_LATER, "connection limit reached".into()),
                 (Ok(req), Some(_slot)) => {
                     let (code, reason) = run_tail(&mut tx, rx, &st, req).await;
