@@ -153,44 +153,23 @@ fn process(
     }
 }
 
+/// How a tail ends: the close code and reason to send (code 0: the peer is
+/// gone, send nothing).
+type End = (u16, &'static str);
+
+const PEER_GONE: End = (0, "");
+const SHUTTING_DOWN: End = (close::GOING_AWAY, "server shutting down");
+
 /// Streams a tail to one client: replays up to `limit` matching lines since
 /// `start`, then live ones, pinging on the server's shared clock. Counts
 /// what it sends, its gaps and why it drops a client as the other streams
-/// do. Returns the close code and reason to send (code 0: the peer is gone,
-/// send nothing).
-pub async fn run_tail<W, R, E>(
-    tx: &mut W,
-    mut rx: R,
-    st: &Arc<AppState>,
-    req: TailRequest,
-) -> (u16, &'static str)
+/// do. Returns the close code and reason to send.
+pub async fn run_tail<W, R, E>(tx: &mut W, rx: R, st: &Arc<AppState>, req: TailRequest) -> End
 where
     W: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + 'static,
 {
-    let cfg = &st.cfg;
-    let metrics = &st.metrics;
-    macro_rules! send {
-        ($msg:expr) => {
-            match tokio::time::timeout(cfg.send_timeout, tx.send($msg)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return (0, ""),
-                Err(_) => {
-                    metrics.dropped("send_timeout");
-                    return (0, "");
-                }
-            }
-        };
-    }
-    // A frame of rows, counted as the other transports count theirs.
-    macro_rules! send_rows {
-        ($rows:expr) => {{
-            let frame = tail_frame($rows);
-            metrics.sent(crate::metrics::Transport::ws, $rows.len(), frame.len());
-            send!(Message::Text(Utf8Bytes::from(frame)));
-        }};
-    }
     let sub = Subscribe {
         since: Some(format_ts(req.start_ns)),
         ..Default::default()
@@ -198,112 +177,161 @@ where
     let Ok(filter) = Filter::compile(&sub) else {
         return (close::POLICY, "bad start time");
     };
-    let mut session = Session::new(st.hub.clone(), &sub, filter, cfg.session);
-    let mut cache = StreamCache::default();
-    // Replay: everything before the head as it was at connect time; only the
-    // newest `limit` matches are kept.
-    let replay_end = st.hub.head().next_idx;
-    let mut replay: VecDeque<(Arc<Labels>, i64, String)> = VecDeque::new();
-    let mut rows = Vec::new();
-    let mut ended = false;
-    loop {
-        match session.pull() {
-            Pull::Batch { entries, more } => {
-                process(&req.query, &mut cache, &entries, &mut rows);
-                for r in rows.drain(..) {
-                    replay.push_back(r);
-                    if replay.len() > req.limit {
-                        replay.pop_front();
+    let mut t = Tail {
+        session: Session::new(st.hub.clone(), &sub, filter, st.cfg.session),
+        cache: StreamCache::default(),
+        query: req.query,
+        st,
+        tx,
+    };
+    let (rows, ended) = t.replay(req.limit);
+    if !rows.is_empty()
+        && let Err(end) = t.send_rows(&rows).await
+    {
+        return end;
+    }
+    if ended {
+        return SHUTTING_DOWN;
+    }
+    match t.live(rx).await {
+        Err(end) => end,
+    }
+}
+
+/// One client's tail: its session on the hub, its query and the socket.
+struct Tail<'a, W> {
+    session: Session,
+    cache: StreamCache,
+    query: LogQuery,
+    st: &'a Arc<AppState>,
+    tx: &'a mut W,
+}
+
+impl<W: Sink<Message> + Unpin> Tail<'_, W> {
+    /// The newest `limit` matches among what the hub held at connect time,
+    /// and whether the hub has ended.
+    fn replay(&mut self, limit: usize) -> (Vec<(Arc<Labels>, i64, String)>, bool) {
+        let replay_end = self.st.hub.head().next_idx;
+        let mut replay: VecDeque<(Arc<Labels>, i64, String)> = VecDeque::new();
+        let mut rows = Vec::new();
+        loop {
+            match self.session.pull() {
+                Pull::Batch { entries, more } => {
+                    process(&self.query, &mut self.cache, &entries, &mut rows);
+                    for r in rows.drain(..) {
+                        replay.push_back(r);
+                        if replay.len() > limit {
+                            replay.pop_front();
+                        }
+                    }
+                    if !more || entries.last().is_some_and(|e| e.idx + 1 >= replay_end) {
+                        return (replay.into(), false);
                     }
                 }
-                if !more || entries.last().is_some_and(|e| e.idx + 1 >= replay_end) {
-                    break;
-                }
-            }
-            Pull::Gap { .. } => {}
-            Pull::TooSlow | Pull::Idle => break,
-            Pull::Ended => {
-                ended = true;
-                break;
+                Pull::Gap { .. } => {}
+                Pull::TooSlow | Pull::Idle => return (replay.into(), false),
+                Pull::Ended => return (replay.into(), true),
             }
         }
     }
-    if !replay.is_empty() {
-        let rows: Vec<_> = replay.into_iter().collect();
-        send_rows!(&rows);
+
+    async fn send(&mut self, msg: Message) -> Result<(), End> {
+        match tokio::time::timeout(self.st.cfg.send_timeout, self.tx.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(PEER_GONE),
+            Err(_) => {
+                self.st.metrics.dropped("send_timeout");
+                Err(PEER_GONE)
+            }
+        }
     }
-    if ended {
-        return (close::GOING_AWAY, "server shutting down");
+
+    /// A frame of rows, counted as the other transports count theirs.
+    async fn send_rows(&mut self, rows: &[(Arc<Labels>, i64, String)]) -> Result<(), End> {
+        let frame = tail_frame(rows);
+        (self.st.metrics).sent(crate::metrics::Transport::ws, rows.len(), frame.len());
+        self.send(Message::Text(Utf8Bytes::from(frame))).await
     }
-    let mut head = st.hub.watch();
-    let mut draining = st.draining.clone();
-    let mut drain_deadline: Option<Instant> = None;
-    // Pings follow the server's shared clock (server/listen.rs), which
-    // wakes the hub's waiters on every tick.
-    let mut pinged = st.ping_epoch.load(std::sync::atomic::Ordering::Relaxed);
-    let mut last_heard = Instant::now();
-    loop {
-        head.borrow_and_update();
+
+    /// Sends what the session has now; `Ok` once it is idle.
+    async fn flush(&mut self) -> Result<(), End> {
+        let mut rows = Vec::new();
         loop {
-            match crate::server::stream::next(&mut session, st) {
+            match crate::server::stream::next(&mut self.session, self.st) {
                 Step::Records(entries) => {
-                    process(&req.query, &mut cache, &entries, &mut rows);
+                    process(&self.query, &mut self.cache, &entries, &mut rows);
                     if !rows.is_empty() {
-                        send_rows!(&rows);
+                        self.send_rows(&rows).await?;
                         rows.clear();
                     }
                 }
                 // Loki's tail has no gap message: the client sees the
                 // missing lines as a jump in time; the metrics count it.
                 Step::Gap { .. } => {}
-                Step::TooSlow => return (close::POLICY, "slow consumer"),
-                Step::Idle => break,
-                Step::Drained(_) | Step::Reconnect(_) => {
-                    return (close::GOING_AWAY, "server shutting down");
-                }
+                Step::TooSlow => return Err((close::POLICY, "slow consumer")),
+                Step::Idle => return Ok(()),
+                Step::Drained(_) | Step::Reconnect(_) => return Err(SHUTTING_DOWN),
             }
         }
-        let deadline = drain_deadline;
-        tokio::select! {
-            changed = head.changed() => {
-                if changed.is_err() {
-                    return (close::GOING_AWAY, "server shutting down");
-                }
-                let epoch = st.ping_epoch.load(std::sync::atomic::Ordering::Relaxed);
-                if epoch != pinged {
-                    pinged = epoch;
-                    if last_heard.elapsed() >= cfg.pong_timeout {
-                        metrics.dropped("pong_timeout");
-                        return (close::POLICY, "no pong");
+    }
+
+    /// Live lines until the client, the server or a limit ends the tail.
+    async fn live<R, E>(&mut self, mut rx: R) -> Result<std::convert::Infallible, End>
+    where
+        R: Stream<Item = Result<Message, E>> + Unpin,
+        E: std::error::Error + 'static,
+    {
+        let st = self.st;
+        let mut head = st.hub.watch();
+        let mut draining = st.draining.clone();
+        let mut drain_deadline: Option<Instant> = None;
+        // Pings follow the server's shared clock (server/listen.rs), which
+        // wakes the hub's waiters on every tick.
+        let mut pinged = st.ping_epoch.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last_heard = Instant::now();
+        loop {
+            head.borrow_and_update();
+            self.flush().await?;
+            let deadline = drain_deadline;
+            tokio::select! {
+                changed = head.changed() => {
+                    changed.map_err(|_| SHUTTING_DOWN)?;
+                    let epoch = st.ping_epoch.load(std::sync::atomic::Ordering::Relaxed);
+                    if epoch != pinged {
+                        pinged = epoch;
+                        if last_heard.elapsed() >= st.cfg.pong_timeout {
+                            st.metrics.dropped("pong_timeout");
+                            return Err((close::POLICY, "no pong"));
+                        }
+                        self.send(Message::Ping(Bytes::new())).await?;
                     }
-                    send!(Message::Ping(Bytes::new()));
                 }
-            }
-            d = draining.changed(), if drain_deadline.is_none() => {
-                if d.is_err() || *draining.borrow() {
-                    // Keep delivering until the hub closes, within the ack timeout.
-                    drain_deadline = Some(Instant::now() + cfg.ack_timeout);
+                d = draining.changed(), if drain_deadline.is_none() => {
+                    if d.is_err() || *draining.borrow() {
+                        // Keep delivering until the hub closes, within the ack timeout.
+                        drain_deadline = Some(Instant::now() + st.cfg.ack_timeout);
+                    }
                 }
-            }
-            _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } else { std::future::pending::<()>().await } } => {
-                return (close::GOING_AWAY, "server shutting down");
-            }
-            msg = rx.next() => {
-                last_heard = Instant::now();
-                match msg {
-                    Some(Err(e)) => {
+                _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } else { std::future::pending::<()>().await } } => {
+                    return Err(SHUTTING_DOWN);
+                }
+                msg = rx.next() => {
+                    last_heard = Instant::now();
+                    match msg {
                         // The close code tells the client what it did; the
                         // metric counts it as the WebSocket stream does.
-                        return match crate::server::ws::violation_close(&e) {
-                            Some((code, reason, counted)) => {
-                                metrics.dropped(counted);
-                                (code, reason)
-                            }
-                            None => (0, ""),
-                        };
+                        Some(Err(e)) => {
+                            return Err(match crate::server::ws::violation_close(&e) {
+                                Some((code, reason, counted)) => {
+                                    st.metrics.dropped(counted);
+                                    (code, reason)
+                                }
+                                None => PEER_GONE,
+                            });
+                        }
+                        None | Some(Ok(Message::Close(_))) => return Err(PEER_GONE),
+                        Some(Ok(_)) => {}
                     }
-                    None | Some(Ok(Message::Close(_))) => return (0, ""),
-                    Some(Ok(_)) => {}
                 }
             }
         }
