@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -34,10 +33,7 @@ use crate::mutate::selects;
 use crate::plan::{self, Observed, Plan, Want};
 use crate::probe;
 use crate::restart::{self, Workload, WorkloadKind};
-
-const PENDING_LISTED: usize = 20;
-/// Pods named, with their reason, in the Injected condition.
-const BLOCKED_LISTED: usize = 5;
+use crate::status::status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -535,149 +531,6 @@ async fn patch_owner(
     Ok(template.unwrap_or_default())
 }
 
-/// Status from what was observed (pure).
-pub fn status(
-    ls: &LogStream,
-    old: &LogStreamStatus,
-    selected: usize,
-    injected: usize,
-    pending: &[&Pod],
-    blocked: &[(String, String)],
-    files: Option<(bool, &str, String)>,
-) -> LogStreamStatus {
-    let gen_ = ls.metadata.generation;
-    let cond_s = |type_: &str, status: &str, reason: &str, message: String| {
-        // Keep the transition time while the status does not change.
-        let last = old
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: gen_,
-            last_transition_time: last,
-        }
-    };
-    let cond = |type_: &str, ok: bool, reason: &str, message: String| {
-        cond_s(type_, if ok { "True" } else { "False" }, reason, message)
-    };
-    let pending_n = pending.len();
-    let injected_cond = if selected == 0 {
-        cond(
-            "Injected",
-            true,
-            "NoPodsSelected",
-            "no pod matches the selector yet".into(),
-        )
-    } else if !blocked.is_empty() {
-        let listed: Vec<String> = blocked
-            .iter()
-            .take(BLOCKED_LISTED)
-            .map(|(pod, why)| format!("{pod}: {why}"))
-            .collect();
-        let mut message = format!(
-            "{} of {selected} selected pods cannot get the sidecar: {}",
-            blocked.len(),
-            listed.join("; ")
-        );
-        if blocked.len() > BLOCKED_LISTED {
-            message.push_str(&format!("; … and {} more", blocked.len() - BLOCKED_LISTED));
-        }
-        if pending_n > blocked.len() {
-            message.push_str(&format!(
-                "; {} more run without it until restarted",
-                pending_n - blocked.len()
-            ));
-        }
-        cond("Injected", false, "CannotInject", message)
-    } else if pending_n == 0 {
-        cond(
-            "Injected",
-            true,
-            "AllInjected",
-            format!("all {selected} selected pods have the sidecar"),
-        )
-    } else {
-        cond(
-            "Injected",
-            false,
-            "PodsPendingRestart",
-            format!(
-                "{pending_n} of {selected} selected pods run without the sidecar (created before the LogStream or while the webhook was unavailable){}",
-                if ls.spec.restart_pods {
-                    "; their owners are rolled once per LogStream generation (bare pods need a manual restart)"
-                } else {
-                    "; set restartPods: true or restart them"
-                }
-            ),
-        )
-    };
-    let files_cond = match &files {
-        Some((ok, reason, message)) => cond("FilesReadable", *ok, reason, message.clone()),
-        None => cond_s(
-            "FilesReadable",
-            "Unknown",
-            "NoSidecarRunning",
-            "no injected pod has a ready sidecar yet".into(),
-        ),
-    };
-    let unread = files
-        .as_ref()
-        .is_some_and(|(ok, reason, _)| !ok && *reason == "PathsNotTailed");
-    let degraded_reason = if !blocked.is_empty() {
-        Some((
-            "CannotInject",
-            format!(
-                "{} selected pods cannot get the sidecar: see Injected",
-                blocked.len()
-            ),
-        ))
-    } else if pending_n > 0 && !ls.spec.restart_pods {
-        Some((
-            "PodsWithoutSidecar",
-            format!("{pending_n} selected pods cannot be streamed until restarted"),
-        ))
-    } else if unread {
-        Some((
-            "PathsNotTailed",
-            "some matching log files cannot be read by the sidecar: see FilesReadable".into(),
-        ))
-    } else {
-        None
-    };
-    LogStreamStatus {
-        observed_generation: gen_,
-        conditions: vec![
-            cond(
-                "Ready",
-                true,
-                "Reconciled",
-                format!("Service, Ingress and {AGGREGATOR} applied"),
-            ),
-            injected_cond,
-            files_cond,
-            match degraded_reason {
-                Some((reason, message)) => cond("Degraded", true, reason, message),
-                None => cond("Degraded", false, "AsExpected", String::new()),
-            },
-        ],
-        selected_pods: selected as i32,
-        injected_pods: injected as i32,
-        pending_restart_pods: pending_n as i32,
-        pending_restart: pending
-            .iter()
-            .take(PENDING_LISTED)
-            .map(|p| p.name_any())
-            .collect(),
-        urls: desired::urls(ls),
-    }
-}
-
 /// What the finalizer does before a LogStream goes (also run by
 /// [`crate::uninstall`] when no operator runs).
 pub(crate) async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
@@ -727,6 +580,3 @@ pub(crate) async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Err
     tracing::info!(namespace = %ns, name = %ls.name_any(), remaining = others.len(), "LogStream cleaned up");
     Ok(Action::await_change())
 }
-
-#[cfg(test)]
-mod tests;

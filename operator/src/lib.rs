@@ -23,6 +23,7 @@ pub mod plan;
 pub mod probe;
 pub mod restart;
 pub mod run;
+pub mod status;
 pub mod tls;
 pub mod uninstall;
 pub mod webhook;
