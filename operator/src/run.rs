@@ -9,6 +9,7 @@ use axum::Router;
 use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::Api;
 
 use crate::controller::{self, Context};
@@ -151,14 +152,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     });
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await?;
-    let native = match opts.native_sidecars {
-        Some(n) => n,
-        None => {
-            let v = client.apiserver_version().await?;
-            let minor: u32 = v.minor.trim_end_matches('+').parse().unwrap_or(0);
-            v.major == "1" && minor >= 29
-        }
-    };
+    let native = native_sidecars(&client, opts.native_sidecars).await?;
     tracing::info!(native_sidecars = native, "cluster capabilities");
     // Before anything is created: an owner named but unreadable stops the
     // start rather than leave objects that would outlive the release.
@@ -171,14 +165,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     // Webhook TLS: self-managed (a Secret shared by the replicas, CA bundle
     // registered by us) or mounted from cert-manager (files, CA injected by it).
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
-    let mut dns = opts.cert_dns.clone();
-    if let Endpoint::Service {
-        name, namespace, ..
-    } = &opts.endpoint()
-    {
-        dns.push(format!("{name}.{namespace}.svc"));
-        dns.push(format!("{name}.{namespace}.svc.cluster.local"));
-    }
+    let dns = webhook_dns(&opts);
     let (tls_config, certs) = webhook_tls(
         &opts,
         &secrets,
@@ -203,37 +190,28 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
             ),
         }
     }
-    let handle = axum_server::Handle::new();
-    let state = Arc::new(WebhookState {
-        client: client.clone(),
-        inject: InjectConfig {
-            image: opts.image.clone(),
-            native_sidecars: native,
-            pull_policy: opts.image_pull_policy.clone(),
-            run_as: opts.run_as(),
-        },
-        metrics: metrics.clone(),
-        recorder: kube::runtime::events::Recorder::new(
-            client.clone(),
-            kube::runtime::events::Reporter {
-                controller: format!("{}-webhook", crate::keys::MANAGED_BY),
-                instance: std::env::var("POD_NAME").ok(),
+    let (handle, webhook_task) = serve_webhook(
+        &opts,
+        WebhookState {
+            client: client.clone(),
+            inject: InjectConfig {
+                image: opts.image.clone(),
+                native_sidecars: native,
+                pull_policy: opts.image_pull_policy.clone(),
+                run_as: opts.run_as(),
             },
-        ),
-    });
-    let server = axum_server::bind_rustls(opts.webhook_listen, tls_config.clone())
-        .handle(handle.clone())
-        .serve(webhook::router(state).into_make_service());
-    let webhook_task = tokio::spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "webhook server");
-        }
-    });
-    // Scripts and tests read the bound address.
-    if let Some(addr) = handle.listening().await {
-        println!("webhook listening on https://{addr}");
-        tracing::info!(%addr, "webhook listening");
-    }
+            metrics: metrics.clone(),
+            recorder: kube::runtime::events::Recorder::new(
+                client.clone(),
+                kube::runtime::events::Reporter {
+                    controller: format!("{}-webhook", crate::keys::MANAGED_BY),
+                    instance: std::env::var("POD_NAME").ok(),
+                },
+            ),
+        },
+        tls_config.clone(),
+    )
+    .await;
 
     let renew = spawn_renewal(RenewalParts {
         client: client.clone(),
@@ -258,8 +236,68 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         },
         metrics,
     ));
+    lead(ctx, &opts, owner).await;
+    tracing::info!("shutting down");
+    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    let _ = webhook_task.await;
+    renew.abort();
+    health_task.abort();
+    Ok(())
+}
+
+/// Native sidecars (restartable init containers) as flagged, else from the
+/// API server's version: Kubernetes 1.29 and later.
+async fn native_sidecars(client: &kube::Client, flag: Option<bool>) -> Result<bool, RunError> {
+    if let Some(n) = flag {
+        return Ok(n);
+    }
+    let v = client.apiserver_version().await?;
+    let minor: u32 = v.minor.trim_end_matches('+').parse().unwrap_or(0);
+    Ok(v.major == "1" && minor >= 29)
+}
+
+/// Names the webhook's serving certificate carries: the flagged ones and,
+/// when the API server reaches it through a Service, that Service's names.
+fn webhook_dns(opts: &RunOptions) -> Vec<String> {
+    let mut dns = opts.cert_dns.clone();
+    if let Endpoint::Service {
+        name, namespace, ..
+    } = &opts.endpoint()
+    {
+        dns.push(format!("{name}.{namespace}.svc"));
+        dns.push(format!("{name}.{namespace}.svc.cluster.local"));
+    }
+    dns
+}
+
+/// Serves the admission webhook over TLS on every replica; prints the bound
+/// address once listening (scripts and tests read it).
+async fn serve_webhook(
+    opts: &RunOptions,
+    state: WebhookState,
+    tls_config: RustlsConfig,
+) -> (axum_server::Handle<SocketAddr>, tokio::task::JoinHandle<()>) {
+    let handle = axum_server::Handle::new();
+    let server = axum_server::bind_rustls(opts.webhook_listen, tls_config)
+        .handle(handle.clone())
+        .serve(webhook::router(Arc::new(state)).into_make_service());
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "webhook server");
+        }
+    });
+    if let Some(addr) = handle.listening().await {
+        println!("webhook listening on https://{addr}");
+        tracing::info!(%addr, "webhook listening");
+    }
+    (handle, task)
+}
+
+/// Reconciles while this replica holds the lease, until SIGTERM/SIGINT or
+/// the lease is lost; then gives the lease up.
+async fn lead(ctx: Arc<Context>, opts: &RunOptions, owner: Option<OwnerReference>) {
     let leader = Leader::new(
-        client,
+        ctx.client.clone(),
         LeaseConfig {
             namespace: opts.namespace.clone(),
             name: "logstream-operator".into(),
@@ -283,12 +321,6 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         _ = terminated() => {}
     }
     leader.release().await;
-    tracing::info!("shutting down");
-    handle.graceful_shutdown(Some(Duration::from_secs(5)));
-    let _ = webhook_task.await;
-    renew.abort();
-    health_task.abort();
-    Ok(())
 }
 
 /// The webhook's TLS: the mounted files (cert-manager), or the Secret the
@@ -326,7 +358,7 @@ struct RenewalParts {
     dns: Vec<String>,
     tls_config: RustlsConfig,
     metrics: Arc<Metrics>,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    owner: Option<OwnerReference>,
     certs: Option<tls::WebhookCerts>,
 }
 
@@ -429,7 +461,7 @@ async fn terminated() {
 fn cert_spec<'a>(
     opts: &'a RunOptions,
     dns: &'a [String],
-    owner: Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    owner: Option<&'a OwnerReference>,
 ) -> tls::CertSpec<'a> {
     tls::CertSpec {
         secret: &opts.tls_secret,
