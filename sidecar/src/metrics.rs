@@ -110,149 +110,178 @@ impl Metrics {
             auth_cache_hits: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "auth_reviews",
-            "Kubernetes token checks sent to the API server (TokenReview + SubjectAccessReview), by result",
-            m.auth_reviews.clone(),
-        );
-        registry.register(
-            "auth_cache_hits",
-            "Kubernetes token checks answered from the cache, by result",
-            m.auth_cache_hits.clone(),
-        );
-        registry.register(
+        m.register_files(&mut registry);
+        m.register_clients(&mut registry);
+        m.register_history(&mut registry);
+        m.register_aggregator(&mut registry);
+        m.register_requests(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// The tailer: what it read from files, and files it tracks or refuses.
+    fn register_files(&self, r: &mut Registry) {
+        r.register(
             "lines_read",
             "Lines read from log files",
-            m.lines_read.clone(),
+            self.lines_read.clone(),
         );
-        registry.register_with_unit(
+        r.register_with_unit(
             "read",
             "Bytes read from log files",
             Unit::Bytes,
-            m.bytes_read.clone(),
+            self.bytes_read.clone(),
         );
-        registry.register(
+        r.register(
             "lines_split",
             "Oversized lines split into parts",
-            m.lines_split.clone(),
+            self.lines_split.clone(),
         );
-        registry.register(
+        r.register(
             "partial_flushes",
             "Lines flushed without a newline",
-            m.partial_flushes.clone(),
+            self.partial_flushes.clone(),
         );
-        registry.register(
+        r.register(
             "rotations",
             "File rotations seen, by kind (rename, truncate, delete)",
-            m.rotations.clone(),
+            self.rotations.clone(),
         );
-        registry.register(
+        r.register(
             "files_refused",
             "Paths refused, by reason",
-            m.files_refused.clone(),
+            self.files_refused.clone(),
         );
-        registry.register(
+        r.register(
             "files_not_tailed",
             "Matching paths not tailed after the last scan (unreadable, not regular, symlink), by reason",
-            m.files_not_tailed.clone(),
+            self.files_not_tailed.clone(),
         );
-        registry.register(
+        r.register(
             "files_tracked",
             "Files currently open",
-            m.files_tracked.clone(),
+            self.files_tracked.clone(),
         );
-        registry.register(
+        r.register(
             "inotify_overflows",
             "inotify queue overflows (rescanned)",
-            m.inotify_overflows.clone(),
+            self.inotify_overflows.clone(),
         );
-        registry.register(
+    }
+
+    /// Streaming clients: what they were sent, and why some were refused, dropped or skipped records.
+    fn register_clients(&self, r: &mut Registry) {
+        r.register(
             "records_sent",
             "Records sent to clients",
-            m.records_sent.clone(),
+            self.records_sent.clone(),
         );
-        registry.register_with_unit(
+        r.register_with_unit(
             "sent",
             "Bytes sent to clients",
             Unit::Bytes,
-            m.bytes_sent.clone(),
+            self.bytes_sent.clone(),
         );
-        registry.register("clients", "Connected streaming clients", m.clients.clone());
-        registry.register(
+        r.register(
+            "clients",
+            "Connected streaming clients",
+            self.clients.clone(),
+        );
+        r.register(
             "connections_rejected",
             "Streaming requests refused, by reason",
-            m.connections_rejected.clone(),
+            self.connections_rejected.clone(),
         );
-        registry.register(
+        r.register(
             "clients_dropped",
             "Clients disconnected by the server, by reason",
-            m.clients_dropped.clone(),
+            self.clients_dropped.clone(),
         );
-        registry.register("gaps", "Gap notices sent, by reason", m.gaps.clone());
-        registry.register(
+        r.register("gaps", "Gap notices sent, by reason", self.gaps.clone());
+        r.register(
             "gap_records",
             "Records skipped by gaps",
-            m.gap_records.clone(),
+            self.gap_records.clone(),
         );
-        registry.register(
+        r.register(
             "client_errors",
             "Malformed client messages answered with an error frame",
-            m.client_errors.clone(),
+            self.client_errors.clone(),
         );
-        registry.register(
+    }
+
+    /// The in-memory history and the last drain.
+    fn register_history(&self, r: &mut Registry) {
+        r.register(
             "history_records",
             "Records held in history",
-            m.history_records.clone(),
+            self.history_records.clone(),
         );
-        registry.register_with_unit(
+        r.register_with_unit(
             "history",
             "Bytes held in history",
             Unit::Bytes,
-            m.history_bytes.clone(),
+            self.history_bytes.clone(),
         );
-        registry.register(
-            "upstreams_connected",
-            "Upstream sidecars connected (aggregator)",
-            m.upstreams_connected.clone(),
-        );
-        registry.register(
-            "upstreams_known",
-            "Upstream sidecars discovered (aggregator)",
-            m.upstreams_known.clone(),
-        );
-        registry.register(
-            "upstream_records",
-            "Records received from upstreams (aggregator)",
-            m.upstream_records.clone(),
-        );
-        registry.register(
-            "upstream_gap_records",
-            "Records upstreams reported lost (aggregator)",
-            m.upstream_gap_records.clone(),
-        );
-        registry.register(
-            "upstream_reconnects",
-            "Upstream connections lost or refused (aggregator)",
-            m.upstream_reconnects.clone(),
-        );
-        registry.register(
-            "reorder_buffered",
-            "Records waiting in the reorder window (aggregator)",
-            m.reorder_buffered.clone(),
-        );
-        registry.register_with_unit(
+        r.register_with_unit(
             "drain",
             "Duration of the last drain",
             Unit::Seconds,
-            m.drain_seconds.clone(),
+            self.drain_seconds.clone(),
         );
-        registry.register_with_unit(
+    }
+
+    /// The aggregator's upstream sidecars and its reorder window.
+    fn register_aggregator(&self, r: &mut Registry) {
+        r.register(
+            "upstreams_connected",
+            "Upstream sidecars connected (aggregator)",
+            self.upstreams_connected.clone(),
+        );
+        r.register(
+            "upstreams_known",
+            "Upstream sidecars discovered (aggregator)",
+            self.upstreams_known.clone(),
+        );
+        r.register(
+            "upstream_records",
+            "Records received from upstreams (aggregator)",
+            self.upstream_records.clone(),
+        );
+        r.register(
+            "upstream_gap_records",
+            "Records upstreams reported lost (aggregator)",
+            self.upstream_gap_records.clone(),
+        );
+        r.register(
+            "upstream_reconnects",
+            "Upstream connections lost or refused (aggregator)",
+            self.upstream_reconnects.clone(),
+        );
+        r.register(
+            "reorder_buffered",
+            "Records waiting in the reorder window (aggregator)",
+            self.reorder_buffered.clone(),
+        );
+    }
+
+    /// HTTP requests and Kubernetes token checks.
+    fn register_requests(&self, r: &mut Registry) {
+        r.register(
+            "auth_reviews",
+            "Kubernetes token checks sent to the API server (TokenReview + SubjectAccessReview), by result",
+            self.auth_reviews.clone(),
+        );
+        r.register(
+            "auth_cache_hits",
+            "Kubernetes token checks answered from the cache, by result",
+            self.auth_cache_hits.clone(),
+        );
+        r.register_with_unit(
             "http_request_duration",
             "HTTP request latency to the response head, by route and status",
             Unit::Seconds,
-            m.request_seconds.clone(),
+            self.request_seconds.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     /// Prometheus text exposition.
