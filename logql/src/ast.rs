@@ -153,6 +153,14 @@ impl LabelRef {
             LabelRef::Matcher(m) => &m.name,
         }
     }
+
+    /// Whether the label `name="value"` is the one this reference names.
+    pub fn selects(&self, name: &str, value: &str) -> bool {
+        match self {
+            LabelRef::Name(n) => n == name,
+            LabelRef::Matcher(m) => m.name == name && m.matches(value),
+        }
+    }
 }
 
 /// A `line_format`/`label_format` template: only literal text and

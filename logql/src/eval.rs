@@ -136,36 +136,24 @@ pub fn run_pipeline<'a>(
                 if has_err {
                     continue;
                 }
-                let parsed = if matches!(stage, Stage::Json) {
-                    json_fields(&line).ok_or("JSONParserErr")
-                } else {
-                    logfmt_fields(&line).ok_or("LogfmtParserErr")
-                };
-                let l = labels.get_or_insert_with(|| base.clone());
-                match parsed {
-                    Ok(fields) => {
-                        for (k, v) in fields {
-                            add_extracted(l, base, k, v);
-                        }
-                    }
-                    Err(kind) => {
-                        l.insert(ERROR_LABEL.into(), kind.into());
-                    }
-                }
+                let json = matches!(stage, Stage::Json);
+                parse_fields(
+                    json,
+                    &line,
+                    base,
+                    labels.get_or_insert_with(|| base.clone()),
+                );
             }
             Stage::Regexp(re) => {
                 if has_err {
                     continue;
                 }
                 if let Some(caps) = re.captures(&line) {
-                    let found: Vec<(String, String)> = re
-                        .capture_names()
-                        .flatten()
-                        .filter_map(|n| caps.name(n).map(|m| (n.to_string(), m.as_str().into())))
-                        .collect();
                     let l = labels.get_or_insert_with(|| base.clone());
-                    for (k, v) in found {
-                        add_extracted(l, base, k, v);
+                    for n in re.capture_names().flatten() {
+                        if let Some(m) = caps.name(n) {
+                            add_extracted(l, base, n.to_string(), m.as_str().into());
+                        }
                     }
                 }
             }
@@ -183,29 +171,10 @@ pub fn run_pipeline<'a>(
                     }
                 }
             }
-            Stage::Drop(refs) => {
-                let l = labels.get_or_insert_with(|| base.clone());
-                for r in refs {
-                    match r {
-                        LabelRef::Name(n) => {
-                            l.remove(n);
-                        }
-                        LabelRef::Matcher(m) => {
-                            if l.get(&m.name).is_some_and(|v| m.matches(v)) {
-                                l.remove(&m.name);
-                            }
-                        }
-                    }
-                }
-            }
+            Stage::Drop(refs) => drop_labels(labels.get_or_insert_with(|| base.clone()), refs),
             Stage::Keep(refs) => {
                 let l = labels.get_or_insert_with(|| base.clone());
-                l.retain(|k, v| {
-                    refs.iter().any(|r| match r {
-                        LabelRef::Name(n) => n == k,
-                        LabelRef::Matcher(m) => m.name == *k && m.matches(v),
-                    })
-                });
+                l.retain(|k, v| refs.iter().any(|r| r.selects(k, v)));
             }
             Stage::LineFormat(t) => {
                 let new = render(t, cur, &line, ts_ns);
@@ -214,17 +183,7 @@ pub fn run_pipeline<'a>(
             Stage::LabelFormat(fmts) => {
                 let before = cur.clone();
                 let l = labels.get_or_insert_with(|| base.clone());
-                for (dst, f) in fmts {
-                    let v = match f {
-                        LabelFmt::Rename(src) => {
-                            let v = before.get(src).cloned().unwrap_or_default();
-                            l.remove(src);
-                            v
-                        }
-                        LabelFmt::Template(t) => render(t, &before, &line, ts_ns),
-                    };
-                    l.insert(dst.clone(), v);
-                }
+                label_format(fmts, &before, l, &line, ts_ns);
             }
             Stage::Decolorize => {
                 if line.contains('\u{1b}') {
@@ -238,6 +197,58 @@ pub fn run_pipeline<'a>(
         l.retain(|_, v| !v.is_empty());
     }
     Some((line, labels))
+}
+
+/// `| json` or `| logfmt`: the line's fields as labels, or `__error__`
+/// when the line is not of that format.
+fn parse_fields(json: bool, line: &str, base: &Labels, l: &mut Labels) {
+    let parsed = if json {
+        json_fields(line).ok_or("JSONParserErr")
+    } else {
+        logfmt_fields(line).ok_or("LogfmtParserErr")
+    };
+    match parsed {
+        Ok(fields) => {
+            for (k, v) in fields {
+                add_extracted(l, base, k, v);
+            }
+        }
+        Err(kind) => {
+            l.insert(ERROR_LABEL.into(), kind.into());
+        }
+    }
+}
+
+/// `| drop`: a name always, a `name="value"` only when it matches.
+fn drop_labels(l: &mut Labels, refs: &[LabelRef]) {
+    for r in refs {
+        let name = r.name();
+        if l.get(name).is_some_and(|v| r.selects(name, v)) {
+            l.remove(name);
+        }
+    }
+}
+
+/// `| label_format`: every template sees the labels as they were before the
+/// stage; a rename moves the value.
+fn label_format(
+    fmts: &[(String, LabelFmt)],
+    before: &Labels,
+    l: &mut Labels,
+    line: &str,
+    ts_ns: i64,
+) {
+    for (dst, f) in fmts {
+        let v = match f {
+            LabelFmt::Rename(src) => {
+                let v = before.get(src).cloned().unwrap_or_default();
+                l.remove(src);
+                v
+            }
+            LabelFmt::Template(t) => render(t, before, line, ts_ns),
+        };
+        l.insert(dst.clone(), v);
+    }
 }
 
 /// Adds a parsed field; a name the stream already has gets `_extracted`.
