@@ -2,8 +2,8 @@
 //! rules, before any work).
 //!
 //! Handlers only convert: parameters in (`params.rs`), LogQL's evaluator
-//! over a snapshot of the ring (`query.rs`, `metadata.rs`: taken under the
-//! lock as `Arc` clones, evaluated off the async threads), JSON out
+//! over a snapshot of the ring (`select.rs`: taken under the lock as `Arc`
+//! clones, evaluated off the async threads; `query.rs`, `metadata.rs`), JSON out
 //! (`response.rs`); the live tail is `tail.rs`. Errors are `400 text/plain`,
 //! as Loki's are: every refusal is a `LokiError`, mapped in one place
 //! (`response::Refusal`).
@@ -19,14 +19,10 @@ use axum::routing::get;
 
 use crate::server::state::AppState;
 
+use super::Loki;
 use super::metadata::{buildinfo, index_stats, label_values, labels, ready, series};
 use super::query::{query, query_range};
 use super::tail::tail;
-
-#[derive(Clone)]
-pub(super) struct Loki {
-    pub(super) app: Arc<AppState>,
-}
 
 /// The Loki API routes, with their own admission (the server's token rules).
 /// Merge into a server router: `.merge(crate::loki::api::router(state.clone()))`.

@@ -8,35 +8,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::api::Loki;
-use super::params::Params;
-use super::query::{blocking, selected, streams_in, window_and_selectors};
+use super::Loki;
 use super::response::{Refusal, json, success};
+use super::select::{blocking, selected, streams_in, window_and_selectors};
 use logstream_logql::eval::Labels;
-use logstream_logql::{self as logql, LogQuery, LokiError, ParseError, Query};
-
-/// Selectors of the optional `query` parameter of the metadata endpoints.
-pub(super) fn selector_param(p: &Params, key: &str) -> Result<Vec<LogQuery>, LokiError> {
-    p.all(key)
-        .into_iter()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| selector_of(s).map_err(LokiError::from))
-        .collect()
-}
-
-/// A selector, or the selectors inside a metric query.
-fn selector_of(s: &str) -> Result<LogQuery, ParseError> {
-    match logql::parse_selector(s) {
-        Ok(q) => Ok(q),
-        Err(e) => match logql::parse(s) {
-            Ok(Query::Metric(m)) => {
-                let qs = m.log_queries();
-                qs.first().map(|q| (*q).clone()).ok_or(e)
-            }
-            _ => Err(e),
-        },
-    }
-}
 
 pub(super) async fn labels(
     State(lk): State<Loki>,

@@ -24,12 +24,23 @@ mod metadata;
 mod params;
 mod query;
 mod response;
+
+mod select;
 mod tail;
+
+use std::sync::Arc;
 
 use logstream_logql::eval::{Labels, LogEntry};
 
 use crate::hub::Entry;
 use crate::protocol::Level;
+use crate::server::state::AppState;
+
+/// The state every Loki handler takes: the server's.
+#[derive(Clone)]
+struct Loki {
+    app: Arc<AppState>,
+}
 
 /// The labels of the Loki stream an entry belongs to: `namespace`, `pod`,
 /// `container`, `file` (each only when not empty) and `level` (`unknown`

@@ -1,110 +1,22 @@
 //! `/query` and `/query_range`: a snapshot of the history, evaluated off the
 //! async threads, as streams, a matrix or a vector.
 
-use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
-use super::api::Loki;
-use super::metadata::selector_param;
+use super::Loki;
 use super::params::{bounds, direction, limit, params, step, time_param};
 use super::response::{Data, Refusal, StreamOut, metric_response, success};
-use crate::hub::{Entry, Hub, format_ts, now_ns};
-use logstream_logql::eval::{self, Direction, Labels, Steps};
+use super::select::{blocking, history_warning, snapshot};
+use crate::hub::{Hub, now_ns};
+use logstream_logql::eval::{self, Direction, Steps};
 use logstream_logql::{self as logql, LogQuery, LokiError, MetricExpr, Query};
 
 /// Loki's cap on points per series of a range query.
 const MAX_POINTS: i64 = 11_000;
-
-// ---------------------------------------------------------------------------
-// History snapshots
-
-/// Entries with a time in `[from, to]`, and what the history no longer has.
-struct Snapshot {
-    entries: Vec<Arc<Entry>>,
-    /// Time of the oldest record still kept, when some were evicted.
-    evicted_before: Option<i64>,
-}
-
-fn snapshot(hub: &Hub, from: i64, to: i64) -> Snapshot {
-    let ring = hub.lock();
-    let evicted_before = (ring.evicted() > 0)
-        .then(|| ring.get(ring.first_idx()).map(|e| e.ts_ns))
-        .flatten();
-    let entries = ring
-        .iter_from(ring.first_idx())
-        .filter(|e| e.ts_ns >= from && e.ts_ns <= to)
-        .cloned()
-        .collect();
-    Snapshot {
-        entries,
-        evicted_before,
-    }
-}
-
-fn history_warning(snap: &Snapshot, start: i64) -> Option<String> {
-    let oldest = snap.evicted_before?;
-    (start < oldest).then(|| {
-        format!(
-            "logstream keeps a bounded history: lines before {} were evicted and are missing from this result",
-            format_ts(oldest)
-        )
-    })
-}
-
-/// Distinct stream label sets with an entry in `[from, to)` that `sel` accepts.
-/// The `start`/`end` window and the stream selectors found under `keys`,
-/// as the label, series and stats endpoints take them.
-pub(super) fn window_and_selectors(
-    raw: Option<String>,
-    body: &Bytes,
-    keys: &[&str],
-) -> Result<(i64, i64, Vec<LogQuery>), LokiError> {
-    let p = params(raw, body);
-    let (start, end) = bounds(&p, now_ns())?;
-    let mut sels = Vec::new();
-    for k in keys {
-        sels.extend(selector_param(&p, k)?);
-    }
-    Ok((start, end, sels))
-}
-
-/// No selector matches everything; otherwise any one must match.
-pub(super) fn selected(sels: &[LogQuery], labels: &Labels) -> bool {
-    sels.is_empty() || sels.iter().any(|q| eval::selects(q, labels))
-}
-
-pub(super) fn streams_in(hub: &Hub, from: i64, to: i64, sels: &[LogQuery]) -> BTreeSet<Labels> {
-    let ring = hub.lock();
-    let mut seen = HashSet::new();
-    let mut out = BTreeSet::new();
-    for e in ring.iter_from(ring.first_idx()) {
-        if e.ts_ns < from || e.ts_ns >= to || !seen.insert((e.source.slot, e.level)) {
-            continue;
-        }
-        let l = super::stream_labels(e);
-        if selected(sels, &l) {
-            out.insert(l);
-        }
-    }
-    out
-}
-
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Response> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("query failed: {e}\n"),
-        )
-            .into_response()
-    })
-}
 
 // ---------------------------------------------------------------------------
 // Handlers

@@ -14,7 +14,7 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::api::Loki;
+use super::Loki;
 use super::params::{Params, bounds, limit};
 use super::response::StreamOut;
 use crate::filter::Filter;
