@@ -20,8 +20,12 @@ pub enum ClientError {
     Decode(#[from] serde_json::Error),
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A byte stream a connection runs over: a TCP socket, or a Kubernetes
+/// port-forward (`kubectl logstream`).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 /// What to connect to.
 #[derive(Clone, Debug, Default)]
@@ -66,7 +70,32 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Connects over TCP to the URL of `opts`.
     pub async fn open(
+        opts: &ClientOptions,
+        resume: Option<&Cursor>,
+    ) -> Result<Connection, ClientError> {
+        let url = opts.url(resume)?;
+        let bad = |e: &dyn std::fmt::Display| ClientError::Url(url.clone(), e.to_string());
+        let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|e| bad(&e))?;
+        if uri.scheme_str() != Some("ws") {
+            return Err(bad(&"only ws:// and http:// URLs are supported"));
+        }
+        let host = uri.host().ok_or_else(|| bad(&"no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = tokio::net::TcpStream::connect((host, uri.port_u16().unwrap_or(80)))
+            .await
+            .map_err(|e| ClientError::Ws(Box::new(e.into())))?;
+        // Small frames (acks) must not wait for a delayed ACK.
+        tcp.set_nodelay(true)
+            .map_err(|e| ClientError::Ws(Box::new(e.into())))?;
+        Connection::over(Box::new(tcp), opts, resume).await
+    }
+
+    /// Runs the WebSocket handshake for the URL of `opts` over an already
+    /// open byte stream (the host in the URL only names the `Host` header).
+    pub async fn over(
+        io: Box<dyn Io>,
         opts: &ClientOptions,
         resume: Option<&Cursor>,
     ) -> Result<Connection, ClientError> {
@@ -80,8 +109,7 @@ impl Connection {
                 .map_err(|e| ClientError::Url(url.clone(), e.to_string()))?;
             req.headers_mut().insert("authorization", v);
         }
-        // disable_nagle: small frames (acks) must not wait for a delayed ACK.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
+        let (ws, _) = tokio_tungstenite::client_async_with_config(req, io, None)
             .await
             .map_err(Box::new)?;
         Ok(Connection {

@@ -2,47 +2,70 @@
 //! timestamp order, but none waits longer than the reorder window after it
 //! arrived. Per-source order always holds (timestamps are clamped to be
 //! non-decreasing within a source).
+//!
+//! Generic over what it orders ([`Timed`]): the aggregator orders
+//! [`Pending`] records into its hub, `kubectl logstream` orders the lines of
+//! several pods into one terminal.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::Hash;
 
 use crate::hub::Pending;
 use crate::protocol::SourceId;
 
-struct Item {
-    ts: i64,
-    arrival: u64,
-    pending: Pending,
+/// Something with a source and a time, as the reorder window sees it.
+pub trait Timed {
+    /// Per-source order is kept among items with the same key.
+    type Source: Hash + Eq + Clone;
+    fn source(&self) -> Self::Source;
+    fn ts_ns(&self) -> i64;
 }
 
-impl PartialEq for Item {
+impl Timed for Pending {
+    type Source = SourceId;
+    fn source(&self) -> SourceId {
+        self.source.sid
+    }
+    fn ts_ns(&self) -> i64 {
+        self.ts_ns
+    }
+}
+
+struct Item<T> {
+    ts: i64,
+    arrival: u64,
+    pending: T,
+}
+
+impl<T> PartialEq for Item<T> {
     fn eq(&self, o: &Self) -> bool {
         (self.ts, self.arrival) == (o.ts, o.arrival)
     }
 }
-impl Eq for Item {}
-impl PartialOrd for Item {
+impl<T> Eq for Item<T> {}
+impl<T> PartialOrd for Item<T> {
     fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(o))
     }
 }
-impl Ord for Item {
+impl<T> Ord for Item<T> {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         (self.ts, self.arrival).cmp(&(o.ts, o.arrival))
     }
 }
 
-pub struct Reorder {
+pub struct Reorder<T: Timed = Pending> {
     window_ns: i64,
-    heap: BinaryHeap<Reverse<Item>>,
+    heap: BinaryHeap<Reverse<Item<T>>>,
     /// (deadline, effective ts) in arrival order.
     deadlines: VecDeque<(i64, i64)>,
-    last_ts: HashMap<SourceId, i64>,
+    last_ts: HashMap<T::Source, i64>,
     arrivals: u64,
 }
 
-impl Reorder {
-    pub fn new(window: std::time::Duration) -> Reorder {
+impl<T: Timed> Reorder<T> {
+    pub fn new(window: std::time::Duration) -> Reorder<T> {
         Reorder {
             window_ns: i64::try_from(window.as_nanos()).unwrap_or(i64::MAX),
             heap: BinaryHeap::new(),
@@ -61,9 +84,9 @@ impl Reorder {
     }
 
     /// Adds a record that arrived at `now_ns`.
-    pub fn push(&mut self, p: Pending, now_ns: i64) {
-        let last = self.last_ts.entry(p.source.sid).or_insert(i64::MIN);
-        let ts = p.ts_ns.max(*last);
+    pub fn push(&mut self, p: T, now_ns: i64) {
+        let last = self.last_ts.entry(p.source()).or_insert(i64::MIN);
+        let ts = p.ts_ns().max(*last);
         *last = ts;
         self.arrivals += 1;
         self.deadlines
@@ -76,7 +99,7 @@ impl Reorder {
     }
 
     /// Records whose time has come, in timestamp order.
-    pub fn pop_ready(&mut self, now_ns: i64) -> Vec<Pending> {
+    pub fn pop_ready(&mut self, now_ns: i64) -> Vec<T> {
         let mut horizon = i64::MIN;
         while let Some(&(deadline, ts)) = self.deadlines.front() {
             if deadline > now_ns {
@@ -98,7 +121,7 @@ impl Reorder {
     }
 
     /// Everything, in timestamp order (shutdown).
-    pub fn drain_all(&mut self) -> Vec<Pending> {
+    pub fn drain_all(&mut self) -> Vec<T> {
         self.deadlines.clear();
         let mut out = Vec::with_capacity(self.heap.len());
         while let Some(Reverse(item)) = self.heap.pop() {
@@ -141,7 +164,7 @@ mod tests {
     #[test]
     fn orders_across_sources_within_the_window() {
         let hub = crate::hub::tests::small_hub();
-        let mut r = Reorder::new(Duration::from_nanos(100));
+        let mut r: Reorder = Reorder::new(Duration::from_nanos(100));
         r.push(rec(&hub, "a", 30), 0);
         r.push(rec(&hub, "b", 10), 5);
         r.push(rec(&hub, "a", 40), 6);
@@ -154,7 +177,7 @@ mod tests {
     #[test]
     fn nothing_waits_longer_than_the_window() {
         let hub = crate::hub::tests::small_hub();
-        let mut r = Reorder::new(Duration::from_nanos(100));
+        let mut r: Reorder = Reorder::new(Duration::from_nanos(100));
         r.push(rec(&hub, "late", 1000), 0);
         r.push(rec(&hub, "early", 5), 50);
         // At 100 the first arrival is due: it and everything older go out.
@@ -164,7 +187,7 @@ mod tests {
     #[test]
     fn per_source_order_survives_clock_steps_back() {
         let hub = crate::hub::tests::small_hub();
-        let mut r = Reorder::new(Duration::ZERO);
+        let mut r: Reorder = Reorder::new(Duration::ZERO);
         r.push(rec(&hub, "a", 50), 0);
         r.push(rec(&hub, "a", 20), 0);
         let out = r.pop_ready(0);
@@ -176,7 +199,7 @@ mod tests {
     #[test]
     fn zero_window_releases_at_once() {
         let hub = crate::hub::tests::small_hub();
-        let mut r = Reorder::new(Duration::ZERO);
+        let mut r: Reorder = Reorder::new(Duration::ZERO);
         r.push(rec(&hub, "a", 7), 42);
         assert_eq!(r.pop_ready(42).len(), 1);
     }
