@@ -20,6 +20,20 @@ pub enum ClientError {
     Decode(#[from] serde_json::Error),
 }
 
+impl ClientError {
+    /// The HTTP status the server refused the WebSocket handshake with
+    /// (401: a token is needed).
+    pub fn refused_with(&self) -> Option<u16> {
+        match self {
+            ClientError::Ws(e) => match &**e {
+                tokio_tungstenite::tungstenite::Error::Http(resp) => Some(resp.status().as_u16()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// A byte stream a connection runs over: a TCP socket, or a Kubernetes
 /// port-forward (`kubectl logstream`).
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
