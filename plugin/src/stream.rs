@@ -48,8 +48,10 @@ pub async fn stream_pod(client: kube::Client, src: Source, out: mpsc::Sender<Eve
     let pods: Api<Pod> = Api::namespaced(client, &src.namespace);
     let name = src.pod.clone();
     let opts = ClientOptions {
-        // Only the Host header: the bytes go through the port-forward.
-        base: format!("ws://{}.{}:{}", src.pod, src.namespace, src.port),
+        // Only the Host header: the bytes go through the port-forward, and
+        // arrive at the sidecar from loopback, as `kubectl port-forward`'s
+        // do (a loopback Host keeps its DNS-rebinding guard satisfied).
+        base: format!("ws://localhost:{}", src.port),
         sub: src.sub.clone(),
         token: src.token.clone(),
     };

@@ -518,6 +518,8 @@ pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
                 "logstream",
                 "-p",
                 "logstream-operator",
+                "-p",
+                "kubectl-logstream",
             ])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .output()

@@ -269,7 +269,46 @@ struct Lines {
     what: String,
 }
 
+/// Prefix of the stderr lines of a [`Lines::spawn_merged`] process.
+const STDERR: &str = "stderr: ";
+
 impl Lines {
+    /// Like [`Lines::spawn`], with the process's stderr lines in the same
+    /// channel, prefixed with [`STDERR`] (notices that must be seen).
+    fn spawn_merged(mut cmd: Command, what: &str) -> Lines {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let echo = what.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{echo}: {line}");
+                if tx2.send(format!("{STDERR}{line}")).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            child,
+            rx,
+            what: what.to_string(),
+        }
+    }
+
     fn spawn(mut cmd: Command, what: &str) -> Lines {
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -1338,7 +1377,13 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 /// The host pid of the injected sidecar of namespace `ns` (the node's
 /// processes are this machine's: found by command line and environment).
 fn sidecar_pid(ns: &str) -> Option<u32> {
+    sidecar_pid_of(ns, None)
+}
+
+/// [`sidecar_pid`] of one pod of `ns` when `pod` is given.
+fn sidecar_pid_of(ns: &str, pod: Option<&str>) -> Option<u32> {
     let want = format!("POD_NAMESPACE={ns}");
+    let want_pod = pod.map(|p| format!("POD_NAME={p}"));
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
@@ -1346,7 +1391,9 @@ fn sidecar_pid(ns: &str) -> Option<u32> {
         let is_sidecar = args.first().is_some_and(|a| a.ends_with(b"logstream"))
             && args.get(1).is_some_and(|a| *a == b"sidecar");
         let environ = std::fs::read(e.path().join("environ")).ok()?;
-        (is_sidecar && environ.split(|b| *b == 0).any(|v| v == want.as_bytes())).then_some(pid)
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        let has = |w: &str| vars.contains(&w.as_bytes());
+        (is_sidecar && has(&want) && want_pod.as_deref().is_none_or(has)).then_some(pid)
     })
 }
 
@@ -1423,6 +1470,361 @@ spec:
         repeated.len(),
         &repeated[..repeated.len().min(20)]
     );
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])
+        .stdout_if_success();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// kubectl logstream
+
+/// `kubectl logstream ARGS` as a user runs it: kubectl finds the plugin on
+/// PATH and passes KUBECONFIG on; stdout and stderr (prefixed) as lines.
+fn kubectl_logstream(node: &Node, args: &[&str], kubeconfig: &std::path::Path) -> Command {
+    let plugin = logstream_tests::workspace_bin("kubectl-logstream", "kubectl-logstream");
+    let dir = plugin.parent().unwrap().to_path_buf();
+    let path = std::env::join_paths(
+        std::iter::once(dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let mut cmd = Command::new(node.bin_dir.join("kubectl"));
+    cmd.arg("logstream")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", kubeconfig)
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// `counter-line POD N` lines: N by pod, with how often each came.
+fn counters_by_pod(records: &[Value]) -> BTreeMap<String, BTreeMap<u64, u32>> {
+    let mut by_pod: BTreeMap<String, BTreeMap<u64, u32>> = BTreeMap::new();
+    for r in records {
+        let Some(rest) = r["line"]
+            .as_str()
+            .and_then(|l| l.strip_prefix("counter-line "))
+        else {
+            continue;
+        };
+        let mut it = rest.split_whitespace();
+        if let (Some(pod), Some(n)) = (it.next(), it.next().and_then(|n| n.parse().ok())) {
+            *by_pod
+                .entry(pod.to_string())
+                .or_default()
+                .entry(n)
+                .or_insert(0) += 1;
+        }
+    }
+    by_pod
+}
+
+/// `kubectl logstream tail deploy/counter` over a Deployment of two pods
+/// that number their lines: both pods' lines, in write order across pods
+/// (markers written one after the other come out in that order), none
+/// lost or repeated through a SIGKILLed and restarted sidecar; a third pod
+/// joins when the Deployment scales; a deleted pod is announced and the
+/// command goes on; Ctrl-C ends it with 0. `-l` through the aggregator
+/// sees both pods; `status` names the LogStream and its pods.
+fn kubectl_logstream_tails_a_deployment_through_restarts_and_new_pods(
+    ctx: &Ctx,
+) -> Result<(), Failed> {
+    ctx.chart()?;
+    let node = ctx.node();
+    let ns = "plugin";
+    namespace_with_stream(ctx, ns, "counter", "");
+    let deploy = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: counter}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: counter}}
+  template:
+    metadata: {labels: {app: counter}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: app
+        image: docker.io/library/busybox:1.36
+        command: [sh, -c, 'n=0; while true; do n=$((n+1)); echo "counter-line $HOSTNAME $n" >> /var/log/app/app.log; sleep 0.05; done']
+        volumeMounts: [{name: logs, mountPath: /var/log/app}]
+      volumes: [{name: logs, emptyDir: {}}]
+"#;
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], deploy)
+        .stdout_if_success();
+    let pods = converged_pods(node, ns, "app=counter", 2)
+        .map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
+    let cmd = kubectl_logstream(
+        node,
+        &[
+            "tail",
+            "deploy/counter",
+            "-n",
+            ns,
+            "-o",
+            "json",
+            "--tail",
+            "1000000",
+        ],
+        &node.kubeconfig,
+    );
+    let tail = Lines::spawn_merged(cmd, "kubectl logstream tail deploy/counter");
+    let mut records: Vec<Value> = Vec::new();
+    let mut stderr: Vec<String> = Vec::new();
+    let take = |l: &str, records: &mut Vec<Value>, stderr: &mut Vec<String>| match l
+        .strip_prefix(STDERR)
+    {
+        Some(e) => stderr.push(e.to_string()),
+        None => records.push(json(l)),
+    };
+    // Both pods stream.
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    tail.until(CONVERGE, |l| {
+        take(l, &mut records, &mut stderr);
+        if let Some(r) = records.last() {
+            seen.insert(r["pod"].as_str().unwrap_or_default().to_string());
+        }
+        pods.iter().all(|p| seen.contains(p))
+    });
+
+    // Across pods, in the order written: one pod then the other, and back.
+    let (a, b) = (&pods[0], &pods[1]);
+    let marks = [
+        (a, unique("mark-1")),
+        (b, unique("mark-2")),
+        (b, unique("mark-3")),
+        (a, unique("mark-4")),
+    ];
+    for (pod, mark) in &marks {
+        exec_append(node, ns, pod, mark);
+    }
+    let last = &marks[3].1;
+    tail.until(CONVERGE, |l| {
+        take(l, &mut records, &mut stderr);
+        l.contains(last.as_str())
+    });
+    let order: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["line"].as_str())
+        .filter(|l| l.starts_with("mark-"))
+        .collect();
+    let want: Vec<&str> = marks.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(order, want, "markers out of write order");
+    for r in records
+        .iter()
+        .filter(|r| r["line"].as_str().is_some_and(|l| l.starts_with("mark-")))
+    {
+        assert_eq!(r["container"], "app", "{r}");
+        assert_eq!(r["file"], "app.log", "{r}");
+    }
+
+    // One pod's sidecar is SIGKILLed; the kubelet restarts it.
+    let pid =
+        sidecar_pid_of(ns, Some(a)).ok_or("pod a's sidecar process is not on this machine")?;
+    let saved = format!("/proc/{pid}/root/var/run/logstream/state/positions.json");
+    wait_for(CONVERGE, || {
+        std::fs::read_to_string(&saved)
+            .is_ok_and(|t| t.contains("app.log"))
+            .then_some(())
+    })
+    .ok_or_else(|| format!("{saved} never written"))?;
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    wait_for(CONVERGE, || {
+        let p = get_json(node, &["-n", ns, "pod", a]);
+        let st = p["status"]["initContainerStatuses"]
+            .as_array()
+            .and_then(|s| s.iter().find(|c| c["name"] == "logstream").cloned())
+            .unwrap_or_default();
+        (st["restartCount"].as_u64() >= Some(1) && st["ready"] == true).then_some(())
+    })
+    .ok_or_else(|| format!("the sidecar was not restarted\n{}", ctx.describe(ns)))?;
+    let after_restart = unique("after-restart");
+    exec_append(node, ns, a, &after_restart);
+    tail.until(CONVERGE, |l| {
+        take(l, &mut records, &mut stderr);
+        l.contains(after_restart.as_str())
+    });
+
+    // A third pod joins.
+    node.kubectl(&["-n", ns, "scale", "deploy/counter", "--replicas=3"])
+        .stdout_if_success();
+    let three = converged_pods(node, ns, "app=counter", 3)
+        .map_err(|e| format!("{e}\n{}", ctx.describe(ns)))?;
+    let c = three
+        .iter()
+        .find(|p| !pods.contains(p))
+        .ok_or("no third pod")?
+        .clone();
+    tail.until(CONVERGE, |l| {
+        take(l, &mut records, &mut stderr);
+        records.last().is_some_and(|r| r["pod"] == c.as_str())
+    });
+
+    // A pod goes away: announced, not an error.
+    node.kubectl(&["-n", ns, "delete", "pod", b, "--wait=false"])
+        .stdout_if_success();
+    tail.until(CONVERGE, |l| {
+        take(l, &mut records, &mut stderr);
+        l.starts_with(STDERR) && l.contains(&format!("- pod {b}"))
+    });
+    let pid = tail.child.id();
+    let interrupted = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    assert!(interrupted.success());
+    let mut tail = tail;
+    let status = tail.child.wait()?;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "Ctrl-C ends kubectl logstream with 0"
+    );
+
+    // Every pod's numbered lines: contiguous from the first seen, none twice.
+    let by_pod = counters_by_pod(&records);
+    for p in [a, &c] {
+        let count = by_pod
+            .get(p.as_str())
+            .ok_or_else(|| format!("no line of {p}"))?;
+        let (first, last) = (*count.keys().next().unwrap(), *count.keys().last().unwrap());
+        let lost: Vec<u64> = (first..=last).filter(|k| !count.contains_key(k)).collect();
+        let repeated: Vec<(&u64, &u32)> = count.iter().filter(|(_, n)| **n > 1).collect();
+        eprintln!(
+            "kubectl logstream, pod {p}: lines {first}..={last}, lost {}, repeated {}",
+            lost.len(),
+            repeated.len()
+        );
+        assert!(
+            lost.is_empty(),
+            "{p}: lost {:?}",
+            &lost[..lost.len().min(20)]
+        );
+        assert!(
+            repeated.is_empty(),
+            "{p}: repeated {:?}",
+            &repeated[..repeated.len().min(20)]
+        );
+    }
+    assert!(
+        stderr.iter().any(|l| *l == format!("+ pod {c}")),
+        "the new pod was not announced: {stderr:?}"
+    );
+
+    // `-l` through the namespace's aggregator: lines of two pods.
+    aggregator_rolled_out(ctx, ns);
+    let cmd = kubectl_logstream(
+        node,
+        &[
+            "tail",
+            "-l",
+            "app=counter",
+            "-n",
+            ns,
+            "--via-aggregator",
+            "-o",
+            "json",
+            "--tail",
+            "5",
+        ],
+        &node.kubeconfig,
+    );
+    let via = Lines::spawn_merged(cmd, "kubectl logstream tail -l --via-aggregator");
+    let mut via_pods = BTreeSet::new();
+    via.until(CONVERGE, |l| {
+        if !l.starts_with(STDERR) {
+            via_pods.insert(json(l)["pod"].as_str().unwrap_or_default().to_string());
+        }
+        via_pods.len() >= 2
+    });
+    drop(via);
+
+    // `status`: the LogStream, its conditions and every selected pod.
+    let out = kubectl_logstream(node, &["status", "-n", ns], &node.kubeconfig).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with(&format!("LogStream {ns}/counter: ")),
+        "{text}"
+    );
+    assert!(text.contains("Injected       True  AllInjected"), "{text}");
+    assert!(
+        text.contains(&format!("pod {c}")) && text.contains("sidecar ready"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// A user who may list pods but not `create pods/portforward` gets exit
+/// code 4 and what is missing; one who may not even list pods, the same.
+fn kubectl_logstream_tells_a_user_without_rbac_what_is_missing(ctx: &Ctx) -> Result<(), Failed> {
+    let node = ctx.node();
+    let ns = "plugin";
+    let rbac = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: viewer}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: nobody}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-viewer}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [get, list, watch]}
+- {apiGroups: [apps], resources: [deployments], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: viewer}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-viewer}
+subjects: [{kind: ServiceAccount, name: viewer}]
+"#;
+    node.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], rbac)
+        .stdout_if_success();
+    for (sa, says) in [
+        ("viewer", "pods/portforward"),
+        ("nobody", "list and watch pods"),
+    ] {
+        let token = node
+            .kubectl(&["-n", ns, "create", "token", sa])
+            .stdout_if_success()
+            .trim()
+            .to_string();
+        // The admin kubeconfig's cluster, with this account's token.
+        let mut kc = json(
+            node.kubectl(&[
+                "config",
+                "view",
+                "--raw",
+                "--minify",
+                "--flatten",
+                "-o",
+                "json",
+            ])
+            .stdout_if_success(),
+        );
+        kc["users"][0]["user"] = serde_json::json!({ "token": token });
+        let path = node.work_dir.join(format!("kubeconfig-{sa}"));
+        std::fs::write(&path, kc.to_string())?;
+        let target = if sa == "viewer" {
+            "deploy/counter"
+        } else {
+            "-lapp=counter"
+        };
+        let out = kubectl_logstream(node, &["tail", target, "-n", ns], &path).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{sa}: {stderr}");
+        assert!(stderr.contains(says), "{sa}: {stderr}");
+    }
     node.kubectl(&["delete", "namespace", ns, "--wait=false"])
         .stdout_if_success();
     Ok(())
@@ -2030,7 +2432,7 @@ fn main() {
         demo: OnceLock::new(),
     });
     type Case = fn(&Ctx) -> Result<(), Failed>;
-    let cases: [(&str, Case); 17] = [
+    let cases: [(&str, Case); 19] = [
         (
             "chart_operator_runs_and_the_api_server_calls_its_webhook",
             chart_operator_runs_and_the_api_server_calls_its_webhook,
@@ -2071,6 +2473,14 @@ fn main() {
         (
             "a_killed_sidecar_repeats_nothing_downstream",
             a_killed_sidecar_repeats_nothing_downstream,
+        ),
+        (
+            "kubectl_logstream_tails_a_deployment_through_restarts_and_new_pods",
+            kubectl_logstream_tails_a_deployment_through_restarts_and_new_pods,
+        ),
+        (
+            "kubectl_logstream_tells_a_user_without_rbac_what_is_missing",
+            kubectl_logstream_tells_a_user_without_rbac_what_is_missing,
         ),
         (
             "an_app_that_exits_20s_after_sigterm_loses_no_line",
