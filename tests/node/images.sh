@@ -41,7 +41,7 @@ done
 
 # --- the static binaries, exactly as static_binaries.rs builds them ----------
 MUSL_TARGET_DIR="$CACHE/musl-target"
-echo "images: cargo build --release --target $TARGET (logstream, logstream-operator)" >&2
+echo "images: cargo build --release --target $TARGET (logstream, logstream-operator, kubectl-logstream)" >&2
 # A clean environment, as static_binaries.rs uses: what a test process adds
 # (LD_LIBRARY_PATH, CARGO_PKG_*, ...) would otherwise make cargo rebuild the
 # whole tree each time the other one built it.
@@ -54,7 +54,7 @@ cargo_home="${CARGO_HOME:-$HOME/.cargo}"
   CARGO_HOME="$cargo_home" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" \
   CARGO_TARGET_DIR="$MUSL_TARGET_DIR" CARGO_PROFILE_RELEASE_STRIP=debuginfo ${CARGO_LOG:+CARGO_LOG="$CARGO_LOG"} \
   nice -n 10 cargo build --quiet --release --locked --target "$TARGET" \
-  -p logstream -p logstream-operator)
+  -p logstream -p logstream-operator -p kubectl-logstream)
 REL="$MUSL_TARGET_DIR/$TARGET/release"
 
 BD="$CACHE/buildah"

@@ -2,7 +2,8 @@
 # Usage: tests/node/walkthrough.sh     (from the repository root)
 # examples/README.md steps 2 to 7 (logcli's requests sent with curl), as written there, on the node of
 # tests/node/up.sh with the chart installed (KUBECONFIG set): the demo app,
-# a pod through `kubectl port-forward "pod/$POD" 7680` (websocat, curl), all
+# a pod through `kubectl port-forward "pod/$POD" 7680` (websocat, curl) and
+# through `kubectl logstream` (the plugin, on PATH as a user installs it), all
 # pods through the aggregator (curl, `logstream tail`), token mode checked
 # from a client host on the pod bridge, the Ingress through Traefik from that
 # host, clean-up. Each command's output is
@@ -34,6 +35,7 @@ ln -s "$BIN_DIR/kubectl" "$W/bin/kubectl"
 ln -s "$CACHE/tools/bin/helm" "$W/bin/helm"
 ln -s "$CACHE/tools/bin/websocat" "$W/bin/websocat"
 ln -s "$CACHE/musl-target/x86_64-unknown-linux-musl/release/logstream" "$W/bin/logstream"
+ln -s "$CACHE/musl-target/x86_64-unknown-linux-musl/release/kubectl-logstream" "$W/bin/kubectl-logstream"
 export PATH="$W/bin:$PATH"
 # wait_for SECONDS WHAT CMD...: CMD until it succeeds.
 wait_for() {
@@ -80,6 +82,18 @@ timeout 10 curl -sN 'http://127.0.0.1:7680/stream' >"$W/live.out" 2>/dev/null &
 PIDS+=($!)
 kubectl -n demo exec "$POD" -c app -- sh -c 'echo hello from the walkthrough >> /var/log/app/app.log'
 wait_for 10 "the exec'd line on the live stream" grep -q 'hello from the walkthrough' "$W/live.out"
+kill "${PIDS[@]}" 2>/dev/null || true
+PIDS=()
+# The plugin: both pods' lines, prefixed with their names.
+kubectl logstream tail deploy/demo -n demo >"$W/plugin.out" 2>"$W/plugin.err" &
+PIDS+=($!)
+two_prefixes() { (($(awk '{print $1}' "$W/plugin.out" | sort -u | grep -c '^demo-') == 2)); }
+wait_for 60 "kubectl logstream tail deploy/demo: lines of both pods" two_prefixes
+timeout 5 kubectl logstream tail "$POD" -n demo --level warn+ -o raw >"$W/plugin-warn.out" 2>"$W/plugin-warn.err" || true
+some_lines "$W/plugin-warn.out" 1
+! grep -q ' INFO ' "$W/plugin-warn.out" || fail "kubectl logstream --level warn+ let an info line through"
+kubectl logstream status -n demo >"$W/plugin-status.out"
+grep -q '^LogStream demo/demo: 2 selected' "$W/plugin-status.out" || fail "kubectl logstream status: $(cat "$W/plugin-status.out")"
 kill "${PIDS[@]}" 2>/dev/null || true
 PIDS=()
 

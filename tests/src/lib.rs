@@ -641,7 +641,8 @@ impl Drop for OperatorProcess {
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// `cargo build --release --locked --target x86_64-unknown-linux-musl` of
-/// `logstream` and `logstream-operator`, as in the Dockerfiles, once per test
+/// `logstream` and `logstream-operator` (as in the Dockerfiles) and of
+/// `kubectl-logstream` (as released), once per test
 /// binary; returns the release directory. The one way the tests build them:
 /// every suite (and tests/node/images.sh, with the same environment) shares
 /// the target dir, so a build in another environment would make the next
@@ -680,7 +681,14 @@ pub fn musl_release_dir() -> &'static Path {
             .args(["-n", "10"])
             .arg(cargo)
             .args(["build", "--release", "--locked", "--target", MUSL_TARGET])
-            .args(["-p", "logstream", "-p", "logstream-operator"])
+            .args([
+                "-p",
+                "logstream",
+                "-p",
+                "logstream-operator",
+                "-p",
+                "kubectl-logstream",
+            ])
             .current_dir(repo_root())
             .env("CARGO_TARGET_DIR", &target_dir)
             // As the Dockerfiles set it.
