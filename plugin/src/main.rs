@@ -131,6 +131,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Bad arguments are told before any cluster is asked.
+    let target = match &cli.command {
+        Command::Tail(a) => Some(Target::parse(a.target.as_deref(), a.selector.as_deref())?),
+        Command::Status(_) => None,
+    };
     let (client, default_ns) = connect(&cli.kube).await?;
     let ns = cli.kube.namespace.clone().unwrap_or(default_ns);
     match cli.command {
@@ -144,7 +149,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Tail(a) => {
-            let target = Target::parse(a.target.as_deref(), a.selector.as_deref())?;
+            let target = target.ok_or_else(|| CliError::Usage("no target".into()))?;
             let pods = resolve(&client, &ns, &target).await?;
             let color = !a.no_color
                 && std::env::var_os("NO_COLOR").is_none()

@@ -134,6 +134,38 @@ fn operator_is_static_and_runs() {
     );
 }
 
+/// The released plugin is one static file too (krew installs it alone);
+/// without a cluster it says what is wrong and exits 1, and bad arguments
+/// exit 2, as its help documents.
+#[test]
+fn kubectl_logstream_is_static_and_runs() {
+    let plugin = bin("kubectl-logstream");
+    assert_static(&plugin);
+    assert_eq!(
+        run(&plugin, &["--version"]).trim(),
+        format!("kubectl-logstream {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(run(&plugin, &["tail", "--help"]).contains("Exit codes: 0 ended by Ctrl-C"));
+    let exit = |args: &[&str]| {
+        let out = Command::new(&plugin)
+            .args(args)
+            .env_clear()
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = exit(&["tail", "deploy/web"]);
+    assert_eq!(code, Some(1), "no cluster: {stderr}");
+    assert!(stderr.contains("no usable kubeconfig"), "{stderr}");
+    let (code, stderr) = exit(&["tail", "svc/web"]);
+    assert_eq!(code, Some(2), "a bad target, before any cluster: {stderr}");
+    assert!(stderr.contains("\"svc\" is not a kind"), "{stderr}");
+}
+
 /// `logstream_*` names in the dashboard's queries.
 fn dashboard_metrics(prefix: &str) -> Vec<String> {
     let path = repo().join("charts/logstream/dashboards/logstream.json");
