@@ -31,6 +31,7 @@ use std::fmt;
 use regex::Regex;
 
 mod ast;
+pub mod drilldown;
 pub mod eval;
 mod lexer;
 mod parser;

@@ -769,3 +769,207 @@ async fn a_tail_is_counted_like_every_stream() {
     }
     drop(ws);
 }
+
+/// RFC 3339 with milliseconds, as the Logs Drilldown app sends `start`/`end`.
+fn iso(ns: i64) -> String {
+    logstream::hub::format_ts(ns - ns.rem_euclid(1_000_000))
+        .replace(".000000Z", "Z")
+        .replacen("000000Z", "Z", 1)
+}
+
+/// The requests Grafana 12's Logs Drilldown app sends on its landing page, a
+/// service page (logs, volume, labels, fields, patterns) and a value picker
+/// (docs/grafana-contract.md), each answered 200 with the shape the app
+/// parses, read field by field as it reads them.
+#[test]
+fn logs_drilldown_requests_get_the_shapes_the_app_parses() {
+    let s = Server::start(&[]);
+    write_fixture(&s);
+    let now = now_ns();
+    let (start, end) = (iso(now - 600_000_000_000), iso(now + 1_000_000_000));
+    let window = enc(&[("start", &start), ("end", &end)]);
+    let (ns_start, ns_end) = last_10m();
+    let ns_window = enc(&[("start", &ns_start), ("end", &ns_end)]);
+    // Landing page: the app's configuration, then the service list.
+    let limits = get_json(&s, "/loki/api/v1/drilldown-limits");
+    assert_eq!(limits["pattern_ingester_enabled"], true);
+    assert_eq!(limits["limits"]["retention_period"], "0s");
+    assert!(
+        limits["limits"]["max_entries_limit_per_query"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/index/volume?{}&{window}&limit=5000",
+            enc(&[("query", "{service_name=~`.+`}")])
+        ),
+    );
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["data"]["resultType"], "vector");
+    let result = v["data"]["result"].as_array().unwrap();
+    assert_eq!(result.len(), 1, "{v}");
+    // Local mode: no container, so Loki's rule gives unknown_service.
+    assert_eq!(
+        result[0]["metric"],
+        serde_json::json!({"service_name": "unknown_service"})
+    );
+    let bytes: u64 = result[0]["value"][1].as_str().unwrap().parse().unwrap();
+    let fixture_bytes = "INFO started x=1WARN slow x=2INFO tick x=3{\"level\":\"error\",\"status\":500,\"msg\":\"boom x\"}no level hereWARN slower x=4INFO doneINFO vacuumERROR disk full".len();
+    assert_eq!(bytes as usize, fixture_bytes);
+    assert!(result[0]["value"][0].is_f64() || result[0]["value"][0].is_u64());
+    // The label tabs: an empty query is every stream.
+    let v = get_json(&s, &format!("/loki/api/v1/detected_labels?query=&{window}"));
+    let labels: Vec<(&str, u64)> = v["detectedLabels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["label"].as_str().unwrap(),
+                l["cardinality"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(labels.contains(&("detected_level", 4)), "{labels:?}");
+    assert!(labels.contains(&("file", 2)), "{labels:?}");
+    assert!(labels.contains(&("service_name", 1)), "{labels:?}");
+    // The bars of a service, by level (Grafana has replaced $__auto).
+    let svc = r#"service_name="unknown_service""#;
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?{}&{ns_window}&step=2000ms",
+            enc(&[(
+                "query",
+                &format!("sum by (detected_level) (count_over_time({{ {svc} }} [2s]))"),
+            )])
+        ),
+    );
+    let mut by_level: Vec<(String, u64)> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let total: u64 = r["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p[1].as_str().unwrap().parse::<u64>().unwrap())
+                .sum();
+            (
+                r["metric"]["detected_level"].as_str().unwrap().to_string(),
+                total,
+            )
+        })
+        .collect();
+    by_level.sort();
+    assert_eq!(
+        by_level,
+        [
+            ("error".to_string(), 2),
+            ("info".to_string(), 4),
+            ("unknown".to_string(), 1),
+            ("warn".to_string(), 2)
+        ]
+    );
+    // The logs panel with a level filter, as the app writes it.
+    let v = wait_lines(
+        &s,
+        &format!("{{{svc}}} | detected_level=`error` or detected_level=``"),
+        2,
+    );
+    let mut got: Vec<String> = all_lines(&v).into_iter().map(|(_, l)| l).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "ERROR disk full",
+            r#"{"level":"error","status":500,"msg":"boom x"}"#
+        ]
+    );
+    // The service page's parsers and its volume by level.
+    let parsed = format!("{{{svc}}} | json | logfmt | drop __error__, __error_details__");
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/query_range?{}&{ns_window}&step=2000ms",
+            enc(&[(
+                "query",
+                &format!("sum(count_over_time({parsed} [2s])) by (detected_level)"),
+            )])
+        ),
+    );
+    assert_eq!(v["data"]["result"].as_array().unwrap().len(), 4, "{v}");
+    // Fields tab.
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/detected_fields?{}&{window}",
+            enc(&[("query", &parsed)])
+        ),
+    );
+    let fields = v["fields"].as_array().unwrap();
+    let field = |n: &str| {
+        fields
+            .iter()
+            .find(|f| f["label"] == n)
+            .unwrap_or_else(|| panic!("{n}: {v}"))
+            .clone()
+    };
+    assert_eq!(field("status")["type"], "int");
+    assert_eq!(field("status")["parsers"], serde_json::json!(["json"]));
+    assert_eq!(field("status")["jsonPath"], serde_json::json!(["status"]));
+    assert_eq!(field("x")["parsers"], serde_json::json!(["logfmt"]));
+    assert_eq!(field("x")["cardinality"], 4);
+    assert!(v["limit"].as_u64().unwrap() > 0);
+    // A value picker (Grafana core: ns times).
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/detected_field/detected_level/values?{}&{ns_window}&limit=1000",
+            enc(&[("query", &format!("{{{svc}}}"))])
+        ),
+    );
+    assert_eq!(
+        v["values"],
+        serde_json::json!(["error", "info", "unknown", "warn"])
+    );
+    let v = get_json(
+        &s,
+        &format!("/loki/api/v1/detected_field/nothing_here/values?{ns_window}"),
+    );
+    assert_eq!(v["values"], serde_json::json!([]), "an array, never {{}}");
+    // Patterns tab: counts per step in whole seconds.
+    let v = get_json(
+        &s,
+        &format!(
+            "/loki/api/v1/patterns?{}&{window}&step=1m",
+            enc(&[("query", &format!("{{{svc}}}"))])
+        ),
+    );
+    assert_eq!(v["status"], "success");
+    let pats = v["data"].as_array().unwrap();
+    let warn = pats
+        .iter()
+        .find(|p| p["pattern"] == "WARN <_> <_>")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(warn["level"], "warn");
+    let n: u64 = warn["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert!(s[0].is_i64() || s[0].is_u64(), "{s}");
+            s[1].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(n, 2);
+    // Bad input: Loki's 400.
+    let (code, ctype, body) = get(&s, "/loki/api/v1/patterns?query=%7B&step=1m");
+    assert_eq!(code, 400, "{body}");
+    assert!(ctype.starts_with("text/plain"));
+    assert!(body.starts_with("parse error"), "{body}");
+}

@@ -20,6 +20,10 @@ use axum::routing::get;
 use crate::server::state::AppState;
 
 use super::Loki;
+use super::drilldown::{
+    detected_field_values, detected_fields, detected_labels, drilldown_limits, index_volume,
+    index_volume_range, patterns,
+};
 use super::metadata::{buildinfo, index_stats, label_values, labels, ready, series};
 use super::query::{query, query_range};
 use super::tail::tail;
@@ -45,6 +49,23 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             get(index_stats).post(index_stats),
         )
         .route("/loki/api/v1/status/buildinfo", get(buildinfo))
+        // Grafana's Logs Drilldown.
+        .route(
+            "/loki/api/v1/index/volume",
+            get(index_volume).post(index_volume),
+        )
+        .route(
+            "/loki/api/v1/index/volume_range",
+            get(index_volume_range).post(index_volume_range),
+        )
+        .route("/loki/api/v1/detected_labels", get(detected_labels))
+        .route("/loki/api/v1/detected_fields", get(detected_fields))
+        .route(
+            "/loki/api/v1/detected_field/{name}/values",
+            get(detected_field_values),
+        )
+        .route("/loki/api/v1/patterns", get(patterns))
+        .route("/loki/api/v1/drilldown-limits", get(drilldown_limits))
         .route(super::TAIL_PATH, get(tail))
         .route_layer(middleware::from_fn_with_state(lk.clone(), admit))
         .route("/ready", get(ready))

@@ -10,8 +10,10 @@
 //! ```
 //!
 //! Streams: every record belongs to the Loki stream labelled `namespace`,
-//! `pod`, `container`, `file` (those that are not empty) and `level`
-//! (lower-case, `unknown` when the line had none).
+//! `pod`, `container`, `file` (those that are not empty), `level`
+//! (lower-case, `unknown` when the line had none) and what Loki derives:
+//! `detected_level` (the same value) and `service_name` (Loki's rule over
+//! these labels; `unknown_service` when no container is known).
 //!
 //! LogQL (what is supported, the parser and the evaluator) is the
 //! `logstream-logql` crate (`logql/`).
@@ -20,6 +22,7 @@
 pub const TAIL_PATH: &str = "/loki/api/v1/tail";
 
 pub mod api;
+mod drilldown;
 mod metadata;
 mod params;
 mod query;
@@ -58,7 +61,15 @@ pub fn stream_labels(e: &Entry) -> Labels {
             l.insert(k.to_string(), v.clone());
         }
     }
-    l.insert("level".into(), level_name(e.level).into());
+    let level = level_name(e.level);
+    l.insert("level".into(), level.into());
+    // What Loki derives at ingestion and Grafana's Logs Drilldown keys on:
+    // the level (Loki keeps it as structured metadata; here it is a label,
+    // so selectors, label filters and `by (detected_level)` all see it) and
+    // the service (Loki's rule over these labels: the container's name).
+    l.insert("detected_level".into(), level.into());
+    let service = logstream_logql::drilldown::service_name(&l);
+    l.insert("service_name".into(), service);
     l
 }
 
@@ -128,10 +139,12 @@ mod tests {
         ]);
         let want: Labels = [
             ("container", "app"),
+            ("detected_level", "info"),
             ("file", "app.log"),
             ("level", "info"),
             ("namespace", "ns"),
             ("pod", "pod"),
+            ("service_name", "app"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
