@@ -132,10 +132,10 @@ pub fn run_pipeline<'a>(
                     return None;
                 }
             }
+            // Unlike the other stages, parsers also run on a line an earlier
+            // parser failed on (`| json | logfmt` parses a logfmt line), as
+            // in Loki; the first error stays.
             Stage::Json | Stage::Logfmt => {
-                if has_err {
-                    continue;
-                }
                 let json = matches!(stage, Stage::Json);
                 parse_fields(
                     json,
@@ -214,7 +214,7 @@ fn parse_fields(json: bool, line: &str, base: &Labels, l: &mut Labels) {
             }
         }
         Err(kind) => {
-            l.insert(ERROR_LABEL.into(), kind.into());
+            l.entry(ERROR_LABEL.into()).or_insert_with(|| kind.into());
         }
     }
 }
@@ -383,14 +383,20 @@ fn label_filter(f: &LabelFilter, l: &Labels) -> Option<bool> {
     let get = |n: &str| l.get(n).map_or("", String::as_str);
     match f {
         LabelFilter::Str(m) => Some(m.matches(get(&m.name))),
-        LabelFilter::Num { name, op, value } => {
-            let v: f64 = get(name).trim().parse().ok()?;
-            Some(op.apply(v, *value))
-        }
-        LabelFilter::Dur { name, op, secs } => {
-            let ns = crate::parse_duration(get(name).trim())?;
-            Some(op.apply(ns as f64 / 1e9, *secs))
-        }
+        // As Loki: a line without the label does not pass a numeric or
+        // duration comparison; one whose value does not convert gets
+        // `__error__` and is kept.
+        LabelFilter::Num { name, op, value } => match l.get(name) {
+            None => Some(false),
+            Some(v) => Some(op.apply(v.trim().parse().ok()?, *value)),
+        },
+        LabelFilter::Dur { name, op, secs } => match l.get(name) {
+            None => Some(false),
+            Some(v) => {
+                let ns = crate::parse_duration(v.trim())?;
+                Some(op.apply(ns as f64 / 1e9, *secs))
+            }
+        },
         LabelFilter::And(a, b) => {
             let a = label_filter(a, l);
             if a == Some(false) {

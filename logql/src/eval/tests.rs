@@ -374,3 +374,101 @@ fn values_format_like_prometheus() {
     assert_eq!(format_value(f64::INFINITY), "+Inf");
     assert_eq!(format_value(f64::NAN), "NaN");
 }
+
+/// One row of a parity table: a query, its input lines (all in `app.log`,
+/// a second apart) and what Loki answers: each returned line with the
+/// labels it gets beyond the stream's, in time order.
+struct Parity {
+    query: &'static str,
+    lines: &'static [&'static str],
+    want: &'static [(&'static str, &'static [(&'static str, &'static str)])],
+}
+
+/// A returned line and the labels it has beyond its stream's.
+type Got = (String, Vec<(String, String)>);
+
+fn check_parity(rows: &[Parity]) {
+    for row in rows {
+        let input: Vec<(&str, Option<Level>, i64, &str)> = row
+            .lines
+            .iter()
+            .zip(0..)
+            .map(|(l, i)| ("app.log", None, i, *l))
+            .collect();
+        let e = entries(&input);
+        let r = log_query(&lq(row.query), &e, ALL.0, ALL.1, 100, Direction::Forward);
+        let base = e[0].stream_labels();
+        let mut got: Vec<(i64, Got)> = r
+            .streams
+            .iter()
+            .flat_map(|s| {
+                let extra: Vec<(String, String)> = s
+                    .labels
+                    .iter()
+                    .filter(|(k, v)| base.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                s.values
+                    .iter()
+                    .map(move |(ts, l)| (*ts, (l.clone(), extra.clone())))
+            })
+            .collect();
+        got.sort();
+        let got: Vec<Got> = got.into_iter().map(|(_, g)| g).collect();
+        let want: Vec<Got> = row
+            .want
+            .iter()
+            .map(|(l, x)| {
+                let mut x: Vec<(String, String)> = x
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                x.sort();
+                (l.to_string(), x)
+            })
+            .collect();
+        assert_eq!(got, want, "{}", row.query);
+    }
+}
+
+/// Where ours and Loki's answers differed for the same query and lines
+/// (Loki's behaviour as its LogQL documentation and parsers define it).
+#[test]
+fn parsers_and_label_filters_answer_as_loki() {
+    check_parity(&[
+        // Loki runs logfmt on a line json failed on; `drop` removes the error.
+        Parity {
+            query: r#"{file="app.log"} | json | logfmt | drop __error__, __error_details__"#,
+            lines: &[r#"{"a":"1"}"#, "b=2 c=x"],
+            want: &[
+                ("{\"a\":\"1\"}", &[("a", "1")]),
+                ("b=2 c=x", &[("b", "2"), ("c", "x")]),
+            ],
+        },
+        // A numeric comparison drops a line without the label; a value that
+        // does not convert keeps the line with __error__ (LabelFilterErr).
+        Parity {
+            query: r#"{file="app.log"} | json | n > 10"#,
+            lines: &[r#"{"n":11}"#, r#"{"n":5}"#, r#"{"m":1}"#, r#"{"n":"x"}"#],
+            want: &[
+                ("{\"n\":11}", &[("n", "11")]),
+                (
+                    "{\"n\":\"x\"}",
+                    &[("n", "x"), ("__error__", "LabelFilterErr")],
+                ),
+            ],
+        },
+        // The same for durations.
+        Parity {
+            query: r#"{file="app.log"} | logfmt | took > 1s"#,
+            lines: &["took=2s", "took=10ms", "other=1"],
+            want: &[("took=2s", &[("took", "2s")])],
+        },
+        // String equality with a missing label compares the empty value.
+        Parity {
+            query: r#"{file="app.log"} | logfmt | user="""#,
+            lines: &["user=ann", "other=1"],
+            want: &[("other=1", &[("other", "1")])],
+        },
+    ]);
+}
