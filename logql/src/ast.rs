@@ -71,6 +71,10 @@ pub enum LineOp {
     Match,
     /// `!~`
     NotMatch,
+    /// `|>`: the line has the shape of a pattern (`<_>` stands for any text)
+    Pattern,
+    /// `!>`
+    NotPattern,
 }
 
 /// A line filter; several patterns (`|= "a" or "b"`) match if any does
@@ -88,11 +92,13 @@ impl LineFilter {
             LineOp::Contains | LineOp::NotContains => {
                 self.patterns.iter().any(|p| line.contains(p.as_str()))
             }
-            LineOp::Match | LineOp::NotMatch => self.res.iter().any(|r| r.is_match(line)),
+            LineOp::Match | LineOp::NotMatch | LineOp::Pattern | LineOp::NotPattern => {
+                self.res.iter().any(|r| r.is_match(line))
+            }
         };
         match self.op {
-            LineOp::Contains | LineOp::Match => any,
-            LineOp::NotContains | LineOp::NotMatch => !any,
+            LineOp::Contains | LineOp::Match | LineOp::Pattern => any,
+            LineOp::NotContains | LineOp::NotMatch | LineOp::NotPattern => !any,
         }
     }
 }
@@ -307,4 +313,36 @@ impl MetricExpr {
             MetricExpr::Scalar(_) | MetricExpr::Vector(_) => Vec::new(),
         }
     }
+}
+
+/// A pattern (`<_> level=info <_>`, `<ip> - <_>`) as an anchored regular
+/// expression: every `<name>` or `<_>` is any text, the rest is literal,
+/// and a run of spaces matches any run of whitespace (patterns are written
+/// with single spaces).
+pub fn pattern_regex(pattern: &str) -> String {
+    let mut re = String::from("(?s)^");
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('<')
+            && let Some(end) = after.find('>')
+            && after[..end]
+                .chars()
+                .all(|c| c == '_' || c.is_ascii_alphanumeric())
+            && end > 0
+        {
+            re.push_str(".*?");
+            rest = &after[end + 1..];
+            continue;
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        if c.is_whitespace() {
+            re.push_str(r"\s+");
+            rest = rest.trim_start();
+        } else {
+            re.push_str(&regex::escape(&c.to_string()));
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    re.push('$');
+    re
 }

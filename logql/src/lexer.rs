@@ -15,6 +15,7 @@ pub(crate) enum Tok {
     PipeExact,
     PipeMatch,
     PipePattern,
+    NotPattern,
     Eq,
     EqEq,
     Neq,
@@ -63,6 +64,7 @@ impl Tok {
             Tok::PipeExact => "|=",
             Tok::PipeMatch => "|~",
             Tok::PipePattern => "|>",
+            Tok::NotPattern => "!>",
             Tok::Eq => "=",
             Tok::EqEq => "==",
             Tok::Neq => "!=",
@@ -188,6 +190,7 @@ impl<'a> Lexer<'a> {
                 '!' => match next {
                     Some('=') => self.take(Tok::Neq),
                     Some('~') => self.take(Tok::Nre),
+                    Some('>') => self.take(Tok::NotPattern),
                     _ => return Err(err("syntax error: unexpected \"!\"".into())),
                 },
                 '>' => match next {

@@ -11,7 +11,8 @@
 //!
 //! LogQL supported: stream selectors (`= != =~ !~`, regexes fully anchored,
 //! `"..."` with Go escapes or backticks, `#` comments); line filters
-//! (`|= != |~ !~`, chained, `or`-alternatives, the empty `` |= `` ``);
+//! (`|= != |~ !~`, chained, `or`-alternatives, the empty `` |= `` ``;
+//! pattern filters `|>` and `!>`, `<_>` standing for any text);
 //! `| json` and `| logfmt` (no parameters), `| regexp`, label filters
 //! (`= != =~ !~ == > >= < <=` on strings, numbers and durations, combined with
 //! `and`, `,`, `or` and parentheses; like Loki, a failed conversion sets

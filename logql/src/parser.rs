@@ -502,9 +502,8 @@ impl Parser {
                 Tok::Neq => LineOp::NotContains,
                 Tok::PipeMatch => LineOp::Match,
                 Tok::Nre => LineOp::NotMatch,
-                Tok::PipePattern => {
-                    return Err(self.err_here("pattern line filters (|>) are not supported"));
-                }
+                Tok::PipePattern => LineOp::Pattern,
+                Tok::NotPattern => LineOp::NotPattern,
                 Tok::Pipe => {
                     self.next();
                     stages.push(self.pipe_stage()?);
@@ -526,7 +525,15 @@ impl Parser {
                 return Err(self.err_here("ip() line filters are not supported"));
             }
             let p = self.string()?;
-            if matches!(op, LineOp::Match | LineOp::NotMatch) {
+            if matches!(op, LineOp::Pattern | LineOp::NotPattern) {
+                res.push(
+                    compile(&crate::ast::pattern_regex(&p)).map_err(|e| ParseError {
+                        line: pos.0,
+                        col: pos.1,
+                        msg: format!("invalid pattern: {e}"),
+                    })?,
+                );
+            } else if matches!(op, LineOp::Match | LineOp::NotMatch) {
                 res.push(compile(&p).map_err(|e| ParseError {
                     line: pos.0,
                     col: pos.1,

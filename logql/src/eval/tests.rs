@@ -472,3 +472,32 @@ fn parsers_and_label_filters_answer_as_loki() {
         },
     ]);
 }
+
+/// Pattern line filters as the Logs Drilldown app writes them from its
+/// Patterns tab (`|>` include, `!>` exclude, `or` between patterns).
+#[test]
+fn pattern_line_filters() {
+    check_parity(&[
+        Parity {
+            query: r#"{file="app.log"} |> "<_> level=info <_>""#,
+            lines: &["t=1 level=info msg=a", "t=2 level=warn msg=b", "level=info"],
+            want: &[("t=1 level=info msg=a", &[])],
+        },
+        Parity {
+            query: r#"{file="app.log"} !> "GET <_> 200 <_>""#,
+            lines: &["GET /a 200 5ms", "GET /b 500 1ms", "GET  /c   200  2ms"],
+            want: &[("GET /b 500 1ms", &[])],
+        },
+        Parity {
+            query: r#"{file="app.log"} |> "disk <_>" or "<_> full""#,
+            lines: &["disk full", "cpu full", "cpu idle"],
+            want: &[("disk full", &[]), ("cpu full", &[])],
+        },
+        // Regular-expression characters in a pattern are literal.
+        Parity {
+            query: r#"{file="app.log"} |> "a.b (<_>)""#,
+            lines: &["a.b (x)", "axb (x)"],
+            want: &[("a.b (x)", &[])],
+        },
+    ]);
+}
