@@ -202,6 +202,30 @@ pub enum Stage {
     LineFormat(Template),
     LabelFormat(Vec<(String, LabelFmt)>),
     Decolorize,
+    /// `| unwrap [bytes|duration](label)`: only inside a metric query's
+    /// range, where the parser moves it (and what follows) to the range's
+    /// [`Unwrap`]; a no-op anywhere else.
+    Unwrap(Unwrap),
+}
+
+/// How an unwrapped label's value becomes a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnwrapConv {
+    /// A number.
+    Number,
+    /// `bytes(label)`: `10KB`, `1.5MiB`, `512B` as bytes.
+    Bytes,
+    /// `duration(label)`, `duration_seconds(label)`: `150ms`, `1h2m` as seconds.
+    Duration,
+}
+
+/// `| unwrap`: the label whose value is the sample, and the stages after it
+/// (label filters, usually `| __error__=""`).
+#[derive(Debug, Clone)]
+pub struct Unwrap {
+    pub label: String,
+    pub conv: UnwrapConv,
+    pub post: Vec<Stage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +234,26 @@ pub enum RangeFn {
     Rate,
     BytesOverTime,
     BytesRate,
+    // Over unwrapped samples:
+    SumOverTime,
+    AvgOverTime,
+    MinOverTime,
+    MaxOverTime,
+    FirstOverTime,
+    LastOverTime,
+    StddevOverTime,
+    StdvarOverTime,
+    QuantileOverTime,
+}
+
+impl RangeFn {
+    /// Whether the function reads unwrapped samples (and must have them).
+    pub fn needs_unwrap(self) -> bool {
+        !matches!(
+            self,
+            RangeFn::CountOverTime | RangeFn::Rate | RangeFn::BytesOverTime | RangeFn::BytesRate
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +301,12 @@ pub enum MetricExpr {
         query: LogQuery,
         range_ns: i64,
         offset_ns: i64,
+        /// The samples' label, for the functions over values (and `rate`).
+        unwrap: Option<Unwrap>,
+        /// `quantile_over_time`'s φ.
+        param: Option<f64>,
+        /// `fn(...) by (...)`: allowed on functions over unwrapped samples.
+        grouping: Option<Grouping>,
     },
     Agg {
         op: AggOp,

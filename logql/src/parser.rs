@@ -27,15 +27,6 @@ pub fn parse_selector(input: &str) -> Result<LogQuery, ParseError> {
 /// Names Loki knows that this parser deliberately does not evaluate, so the
 /// error can say "not supported" rather than "unexpected".
 const UNSUPPORTED_FUNCS: &[&str] = &[
-    "avg_over_time",
-    "sum_over_time",
-    "min_over_time",
-    "max_over_time",
-    "stddev_over_time",
-    "stdvar_over_time",
-    "quantile_over_time",
-    "first_over_time",
-    "last_over_time",
     "absent_over_time",
     "rate_counter",
     "topk",
@@ -165,7 +156,16 @@ impl Parser {
             return Err(self.unexpected(""));
         }
         Ok(match node {
-            Node::Log(q, _) => Query::Log(q),
+            Node::Log(q, pos) => {
+                if q.pipeline.iter().any(|s| matches!(s, Stage::Unwrap(_))) {
+                    return Err(ParseError {
+                        line: pos.0,
+                        col: pos.1,
+                        msg: "unwrap is only allowed inside a range aggregation such as sum_over_time(... | unwrap x [1m])".into(),
+                    });
+                }
+                Query::Log(q)
+            }
             Node::Metric(m) => Query::Metric(m),
         })
     }
@@ -269,9 +269,10 @@ impl Parser {
                     self.expect(Tok::RParen)?;
                     Ok(Node::Metric(MetricExpr::Vector(n)))
                 }
-                "count_over_time" | "rate" | "bytes_over_time" | "bytes_rate" => {
-                    self.range_agg().map(Node::Metric)
-                }
+                "count_over_time" | "rate" | "bytes_over_time" | "bytes_rate" | "sum_over_time"
+                | "avg_over_time" | "min_over_time" | "max_over_time" | "first_over_time"
+                | "last_over_time" | "stddev_over_time" | "stdvar_over_time"
+                | "quantile_over_time" => self.range_agg().map(Node::Metric),
                 "sum" | "avg" | "min" | "max" | "count" => self.vector_agg().map(Node::Metric),
                 n if UNSUPPORTED_FUNCS.contains(&n) => {
                     Err(self.err_here(format!("function {n} is not supported by logstream")))
@@ -297,145 +298,6 @@ impl Parser {
             }
             _ => Err(self.unexpected("NUMBER")),
         }
-    }
-
-    fn duration(&mut self) -> PResult<i64> {
-        match self.peek() {
-            Tok::Dur(ns, _) => {
-                let ns = *ns;
-                self.next();
-                Ok(ns)
-            }
-            // A bare number in a range is seconds, as in Prometheus.
-            Tok::Num(n) if *n >= 0.0 => {
-                let ns = (*n * 1e9) as i64;
-                self.next();
-                Ok(ns)
-            }
-            _ => Err(self.unexpected("DURATION")),
-        }
-    }
-
-    /// `func ( logRange )` where logRange is `q [d]`, `{..} [d] pipeline` or `(q) [d]`.
-    fn range_agg(&mut self) -> PResult<MetricExpr> {
-        let name = self.ident("function")?;
-        let func = match name.as_str() {
-            "count_over_time" => RangeFn::CountOverTime,
-            "rate" => RangeFn::Rate,
-            "bytes_over_time" => RangeFn::BytesOverTime,
-            _ => RangeFn::BytesRate,
-        };
-        self.expect(Tok::LParen)?;
-        let (query, range_ns) = if *self.peek() == Tok::LParen {
-            self.next();
-            let q = self.log_query()?;
-            self.expect(Tok::RParen)?;
-            self.expect(Tok::LBracket)?;
-            let d = self.duration()?;
-            self.expect(Tok::RBracket)?;
-            (q, d)
-        } else {
-            if *self.peek() != Tok::LBrace {
-                return Err(self.unexpected("a log query with a range, such as {app=\"x\"}[1m]"));
-            }
-            let matchers = self.selector()?;
-            let mut pipeline = self.pipeline()?;
-            if *self.peek() != Tok::LBracket {
-                return Err(self.unexpected("\"[\" and a range such as [1m]"));
-            }
-            self.next();
-            let d = self.duration()?;
-            self.expect(Tok::RBracket)?;
-            // `{..}[d] | pipeline` form.
-            let after = self.pipeline()?;
-            if !pipeline.is_empty() && !after.is_empty() {
-                return Err(self.unexpected(""));
-            }
-            pipeline.extend(after);
-            (LogQuery { matchers, pipeline }, d)
-        };
-        if range_ns <= 0 {
-            return Err(self.err_here("range must be greater than 0"));
-        }
-        let offset_ns = if self.is_ident(0, "offset") {
-            self.next();
-            let neg = if *self.peek() == Tok::Sub {
-                self.next();
-                true
-            } else {
-                false
-            };
-            let d = self.duration()?;
-            if neg { -d } else { d }
-        } else {
-            0
-        };
-        if *self.peek() == Tok::Comma {
-            return Err(self.err_here("range functions with parameters are not supported"));
-        }
-        self.expect(Tok::RParen)?;
-        if self.is_ident(0, "by") || self.is_ident(0, "without") {
-            return Err(self.err_here(format!(
-                "grouping is not allowed on {name}; use sum by (...) ({name}(...))"
-            )));
-        }
-        Ok(MetricExpr::Range {
-            func,
-            query,
-            range_ns,
-            offset_ns,
-        })
-    }
-
-    fn grouping(&mut self) -> PResult<Option<Grouping>> {
-        let without = if self.is_ident(0, "by") {
-            false
-        } else if self.is_ident(0, "without") {
-            true
-        } else {
-            return Ok(None);
-        };
-        self.next();
-        self.expect(Tok::LParen)?;
-        let mut labels = Vec::new();
-        while *self.peek() != Tok::RParen {
-            labels.push(self.ident("label name")?);
-            if *self.peek() == Tok::Comma {
-                self.next();
-            } else if *self.peek() != Tok::RParen {
-                return Err(self.unexpected("\",\" or \")\""));
-            }
-        }
-        self.next();
-        Ok(Some(Grouping { without, labels }))
-    }
-
-    fn vector_agg(&mut self) -> PResult<MetricExpr> {
-        let name = self.ident("aggregation")?;
-        let op = match name.as_str() {
-            "sum" => AggOp::Sum,
-            "avg" => AggOp::Avg,
-            "min" => AggOp::Min,
-            "max" => AggOp::Max,
-            _ => AggOp::Count,
-        };
-        let before = self.grouping()?;
-        self.expect(Tok::LParen)?;
-        let inner = self.expr(0)?;
-        let inner = self.metric(inner)?;
-        if *self.peek() == Tok::Comma {
-            return Err(self.err_here("aggregation parameters are not supported"));
-        }
-        self.expect(Tok::RParen)?;
-        let after = self.grouping()?;
-        if before.is_some() && after.is_some() {
-            return Err(self.err_here("syntax error: grouping given twice"));
-        }
-        Ok(MetricExpr::Agg {
-            op,
-            grouping: before.or(after),
-            inner: Box::new(inner),
-        })
     }
 
     fn log_query(&mut self) -> PResult<LogQuery> {
@@ -639,7 +501,8 @@ impl Parser {
                 }
             }
             "decolorize" => Ok(Stage::Decolorize),
-            "pattern" | "unpack" | "unwrap" | "distinct" => Err(unsupported(&format!("| {name}"))),
+            "unwrap" => self.unwrap_stage(),
+            "pattern" | "unpack" | "distinct" => Err(unsupported(&format!("| {name}"))),
             _ => Err(ParseError {
                 line: pos.0,
                 col: pos.1,
@@ -648,6 +511,34 @@ impl Parser {
                 ),
             }),
         }
+    }
+
+    /// `| unwrap label`, `| unwrap bytes(label)`, `| unwrap duration(label)`
+    /// (after `unwrap`).
+    fn unwrap_stage(&mut self) -> PResult<Stage> {
+        let Tok::Ident(first) = self.peek().clone() else {
+            return Err(self.unexpected("IDENTIFIER"));
+        };
+        self.next();
+        let conv = match first.as_str() {
+            "bytes" => Some(UnwrapConv::Bytes),
+            "duration" | "duration_seconds" => Some(UnwrapConv::Duration),
+            _ => None,
+        };
+        let (label, conv) = match conv {
+            Some(conv) if *self.peek() == Tok::LParen => {
+                self.next();
+                let label = self.ident("label name")?;
+                self.expect(Tok::RParen)?;
+                (label, conv)
+            }
+            _ => (first, UnwrapConv::Number),
+        };
+        Ok(Stage::Unwrap(Unwrap {
+            label,
+            conv,
+            post: Vec::new(),
+        }))
     }
 
     fn label_refs(&mut self) -> PResult<Vec<LabelRef>> {
@@ -814,3 +705,5 @@ fn template(t: &str) -> Result<Template, String> {
     }
     Ok(Template(parts))
 }
+
+mod metric;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::{Query, parse};
+use crate::{MetricExpr, Query, parse};
 
 pub const T0: i64 = 1_700_000_000_000_000_000;
 pub const SEC: i64 = 1_000_000_000;
@@ -500,4 +500,130 @@ fn pattern_line_filters() {
             want: &[("a.b (x)", &[])],
         },
     ]);
+}
+
+/// Instant results of a metric query over `lines` (all in `app.log`, a
+/// second apart from T0), evaluated at T0 + 30 s: label set → value.
+fn instant(query: &str, lines: &[&str]) -> Result<Vec<(Labels, f64)>, crate::LokiError> {
+    let input: Vec<(&str, Option<Level>, i64, &str)> = lines
+        .iter()
+        .zip(0..)
+        .map(|(l, i)| ("app.log", None, i, *l))
+        .collect();
+    let e = entries(&input);
+    let base = e[0].stream_labels();
+    match metric_query(&mq(query), &e, &Steps::instant(T0 + 30 * SEC))? {
+        Grid::Vector(series) => Ok(series
+            .into_iter()
+            .filter_map(|s| {
+                let extra: Labels = s
+                    .labels
+                    .into_iter()
+                    .filter(|(k, v)| base.get(k) != Some(v))
+                    .collect();
+                Some((extra, s.values.first().copied().flatten()?))
+            })
+            .collect()),
+        Grid::Scalar(v) => Ok(vec![(Labels::new(), v)]),
+    }
+}
+
+fn one(v: f64) -> Vec<(Labels, f64)> {
+    vec![(Labels::new(), v)]
+}
+
+/// `unwrap` and the functions over its samples, as Loki's documentation
+/// defines them (Prometheus's `*_over_time` semantics over the window).
+#[test]
+fn unwrapped_range_functions_answer_as_loki() {
+    let lat = ["took=1", "took=2", "took=3", "took=10"];
+    let q = |f: &str| format!(r#"{f}({{file="app.log"}} | logfmt | unwrap took [1m])"#);
+    let sum_by = |f: &str| format!("sum by () ({})", q(f));
+    assert_eq!(instant(&sum_by("sum_over_time"), &lat).unwrap(), one(16.0));
+    assert_eq!(instant(&sum_by("avg_over_time"), &lat).unwrap(), one(4.0));
+    assert_eq!(instant(&sum_by("min_over_time"), &lat).unwrap(), one(1.0));
+    assert_eq!(instant(&sum_by("max_over_time"), &lat).unwrap(), one(10.0));
+    assert_eq!(instant(&sum_by("first_over_time"), &lat).unwrap(), one(1.0));
+    assert_eq!(instant(&sum_by("last_over_time"), &lat).unwrap(), one(10.0));
+    assert_eq!(
+        instant(&sum_by("stdvar_over_time"), &lat).unwrap(),
+        one(12.5)
+    );
+    assert_eq!(instant(&sum_by("rate"), &lat).unwrap(), one(16.0 / 60.0));
+    let q90 =
+        r#"sum by () (quantile_over_time(0.5, {file="app.log"} | logfmt | unwrap took [1m]))"#;
+    assert_eq!(instant(q90, &lat).unwrap(), one(2.5));
+    // Grouping on the range function itself: one series per path; the
+    // unwrapped label is not a label of the result.
+    let by_path = instant(
+        r#"avg_over_time({file="app.log"} | logfmt | unwrap took [1m]) by (path)"#,
+        &[
+            "took=1 path=/a",
+            "took=2 path=/a",
+            "took=3 path=/b",
+            "took=10 path=/b",
+        ],
+    )
+    .unwrap();
+    let want: Vec<(Labels, f64)> = vec![
+        ([("path".to_string(), "/a".to_string())].into(), 1.5),
+        ([("path".to_string(), "/b".to_string())].into(), 6.5),
+    ];
+    assert_eq!(by_path, want);
+    // bytes() and duration() conversions, as the Drilldown app's field
+    // breakdowns use them.
+    let sizes = ["size=1KB", "size=512B", "size=1MiB"];
+    assert_eq!(
+        instant(
+            r#"sum by () (sum_over_time({file="app.log"} | logfmt | unwrap bytes(size) [1m]))"#,
+            &sizes
+        )
+        .unwrap(),
+        one(1000.0 + 512.0 + 1_048_576.0)
+    );
+    let durs = ["d=150ms", "d=2s"];
+    assert_eq!(
+        instant(
+            r#"sum by () (max_over_time({file="app.log"} | logfmt | unwrap duration(d) | __error__="" [1m]))"#,
+            &durs
+        )
+        .unwrap(),
+        one(2.0)
+    );
+    // A value that does not convert is an error of the query, unless a
+    // label filter after the unwrap drops it.
+    let mixed = ["took=1", "took=x"];
+    let err = instant(
+        r#"sum_over_time({file="app.log"} | logfmt | unwrap took [1m])"#,
+        &mixed,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("SampleExtractionErr"), "{err}");
+    assert_eq!(
+        instant(
+            r#"sum by () (sum_over_time({file="app.log"} | logfmt | unwrap took | __error__="" [1m]))"#,
+            &mixed
+        )
+        .unwrap(),
+        one(1.0)
+    );
+}
+
+#[test]
+fn unwrap_is_checked_where_it_is_written() {
+    for (q, says) in [
+        (r#"sum_over_time({a="b"}[1m])"#, "without unwrap"),
+        (r#"count_over_time({a="b"} | unwrap x [1m])"#, "with unwrap"),
+        (
+            r#"{a="b"} | logfmt | unwrap x"#,
+            "only allowed inside a range aggregation",
+        ),
+        (
+            r#"count_over_time({a="b"}[1m]) by (x)"#,
+            "grouping is not allowed",
+        ),
+    ] {
+        let e = crate::parse(q).unwrap_err();
+        assert!(e.to_string().contains(says), "{q}: {e}");
+    }
 }
