@@ -279,18 +279,37 @@ pub enum BinOp {
     Div,
     Mod,
     Pow,
+    /// `== != > >= < <=`; with `bool` the result is 1 or 0, without it a
+    /// sample whose comparison is false is dropped.
+    Cmp {
+        op: CmpOp,
+        bool_mod: bool,
+    },
 }
 
 impl BinOp {
-    pub fn apply(self, a: f64, b: f64) -> f64 {
-        match self {
+    /// The result of `a op b` whose kept value (a comparison without
+    /// `bool` keeps the vector's sample) is `keep`; `None`: dropped.
+    pub fn apply(self, a: f64, b: f64, keep: f64) -> Option<f64> {
+        Some(match self {
             BinOp::Add => a + b,
             BinOp::Sub => a - b,
             BinOp::Mul => a * b,
             BinOp::Div => a / b,
             BinOp::Mod => a % b,
             BinOp::Pow => a.powf(b),
-        }
+            BinOp::Cmp { op, bool_mod: true } => f64::from(u8::from(op.apply(a, b))),
+            BinOp::Cmp {
+                op,
+                bool_mod: false,
+            } => {
+                if op.apply(a, b) {
+                    keep
+                } else {
+                    return None;
+                }
+            }
+        })
     }
 }
 
@@ -307,6 +326,14 @@ pub enum MetricExpr {
         param: Option<f64>,
         /// `fn(...) by (...)`: allowed on functions over unwrapped samples.
         grouping: Option<Grouping>,
+    },
+    /// `topk(k, inner)` / `bottomk`: per step and group, the `k` series
+    /// with the highest (lowest) values keep theirs.
+    TopK {
+        k: usize,
+        bottom: bool,
+        grouping: Option<Grouping>,
+        inner: Box<MetricExpr>,
     },
     Agg {
         op: AggOp,
@@ -333,7 +360,7 @@ impl MetricExpr {
                 offset_ns,
                 ..
             } => range_ns.saturating_add(*offset_ns),
-            MetricExpr::Agg { inner, .. } => inner.lookback_ns(),
+            MetricExpr::Agg { inner, .. } | MetricExpr::TopK { inner, .. } => inner.lookback_ns(),
             MetricExpr::Binary { lhs, rhs, .. } => lhs.lookback_ns().max(rhs.lookback_ns()),
             MetricExpr::Scalar(_) | MetricExpr::Vector(_) => 0,
         }
@@ -344,7 +371,7 @@ impl MetricExpr {
     pub fn lookahead_ns(&self) -> i64 {
         match self {
             MetricExpr::Range { offset_ns, .. } => (-offset_ns).max(0),
-            MetricExpr::Agg { inner, .. } => inner.lookahead_ns(),
+            MetricExpr::Agg { inner, .. } | MetricExpr::TopK { inner, .. } => inner.lookahead_ns(),
             MetricExpr::Binary { lhs, rhs, .. } => lhs.lookahead_ns().max(rhs.lookahead_ns()),
             MetricExpr::Scalar(_) | MetricExpr::Vector(_) => 0,
         }
@@ -354,7 +381,7 @@ impl MetricExpr {
     pub fn log_queries(&self) -> Vec<&LogQuery> {
         match self {
             MetricExpr::Range { query, .. } => vec![query],
-            MetricExpr::Agg { inner, .. } => inner.log_queries(),
+            MetricExpr::Agg { inner, .. } | MetricExpr::TopK { inner, .. } => inner.log_queries(),
             MetricExpr::Binary { lhs, rhs, .. } => {
                 let mut v = lhs.log_queries();
                 v.extend(rhs.log_queries());

@@ -29,8 +29,6 @@ pub fn parse_selector(input: &str) -> Result<LogQuery, ParseError> {
 const UNSUPPORTED_FUNCS: &[&str] = &[
     "absent_over_time",
     "rate_counter",
-    "topk",
-    "bottomk",
     "stddev",
     "stdvar",
     "sort",
@@ -192,6 +190,48 @@ impl Parser {
                 Tok::Div => (BinOp::Div, 2),
                 Tok::Mod => (BinOp::Mod, 2),
                 Tok::Pow => (BinOp::Pow, 3),
+                Tok::EqEq => (
+                    BinOp::Cmp {
+                        op: CmpOp::Eq,
+                        bool_mod: false,
+                    },
+                    0,
+                ),
+                Tok::Neq => (
+                    BinOp::Cmp {
+                        op: CmpOp::Neq,
+                        bool_mod: false,
+                    },
+                    0,
+                ),
+                Tok::Gt => (
+                    BinOp::Cmp {
+                        op: CmpOp::Gt,
+                        bool_mod: false,
+                    },
+                    0,
+                ),
+                Tok::Ge => (
+                    BinOp::Cmp {
+                        op: CmpOp::Ge,
+                        bool_mod: false,
+                    },
+                    0,
+                ),
+                Tok::Lt => (
+                    BinOp::Cmp {
+                        op: CmpOp::Lt,
+                        bool_mod: false,
+                    },
+                    0,
+                ),
+                Tok::Le => (
+                    BinOp::Cmp {
+                        op: CmpOp::Le,
+                        bool_mod: false,
+                    },
+                    0,
+                ),
                 Tok::Ident(s)
                     if matches!(
                         s.as_str(),
@@ -202,21 +242,36 @@ impl Parser {
                         "binary operator modifier or set operator {s:?} is not supported"
                     )));
                 }
-                Tok::EqEq | Tok::Neq | Tok::Gt | Tok::Ge | Tok::Lt | Tok::Le
-                    if matches!(lhs, Node::Metric(_)) =>
-                {
-                    return Err(self.err_here("comparison operators are not supported"));
-                }
                 _ => break,
             };
             if prec < min_prec {
                 break;
             }
+            let op_pos = self.peek_pos();
             self.next();
+            let op = match op {
+                BinOp::Cmp { op, .. } if self.is_ident(0, "bool") => {
+                    self.next();
+                    BinOp::Cmp { op, bool_mod: true }
+                }
+                op => op,
+            };
             let next_min = if op == BinOp::Pow { prec } else { prec + 1 };
             let rhs = self.expr(next_min)?;
             let lhs_m = self.metric(lhs)?;
             let rhs_m = self.metric(rhs)?;
+            if let BinOp::Cmp {
+                bool_mod: false, ..
+            } = op
+                && matches!(lhs_m, MetricExpr::Scalar(_))
+                && matches!(rhs_m, MetricExpr::Scalar(_))
+            {
+                return Err(ParseError {
+                    line: op_pos.0,
+                    col: op_pos.1,
+                    msg: "comparisons between scalars must use BOOL modifier".into(),
+                });
+            }
             lhs = Node::Metric(MetricExpr::Binary {
                 op,
                 lhs: Box::new(lhs_m),
@@ -274,6 +329,7 @@ impl Parser {
                 | "last_over_time" | "stddev_over_time" | "stdvar_over_time"
                 | "quantile_over_time" => self.range_agg().map(Node::Metric),
                 "sum" | "avg" | "min" | "max" | "count" => self.vector_agg().map(Node::Metric),
+                "topk" | "bottomk" => self.topk().map(Node::Metric),
                 n if UNSUPPORTED_FUNCS.contains(&n) => {
                     Err(self.err_here(format!("function {n} is not supported by logstream")))
                 }

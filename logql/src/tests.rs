@@ -189,7 +189,7 @@ fn errors_have_positions() {
     assert!(
         err(r#"{a=~"("}"#).starts_with("parse error at line 1, col 5: invalid regular expression")
     );
-    assert!(err(r#"topk(2, count_over_time({a="b"}[1m]))"#).contains("not supported"));
+    assert!(err(r#"absent_over_time({a="b"}[1m])"#).contains("not supported"));
     assert!(err(r#"sum_over_time({a="b"}[1m])"#).starts_with(
         "parse error at line 1, col 1: invalid aggregation sum_over_time without unwrap"
     ));

@@ -501,9 +501,9 @@ fn errors_are_400_text_plain_with_lokis_messages() {
     check(
         &format!(
             "/loki/api/v1/query_range?{}",
-            enc(&[("query", r#"topk(3, count_over_time({a="b"}[1m]))"#)])
+            enc(&[("query", r#"absent_over_time({a="b"}[1m])"#)])
         ),
-        "parse error at line 1, col 1: function topk is not supported",
+        "parse error at line 1, col 1: function absent_over_time is not supported",
     );
     check(
         &format!(

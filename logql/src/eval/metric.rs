@@ -113,6 +113,21 @@ pub fn metric_query<E: LogEntry>(
                 ));
             }
         },
+        MetricExpr::TopK {
+            k,
+            bottom,
+            grouping,
+            inner,
+        } => match metric_query(inner, entries, steps)? {
+            Grid::Vector(series) => {
+                Grid::Vector(topk(*k, *bottom, grouping.as_ref(), series, steps))
+            }
+            Grid::Scalar(_) => {
+                return Err(crate::LokiError::Query(
+                    "expected a range vector or instant vector, got a scalar".into(),
+                ));
+            }
+        },
         MetricExpr::Binary { op, lhs, rhs } => binary(
             *op,
             metric_query(lhs, entries, steps)?,
@@ -416,20 +431,61 @@ fn aggregate(op: AggOp, g: Option<&Grouping>, series: Vec<Series>, steps: &Steps
         .collect()
 }
 
+/// Per step and group, the `k` highest (`bottom`: lowest) samples keep
+/// their values; the others are dropped at that step.
+fn topk(
+    k: usize,
+    bottom: bool,
+    g: Option<&Grouping>,
+    mut series: Vec<Series>,
+    steps: &Steps,
+) -> Vec<Series> {
+    let mut groups: BTreeMap<Labels, Vec<usize>> = BTreeMap::new();
+    for (i, s) in series.iter().enumerate() {
+        let key = match g {
+            None => Labels::new(),
+            Some(_) => group_labels(s.labels.clone(), g),
+        };
+        groups.entry(key).or_default().push(i);
+    }
+    for members in groups.values() {
+        for step in 0..steps.count {
+            let mut ranked: Vec<(f64, usize)> = members
+                .iter()
+                .filter_map(|&i| Some((series.get(i)?.values.get(step).copied().flatten()?, i)))
+                .collect();
+            ranked.sort_by(|a, b| {
+                let o = a.0.total_cmp(&b.0);
+                if bottom { o } else { o.reverse() }
+            });
+            for &(_, i) in ranked.iter().skip(k) {
+                if let Some(v) = series.get_mut(i).and_then(|s| s.values.get_mut(step)) {
+                    *v = None;
+                }
+            }
+        }
+    }
+    series.retain(|s| s.values.iter().any(Option::is_some));
+    series
+}
+
 fn binary(op: BinOp, lhs: Grid, rhs: Grid) -> Grid {
-    let map = |series: Vec<Series>, f: &dyn Fn(f64) -> f64| {
+    let map = |series: Vec<Series>, f: &dyn Fn(f64) -> Option<f64>| {
         series
             .into_iter()
             .map(|s| Series {
                 labels: s.labels,
-                values: s.values.into_iter().map(|v| v.map(f)).collect(),
+                values: s.values.into_iter().map(|v| v.and_then(f)).collect(),
             })
+            .filter(|s| s.values.iter().any(Option::is_some))
             .collect()
     };
     match (lhs, rhs) {
-        (Grid::Scalar(a), Grid::Scalar(b)) => Grid::Scalar(op.apply(a, b)),
-        (Grid::Vector(v), Grid::Scalar(b)) => Grid::Vector(map(v, &|a| op.apply(a, b))),
-        (Grid::Scalar(a), Grid::Vector(v)) => Grid::Vector(map(v, &|b| op.apply(a, b))),
+        // The parser lets a comparison between scalars through only with
+        // `bool`, which always has a value.
+        (Grid::Scalar(a), Grid::Scalar(b)) => Grid::Scalar(op.apply(a, b, a).unwrap_or(f64::NAN)),
+        (Grid::Vector(v), Grid::Scalar(b)) => Grid::Vector(map(v, &|a| op.apply(a, b, a))),
+        (Grid::Scalar(a), Grid::Vector(v)) => Grid::Vector(map(v, &|b| op.apply(a, b, b))),
         (Grid::Vector(l), Grid::Vector(r)) => {
             let right: HashMap<&Labels, &Series> = r.iter().map(|s| (&s.labels, s)).collect();
             Grid::Vector(
@@ -440,7 +496,7 @@ fn binary(op: BinOp, lhs: Grid, rhs: Grid) -> Grid {
                             .values
                             .iter()
                             .zip(&other.values)
-                            .map(|(a, b)| Some(op.apply((*a)?, (*b)?)))
+                            .map(|(a, b)| op.apply((*a)?, (*b)?, (*a)?))
                             .collect();
                         Some(Series {
                             labels: s.labels,

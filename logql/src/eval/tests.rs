@@ -627,3 +627,67 @@ fn unwrap_is_checked_where_it_is_written() {
         assert!(e.to_string().contains(says), "{q}: {e}");
     }
 }
+
+/// Comparison operators and topk/bottomk, as Prometheus defines them for
+/// LogQL: without `bool` a false comparison drops the sample (the vector's
+/// value is kept), with `bool` every sample is 1 or 0.
+#[test]
+fn comparisons_and_topk_answer_as_loki() {
+    // Counts per path over the minute: /a 3, /b 2, /c 1.
+    let lines = [
+        "path=/a", "path=/a", "path=/b", "path=/a", "path=/b", "path=/c",
+    ];
+    let by_path = r#"sum by (path) (count_over_time({file="app.log"} | logfmt [1m]))"#;
+    let path = |p: &str| -> Labels { [("path".to_string(), p.to_string())].into() };
+    assert_eq!(
+        instant(&format!("{by_path} > 1"), &lines).unwrap(),
+        vec![(path("/a"), 3.0), (path("/b"), 2.0)]
+    );
+    assert_eq!(
+        instant(&format!("{by_path} > bool 1"), &lines).unwrap(),
+        vec![(path("/a"), 1.0), (path("/b"), 1.0), (path("/c"), 0.0)]
+    );
+    assert_eq!(
+        instant(&format!("2 >= {by_path}"), &lines).unwrap(),
+        vec![(path("/b"), 2.0), (path("/c"), 1.0)]
+    );
+    assert_eq!(
+        instant(&format!("{by_path} == {by_path}"), &lines).unwrap(),
+        vec![(path("/a"), 3.0), (path("/b"), 2.0), (path("/c"), 1.0)]
+    );
+    assert_eq!(instant("1 < bool 2", &lines).unwrap(), one(1.0));
+    // Comparisons bind looser than arithmetic.
+    assert_eq!(
+        instant(&format!("{by_path} * 2 > 4"), &lines).unwrap(),
+        vec![(path("/a"), 6.0)]
+    );
+    assert_eq!(
+        instant(&format!("topk(2, {by_path})"), &lines).unwrap(),
+        vec![(path("/a"), 3.0), (path("/b"), 2.0)]
+    );
+    assert_eq!(
+        instant(&format!("bottomk(1, {by_path})"), &lines).unwrap(),
+        vec![(path("/c"), 1.0)]
+    );
+    // topk per group.
+    let lines = [
+        "path=/a lvl=x",
+        "path=/a lvl=x",
+        "path=/b lvl=x",
+        "path=/c lvl=y",
+    ];
+    let by_both = r#"sum by (path, lvl) (count_over_time({file="app.log"} | logfmt [1m]))"#;
+    let got = instant(&format!("topk by (lvl) (1, {by_both})"), &lines).unwrap();
+    let paths: Vec<&str> = got.iter().map(|(l, _)| l["path"].as_str()).collect();
+    assert_eq!(paths, ["/a", "/c"]);
+    for (q, says) in [
+        ("1 > 2", "must use BOOL modifier"),
+        (
+            &format!("topk(0, {by_path})") as &str,
+            "not a positive integer",
+        ),
+    ] {
+        let e = crate::parse(q).unwrap_err();
+        assert!(e.to_string().contains(says), "{q}: {e}");
+    }
+}

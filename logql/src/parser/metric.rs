@@ -187,6 +187,38 @@ impl Parser {
     }
 }
 
+impl Parser {
+    /// `topk(k, expr)`, `bottomk`, with `by`/`without` before or after.
+    pub(super) fn topk(&mut self) -> PResult<MetricExpr> {
+        let name = self.ident("aggregation")?;
+        let before = self.grouping()?;
+        self.expect(Tok::LParen)?;
+        let pos = self.peek_pos();
+        let k = self.number()?;
+        if k < 1.0 || k.fract() != 0.0 || k > 1e9 {
+            return Err(ParseError {
+                line: pos.0,
+                col: pos.1,
+                msg: format!("invalid parameter for {name}: {k} is not a positive integer"),
+            });
+        }
+        self.expect(Tok::Comma)?;
+        let inner = self.expr(0)?;
+        let inner = self.metric(inner)?;
+        self.expect(Tok::RParen)?;
+        let after = self.grouping()?;
+        if before.is_some() && after.is_some() {
+            return Err(self.err_here("syntax error: grouping given twice"));
+        }
+        Ok(MetricExpr::TopK {
+            k: k as usize,
+            bottom: name == "bottomk",
+            grouping: before.or(after),
+            inner: Box::new(inner),
+        })
+    }
+}
+
 /// Moves `| unwrap` and the stages after it out of a range's log query.
 fn split_unwrap(mut q: LogQuery) -> (LogQuery, Option<Unwrap>) {
     let Some(i) = q
