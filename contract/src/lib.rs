@@ -35,6 +35,8 @@ pub mod env {
     pub const POD_NAME: &str = "POD_NAME";
     /// The app container whose files are streamed.
     pub const CONTAINER: &str = "LOGSTREAM_CONTAINER";
+    /// The service the pod belongs to (`service_name` in the Loki API).
+    pub const SERVICE_NAME: &str = "LOGSTREAM_SERVICE_NAME";
     /// The mounted log folder.
     pub const DIR: &str = "LOGSTREAM_DIR";
     pub const LISTEN: &str = "LOGSTREAM_LISTEN";

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{
     HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, SeccompProfile,
     SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -206,6 +207,7 @@ pub fn mutate(
     };
     let stream = ls.name_any();
     let mesh = crate::mesh::of_pod(pod);
+    let service = service_name(&pod.metadata);
     let mut pod = pod.clone();
     let Some(spec) = pod.spec.as_mut() else {
         return Err(MutateError::NoContainers { stream });
@@ -239,6 +241,9 @@ pub fn mutate(
         ..VolumeMount::default()
     }];
     let mut env = sidecar_env(ls, spec, &app_name, &mount_path, mesh);
+    if !service.is_empty() {
+        env.push(value_env(env::SERVICE_NAME, &service));
+    }
     add_state_volume(spec, &mut mounts, &mut env);
     if let Some(k) = &ls.spec.parse.level_field {
         env.push(value_env(env::LEVEL_KEY, k));
@@ -340,6 +345,53 @@ fn log_volume(
 }
 
 /// The sidecar's environment from the LogStream (the contract's names).
+/// Pod labels that name its service, in the order Loki tries them
+/// (`app.kubernetes.io/name` is what Loki sees as `app_kubernetes_io_name`).
+const SERVICE_LABELS: [&str; 6] = [
+    "service",
+    "app",
+    "application",
+    "app_name",
+    "name",
+    "app.kubernetes.io/name",
+];
+
+/// The service a pod belongs to, for `service_name` in the Loki API (what
+/// Grafana's Logs Drilldown lists): the first of [`SERVICE_LABELS`] it has,
+/// else its controller (a ReplicaSet's Deployment: the name without the
+/// `pod-template-hash`), else its `generateName`; empty for a bare pod
+/// without such labels (the sidecar then uses the container's name, as
+/// Loki would).
+pub fn service_name(meta: &ObjectMeta) -> String {
+    let labels = meta.labels.as_ref();
+    if let Some(v) = SERVICE_LABELS
+        .iter()
+        .find_map(|k| labels.and_then(|l| l.get(*k)).filter(|v| !v.is_empty()))
+    {
+        return v.clone();
+    }
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    if let Some(o) = owner {
+        let hash = labels.and_then(|l| l.get("pod-template-hash"));
+        return match (o.kind.as_str(), hash) {
+            ("ReplicaSet", Some(h)) => o
+                .name
+                .strip_suffix(&format!("-{h}"))
+                .unwrap_or(&o.name)
+                .to_string(),
+            _ => o.name.clone(),
+        };
+    }
+    meta.generate_name
+        .as_deref()
+        .map(|g| g.trim_end_matches('-').to_string())
+        .unwrap_or_default()
+}
+
 fn sidecar_env(
     ls: &LogStream,
     spec: &PodSpec,

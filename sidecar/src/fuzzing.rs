@@ -58,6 +58,7 @@ fn state() -> &'static Arc<AppState> {
                 pod: "web-0".into(),
                 container: "app".into(),
                 file: file.into(),
+                service: String::new(),
             });
             hub.publish(
                 lines

@@ -294,7 +294,13 @@ impl Hub {
         let wire_strings = json_escaped_len(&source.namespace)
             + json_escaped_len(&source.pod)
             + json_escaped_len(&source.container)
-            + json_escaped_len(&source.file);
+            + json_escaped_len(&source.file)
+            // `,"service":"..."`, only when known.
+            + if source.service.is_empty() {
+                0
+            } else {
+                13 + json_escaped_len(&source.service)
+            };
         let info = Arc::new(SourceInfo {
             slot,
             sid,
@@ -443,6 +449,7 @@ pub(crate) mod tests {
             pod: "pod".into(),
             container: "app".into(),
             file: file.into(),
+            service: String::new(),
         }
     }
 
@@ -507,6 +514,12 @@ pub(crate) mod tests {
     fn the_wire_size_counts_json_escapes() {
         let hub = small_hub();
         let a = hub.source(src("a.log"));
+        // A source with a service (an escape in it too).
+        let b = hub.source(Source {
+            service: "shop \"api\"".into(),
+            ..src("b.log")
+        });
+        publish_lines(&hub, &b, &["with a service"]);
         let lines = [
             "plain text".to_string(),
             "\u{1}".repeat(1000),

@@ -63,6 +63,10 @@ struct ServeArgs {
     dir: PathBuf,
     #[arg(long, default_value = "127.0.0.1:7680")]
     listen: SocketAddr,
+    /// `service_name` of the folder's streams in the Loki API (default:
+    /// `unknown_service`, as Loki says when nothing names one).
+    #[arg(long, default_value = "")]
+    service_name: String,
     #[command(flatten)]
     common: Common,
 }
@@ -81,6 +85,10 @@ struct SidecarArgs {
     /// The app container that writes the files.
     #[arg(long, env = env::CONTAINER, default_value = "")]
     container: String,
+    /// The service the pod belongs to (the operator sets it from the pod's
+    /// `app` label or its workload): `service_name` in the Loki API.
+    #[arg(long, env = env::SERVICE_NAME, default_value = "")]
+    service_name: String,
     #[command(flatten)]
     kubernetes: KubernetesAuth,
     #[command(flatten)]
@@ -435,6 +443,7 @@ impl ServeArgs {
         let ServeArgs {
             dir,
             listen,
+            service_name,
             common,
         } = self;
         let host = std::fs::read_to_string("/etc/hostname")
@@ -445,6 +454,7 @@ impl ServeArgs {
             pod: host,
             container: String::new(),
             file: String::new(),
+            service: service_name,
         };
         let opts = common.build(dir, origin, "local", listen)?;
         runtime()?.block_on(run_streamer(opts, termination()))?;
@@ -460,6 +470,7 @@ impl SidecarArgs {
             namespace,
             pod,
             container,
+            service_name,
             kubernetes,
             common,
         } = self;
@@ -472,6 +483,7 @@ impl SidecarArgs {
             pod,
             container,
             file: String::new(),
+            service: service_name,
         };
         let mut opts = common.build(dir, origin, "sidecar", listen)?;
         kubernetes.apply(&mut opts.server, target)?;

@@ -51,6 +51,11 @@ pub struct Source {
     pub container: String,
     /// File path relative to the watched directory.
     pub file: String,
+    /// The service the pod belongs to (its `app` label or its workload, as
+    /// the operator found it at admission); omitted when unknown. Not part
+    /// of the source id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
 }
 
 /// Stable 64-bit identifier of one source incarnation, printed as 16 hex digits.
@@ -434,6 +439,8 @@ impl ServerMessage {
                 container: String,
                 file: String,
                 #[serde(default)]
+                service: String,
+                #[serde(default)]
                 level: Option<Level>,
                 line: String,
                 #[serde(default)]
@@ -454,6 +461,7 @@ impl ServerMessage {
                         pod: r.pod,
                         container: r.container,
                         file: r.file,
+                        service: r.service,
                     },
                     level: r.level,
                     line: r.line,
@@ -512,6 +520,7 @@ mod tests {
                 pod: "web-0".into(),
                 container: "app".into(),
                 file: "a/app.log".into(),
+                service: String::new(),
             },
             level,
             line: line.into(),
@@ -591,6 +600,7 @@ mod tests {
             pod: "p".into(),
             container: "c".into(),
             file: "a.log".into(),
+            service: String::new(),
         };
         assert_eq!(SourceId::derive(&s, "1"), SourceId::derive(&s, "1"));
         assert_ne!(SourceId::derive(&s, "1"), SourceId::derive(&s, "2"));

@@ -971,3 +971,74 @@ fn logs_drilldown_requests_get_the_shapes_the_app_parses() {
     assert!(ctype.starts_with("text/plain"));
     assert!(body.starts_with("parse error"), "{body}");
 }
+
+/// The Drilldown landing page and a service page on an aggregator fed by
+/// two sidecars whose pods belong to different services (as the operator
+/// tells them), with JSON, logfmt and plain lines: the service list names
+/// both, and a service's fields and levels are its own.
+#[test]
+fn logs_drilldown_on_an_aggregator_of_two_services() {
+    let checkout = Server::sidecar("shop", "checkout-1", &["--service-name", "checkout"]);
+    let search = Server::sidecar("shop", "search-1", &["--service-name", "search"]);
+    let agg = Server::aggregator(&[&checkout, &search], &["--reorder-window", "0s"]);
+    checkout.append(
+        "app.log",
+        "{\"level\":\"error\",\"order\":7,\"msg\":\"card declined\"}\nlevel=info order=8 msg=paid\n",
+    );
+    search.append(
+        "app.log",
+        "INFO query q=shoes took=12ms\nplain words only\n",
+    );
+    wait_lines(&agg, r#"{service_name=~"checkout|search"}"#, 4);
+    let now = now_ns();
+    let window = enc(&[
+        ("start", &iso(now - 600_000_000_000)),
+        ("end", &iso(now + 1_000_000_000)),
+    ]);
+    let v = get_json(
+        &agg,
+        &format!(
+            "/loki/api/v1/index/volume?{}&{window}&limit=5000",
+            enc(&[("query", "{service_name=~`.+`}")])
+        ),
+    );
+    let mut services: Vec<&str> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metric"]["service_name"].as_str().unwrap())
+        .collect();
+    services.sort();
+    assert_eq!(services, ["checkout", "search"], "{v}");
+    let v = get_json(
+        &agg,
+        &format!(
+            "/loki/api/v1/detected_fields?{}&{window}",
+            enc(&[(
+                "query",
+                r#"{service_name="checkout"} | json | logfmt | drop __error__, __error_details__"#
+            )])
+        ),
+    );
+    let mut fields: Vec<&str> = v["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["label"].as_str().unwrap())
+        .collect();
+    fields.sort();
+    assert_eq!(fields, ["level", "msg", "order"], "{v}");
+    let v = get_json(
+        &agg,
+        &format!(
+            "/loki/api/v1/detected_field/detected_level/values?{window}&{}",
+            enc(&[("query", r#"{service_name="search"}"#)])
+        ),
+    );
+    assert_eq!(v["values"], serde_json::json!(["info", "unknown"]));
+    let v = get_json(
+        &agg,
+        &format!("/loki/api/v1/label/service_name/values?{window}"),
+    );
+    assert_eq!(v["data"], serde_json::json!(["checkout", "search"]));
+}

@@ -135,6 +135,15 @@ assert r["resultType"] == "matrix", r["resultType"]
 levels = {s["metric"].get("level") for s in r["result"]}
 assert {"info", "error"} <= levels, levels
 PY
+# Grafana 12's Logs Drilldown lists services: the demo pods' is their
+# Deployment's `app` label, as the operator told their sidecars.
+curl -s 'http://127.0.0.1:7680/loki/api/v1/index/volume?query=%7Bservice_name%3D~%60.%2B%60%7D&since=1h&limit=5000' >"$W/volume.json"
+python3 - "$W/volume.json" <<'PY' || fail "index/volume: $(head -c 500 "$W/volume.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))["data"]
+services = {s["metric"]["service_name"] for s in r["result"]}
+assert services == {"demo"}, services
+PY
 
 step "5. access mode token, from a client that is not loopback"
 kubectl -n demo create secret generic logstream-viewer --from-literal=token="$(openssl rand -hex 24)"

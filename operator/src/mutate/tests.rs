@@ -639,3 +639,51 @@ proptest::proptest! {
         proptest::prop_assert_eq!(mutate(&out, &[web()], &c).unwrap(), None);
     }
 }
+
+#[test]
+fn service_name_from_labels_then_the_workload() {
+    let meta = |v: serde_json::Value| -> ObjectMeta { serde_json::from_value(v).unwrap() };
+    // Loki's label order: `app` before `app.kubernetes.io/name`.
+    assert_eq!(
+        service_name(&meta(serde_json::json!({
+            "labels": {"app.kubernetes.io/name": "shop", "app": "web"}
+        }))),
+        "web"
+    );
+    assert_eq!(
+        service_name(&meta(serde_json::json!({
+            "labels": {"app.kubernetes.io/name": "shop", "app": ""}
+        }))),
+        "shop"
+    );
+    // A Deployment's pod at admission: no name yet, its ReplicaSet owns it.
+    assert_eq!(
+        service_name(&meta(serde_json::json!({
+            "generateName": "checkout-7d9f8b6c5-",
+            "labels": {"pod-template-hash": "7d9f8b6c5", "tier": "x"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "checkout-7d9f8b6c5", "uid": "u", "controller": true}]
+        }))),
+        "checkout"
+    );
+    assert_eq!(
+        service_name(&meta(serde_json::json!({
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "name": "db", "uid": "u", "controller": true}]
+        }))),
+        "db"
+    );
+    assert_eq!(
+        service_name(&meta(serde_json::json!({"generateName": "batch-"}))),
+        "batch"
+    );
+    assert_eq!(service_name(&meta(serde_json::json!({"name": "bare"}))), "");
+}
+
+#[test]
+fn the_sidecar_is_told_the_pods_service() {
+    let out = mutate(&web_pod(), &[web()], &cfg()).unwrap().unwrap();
+    let env = sidecar(&out).env.clone().unwrap_or_default();
+    let service = env.iter().find(|e| e.name == env::SERVICE_NAME);
+    assert_eq!(service.and_then(|e| e.value.as_deref()), Some("web"));
+}

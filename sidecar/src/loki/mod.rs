@@ -12,8 +12,10 @@
 //! Streams: every record belongs to the Loki stream labelled `namespace`,
 //! `pod`, `container`, `file` (those that are not empty), `level`
 //! (lower-case, `unknown` when the line had none) and what Loki derives:
-//! `detected_level` (the same value) and `service_name` (Loki's rule over
-//! these labels; `unknown_service` when no container is known).
+//! `detected_level` (the same value) and `service_name` (the source's
+//! service, which the operator sets from the pod's `app` label or workload;
+//! else Loki's rule over these labels: the container, else
+//! `unknown_service`).
 //!
 //! LogQL (what is supported, the parser and the evaluator) is the
 //! `logstream-logql` crate (`logql/`).
@@ -68,7 +70,11 @@ pub fn stream_labels(e: &Entry) -> Labels {
     // so selectors, label filters and `by (detected_level)` all see it) and
     // the service (Loki's rule over these labels: the container's name).
     l.insert("detected_level".into(), level.into());
-    let service = logstream_logql::drilldown::service_name(&l);
+    let service = if s.service.is_empty() {
+        logstream_logql::drilldown::service_name(&l)
+    } else {
+        s.service.clone()
+    };
     l.insert("service_name".into(), service);
     l
 }

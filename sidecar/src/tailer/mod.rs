@@ -83,6 +83,7 @@ impl TailConfig {
                 pod: String::new(),
                 container: String::new(),
                 file: String::new(),
+                service: String::new(),
             },
             max_line: 64 << 10,
             partial_timeout: Duration::from_millis(1000),
