@@ -202,6 +202,9 @@ pub enum Stage {
     LineFormat(Template),
     LabelFormat(Vec<(String, LabelFmt)>),
     Decolorize,
+    /// `| unpack`: a JSON line's string fields become labels, `_entry`
+    /// becomes the line (what Promtail's `pack` stage wrote).
+    Unpack,
     /// `| unwrap [bytes|duration](label)`: only inside a metric query's
     /// range, where the parser moves it (and what follows) to the range's
     /// [`Unwrap`]; a no-op anywhere else.
@@ -327,6 +330,16 @@ pub enum MetricExpr {
         /// `fn(...) by (...)`: allowed on functions over unwrapped samples.
         grouping: Option<Grouping>,
     },
+    /// `label_replace(inner, "dst", "replacement", "src", "regex")`: where
+    /// the (anchored) regex matches `src`'s value, `dst` becomes the
+    /// replacement with `$1`/`${name}` expanded.
+    LabelReplace {
+        inner: Box<MetricExpr>,
+        dst: String,
+        replacement: String,
+        src: String,
+        regex: Regex,
+    },
     /// `topk(k, inner)` / `bottomk`: per step and group, the `k` series
     /// with the highest (lowest) values keep theirs.
     TopK {
@@ -360,7 +373,9 @@ impl MetricExpr {
                 offset_ns,
                 ..
             } => range_ns.saturating_add(*offset_ns),
-            MetricExpr::Agg { inner, .. } | MetricExpr::TopK { inner, .. } => inner.lookback_ns(),
+            MetricExpr::Agg { inner, .. }
+            | MetricExpr::TopK { inner, .. }
+            | MetricExpr::LabelReplace { inner, .. } => inner.lookback_ns(),
             MetricExpr::Binary { lhs, rhs, .. } => lhs.lookback_ns().max(rhs.lookback_ns()),
             MetricExpr::Scalar(_) | MetricExpr::Vector(_) => 0,
         }
@@ -371,7 +386,9 @@ impl MetricExpr {
     pub fn lookahead_ns(&self) -> i64 {
         match self {
             MetricExpr::Range { offset_ns, .. } => (-offset_ns).max(0),
-            MetricExpr::Agg { inner, .. } | MetricExpr::TopK { inner, .. } => inner.lookahead_ns(),
+            MetricExpr::Agg { inner, .. }
+            | MetricExpr::TopK { inner, .. }
+            | MetricExpr::LabelReplace { inner, .. } => inner.lookahead_ns(),
             MetricExpr::Binary { lhs, rhs, .. } => lhs.lookahead_ns().max(rhs.lookahead_ns()),
             MetricExpr::Scalar(_) | MetricExpr::Vector(_) => 0,
         }
@@ -381,7 +398,9 @@ impl MetricExpr {
     pub fn log_queries(&self) -> Vec<&LogQuery> {
         match self {
             MetricExpr::Range { query, .. } => vec![query],
-            MetricExpr::Agg { inner, .. } | MetricExpr::TopK { inner, .. } => inner.log_queries(),
+            MetricExpr::Agg { inner, .. }
+            | MetricExpr::TopK { inner, .. }
+            | MetricExpr::LabelReplace { inner, .. } => inner.log_queries(),
             MetricExpr::Binary { lhs, rhs, .. } => {
                 let mut v = lhs.log_queries();
                 v.extend(rhs.log_queries());
@@ -422,4 +441,43 @@ pub fn pattern_regex(pattern: &str) -> String {
     }
     re.push('$');
     re
+}
+
+/// The `| pattern` parser's expression as a regular expression: `<name>`
+/// captures into label `name` (lazily; the last one to the end of the
+/// line), `<_>` skips, the rest is literal; anchored at the start of the
+/// line. At least one named capture; names are not repeated.
+pub fn pattern_captures(pattern: &str) -> Result<String, String> {
+    let mut re = String::from("(?s)^");
+    let mut rest = pattern;
+    let mut names = std::collections::BTreeSet::new();
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('<')
+            && let Some(end) = after.find('>')
+            && end > 0
+            && after[..end]
+                .chars()
+                .all(|c| c == '_' || c.is_ascii_alphanumeric())
+        {
+            let name = &after[..end];
+            rest = &after[end + 1..];
+            let lazy = if rest.is_empty() { "" } else { "?" };
+            if name == "_" {
+                re.push_str(&format!(".*{lazy}"));
+            } else {
+                if name.starts_with(|c: char| c.is_ascii_digit()) || !names.insert(name) {
+                    return Err(format!("capture <{name}> is not a label name or repeats"));
+                }
+                re.push_str(&format!("(?P<{name}>.*{lazy})"));
+            }
+            continue;
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        re.push_str(&regex::escape(&c.to_string()));
+        rest = &rest[c.len_utf8()..];
+    }
+    if names.is_empty() {
+        return Err("at least one named capture must be supplied".into());
+    }
+    Ok(re)
 }

@@ -184,6 +184,18 @@ pub fn run_pipeline<'a>(
             }
             // Moved into the range by the parser; nothing to do on a line.
             Stage::Unwrap(_) => {}
+            // A parser: it runs after an earlier parser's error too.
+            Stage::Unpack => {
+                let l = labels.get_or_insert_with(|| base.clone());
+                match unpack(&line, base, l) {
+                    Some(Some(entry)) => line = Cow::Owned(entry),
+                    Some(None) => {}
+                    None => {
+                        l.entry(ERROR_LABEL.into())
+                            .or_insert_with(|| "JSONParserErr".into());
+                    }
+                }
+            }
             Stage::Decolorize => {
                 if line.contains('\u{1b}') {
                     line = Cow::Owned(decolorize(&line));
@@ -216,6 +228,26 @@ fn parse_fields(json: bool, line: &str, base: &Labels, l: &mut Labels) {
             l.entry(ERROR_LABEL.into()).or_insert_with(|| kind.into());
         }
     }
+}
+
+/// `| unpack`: the string fields of a JSON object line as labels; returns
+/// the `_entry` field (the packed line) if any; `None`: not a JSON object.
+fn unpack(line: &str, base: &Labels, l: &mut Labels) -> Option<Option<String>> {
+    let serde_json::Value::Object(obj) = serde_json::from_str(line).ok()? else {
+        return None;
+    };
+    let mut entry = None;
+    for (k, v) in obj {
+        let serde_json::Value::String(v) = v else {
+            continue;
+        };
+        if k == "_entry" {
+            entry = Some(v);
+        } else {
+            add_extracted(l, base, k, v);
+        }
+    }
+    Some(entry)
 }
 
 /// `| drop`: a name always, a `name="value"` only when it matches.

@@ -9,19 +9,11 @@
 //! error a Loki request can meet, in the query or in its parameters, is one
 //! [`LokiError`]; the API maps each to a 400 `text/plain` with its message.
 //!
-//! LogQL supported: stream selectors (`= != =~ !~`, regexes fully anchored,
-//! `"..."` with Go escapes or backticks, `#` comments); line filters
-//! (`|= != |~ !~`, chained, `or`-alternatives, the empty `` |= `` ``;
-//! pattern filters `|>` and `!>`, `<_>` standing for any text);
-//! `| json` and `| logfmt` (no parameters), `| regexp`, label filters
-//! (`= != =~ !~ == > >= < <=` on strings, numbers and durations, combined with
-//! `and`, `,`, `or` and parentheses; like Loki, a failed conversion sets
-//! `__error__`), `| drop` and `| keep` (names or `name="value"`),
-//! `| line_format` and `| label_format` with `{{.label}}`, `{{__line__}}`,
-//! `{{__timestamp__}}` only, `| decolorize`; metrics `count_over_time`,
-//! `rate`, `bytes_over_time`, `bytes_rate` with `[range]` and `offset`,
-//! `sum avg min max count` with `by`/`without`, and arithmetic
-//! (`+ - * / % ^`) between scalars, `vector(n)` and vectors with equal labels.
+//! LogQL supported: what README.md's Grafana section lists (selectors,
+//! line and pattern filters, the parsers `json`, `logfmt`, `regexp`,
+//! `pattern`, `unpack`, label filters, `drop`/`keep`, formats, range
+//! functions over counts, bytes and `| unwrap` samples, vector aggregations,
+//! `topk`/`bottomk`, `label_replace`, arithmetic and comparisons).
 //! Anything else is a 400 `parse error at line L, col C: ...`.
 //!
 //! The parser is our own: the `logql-parser` crate is AGPL-3.0, which an

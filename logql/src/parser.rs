@@ -33,7 +33,6 @@ const UNSUPPORTED_FUNCS: &[&str] = &[
     "stdvar",
     "sort",
     "sort_desc",
-    "label_replace",
     "approx_topk",
 ];
 
@@ -330,6 +329,7 @@ impl Parser {
                 | "quantile_over_time" => self.range_agg().map(Node::Metric),
                 "sum" | "avg" | "min" | "max" | "count" => self.vector_agg().map(Node::Metric),
                 "topk" | "bottomk" => self.topk().map(Node::Metric),
+                "label_replace" => self.label_replace().map(Node::Metric),
                 n if UNSUPPORTED_FUNCS.contains(&n) => {
                     Err(self.err_here(format!("function {n} is not supported by logstream")))
                 }
@@ -515,6 +515,20 @@ impl Parser {
                 }
                 Ok(Stage::Regexp(re))
             }
+            "pattern" => {
+                let pos = self.peek_pos();
+                let p = self.string()?;
+                let re = crate::ast::pattern_captures(&p)
+                    .and_then(|re| compile(&re))
+                    .map_err(|e| ParseError {
+                        line: pos.0,
+                        col: pos.1,
+                        msg: format!("invalid pattern: {e}"),
+                    })?;
+                // Extracting a pattern is a regexp with named captures.
+                Ok(Stage::Regexp(re))
+            }
+            "unpack" => Ok(Stage::Unpack),
             "drop" => Ok(Stage::Drop(self.label_refs()?)),
             "keep" => Ok(Stage::Keep(self.label_refs()?)),
             "line_format" => {
@@ -558,7 +572,7 @@ impl Parser {
             }
             "decolorize" => Ok(Stage::Decolorize),
             "unwrap" => self.unwrap_stage(),
-            "pattern" | "unpack" | "distinct" => Err(unsupported(&format!("| {name}"))),
+            "distinct" => Err(unsupported(&format!("| {name}"))),
             _ => Err(ParseError {
                 line: pos.0,
                 col: pos.1,

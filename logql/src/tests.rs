@@ -193,7 +193,7 @@ fn errors_have_positions() {
     assert!(err(r#"sum_over_time({a="b"}[1m])"#).starts_with(
         "parse error at line 1, col 1: invalid aggregation sum_over_time without unwrap"
     ));
-    assert!(err(r#"{a="b"} | pattern "<x>""#).contains("not supported"));
+    assert!(err(r#"{a="b"} | distinct x"#).contains("not supported"));
     assert!(err(r#"{a="b"} | line_format "{{ .a | upper }}""#).contains("not supported"));
     assert!(err(r#"{a="b"} + 1"#).contains("log query cannot be used here"));
     assert!(err("").contains("empty query"));

@@ -113,6 +113,37 @@ pub fn metric_query<E: LogEntry>(
                 ));
             }
         },
+        MetricExpr::LabelReplace {
+            inner,
+            dst,
+            replacement,
+            src,
+            regex,
+        } => match metric_query(inner, entries, steps)? {
+            Grid::Vector(series) => Grid::Vector(
+                series
+                    .into_iter()
+                    .map(|mut s| {
+                        let value = s.labels.get(src).map_or("", String::as_str);
+                        if let Some(caps) = regex.captures(value) {
+                            let mut out = String::new();
+                            caps.expand(replacement, &mut out);
+                            if out.is_empty() {
+                                s.labels.remove(dst);
+                            } else {
+                                s.labels.insert(dst.clone(), out);
+                            }
+                        }
+                        s
+                    })
+                    .collect(),
+            ),
+            Grid::Scalar(_) => {
+                return Err(crate::LokiError::Query(
+                    "expected a range vector or instant vector, got a scalar".into(),
+                ));
+            }
+        },
         MetricExpr::TopK {
             k,
             bottom,

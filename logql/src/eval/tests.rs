@@ -691,3 +691,70 @@ fn comparisons_and_topk_answer_as_loki() {
         assert!(e.to_string().contains(says), "{q}: {e}");
     }
 }
+
+/// `| pattern`, `| unpack` and `label_replace`, as Loki's documentation
+/// defines them.
+#[test]
+fn pattern_unpack_and_label_replace_answer_as_loki() {
+    check_parity(&[
+        // `<_>` skips; the last capture runs to the end of the line; a line
+        // that does not match gets no labels and is kept.
+        Parity {
+            query: r#"{file="app.log"} | pattern "<ip> - <_> \"<method> <path> <_>\" <status> <rest>""#,
+            lines: &[
+                r#"10.0.0.1 - bob "GET /a HTTP/1.1" 200 512 ms"#,
+                "not an access log line",
+            ],
+            want: &[
+                (
+                    r#"10.0.0.1 - bob "GET /a HTTP/1.1" 200 512 ms"#,
+                    &[
+                        ("ip", "10.0.0.1"),
+                        ("method", "GET"),
+                        ("path", "/a"),
+                        ("status", "200"),
+                        ("rest", "512 ms"),
+                    ],
+                ),
+                ("not an access log line", &[]),
+            ],
+        },
+        // Packed lines: string fields become labels, `_entry` the line.
+        Parity {
+            query: r#"{file="app.log"} | unpack"#,
+            lines: &[
+                r#"{"_entry":"the original line","team":"a","n":1}"#,
+                "plain",
+            ],
+            want: &[
+                ("the original line", &[("team", "a")]),
+                ("plain", &[("__error__", "JSONParserErr")]),
+            ],
+        },
+    ]);
+    let lines = ["path=/api/users", "path=/api/users", "path=/static/x"];
+    let q = r#"label_replace(sum by (path) (count_over_time({file="app.log"} | logfmt [1m])), "area", "$1", "path", "/([a-z]+)/.*")"#;
+    let got = instant(q, &lines).unwrap();
+    let areas: Vec<(&str, &str, f64)> = got
+        .iter()
+        .map(|(l, v)| (l["path"].as_str(), l["area"].as_str(), *v))
+        .collect();
+    assert_eq!(
+        areas,
+        [("/api/users", "api", 2.0), ("/static/x", "static", 1.0)]
+    );
+    for (q, says) in [
+        (
+            r#"{a="b"} | pattern "<_> only""#,
+            "at least one named capture",
+        ),
+        (r#"{a="b"} | pattern "<x> <x>""#, "repeats"),
+        (
+            r#"label_replace(vector(1), "d", "$1", "s", "(")"#,
+            "invalid regular expression in label_replace()",
+        ),
+    ] {
+        let e = crate::parse(q).unwrap_err();
+        assert!(e.to_string().contains(says), "{q}: {e}");
+    }
+}

@@ -219,6 +219,43 @@ impl Parser {
     }
 }
 
+impl Parser {
+    /// `label_replace(expr, "dst", "replacement", "src", "regex")`.
+    pub(super) fn label_replace(&mut self) -> PResult<MetricExpr> {
+        self.next();
+        self.expect(Tok::LParen)?;
+        let inner = self.expr(0)?;
+        let inner = self.metric(inner)?;
+        let mut args = Vec::new();
+        let mut re_pos = self.peek_pos();
+        for _ in 0..4 {
+            self.expect(Tok::Comma)?;
+            re_pos = self.peek_pos();
+            args.push(self.string()?);
+        }
+        self.expect(Tok::RParen)?;
+        let [dst, replacement, src, re] = <[String; 4]>::try_from(args)
+            .map_err(|_| self.err_here("label_replace takes 5 arguments"))?;
+        let regex = compile(&format!("^(?:{re})$")).map_err(|e| ParseError {
+            line: re_pos.0,
+            col: re_pos.1,
+            msg: format!("invalid regular expression in label_replace(): {e}"),
+        })?;
+        if dst.is_empty() || !dst.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
+            return Err(self.err_here(format!(
+                "invalid destination label name in label_replace(): {dst}"
+            )));
+        }
+        Ok(MetricExpr::LabelReplace {
+            inner: Box::new(inner),
+            dst,
+            replacement,
+            src,
+            regex,
+        })
+    }
+}
+
 /// Moves `| unwrap` and the stages after it out of a range's log query.
 fn split_unwrap(mut q: LogQuery) -> (LogQuery, Option<Unwrap>) {
     let Some(i) = q
