@@ -245,11 +245,41 @@ fn subscribe(sub: &Subscribe) {
 
 /// A LogQL query as Grafana sends it: parsed as a query and as a selector.
 pub fn logql(data: &[u8]) {
+    use logstream_logql::eval::{self, Direction, Steps};
+    use logstream_logql::{Query, drilldown};
     let Ok(q) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = logstream_logql::parse(q);
     let _ = logstream_logql::parse_selector(q);
+    // What parses is evaluated over the shared history: every stage and
+    // function (unwrap, patterns, label_replace, topk...) on real lines.
+    let entries: Vec<Arc<crate::hub::Entry>> = {
+        let ring = state().hub.lock();
+        ring.iter_from(ring.first_idx()).cloned().collect()
+    };
+    let now = now_ns();
+    match logstream_logql::parse(q) {
+        Ok(Query::Log(lq)) => {
+            let _ = eval::log_query(&lq, &entries, 0, now + 1, 100, Direction::Backward);
+        }
+        Ok(Query::Metric(m)) => {
+            let steps = Steps {
+                start: now - 60_000_000_000,
+                step: 15_000_000_000,
+                count: 5,
+            };
+            let _ = eval::metric_query(&m, &entries, &steps);
+        }
+        Err(_) => {}
+    }
+    // The input as log lines, through what the Logs Drilldown endpoints run.
+    let lines: Vec<&str> = q.lines().collect();
+    let _ = drilldown::detect_fields(lines.iter().copied(), 100);
+    let mut patterns = drilldown::Patterns::new(1_000_000_000);
+    for (i, l) in lines.iter().enumerate() {
+        patterns.add(i as i64 * 500_000_000, "info", l);
+    }
+    let _ = patterns.finish();
 }
 
 /// A log file's bytes, cut into reads at sizes the input chooses: the

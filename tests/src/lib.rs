@@ -506,21 +506,25 @@ pub fn listening_address(child: &mut Child) -> Result<String, String> {
         .ok_or(line)
 }
 
+/// The packages whose binaries the tests run (`-p` arguments of cargo),
+/// the same for the debug and the static builds (tests/node/images.sh
+/// lists them too).
+const WORKSPACE_BIN_PACKAGES: [&str; 6] = [
+    "-p",
+    "logstream",
+    "-p",
+    "logstream-operator",
+    "-p",
+    "kubectl-logstream",
+];
+
 pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(cargo)
-            .args([
-                "build",
-                "--bins",
-                "-p",
-                "logstream",
-                "-p",
-                "logstream-operator",
-                "-p",
-                "kubectl-logstream",
-            ])
+            .args(["build", "--bins"])
+            .args(WORKSPACE_BIN_PACKAGES)
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .output()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -681,14 +685,7 @@ pub fn musl_release_dir() -> &'static Path {
             .args(["-n", "10"])
             .arg(cargo)
             .args(["build", "--release", "--locked", "--target", MUSL_TARGET])
-            .args([
-                "-p",
-                "logstream",
-                "-p",
-                "logstream-operator",
-                "-p",
-                "kubectl-logstream",
-            ])
+            .args(WORKSPACE_BIN_PACKAGES)
             .current_dir(repo_root())
             .env("CARGO_TARGET_DIR", &target_dir)
             // As the Dockerfiles set it.

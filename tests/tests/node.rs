@@ -1374,16 +1374,12 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// The host pid of the injected sidecar of namespace `ns` (the node's
-/// processes are this machine's: found by command line and environment).
-fn sidecar_pid(ns: &str) -> Option<u32> {
-    sidecar_pid_of(ns, None)
-}
-
-/// [`sidecar_pid`] of one pod of `ns` when `pod` is given.
-fn sidecar_pid_of(ns: &str, pod: Option<&str>) -> Option<u32> {
+/// The host pid of the injected sidecar of pod `pod` of namespace `ns`
+/// (the node's processes are this machine's: found by command line and
+/// environment).
+fn sidecar_pid_of(ns: &str, pod: &str) -> Option<u32> {
     let want = format!("POD_NAMESPACE={ns}");
-    let want_pod = pod.map(|p| format!("POD_NAME={p}"));
+    let want_pod = format!("POD_NAME={pod}");
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
@@ -1393,8 +1389,42 @@ fn sidecar_pid_of(ns: &str, pod: Option<&str>) -> Option<u32> {
         let environ = std::fs::read(e.path().join("environ")).ok()?;
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
         let has = |w: &str| vars.contains(&w.as_bytes());
-        (is_sidecar && has(&want) && want_pod.as_deref().is_none_or(has)).then_some(pid)
+        (is_sidecar && has(&want) && has(&want_pod)).then_some(pid)
     })
+}
+
+/// SIGKILLs the sidecar of pod `pod` of `ns` (as the OOM killer or a node
+/// problem would) once it has saved its positions, and waits until the
+/// kubelet has restarted it and it is ready again.
+fn kill_sidecar_and_wait_restart(ctx: &Ctx, ns: &str, pod: &str) -> Result<(), Failed> {
+    let node = ctx.node();
+    let pid = sidecar_pid_of(ns, pod)
+        .ok_or_else(|| format!("the sidecar process of {ns}/{pod} is not on this machine"))?;
+    // Positions are saved about once a second: wait for the first save,
+    // read through the process's own root.
+    let saved = format!("/proc/{pid}/root/var/run/logstream/state/positions.json");
+    wait_for(CONVERGE, || {
+        std::fs::read_to_string(&saved)
+            .is_ok_and(|t| t.contains("app.log"))
+            .then_some(())
+    })
+    .ok_or_else(|| format!("{saved} never written"))?;
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    if !killed.success() {
+        return Err(format!("kill -KILL {pid} failed").into());
+    }
+    wait_for(CONVERGE, || {
+        let p = get_json(node, &["-n", ns, "pod", pod]);
+        let st = p["status"]["initContainerStatuses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "logstream").cloned())
+            .unwrap_or_default();
+        (st["restartCount"].as_u64() >= Some(1) && st["ready"] == true).then_some(())
+    })
+    .ok_or_else(|| format!("the sidecar was not restarted\n{}", ctx.describe(ns)))?;
+    Ok(())
 }
 
 /// The sidecar container is killed (SIGKILL, as the OOM killer or a node
@@ -1420,32 +1450,8 @@ spec:
   volumes: [{name: logs, emptyDir: {}}]
 "#;
     let (_pf, follow, mut records) = counter_followed(ctx, ns, pod)?;
-    let pid = sidecar_pid(ns).ok_or("the sidecar's process is not on this machine")?;
-    // Positions are saved about once a second: wait for the first save,
-    // read through the process's own root.
-    let saved = format!("/proc/{pid}/root/var/run/logstream/state/positions.json");
-    wait_for(CONVERGE, || {
-        std::fs::read_to_string(&saved)
-            .is_ok_and(|t| t.contains("app.log"))
-            .then_some(())
-    })
-    .ok_or_else(|| format!("{saved} never written"))?;
-    let killed = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()?;
-    if !killed.success() {
-        return Err(format!("kill -KILL {pid} failed").into());
-    }
     // The kubelet restarts it; then one more line, the end marker.
-    let restarted = wait_for(CONVERGE, || {
-        let p = get_json(node, &["-n", ns, "pod", "counter"]);
-        let st = p["status"]["initContainerStatuses"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"] == "logstream").cloned())
-            .unwrap_or_default();
-        (st["restartCount"].as_u64() >= Some(1) && st["ready"] == true).then_some(())
-    });
-    restarted.ok_or_else(|| format!("the sidecar was not restarted\n{}", ctx.describe(ns)))?;
+    kill_sidecar_and_wait_restart(ctx, ns, "counter")?;
     exec_append(node, ns, "counter", "counter-end");
     follow.until(CONVERGE, |l| {
         records.push(l.to_string());
@@ -1619,28 +1625,7 @@ spec:
     }
 
     // One pod's sidecar is SIGKILLed; the kubelet restarts it.
-    let pid =
-        sidecar_pid_of(ns, Some(a)).ok_or("pod a's sidecar process is not on this machine")?;
-    let saved = format!("/proc/{pid}/root/var/run/logstream/state/positions.json");
-    wait_for(CONVERGE, || {
-        std::fs::read_to_string(&saved)
-            .is_ok_and(|t| t.contains("app.log"))
-            .then_some(())
-    })
-    .ok_or_else(|| format!("{saved} never written"))?;
-    let killed = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()?;
-    assert!(killed.success());
-    wait_for(CONVERGE, || {
-        let p = get_json(node, &["-n", ns, "pod", a]);
-        let st = p["status"]["initContainerStatuses"]
-            .as_array()
-            .and_then(|s| s.iter().find(|c| c["name"] == "logstream").cloned())
-            .unwrap_or_default();
-        (st["restartCount"].as_u64() >= Some(1) && st["ready"] == true).then_some(())
-    })
-    .ok_or_else(|| format!("the sidecar was not restarted\n{}", ctx.describe(ns)))?;
+    kill_sidecar_and_wait_restart(ctx, ns, a)?;
     let after_restart = unique("after-restart");
     exec_append(node, ns, a, &after_restart);
     tail.until(CONVERGE, |l| {

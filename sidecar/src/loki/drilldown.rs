@@ -198,11 +198,14 @@ fn secs(ns: i64) -> f64 {
     ns as f64 / 1e9
 }
 
-pub(super) async fn index_volume(
-    State(lk): State<Loki>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Result<Response, Refusal> {
+/// The request's volumes in `step` buckets (`i64::MAX`: one bucket),
+/// grouped, largest first, at most `limit`; `Err`: the evaluation failed.
+async fn grouped_volumes(
+    hub: &std::sync::Arc<Hub>,
+    r: VolumeRequest,
+    step: i64,
+) -> Result<Vec<(Labels, BTreeMap<i64, u64>)>, Response> {
+    let hub = hub.clone();
     let VolumeRequest {
         start,
         end,
@@ -211,25 +214,36 @@ pub(super) async fn index_volume(
         by_label,
         limit,
         ..
-    } = volume_params(raw, &body)?;
-    let hub = lk.app.hub.clone();
-    let grouped = match blocking(move || {
-        group_volumes(volumes(&hub, start, end, &sels, i64::MAX), &names, by_label)
-    })
-    .await
-    {
-        Ok(g) => g,
-        Err(r) => return Ok(r),
-    };
-    let mut rows: Vec<(Labels, u64)> = grouped
-        .into_iter()
-        .map(|(l, b)| (l, b.values().sum()))
-        .collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    } = r;
+    let grouped =
+        blocking(move || group_volumes(volumes(&hub, start, end, &sels, step), &names, by_label))
+            .await?;
+    let mut rows: Vec<(Labels, BTreeMap<i64, u64>)> = grouped.into_iter().collect();
+    rows.sort_by(|a, b| {
+        let total = |r: &(Labels, BTreeMap<i64, u64>)| r.1.values().sum::<u64>();
+        total(b).cmp(&total(a)).then_with(|| a.0.cmp(&b.0))
+    });
     rows.truncate(limit);
+    Ok(rows)
+}
+
+pub(super) async fn index_volume(
+    State(lk): State<Loki>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let r = volume_params(raw, &body)?;
+    let end = r.end;
+    let rows = match grouped_volumes(&lk.app.hub, r, i64::MAX).await {
+        Ok(rows) => rows,
+        Err(resp) => return Ok(resp),
+    };
     let result: Vec<Value> = rows
         .into_iter()
-        .map(|(metric, bytes)| json!({"metric": metric, "value": [secs(end), bytes.to_string()]}))
+        .map(|(metric, b)| {
+            let bytes: u64 = b.values().sum();
+            json!({"metric": metric, "value": [secs(end), bytes.to_string()]})
+        })
         .collect();
     Ok(json(&json!({
         "status": "success",
@@ -242,28 +256,12 @@ pub(super) async fn index_volume_range(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let VolumeRequest {
-        p,
-        start,
-        end,
-        sels,
-        names,
-        by_label,
-        limit,
-    } = volume_params(raw, &body)?;
-    let step = super::params::step(&p, start, end)?;
-    let hub = lk.app.hub.clone();
-    let grouped = match blocking(move || {
-        group_volumes(volumes(&hub, start, end, &sels, step), &names, by_label)
-    })
-    .await
-    {
-        Ok(g) => g,
-        Err(r) => return Ok(r),
+    let r = volume_params(raw, &body)?;
+    let step = super::params::step(&r.p, r.start, r.end)?;
+    let rows = match grouped_volumes(&lk.app.hub, r, step).await {
+        Ok(rows) => rows,
+        Err(resp) => return Ok(resp),
     };
-    let mut rows: Vec<(Labels, BTreeMap<i64, u64>)> = grouped.into_iter().collect();
-    rows.sort_by_key(|(_, b)| std::cmp::Reverse(b.values().sum::<u64>()));
-    rows.truncate(limit);
     let result: Vec<Value> = rows
         .into_iter()
         .map(|(metric, b)| {
