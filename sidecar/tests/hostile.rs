@@ -424,9 +424,12 @@ async fn a_hundred_clients_with_the_same_heavy_filter_share_it() {
 /// JSON escapes to six bytes each (before: 8 MiB configured, `history_bytes`
 /// said 8 MiB, the server grew by 41 MB).
 #[tokio::test]
+// The guard only orders tests: each has its own thread and runtime.
+#[allow(clippy::await_holding_lock)]
 async fn the_history_bound_counts_escaped_bytes() {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
+    let _alone = heavy();
     let s = Server::start(&["--buffer-bytes", "8388608", "--buffer-lines", "1000000"]);
     let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/ws"))
         .await
@@ -600,10 +603,19 @@ fn small_receive_buffer(s: &Server) -> TcpStream {
     TcpStream::from(fd)
 }
 
+/// Tests that stream megabytes and measure what a server buffered or grew
+/// by run one at a time: two of them at once on two cores starve each
+/// other's server and reader and measure the contention instead.
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Bytes a slow reader of `path` takes in after the server decided it was
 /// too slow, until the decision (`marker`) reaches it. The writer appends at
 /// ten times the reader's pace; defaults for queue and grace.
 fn read_after_slow_decision(path: &str, marker: &[u8]) -> usize {
+    let _alone = heavy();
     let s = Server::start(&[]);
     s.wait_ready();
     s.append("app.log", "");

@@ -1,18 +1,21 @@
 //! `/tail`: Loki's live tail over WebSocket, one session on the hub per
-//! client.
+//! client. Accepted like `/ws` (server/ws.rs): on the accept loop's direct
+//! path when the request head allows, as a [`ws::Job`] on the socket, with
+//! record frames written straight to it (no write buffer kept after a
+//! burst).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::Loki;
 use super::params::{Params, bounds, limit};
@@ -20,14 +23,12 @@ use super::response::StreamOut;
 use crate::filter::Filter;
 use crate::hub::{Entry, format_ts, now_ns};
 use crate::protocol::{Subscribe, close};
-use crate::server::state::AppState;
+use crate::server::state::{AppState, ConnGuard};
 use crate::server::stream::Next as Step;
+use crate::server::ws::{self, DataSink};
 use crate::session::{Pull, Session};
 use logstream_logql::eval::{self, Labels, StreamCache};
 use logstream_logql::{self as logql, LogQuery, LokiError, Query};
-
-/// A WebSocket close reason is at most 123 bytes.
-const MAX_CLOSE_REASON: usize = 123;
 
 /// A parsed `/tail` request.
 #[derive(Debug)]
@@ -59,54 +60,69 @@ pub(super) async fn tail(
     State(lk): State<Loki>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
     let st = lk.app.clone();
     if let Err(r) = st.check_origin(&headers) {
         return r;
     }
+    let accept = match ws::handshake_accept(&headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     // A bad query is reported after the upgrade (close 1008 with the
     // reason): a refused handshake looks like 1006 to a browser, which
     // Grafana retries forever.
     let req = TailRequest::parse(&Params::parse(raw.as_deref(), &[]), now_ns());
     // Tails share the server's connection budget.
     let slot = st.try_connect(crate::metrics::Transport::ws);
-    let cfg = &st.cfg;
-    let ws = ws
-        .read_buffer_size(cfg.ws_read_buffer_bytes)
-        .write_buffer_size(cfg.ws_buffer_bytes)
-        .max_write_buffer_size(cfg.ws_max_write_buffer(true))
-        .max_message_size(cfg.max_message_bytes)
-        .max_frame_size(cfg.ws_max_frame());
-    let tracker = st.sessions.clone();
-    ws.on_upgrade(move |socket: WebSocket| {
-        tracker.track_future(async move {
-            let (mut tx, rx) = socket.split();
-            let (code, reason) = match (req, slot) {
+    let job = Box::new(TailJob {
+        st: st.clone(),
+        req: Box::new(req),
+        slot,
+    });
+    ws::switch(
+        &st,
+        &mut request,
+        accept,
+        ws::Admitted::job(st.clone(), job),
+    )
+}
+
+/// One accepted tail, run on its socket.
+struct TailJob {
+    st: Arc<AppState>,
+    req: Box<Result<TailRequest, LokiError>>,
+    /// `None`: over the connection limit.
+    slot: Option<ConnGuard>,
+}
+
+impl ws::Job for TailJob {
+    fn run<'a>(
+        self: Box<Self>,
+        socket: &'a mut dyn ws::Socket,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let TailJob { st, req, slot } = *self;
+            let (code, reason) = match (*req, slot) {
                 (Err(e), _) => (close::POLICY, e.to_string()),
                 (Ok(_), None) => (close::TRY_AGAIN_LATER, "connection limit reached".into()),
                 (Ok(req), Some(_slot)) => {
-                    let (code, reason) = run_tail(&mut tx, rx, &st, req).await;
+                    let (code, reason) = run_tail(socket, &st, req).await;
                     (code, reason.to_string())
                 }
             };
-            if code != 0 {
-                let send = tx.send(close_msg(code, &reason));
-                let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
-            }
+            let done = async {
+                if code == 0 {
+                    // The reply to a client's close frame is queued: flush it.
+                    let _ = socket.close().await;
+                } else {
+                    let _ = socket.send(ws::close_msg(code, &reason)).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
         })
-    })
-}
-
-fn close_msg(code: u16, reason: &str) -> Message {
-    let mut end = reason.len().min(MAX_CLOSE_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
     }
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason[..end].to_string()),
-    }))
 }
 
 /// One tail frame: `{"streams":[{"stream":{..},"values":[["ns","line"],..]}],"dropped_entries":null}`.
@@ -164,10 +180,9 @@ const SHUTTING_DOWN: End = (close::GOING_AWAY, "server shutting down");
 /// `start`, then live ones, pinging on the server's shared clock. Counts
 /// what it sends, its gaps and why it drops a client as the other streams
 /// do. Returns the close code and reason to send.
-pub async fn run_tail<W, R, E>(tx: &mut W, rx: R, st: &Arc<AppState>, req: TailRequest) -> End
+pub async fn run_tail<S, E>(ws: &mut S, st: &Arc<AppState>, req: TailRequest) -> End
 where
-    W: Sink<Message> + Unpin,
-    R: Stream<Item = Result<Message, E>> + Unpin,
+    S: Sink<Message> + Stream<Item = Result<Message, E>> + DataSink + Unpin + ?Sized,
     E: std::error::Error + 'static,
 {
     let sub = Subscribe {
@@ -178,11 +193,11 @@ where
         return (close::POLICY, "bad start time");
     };
     let mut t = Tail {
-        session: Session::new(st.hub.clone(), &sub, filter, st.cfg.session),
+        session: Box::new(Session::new(st.hub.clone(), &sub, filter, st.cfg.session)),
         cache: StreamCache::default(),
         query: req.query,
         st,
-        tx,
+        ws,
     };
     let (rows, ended) = t.replay(req.limit);
     if !rows.is_empty()
@@ -193,21 +208,26 @@ where
     if ended {
         return SHUTTING_DOWN;
     }
-    match t.live(rx).await {
+    match t.live().await {
         Err(end) => end,
     }
 }
 
-/// One client's tail: its session on the hub, its query and the socket.
-struct Tail<'a, W> {
-    session: Session,
+/// One client's tail: its session on the hub (boxed: an idle tail holds a
+/// pointer), its query and the socket.
+struct Tail<'a, S: ?Sized> {
+    session: Box<Session>,
     cache: StreamCache,
     query: LogQuery,
     st: &'a Arc<AppState>,
-    tx: &'a mut W,
+    ws: &'a mut S,
 }
 
-impl<W: Sink<Message> + Unpin> Tail<'_, W> {
+impl<S, E> Tail<'_, S>
+where
+    S: Sink<Message> + Stream<Item = Result<Message, E>> + DataSink + Unpin + ?Sized,
+    E: std::error::Error + 'static,
+{
     /// The newest `limit` matches among what the hub held at connect time,
     /// and whether the hub has ended.
     fn replay(&mut self, limit: usize) -> (Vec<(Arc<Labels>, i64, String)>, bool) {
@@ -236,7 +256,7 @@ impl<W: Sink<Message> + Unpin> Tail<'_, W> {
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), End> {
-        match tokio::time::timeout(self.st.cfg.send_timeout, self.tx.send(msg)).await {
+        match tokio::time::timeout(self.st.cfg.send_timeout, self.ws.send(msg)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(PEER_GONE),
             Err(_) => {
@@ -246,11 +266,20 @@ impl<W: Sink<Message> + Unpin> Tail<'_, W> {
         }
     }
 
-    /// A frame of rows, counted as the other transports count theirs.
+    /// A frame of rows, counted as the other transports count theirs,
+    /// written straight to the socket.
     async fn send_rows(&mut self, rows: &[(Arc<Labels>, i64, String)]) -> Result<(), End> {
         let frame = tail_frame(rows);
         (self.st.metrics).sent(crate::metrics::Transport::ws, rows.len(), frame.len());
-        self.send(Message::Text(Utf8Bytes::from(frame))).await
+        match self.ws.send_text(frame, self.st.cfg.send_timeout).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    self.st.metrics.dropped("send_timeout");
+                }
+                Err(PEER_GONE)
+            }
+        }
     }
 
     /// Sends what the session has now; `Ok` once it is idle.
@@ -276,11 +305,7 @@ impl<W: Sink<Message> + Unpin> Tail<'_, W> {
     }
 
     /// Live lines until the client, the server or a limit ends the tail.
-    async fn live<R, E>(&mut self, mut rx: R) -> Result<std::convert::Infallible, End>
-    where
-        R: Stream<Item = Result<Message, E>> + Unpin,
-        E: std::error::Error + 'static,
-    {
+    async fn live(&mut self) -> Result<std::convert::Infallible, End> {
         let st = self.st;
         let mut head = st.hub.watch();
         let mut draining = st.draining.clone();
@@ -315,7 +340,7 @@ impl<W: Sink<Message> + Unpin> Tail<'_, W> {
                 _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } else { std::future::pending::<()>().await } } => {
                     return Err(SHUTTING_DOWN);
                 }
-                msg = rx.next() => {
+                msg = self.ws.next() => {
                     last_heard = Instant::now();
                     match msg {
                         // The close code tells the client what it did; the
@@ -360,13 +385,6 @@ mod tests {
             f,
             r#"{"streams":[{"stream":{"file":"a"},"values":[["1","x"],["3","z"]]},{"stream":{"file":"b"},"values":[["2","y"]]}],"dropped_entries":null}"#
         );
-        assert_eq!(close_msg(1008, &"é".repeat(100)), {
-            let reason = "é".repeat(61);
-            Message::Close(Some(CloseFrame {
-                code: 1008,
-                reason: Utf8Bytes::from(reason),
-            }))
-        });
     }
 
     #[tokio::test]
@@ -394,9 +412,15 @@ mod tests {
             now_ns(),
         )
         .unwrap();
-        let (mut server_tx, mut client_rx) = mpsc::channel::<Message>(16);
+        let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
         let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
-        let task = tokio::spawn(async move { run_tail(&mut server_tx, server_rx, &st, req).await });
+        let task = tokio::spawn(async move {
+            let mut socket = crate::server::ws::testing::Duplex {
+                tx: server_tx,
+                rx: server_rx,
+            };
+            run_tail(&mut socket, &st, req).await
+        });
         let next_text = async |rx: &mut mpsc::Receiver<Message>| -> serde_json::Value {
             loop {
                 match tokio::time::timeout(Duration::from_secs(10), rx.next())

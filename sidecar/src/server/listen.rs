@@ -8,7 +8,8 @@
 //! `GET /sse`, `GET /stream` or `GET /ws` upgrade whose request head arrives
 //! in one piece is answered here: the router builds the response as for any
 //! request, then [`pump`] writes a streamed body straight to the socket, or
-//! the WebSocket runs on the socket in the same task. Everything else (other
+//! the WebSocket (`/ws`, or Loki's `/loki/api/v1/tail`) runs on the socket
+//! in the same task. Everything else (other
 //! paths, heads split over several reads or over 4 KiB, request bodies,
 //! HTTP/1.0) goes to hyper untouched: the head is only peeked, never
 //! consumed, before that choice.
@@ -226,7 +227,8 @@ pub(crate) fn direct_request(bytes: &[u8]) -> Option<(http::Request<Body>, usize
     }
     let target = req.path?;
     let path = target.split('?').next().unwrap_or(target);
-    let websocket = path == WEBSOCKET_PATH;
+    // Loki's tail is a WebSocket too, accepted the same way.
+    let websocket = path == WEBSOCKET_PATH || path == crate::loki::TAIL_PATH;
     if !websocket && !DIRECT_PATHS.contains(&path) {
         return None;
     }
@@ -566,13 +568,18 @@ mod tests {
         let ws = "GET /ws?tail=1 HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n";
         let (req, _) = direct_request(ws.as_bytes()).expect("a WebSocket upgrade");
         assert!(req.extensions().get::<ws::DirectUpgrade>().is_some());
+        // Loki's tail is accepted the same way.
+        let tail = "GET /loki/api/v1/tail?query=%7Ba%3D%22b%22%7D HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let (req, _) = direct_request(tail.as_bytes()).expect("a tail upgrade");
+        assert!(req.extensions().get::<ws::DirectUpgrade>().is_some());
         for hyper in [
             "GET /sse HTTP/1.1\r\nHost: x\r\n",      // head not whole yet
             "GET /sse HTTP/1.0\r\nHost: x\r\n\r\n",  // no chunked encoding
             "HEAD /sse HTTP/1.1\r\nHost: x\r\n\r\n", // not GET
             "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n",   // not an upgrade
             "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n", // not WebSocket
-            "GET /loki/api/v1/tail HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", // other path
+            "GET /loki/api/v1/tail HTTP/1.1\r\nHost: x\r\n\r\n", // not an upgrade
+            "GET /loki/api/v1/tailx HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", // other path
             "GET /sse HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n", // upgrade
             "GET /sse HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", // a body
             "GET /sse HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", // a body

@@ -44,6 +44,48 @@ pub(crate) struct Admitted {
     st: Arc<AppState>,
     /// `None`: over the connection limit; the client gets a close frame.
     slot: Option<(ConnGuard, Box<Session>)>,
+    /// Another service on this socket instead of the protocol's stream
+    /// (Loki's tail).
+    job: Option<Box<dyn Job>>,
+}
+
+/// The socket an accepted WebSocket runs on, as one object: the accept
+/// loop's TCP socket or hyper's upgraded connection.
+pub(crate) trait Socket:
+    Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + DataSink + Unpin + Send
+{
+}
+
+impl<T> Socket for T where
+    T: Sink<Message, Error = WsError>
+        + Stream<Item = Result<Message, WsError>>
+        + DataSink
+        + Unpin
+        + Send
+{
+}
+
+type WsError = tokio_tungstenite::tungstenite::Error;
+
+/// A WebSocket service other than the protocol's stream, run on an accepted
+/// socket (the server does not know the Loki API; the Loki API gives it a
+/// job).
+pub(crate) trait Job: Send {
+    fn run<'a>(
+        self: Box<Self>,
+        socket: &'a mut dyn Socket,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+impl Admitted {
+    /// A client served by `job` (which holds its own connection slot).
+    pub(crate) fn job(st: Arc<AppState>, job: Box<dyn Job>) -> Admitted {
+        Admitted {
+            st,
+            slot: None,
+            job: Some(job),
+        }
+    }
 }
 
 impl Accepted {
@@ -77,7 +119,20 @@ pub async fn handler(
     let admitted = Admitted {
         st: st.clone(),
         slot,
+        job: None,
     };
+    switch(&st, &mut req, accept, admitted)
+}
+
+/// The 101 answer to an accepted WebSocket handshake: on the accept loop's
+/// direct path the client rides in the response to the loop; otherwise it
+/// waits for hyper's upgrade on a task of its own.
+pub(crate) fn switch(
+    st: &Arc<AppState>,
+    req: &mut Request,
+    accept: header::HeaderValue,
+    admitted: Admitted,
+) -> Response {
     let mut resp = Response::new(Body::empty());
     if req.extensions().get::<DirectUpgrade>().is_some() {
         resp.extensions_mut()
@@ -119,7 +174,7 @@ pub async fn handler(
 /// Checks the WebSocket handshake headers (RFC 6455 4.2.1) and returns the
 /// `Sec-WebSocket-Accept` answer, or the refusal.
 #[allow(clippy::result_large_err)]
-fn handshake_accept(headers: &HeaderMap) -> Result<header::HeaderValue, Response> {
+pub(crate) fn handshake_accept(headers: &HeaderMap) -> Result<header::HeaderValue, Response> {
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
@@ -189,11 +244,10 @@ fn config(st: &AppState) -> WebSocketConfig {
 ///
 /// Both are borrowed: the caller's task owns them (captured, not rebound,
 /// so each is held once).
-pub(crate) async fn run_admitted<S, E>(socket: &mut S, admitted: &mut Admitted)
-where
-    S: Sink<Message> + Stream<Item = Result<Message, E>> + DataSink + Unpin,
-    E: std::error::Error + Send + Sync + 'static,
-{
+pub(crate) async fn run_admitted<S: Socket>(socket: &mut S, admitted: &mut Admitted) {
+    if let Some(job) = admitted.job.take() {
+        return job.run(socket).await;
+    }
     match &mut admitted.slot {
         Some((guard, session)) => {
             Box::pin(serve(socket, &admitted.st, session, guard)).await;
@@ -205,7 +259,7 @@ where
     }
 }
 
-fn close_msg(code: u16, reason: &str) -> Message {
+pub(crate) fn close_msg(code: u16, reason: &str) -> Message {
     // A close frame's reason is at most 123 bytes (control frames carry 125).
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
@@ -627,5 +681,7 @@ fn read_failure<E: std::error::Error + 'static>(e: &E) -> End {
     End::ClientClosed
 }
 
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

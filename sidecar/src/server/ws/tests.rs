@@ -10,61 +10,7 @@ fn state(hub: &Arc<Hub>) -> Arc<AppState> {
     AppState::for_tests(hub.clone(), ServerConfig::default())
 }
 
-/// The two channel ends as one socket.
-struct Duplex {
-    tx: mpsc::Sender<Message>,
-    rx: mpsc::Receiver<Result<Message, std::io::Error>>,
-}
-
-impl Stream for Duplex {
-    type Item = Result<Message, std::io::Error>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.rx.poll_next_unpin(cx)
-    }
-}
-
-impl DataSink for Duplex {
-    fn send_text(
-        &mut self,
-        text: String,
-        _stall: Duration,
-    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>> {
-        Box::pin(async move {
-            self.tx
-                .send(Message::Text(text.into()))
-                .await
-                .map_err(std::io::Error::other)
-        })
-    }
-}
-
-impl Sink<Message> for Duplex {
-    type Error = mpsc::SendError;
-    fn poll_ready(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.tx.poll_ready_unpin(cx)
-    }
-    fn start_send(mut self: std::pin::Pin<&mut Self>, m: Message) -> Result<(), Self::Error> {
-        self.tx.start_send_unpin(m)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.tx.poll_flush_unpin(cx)
-    }
-    fn poll_close(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.tx.poll_close_unpin(cx)
-    }
-}
+use super::testing::Duplex;
 
 /// Serves one connection over channels on its own task.
 fn spawn_serve(
@@ -201,4 +147,13 @@ async fn an_ack_that_does_not_cover_the_end_does_not_finish_the_drain() {
         .await
         .unwrap();
     assert_eq!(task.await.unwrap(), End::DrainTimeout);
+}
+
+#[test]
+fn close_reasons_are_cut_at_a_character_boundary_within_123_bytes() {
+    let Message::Close(Some(f)) = close_msg(1008, &"é".repeat(100)) else {
+        panic!("a close frame")
+    };
+    assert_eq!(u16::from(f.code), 1008);
+    assert_eq!(f.reason.as_str(), "é".repeat(61));
 }
