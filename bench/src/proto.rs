@@ -32,6 +32,9 @@ pub enum Target {
     OursWs,
     /// logstream over Server-Sent Events.
     OursSse,
+    /// logstream's Loki tail (`/loki/api/v1/tail`, what Grafana's live tail
+    /// opens); not in [`Target::ALL`]: no baseline speaks it.
+    OursTail,
     /// chokidar + `ws` (bench/baselines/node/ws-server.js).
     Ws,
     /// chokidar + Socket.IO (bench/baselines/node/socketio-server.js).
@@ -53,6 +56,7 @@ impl Target {
         match self {
             Target::OursWs => "ours-ws",
             Target::OursSse => "ours-sse",
+            Target::OursTail => "ours-tail",
             Target::Ws => "ws",
             Target::Socketio => "socketio",
             Target::Tailf => "tailf",
@@ -60,13 +64,13 @@ impl Target {
     }
 
     pub fn is_ours(self) -> bool {
-        matches!(self, Target::OursWs | Target::OursSse)
+        matches!(self, Target::OursWs | Target::OursSse | Target::OursTail)
     }
 
     /// The `transport` label of `logstream_clients` for our targets.
     pub fn transport_label(self) -> Option<&'static str> {
         match self {
-            Target::OursWs => Some("ws"),
+            Target::OursWs | Target::OursTail => Some("ws"),
             Target::OursSse => Some("sse"),
             _ => None,
         }
@@ -81,6 +85,11 @@ impl Target {
         match self {
             Target::OursWs => format!("/ws?format={format}{}", file_q('&')),
             Target::OursSse => format!("/sse?format={format}{}", file_q('&')),
+            // `{file=~".+"}` (or the file), newest 10 lines first.
+            Target::OursTail => format!(
+                "/loki/api/v1/tail?limit=10&query=%7Bfile%3D~%22{}%22%7D",
+                file.unwrap_or(".%2B")
+            ),
             Target::Ws => "/".into(),
             Target::Socketio => "/socket.io/?EIO=4&transport=websocket".into(),
             Target::Tailf => format!("/{}", file_q('?')),
@@ -141,7 +150,7 @@ pub fn spawn_server(spec: &ServerSpec) -> Result<Server> {
                 Ok(v)
             };
             match spec.target {
-                Target::OursWs | Target::OursSse => {
+                Target::OursWs | Target::OursSse | Target::OursTail => {
                     let bin = match spec.server_bin {
                         Some(b) => b.to_path_buf(),
                         None => crate::default_server_bin()?,
@@ -213,7 +222,7 @@ impl Client {
     ) -> Result<Client> {
         let json = path.contains("format=json");
         let io = match target {
-            Target::OursWs | Target::Ws | Target::Socketio => {
+            Target::OursWs | Target::OursTail | Target::Ws | Target::Socketio => {
                 let cfg = small.then(small_ws_config);
                 Io::Ws(Box::new(ws_connect(addr, src, path, cfg).await?))
             }
