@@ -608,7 +608,9 @@ fn small_receive_buffer(s: &Server) -> TcpStream {
 /// other's server and reader and measure the contention instead.
 fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Bytes a slow reader of `path` takes in after the server decided it was
