@@ -178,7 +178,7 @@ pub fn field_values<'a>(
 }
 
 /// The type every value of a field parses as, tried in Loki's order.
-pub fn value_type<'a>(mut values: impl Iterator<Item = &'a str> + Clone) -> &'static str {
+pub fn value_type<'a>(values: impl Iterator<Item = &'a str> + Clone) -> &'static str {
     let all = |f: fn(&str) -> bool| values.clone().all(f);
     if values.clone().next().is_none() {
         "string"
@@ -195,7 +195,7 @@ pub fn value_type<'a>(mut values: impl Iterator<Item = &'a str> + Clone) -> &'st
     } else if all(is_bytes) {
         "bytes"
     } else {
-        values.next().map_or("string", |_| "string")
+        "string"
     }
 }
 

@@ -271,14 +271,19 @@ fn sample(v: &str, conv: UnwrapConv) -> Option<f64> {
     }
 }
 
-fn group_labels(l: Labels, g: Option<&Grouping>) -> Labels {
-    match g {
-        None => l,
-        Some(Grouping { without, labels }) => l
-            .into_iter()
-            .filter(|(k, _)| labels.contains(k) != *without)
-            .collect(),
-    }
+/// The labels of `l` a grouping keeps: `by` the listed ones, `without`
+/// the others.
+fn grouped(l: &Labels, g: &Grouping) -> Labels {
+    l.iter()
+        .filter(|(k, _)| g.labels.contains(k) != g.without)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The group of a series under a vector aggregation (`sum`, `topk`...):
+/// without a grouping, all series are one group.
+fn group_key(l: &Labels, g: Option<&Grouping>) -> Labels {
+    g.map_or_else(Labels::new, |g| grouped(l, g))
 }
 
 /// `sum_over_time` and its kin (and `rate`) over `| unwrap` samples. As in
@@ -320,7 +325,10 @@ fn unwrapped_fn(
         }
         let Some(v) = value else { continue };
         by_series
-            .entry(group_labels(labels, u.grouping))
+            .entry(match u.grouping {
+                None => labels,
+                Some(g) => grouped(&labels, g),
+            })
             .or_default()
             .push((r.ts_ns, v));
     }
@@ -400,27 +408,7 @@ struct Acc {
 fn aggregate(op: AggOp, g: Option<&Grouping>, series: Vec<Series>, steps: &Steps) -> Vec<Series> {
     let mut groups: BTreeMap<Labels, Vec<Option<Acc>>> = BTreeMap::new();
     for s in series {
-        let key: Labels = match g {
-            None => Labels::new(),
-            Some(Grouping {
-                without: false,
-                labels,
-            }) => s
-                .labels
-                .iter()
-                .filter(|(k, _)| labels.contains(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            Some(Grouping {
-                without: true,
-                labels,
-            }) => s
-                .labels
-                .iter()
-                .filter(|(k, _)| !labels.contains(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
+        let key = group_key(&s.labels, g);
         let accs = groups.entry(key).or_insert_with(|| vec![None; steps.count]);
         for (acc, v) in accs.iter_mut().zip(&s.values) {
             if let Some(v) = v {
@@ -473,11 +461,7 @@ fn topk(
 ) -> Vec<Series> {
     let mut groups: BTreeMap<Labels, Vec<usize>> = BTreeMap::new();
     for (i, s) in series.iter().enumerate() {
-        let key = match g {
-            None => Labels::new(),
-            Some(_) => group_labels(s.labels.clone(), g),
-        };
-        groups.entry(key).or_default().push(i);
+        groups.entry(group_key(&s.labels, g)).or_default().push(i);
     }
     for members in groups.values() {
         for step in 0..steps.count {

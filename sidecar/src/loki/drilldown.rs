@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::Loki;
 use super::params::{Params, bounds, params, parse_seconds_or_duration};
-use super::response::{Refusal, json};
+use super::response::{Data, Refusal, Secs, json, success};
 use super::select::{blocking, selector_param, snapshot, streams_in, window_and_selectors};
 use crate::hub::{Hub, now_ns};
 use logstream_logql::drilldown::{self, Patterns};
@@ -194,10 +194,6 @@ fn volume_params(raw: Option<String>, body: &Bytes) -> Result<VolumeRequest, Lok
     })
 }
 
-fn secs(ns: i64) -> f64 {
-    ns as f64 / 1e9
-}
-
 /// The request's volumes in `step` buckets (`i64::MAX`: one bucket),
 /// grouped, largest first, at most `limit`; `Err`: the evaluation failed.
 async fn grouped_volumes(
@@ -242,13 +238,16 @@ pub(super) async fn index_volume(
         .into_iter()
         .map(|(metric, b)| {
             let bytes: u64 = b.values().sum();
-            json!({"metric": metric, "value": [secs(end), bytes.to_string()]})
+            json!({"metric": metric, "value": (Secs(end), bytes.to_string())})
         })
         .collect();
-    Ok(json(&json!({
-        "status": "success",
-        "data": {"resultType": "vector", "result": result},
-    })))
+    Ok(success(
+        Data {
+            result_type: "vector",
+            result,
+        },
+        Vec::new(),
+    ))
 }
 
 pub(super) async fn index_volume_range(
@@ -267,15 +266,18 @@ pub(super) async fn index_volume_range(
         .map(|(metric, b)| {
             let values: Vec<Value> = b
                 .into_iter()
-                .map(|(k, n)| json!([secs(k * step), n.to_string()]))
+                .map(|(k, n)| json!((Secs(k * step), n.to_string())))
                 .collect();
             json!({"metric": metric, "values": values})
         })
         .collect();
-    Ok(json(&json!({
-        "status": "success",
-        "data": {"resultType": "matrix", "result": result},
-    })))
+    Ok(success(
+        Data {
+            result_type: "matrix",
+            result,
+        },
+        Vec::new(),
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -401,7 +403,7 @@ pub(super) async fn patterns(
         .take(MAX_PATTERNS)
         .map(|p| json!({"pattern": p.pattern, "level": p.level, "samples": p.samples}))
         .collect();
-    Ok(json(&json!({"status": "success", "data": data})))
+    Ok(success(data, Vec::new()))
 }
 
 /// The limits Loki publishes for the app (only those it reads matter:

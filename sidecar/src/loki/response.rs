@@ -63,7 +63,7 @@ pub(super) fn success<T: Serialize>(data: T, warnings: Vec<String>) -> Response 
 
 /// A sample time: seconds as a JSON number, with millisecond precision.
 #[derive(Clone, Copy)]
-struct Secs(i64);
+pub(super) struct Secs(pub(super) i64);
 
 impl Serialize for Secs {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
