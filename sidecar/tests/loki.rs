@@ -775,6 +775,16 @@ fn iso(ns: i64) -> String {
         .replacen("000000Z", "Z", 1)
 }
 
+/// The app's window: `start` and `end` in RFC 3339, the last 10 minutes
+/// (and a second ahead), as query parameters.
+fn iso_window() -> String {
+    let now = now_ns();
+    enc(&[
+        ("start", &iso(now - 600_000_000_000)),
+        ("end", &iso(now + 1_000_000_000)),
+    ])
+}
+
 /// The requests Grafana 12's Logs Drilldown app sends on its landing page, a
 /// service page (logs, volume, labels, fields, patterns) and a value picker
 /// (docs/grafana-contract.md), each answered 200 with the shape the app
@@ -783,9 +793,7 @@ fn iso(ns: i64) -> String {
 fn logs_drilldown_requests_get_the_shapes_the_app_parses() {
     let s = Server::start(&[]);
     write_fixture(&s);
-    let now = now_ns();
-    let (start, end) = (iso(now - 600_000_000_000), iso(now + 1_000_000_000));
-    let window = enc(&[("start", &start), ("end", &end)]);
+    let window = iso_window();
     let (ns_start, ns_end) = last_10m();
     let ns_window = enc(&[("start", &ns_start), ("end", &ns_end)]);
     // Landing page: the app's configuration, then the service list.
@@ -990,11 +998,7 @@ fn logs_drilldown_on_an_aggregator_of_two_services() {
         "INFO query q=shoes took=12ms\nplain words only\n",
     );
     wait_lines(&agg, r#"{service_name=~"checkout|search"}"#, 4);
-    let now = now_ns();
-    let window = enc(&[
-        ("start", &iso(now - 600_000_000_000)),
-        ("end", &iso(now + 1_000_000_000)),
-    ]);
+    let window = iso_window();
     let v = get_json(
         &agg,
         &format!(

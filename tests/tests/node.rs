@@ -272,6 +272,26 @@ struct Lines {
 /// Prefix of the stderr lines of a [`Lines::spawn_merged`] process.
 const STDERR: &str = "stderr: ";
 
+/// Sends `prefix` + each line of `from` to `tx` (echoed on the test's
+/// stderr, tagged `echo`, when given) until either side ends.
+fn forward_lines(
+    from: impl std::io::Read + Send + 'static,
+    tx: mpsc::Sender<String>,
+    prefix: &'static str,
+    echo: Option<String>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if let Some(tag) = &echo {
+                eprintln!("{tag}: {line}");
+            }
+            if tx.send(format!("{prefix}{line}")).is_err() {
+                break;
+            }
+        }
+    });
+}
+
 impl Lines {
     /// Like [`Lines::spawn`], with the process's stderr lines in the same
     /// channel, prefixed with [`STDERR`] (notices that must be seen).
@@ -283,25 +303,13 @@ impl Lines {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
         let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let echo = what.to_string();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{echo}: {line}");
-                if tx2.send(format!("{STDERR}{line}")).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_lines(child.stdout.take().unwrap(), tx.clone(), "", None);
+        forward_lines(
+            child.stderr.take().unwrap(),
+            tx,
+            STDERR,
+            Some(what.to_string()),
+        );
         Lines {
             child,
             rx,
@@ -316,15 +324,8 @@ impl Lines {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-        let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_lines(child.stdout.take().unwrap(), tx, "", None);
         Lines {
             child,
             rx,

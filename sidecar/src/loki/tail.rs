@@ -422,17 +422,7 @@ mod tests {
             run_tail(&mut socket, &st, req).await
         });
         let next_text = async |rx: &mut mpsc::Receiver<Message>| -> serde_json::Value {
-            loop {
-                match tokio::time::timeout(Duration::from_secs(10), rx.next())
-                    .await
-                    .unwrap()
-                    .unwrap()
-                {
-                    Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-                    Message::Close(c) => panic!("closed {c:?}"),
-                    _ => continue,
-                }
-            }
+            serde_json::from_str(&crate::server::ws::testing::next_text(rx).await).unwrap()
         };
         let first = next_text(&mut client_rx).await;
         let values = first["streams"][0]["values"].as_array().unwrap();

@@ -64,3 +64,19 @@ impl Sink<Message> for Duplex {
         self.tx.poll_close_unpin(cx)
     }
 }
+
+/// The next text frame the server sent (other frames skipped); panics on a
+/// close frame or after 10 s.
+pub(crate) async fn next_text(rx: &mut mpsc::Receiver<Message>) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the server keeps the channel open")
+        {
+            Message::Text(t) => return t.as_str().to_string(),
+            Message::Close(f) => panic!("closed: {f:?}"),
+            _ => continue,
+        }
+    }
+}

@@ -28,17 +28,7 @@ fn spawn_serve(
 }
 
 async fn recv(rx: &mut mpsc::Receiver<Message>) -> ServerMessage {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), rx.next())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(f) => panic!("closed: {f:?}"),
-            _ => continue,
-        }
-    }
+    serde_json::from_str(&super::testing::next_text(rx).await).unwrap()
 }
 
 #[tokio::test]
