@@ -31,7 +31,10 @@ use super::tail::tail;
 /// The Loki API routes, with their own admission (the server's token rules).
 /// Merge into a server router: `.merge(crate::loki::api::router(state.clone()))`.
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
-    let lk = Loki { app: state };
+    let lk = Loki {
+        app: state,
+        tails: Arc::default(),
+    };
     Router::new()
         .route("/loki/api/v1/query", get(query).post(query))
         .route(

@@ -41,10 +41,12 @@ use crate::hub::Entry;
 use crate::protocol::Level;
 use crate::server::state::AppState;
 
-/// The state every Loki handler takes: the server's.
+/// The state every Loki handler takes: the server's, and the compiled
+/// queries of the open tails.
 #[derive(Clone)]
 struct Loki {
     app: Arc<AppState>,
+    tails: Arc<tail::SharedQueries>,
 }
 
 /// The labels of the Loki stream an entry belongs to: `namespace`, `pod`,

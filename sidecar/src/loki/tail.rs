@@ -4,8 +4,8 @@
 //! record frames written straight to it (no write buffer kept after a
 //! burst).
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -33,26 +33,75 @@ use logstream_logql::{self as logql, LogQuery, LokiError, Query};
 /// A parsed `/tail` request.
 #[derive(Debug)]
 pub struct TailRequest {
-    pub query: LogQuery,
+    pub query: Arc<LogQuery>,
     pub start_ns: i64,
     /// Most history lines replayed before live ones.
     pub limit: usize,
 }
 
 impl TailRequest {
-    pub fn parse(p: &Params, now: i64) -> Result<TailRequest, LokiError> {
-        let query = match logql::parse(p.get("query").unwrap_or(""))? {
-            Query::Log(q) => q,
-            Query::Metric(_) => {
-                return Err(LokiError::Query("tail supports log queries only".into()));
-            }
-        };
+    pub fn parse(p: &Params, now: i64, shared: &SharedQueries) -> Result<TailRequest, LokiError> {
+        let query = shared.get_or_parse(p.get("query").unwrap_or(""))?;
         let (start_ns, _) = bounds(p, now)?;
         Ok(TailRequest {
             query,
             start_ns,
             limit: limit(p)?,
         })
+    }
+}
+
+fn parse_log_query(text: &str) -> Result<LogQuery, LokiError> {
+    match logql::parse(text)? {
+        Query::Log(q) => Ok(q),
+        Query::Metric(_) => Err(LokiError::Query("tail supports log queries only".into())),
+    }
+}
+
+/// Most distinct queries [`SharedQueries`] keeps.
+const MAX_SHARED_QUERIES: usize = 1024;
+
+/// The compiled queries of the open tails, by query text, so tails that ask
+/// the same thing (every Grafana panel live-tailing one selector) share one:
+/// a compiled regex with its match caches is kilobytes to hundreds of
+/// kilobytes, which an idle tail would otherwise hold for its whole life.
+/// Weak entries (a query lives as long as a tail holds it), at most
+/// [`MAX_SHARED_QUERIES`] of them: past that a query is compiled for its
+/// tail alone, as if nothing were shared.
+#[derive(Default)]
+pub struct SharedQueries {
+    map: Mutex<HashMap<Box<str>, Weak<LogQuery>>>,
+}
+
+impl SharedQueries {
+    fn get_or_parse(&self, text: &str) -> Result<Arc<LogQuery>, LokiError> {
+        if let Some(q) = self.lookup(text) {
+            return Ok(q);
+        }
+        // Compiled outside the lock: a large regex takes a while.
+        let q = Arc::new(parse_log_query(text)?);
+        let Ok(mut map) = self.map.lock() else {
+            return Ok(q);
+        };
+        if let Some(held) = map.get(text).and_then(Weak::upgrade) {
+            return Ok(held);
+        }
+        if map.len() >= MAX_SHARED_QUERIES {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        if map.len() < MAX_SHARED_QUERIES {
+            map.insert(text.into(), Arc::downgrade(&q));
+        }
+        Ok(q)
+    }
+
+    fn lookup(&self, text: &str) -> Option<Arc<LogQuery>> {
+        self.map.lock().ok()?.get(text).and_then(Weak::upgrade)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().map_or(0, |m| m.len())
     }
 }
 
@@ -73,7 +122,7 @@ pub(super) async fn tail(
     // A bad query is reported after the upgrade (close 1008 with the
     // reason): a refused handshake looks like 1006 to a browser, which
     // Grafana retries forever.
-    let req = TailRequest::parse(&Params::parse(raw.as_deref(), &[]), now_ns());
+    let req = TailRequest::parse(&Params::parse(raw.as_deref(), &[]), now_ns(), &lk.tails);
     // Tails share the server's connection budget.
     let slot = st.try_connect(crate::metrics::Transport::ws);
     let job = Box::new(TailJob {
@@ -153,12 +202,10 @@ pub fn tail_frame(rows: &[(Arc<Labels>, i64, String)]) -> String {
     .unwrap_or_default()
 }
 
-fn process(
-    q: &LogQuery,
-    cache: &mut StreamCache,
-    entries: &[Arc<Entry>],
-    out: &mut Vec<(Arc<Labels>, i64, String)>,
-) {
+/// Runs the query over a batch. The stream verdicts are cached for the batch
+/// only: an idle tail holds no labels.
+fn process(q: &LogQuery, entries: &[Arc<Entry>], out: &mut Vec<(Arc<Labels>, i64, String)>) {
+    let mut cache = StreamCache::default();
     for e in entries {
         let Some(base) = cache.selected(q, e) else {
             continue;
@@ -194,7 +241,6 @@ where
     };
     let mut t = Tail {
         session: Box::new(Session::new(st.hub.clone(), &sub, filter, st.cfg.session)),
-        cache: StreamCache::default(),
         query: req.query,
         st,
         ws,
@@ -214,11 +260,11 @@ where
 }
 
 /// One client's tail: its session on the hub (boxed: an idle tail holds a
-/// pointer), its query and the socket.
+/// pointer), its query (shared with the tails that asked the same) and the
+/// socket.
 struct Tail<'a, S: ?Sized> {
     session: Box<Session>,
-    cache: StreamCache,
-    query: LogQuery,
+    query: Arc<LogQuery>,
     st: &'a Arc<AppState>,
     ws: &'a mut S,
 }
@@ -237,7 +283,7 @@ where
         loop {
             match self.session.pull() {
                 Pull::Batch { entries, more } => {
-                    process(&self.query, &mut self.cache, &entries, &mut rows);
+                    process(&self.query, &entries, &mut rows);
                     for r in rows.drain(..) {
                         replay.push_back(r);
                         if replay.len() > limit {
@@ -288,7 +334,7 @@ where
         loop {
             match crate::server::stream::next(&mut self.session, self.st) {
                 Step::Records(entries) => {
-                    process(&self.query, &mut self.cache, &entries, &mut rows);
+                    process(&self.query, &entries, &mut rows);
                     if !rows.is_empty() {
                         self.send_rows(&rows).await?;
                         rows.clear();
@@ -387,6 +433,53 @@ mod tests {
         );
     }
 
+    #[test]
+    fn tails_of_one_query_share_it_while_one_holds_it() {
+        let shared = SharedQueries::default();
+        let q = "query=%7Bfile%3D~%22a.%2B%22%7D";
+        let a = TailRequest::parse(&p(q), 0, &shared).unwrap();
+        let b = TailRequest::parse(&p(q), 0, &shared).unwrap();
+        assert!(Arc::ptr_eq(&a.query, &b.query));
+        let other = TailRequest::parse(&p("query=%7Bfile%3D%22b%22%7D"), 0, &shared).unwrap();
+        assert!(!Arc::ptr_eq(&a.query, &other.query));
+        drop((a, b));
+        let c = TailRequest::parse(&p(q), 0, &shared).unwrap();
+        assert_eq!(
+            Arc::strong_count(&c.query),
+            1,
+            "a new compile once no tail held it"
+        );
+        // Bad queries are refused, not kept.
+        let bad = TailRequest::parse(&p("query=%7Bfile%3D"), 0, &shared);
+        assert!(matches!(bad, Err(LokiError::Parse(_))), "{bad:?}");
+        let metric = TailRequest::parse(
+            &p("query=count_over_time(%7Ba%3D%22b%22%7D%5B1m%5D)"),
+            0,
+            &shared,
+        );
+        assert!(matches!(metric, Err(LokiError::Query(_))), "{metric:?}");
+    }
+
+    #[test]
+    fn shared_queries_stay_bounded_and_forget_the_dead() {
+        let shared = SharedQueries::default();
+        let held: Vec<_> = (0..MAX_SHARED_QUERIES + 10)
+            .map(|i| {
+                TailRequest::parse(&p(&format!("query=%7Bf%3D%22{i}%22%7D")), 0, &shared).unwrap()
+            })
+            .collect();
+        assert_eq!(shared.len(), MAX_SHARED_QUERIES);
+        // Past the bound a query still works, compiled for its tail alone.
+        assert!(held.iter().all(|r| r.query.matchers.len() == 1));
+        drop(held);
+        let _one = TailRequest::parse(&p("query=%7Bf%3D%22new%22%7D"), 0, &shared).unwrap();
+        assert_eq!(
+            shared.len(),
+            1,
+            "dead entries pruned when the table was full"
+        );
+    }
+
     #[tokio::test]
     async fn tail_replays_then_streams_over_channels() {
         use crate::hub::HubLimits;
@@ -410,6 +503,7 @@ mod tests {
         let req = TailRequest::parse(
             &p("query=%7Bfile%3D%22app.log%22%7D%20%21%3D%20%22skip%22&limit=100"),
             now_ns(),
+            &SharedQueries::default(),
         )
         .unwrap();
         let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
