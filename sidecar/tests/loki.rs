@@ -768,6 +768,46 @@ async fn a_tail_is_counted_like_every_stream() {
     drop(ws);
 }
 
+/// SIGTERM with a tail open: the lines written before it are delivered,
+/// then the tail is closed 1001 and the process exits 0. The tail waits on
+/// the hub alone (no drain timer of its own, which every idle tail held):
+/// the hub closing after the last read is what ends it.
+#[tokio::test]
+async fn a_tail_gets_every_line_then_1001_when_the_server_drains() {
+    let mut s = Server::start(&[]);
+    write_fixture(&s);
+    let url = s.ws_url(&format!(
+        "/loki/api/v1/tail?{}",
+        enc(&[("query", r#"{file="app.log"} |= "last""#)])
+    ));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    s.append("app.log", "the last line\n");
+    s.wait_metric("logstream_lines_read_total", 1.0);
+    let mut got = Vec::new();
+    while got.is_empty() {
+        got = frame_lines(&next_text(&mut ws).await);
+    }
+    assert_eq!(got, ["the last line"]);
+    s.append("app.log", "written before the signal: last\n");
+    s.signal("TERM");
+    let mut lines = Vec::new();
+    let close = loop {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => {
+                lines.extend(frame_lines(&serde_json::from_str(t.as_str()).unwrap()))
+            }
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(lines, ["written before the signal: last"]);
+    let close = close.unwrap();
+    assert_eq!(close.code, CloseCode::Away);
+    assert_eq!(close.reason.as_str(), "server shutting down");
+    assert!(s.wait_exit().success());
+}
+
 /// RFC 3339 with milliseconds, as the Logs Drilldown app sends `start`/`end`.
 fn iso(ns: i64) -> String {
     logstream::hub::format_ts(ns - ns.rem_euclid(1_000_000))

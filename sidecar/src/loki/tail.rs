@@ -227,32 +227,20 @@ const SHUTTING_DOWN: End = (close::GOING_AWAY, "server shutting down");
 /// `start`, then live ones, pinging on the server's shared clock. Counts
 /// what it sends, its gaps and why it drops a client as the other streams
 /// do. Returns the close code and reason to send.
+///
+/// Shaped like the WebSocket stream's loop (server/ws.rs): every send is
+/// boxed while in flight and the wait polls the socket by hand, so an idle
+/// tail holds only what it waits on.
 pub async fn run_tail<S, E>(ws: &mut S, st: &Arc<AppState>, req: TailRequest) -> End
 where
     S: Sink<Message> + Stream<Item = Result<Message, E>> + DataSink + Unpin + ?Sized,
     E: std::error::Error + 'static,
 {
-    let sub = Subscribe {
-        since: Some(format_ts(req.start_ns)),
-        ..Default::default()
-    };
-    let Ok(filter) = Filter::compile(&sub) else {
+    let Some(mut t) = Tail::new(ws, st, &req) else {
         return (close::POLICY, "bad start time");
     };
-    let mut t = Tail {
-        session: Box::new(Session::new(st.hub.clone(), &sub, filter, st.cfg.session)),
-        query: req.query,
-        st,
-        ws,
-    };
-    let (rows, ended) = t.replay(req.limit);
-    if !rows.is_empty()
-        && let Err(end) = t.send_rows(&rows).await
-    {
+    if let Err(end) = Box::pin(t.replay(req.limit)).await {
         return end;
-    }
-    if ended {
-        return SHUTTING_DOWN;
     }
     match t.live().await {
         Err(end) => end,
@@ -269,14 +257,41 @@ struct Tail<'a, S: ?Sized> {
     ws: &'a mut S,
 }
 
-impl<S, E> Tail<'_, S>
+impl<'a, S, E> Tail<'a, S>
 where
     S: Sink<Message> + Stream<Item = Result<Message, E>> + DataSink + Unpin + ?Sized,
     E: std::error::Error + 'static,
 {
+    fn new(ws: &'a mut S, st: &'a Arc<AppState>, req: &TailRequest) -> Option<Self> {
+        let sub = Subscribe {
+            since: Some(format_ts(req.start_ns)),
+            ..Default::default()
+        };
+        let filter = Filter::compile(&sub).ok()?;
+        Some(Tail {
+            session: Box::new(Session::new(st.hub.clone(), &sub, filter, st.cfg.session)),
+            query: req.query.clone(),
+            st,
+            ws,
+        })
+    }
+
+    /// Sends the newest `limit` matches among what the hub held at connect
+    /// time; ends the tail if the hub has ended.
+    async fn replay(&mut self, limit: usize) -> Result<(), End> {
+        let (rows, ended) = self.history(limit);
+        if !rows.is_empty() {
+            self.send_rows(&rows).await?;
+        }
+        if ended {
+            return Err(SHUTTING_DOWN);
+        }
+        Ok(())
+    }
+
     /// The newest `limit` matches among what the hub held at connect time,
     /// and whether the hub has ended.
-    fn replay(&mut self, limit: usize) -> (Vec<(Arc<Labels>, i64, String)>, bool) {
+    fn history(&mut self, limit: usize) -> (Vec<(Arc<Labels>, i64, String)>, bool) {
         let replay_end = self.st.hub.head().next_idx;
         let mut replay: VecDeque<(Arc<Labels>, i64, String)> = VecDeque::new();
         let mut rows = Vec::new();
@@ -301,8 +316,9 @@ where
         }
     }
 
-    async fn send(&mut self, msg: Message) -> Result<(), End> {
-        match tokio::time::timeout(self.st.cfg.send_timeout, self.ws.send(msg)).await {
+    async fn ping(&mut self) -> Result<(), End> {
+        let send = self.ws.send(Message::Ping(Bytes::new()));
+        match tokio::time::timeout(self.st.cfg.send_timeout, send).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(PEER_GONE),
             Err(_) => {
@@ -328,7 +344,9 @@ where
         }
     }
 
-    /// Sends what the session has now; `Ok` once it is idle.
+    /// Sends what the session has now; `Ok` once it is idle. A server that
+    /// drains closes the hub once its files are read: the tail ends when
+    /// everything before that was sent.
     async fn flush(&mut self) -> Result<(), End> {
         let mut rows = Vec::new();
         loop {
@@ -354,18 +372,19 @@ where
     async fn live(&mut self) -> Result<std::convert::Infallible, End> {
         let st = self.st;
         let mut head = st.hub.watch();
-        let mut draining = st.draining.clone();
-        let mut drain_deadline: Option<Instant> = None;
         // Pings follow the server's shared clock (server/listen.rs), which
-        // wakes the hub's waiters on every tick.
+        // wakes the hub's waiters on every tick; so does a drain.
         let mut pinged = st.ping_epoch.load(std::sync::atomic::Ordering::Relaxed);
         let mut last_heard = Instant::now();
         loop {
             head.borrow_and_update();
-            self.flush().await?;
-            let deadline = drain_deadline;
-            tokio::select! {
-                changed = head.changed() => {
+            Box::pin(self.flush()).await?;
+            let woke = tokio::select! {
+                changed = head.changed() => Ok(changed),
+                msg = self.ws.next() => Err(msg),
+            };
+            match woke {
+                Ok(changed) => {
                     changed.map_err(|_| SHUTTING_DOWN)?;
                     let epoch = st.ping_epoch.load(std::sync::atomic::Ordering::Relaxed);
                     if epoch != pinged {
@@ -374,19 +393,10 @@ where
                             st.metrics.dropped("pong_timeout");
                             return Err((close::POLICY, "no pong"));
                         }
-                        self.send(Message::Ping(Bytes::new())).await?;
+                        Box::pin(self.ping()).await?;
                     }
                 }
-                d = draining.changed(), if drain_deadline.is_none() => {
-                    if d.is_err() || *draining.borrow() {
-                        // Keep delivering until the hub closes, within the ack timeout.
-                        drain_deadline = Some(Instant::now() + st.cfg.ack_timeout);
-                    }
-                }
-                _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } else { std::future::pending::<()>().await } } => {
-                    return Err(SHUTTING_DOWN);
-                }
-                msg = self.ws.next() => {
+                Err(msg) => {
                     last_heard = Instant::now();
                     match msg {
                         // The close code tells the client what it did; the
@@ -478,6 +488,32 @@ mod tests {
             1,
             "dead entries pruned when the table was full"
         );
+    }
+
+    /// What an idle tail's task holds is mostly this future: a send or a
+    /// batch in flight is boxed (regression: 896 bytes with the flush, a
+    /// drain timer and the start-up locals inline; ~1 KB more per idle tail
+    /// than a `/ws` client, see bench/RESULTS.md).
+    #[test]
+    fn an_idle_tail_holds_a_small_future() {
+        use futures::channel::mpsc;
+        let hub = Hub::new(
+            crate::hub::HubLimits {
+                max_lines: 10,
+                max_bytes: 1 << 20,
+            },
+            "t",
+        );
+        let st = AppState::for_tests(hub, crate::server::ServerConfig::default());
+        let req = TailRequest::parse(&p("query=%7Ba%3D%22b%22%7D"), 0, &SharedQueries::default())
+            .unwrap();
+        let mut socket = crate::server::ws::testing::Duplex {
+            tx: mpsc::channel::<Message>(1).0,
+            rx: mpsc::channel::<Result<Message, std::io::Error>>(1).1,
+        };
+        let f = run_tail(&mut socket, &st, req);
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 384, "run_tail's future is {size} bytes");
     }
 
     #[tokio::test]
