@@ -159,12 +159,10 @@ async fn start(
         Ok(Answer::Body(mut body, chunked)) => {
             connections.spawn(async move { stream(&mut tcp, &mut body, chunked, &st).await });
         }
-        Ok(Answer::WebSocket(mut admitted)) => {
-            if let Some(mut socket) = ws::socket(tcp, &st) {
+        Ok(Answer::WebSocket(admitted)) => {
+            if let Some(socket) = ws::socket(tcp, &st) {
                 drop(st);
-                // Captured, not passed: the task holds each once.
-                connections
-                    .spawn(async move { ws::run_admitted(&mut socket, &mut admitted).await });
+                ws::spawn_admitted(&connections, socket, admitted);
             }
         }
         Ok(Answer::Done) => close(&mut tcp, Ok(())).await,

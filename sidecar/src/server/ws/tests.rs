@@ -147,3 +147,22 @@ fn close_reasons_are_cut_at_a_character_boundary_within_123_bytes() {
     assert_eq!(u16::from(f.code), 1008);
     assert_eq!(f.reason.as_str(), "é".repeat(61));
 }
+
+/// What an idle stream's task holds is mostly this future (the session and
+/// the sends are boxed). Regression: a job branch in it (Loki's tail) made it
+/// 32 bytes larger, and the task crossed an allocator size class: ~240 bytes
+/// more per idle `/ws` connection (bench/RESULTS.md, ls-idle).
+#[tokio::test]
+async fn an_idle_streams_task_future_stays_small() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (tcp, _) = l.accept().await.unwrap();
+    let st = AppState::for_tests(crate::hub::tests::small_hub(), ServerConfig::default());
+    let mut socket = socket(tcp, &st).unwrap();
+    let mut admitted = Admitted::refused(st.clone());
+    let task = async move { run_admitted(&mut socket, &mut admitted).await };
+    let size = std::mem::size_of_val(&task);
+    assert!(size <= 400, "the stream task's future is {size} bytes");
+}
