@@ -142,6 +142,13 @@ if want idle; then
     run "$BIN/ls-idle" --steps "$STEPS" --procs 2 --ips-per-proc 4 --settle-ms 2000 \
         --path '/ws?file=app.log&level=warn%2B' \
         --server-arg=--max-connections --server-arg=20000 "${Q[@]}" --json-out "$OUT/idle-filtered.json"
+    # Grafana's live tail (Loki's /tail): an equality selector, then a regex.
+    run "$BIN/ls-idle" --target ours-tail --steps "$STEPS" --procs 2 --ips-per-proc 4 --settle-ms 2000 \
+        --path '/loki/api/v1/tail?limit=10&query=%7Bfile%3D%22app.log%22%7D' \
+        --server-arg=--max-connections --server-arg=20000 "${Q[@]}" --json-out "$OUT/idle-tail.json"
+    run "$BIN/ls-idle" --target ours-tail --steps "$STEPS" --procs 2 --ips-per-proc 4 --settle-ms 2000 \
+        --path '/loki/api/v1/tail?limit=10&query=%7Bfile%3D~%22.%2B%22%7D' \
+        --server-arg=--max-connections --server-arg=20000 "${Q[@]}" --json-out "$OUT/idle-tail-regex.json"
 fi
 
 if want fanin; then

@@ -95,6 +95,13 @@ fn cmd(v: &Value) -> String {
     format!("`{}`", v["command"].as_str().unwrap_or("?"))
 }
 
+/// Idle memory of other kinds of stream (the `idle` group).
+const IDLE_KINDS: [(&str, &str); 3] = [
+    ("idle-filtered.json", "`/ws?file=app.log&level=warn+`"),
+    ("idle-tail.json", "Loki tail `{file=\"app.log\"}`"),
+    ("idle-tail-regex.json", "Loki tail `{file=~\".+\"}`"),
+];
+
 const THROUGHPUT: [(&str, &str); 5] = [
     (
         "throughput-live-1.json",
@@ -394,6 +401,47 @@ fn main() -> Result<()> {
             cmd(v),
             v["failed"]
         )?;
+    }
+
+    // ------------------------------------------------------------ idle by kind
+    let kinds: Vec<(&str, Value)> = IDLE_KINDS
+        .iter()
+        .filter_map(|(file, name)| Some((*name, load(&a.dir, file)?)))
+        .collect();
+    if !kinds.is_empty() {
+        writeln!(
+            md,
+            "### Idle memory by kind of stream
+"
+        )?;
+        writeln!(
+            md,
+            "The same measurement for what other clients hold open: a filtered `/ws` (what `logstream tail --file` and the page open) \
+             and Grafana's live tail (`/loki/api/v1/tail`, a WebSocket per Explore panel), with an equality selector and with a regex \
+             selector. Server VmRSS slope from the first non-zero step.\n"
+        )?;
+        writeln!(
+            md,
+            "| stream | connections | **bytes per connection** | r² | ≤ 2 KiB | command |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|")?;
+        for (name, v) in &kinds {
+            let fit = &v["server_rss_fit_from_first_step"];
+            let bytes = num(&fit["bytes_per_conn"]);
+            let conns = v["points"]
+                .as_array()
+                .and_then(|s| s.last())
+                .map_or("–".into(), |s| f0(&s["conns"]));
+            writeln!(
+                md,
+                "| {name} | {conns} | **{}** | {} | {} | {} |",
+                bytes.map_or("–".into(), |x| group(x as i64)),
+                f3(&fit["r2"]),
+                verdict(bytes.map(|x| x <= BYTES_PER_CONN_TARGET)),
+                cmd(v)
+            )?;
+        }
+        writeln!(md)?;
     }
 
     // ------------------------------------------------------------ misses
