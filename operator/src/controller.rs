@@ -12,9 +12,10 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::core::v1::{
     Namespace, Pod, PodTemplateSpec, Secret, Service, ServiceAccount,
 };
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -26,6 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::crd::{LogStream, LogStreamStatus};
+use crate::desired::routing::{self, Persistence, RouteOutcome};
 use crate::desired::{self, BuildConfig};
 use crate::keys::{AGGREGATOR, FINALIZER, MANAGED_BY, NAMESPACE_LABEL, PULL_SECRET};
 use crate::metrics::{ErrorLabel, Metrics};
@@ -317,6 +319,8 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
             .await?
             .items,
         pull_token: pull_token(client, &ns).await?,
+        ingress_classes: ingress_classes(client, ls).await?,
+        http_routes: http_routes(client, ls).await?,
     };
     // Build.
     let plan = plan::plan(ls, &seen, &ctx.build);
@@ -324,6 +328,7 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     label_namespace(client, &ns, true).await?;
     apply_or_delete(client, &ns, &plan.stream_service).await?;
     apply_or_delete(client, &ns, &plan.ingress).await?;
+    let route = apply_route(client, &ns, ls, &plan).await?;
     apply_aggregator(client, &ns, &plan.aggregator).await?;
     apply_auth_binding(client, &plan.auth_binding).await?;
     ctx.metrics
@@ -342,7 +347,78 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         }
     }
     // Status.
-    report(ctx, ls, &ns, &seen.pull_token, &plan).await
+    report(ctx, ls, &ns, &seen.pull_token, &plan, route.as_ref()).await
+}
+
+/// The IngressClasses, when the LogStream's Ingress leaves the choice of
+/// annotations to its class. An operator not allowed to read them (RBAC
+/// trimmed by hand) writes every maintained controller's annotations.
+async fn ingress_classes(
+    client: &kube::Client,
+    ls: &LogStream,
+) -> Result<Vec<IngressClass>, Error> {
+    if ls
+        .spec
+        .ingress
+        .as_ref()
+        .is_none_or(|i| i.controller.is_some())
+    {
+        return Ok(Vec::new());
+    }
+    match Api::<IngressClass>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(l) => Ok(l.items),
+        Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
+            tracing::debug!(error = %e, "IngressClasses not readable");
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How the cluster's HTTPRoute CRD spells session persistence, when the
+/// LogStream asks for a route; `None` when the kind is not installed.
+async fn http_routes(client: &kube::Client, ls: &LogStream) -> Result<Option<Persistence>, Error> {
+    if ls.spec.gateway.is_none() {
+        return Ok(None);
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    Ok(crds
+        .get_opt(routing::HTTP_ROUTE_CRD)
+        .await?
+        .map(|crd| routing::persistence_of(&crd)))
+}
+
+/// Applies or removes the LogStream's HTTPRoute. A cluster without the
+/// Gateway API is an outcome, not an error: the rest of the reconcile goes
+/// on and the status says so. `None`: no route wanted.
+async fn apply_route(
+    client: &kube::Client,
+    ns: &str,
+    ls: &LogStream,
+    plan: &Plan<'_>,
+) -> Result<Option<RouteOutcome>, Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &routing::http_route_resource());
+    match (&plan.route, plan.route_schema) {
+        (Want::Apply(_), None) => Ok(Some(RouteOutcome::NotInstalled)),
+        (Want::Apply(route), Some(persistence)) => match api
+            .patch(&route.name_any(), &ssa(), &Patch::Apply(route))
+            .await
+        {
+            Ok(stored) => Ok(Some(routing::route_outcome(ls, persistence, &stored))),
+            // The CRD went away since it was read.
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(Some(RouteOutcome::NotInstalled)),
+            Err(e) => Err(e.into()),
+        },
+        (Want::Delete(name), _) => match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(None),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+            Err(e) => Err(e.into()),
+        },
+    }
 }
 
 /// Writes the status of `ls` (and the Events of its changes) from the plan
@@ -353,6 +429,7 @@ async fn report(
     ns: &str,
     pull_token: &str,
     plan: &Plan<'_>,
+    route: Option<&RouteOutcome>,
 ) -> Result<Action, Error> {
     let restart::Census {
         selected,
@@ -372,6 +449,7 @@ async fn report(
         pending,
         blocked,
         files,
+        route,
     );
     // The paths, not who answered this time: a flaky sidecar must not
     // repeat the Event.

@@ -82,6 +82,13 @@ pub struct LogStreamSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
 
+    /// Optional Gateway API HTTPRoute to the aggregator (beside or instead
+    /// of the Ingress), with cookie session persistence and no request
+    /// timeout. Applied when the cluster serves the Gateway API; the
+    /// `RouteReady` condition says what happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
+
     /// Who may stream.
     #[serde(default)]
     pub access: AccessSpec,
@@ -238,6 +245,103 @@ pub struct IngressSpec {
     /// Extra annotations (override the affinity and timeout defaults).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Whose annotations to write for cookie affinity and long-lived
+    /// streams. Default: the controller of the IngressClass (`className`,
+    /// else the cluster's default class); when that is unknown, those of
+    /// every maintained controller below (each ignores the others').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<IngressController>,
+}
+
+/// An ingress controller whose annotations the operator knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum IngressController {
+    /// Traefik (`traefik.io/ingress-controller`): sticky cookie on the
+    /// aggregator's Service.
+    Traefik,
+    /// HAProxy Kubernetes Ingress Controller (`haproxy.org/...`).
+    Haproxy,
+    /// HAProxy Ingress (`haproxy-ingress.github.io/...`).
+    HaproxyIngress,
+    /// Contour (`projectcontour.io/...`): WebSocket routes and timeouts; it
+    /// has no cookie affinity for an Ingress (use `gateway`).
+    Contour,
+    /// ingress-nginx (retired by Kubernetes SIG Network in March 2026), for
+    /// clusters that still run it.
+    IngressNginx,
+    /// None: only the `annotations` given.
+    None,
+}
+
+/// The HTTPRoute (`gateway.networking.k8s.io/v1`) the operator writes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// The Gateways (or their listeners) the route attaches to.
+    #[schemars(length(min = 1, max = 32))]
+    pub parent_refs: Vec<GatewayParentRef>,
+    /// Host names the route answers (default: those of the Gateway's
+    /// listeners).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(inner(length(min = 1, max = 253)))]
+    #[schemars(inner(regex(
+        pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    )))]
+    pub hostnames: Vec<String>,
+    /// `Cookie` (default): the route asks for cookie session persistence
+    /// (`sessionPersistence`, GEP-1619, the `logstream-affinity` cookie), so
+    /// a browser stays on one aggregator replica. It is in the Gateway API's
+    /// experimental channel: with the standard channel's CRDs the API server
+    /// drops it and `RouteReady` says so. `None`: no session persistence.
+    #[serde(default)]
+    pub session_persistence: SessionPersistence,
+    /// The route's request timeout (`timeouts.request`, a Gateway API
+    /// duration such as `1h`). Default `0s`: none, as streams last for
+    /// hours (an implementation that cannot disable it uses its longest).
+    /// `unset`: the route carries no `timeouts` (NGINX Gateway Fabric
+    /// refuses a rule that has them).
+    #[serde(default = "default_request_timeout")]
+    #[schemars(regex(pattern = r"^(unset|([0-9]{1,5}(h|m|s|ms)){1,4})$"))]
+    pub request_timeout: String,
+}
+
+fn default_request_timeout() -> String {
+    "0s".into()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SessionPersistence {
+    #[default]
+    Cookie,
+    None,
+}
+
+/// A Gateway the route attaches to (`parentRefs`, kind Gateway).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayParentRef {
+    /// The Gateway's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Its namespace (default: the LogStream's). The Gateway's listeners
+    /// must allow routes from this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+    /// One listener of it, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    ))]
+    pub section_name: Option<String>,
+    /// Its listeners on this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -11,10 +11,6 @@ use k8s_openapi::api::core::v1::{
     ClientIPConfig, Container, ContainerPort, PodSecurityContext, PodSpec, PodTemplateSpec,
     Service, ServiceAccount, ServicePort, ServiceSpec, SessionAffinityConfig,
 };
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
-};
 use k8s_openapi::api::rbac::v1::{
     ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
@@ -32,6 +28,8 @@ use crate::mutate::{field_env, http_probe, restricted_security_context, secret_v
 use crate::names::{label_value, object_name};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, Volume, VolumeMount};
+
+pub mod routing;
 
 /// Settings of the operator that shape the objects.
 #[derive(Clone, Debug, Default)]
@@ -123,82 +121,6 @@ fn stream_port() -> ServicePort {
         app_protocol: Some("http".into()),
         ..ServicePort::default()
     }
-}
-
-/// Ingress annotations: cookie affinity for ingress-nginx and Traefik,
-/// timeouts and buffering suited to long-lived WebSocket/SSE streams.
-pub fn ingress_annotations(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut a: BTreeMap<String, String> = [
-        ("nginx.ingress.kubernetes.io/affinity", "cookie"),
-        ("nginx.ingress.kubernetes.io/affinity-mode", "persistent"),
-        (
-            "nginx.ingress.kubernetes.io/session-cookie-name",
-            "logstream-affinity",
-        ),
-        (
-            "nginx.ingress.kubernetes.io/session-cookie-max-age",
-            "86400",
-        ),
-        ("nginx.ingress.kubernetes.io/proxy-read-timeout", "3600"),
-        ("nginx.ingress.kubernetes.io/proxy-send-timeout", "3600"),
-        ("nginx.ingress.kubernetes.io/proxy-buffering", "off"),
-        (
-            "traefik.ingress.kubernetes.io/router.entrypoints",
-            "web,websecure",
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    a.extend(extra.clone());
-    a
-}
-
-/// The LogStream's Ingress, to the namespace's aggregator (merged view, resume
-/// on any replica; the cookie keeps a browser on one replica).
-pub fn stream_ingress(ls: &LogStream) -> Option<Ingress> {
-    let spec = ls.spec.ingress.as_ref()?;
-    let name = ls.name_any();
-    Some(Ingress {
-        metadata: ObjectMeta {
-            name: Some(object_name(&name, "logstream")),
-            namespace: ls.namespace(),
-            labels: Some(labels("ingress", Some(&name))),
-            annotations: Some(ingress_annotations(&spec.annotations)),
-            owner_references: owner(ls).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(IngressSpec {
-            ingress_class_name: spec.class_name.clone(),
-            tls: spec.tls_secret_name.as_ref().map(|s| {
-                vec![IngressTLS {
-                    hosts: Some(vec![spec.host.clone()]),
-                    secret_name: Some(s.clone()),
-                }]
-            }),
-            rules: Some(vec![IngressRule {
-                host: Some(spec.host.clone()),
-                http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath {
-                        path: Some("/".into()),
-                        path_type: "Prefix".into(),
-                        backend: IngressBackend {
-                            service: Some(IngressServiceBackend {
-                                name: AGGREGATOR.into(),
-                                port: Some(ServiceBackendPort {
-                                    name: Some("logstream".into()),
-                                    number: None,
-                                }),
-                            }),
-                            resource: None,
-                        },
-                    }],
-                }),
-            }]),
-            ..IngressSpec::default()
-        }),
-        status: None,
-    })
 }
 
 /// Everything the namespace's aggregator needs. `streams` are the live
@@ -449,23 +371,12 @@ fn aggregator_deployment(
     }
 }
 
-/// The aggregator's Service: ClientIP affinity, and Traefik's sticky
-/// cookie for Ingresses.
+/// The aggregator's Service: ClientIP affinity, and the cookie affinity of
+/// the ingress controllers that read it from the Service.
 fn aggregator_service(metadata: ObjectMeta) -> Service {
     Service {
         metadata: ObjectMeta {
-            // Traefik reads its sticky cookie from the Service an
-            // Ingress routes to, and every LogStream Ingress routes here.
-            annotations: Some(BTreeMap::from([
-                (
-                    "traefik.ingress.kubernetes.io/service.sticky.cookie".to_string(),
-                    "true".to_string(),
-                ),
-                (
-                    "traefik.ingress.kubernetes.io/service.sticky.cookie.name".to_string(),
-                    "logstream-affinity".to_string(),
-                ),
-            ])),
+            annotations: Some(routing::service_annotations()),
             ..metadata
         },
         spec: Some(ServiceSpec {
@@ -614,4 +525,4 @@ pub fn urls(ls: &LogStream) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,11 +6,13 @@
 //! apply → status, in that order.
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::ResourceExt;
+use kube::api::DynamicObject;
 
 use crate::crd::LogStream;
+use crate::desired::routing::{self, Persistence};
 use crate::desired::{self, AggregatorObjects, BuildConfig};
 use crate::restart::{self, Census};
 
@@ -23,6 +25,12 @@ pub struct Observed {
     /// The namespace's pull token: the one its Secret holds (sidecars already
     /// have it), or a new one when there is none yet.
     pub pull_token: String,
+    /// The cluster's IngressClasses, read only when the LogStream's Ingress
+    /// leaves its controller to them (empty otherwise, or when unreadable).
+    pub ingress_classes: Vec<IngressClass>,
+    /// How the cluster's HTTPRoute CRD spells session persistence; `None`
+    /// when HTTPRoute is not served (read only when a route is asked for).
+    pub http_routes: Option<Persistence>,
 }
 
 /// An object the reconcile applies, or the name of one it removes.
@@ -36,6 +44,10 @@ pub enum Want<K> {
 pub struct Plan<'a> {
     pub stream_service: Want<Service>,
     pub ingress: Want<Ingress>,
+    /// The Gateway API HTTPRoute (applied only where the kind is served:
+    /// `route_schema`).
+    pub route: Want<DynamicObject>,
+    pub route_schema: Option<Persistence>,
     pub aggregator: AggregatorObjects,
     pub auth_binding: Want<ClusterRoleBinding>,
     /// Selected, injected and pending pods.
@@ -56,9 +68,14 @@ pub fn plan<'a>(ls: &LogStream, seen: &'a Observed, cfg: &BuildConfig) -> Plan<'
     } else {
         Want::Delete(desired::stream_service_name(ls))
     };
-    let ingress = match desired::stream_ingress(ls) {
+    let controller = routing::ingress_controller(ls, &seen.ingress_classes);
+    let ingress = match routing::stream_ingress(ls, controller) {
         Some(ing) => Want::Apply(ing),
-        None => Want::Delete(crate::names::object_name(&ls.name_any(), "logstream")),
+        None => Want::Delete(routing::route_name(ls)),
+    };
+    let route = match routing::http_route(ls, seen.http_routes.unwrap_or(Persistence::Absent)) {
+        Some(r) => Want::Apply(r),
+        None => Want::Delete(routing::route_name(ls)),
     };
     // Meshed by the namespace's opt-in, or found meshed (a mesh injecting by
     // default gives the aggregator's own pods a proxy).
@@ -83,6 +100,8 @@ pub fn plan<'a>(ls: &LogStream, seen: &'a Observed, cfg: &BuildConfig) -> Plan<'
     Plan {
         stream_service,
         ingress,
+        route,
+        route_schema: seen.http_routes,
         aggregator,
         auth_binding,
         census,
@@ -138,6 +157,8 @@ mod tests {
             streams: vec![ls.clone()],
             pods,
             pull_token: "t".into(),
+            ingress_classes: Vec::new(),
+            http_routes: None,
         }
     }
 
@@ -161,6 +182,7 @@ mod tests {
         let p = plan(&ls, &seen, &BuildConfig::default());
         assert!(matches!(p.stream_service, Want::Apply(_)));
         assert!(matches!(p.ingress, Want::Apply(_)));
+        assert_eq!(p.route, Want::Delete("web-logstream".into()));
         assert!(
             matches!(p.auth_binding, Want::Apply(_)),
             "kubernetes mode by default"

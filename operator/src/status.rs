@@ -1,5 +1,6 @@
 //! A LogStream's status, from what the reconcile observed (pure): its
-//! conditions (`Ready`, `Injected`, `FilesReadable`, `Degraded`) with
+//! conditions (`Ready`, `Injected`, `FilesReadable`, `Degraded`, and
+//! `RouteReady` when it asks for an HTTPRoute) with
 //! transition times kept while a condition does not change, the pod counts
 //! and the names of pods still waiting for a restart.
 
@@ -9,6 +10,7 @@ use kube::ResourceExt;
 
 use crate::crd::{LogStream, LogStreamStatus};
 use crate::desired;
+use crate::desired::routing::RouteOutcome;
 use crate::keys::AGGREGATOR;
 
 /// Pods named in `pendingRestart`.
@@ -18,7 +20,9 @@ const BLOCKED_LISTED: usize = 5;
 
 /// Status from what was observed (pure). `blocked`: selected pods the
 /// webhook cannot inject, with why; `files`: the probe of a ready sidecar
-/// (`ok`, reason, message), `None` before one runs.
+/// (`ok`, reason, message), `None` before one runs; `route`: what became of
+/// the HTTPRoute, `None` when none is asked for.
+#[allow(clippy::too_many_arguments)]
 pub fn status(
     ls: &LogStream,
     old: &LogStreamStatus,
@@ -27,6 +31,7 @@ pub fn status(
     pending: &[&Pod],
     blocked: &[(String, String)],
     files: Option<(bool, &str, String)>,
+    route: Option<&RouteOutcome>,
 ) -> LogStreamStatus {
     let c = Conditions {
         old,
@@ -49,19 +54,21 @@ pub fn status(
         Some((reason, message)) => c.flag("Degraded", true, reason, message),
         None => c.flag("Degraded", false, "AsExpected", String::new()),
     };
+    let mut conditions = vec![
+        c.flag(
+            "Ready",
+            true,
+            "Reconciled",
+            format!("Service, Ingress and {AGGREGATOR} applied"),
+        ),
+        injected_condition(&c, ls, selected, pending_n, blocked),
+        files_cond,
+        degraded,
+    ];
+    conditions.extend(route.map(|r| route_condition(&c, r)));
     LogStreamStatus {
         observed_generation: c.generation,
-        conditions: vec![
-            c.flag(
-                "Ready",
-                true,
-                "Reconciled",
-                format!("Service, Ingress and {AGGREGATOR} applied"),
-            ),
-            injected_condition(&c, ls, selected, pending_n, blocked),
-            files_cond,
-            degraded,
-        ],
+        conditions,
         selected_pods: selected as i32,
         injected_pods: injected as i32,
         pending_restart_pods: pending_n as i32,
@@ -71,6 +78,44 @@ pub fn status(
             .map(|p| p.name_any())
             .collect(),
         urls: desired::urls(ls),
+    }
+}
+
+/// `RouteReady`: whether the HTTPRoute is in place as asked.
+fn route_condition(c: &Conditions<'_>, r: &RouteOutcome) -> Condition {
+    match r {
+        RouteOutcome::Applied { refused: None } => c.flag(
+            "RouteReady",
+            true,
+            "Applied",
+            "HTTPRoute applied; the Gateway's own verdict is in the HTTPRoute's status".into(),
+        ),
+        RouteOutcome::Applied {
+            refused: Some(why),
+        } => c.flag(
+            "RouteReady",
+            false,
+            "NotAccepted",
+            format!("a Gateway did not accept the HTTPRoute: {why}"),
+        ),
+        RouteOutcome::PersistenceDropped => c.flag(
+            "RouteReady",
+            false,
+            "SessionPersistenceDropped",
+            "HTTPRoute applied without sessionPersistence: this cluster's HTTPRoute CRD has no such \
+             field (Gateway API standard channel). Install the experimental channel's CRDs, set \
+             your implementation's own cookie affinity (docs/routing.md), or set \
+             gateway.sessionPersistence: None"
+                .into(),
+        ),
+        RouteOutcome::NotInstalled => c.flag(
+            "RouteReady",
+            false,
+            "GatewayAPINotInstalled",
+            "the API server does not serve HTTPRoute (gateway.networking.k8s.io/v1): install the \
+             Gateway API CRDs; the route is applied on the next reconcile"
+                .into(),
+        ),
     }
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of logstream on a real cluster (kind), the way a user runs it:
 #
-#   kind cluster (ingress-nginx on host ports 80/443) -> docker build both images
+#   kind cluster (Traefik on host ports 80/443) -> docker build both images
 #   -> kind load -> helm install charts/logstream -> examples/demo-app.yaml and
 #   examples/logstream.yaml in namespace "demo" -> assertions -> cleanup.
 #
@@ -33,7 +33,7 @@
 # .ci/run, or by that test itself).
 #
 # Needs bash >= 4.4, docker (a running engine), kind, kubectl, helm, websocat,
-# curl, python3 and host ports 80/443 free. The ingress-nginx manifest and the
+# curl, python3 and host ports 80/443 free. The Traefik image and the
 # busybox/Rust base images are downloaded from the internet. Runs in CI
 # (.github/workflows/e2e.yml); cannot run where there is no Docker engine.
 #
@@ -42,7 +42,7 @@
 #   --skip-build  use the images already in the local Docker image store
 #   --name NAME   kind cluster name (default: logstream-e2e)
 # Environment: E2E_WORK_DIR (logs, outputs, kubeconfig; default: a new temp
-# dir), INGRESS_NGINX_VERSION, KIND_NODE_IMAGE, E2E_IMAGE_TAG.
+# dir), KIND_NODE_IMAGE, E2E_IMAGE_TAG.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -79,8 +79,9 @@ TAG="${E2E_IMAGE_TAG:-dev}" # the tag examples/README.md builds
 LOGSTREAM_IMAGE="ghcr.io/logstream-dev/logstream:${TAG}"
 OPERATOR_IMAGE="ghcr.io/logstream-dev/logstream-operator:${TAG}"
 APP_IMAGE="busybox:1.36" # examples/demo-app.yaml
-INGRESS_NGINX_VERSION="${INGRESS_NGINX_VERSION:-controller-v1.15.1}" # the final release (project retired March 2026)
-INGRESS_NGINX_MANIFEST="https://raw.githubusercontent.com/kubernetes/ingress-nginx/${INGRESS_NGINX_VERSION}/deploy/static/provider/kind/deploy.yaml"
+# The ingress controller: Traefik, as on the one-node cluster of tests/node
+# (its manifest, with the image pulled from Docker Hub instead of built here).
+TRAEFIK_MANIFEST="${ROOT}/tests/node/traefik.yaml"
 # Marker lines carry a per-run tag so that reruns on a kept cluster never match old lines.
 RUN="e2e$(date +%s)"
 
@@ -267,15 +268,15 @@ LOGSTREAM="${WORK}/bin/logstream"
 "${LOGSTREAM}" --version >/dev/null || fail "the image's logstream binary does not run here"
 pass "images ready; the CLI from the image runs on the host ($("${LOGSTREAM}" --version))"
 
-# --- cluster with ingress-nginx ------------------------------------------------
-log "kind cluster ${CLUSTER} with ingress-nginx on host ports 80/443"
+# --- cluster with Traefik ------------------------------------------------------
+log "kind cluster ${CLUSTER} with Traefik on host ports 80/443"
 cat >"${WORK}/kind.yaml" <<'EOF'
 kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
 nodes:
   - role: control-plane
-    # ingress-nginx's kind manifest schedules its controller on this label
-    # and serves on the node's ports 80/443 (hostPort).
+    # Traefik is scheduled on this label and serves on the node's ports
+    # 80/443 (hostPort).
     labels:
       ingress-ready: "true"
     extraPortMappings:
@@ -292,14 +293,17 @@ CREATED=1
 kind create cluster --name "${CLUSTER}" --config "${WORK}/kind.yaml" --kubeconfig "${KUBECONFIG}" \
   --wait 180s "${node_image[@]}"
 kubectl version
-kubectl apply -f "${INGRESS_NGINX_MANIFEST}"
-# examples/logstream.yaml names no IngressClass: make nginx the cluster's
-# default class (as a cluster with one controller has) and let it also serve
-# Ingresses without a class (the last occurrence of a flag wins).
-kubectl annotate ingressclass nginx ingressclass.kubernetes.io/is-default-class=true --overwrite
-kubectl -n ingress-nginx patch deployment ingress-nginx-controller --type=json \
-  -p '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--watch-ingress-without-class=true"}]'
-kubectl -n ingress-nginx rollout status deployment/ingress-nginx-controller --timeout=300s
+# tests/node/traefik.yaml (the default IngressClass `traefik`) without what
+# is particular to the one-node cluster: a local image, a fixed ClusterIP.
+sed -e '/imagePullPolicy: Never/d' -e '/ingressendpoint.ip=/d' -e '/clusterIP: /d' "${TRAEFIK_MANIFEST}" |
+  kubectl apply -f -
+kubectl -n traefik patch deployment traefik --type=json -p '[
+  {"op":"add","path":"/spec/template/spec/nodeSelector","value":{"ingress-ready":"true"}},
+  {"op":"add","path":"/spec/template/spec/tolerations","value":[{"key":"node-role.kubernetes.io/control-plane","operator":"Exists","effect":"NoSchedule"}]},
+  {"op":"add","path":"/spec/template/spec/containers/0/ports/0/hostPort","value":80},
+  {"op":"add","path":"/spec/template/spec/containers/0/ports/1/hostPort","value":443}
+]'
+kubectl -n traefik rollout status deployment/traefik --timeout=300s
 IMAGES=("${LOGSTREAM_IMAGE}" "${OPERATOR_IMAGE}" "${APP_IMAGE}")
 # kind's commands take their default cluster from KIND_CLUSTER_NAME, so the
 # project's images load with examples/README.md's command as written.
@@ -313,7 +317,7 @@ if ! KIND_CLUSTER_NAME="${CLUSTER}" kind load docker-image ${LOGSTREAM_IMAGE} ${
   kind load image-archive --name "${CLUSTER}" "${WORK}/images.tar"
   rm -f "${WORK}/images.tar"
 fi
-pass "cluster up ($(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')), ingress-nginx ${INGRESS_NGINX_VERSION} ready, images loaded"
+pass "cluster up ($(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')), Traefik $(sed -n 's#.*image: docker.io/library/traefik:##p' "${TRAEFIK_MANIFEST}") ready, images loaded"
 
 # --- 1. operator ---------------------------------------------------------------
 log "helm install ${RELEASE} charts/logstream"
@@ -491,7 +495,7 @@ http_code() {
   curl -sS -o "${WORK}/ingress.body" -w '%{http_code}' -H "Host: ${HOST}" "$@" "http://127.0.0.1${path}" 2>/dev/null || true
 }
 ingress_refuses() { [[ "$(http_code "${HEALTH}")" == 401 ]]; }
-# 404 (ingress-nginx not synced yet) or 503 (no endpoints) until it routes.
+# 404 (Traefik not synced yet) or 503 (no endpoints) until it routes.
 wait_until 120 "the Ingress to route to the aggregator (401 without token)" ingress_refuses
 grep -q "Kubernetes token" "${WORK}/ingress.body" || fail "unexpected 401 body: $(cat "${WORK}/ingress.body")"
 pass "Ingress routes to the aggregator; a client without a token gets 401"

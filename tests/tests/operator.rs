@@ -136,6 +136,31 @@ fn bad_logstreams_are_refused_by_the_api_server_naming_the_field() {
             "spec.parse.format",
             "Unsupported value",
         ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"gateway":{"parentRefs":[]}}"#,
+            "spec.gateway.parentRefs",
+            "at least 1",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"gateway":{"parentRefs":[{"name":"eg"}],"requestTimeout":"forever"}}"#,
+            "spec.gateway.requestTimeout",
+            "should match",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"gateway":{"parentRefs":[{"name":"eg"}],"hostnames":["Logs.Example.com"]}}"#,
+            "spec.gateway.hostnames[0]",
+            "should match",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"gateway":{"parentRefs":[{"name":"eg"}],"sessionPersistence":"Header"}}"#,
+            "spec.gateway.sessionPersistence",
+            "Unsupported value",
+        ),
+        (
+            r#"{"selector":{"matchLabels":{"a":"b"}},"ingress":{"host":"l.example.com","controller":"nginx"}}"#,
+            "spec.ingress.controller",
+            "Unsupported value",
+        ),
     ];
     for (spec, field, message) in cases {
         let body = format!(
@@ -210,9 +235,17 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
         .await
         .unwrap();
     let ann = ing.metadata.annotations.unwrap();
-    assert_eq!(ann["nginx.ingress.kubernetes.io/affinity"], "cookie");
+    // No IngressClass in this cluster: every maintained controller's
+    // annotations, never ingress-nginx's.
     assert_eq!(
-        ann["nginx.ingress.kubernetes.io/proxy-read-timeout"], "7200",
+        ann["traefik.ingress.kubernetes.io/router.entrypoints"],
+        "web,websecure"
+    );
+    assert_eq!(ann["haproxy-ingress.github.io/affinity"], "cookie");
+    assert_eq!(ann["projectcontour.io/websocket-routes"], "/");
+    assert!(!ann.keys().any(|k| k.starts_with("nginx.")), "{ann:?}");
+    assert_eq!(
+        ann["haproxy-ingress.github.io/timeout-tunnel"], "2h",
         "user annotations win"
     );
     assert_eq!(
@@ -434,6 +467,186 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
         "no injection once the LogStream is gone"
     );
     assert!(op.log().contains("sidecar injected"), "{}", op.log());
+}
+
+/// A Gateway API CRD from `.ci/install-tools` (sigs.k8s.io/gateway-api).
+fn gateway_crd(version: &str, channel: &str) -> String {
+    let p = logstream_tests::cache_dir().join(format!(
+        "gateway-api/{version}/{channel}/gateway.networking.k8s.io_httproutes.yaml"
+    ));
+    assert!(
+        p.exists(),
+        "{} is missing: run .ci/install-tools",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+/// Installs (or replaces) the HTTPRoute CRD, as a cluster admin would.
+fn install_http_route_crd(cp: &ControlPlane, version: &str, channel: &str) {
+    cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &gateway_crd(version, channel),
+    ])
+    .stdout_if_success();
+    cp.wait_crds_established(&["crd/httproutes.gateway.networking.k8s.io"]);
+}
+
+/// `RouteReady` of LogStream `web` in `shop` once its reason is `reason`
+/// (the reconcile is nudged by an annotation `step`, as any edit would).
+async fn route_ready(
+    cp: &ControlPlane,
+    client: &kube::Client,
+    step: &str,
+    reason: &str,
+) -> (String, String) {
+    let api: Api<LogStream> = Api::namespaced(client.clone(), "shop");
+    let nudge = format!("logstream.test/step={step}");
+    cp.kubectl(&["annotate", "-n", "shop", "ls", "web", &nudge, "--overwrite"])
+        .stdout_if_success();
+    eventually(&format!("RouteReady {reason}"), PATIENCE, || async {
+        let ls = api.get("web").await.ok()?;
+        let c = ls
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "RouteReady" && c.reason == reason)?;
+        Some((c.status, c.message))
+    })
+    .await
+}
+
+/// The HTTPRoute against the real API server, through every state a cluster
+/// can be in: no Gateway API (the rest is applied, the status says what is
+/// missing), the standard channel (no sessionPersistence: applied without
+/// it, and said), the experimental channel of v1.6 and of v1.7 (the two
+/// shapes of sessionPersistence, each kept), then the LogStream no longer
+/// asking for a route (deleted) and being deleted (the route with it).
+#[tokio::test]
+async fn an_http_route_follows_the_gateway_api_the_cluster_serves() {
+    let cp = ControlPlane::start();
+    install_crd(&cp);
+    for ns in ["logstream-system", "shop"] {
+        cp.kubectl(&["create", "namespace", ns]).stdout_if_success();
+    }
+    let client = cp.client().await;
+    let _op = Operator::start(&cp);
+    let ls = r#"{"apiVersion":"logstream.dev/v1alpha1","kind":"LogStream","metadata":{"name":"web","namespace":"shop"},"spec":{"selector":{"matchLabels":{"app":"web"}},"gateway":{"parentRefs":[{"name":"eg","namespace":"infra","sectionName":"https"}],"hostnames":["logs.example.com"]}}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], ls)
+        .stdout_if_success();
+    let (status, message) = route_ready(&cp, &client, "none", "GatewayAPINotInstalled").await;
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("install the Gateway API CRDs"),
+        "{message}"
+    );
+    // Everything else was applied all the same.
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    assert!(services.get_opt("web-logstream").await.unwrap().is_some());
+
+    let routes: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "shop",
+        &logstream_operator::desired::routing::http_route_resource(),
+    );
+    install_http_route_crd(&cp, "v1.7.0", "standard");
+    let (status, message) =
+        route_ready(&cp, &client, "standard", "SessionPersistenceDropped").await;
+    assert_eq!(status, "False");
+    assert!(message.contains("experimental channel"), "{message}");
+    let route = routes.get("web-logstream").await.unwrap();
+    let spec = &route.data["spec"];
+    assert_eq!(spec["hostnames"][0], "logs.example.com");
+    assert_eq!(spec["parentRefs"][0]["name"], "eg");
+    assert_eq!(spec["parentRefs"][0]["sectionName"], "https");
+    let rule = &spec["rules"][0];
+    assert_eq!(rule["backendRefs"][0]["name"], "logstream-aggregator");
+    assert_eq!(rule["timeouts"]["request"], "0s");
+    assert!(rule.get("sessionPersistence").is_none(), "{rule}");
+    assert_eq!(
+        route.metadata.owner_references.as_ref().unwrap()[0].name,
+        "web"
+    );
+
+    for (version, kept) in [("v1.6.3", "sessionName"), ("v1.7.0", "cookie")] {
+        install_http_route_crd(&cp, version, "experimental");
+        let (status, _) = route_ready(&cp, &client, version, "Applied").await;
+        assert_eq!(status, "True");
+        let sp = eventually(
+            &format!("sessionPersistence under {version}"),
+            PATIENCE,
+            || async {
+                let r = routes.get("web-logstream").await.ok()?;
+                let sp = r.data["spec"]["rules"][0]["sessionPersistence"].clone();
+                sp.get(kept).is_some().then_some(sp)
+            },
+        )
+        .await;
+        assert_eq!(sp["type"], "Cookie", "{version}: {sp}");
+        assert_eq!(sp["absoluteTimeout"], "24h", "{version}: {sp}");
+    }
+    let sp =
+        routes.get("web-logstream").await.unwrap().data["spec"]["rules"][0]["sessionPersistence"]
+            .clone();
+    assert_eq!(sp["cookie"]["name"], "logstream-affinity", "{sp}");
+    assert!(
+        sp.get("sessionName").is_none(),
+        "v1.7 drops the old shape: {sp}"
+    );
+
+    // examples/gateway-api.yaml is valid against the real CRDs (Gateway and
+    // LogStream; a dry run creates nothing).
+    cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &logstream_tests::cache_dir()
+            .join("gateway-api/v1.7.0/experimental/gateway.networking.k8s.io_gateways.yaml")
+            .display()
+            .to_string(),
+    ])
+    .stdout_if_success();
+    cp.wait_crds_established(&["crd/gateways.gateway.networking.k8s.io"]);
+    cp.kubectl(&[
+        "apply",
+        "-n",
+        "shop",
+        "--dry-run=server",
+        "-f",
+        &repo("examples/gateway-api.yaml"),
+    ])
+    .stdout_if_success();
+
+    // No route asked: it is deleted and the condition goes.
+    cp.kubectl(&[
+        "patch",
+        "-n",
+        "shop",
+        "ls",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/gateway"}]"#,
+    ])
+    .stdout_if_success();
+    eventually("the HTTPRoute to be deleted", PATIENCE, || async {
+        routes
+            .get_opt("web-logstream")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let api: Api<LogStream> = Api::namespaced(client.clone(), "shop");
+    eventually("RouteReady to go", PATIENCE, || async {
+        let s = api.get("web").await.ok()?.status?;
+        (!s.conditions.iter().any(|c| c.type_ == "RouteReady")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

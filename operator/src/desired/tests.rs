@@ -1,5 +1,5 @@
 use super::*;
-use crate::crd::{IngressSpec as LsIngress, LogStreamSpec};
+use crate::crd::LogStreamSpec;
 
 pub fn stream(name: &str, json: serde_json::Value) -> LogStream {
     let spec: LogStreamSpec = serde_json::from_value(json).unwrap();
@@ -23,36 +23,6 @@ fn service_selects_injected_pods_with_client_ip_affinity() {
     let owner = &svc.metadata.owner_references.unwrap()[0];
     assert_eq!(owner.kind, "LogStream");
     assert_eq!(owner.controller, Some(true));
-}
-
-#[test]
-fn ingress_has_affinity_timeouts_tls_and_user_overrides() {
-    let mut ls = stream(
-        "web",
-        serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}),
-    );
-    assert!(stream_ingress(&ls).is_none());
-    ls.spec.ingress = Some(LsIngress {
-        host: "logs.example.com".into(),
-        class_name: Some("nginx".into()),
-        tls_secret_name: Some("logs-tls".into()),
-        annotations: BTreeMap::from([(
-            "nginx.ingress.kubernetes.io/proxy-read-timeout".into(),
-            "600".into(),
-        )]),
-    });
-    let ing = stream_ingress(&ls).unwrap();
-    let a = ing.metadata.annotations.unwrap();
-    assert_eq!(a["nginx.ingress.kubernetes.io/affinity"], "cookie");
-    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-read-timeout"], "600");
-    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-buffering"], "off");
-    let spec = ing.spec.unwrap();
-    assert_eq!(
-        spec.tls.unwrap()[0].secret_name.as_deref(),
-        Some("logs-tls")
-    );
-    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
-    assert_eq!(urls(&ls)[0], "https://logs.example.com/");
 }
 
 #[test]

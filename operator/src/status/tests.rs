@@ -10,7 +10,16 @@ fn status_reports_pending_pods_and_keeps_transition_times() {
     .unwrap();
     let pod: Pod =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "web-old"}})).unwrap();
-    let s1 = status(&ls, &LogStreamStatus::default(), 3, 2, &[&pod], &[], None);
+    let s1 = status(
+        &ls,
+        &LogStreamStatus::default(),
+        3,
+        2,
+        &[&pod],
+        &[],
+        None,
+        None,
+    );
     assert_eq!(
         (s1.selected_pods, s1.injected_pods, s1.pending_restart_pods),
         (3, 2, 1)
@@ -22,13 +31,13 @@ fn status_reports_pending_pods_and_keeps_transition_times() {
     assert_eq!(by(&s1, "Injected").status, "False");
     assert_eq!(by(&s1, "Injected").reason, "PodsPendingRestart");
     assert_eq!(by(&s1, "Degraded").status, "True");
-    let s2 = status(&ls, &s1, 3, 2, &[&pod], &[], None);
+    let s2 = status(&ls, &s1, 3, 2, &[&pod], &[], None, None);
     assert_eq!(
         by(&s2, "Injected").last_transition_time,
         by(&s1, "Injected").last_transition_time
     );
     ls.spec.restart_pods = true;
-    let s3 = status(&ls, &s2, 3, 3, &[], &[], None);
+    let s3 = status(&ls, &s2, 3, 3, &[], &[], None, None);
     assert_eq!(by(&s3, "Injected").reason, "AllInjected");
     assert_eq!(by(&s3, "Degraded").status, "False");
     assert!(
@@ -67,6 +76,7 @@ fn status_names_pods_that_cannot_get_the_sidecar_and_unread_files() {
         &[&a, &b],
         &blocked,
         files,
+        None,
     );
     let by = |t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
     assert_eq!(by("Injected").reason, "CannotInject");
@@ -82,7 +92,7 @@ fn status_names_pods_that_cannot_get_the_sidecar_and_unread_files() {
         ("True", "CannotInject")
     );
     assert_eq!(by("FilesReadable").status, "False");
-    let s = status(&ls, &s, 3, 3, &[], &[], None);
+    let s = status(&ls, &s, 3, 3, &[], &[], None, None);
     let by = |t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
     assert_eq!(
         (
@@ -92,4 +102,41 @@ fn status_names_pods_that_cannot_get_the_sidecar_and_unread_files() {
         ("Unknown", "NoSidecarRunning")
     );
     assert_eq!(by("Degraded").status, "False");
+}
+
+#[test]
+fn route_ready_says_what_became_of_the_http_route() {
+    use crate::desired::routing::RouteOutcome;
+    let ls = crate::desired::tests::stream(
+        "web",
+        serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}),
+    );
+    let cond = |r: Option<&RouteOutcome>| {
+        let s = status(&ls, &LogStreamStatus::default(), 0, 0, &[], &[], None, r);
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "RouteReady")
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    assert_eq!(cond(None), None, "no route asked, no condition");
+    let (st, reason, _) = cond(Some(&RouteOutcome::Applied { refused: None })).unwrap();
+    assert_eq!((st.as_str(), reason.as_str()), ("True", "Applied"));
+    let (st, reason, msg) = cond(Some(&RouteOutcome::NotInstalled)).unwrap();
+    assert_eq!(
+        (st.as_str(), reason.as_str()),
+        ("False", "GatewayAPINotInstalled")
+    );
+    assert!(msg.contains("install the Gateway API CRDs"), "{msg}");
+    let (st, reason, msg) = cond(Some(&RouteOutcome::PersistenceDropped)).unwrap();
+    assert_eq!(
+        (st.as_str(), reason.as_str()),
+        ("False", "SessionPersistenceDropped")
+    );
+    assert!(msg.contains("experimental channel"), "{msg}");
+    let (st, reason, msg) = cond(Some(&RouteOutcome::Applied {
+        refused: Some("eg: NotAllowedByListeners (x)".into()),
+    }))
+    .unwrap();
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "NotAccepted"));
+    assert!(msg.ends_with("eg: NotAllowedByListeners (x)"), "{msg}");
 }
