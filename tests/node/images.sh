@@ -83,7 +83,7 @@ image() {
 # The final stage of a Dockerfile, with the binary copied from the context.
 final_stage() { # DOCKERFILE
   awk '/^FROM scratch/ { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' "$1" |
-    sed 's#^COPY --from=build /out/\([^ ]*\) #COPY \1 #'
+    sed 's#^COPY --from=binaries /out/\([^ ]*\) #COPY \1 #'
 }
 
 stage="$(mktemp -d)"
