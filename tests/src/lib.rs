@@ -641,6 +641,69 @@ impl Drop for OperatorProcess {
     }
 }
 
+/// The images' second architecture.
+pub const AARCH64_TARGET: &str = "aarch64-unknown-linux-musl";
+
+/// `cargo zigbuild --locked --target aarch64-unknown-linux-musl` of
+/// `logstream` and `logstream-operator` (the Dockerfiles' cross-compiling
+/// source stage; dev profile: the point is that arm64 compiles, links
+/// statically and runs, which the release profile does not change), in its
+/// own target dir, once per test binary; returns the output directory.
+/// Needs `.ci/install-helm` (rust target, cargo-zigbuild and zig).
+pub fn aarch64_build_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target_dir = cache_dir().join("aarch64-target");
+        let zig_bin = cache_dir().join("tools/zig-venv/bin");
+        assert!(
+            zig_bin.join("cargo-zigbuild").is_file(),
+            "{} is missing: run .ci/install-helm",
+            zig_bin.join("cargo-zigbuild").display()
+        );
+        // A clean, fixed environment (as for the x86_64 static build): what
+        // cargo test adds to ours would make each run rebuild the tree.
+        let home = std::env::var("HOME").unwrap_or_default();
+        let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
+        let started = Instant::now();
+        let status = Command::new("nice")
+            .args(["-n", "10", "cargo", "zigbuild", "--locked", "--target"])
+            .arg(AARCH64_TARGET)
+            .args(["-p", "logstream", "-p", "logstream-operator"])
+            .current_dir(repo_root())
+            .env_clear()
+            .env(
+                "PATH",
+                format!(
+                    "{}:{cargo_home}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    zig_bin.display()
+                ),
+            )
+            .env("HOME", &home)
+            .env("CARGO_HOME", &cargo_home)
+            .env(
+                "RUSTUP_HOME",
+                std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
+            )
+            .env("CARGO_TARGET_DIR", &target_dir)
+            // No debug info: a quicker build, and a binary small enough to
+            // put in an image in a test (release_workflow.rs).
+            .env("CARGO_PROFILE_DEV_DEBUG", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo zigbuild: {e}"));
+        assert!(
+            status.success(),
+            "aarch64 build failed ({status}); run .ci/install-helm"
+        );
+        eprintln!(
+            "logstream-tests: aarch64 build took {:.1?}",
+            started.elapsed()
+        );
+        target_dir.join(AARCH64_TARGET).join("debug")
+    })
+}
+
 /// The static binaries' target (the Dockerfiles build for it).
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 

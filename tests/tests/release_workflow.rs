@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use logstream_tests::{cache_dir, repo_root};
+use logstream_tests::{aarch64_build_dir, cache_dir, musl_release_dir, repo_root};
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(repo_root().join(rel)).unwrap()
@@ -216,6 +216,104 @@ fn both_dockerfiles_build_either_architecture() {
             &format!("COPY --from=binaries /out/{bin} /{bin}"),
         ] {
             assert!(text.contains(want), "{file} lacks {want:?}");
+        }
+    }
+}
+
+/// The release's image step, as far as it runs here: buildah builds each
+/// Dockerfile for linux/amd64 and linux/arm64 from prebuilt binaries
+/// (`BINARIES=prebuilt`, as release.yml passes it) into a manifest list;
+/// it holds both platforms, each with its own architecture's binary and the
+/// version and revision labels. (No push: nothing leaves the machine.)
+#[test]
+fn both_images_assemble_for_both_platforms_from_the_dockerfiles() {
+    let store = tempfile::tempdir().unwrap();
+    let root = store.path().join("root");
+    let run = store.path().join("run");
+    let buildah = |args: &[&str]| {
+        let out = Command::new("buildah")
+            .arg("--root")
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&run)
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .expect("buildah (run .ci/install-tools)");
+        assert!(
+            out.status.success(),
+            "buildah {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for (bin, dockerfile) in [
+        ("logstream", "sidecar/Dockerfile"),
+        ("logstream-operator", "operator/Dockerfile"),
+    ] {
+        let ctx = tempfile::tempdir().unwrap();
+        for (arch, dir) in [
+            ("amd64", musl_release_dir()),
+            ("arm64", aarch64_build_dir()),
+        ] {
+            let d = ctx.path().join("dist").join(arch);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(dir.join(bin), d.join(bin)).unwrap();
+        }
+        let list = format!("localhost/{bin}:test");
+        buildah(&[
+            "bud",
+            "--quiet",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            "BINARIES=prebuilt",
+            "--build-arg",
+            "VERSION=9.9.9",
+            "--build-arg",
+            "REVISION=abc123",
+            "--manifest",
+            &list,
+            "-f",
+            &repo_root().join(dockerfile).display().to_string(),
+            &ctx.path().display().to_string(),
+        ]);
+        let manifest: serde_json::Value =
+            serde_json::from_str(&buildah(&["manifest", "inspect", &list])).unwrap();
+        let mut platforms: Vec<(String, String)> = manifest["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["platform"]["os"].as_str().unwrap().to_string(),
+                    m["platform"]["architecture"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        platforms.sort();
+        assert_eq!(
+            platforms,
+            [
+                ("linux".to_string(), "amd64".to_string()),
+                ("linux".to_string(), "arm64".to_string())
+            ],
+            "{bin}: {manifest:#}"
+        );
+        for m in manifest["manifests"].as_array().unwrap() {
+            let arch = m["platform"]["architecture"].as_str().unwrap();
+            let image = format!("{list}@{}", m["digest"].as_str().unwrap());
+            let config: serde_json::Value =
+                serde_json::from_str(&buildah(&["inspect", "--type", "image", &image])).unwrap();
+            let oci = &config["OCIv1"];
+            assert_eq!(oci["architecture"], arch, "{bin}");
+            let labels = &oci["config"]["Labels"];
+            assert_eq!(labels["org.opencontainers.image.version"], "9.9.9", "{bin}");
+            assert_eq!(
+                labels["org.opencontainers.image.revision"], "abc123",
+                "{bin}"
+            );
+            assert_eq!(oci["config"]["User"], "65532:65532", "{bin}");
         }
     }
 }
