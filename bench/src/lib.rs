@@ -103,8 +103,14 @@ pub struct Server {
     pub command: String,
 }
 
+/// The new-stream rate limits off: the bench opens thousands of
+/// connections from a few loopback addresses at once, which is what the
+/// limits are there to refuse (sidecar/tests/limits.rs tests them).
+pub const NO_STREAM_RATE_LIMITS: [&str; 4] =
+    ["--rate-limit-address", "0", "--rate-limit-token", "0"];
+
 impl Server {
-    /// `BIN serve --dir DIR --listen 127.0.0.1:0 EXTRA...`; waits for the
+    /// `BIN serve --dir DIR --listen 127.0.0.1:0 [NO_STREAM_RATE_LIMITS] EXTRA...`; waits for the
     /// `listening on http://ADDR` line and for `/readyz`.
     pub fn spawn(bin: &Path, dir: &Path, extra: &[String], stderr_to: &Path) -> Result<Server> {
         let err = std::fs::File::create(stderr_to)
@@ -114,6 +120,7 @@ impl Server {
             .arg("--dir")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(NO_STREAM_RATE_LIMITS)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -123,9 +130,10 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(err);
         let command = format!(
-            "{} serve --dir {} --listen 127.0.0.1:0 {}",
+            "{} serve --dir {} --listen 127.0.0.1:0 {} {}",
             bin.display(),
             dir.display(),
+            NO_STREAM_RATE_LIMITS.join(" "),
             extra.join(" ")
         )
         .trim_end()

@@ -162,6 +162,7 @@ pub fn spawn_server(spec: &ServerSpec) -> Result<Server> {
                         dir.clone(),
                     ];
                     v.extend(listen.iter().cloned());
+                    v.extend(crate::NO_STREAM_RATE_LIMITS.iter().map(|s| s.to_string()));
                     v.extend(spec.extra.iter().cloned());
                     v
                 }

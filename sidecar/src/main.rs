@@ -289,6 +289,22 @@ struct Common {
     /// WebSocket handshake included).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     head_timeout: Duration,
+    /// New streams (`/ws`, `/sse`, `/stream`, Loki tail) one source address
+    /// may open: RATE per second (`N`, `N/s`) or minute (`N/m`), BURST at
+    /// once (`0`: no limit). Over it:
+    /// 429 with Retry-After. Behind an ingress every client shares the
+    /// proxy's address: raise it there and rely on the per-token limit.
+    #[arg(long, default_value = "50,200", value_name = "RATE[,BURST]")]
+    rate_limit_address: logstream::server::limits::Rate,
+    /// New streams per bearer token (`0`: no limit).
+    #[arg(long, default_value = "20,100", value_name = "RATE[,BURST]")]
+    rate_limit_token: logstream::server::limits::Rate,
+    /// Messages one WebSocket client may send (`0`: no limit). Over it: close 1008.
+    #[arg(long, default_value = "50,100", value_name = "RATE[,BURST]")]
+    rate_limit_messages: logstream::server::limits::Rate,
+    /// `subscribe` messages one WebSocket client may send (`0`: no limit).
+    #[arg(long, default_value = "5,20", value_name = "RATE[,BURST]")]
+    rate_limit_subscribes: logstream::server::limits::Rate,
 }
 
 impl Common {
@@ -345,6 +361,12 @@ impl Common {
             },
             allowed_origins: self.allowed_origins.clone(),
             stream_send_buffer: self.stream_send_buffer,
+            rate: logstream::server::limits::RateConfig {
+                connections_per_address: self.rate_limit_address,
+                connections_per_credential: self.rate_limit_token,
+                messages: self.rate_limit_messages,
+                subscribes: self.rate_limit_subscribes,
+            },
             ..ServerConfig::default()
         })
     }

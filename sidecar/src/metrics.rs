@@ -54,6 +54,8 @@ pub struct Metrics {
     pub clients: Family<TransportLabel, Gauge>,
     pub connections_rejected: Family<ReasonLabel, Counter>,
     pub clients_dropped: Family<ReasonLabel, Counter>,
+    pub rate_limited: Family<ReasonLabel, Counter>,
+    pub rate_limit_buckets: Gauge,
     pub gaps: Family<ReasonLabel, Counter>,
     pub gap_records: Counter,
     pub client_errors: Counter,
@@ -89,6 +91,8 @@ impl Metrics {
             clients: Family::default(),
             connections_rejected: Family::default(),
             clients_dropped: Family::default(),
+            rate_limited: Family::default(),
+            rate_limit_buckets: Gauge::default(),
             gaps: Family::default(),
             gap_records: Counter::default(),
             client_errors: Counter::default(),
@@ -195,6 +199,16 @@ impl Metrics {
             "clients_dropped",
             "Clients disconnected by the server, by reason",
             self.clients_dropped.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests refused (429) and WebSockets closed (1008) by a rate limit, by which limit",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "rate_limit_buckets",
+            "Token buckets held (clients seen within a refill time)",
+            self.rate_limit_buckets.clone(),
         );
         r.register("gaps", "Gap notices sent, by reason", self.gaps.clone());
         r.register(

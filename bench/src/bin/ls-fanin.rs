@@ -296,6 +296,7 @@ fn run(args: &Args) -> Result<Value> {
             "--container".into(),
             "app".into(),
         ];
+        a.extend(lb::NO_STREAM_RATE_LIMITS.iter().map(|s| s.to_string()));
         a.extend(args.sidecar_args.iter().cloned());
         let s =
             lb::Server::spawn_args(&bin, &a, &scratch.root.join(format!("sidecar-{k}.stderr")))?;
@@ -313,6 +314,7 @@ fn run(args: &Args) -> Result<Value> {
         "--reorder-window".into(),
         args.reorder_window.clone(),
     ]);
+    a.extend(lb::NO_STREAM_RATE_LIMITS.iter().map(|s| s.to_string()));
     a.extend(args.agg_args.iter().cloned());
     let agg = lb::Server::spawn_args(&bin, &a, &scratch.root.join("aggregator.stderr"))?;
     remember(&agg);

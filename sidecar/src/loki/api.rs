@@ -92,10 +92,23 @@ async fn admit(State(lk): State<Loki>, req: Request, next: Next) -> Response {
             .find(|(k, _)| k == "access_token")
             .map(|(_, v)| v)
     });
+    // The tail is a stream: counted against the new-stream limits as the
+    // others are (queries are not: a dashboard sends many at once).
+    let tail = req.uri().path() == super::TAIL_PATH;
+    if tail && let Err(r) = lk.app.limit_connection(peer) {
+        return r;
+    }
     if let Err(r) = lk
         .app
         .check_token(req.headers(), peer, query_token.as_deref())
         .await
+    {
+        return r;
+    }
+    if tail
+        && let Err(r) = lk
+            .app
+            .limit_credential(req.headers(), query_token.as_deref())
     {
         return r;
     }

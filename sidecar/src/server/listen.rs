@@ -114,6 +114,9 @@ async fn session_clock(st: std::sync::Weak<AppState>) {
         if ticked {
             st.ping_epoch
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Refilled buckets are forgotten on the same clock.
+            let held = st.limits.forget();
+            st.metrics.rate_limit_buckets.set(held as i64);
         }
         st.hub.wake();
     }

@@ -11,6 +11,7 @@
 mod frame;
 mod heads;
 pub mod kube_auth;
+pub mod limits;
 mod listen;
 pub mod query;
 pub mod routes;

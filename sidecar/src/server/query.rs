@@ -84,7 +84,9 @@ pub(crate) async fn admit_stream(
         .into_iter()
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v);
+    st.limit_connection(Some(peer))?;
     st.admit(headers, peer, pre_token.as_deref()).await?;
+    st.limit_credential(headers, pre_token.as_deref())?;
     let mut q = parse_query(raw.as_deref()).map_err(|e| {
         st.reject("bad_request");
         bad_request(e)

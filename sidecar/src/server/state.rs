@@ -70,6 +70,8 @@ pub struct ServerConfig {
     /// grows it to megabytes that a slow reader must drain before it hears
     /// of its gap.
     pub stream_send_buffer: usize,
+    /// Token buckets for new streams and client messages (server/limits.rs).
+    pub rate: super::limits::RateConfig,
 }
 
 /// Default of [`ServerConfig::stream_send_buffer`]: Linux doubles it for
@@ -130,6 +132,7 @@ impl Default for ServerConfig {
             reconnect_jitter: Duration::from_secs(2),
             head_timeout: Duration::from_secs(10),
             pending_heads: 1024,
+            rate: super::limits::RateConfig::default(),
         }
     }
 }
@@ -152,6 +155,8 @@ pub struct AppState {
     pub ping_epoch: std::sync::atomic::AtomicU64,
     /// Connections whose request head is still arriving.
     pub(crate) heads: Arc<heads::Pending>,
+    /// The rate limits' buckets.
+    pub(crate) limits: super::limits::RateLimits,
 }
 
 impl AppState {
@@ -167,6 +172,7 @@ impl AppState {
             hub,
             metrics,
             heads: Arc::new(heads::Pending::new(cfg.pending_heads)),
+            limits: super::limits::RateLimits::new(&cfg.rate),
             cfg,
             connections: AtomicUsize::new(0),
             ready,
@@ -206,6 +212,55 @@ impl AppState {
             state: self.clone(),
             transport,
         })
+    }
+
+    /// A new stream from `peer`: over its address's rate, `429` with
+    /// `Retry-After`. Before the token check, so a flood costs no review.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn limit_connection(&self, peer: Option<SocketAddr>) -> Result<(), Response> {
+        match peer.map(|p| self.limits.connection_from(p.ip())) {
+            Some(Err((why, wait))) => Err(self.too_many(why, wait)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A new stream with the credential it presented (after the token
+    /// check accepted it): over that credential's rate, `429`.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn limit_credential(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<(), Response> {
+        match bearer(headers).or(query_token) {
+            Some(token) => self
+                .limits
+                .connection_with(token)
+                .map_err(|(why, wait)| self.too_many(why, wait)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a limited client.
+    pub(crate) fn limited(&self, why: super::limits::Limited) {
+        self.metrics
+            .rate_limited
+            .get_or_create(&ReasonLabel {
+                reason: why.reason(),
+            })
+            .inc();
+    }
+
+    fn too_many(&self, why: super::limits::Limited, wait: std::time::Duration) -> Response {
+        self.limited(why);
+        self.reject("rate_limited");
+        let secs = super::limits::retry_after_secs(wait);
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, secs.to_string())],
+            format!("{}; retry after {secs} s\n", why.message()),
+        )
+            .into_response()
     }
 
     pub(crate) fn reject(&self, reason: &'static str) {

@@ -374,6 +374,8 @@ pub enum End {
     ProtocolError(String),
     /// A text message that is not UTF-8.
     BadText,
+    /// Over a message rate limit.
+    RateLimited(super::limits::Limited),
 }
 
 /// Runs one WebSocket client to the end.
@@ -412,6 +414,7 @@ where
             "text message is not UTF-8",
             Some("invalid_utf8"),
         ),
+        End::RateLimited(why) => (Some(close::POLICY), why.message(), Some("rate_limited")),
     };
     if let Some(reason) = dropped {
         st.metrics.dropped(reason);
@@ -426,7 +429,9 @@ where
         let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), send)).await;
         // Closing handshake with a responsive peer: wait briefly for its
         // close so it reads ours before the socket goes away.
-        let responsive = matches!(end, End::TooBig | End::Drained);
+        // (A flooding client too: closing under its unread messages would
+        // reset the connection and lose the close frame on its side.)
+        let responsive = matches!(end, End::TooBig | End::Drained | End::RateLimited(_));
         if responsive {
             let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
                 while let Some(Ok(m)) = ws.next().await {
@@ -552,7 +557,7 @@ where
                 // Handled by a plain function: the parsed message never
                 // lives across an await, so it takes no room in the
                 // connection's state while it idles.
-                match on_client_message(msg, session, draining.as_ref(), metrics) {
+                match on_client_message(msg, session, draining.as_ref(), st) {
                     Step::Continue => {}
                     Step::Reply(m) => send!(m),
                     Step::End(end) => return end,
@@ -628,16 +633,33 @@ fn on_client_message<E>(
     msg: Option<Result<Message, E>>,
     session: &mut Session,
     draining: Option<&Cursor>,
-    metrics: &crate::metrics::Metrics,
+    st: &AppState,
 ) -> Step
 where
     E: std::error::Error + Send + Sync + 'static,
 {
+    let metrics = &st.metrics;
     let msg = match msg {
         None => return Step::End(End::ClientClosed),
         Some(Err(e)) => return Step::End(read_failure(&e)),
         Some(Ok(m)) => m,
     };
+    // The session is boxed for the connection's life: its address names
+    // the connection in the message buckets (no room taken per connection).
+    let conn = std::ptr::from_ref::<Session>(session) as usize;
+    let parsed = match &msg {
+        Message::Text(t) => Some(serde_json::from_str::<ClientMessage>(t.as_str())),
+        _ => None,
+    };
+    let counted = match &msg {
+        Message::Text(_) | Message::Binary(_) | Message::Ping(_) => true,
+        Message::Close(_) | Message::Pong(_) | Message::Frame(_) => false,
+    };
+    let subscribe = matches!(parsed, Some(Ok(ClientMessage::Subscribe(_))));
+    if counted && let Err(why) = st.limits.message_on(conn, subscribe) {
+        st.limited(why);
+        return Step::End(End::RateLimited(why));
+    }
     let error = |code: &str, message: String| {
         metrics.client_errors.inc();
         Step::Reply(text(frame::message(&ServerMessage::Error {
@@ -646,8 +668,8 @@ where
         })))
     };
     match msg {
-        Message::Text(t) => match serde_json::from_str::<ClientMessage>(t.as_str()) {
-            Ok(ClientMessage::Subscribe(sub)) => match Filter::compile(&sub) {
+        Message::Text(_) => match parsed {
+            Some(Ok(ClientMessage::Subscribe(sub))) => match Filter::compile(&sub) {
                 Ok(f) => {
                     session.resubscribe(&sub, f);
                     Step::Reply(text(frame::message(&ServerMessage::Subscribed {
@@ -656,14 +678,18 @@ where
                 }
                 Err(e) => error("bad_filter", e.to_string()),
             },
-            Ok(ClientMessage::Ack { cursor }) => match draining {
+            Some(Ok(ClientMessage::Ack { cursor })) => match draining {
                 Some(want) if want.0.iter().all(|(sid, seq)| cursor.covers(*sid, *seq)) => {
                     Step::End(End::Drained)
                 }
                 _ => Step::Continue,
             },
-            Ok(ClientMessage::Ping) => Step::Reply(text(frame::message(&ServerMessage::Pong))),
-            Err(e) => error("bad_message", e.to_string()),
+            Some(Ok(ClientMessage::Ping)) => {
+                Step::Reply(text(frame::message(&ServerMessage::Pong)))
+            }
+            Some(Err(e)) => error("bad_message", e.to_string()),
+            // Parsed above for every text message.
+            None => Step::Continue,
         },
         Message::Binary(_) => error(
             "bad_message",
