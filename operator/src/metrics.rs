@@ -23,6 +23,10 @@ pub struct Metrics {
     pub admissions: Family<Outcome, Counter>,
     pub pods_pending_restart: Gauge,
     pub cert_renewals: Counter,
+    /// Admissions that read the namespace's LogStreams from the API server
+    /// instead of the webhook's cache (cache not synced yet, or it held none
+    /// for a namespace the API server calls us for).
+    pub admission_lists: Counter,
 }
 
 impl Metrics {
@@ -35,6 +39,7 @@ impl Metrics {
             admissions: Family::default(),
             pods_pending_restart: Gauge::default(),
             cert_renewals: Counter::default(),
+            admission_lists: Counter::default(),
         };
         registry.register("reconciles", "Reconciliations run", m.reconciles.clone());
         registry.register(
@@ -56,6 +61,11 @@ impl Metrics {
             "cert_renewals",
             "Webhook certificates issued",
             m.cert_renewals.clone(),
+        );
+        registry.register(
+            "admission_lists",
+            "Admissions that listed LogStreams from the API server instead of the webhook's cache",
+            m.admission_lists.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -190,9 +190,12 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
             ),
         }
     }
+    let (stream_store, stream_writer) = kube::runtime::reflector::store();
+    let stream_watch = tokio::spawn(webhook::watch_streams(client.clone(), stream_writer));
     let (handle, webhook_task) = serve_webhook(
         &opts,
         WebhookState {
+            streams: stream_store,
             client: client.clone(),
             inject: InjectConfig {
                 image: opts.image.clone(),
@@ -240,6 +243,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     tracing::info!("shutting down");
     handle.graceful_shutdown(Some(Duration::from_secs(5)));
     let _ = webhook_task.await;
+    stream_watch.abort();
     renew.abort();
     health_task.abort();
     Ok(())

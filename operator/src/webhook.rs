@@ -19,6 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::runtime::reflector::{Store, store::Writer};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use crate::crd::LogStream;
 use crate::metrics::Metrics;
@@ -33,6 +35,42 @@ pub struct WebhookState {
     /// Records a Warning Event on the owner of a pod admitted without the
     /// sidecar (the pod itself may not have a name yet).
     pub recorder: kube::runtime::events::Recorder,
+    /// Every LogStream, from a watch ([`watch_streams`]): admissions read
+    /// it instead of listing the namespace's LogStreams for each pod.
+    pub streams: Store<LogStream>,
+}
+
+/// Keeps `writer`'s store of LogStreams in step with the API server until
+/// the task is dropped (a watch that re-lists only on its own errors).
+pub async fn watch_streams(client: kube::Client, writer: Writer<LogStream>) {
+    use futures::StreamExt;
+    let api: Api<LogStream> = Api::all(client);
+    reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .applied_objects()
+    .for_each(|_| std::future::ready(()))
+    .await;
+}
+
+/// The namespace's live LogStreams from the cache; `None` when the cache
+/// cannot tell: not synced yet, or holding none for `ns` (the API server
+/// only calls for namespaces the reconciler labelled, which it does after
+/// seeing a LogStream there, so an empty answer may be a watch that has not
+/// caught up: the caller asks the API server).
+pub fn cached_streams(ns: &str, ready: bool, all: &[Arc<LogStream>]) -> Option<Vec<LogStream>> {
+    if !ready {
+        return None;
+    }
+    let streams: Vec<LogStream> = all
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(ns))
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .map(|s| (**s).clone())
+        .collect();
+    (!streams.is_empty()).then_some(streams)
 }
 
 pub fn router(state: Arc<WebhookState>) -> Router {
@@ -72,15 +110,33 @@ async fn review_pod(
     let (Some(pod), Some(ns)) = (&req.object, &req.namespace) else {
         return (resp, "skipped");
     };
-    let streams: Vec<LogStream> = match Api::<LogStream>::namespaced(st.client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(l) => l
-            .items
-            .into_iter()
-            .filter(|s| s.metadata.deletion_timestamp.is_none())
-            .collect(),
+    use futures::FutureExt;
+    let ready = st
+        .streams
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok());
+    let here = st
+        .streams
+        .state_filter(|s| s.metadata.namespace.as_deref() == Some(ns));
+    let cached = cached_streams(ns, ready, &here);
+    let listed = match cached {
+        Some(streams) => Ok(streams),
+        None => {
+            st.metrics.admission_lists.inc();
+            Api::<LogStream>::namespaced(st.client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter(|s| s.metadata.deletion_timestamp.is_none())
+                        .collect()
+                })
+        }
+    };
+    let streams: Vec<LogStream> = match listed {
+        Ok(streams) => streams,
         Err(e) => {
             // Never block a deploy on our own trouble: the reconciler reports
             // pods that were created without the sidecar.
@@ -295,6 +351,49 @@ pub async fn register(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn admissions_read_the_cache_once_it_knows_the_namespace() {
+        let ls = |name: &str, ns: &str, deleting: bool| {
+            let mut l: LogStream = serde_json::from_value(serde_json::json!({
+                "apiVersion": "logstream.dev/v1alpha1", "kind": "LogStream",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"selector": {"matchLabels": {"app": name}}}
+            }))
+            .unwrap();
+            if deleting {
+                l.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::now(),
+                    ));
+            }
+            Arc::new(l)
+        };
+        let all = vec![
+            ls("web", "shop", false),
+            ls("old", "shop", true),
+            ls("db", "other", false),
+        ];
+        let names = |v: Option<Vec<LogStream>>| {
+            v.map(|v| {
+                v.iter()
+                    .map(|l| l.metadata.name.clone().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            names(cached_streams("shop", true, &all)),
+            Some(vec!["web".to_string()])
+        );
+        // Not synced yet, or nothing known there: ask the API server.
+        assert_eq!(names(cached_streams("shop", false, &all)), None);
+        assert_eq!(names(cached_streams("empty", true, &all)), None);
+        assert_eq!(
+            names(cached_streams("shop", true, &[ls("old", "shop", true)])),
+            None,
+            "only LogStreams being deleted: the API server is asked"
+        );
+    }
+
     use super::*;
 
     fn review_response(pod: &Pod) -> AdmissionResponse {

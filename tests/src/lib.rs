@@ -566,6 +566,8 @@ pub fn free_port() -> u16 {
 pub struct OperatorProcess {
     child: Child,
     log: PathBuf,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    health: String,
 }
 
 impl OperatorProcess {
@@ -579,16 +581,12 @@ impl OperatorProcess {
         log: PathBuf,
     ) -> OperatorProcess {
         use std::io::BufRead as _;
+        let health = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(bin)
             .args(["--log-format", "json", "run", "--image", "logstream:test"])
             .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
             .args(["--webhook-url", &format!("https://127.0.0.1:{port}/mutate")])
-            .args([
-                "--cert-ip",
-                "127.0.0.1",
-                "--health-listen",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
+            .args(["--cert-ip", "127.0.0.1", "--health-listen", &health])
             .args(args)
             .env_clear()
             .env("KUBECONFIG", kubeconfig)
@@ -601,7 +599,7 @@ impl OperatorProcess {
         let mut line = String::new();
         let stdout = child.stdout.take().expect("piped stdout");
         let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let op = OperatorProcess { child, log };
+        let op = OperatorProcess { child, log, health };
         assert!(
             line.starts_with("webhook listening on https://"),
             "the operator did not start: {line:?}\n{}",
@@ -612,6 +610,26 @@ impl OperatorProcess {
 
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of one series of the operator's `/metrics` (`name` or
+    /// `name{labels}` as exposed), `None` when absent or unreachable.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&self.health).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            c,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.health
+        )
+        .ok()?;
+        let mut text = String::new();
+        c.read_to_string(&mut text).ok()?;
+        text.lines().find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
     }
 
     /// SIGTERM, then waits for the exit.

@@ -467,6 +467,25 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
         "no injection once the LogStream is gone"
     );
     assert!(op.log().contains("sidecar injected"), "{}", op.log());
+    // The injected pods were admitted from the webhook's watch of
+    // LogStreams, not a LIST per pod: only the first admissions of a
+    // namespace may list (the cache may not have caught up yet).
+    let admissions: f64 = ["injected", "not_injected", "skipped", "error"]
+        .iter()
+        .filter_map(|o| {
+            op.metric(&format!(
+                "logstream_operator_admissions_total{{outcome=\"{o}\"}}"
+            ))
+        })
+        .sum();
+    let lists = op
+        .metric("logstream_operator_admission_lists_total")
+        .unwrap();
+    assert!(admissions >= 1.0, "{admissions}");
+    assert!(
+        lists < admissions,
+        "{lists} of {admissions} admissions listed"
+    );
 }
 
 /// A Gateway API CRD from `.ci/install-tools` (sigs.k8s.io/gateway-api).
