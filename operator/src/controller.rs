@@ -65,6 +65,9 @@ pub struct Context {
     pub build: BuildConfig,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// The controller's own cache of LogStreams, once it runs: a reconcile
+    /// reads the namespace's LogStreams from it instead of a LIST.
+    streams: std::sync::OnceLock<kube::runtime::reflector::Store<DeserializeGuard<LogStream>>>,
 }
 
 impl Context {
@@ -81,6 +84,7 @@ impl Context {
             build,
             metrics,
             recorder,
+            streams: std::sync::OnceLock::new(),
         }
     }
 }
@@ -165,6 +169,7 @@ pub async fn run(ctx: Arc<Context>) {
     let streams: Api<DeserializeGuard<LogStream>> = Api::all(client.clone());
     let controller = Controller::new(streams, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let _ = ctx.streams.set(store.clone());
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     controller
@@ -240,7 +245,31 @@ async fn reconcile(
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// Live LogStreams of a namespace (not being deleted), sorted by name.
+/// Live LogStreams of a namespace (not being deleted), sorted by name, from
+/// the controller's cache once it is synced; from the API server otherwise.
+async fn cached_live_streams(ctx: &Context, ns: &str) -> Result<Vec<LogStream>, kube::Error> {
+    use futures::FutureExt;
+    let Some(store) = ctx.streams.get().filter(|s| {
+        s.wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
+    }) else {
+        return live_streams(&ctx.client, ns).await;
+    };
+    let mut v: Vec<LogStream> = store
+        .state()
+        .iter()
+        .filter(|g| g.namespace().as_deref() == Some(ns))
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .collect();
+    v.sort_by_key(|s| s.name_any());
+    Ok(v)
+}
+
+/// Live LogStreams of a namespace (not being deleted), sorted by name, as
+/// the API server has them now (the cleanup of the last LogStream must not
+/// miss one just created).
 async fn live_streams(client: &kube::Client, ns: &str) -> Result<Vec<LogStream>, kube::Error> {
     let mut v: Vec<LogStream> = Api::<LogStream>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
@@ -313,7 +342,7 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     // Read.
     let seen = Observed {
         namespace: Api::<Namespace>::all(client.clone()).get(&ns).await?,
-        streams: live_streams(client, &ns).await?,
+        streams: cached_live_streams(ctx, &ns).await?,
         pods: Api::<Pod>::namespaced(client.clone(), &ns)
             .list(&ListParams::default())
             .await?

@@ -230,10 +230,12 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
     let spec = svc.spec.unwrap();
     assert_eq!(spec.session_affinity.as_deref(), Some("ClientIP"));
     assert_eq!(spec.selector.unwrap()["logstream.dev/stream"], "demo");
-    let ing = Api::<Ingress>::namespaced(client.clone(), "shop")
-        .get("demo-logstream")
-        .await
-        .unwrap();
+    // Applied after the Service in the same reconcile: wait for it too.
+    let ingresses = Api::<Ingress>::namespaced(client.clone(), "shop");
+    let ing = eventually("the LogStream's Ingress", PATIENCE, || async {
+        ingresses.get_opt("demo-logstream").await.ok()?
+    })
+    .await;
     let ann = ing.metadata.annotations.unwrap();
     // No IngressClass in this cluster: every maintained controller's
     // annotations, never ingress-nginx's.
