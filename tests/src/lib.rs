@@ -659,6 +659,34 @@ impl Drop for OperatorProcess {
     }
 }
 
+/// `nice -n 10 cargo` in a clean, fixed environment, the one
+/// tests/node/images.sh builds the static binaries in: what cargo test adds
+/// to ours (LD_LIBRARY_PATH, CARGO_PKG_*, ...) would make each build rebuild
+/// the whole tree after the other. rustup puts its toolchain's bin dir first
+/// on PATH (and sets CARGO_HOME and RUSTUP_HOME) for what it starts, and
+/// callers add their own dirs: PATH is one fixed list, after `path_prefix`
+/// (empty, or directories each followed by `:`).
+fn clean_cargo(path_prefix: &str) -> Command {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
+    let mut c = Command::new("nice");
+    c.env_clear()
+        .env(
+            "PATH",
+            format!(
+                "{path_prefix}{cargo_home}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            ),
+        )
+        .env("HOME", &home)
+        .env("CARGO_HOME", &cargo_home)
+        .env(
+            "RUSTUP_HOME",
+            std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
+        )
+        .args(["-n", "10", "cargo"]);
+    c
+}
+
 /// The images' second architecture.
 pub const AARCH64_TARGET: &str = "aarch64-unknown-linux-musl";
 
@@ -678,30 +706,13 @@ pub fn aarch64_build_dir() -> &'static Path {
             "{} is missing: run .ci/install-helm",
             zig_bin.join("cargo-zigbuild").display()
         );
-        // A clean, fixed environment (as for the x86_64 static build): what
-        // cargo test adds to ours would make each run rebuild the tree.
-        let home = std::env::var("HOME").unwrap_or_default();
-        let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
+        // The clean environment of the x86_64 static build, zig first on PATH.
         let started = Instant::now();
-        let status = Command::new("nice")
-            .args(["-n", "10", "cargo", "zigbuild", "--locked", "--target"])
+        let status = clean_cargo(&format!("{}:", zig_bin.display()))
+            .args(["zigbuild", "--locked", "--target"])
             .arg(AARCH64_TARGET)
             .args(["-p", "logstream", "-p", "logstream-operator"])
             .current_dir(repo_root())
-            .env_clear()
-            .env(
-                "PATH",
-                format!(
-                    "{}:{cargo_home}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    zig_bin.display()
-                ),
-            )
-            .env("HOME", &home)
-            .env("CARGO_HOME", &cargo_home)
-            .env(
-                "RUSTUP_HOME",
-                std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
-            )
             .env("CARGO_TARGET_DIR", &target_dir)
             // No debug info: a quicker build, and a binary small enough to
             // put in an image in a test (release_workflow.rs).
@@ -736,35 +747,9 @@ pub fn musl_release_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let target_dir = cache_dir().join("musl-target");
-        let cargo = "cargo";
         let started = Instant::now();
         // stderr is inherited: a cold build takes minutes and says so there.
-        // A clean environment, the same as tests/node/images.sh builds these
-        // in (same target dir): what cargo test adds to ours (LD_LIBRARY_PATH,
-        // CARGO_PKG_*, ...) would make each of the two rebuild the whole tree.
-        // rustup puts its toolchain's bin dir first on PATH (and sets
-        // CARGO_HOME and RUSTUP_HOME) for what it starts, and callers add
-        // their own dirs: PATH is one fixed list, the same in images.sh.
-        let home = std::env::var("HOME").unwrap_or_default();
-        let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
-        let mut build = Command::new("nice");
-        build
-            .env_clear()
-            .env(
-                "PATH",
-                format!(
-                    "{cargo_home}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-                ),
-            )
-            .env("HOME", &home)
-            .env("CARGO_HOME", &cargo_home)
-            .env(
-                "RUSTUP_HOME",
-                std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
-            );
-        let status = build
-            .args(["-n", "10"])
-            .arg(cargo)
+        let status = clean_cargo("")
             .args(["build", "--release", "--locked", "--target", MUSL_TARGET])
             .args(WORKSPACE_BIN_PACKAGES)
             .current_dir(repo_root())
@@ -774,7 +759,7 @@ pub fn musl_release_dir() -> &'static Path {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .status()
-            .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
         assert!(
             status.success(),
             "musl release build failed ({status}); run .ci/install-helm \

@@ -266,14 +266,16 @@ pub(crate) fn spawn_admitted<S: Socket + 'static>(
     mut socket: S,
     mut admitted: Admitted,
 ) {
-    if matches!(admitted.serve, Serve::Job(_)) {
-        if let Serve::Job(job) = std::mem::replace(&mut admitted.serve, Serve::Refused) {
+    match std::mem::replace(&mut admitted.serve, Serve::Refused) {
+        Serve::Job(job) => {
             drop(admitted);
             tasks.spawn(async move { job.run(&mut socket).await });
         }
-    } else {
-        // Captured, not passed: the task holds each once.
-        tasks.spawn(async move { run_admitted(&mut socket, &mut admitted).await });
+        serve => {
+            admitted.serve = serve;
+            // Captured, not passed: the task holds each once.
+            tasks.spawn(async move { run_admitted(&mut socket, &mut admitted).await });
+        }
     }
 }
 
