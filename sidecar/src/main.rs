@@ -305,6 +305,21 @@ struct Common {
     /// `subscribe` messages one WebSocket client may send (`0`: no limit).
     #[arg(long, default_value = "5,20", value_name = "RATE[,BURST]")]
     rate_limit_subscribes: logstream::server::limits::Rate,
+    /// Never compress: no permessage-deflate on WebSockets, no gzip on
+    /// `/sse` and `/stream` (compression is negotiated with each client;
+    /// a batch is compressed once for every client sent the same bytes).
+    #[arg(long)]
+    no_compression: bool,
+    /// Batches smaller than this go uncompressed.
+    #[arg(long, default_value_t = logstream::server::compress::CompressConfig::default().min_bytes)]
+    compress_min_bytes: usize,
+    /// zlib level of compressed batches: 1 (fastest) to 9.
+    #[arg(
+        long,
+        default_value_t = logstream::server::compress::CompressConfig::default().level,
+        value_parser = clap::value_parser!(u32).range(1..=9)
+    )]
+    compress_level: u32,
 }
 
 impl Common {
@@ -366,6 +381,11 @@ impl Common {
                 connections_per_credential: self.rate_limit_token,
                 messages: self.rate_limit_messages,
                 subscribes: self.rate_limit_subscribes,
+            },
+            compress: logstream::server::compress::CompressConfig {
+                enabled: !self.no_compression,
+                min_bytes: self.compress_min_bytes,
+                level: self.compress_level,
             },
             ..ServerConfig::default()
         })

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub clients_dropped: Family<ReasonLabel, Counter>,
     pub rate_limited: Family<ReasonLabel, Counter>,
     pub rate_limit_buckets: Gauge,
+    pub compress_input: Family<TransportLabel, Counter>,
+    pub compress_output: Family<TransportLabel, Counter>,
+    pub compressions: Family<ResultLabel, Counter>,
     pub gaps: Family<ReasonLabel, Counter>,
     pub gap_records: Counter,
     pub client_errors: Counter,
@@ -93,6 +96,9 @@ impl Metrics {
             clients_dropped: Family::default(),
             rate_limited: Family::default(),
             rate_limit_buckets: Gauge::default(),
+            compress_input: Family::default(),
+            compress_output: Family::default(),
+            compressions: Family::default(),
             gaps: Family::default(),
             gap_records: Counter::default(),
             client_errors: Counter::default(),
@@ -210,6 +216,23 @@ impl Metrics {
             "Token buckets held (clients seen within a refill time)",
             self.rate_limit_buckets.clone(),
         );
+        r.register_with_unit(
+            "compress_input",
+            "Bytes of batches sent compressed (permessage-deflate, gzip), before compression",
+            Unit::Bytes,
+            self.compress_input.clone(),
+        );
+        r.register_with_unit(
+            "compress_output",
+            "Bytes of batches sent compressed, as sent",
+            Unit::Bytes,
+            self.compress_output.clone(),
+        );
+        r.register(
+            "compressions",
+            "Compressed batches sent: deflated for this client (miss) or found deflated for another (hit)",
+            self.compressions.clone(),
+        );
         r.register("gaps", "Gap notices sent, by reason", self.gaps.clone());
         r.register(
             "gap_records",
@@ -322,6 +345,30 @@ impl Metrics {
     pub fn dropped(&self, reason: &'static str) {
         self.clients_dropped
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a batch sent compressed over `t`: `plain` bytes as `wire`.
+    pub fn compressed(
+        &self,
+        t: Transport,
+        plain: usize,
+        wire: usize,
+        found: crate::server::compress::Found,
+    ) {
+        let label = self.transport(t);
+        self.compress_input
+            .get_or_create(&label)
+            .inc_by(plain as u64);
+        self.compress_output
+            .get_or_create(&label)
+            .inc_by(wire as u64);
+        let result = match found {
+            crate::server::compress::Found::Hit => "hit",
+            crate::server::compress::Found::Miss => "miss",
+        };
+        self.compressions
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 

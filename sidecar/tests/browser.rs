@@ -289,6 +289,19 @@ fn page_shows_history_then_live_lines() {
         "every line should name app.log:\n{dump}"
     );
 
+    // Chromium offers permessage-deflate: the history batch reached the
+    // page compressed (and was shown intact, above).
+    let wire = server
+        .metric("logstream_compress_output_bytes_total{transport=\"ws\"}")
+        .unwrap_or(0.0);
+    let plain = server
+        .metric("logstream_compress_input_bytes_total{transport=\"ws\"}")
+        .unwrap_or(0.0);
+    assert!(
+        wire > 0.0 && wire < plain,
+        "Chromium should have been sent compressed batches ({wire} bytes for {plain})"
+    );
+
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("screenshot {}: {e}", shot.display()));
     assert!(
         png.starts_with(b"\x89PNG"),

@@ -333,7 +333,7 @@ where
     async fn send_rows(&mut self, rows: &[(Arc<Labels>, i64, String)]) -> Result<(), End> {
         let frame = tail_frame(rows);
         (self.st.metrics).sent(crate::metrics::Transport::ws, rows.len(), frame.len());
-        match self.ws.send_text(frame, self.st.cfg.send_timeout).await {
+        match self.ws.send_text(frame, self.st).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::TimedOut {

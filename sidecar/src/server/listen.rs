@@ -163,10 +163,8 @@ async fn start(
             connections.spawn(async move { stream(&mut tcp, &mut body, chunked, &st).await });
         }
         Ok(Answer::WebSocket(admitted)) => {
-            if let Some(socket) = ws::socket(tcp, &st) {
-                drop(st);
-                ws::spawn_admitted(&connections, socket, admitted);
-            }
+            drop(st);
+            ws::spawn_on(&connections, tcp, admitted);
         }
         Ok(Answer::Done) => close(&mut tcp, Ok(())).await,
         Err(e) => close(&mut tcp, Err(e)).await,

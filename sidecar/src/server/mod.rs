@@ -8,6 +8,7 @@
 //! `state` is the base every other module (and the Loki API) builds on;
 //! `routes` is the only one that knows them all.
 
+pub mod compress;
 mod frame;
 mod heads;
 pub mod kube_auth;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval};
 
+use super::compress::{self, GzipBody};
 use super::frame;
 use super::query::admit_stream;
 use super::stream::{self, Next};
@@ -76,6 +77,15 @@ async fn respond(
         q.filter.format = Format::Raw;
     }
     let format = q.filter.format;
+    // gzip when asked for: each batch is deflated once for every client
+    // with the same rendering (server/compress.rs), flushed per chunk.
+    let gzip = st.compression.cfg.enabled
+        && compress::accepts_gzip(
+            headers
+                .get_all(header::ACCEPT_ENCODING)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
     let session = Session::new(st.hub.clone(), &q.sub, q.filter, st.cfg.session);
     let mut keepalive =
         tokio::time::interval_at(Instant::now() + st.cfg.keepalive, st.cfg.keepalive);
@@ -92,10 +102,11 @@ async fn respond(
         transport,
         started: false,
         done: false,
+        gzip: gzip.then(GzipBody::default),
         _guard: guard,
     });
     let body = futures::stream::unfold(state, |mut s| async move {
-        let chunk = s.next_chunk().await?;
+        let chunk = s.next_encoded().await?;
         Some((Ok::<_, Infallible>(chunk), s))
     });
     let ctype = match (kind, format) {
@@ -109,6 +120,12 @@ async fn respond(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tell buffering proxies (ingress-nginx) to pass chunks through at once.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if st.compression.cfg.enabled {
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     resp
 }
 
@@ -122,10 +139,35 @@ struct BodyState {
     transport: Transport,
     started: bool,
     done: bool,
+    /// The body is gzip: its running CRC and length (`None` once the
+    /// trailer went out).
+    gzip: Option<GzipBody>,
     _guard: ConnGuard,
 }
 
 impl BodyState {
+    /// The next chunk as the client takes it: as rendered, or as the next
+    /// piece of its gzip stream (the trailer after the last chunk).
+    async fn next_encoded(&mut self) -> Option<Bytes> {
+        let chunk = self.next_chunk().await;
+        if self.gzip.is_none() {
+            return chunk;
+        }
+        let Some(chunk) = chunk else {
+            return self.gzip.take().map(|mut g| g.finish());
+        };
+        let c = &self.st.compression;
+        let gz = self.gzip.as_mut()?;
+        if !c.worth(chunk.len()) {
+            return Some(gz.plain(&chunk));
+        }
+        let plain = chunk.len();
+        let (packed, found) = c.pack(chunk).await;
+        let bytes = gz.packed(&packed);
+        (self.st.metrics).compressed(self.transport.clone(), plain, bytes.len(), found);
+        Some(bytes)
+    }
+
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.done {
             return None;

@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub stream_send_buffer: usize,
     /// Token buckets for new streams and client messages (server/limits.rs).
     pub rate: super::limits::RateConfig,
+    /// permessage-deflate and gzip (server/compress.rs).
+    pub compress: super::compress::CompressConfig,
 }
 
 /// Default of [`ServerConfig::stream_send_buffer`]: Linux doubles it for
@@ -133,6 +135,7 @@ impl Default for ServerConfig {
             head_timeout: Duration::from_secs(10),
             pending_heads: 1024,
             rate: super::limits::RateConfig::default(),
+            compress: super::compress::CompressConfig::default(),
         }
     }
 }
@@ -157,6 +160,8 @@ pub struct AppState {
     pub(crate) heads: Arc<heads::Pending>,
     /// The rate limits' buckets.
     pub(crate) limits: super::limits::RateLimits,
+    /// The shared compressor and its cache of recent batches.
+    pub compression: super::compress::Compression,
 }
 
 impl AppState {
@@ -173,6 +178,7 @@ impl AppState {
             metrics,
             heads: Arc::new(heads::Pending::new(cfg.pending_heads)),
             limits: super::limits::RateLimits::new(&cfg.rate),
+            compression: super::compress::Compression::new(cfg.compress),
             cfg,
             connections: AtomicUsize::new(0),
             ready,

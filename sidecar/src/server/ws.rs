@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::compress;
 use super::frame;
 use super::query::admit_stream;
 use super::stream::{self, Next};
@@ -43,6 +44,9 @@ pub(crate) struct Accepted(Arc<std::sync::Mutex<Option<Admitted>>>);
 pub(crate) struct Admitted {
     st: Arc<AppState>,
     serve: Serve,
+    /// permessage-deflate was negotiated: the socket inflates what the
+    /// client compresses, and batches go out compressed.
+    deflate: bool,
 }
 
 /// What an accepted socket is for.
@@ -90,6 +94,7 @@ impl Admitted {
         Admitted {
             st,
             serve: Serve::Refused,
+            deflate: false,
         }
     }
 
@@ -98,6 +103,7 @@ impl Admitted {
         Admitted {
             st,
             serve: Serve::Job(job),
+            deflate: false,
         }
     }
 }
@@ -136,6 +142,7 @@ pub async fn handler(
     let admitted = Admitted {
         st: st.clone(),
         serve,
+        deflate: false,
     };
     switch(&st, &mut req, accept, admitted)
 }
@@ -147,9 +154,17 @@ pub(crate) fn switch(
     st: &Arc<AppState>,
     req: &mut Request,
     accept: header::HeaderValue,
-    admitted: Admitted,
+    mut admitted: Admitted,
 ) -> Response {
     let mut resp = Response::new(Body::empty());
+    let extensions = if st.compression.cfg.enabled {
+        let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        compress::accept_deflate(offers.iter().filter_map(|v| v.to_str().ok()))
+            .and_then(|a| header::HeaderValue::from_str(&a).ok())
+    } else {
+        None
+    };
+    admitted.deflate = extensions.is_some();
     if req.extensions().get::<DirectUpgrade>().is_some() {
         resp.extensions_mut()
             .insert(Accepted(Arc::new(std::sync::Mutex::new(Some(admitted)))));
@@ -165,9 +180,7 @@ pub(crate) fn switch(
         st.sessions.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    if let Some(ws) = socket(TokioIo::new(upgraded), &admitted.st) {
-                        spawn_admitted(&tasks, ws, admitted);
-                    }
+                    spawn_on(&tasks, TokioIo::new(upgraded), admitted);
                 }
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade"),
             }
@@ -184,7 +197,31 @@ pub(crate) fn switch(
         header::HeaderValue::from_static("websocket"),
     );
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(e) = extensions {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, e);
+    }
     resp
+}
+
+/// Runs an accepted client on `io` (the handshake done), inflating what it
+/// sends when it negotiated compression: two socket types, so a connection
+/// without compression carries nothing of it.
+pub(crate) fn spawn_on<T: Wire + 'static>(
+    tasks: &tokio_util::task::TaskTracker,
+    io: T,
+    admitted: Admitted,
+) {
+    let st = admitted.st.clone();
+    if admitted.deflate {
+        let io = Inflating::new(io, st.cfg.max_message_bytes);
+        if let Some(ws) = socket(io, &st) {
+            drop(st);
+            spawn_admitted(tasks, ws, admitted);
+        }
+    } else if let Some(ws) = socket(io, &st) {
+        drop(st);
+        spawn_admitted(tasks, ws, admitted);
+    }
 }
 
 /// Checks the WebSocket handshake headers (RFC 6455 4.2.1) and returns the
@@ -317,43 +354,74 @@ fn text(s: String) -> Message {
 /// largest size for as long as the connection lives: after one 64 KiB batch
 /// (a `tail=1000` replay) an idle connection held ~74 KB instead of ~2 KB.
 /// Record batches therefore go to the socket directly, framed with
-/// tungstenite's own header code, and nothing of them stays behind.
+/// tungstenite's own header code, and nothing of them stays behind. On a
+/// connection that negotiated permessage-deflate a batch worth it goes as
+/// the compressed message every such client shares
+/// (server/compress.rs).
 pub trait DataSink {
-    /// Sends `text` as one text frame; `TimedOut` when the client takes
-    /// nothing for `stall`.
-    fn send_text(
-        &mut self,
+    /// Sends `text` as one text message; `TimedOut` when the client takes
+    /// nothing for the send timeout.
+    fn send_text<'a>(
+        &'a mut self,
         text: String,
-        stall: Duration,
-    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>>;
+        st: &'a AppState,
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + 'a>>;
 }
 
-impl<T> DataSink for WebSocketStream<T>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
-    fn send_text(
-        &mut self,
+/// What a WebSocket runs on: the accept loop's TCP socket, hyper's upgraded
+/// connection, or either with compressed client messages inflated.
+pub(crate) trait Wire: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+    /// permessage-deflate was negotiated.
+    const DEFLATE: bool = false;
+}
+
+impl Wire for tokio::net::TcpStream {}
+impl Wire for TokioIo<hyper::upgrade::Upgraded> {}
+impl Wire for tokio::io::DuplexStream {}
+impl<T: Wire> Wire for Inflating<T> {
+    const DEFLATE: bool = true;
+}
+
+impl<T: Wire> DataSink for WebSocketStream<T> {
+    fn send_text<'a>(
+        &'a mut self,
         text: String,
-        stall: Duration,
-    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>> {
+        st: &'a AppState,
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + 'a>> {
         Box::pin(async move {
+            let stall = st.cfg.send_timeout;
             // Whatever tungstenite queued (pongs, control frames) goes first,
             // so frames never interleave.
             match tokio::time::timeout(stall, SinkExt::flush(self)).await {
                 Ok(r) => r.map_err(std::io::Error::other)?,
                 Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
             }
+            let c = &st.compression;
+            let payload = if T::DEFLATE && c.worth(text.len()) {
+                let plain = text.len();
+                let (packed, found) = c.pack(bytes::Bytes::from(text)).await;
+                let msg = packed.message();
+                st.metrics
+                    .compressed(Transport::ws, plain, msg.len(), found);
+                Err(msg)
+            } else {
+                Ok(text)
+            };
             let header = FrameHeader {
                 opcode: OpCode::Data(Data::Text),
+                rsv1: payload.is_err(),
                 ..FrameHeader::default()
+            };
+            let body: &[u8] = match &payload {
+                Ok(text) => text.as_bytes(),
+                Err(msg) => msg,
             };
             let mut head = Vec::with_capacity(10);
             header
-                .format(text.len() as u64, &mut head)
+                .format(body.len() as u64, &mut head)
                 .map_err(std::io::Error::other)?;
             let io = self.get_mut();
-            let mut out = bytes::Buf::chain(&head[..], text.as_bytes());
+            let mut out = bytes::Buf::chain(&head[..], body);
             super::write::write_all_progressing(io, &mut out, stall).await
         })
     }
@@ -582,7 +650,7 @@ async fn send_batch<S: DataSink>(
 ) -> Result<(), End> {
     let check =
         (session.limits().slow_grace / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut send = ws.send_text(data, st.cfg.send_timeout);
+    let mut send = ws.send_text(data, st);
     loop {
         match tokio::time::timeout(check, &mut send).await {
             Ok(Ok(())) => return Ok(()),
@@ -742,6 +810,9 @@ fn read_failure<E: std::error::Error + 'static>(e: &E) -> End {
     }
     End::ClientClosed
 }
+
+mod inflate;
+pub use inflate::{InflateError, Inflating};
 
 #[cfg(test)]
 pub(crate) mod testing;

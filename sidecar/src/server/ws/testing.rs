@@ -26,11 +26,11 @@ impl Stream for Duplex {
 }
 
 impl DataSink for Duplex {
-    fn send_text(
-        &mut self,
+    fn send_text<'a>(
+        &'a mut self,
         text: String,
-        _stall: Duration,
-    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>> {
+        _st: &'a crate::server::AppState,
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + 'a>> {
         Box::pin(async move {
             self.tx
                 .send(Message::Text(text.into()))
