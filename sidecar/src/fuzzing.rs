@@ -166,41 +166,67 @@ fn any_request(data: &[u8]) -> Option<http::Request<axum::body::Body>> {
 pub fn websocket_frames(data: &[u8]) {
     let st = state().clone();
     runtime().block_on(async {
-        let (server_io, mut client_io) = tokio::io::duplex(64 << 10);
-        let Some(mut socket) = crate::server::ws::socket(server_io, &st) else {
+        let (server_io, client_io) = tokio::io::duplex(64 << 10);
+        let Some(socket) = crate::server::ws::socket(server_io, &st) else {
             panic!("no WebSocket over a duplex");
         };
-        let Some(guard) = st.try_connect(Transport::ws) else {
-            panic!("connection limit in a fuzz run");
-        };
-        let sub = Subscribe {
-            tail: Some(10),
-            ..Subscribe::default()
-        };
-        let filter = Filter::compile(&sub).expect("the default filter compiles");
-        let mut session = Session::new(st.hub.clone(), &sub, filter, SessionLimits::default());
-        let client = async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut rx, mut tx) = tokio::io::split(&mut client_io);
-            let send = async {
-                let _ = tx.write_all(data).await;
-                let _ = tx.shutdown().await;
-            };
-            let drain = async {
-                let mut sink = vec![0u8; 16 << 10];
-                while matches!(rx.read(&mut sink).await, Ok(n) if n > 0) {}
-            };
-            tokio::join!(send, drain);
-        };
-        let server = async move {
-            crate::server::ws::serve(&mut socket, &st, &mut session, &guard).await;
-            drop(socket);
-        };
-        let both = async { tokio::join!(server, client) };
-        if tokio::time::timeout(PATIENCE, both).await.is_err() {
-            panic!("the WebSocket session did not end after the client's bytes");
-        }
+        websocket_session(st, socket, client_io, data).await;
     });
+}
+
+/// [`websocket_frames`] on a connection that negotiated permessage-deflate:
+/// the bytes pass the server's inflating layer first (compressed
+/// messages, fragments, bombs).
+pub fn websocket_deflate_frames(data: &[u8]) {
+    let st = state().clone();
+    runtime().block_on(async {
+        let (server_io, client_io) = tokio::io::duplex(64 << 10);
+        let io = crate::server::ws::Inflating::new(server_io, st.cfg.max_message_bytes);
+        let Some(socket) = crate::server::ws::socket(io, &st) else {
+            panic!("no WebSocket over a duplex");
+        };
+        websocket_session(st, socket, client_io, data).await;
+    });
+}
+
+async fn websocket_session<T>(
+    st: Arc<AppState>,
+    mut socket: tokio_tungstenite::WebSocketStream<T>,
+    mut client_io: tokio::io::DuplexStream,
+    data: &[u8],
+) where
+    T: crate::server::ws::Wire,
+{
+    let Some(guard) = st.try_connect(Transport::ws) else {
+        panic!("connection limit in a fuzz run");
+    };
+    let sub = Subscribe {
+        tail: Some(10),
+        ..Subscribe::default()
+    };
+    let filter = Filter::compile(&sub).expect("the default filter compiles");
+    let mut session = Session::new(st.hub.clone(), &sub, filter, SessionLimits::default());
+    let client = async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut rx, mut tx) = tokio::io::split(&mut client_io);
+        let send = async {
+            let _ = tx.write_all(data).await;
+            let _ = tx.shutdown().await;
+        };
+        let drain = async {
+            let mut sink = vec![0u8; 16 << 10];
+            while matches!(rx.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        tokio::join!(send, drain);
+    };
+    let server = async move {
+        crate::server::ws::serve(&mut socket, &st, &mut session, &guard).await;
+        drop(socket);
+    };
+    let both = async { tokio::join!(server, client) };
+    if tokio::time::timeout(PATIENCE, both).await.is_err() {
+        panic!("the WebSocket session did not end after the client's bytes");
+    }
 }
 
 /// A client message (a WebSocket text frame's payload): parsed, and a
@@ -331,9 +357,10 @@ pub fn file_bytes(data: &[u8]) {
 pub type Target = fn(&[u8]);
 
 /// Every target by name, for the fuzz binaries and the corpus replay.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("request_head", request_head),
     ("websocket_frames", websocket_frames),
+    ("websocket_deflate_frames", websocket_deflate_frames),
     ("client_message", client_message),
     ("stream_query", stream_query),
     ("logql", logql),

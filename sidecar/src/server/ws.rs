@@ -770,6 +770,15 @@ where
     }
 }
 
+/// A compressed message the inflating layer refused (an I/O error to
+/// tungstenite): too big, or not valid compressed data.
+fn refused_inflate(io: &std::io::Error) -> Option<End> {
+    match io.get_ref()?.downcast_ref::<InflateError>()? {
+        InflateError::TooBig => Some(End::TooBig),
+        InflateError::Invalid(why) => Some(End::ProtocolError((*why).into())),
+    }
+}
+
 /// The close code and a fixed reason for a read that failed because the
 /// client broke the protocol (for transports that end with a static
 /// reason, such as the Loki tail); `None` for other failures.
@@ -795,6 +804,12 @@ fn read_failure<E: std::error::Error + 'static>(e: &E) -> End {
     use tokio_tungstenite::tungstenite::error::ProtocolError;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
+        if let Some(end) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(refused_inflate)
+        {
+            return end;
+        }
         if let Some(t) = err.downcast_ref::<WsError>() {
             return match t {
                 WsError::Capacity(_) => End::TooBig,
@@ -803,6 +818,7 @@ fn read_failure<E: std::error::Error + 'static>(e: &E) -> End {
                 WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::ClientGone,
                 WsError::Protocol(p) => End::ProtocolError(p.to_string()),
                 WsError::Utf8(_) => End::BadText,
+                WsError::Io(io) => refused_inflate(io).unwrap_or(End::ClientClosed),
                 _ => End::ClientClosed,
             };
         }

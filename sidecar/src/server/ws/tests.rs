@@ -166,3 +166,95 @@ async fn an_idle_streams_task_future_stays_small() {
     let size = std::mem::size_of_val(&task);
     assert!(size <= 400, "the stream task's future is {size} bytes");
 }
+
+/// A client frame carrying `payload` deflated (RSV1 set), as a
+/// compressing browser sends it.
+fn compressed_frame(text: &[u8]) -> Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let payload = crate::server::compress::deflate(text, 6).message();
+    let mut f = Frame::message(payload, OpCode::Data(Data::Text), true);
+    f.header_mut().rsv1 = true;
+    Message::Frame(f)
+}
+
+#[tokio::test]
+async fn a_compressing_client_is_read_and_sent_compressed_batches() {
+    let hub = small_hub();
+    let a = hub.source(src("a.log"));
+    let lines: Vec<String> = (0..50)
+        .map(|i| format!("line {i} of the history"))
+        .collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    publish_lines(&hub, &a, &refs);
+    let st = state(&hub);
+    let (server_io, client_io) = tokio::io::duplex(1 << 20);
+    let socket = super::socket(Inflating::new(server_io, st.cfg.max_message_bytes), &st).unwrap();
+    let sub = Subscribe {
+        tail: Some(0),
+        ..Subscribe::default()
+    };
+    let session = Session::new(
+        hub.clone(),
+        &sub,
+        Filter::compile(&sub).unwrap(),
+        st.cfg.session,
+    );
+    let guard = st.try_connect(Transport::ws).unwrap();
+    let served = {
+        let st = st.clone();
+        tokio::spawn(async move {
+            let (mut socket, mut session) = (socket, session);
+            serve(&mut socket, &st, &mut session, &guard).await
+        })
+    };
+    // The client end inflates what the server compresses.
+    let mut client = WebSocketStream::from_raw_socket(
+        Inflating::client(client_io, 1 << 20, false),
+        Role::Client,
+        None,
+    )
+    .await;
+    match client.next().await {
+        Some(Ok(Message::Text(t))) => assert!(t.as_str().contains(r#""type":"hello""#), "{t}"),
+        other => panic!("{other:?}"),
+    }
+    client
+        .send(compressed_frame(br#"{"type":"subscribe","tail":50}"#))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        match client.next().await {
+            Some(Ok(Message::Text(t))) => match serde_json::from_str(t.as_str()).unwrap() {
+                ServerMessage::Subscribed { .. } => {}
+                ServerMessage::Records { records, .. } => {
+                    got.extend(records.into_iter().map(|r| r.line));
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, lines);
+    let compressed = st
+        .metrics
+        .compressions
+        .get_or_create(&crate::metrics::ResultLabel { result: "miss" })
+        .get();
+    assert_eq!(compressed, 1, "the history went as one compressed batch");
+
+    // A message that inflates past the limit closes the connection (1009).
+    client
+        .send(compressed_frame(&vec![b' '; 1 << 20]))
+        .await
+        .unwrap();
+    let close = loop {
+        match client.next().await {
+            Some(Ok(Message::Close(c))) => break c,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(close::TOO_BIG));
+    assert_eq!(served.await.unwrap(), End::TooBig);
+}
