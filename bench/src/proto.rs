@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{Server, Ws, small_ws_config, ws_connect};
+use crate::{Server, Ws, small_ws_config, ws_connect, ws_connect_deflate};
 
 /// A server design under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -115,7 +115,8 @@ pub struct ServerSpec<'a> {
     pub server_cmd: Option<&'a str>,
     /// `logstream` binary for our targets (default: next to the tool).
     pub server_bin: Option<&'a Path>,
-    /// Extra arguments of `logstream serve` (ignored by baselines).
+    /// Extra arguments of `logstream serve`, or of the `ws` baseline
+    /// (`--deflate`); ignored by the other baselines.
     pub extra: &'a [String],
     /// Pin the server to this CPU with `taskset -c`.
     pub cpu: Option<usize>,
@@ -166,7 +167,11 @@ pub fn spawn_server(spec: &ServerSpec) -> Result<Server> {
                     v.extend(spec.extra.iter().cloned());
                     v
                 }
-                Target::Ws => script("node/ws-server.js")?,
+                Target::Ws => {
+                    let mut v = script("node/ws-server.js")?;
+                    v.extend(spec.extra.iter().cloned());
+                    v
+                }
                 Target::Socketio => script("node/socketio-server.js")?,
                 Target::Tailf => script("tailf/tailf-server.js")?,
             }
@@ -221,11 +226,33 @@ impl Client {
         path: &str,
         small: bool,
     ) -> Result<Client> {
+        Client::connect_with(target, addr, src, path, small, false)
+            .await
+            .map(|(c, _)| c)
+    }
+
+    /// [`Client::connect`], offering permessage-deflate on a WebSocket when
+    /// `deflate`; also returns the server's answer to the offer.
+    pub async fn connect_with(
+        target: Target,
+        addr: SocketAddr,
+        src: Option<IpAddr>,
+        path: &str,
+        small: bool,
+        deflate: bool,
+    ) -> Result<(Client, Option<String>)> {
         let json = path.contains("format=json");
+        let mut answer = None;
         let io = match target {
             Target::OursWs | Target::OursTail | Target::Ws | Target::Socketio => {
                 let cfg = small.then(small_ws_config);
-                Io::Ws(Box::new(ws_connect(addr, src, path, cfg).await?))
+                if deflate {
+                    let (ws, a) = ws_connect_deflate(addr, src, path, cfg).await?;
+                    answer = a;
+                    Io::Ws(Box::new(ws))
+                } else {
+                    Io::Ws(Box::new(ws_connect(addr, src, path, cfg).await?))
+                }
             }
             Target::OursSse | Target::Tailf => http_get_stream(addr, src, path, small).await?,
         };
@@ -241,7 +268,7 @@ impl Client {
         tokio::time::timeout(Duration::from_secs(15), c.handshake())
             .await
             .map_err(|_| anyhow!("{}: no handshake within 15 s", target.name()))??;
-        Ok(c)
+        Ok((c, answer))
     }
 
     async fn handshake(&mut self) -> Result<()> {
@@ -425,8 +452,9 @@ pub async fn open_idle(
     ip: IpAddr,
     path: String,
     closed: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    deflate: bool,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let mut c = Client::connect(target, addr, Some(ip), &path, true).await?;
+    let (mut c, _) = Client::connect_with(target, addr, Some(ip), &path, true, deflate).await?;
     Ok(tokio::spawn(async move {
         while let Ok(true) = c.next(&mut |_, _| {}).await {}
         if let Some(c) = closed {

@@ -72,6 +72,9 @@ pub enum Pull {
 /// with a rare filter cannot hold the lock across the whole history.
 const SCAN_LIMIT: usize = 4096;
 
+/// Ring positions every batch ends at (when it gets that far).
+const BATCH_GRID: u64 = 512;
+
 pub struct Session {
     hub: Arc<Hub>,
     pub filter: Filter,
@@ -367,6 +370,13 @@ impl Session {
             if self.wants(e) {
                 bytes += e.wire_size();
                 entries.push(e.clone());
+            }
+            // Batches end on a grid of the ring as well as at the limits:
+            // clients that read the same records are then cut the same
+            // way whenever they started, and are sent the same bytes (one
+            // rendering and compression for all, server/compress.rs).
+            if (e.idx + 1).is_multiple_of(BATCH_GRID) {
+                break;
             }
         }
         Pull::Batch {

@@ -44,6 +44,14 @@ struct Args {
     /// Pace the writer at this many lines/s in total (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Write the demo writer's mix of lines (JSON, logfmt, plain; ~100
+    /// bytes) instead of padded ones (`--line-bytes` is then ignored).
+    #[arg(long)]
+    demo_mix: bool,
+    /// Clients offer permessage-deflate (WebSocket targets); the wire bytes
+    /// they read are counted either way.
+    #[arg(long)]
+    deflate: bool,
     /// Size of each write(2) of the writer.
     #[arg(long, default_value_t = 1 << 20)]
     chunk_bytes: usize,
@@ -88,12 +96,13 @@ fn lines_of(args: &Args, i: usize) -> u64 {
 /// at `rate` lines/s in 1 ms rounds when `rate` is set.
 fn write_files(args: &Args, dir: &Path) -> Result<()> {
     let paths: Vec<_> = (0..args.files).map(|i| dir.join(file_name(i))).collect();
-    lb::write_numbered(
+    lb::write_numbered_mix(
         &paths,
         args.lines,
         args.rate,
         args.line_bytes,
         args.chunk_bytes,
+        args.demo_mix,
     )
     .map(|_bytes| ())
 }
@@ -216,28 +225,34 @@ fn main() -> Result<()> {
         .collect();
     let path = args.target.stream_path(None, false);
     let t_conn = Instant::now();
-    let clients: Vec<proto::Client> = rt.block_on(async {
-        let opened: Vec<Result<proto::Client>> = futures::stream::iter(0..args.clients)
-            .map(|i| {
-                let path = path.clone();
-                let addr = server.addr;
-                let ips = args.ips.clamp(1, 200);
-                async move {
-                    proto::Client::connect(
-                        args.target,
-                        addr,
-                        Some(lb::source_ip(2 + i % ips)?),
-                        &path,
-                        args.clients > 100,
-                    )
-                    .await
-                }
-            })
-            .buffer_unordered(64)
-            .collect()
-            .await;
+    let opened: Vec<(proto::Client, Option<String>)> = rt.block_on(async {
+        let opened: Vec<Result<(proto::Client, Option<String>)>> =
+            futures::stream::iter(0..args.clients)
+                .map(|i| {
+                    let path = path.clone();
+                    let addr = server.addr;
+                    let ips = args.ips.clamp(1, 200);
+                    async move {
+                        proto::Client::connect_with(
+                            args.target,
+                            addr,
+                            Some(lb::source_ip(2 + i % ips)?),
+                            &path,
+                            args.clients > 100,
+                            args.deflate,
+                        )
+                        .await
+                    }
+                })
+                .buffer_unordered(64)
+                .collect()
+                .await;
         opened.into_iter().collect::<Result<Vec<_>>>()
     })?;
+    // Every client got the same answer, or the run says which differ.
+    let mut answers: Vec<Option<String>> = opened.iter().map(|(_, a)| a.clone()).collect();
+    answers.dedup();
+    let clients: Vec<proto::Client> = opened.into_iter().map(|(c, _)| c).collect();
     let connect_secs = t_conn.elapsed().as_secs_f64();
     eprintln!(
         "ls-fanout: {} clients connected in {connect_secs:.2} s",
@@ -255,6 +270,7 @@ fn main() -> Result<()> {
         tokio::task::spawn_blocking(move || lb::wait_quiet(Duration::from_secs(qw), qb)).await
     })?;
     let load = lb::OtherLoad::start(Some(pid));
+    let wire0 = lb::WIRE_BYTES.load(Ordering::Relaxed);
     let cpu0 = proto::tree_cpu(pid).unwrap_or_default();
     let t0 = Instant::now();
     let writer = {
@@ -293,6 +309,7 @@ fn main() -> Result<()> {
     });
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = proto::tree_cpu(pid).unwrap_or_default();
+    let wire = lb::WIRE_BYTES.load(Ordering::Relaxed).saturating_sub(wire0);
     // Ours counts what it tailed, whether or not a slow client got it all.
     let ingested = if args.target.is_ours() {
         server
@@ -303,6 +320,20 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    // Ours: how often a batch was found compressed already.
+    let server_metric = |name: &str| -> Option<f64> {
+        if args.target.is_ours() {
+            server.metric(name).ok().flatten()
+        } else {
+            None
+        }
+    };
+    let compress = json!({
+        "hit": server_metric("logstream_compressions_total{result=\"hit\"}"),
+        "miss": server_metric("logstream_compressions_total{result=\"miss\"}"),
+        "input_bytes": server_metric("logstream_compress_input_bytes_total{transport=\"ws\"}"),
+        "output_bytes": server_metric("logstream_compress_output_bytes_total{transport=\"ws\"}"),
+    });
     let load = load.finish(Some(pid));
     let writer_secs = writer.join().map_err(|_| anyhow!("writer panicked"))??;
     shared.stop.store(true, Ordering::Relaxed);
@@ -349,7 +380,13 @@ fn main() -> Result<()> {
         "clients": args.clients,
         "files": args.files,
         "lines": args.lines,
-        "line_bytes": args.line_bytes,
+        "line_bytes": if args.demo_mix { None } else { Some(args.line_bytes) },
+        "demo_mix": args.demo_mix,
+        "deflate_offered": args.deflate,
+        "extensions": answers,
+        "wire_bytes": wire,
+        "compressions": compress,
+        "wire_bytes_per_line": if received > 0 { Some(wire as f64 / received as f64) } else { None },
         "rate": args.rate,
         "connect_secs": connect_secs,
         "writer_secs": writer_secs,

@@ -54,6 +54,9 @@ struct Args {
     /// Server design under test.
     #[arg(long, value_enum, default_value = "ours-ws")]
     target: Target,
+    /// Clients offer permessage-deflate (WebSocket targets).
+    #[arg(long)]
+    deflate: bool,
     /// Path and query of the stream (default: the target's stream).
     #[arg(long)]
     path: Option<String>,
@@ -147,6 +150,7 @@ async fn worker(args: Args) -> Result<()> {
                         ip,
                         path.clone(),
                         Some(closed_by_server.clone()),
+                        args.deflate,
                     )
                 })
                 .buffer_unordered(args.concurrency.max(1))
@@ -297,6 +301,7 @@ fn coordinator(args: Args) -> Result<()> {
             .args(["--ips-per-proc", &args.ips_per_proc.to_string()])
             .args(["--ip-base", &(2 + i * args.ips_per_proc).to_string()])
             .args(["--concurrency", &args.concurrency.to_string()])
+            .args(args.deflate.then_some("--deflate"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -417,6 +422,7 @@ fn coordinator(args: Args) -> Result<()> {
         "tool": "ls-idle",
         "target": args.target.name(),
         "path": stream_path(&args),
+        "deflate_offered": args.deflate,
         "command": lb::command_line(),
         "server_command": server.command,
         "machine": lb::machine(),

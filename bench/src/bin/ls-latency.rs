@@ -70,6 +70,9 @@ struct Args {
     /// Extra argument for `logstream serve` (repeat).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// Measured clients offer permessage-deflate (WebSocket targets).
+    #[arg(long)]
+    deflate: bool,
     /// Write every sample (client, seq, written ns, latency ns) here.
     #[arg(long)]
     dump: Option<PathBuf>,
@@ -130,8 +133,18 @@ async fn run(args: &Args, server: &lb::Server, dir: PathBuf) -> Result<serde_jso
     let mut clients = Vec::new();
     for i in 0..args.clients {
         let ip = lb::source_ip(2 + i % 200)?;
-        clients
-            .push(proto::Client::connect(args.target, server.addr, Some(ip), &path, false).await?);
+        clients.push(
+            proto::Client::connect_with(
+                args.target,
+                server.addr,
+                Some(ip),
+                &path,
+                false,
+                args.deflate,
+            )
+            .await?
+            .0,
+        );
     }
     let mut extra = Vec::new();
     if args.extra_conns > 0 {
@@ -230,6 +243,7 @@ async fn run(args: &Args, server: &lb::Server, dir: PathBuf) -> Result<serde_jso
         "tool": "ls-latency",
         "target": args.target.name(),
         "path": path,
+        "deflate_offered": args.deflate,
         "cdf": cdf(&hist),
         "command": lb::command_line(),
         "server_command": server.command,

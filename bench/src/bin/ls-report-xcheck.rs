@@ -1,6 +1,7 @@
 //! `ls-report-xcheck`: the Markdown sections of `bench/RESULTS.md` for the
-//! `k6`, `stall` and `callgrind` groups of `bench/run.sh`, from their JSON
-//! results (`k6-*.json`, `stall-*.json`, `callgrind*.json`). Prints to stdout;
+//! `k6`, `stall`, `callgrind` and `compress` groups of `bench/run.sh`, from
+//! their JSON results (`k6-*.json`, `stall-*.json`, `callgrind*.json`,
+//! `compress-*.json`). Prints to stdout;
 //! `run.sh` inserts it before the hand-written analysis.
 
 use std::fmt::Write as _;
@@ -93,6 +94,7 @@ fn main() -> Result<()> {
     k6(&a.dir, &mut md)?;
     stall(&a.dir, &mut md)?;
     callgrind(&a.dir, &mut md)?;
+    compress(&a.dir, &mut md)?;
     print!("{md}");
     Ok(())
 }
@@ -432,6 +434,159 @@ fn callgrind(dir: &Path, md: &mut String) -> Result<()> {
                 m.zip(first)
                     .filter(|(_, f)| *f > 0.0)
                     .map_or("–".into(), |(m, f)| format!("{:.3}", m / f)),
+            )?;
+        }
+        writeln!(md)?;
+    }
+    Ok(())
+}
+
+fn compress(dir: &Path, md: &mut String) -> Result<()> {
+    let fan = |t: &str, mode: &str| load(dir, &format!("compress-fanout-{t}-{mode}.json"));
+    if ["ours-ws", "ws"]
+        .iter()
+        .all(|t| fan(t, "plain").is_none() && fan(t, "deflate").is_none())
+    {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## Compression: permessage-deflate once per batch, beside `ws` perMessageDeflate\n"
+    )?;
+    writeln!(
+        md,
+        "100 WebSocket clients follow one file while the writer appends the demo writer's mix (`logstream demo`: JSON, logfmt and \
+         plain lines, ~100 bytes; `--demo-mix`). `deflate` rows: the clients offer `permessage-deflate; client_max_window_bits` as \
+         browsers do and inflate what they get (tools' own client, `logstream::server::ws::Inflating::client`). Ours answers \
+         `server_no_context_takeover` and deflates each batch once for every client (server/compress.rs); the `ws` baseline runs \
+         with `perMessageDeflate: true` (its README's switch: a zlib context per connection, every message compressed per client, \
+         context kept between messages). Wire bytes = what the clients' sockets read during the run, per line delivered. \
+         Server CPU = the server's CPU time over the run (pinned to CPU 0; clients on CPU 1). The `ws` rows write fewer lines: \
+         compressing per client, it delivers ~11k lines/s.\n"
+    )?;
+    writeln!(
+        md,
+        "| server | clients | offer | answer | lines × clients delivered | wire bytes / line | **÷ plain** | server CPU s | CPU µs / line delivered | **CPU × plain** | compressions hit / miss | other CPU | command |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for t in ["ours-ws", "ws"] {
+        let plain = fan(t, "plain");
+        for mode in ["plain", "deflate"] {
+            let Some(v) = fan(t, mode) else { continue };
+            let per_line = |v: &Value| -> Option<f64> {
+                Some(v["server_cpu_secs"].as_f64()? * 1e6 / v["delivered"].as_f64()?.max(1.0))
+            };
+            let wire_ratio = plain.as_ref().and_then(|p| {
+                Some(p["wire_bytes_per_line"].as_f64()? / v["wire_bytes_per_line"].as_f64()?)
+            });
+            let cpu_ratio = plain
+                .as_ref()
+                .and_then(|p| Some(per_line(&v)? / per_line(p)?));
+            let answer = v["extensions"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().unwrap_or("none"))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                })
+                .unwrap_or_default();
+            let c = &v["compressions"];
+            let hits = if c["hit"].is_null() {
+                "–".to_string()
+            } else {
+                format!("{} / {}", big(&c["hit"]), big(&c["miss"]))
+            };
+            writeln!(
+                md,
+                "| {t} | {} | {} | {} | {} × {} | {:.1} | **{}** | {:.3} | {} | **{}** | {} | {} | {} |",
+                v["clients"],
+                if mode == "deflate" {
+                    "permessage-deflate"
+                } else {
+                    "none"
+                },
+                if answer.is_empty() {
+                    "–".into()
+                } else {
+                    format!("`{answer}`")
+                },
+                big(&v["lines"]),
+                v["clients"],
+                v["wire_bytes_per_line"].as_f64().unwrap_or(f64::NAN),
+                wire_ratio.map_or("–".into(), |r| format!("{r:.2}")),
+                v["server_cpu_secs"].as_f64().unwrap_or(f64::NAN),
+                per_line(&v).map_or("–".into(), |x| format!("{x:.3}")),
+                cpu_ratio.map_or("–".into(), |r| format!("{r:.2}")),
+                hits,
+                other(&v["other_load"]),
+                cmd(&v),
+            )?;
+        }
+    }
+    writeln!(md)?;
+    let idle: Vec<(&str, Value)> = ["plain", "deflate"]
+        .iter()
+        .filter_map(|m| Some((*m, load(dir, &format!("compress-idle-{m}.json"))?)))
+        .collect();
+    if !idle.is_empty() {
+        writeln!(
+            md,
+            "Idle memory per connection (ours, `/ws`, server VmRSS slope over the steps):\n"
+        )?;
+        writeln!(
+            md,
+            "| offer | bytes per idle connection | r² | failed | command |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|")?;
+        for (m, v) in &idle {
+            let fit = &v["server_rss_fit_from_first_step"];
+            writeln!(
+                md,
+                "| {} | **{}** | {} | {} | {} |",
+                if *m == "deflate" {
+                    "permessage-deflate (negotiated)"
+                } else {
+                    "none"
+                },
+                big(&fit["bytes_per_conn"]),
+                ratio(&fit["r2"]),
+                v["failed"],
+                cmd(v)
+            )?;
+        }
+        writeln!(md)?;
+    }
+    let lat: Vec<(&str, Value)> = ["plain", "deflate"]
+        .iter()
+        .filter_map(|m| Some((*m, load(dir, &format!("compress-latency-1-{m}.json"))?)))
+        .collect();
+    if !lat.is_empty() {
+        writeln!(
+            md,
+            "Write → client latency at 1 line/s, 1 client (ours, JSON records):\n"
+        )?;
+        writeln!(
+            md,
+            "| offer | p50 | p90 | p99 | max | other CPU | command |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|")?;
+        for (m, v) in &lat {
+            let l = &v["latency"];
+            writeln!(
+                md,
+                "| {} | {} | {} | **{}** | {} | {} | {} |",
+                if *m == "deflate" {
+                    "permessage-deflate"
+                } else {
+                    "none"
+                },
+                us(&l["p50_us"]),
+                us(&l["p90_us"]),
+                us(&l["p99_us"]),
+                us(&l["max_us"]),
+                other(&v["other_load"]),
+                cmd(v)
             )?;
         }
         writeln!(md)?;

@@ -15,9 +15,12 @@
 //! No connection holds compressor state: an idle compressed connection
 //! costs what an uncompressed one does (plus a CRC and a length for gzip).
 //!
-//! The cache is content-addressed (a hash of the rendered text, then an
-//! exact comparison), so it needs to know nothing of sessions, filters or
-//! formats: clients with the same rendering of a batch meet there.
+//! The cache is content-addressed (a 128-bit hash of the rendered text and
+//! its length), so it needs to know nothing of sessions, filters or
+//! formats: clients with the same rendering of a batch meet there. It
+//! holds compressed bytes only, so it can remember enough batches for
+//! clients spread over a burst (sessions cut batches on a common grid,
+//! session.rs, so laggards render what leaders did).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -30,8 +33,8 @@ use flate2::{Compress, FlushCompress, Status};
 pub const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// Recent batches kept for other clients to find.
-const CACHE_SLOTS: usize = 64;
-/// Bytes (rendered + compressed) the cache may hold.
+const CACHE_SLOTS: usize = 1024;
+/// Compressed bytes the cache may hold.
 const CACHE_BYTES: usize = 8 << 20;
 
 /// Settings (`--compress`, `--compress-min-bytes`, `--compress-level`).
@@ -74,8 +77,8 @@ impl Packed {
 }
 
 struct Slot {
-    hash: u64,
-    text: Bytes,
+    hash: u128,
+    len: usize,
     packed: tokio::sync::OnceCell<Arc<Packed>>,
 }
 
@@ -115,19 +118,21 @@ impl Compression {
     /// `text` deflated, by this call or by another client's: concurrent
     /// callers with the same text wait for one compression.
     pub async fn pack(&self, text: Bytes) -> (Arc<Packed>, Found) {
-        let hash = xxhash_rust::xxh3::xxh3_64(&text);
+        let (hash, len) = (xxhash_rust::xxh3::xxh3_128(&text), text.len());
         let slot = {
             let Ok(mut cache) = self.cache.lock() else {
                 // A panic while holding the lock: compress alone.
                 return (Arc::new(deflate(&text, self.cfg.level)), Found::Miss);
             };
+            // Newest first: clients mostly ask for recent batches.
             match cache
                 .slots
                 .iter()
-                .find(|s| s.hash == hash && s.text == text)
+                .rev()
+                .find(|s| s.hash == hash && s.len == len)
             {
                 Some(s) => s.clone(),
-                None => cache.insert(hash, text),
+                None => cache.insert(hash, len),
             }
         };
         let mut found = Found::Hit;
@@ -136,7 +141,6 @@ impl Compression {
             .get_or_init(|| {
                 found = Found::Miss;
                 let level = self.cfg.level;
-                let text = slot.text.clone();
                 async move { Arc::new(deflate(&text, level)) }
             })
             .await
@@ -152,11 +156,10 @@ impl Compression {
 }
 
 impl Cache {
-    fn insert(&mut self, hash: u64, text: Bytes) -> Arc<Slot> {
-        self.bytes += text.len();
+    fn insert(&mut self, hash: u128, len: usize) -> Arc<Slot> {
         let slot = Arc::new(Slot {
             hash,
-            text,
+            len,
             packed: tokio::sync::OnceCell::new(),
         });
         self.slots.push_back(slot.clone());
@@ -168,9 +171,9 @@ impl Cache {
     fn trim(&mut self) {
         while self.slots.len() > 1 && (self.slots.len() > CACHE_SLOTS || self.bytes > CACHE_BYTES) {
             if let Some(old) = self.slots.pop_front() {
-                self.bytes = self.bytes.saturating_sub(
-                    old.text.len() + old.packed.get().map_or(0, |p| p.deflate.len()),
-                );
+                self.bytes = self
+                    .bytes
+                    .saturating_sub(old.packed.get().map_or(0, |p| p.deflate.len()));
             }
         }
     }
@@ -464,7 +467,7 @@ mod tests {
     #[tokio::test]
     async fn the_cache_stays_within_its_bounds() {
         let c = Compression::new(CompressConfig::default());
-        for i in 0..(CACHE_SLOTS * 3) {
+        for i in 0..(CACHE_SLOTS * 2) {
             c.pack(Bytes::from(format!("{i} {}", lines(10)))).await;
         }
         {
@@ -473,15 +476,26 @@ mod tests {
             let held: usize = cache
                 .slots
                 .iter()
-                .map(|s| s.text.len() + s.packed.get().map_or(0, |p| p.deflate.len()))
+                .map(|s| s.packed.get().map_or(0, |p| p.deflate.len()))
                 .sum();
             assert_eq!(cache.bytes, held);
         }
-        // One batch bigger than the byte bound still gets through alone.
-        let huge = Bytes::from(vec![b'x'; CACHE_BYTES + 1]);
-        let (p, _) = c.pack(huge.clone()).await;
-        assert_eq!(inflate_raw(&p.deflate), huge);
-        assert_eq!(c.cache.lock().unwrap().slots.len(), 1);
+        // Incompressible batches: the byte bound holds, the newest stays.
+        let noise = |seed: u64| -> Bytes {
+            (0..(CACHE_BYTES / 4) as u64)
+                .map(|i| (i.wrapping_add(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+                .collect::<Vec<u8>>()
+                .into()
+        };
+        for seed in 0..6 {
+            let text = noise(seed * 1_000_003);
+            let (p, _) = c.pack(text.clone()).await;
+            assert_eq!(inflate_raw(&p.deflate), text);
+            let cache = c.cache.lock().unwrap();
+            assert!(cache.bytes <= CACHE_BYTES, "{}", cache.bytes);
+        }
+        let (p, _) = c.pack(Bytes::from(vec![b'x'; CACHE_BYTES + 1])).await;
+        assert_eq!(inflate_raw(&p.deflate).len(), CACHE_BYTES + 1);
     }
 
     #[test]
