@@ -213,7 +213,8 @@ pub(crate) fn spawn_on<T: Wire + 'static>(
 ) {
     let st = admitted.st.clone();
     if admitted.deflate {
-        let io = Inflating::new(io, st.cfg.max_message_bytes);
+        // Boxed: the task holds a pointer where it would hold the socket.
+        let io = Box::new(Inflating::new(io, st.cfg.max_message_bytes));
         if let Some(ws) = socket(io, &st) {
             drop(st);
             spawn_admitted(tasks, ws, admitted);
@@ -379,6 +380,9 @@ impl Wire for tokio::net::TcpStream {}
 impl Wire for TokioIo<hyper::upgrade::Upgraded> {}
 impl Wire for tokio::io::DuplexStream {}
 impl<T: Wire> Wire for Inflating<T> {
+    const DEFLATE: bool = true;
+}
+impl<T: Wire> Wire for Box<Inflating<T>> {
     const DEFLATE: bool = true;
 }
 

@@ -41,10 +41,27 @@ impl InflateError {
 }
 
 /// `io` with compressed client messages inflated.
+/// `io` with compressed client messages inflated.
+///
+/// What an idle connection holds is this struct alone: the state of a
+/// frame being read is boxed while it arrives and dropped at every frame
+/// boundary (connections are boxed as `Box<Inflating<_>>` too, so the
+/// connection's task is no bigger than an uncompressed one's).
 pub struct Inflating<T> {
     io: T,
     /// Largest message, compressed or not.
     max: usize,
+    reading: Option<Box<Reading>>,
+    /// Reading a server's frames (unmasked) rather than a client's.
+    client: bool,
+    failed: bool,
+    /// The window kept between messages (a client whose server takes
+    /// over its context); `None`: each message from an empty window.
+    takeover: Option<Box<Decompress>>,
+}
+
+/// A frame (or a fragmented compressed message) on its way through.
+struct Reading {
     /// The frame head being read.
     head: [u8; 14],
     have: usize,
@@ -56,15 +73,30 @@ pub struct Inflating<T> {
     /// (0: none).
     msg: Vec<u8>,
     msg_opcode: u8,
-    failed: bool,
-    /// Reading a server's frames (unmasked) rather than a client's.
-    client: bool,
-    /// The window kept between messages (a client whose server takes
-    /// over its context); `None`: each message from an empty window.
-    takeover: Option<Box<Decompress>>,
 }
 
-#[derive(Clone, Copy)]
+impl Reading {
+    fn new() -> Reading {
+        Reading {
+            head: [0; 14],
+            have: 0,
+            phase: Phase::Head,
+            out: Vec::new(),
+            out_at: 0,
+            msg: Vec::new(),
+            msg_opcode: 0,
+        }
+    }
+
+    /// At a frame boundary with nothing held.
+    fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Head)
+            && self.have == 0
+            && self.out_at >= self.out.len()
+            && self.msg_opcode == 0
+    }
+}
+
 enum Phase {
     Head,
     /// Payload bytes to pass through as they are.
@@ -83,15 +115,9 @@ impl<T> Inflating<T> {
         Inflating {
             io,
             max: max_message,
-            head: [0; 14],
-            have: 0,
-            phase: Phase::Head,
-            out: Vec::new(),
-            out_at: 0,
-            msg: Vec::new(),
-            msg_opcode: 0,
-            failed: false,
+            reading: None,
             client: false,
+            failed: false,
             takeover: None,
         }
     }
@@ -108,7 +134,6 @@ impl<T> Inflating<T> {
     }
 }
 
-/// Bytes of a frame head, as far as its first bytes tell.
 fn head_len(head: &[u8]) -> usize {
     if head.len() < 2 {
         return 2;
@@ -216,9 +241,17 @@ fn read_some<T: AsyncRead + Unpin>(
     Poll::Ready(Ok(rb.filled().len()))
 }
 
-impl<T: AsyncRead + Unpin> Inflating<T> {
+/// What a [`Reading`] needs of its connection.
+struct Conn<'a, T> {
+    io: &'a mut T,
+    max: usize,
+    client: bool,
+    takeover: &'a mut Option<Box<Decompress>>,
+}
+
+impl Reading {
     /// A complete head read: what to do with the frame.
-    fn on_head(&mut self) -> Result<(), InflateError> {
+    fn on_head(&mut self, client: bool, max: usize) -> Result<(), InflateError> {
         let head = &self.head[..self.have];
         let (b0, fin) = (head[0], head[0] & 0x80 != 0);
         let (rsv1, opcode) = (b0 & 0x40 != 0, b0 & 0x0f);
@@ -242,13 +275,13 @@ impl<T: AsyncRead + Unpin> Inflating<T> {
             self.have = 0;
             return Ok(());
         }
-        let mask = match (mask, self.client) {
+        let mask = match (mask, client) {
             (Some(m), false) => m,
             (None, true) => [0; 4],
             (None, false) => return Err(InflateError::Invalid("unmasked client frame")),
             (Some(_), true) => return Err(InflateError::Invalid("masked server frame")),
         };
-        if (self.msg.len() as u64).saturating_add(len) > self.max as u64 {
+        if (self.msg.len() as u64).saturating_add(len) > max as u64 {
             return Err(InflateError::TooBig);
         }
         if compressed_start {
@@ -264,8 +297,9 @@ impl<T: AsyncRead + Unpin> Inflating<T> {
         Ok(())
     }
 
-    fn poll_inner(
+    fn poll<T: AsyncRead + Unpin>(
         &mut self,
+        c: Conn<'_, T>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
@@ -285,7 +319,7 @@ impl<T: AsyncRead + Unpin> Inflating<T> {
                 Phase::Pass(left) => {
                     let mut tmp = [0u8; 2048];
                     let want = (left.min(tmp.len() as u64) as usize).min(buf.remaining());
-                    let n = ready!(read_some(&mut self.io, cx, &mut tmp[..want]))?;
+                    let n = ready!(read_some(c.io, cx, &mut tmp[..want]))?;
                     buf.put_slice(&tmp[..n]);
                     if n > 0 {
                         self.phase = Phase::Pass(left - n as u64);
@@ -295,8 +329,8 @@ impl<T: AsyncRead + Unpin> Inflating<T> {
                 Phase::Head => {
                     let need = head_len(&self.head[..self.have]);
                     if self.have < need {
-                        let (have, io) = (self.have, &mut self.io);
-                        let n = ready!(read_some(io, cx, &mut self.head[have..need]))?;
+                        let have = self.have;
+                        let n = ready!(read_some(c.io, cx, &mut self.head[have..need]))?;
                         if n == 0 {
                             // The end (mid-head or not): the reader above
                             // judges a connection that just stops.
@@ -305,7 +339,7 @@ impl<T: AsyncRead + Unpin> Inflating<T> {
                         self.have += n;
                         continue;
                     }
-                    self.on_head().map_err(InflateError::io)?;
+                    self.on_head(c.client, c.max).map_err(InflateError::io)?;
                 }
                 Phase::Gather {
                     left,
@@ -317,8 +351,7 @@ impl<T: AsyncRead + Unpin> Inflating<T> {
                         let start = self.msg.len();
                         let chunk = left.min(16 << 10) as usize;
                         self.msg.resize(start + chunk, 0);
-                        let read = read_some(&mut self.io, cx, &mut self.msg[start..]);
-                        let n = match read {
+                        let n = match read_some(c.io, cx, &mut self.msg[start..]) {
                             Poll::Ready(Ok(n)) => n,
                             other => {
                                 self.msg.truncate(start);
@@ -343,12 +376,12 @@ impl<T: AsyncRead + Unpin> Inflating<T> {
                     self.phase = Phase::Head;
                     if fin {
                         let msg = std::mem::take(&mut self.msg);
-                        let plain = match &mut self.takeover {
-                            Some(d) => inflate_with(d, &msg, self.max),
-                            None => inflate(&msg, self.max),
+                        let plain = match c.takeover.as_mut() {
+                            Some(d) => inflate_with(d, &msg, c.max),
+                            None => inflate(&msg, c.max),
                         }
                         .map_err(InflateError::io)?;
-                        self.out = frame(self.msg_opcode, &plain, !self.client);
+                        self.out = frame(self.msg_opcode, &plain, !c.client);
                         self.out_at = 0;
                         self.msg_opcode = 0;
                     }
@@ -368,11 +401,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for Inflating<T> {
         if this.failed {
             return Poll::Ready(Err(InflateError::Invalid("after an earlier failure").io()));
         }
-        let r = this.poll_inner(cx, buf);
-        if matches!(r, Poll::Ready(Err(_))) {
-            this.failed = true;
-            this.msg = Vec::new();
-            this.out = Vec::new();
+        let reading = this.reading.get_or_insert_with(|| Box::new(Reading::new()));
+        let conn = Conn {
+            io: &mut this.io,
+            max: this.max,
+            client: this.client,
+            takeover: &mut this.takeover,
+        };
+        let r = reading.poll(conn, cx, buf);
+        match &r {
+            Poll::Ready(Err(_)) => {
+                this.failed = true;
+                this.reading = None;
+            }
+            // Between frames nothing is kept.
+            _ if reading.is_idle() => this.reading = None,
+            _ => {}
         }
         r
     }

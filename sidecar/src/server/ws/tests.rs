@@ -165,6 +165,23 @@ async fn an_idle_streams_task_future_stays_small() {
     let task = async move { run_admitted(&mut socket, &mut admitted).await };
     let size = std::mem::size_of_val(&task);
     assert!(size <= 400, "the stream task's future is {size} bytes");
+
+    // A connection that negotiated compression: no bigger a task, and
+    // the boxed inflating layer holds no frame state while idle.
+    let _client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (tcp, _) = l.accept().await.unwrap();
+    let mut zsocket = super::socket(Box::new(Inflating::new(tcp, 1 << 16)), &st).unwrap();
+    let mut admitted = Admitted::refused(st.clone());
+    let task = async move { run_admitted(&mut zsocket, &mut admitted).await };
+    let deflating = std::mem::size_of_val(&task);
+    assert!(
+        deflating <= size,
+        "a compressed connection's task future is {deflating} bytes (plain: {size})"
+    );
+    let layer = std::mem::size_of::<Inflating<tokio::net::TcpStream>>();
+    assert!(layer <= 80, "the inflating layer is {layer} bytes");
 }
 
 /// A client frame carrying `payload` deflated (RSV1 set), as a
