@@ -55,9 +55,13 @@ pub struct Inflating<T> {
     /// Reading a server's frames (unmasked) rather than a client's.
     client: bool,
     failed: bool,
-    /// The window kept between messages (a client whose server takes
-    /// over its context); `None`: each message from an empty window.
-    takeover: Option<Box<Decompress>>,
+    /// A client's inflater, kept between messages: with its window when
+    /// the server takes over its context, reset before each message
+    /// otherwise. `None` on a server (no state while idle): each message
+    /// gets a fresh one.
+    inflater: Option<Box<Decompress>>,
+    /// The kept inflater's window carries over between messages.
+    takeover: bool,
 }
 
 /// A frame (or a fragmented compressed message) on its way through.
@@ -118,7 +122,8 @@ impl<T> Inflating<T> {
             reading: None,
             client: false,
             failed: false,
-            takeover: None,
+            inflater: None,
+            takeover: false,
         }
     }
 
@@ -128,7 +133,8 @@ impl<T> Inflating<T> {
     pub fn client(io: T, max_message: usize, takeover: bool) -> Inflating<T> {
         Inflating {
             client: true,
-            takeover: takeover.then(|| Box::new(Decompress::new(false))),
+            inflater: Some(Box::new(Decompress::new(false))),
+            takeover,
             ..Inflating::new(io, max_message)
         }
     }
@@ -246,7 +252,8 @@ struct Conn<'a, T> {
     io: &'a mut T,
     max: usize,
     client: bool,
-    takeover: &'a mut Option<Box<Decompress>>,
+    inflater: &'a mut Option<Box<Decompress>>,
+    takeover: bool,
 }
 
 impl Reading {
@@ -376,8 +383,13 @@ impl Reading {
                     self.phase = Phase::Head;
                     if fin {
                         let msg = std::mem::take(&mut self.msg);
-                        let plain = match c.takeover.as_mut() {
-                            Some(d) => inflate_with(d, &msg, c.max),
+                        let plain = match c.inflater.as_mut() {
+                            Some(d) => {
+                                if !c.takeover {
+                                    d.reset(false);
+                                }
+                                inflate_with(d, &msg, c.max)
+                            }
                             None => inflate(&msg, c.max),
                         }
                         .map_err(InflateError::io)?;
@@ -406,7 +418,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Inflating<T> {
             io: &mut this.io,
             max: this.max,
             client: this.client,
-            takeover: &mut this.takeover,
+            inflater: &mut this.inflater,
+            takeover: this.takeover,
         };
         let r = reading.poll(conn, cx, buf);
         match &r {
@@ -572,6 +585,29 @@ mod tests {
         assert_eq!(
             out,
             [frame(1, &text, false), frame(1, &text, false)].concat()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_resets_its_inflater_when_the_server_does_not_take_over() {
+        let texts: [&[u8]; 2] = [b"first message, first message", b"second, second, second"];
+        let mut wire = Vec::new();
+        for t in texts {
+            let mut f = frame(1, &compress(t), false);
+            f[0] |= 0x40;
+            wire.extend(f);
+        }
+        let (mut server, client) = tokio::io::duplex(1 << 20);
+        server.write_all(&wire).await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        Inflating::client(client, 1 << 20, false)
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            [frame(1, texts[0], false), frame(1, texts[1], false)].concat()
         );
     }
 
