@@ -53,7 +53,7 @@ impl Default for CompressConfig {
     fn default() -> Self {
         CompressConfig {
             enabled: true,
-            min_bytes: 256,
+            min_bytes: 512,
             level: 6,
         }
     }
