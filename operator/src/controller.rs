@@ -68,6 +68,10 @@ pub struct Context {
     /// The controller's own cache of LogStreams, once it runs: a reconcile
     /// reads the namespace's LogStreams from it instead of a LIST.
     streams: std::sync::OnceLock<kube::runtime::reflector::Store<DeserializeGuard<LogStream>>>,
+    /// The cluster's pods (trimmed, [`trim_pod`]) from the watch that
+    /// triggers reconciles: a reconcile reads its namespace's pods here
+    /// instead of a LIST.
+    pods: std::sync::OnceLock<kube::runtime::reflector::Store<Pod>>,
 }
 
 impl Context {
@@ -85,6 +89,7 @@ impl Context {
             metrics,
             recorder,
             streams: std::sync::OnceLock::new(),
+            pods: std::sync::OnceLock::new(),
         }
     }
 }
@@ -163,42 +168,131 @@ where
     Ok(())
 }
 
+/// How long a LogStream's reconcile waits for more triggers (a rollout's
+/// pods come in a burst: one reconcile for the lot). Trailing-edge: a
+/// LogStream whose pods change faster than this all the time waits until
+/// they pause.
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// What of a pod the reconcile reads: the rest (managed fields, the
+/// last-applied annotation, status conditions) is dropped before the pod
+/// is cached, so 10,000 pods take little memory.
+pub fn trim_pod(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    if let Some(a) = p.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    if let Some(st) = p.status.as_mut() {
+        st.conditions = None;
+    }
+}
+
+/// What a reconcile reads of a pod, hashed: a pod event that changes none
+/// of it (a probe's timestamps, a condition) reconciles nothing.
+pub fn pod_fingerprint(p: &Pod) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.metadata.labels.hash(&mut h);
+    p.metadata.annotations.hash(&mut h);
+    p.metadata.deletion_timestamp.is_some().hash(&mut h);
+    p.metadata
+        .owner_references
+        .as_ref()
+        .map(|o| o.len())
+        .hash(&mut h);
+    if let Some(spec) = &p.spec {
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+        {
+            c.name.hash(&mut h);
+        }
+        spec.service_account_name.hash(&mut h);
+    }
+    if let Some(st) = &p.status {
+        st.phase.hash(&mut h);
+        st.pod_ip.hash(&mut h);
+        for c in st.init_container_statuses.iter().flatten() {
+            (c.ready, c.started).hash(&mut h);
+        }
+        for c in st.container_statuses.iter().flatten() {
+            (c.ready, c.started).hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// Which pod events trigger reconciles: a pod's first sight and every
+/// change of what a reconcile reads of it ([`pod_fingerprint`]), and every
+/// deletion; a re-list's unchanged pods do not.
+fn pod_trigger(
+    seen: &mut std::collections::HashMap<ObjectRef<Pod>, u64>,
+    event: Result<watcher::Event<Pod>, watcher::Error>,
+) -> Option<Result<Pod, watcher::Error>> {
+    match event {
+        Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+            let print = pod_fingerprint(&p);
+            let changed = seen.insert(ObjectRef::from_obj(&p), print) != Some(print);
+            changed.then_some(Ok(p))
+        }
+        Ok(watcher::Event::Delete(p)) => {
+            seen.remove(&ObjectRef::from_obj(&p));
+            Some(Ok(p))
+        }
+        Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
 /// Runs the controller until SIGTERM.
 pub async fn run(ctx: Arc<Context>) {
+    use kube::runtime::WatchStreamExt;
+    use kube::runtime::controller::Config as ControllerConfig;
     let client = ctx.client.clone();
     let streams: Api<DeserializeGuard<LogStream>> = Api::all(client.clone());
-    let controller = Controller::new(streams, watcher::Config::default().any_semantic());
+    let controller = Controller::new(streams, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().debounce(DEBOUNCE));
     let store = controller.store();
     let _ = ctx.streams.set(store.clone());
+    // One pod watch both fills the reconciles' pod cache and triggers them.
+    let (pod_reader, pod_writer) = kube::runtime::reflector::store::<Pod>();
+    let _ = ctx.pods.set(pod_reader);
+    let mut fingerprints = std::collections::HashMap::new();
+    let pod_events = watcher::watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(trim_pod)
+    .reflect(pod_writer)
+    .filter_map(move |event| futures::future::ready(pod_trigger(&mut fingerprints, event)));
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     controller
         .owns(Api::<Service>::all(client.clone()), managed.clone())
         .owns(Api::<Ingress>::all(client.clone()), managed)
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            move |pod: Pod| {
-                // A pod change re-counts every LogStream of its namespace that
-                // selects it; an aggregator pod's concerns them all (the
-                // auth-delegator binding stays while an old replica runs).
-                let labels = pod.labels().clone();
-                let ns = pod.namespace();
-                let aggregator = desired::aggregator_selector()
-                    .iter()
-                    .all(|(k, v)| labels.get(k) == Some(v));
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|g| g.namespace() == ns)
-                    .filter(|g| {
-                        g.0.as_ref()
-                            .is_ok_and(|ls| aggregator || selects(ls, &labels))
-                    })
-                    .map(|g| ObjectRef::from_obj(&*g))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(pod_events, move |pod: Pod| {
+            // A pod change re-counts every LogStream of its namespace that
+            // selects it; an aggregator pod's concerns them all (the
+            // auth-delegator binding stays while an old replica runs).
+            let labels = pod.labels().clone();
+            let ns = pod.namespace();
+            let aggregator = desired::aggregator_selector()
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v));
+            store
+                .state()
+                .into_iter()
+                .filter(|g| g.namespace() == ns)
+                .filter(|g| {
+                    g.0.as_ref()
+                        .is_ok_and(|ls| aggregator || selects(ls, &labels))
+                })
+                .map(|g| ObjectRef::from_obj(&*g))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -225,6 +319,18 @@ async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
+    let started = std::time::Instant::now();
+    let r = reconcile_inner(guard, &ctx).await;
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    r
+}
+
+async fn reconcile_inner(
+    guard: Arc<DeserializeGuard<LogStream>>,
+    ctx: &Arc<Context>,
+) -> Result<Action, Error> {
     let ls = match &guard.0 {
         Ok(ls) => ls.clone(),
         Err(invalid) => {
@@ -237,23 +343,54 @@ async fn reconcile(
     let api: Api<LogStream> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, Arc::new(ls), |event| async {
         match event {
-            Finalizer::Apply(ls) => apply_stream(&ls, &ctx).await,
-            Finalizer::Cleanup(ls) => cleanup(&ls, &ctx).await,
+            Finalizer::Apply(ls) => apply_stream(&ls, ctx).await,
+            Finalizer::Cleanup(ls) => cleanup(&ls, ctx).await,
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// Live LogStreams of a namespace (not being deleted), sorted by name, from
-/// the controller's cache once it is synced; from the API server otherwise.
-async fn cached_live_streams(ctx: &Context, ns: &str) -> Result<Vec<LogStream>, kube::Error> {
+/// `store` once it holds a complete list.
+fn synced<K>(
+    store: Option<&kube::runtime::reflector::Store<K>>,
+) -> Option<&kube::runtime::reflector::Store<K>>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
     use futures::FutureExt;
-    let Some(store) = ctx.streams.get().filter(|s| {
+    store.filter(|s| {
         s.wait_until_ready()
             .now_or_never()
             .is_some_and(|r| r.is_ok())
-    }) else {
+    })
+}
+
+/// The namespace's pods: from the pod watch's cache once it is synced,
+/// from the API server before.
+async fn namespace_pods(ctx: &Context, ns: &str) -> Result<Vec<Pod>, kube::Error> {
+    let Some(store) = synced(ctx.pods.get()) else {
+        return Ok(Api::<Pod>::namespaced(ctx.client.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .items);
+    };
+    let mut pods: Vec<Pod> = store
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns))
+        .map(|p| Pod::clone(p))
+        .collect();
+    // The order a LIST gives, so plans do not depend on the cache's.
+    pods.sort_by_key(|p| p.name_any());
+    Ok(pods)
+}
+
+/// Live LogStreams of a namespace (not being deleted), sorted by name, from
+/// the controller's cache once it is synced; from the API server otherwise.
+async fn cached_live_streams(ctx: &Context, ns: &str) -> Result<Vec<LogStream>, kube::Error> {
+    let Some(store) = synced(ctx.streams.get()) else {
         return live_streams(&ctx.client, ns).await;
     };
     let mut v: Vec<LogStream> = store
@@ -343,10 +480,7 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     let seen = Observed {
         namespace: Api::<Namespace>::all(client.clone()).get(&ns).await?,
         streams: cached_live_streams(ctx, &ns).await?,
-        pods: Api::<Pod>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default())
-            .await?
-            .items,
+        pods: namespace_pods(ctx, &ns).await?,
         pull_token: pull_token(client, &ns).await?,
         ingress_classes: ingress_classes(client, ls).await?,
         http_routes: http_routes(client, ls).await?,

@@ -8,6 +8,7 @@
 //!  run-time objects outside LogStreams: owned by the chart's ClusterRole (garbage collected)
 //! ```
 
+pub mod apicalls;
 pub mod controller;
 pub mod crd;
 pub mod dataplane;

@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -16,8 +17,19 @@ pub struct ErrorLabel {
     pub error: &'static str,
 }
 
+/// A request to the API server (`apicalls.rs` names it).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCall {
+    pub verb: String,
+    pub resource: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Requests this operator sent to the API server, by verb and resource.
+    pub api_requests: Family<ApiCall, Counter>,
+    /// Time of one reconcile, reads to status.
+    pub reconcile_seconds: Histogram,
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabel, Counter>,
     pub admissions: Family<Outcome, Counter>,
@@ -34,6 +46,10 @@ impl Metrics {
         let mut registry = Registry::with_prefix("logstream_operator");
         let m = Metrics {
             registry: Registry::default(),
+            api_requests: Family::default(),
+            reconcile_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
             admissions: Family::default(),
@@ -42,6 +58,17 @@ impl Metrics {
             admission_lists: Counter::default(),
         };
         registry.register("reconciles", "Reconciliations run", m.reconciles.clone());
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time of a reconciliation, from its reads to its status",
+            prometheus_client::registry::Unit::Seconds,
+            m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API server, by verb and resource (client side)",
+            m.api_requests.clone(),
+        );
         registry.register(
             "reconcile_errors",
             "Reconciliations failed, by error",

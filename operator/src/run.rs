@@ -151,7 +151,14 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    // Every request the operator sends is counted by verb and resource.
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&crate::apicalls::layer(metrics.clone()))
+        .build();
     let native = native_sidecars(&client, opts.native_sidecars).await?;
     tracing::info!(native_sidecars = native, "cluster capabilities");
     // Before anything is created: an owner named but unreadable stops the
@@ -160,7 +167,6 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         Some(name) => Some(owner::cluster_role(&client, name).await?),
         None => None,
     };
-    let metrics = Arc::new(Metrics::new());
 
     // Webhook TLS: self-managed (a Secret shared by the replicas, CA bundle
     // registered by us) or mounted from cert-manager (files, CA injected by it).

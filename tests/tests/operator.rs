@@ -488,6 +488,22 @@ async fn logstream_wires_objects_injects_pods_restarts_owners_and_cleans_up() {
         lists < admissions,
         "{lists} of {admissions} admissions listed"
     );
+    // Reconciles read pods from the operator's pod watch, not a LIST each
+    // (counted by the operator's own client): the watch's lists only.
+    let reconciles = op.metric("logstream_operator_reconciles_total").unwrap();
+    let pod_lists = op
+        .metric("logstream_operator_api_requests_total{verb=\"list\",resource=\"pods\"}")
+        .unwrap_or(0.0);
+    let pod_watches = op
+        .metric("logstream_operator_api_requests_total{verb=\"watch\",resource=\"pods\"}")
+        .unwrap_or(0.0);
+    eprintln!("reconciles {reconciles}, pod LISTs {pod_lists}, pod WATCHes {pod_watches}");
+    assert!(pod_watches >= 1.0, "the operator watches pods");
+    assert!(reconciles >= 2.0, "{reconciles} reconciles");
+    assert!(
+        pod_lists <= 2.0 && pod_lists < reconciles,
+        "{pod_lists} pod LISTs over {reconciles} reconciles"
+    );
 }
 
 /// A Gateway API CRD from `.ci/install-tools` (sigs.k8s.io/gateway-api).
