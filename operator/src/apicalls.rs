@@ -70,11 +70,19 @@ pub fn classify(method: &str, path: &str, query: &str, apply_patch: bool) -> Api
     }
 }
 
-/// Counts every request that passes through it.
+/// Counts every request that passes through it (and names the operator
+/// in its `User-Agent`, which the kube client leaves empty).
 pub fn layer<B>(
     metrics: Arc<Metrics>,
 ) -> tower::util::MapRequestLayer<impl Fn(http::Request<B>) -> http::Request<B> + Clone> {
-    tower::util::MapRequestLayer::new(move |req: http::Request<B>| {
+    tower::util::MapRequestLayer::new(move |mut req: http::Request<B>| {
+        // Named in the API server's audit log and metrics by user agent.
+        req.headers_mut().entry(http::header::USER_AGENT).or_insert(
+            http::HeaderValue::from_static(concat!(
+                "logstream-operator/",
+                env!("CARGO_PKG_VERSION")
+            )),
+        );
         let apply = req
             .headers()
             .get(http::header::CONTENT_TYPE)

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Namespace, Pod, PodTemplateSpec, Secret, Service, ServiceAccount,
@@ -26,6 +26,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::applied::{self, Applied, Key};
 use crate::crd::{LogStream, LogStreamStatus};
 use crate::desired::routing::{self, Persistence, RouteOutcome};
 use crate::desired::{self, BuildConfig};
@@ -72,6 +73,11 @@ pub struct Context {
     /// triggers reconciles: a reconcile reads its namespace's pods here
     /// instead of a LIST.
     pods: std::sync::OnceLock<kube::runtime::reflector::Store<Pod>>,
+    /// What was applied lately: unchanged objects are not applied again.
+    pub applied: Applied,
+    /// Each namespace's pull token once applied (it never changes while
+    /// the namespace has LogStreams): not read again from its Secret.
+    tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Context {
@@ -90,6 +96,8 @@ impl Context {
             recorder,
             streams: std::sync::OnceLock::new(),
             pods: std::sync::OnceLock::new(),
+            applied: Applied::default(),
+            tokens: std::sync::Mutex::default(),
         }
     }
 }
@@ -98,7 +106,9 @@ fn ssa() -> PatchParams {
     PatchParams::apply(MANAGED_BY).force()
 }
 
-async fn apply<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<(), kube::Error>
+/// Server-side applies `obj`, unless the same was applied lately
+/// (applied.rs).
+async fn apply<K>(ctx: &Context, ns: &str, obj: &K) -> Result<(), kube::Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -106,24 +116,49 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.patch(&obj.name_any(), &ssa(), &Patch::Apply(obj))
-        .await?;
+    let key = Key::new(&K::kind(&()), ns, &obj.name_any());
+    unless_fresh(ctx, key, applied::content_hash(obj), || async {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+        api.patch(&obj.name_any(), &ssa(), &Patch::Apply(obj))
+            .await
+            .map(|_| ())
+    })
+    .await
+}
+
+/// Runs `send` (an apply of `content` as `key`) unless the same content was
+/// applied lately; records it once sent.
+async fn unless_fresh<F, Fut>(
+    ctx: &Context,
+    key: Key,
+    content: u64,
+    send: F,
+) -> Result<(), kube::Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    if ctx
+        .applied
+        .is_fresh(&key, content, std::time::Instant::now())
+    {
+        ctx.metrics.applies_skipped.inc();
+        return Ok(());
+    }
+    send().await?;
+    ctx.applied.record(key, content, std::time::Instant::now());
     Ok(())
 }
 
-async fn delete_if_present<K>(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-) -> Result<(), kube::Error>
+async fn delete_if_present<K>(ctx: &Context, ns: &str, name: &str) -> Result<(), kube::Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    ctx.applied.forget(&Key::new(&K::kind(&()), ns, name));
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -135,25 +170,35 @@ where
 /// LogStream there uses kubernetes mode any more. Cluster-scoped: it cannot
 /// have a LogStream as owner, so this (and the finalizer) keep it in step.
 async fn apply_auth_binding(
-    client: &kube::Client,
+    ctx: &Context,
     want: &Want<ClusterRoleBinding>,
 ) -> Result<(), kube::Error> {
-    let api: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let api: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
     match want {
         Want::Apply(b) => {
-            api.patch(&b.name_any(), &ssa(), &Patch::Apply(b)).await?;
+            let key = Key::new("ClusterRoleBinding", "", &b.name_any());
+            unless_fresh(ctx, key, applied::content_hash(b), || async {
+                api.patch(&b.name_any(), &ssa(), &Patch::Apply(b))
+                    .await
+                    .map(|_| ())
+            })
+            .await?;
         }
-        Want::Delete(name) => match api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e),
-        },
+        Want::Delete(name) => {
+            ctx.applied
+                .forget(&Key::new("ClusterRoleBinding", "", name));
+            match api.delete(name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(())
 }
 
 /// Applies a wanted object, or removes it when it is no longer wanted.
-async fn apply_or_delete<K>(client: &kube::Client, ns: &str, want: &Want<K>) -> Result<(), Error>
+async fn apply_or_delete<K>(ctx: &Context, ns: &str, want: &Want<K>) -> Result<(), Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -162,8 +207,8 @@ where
         + std::fmt::Debug,
 {
     match want {
-        Want::Apply(obj) => apply(client, ns, obj).await?,
-        Want::Delete(name) => delete_if_present::<K>(client, ns, name).await?,
+        Want::Apply(obj) => apply(ctx, ns, obj).await?,
+        Want::Delete(name) => delete_if_present::<K>(ctx, ns, name).await?,
     }
     Ok(())
 }
@@ -246,6 +291,15 @@ fn pod_trigger(
     }
 }
 
+/// The apply record's key of a namespaced object.
+fn applied_key<K: Resource<DynamicType = ()>>(o: &K) -> Key {
+    Key::new(
+        &K::kind(&()),
+        o.meta().namespace.as_deref().unwrap_or(""),
+        &o.name_any(),
+    )
+}
+
 /// Runs the controller until SIGTERM.
 pub async fn run(ctx: Arc<Context>) {
     use kube::runtime::WatchStreamExt;
@@ -270,9 +324,35 @@ pub async fn run(ctx: Arc<Context>) {
     .filter_map(move |event| futures::future::ready(pod_trigger(&mut fingerprints, event)));
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    // The owned kinds' watches also tell the apply record (applied.rs) what
+    // changed under it: an edit or a deletion by someone else is undone by
+    // the reconcile the same event triggers.
+    let services = {
+        let ctx = ctx.clone();
+        watcher::watcher(Api::<Service>::all(client.clone()), managed.clone())
+            .default_backoff()
+            .touched_objects()
+            .inspect_ok(move |o: &Service| ctx.applied.forget(&applied_key(o)))
+    };
+    let ingresses = {
+        let ctx = ctx.clone();
+        watcher::watcher(Api::<Ingress>::all(client.clone()), managed.clone())
+            .default_backoff()
+            .touched_objects()
+            .inspect_ok(move |o: &Ingress| ctx.applied.forget(&applied_key(o)))
+    };
+    // The aggregator (owned by every LogStream of its namespace).
+    let deployments = {
+        let ctx = ctx.clone();
+        watcher::watcher(Api::<Deployment>::all(client.clone()), managed)
+            .default_backoff()
+            .touched_objects()
+            .inspect_ok(move |o: &Deployment| ctx.applied.forget(&applied_key(o)))
+    };
     controller
-        .owns(Api::<Service>::all(client.clone()), managed.clone())
-        .owns(Api::<Ingress>::all(client.clone()), managed)
+        .owns_stream(services)
+        .owns_stream(ingresses)
+        .owns_stream(deployments)
         .watches_stream(pod_events, move |pod: Pod| {
             // A pod change re-counts every LogStream of its namespace that
             // selects it; an aggregator pod's concerns them all (the
@@ -419,6 +499,16 @@ async fn live_streams(client: &kube::Client, ns: &str) -> Result<Vec<LogStream>,
     Ok(v)
 }
 
+/// The namespace's pull token as this operator last applied it, or
+/// [`pull_token`]'s.
+async fn namespace_token(ctx: &Context, ns: &str) -> Result<String, Error> {
+    let known = ctx.tokens.lock().ok().and_then(|t| t.get(ns).cloned());
+    match known {
+        Some(t) => Ok(t),
+        None => pull_token(&ctx.client, ns).await,
+    }
+}
+
 /// The namespace's pull token: its Secret's, or a new one. Sidecars already
 /// hold a token once made, so it is kept.
 async fn pull_token(client: &kube::Client, ns: &str) -> Result<String, Error> {
@@ -436,16 +526,16 @@ async fn pull_token(client: &kube::Client, ns: &str) -> Result<String, Error> {
 }
 
 async fn apply_aggregator(
-    client: &kube::Client,
+    ctx: &Context,
     ns: &str,
     objs: &desired::AggregatorObjects,
 ) -> Result<(), Error> {
-    apply(client, ns, &objs.pull_secret).await?;
-    apply(client, ns, &objs.service_account).await?;
-    apply(client, ns, &objs.role).await?;
-    apply(client, ns, &objs.role_binding).await?;
-    apply(client, ns, &objs.deployment).await?;
-    apply(client, ns, &objs.service).await?;
+    apply(ctx, ns, &objs.pull_secret).await?;
+    apply(ctx, ns, &objs.service_account).await?;
+    apply(ctx, ns, &objs.role).await?;
+    apply(ctx, ns, &objs.role_binding).await?;
+    apply(ctx, ns, &objs.deployment).await?;
+    apply(ctx, ns, &objs.service).await?;
     Ok(())
 }
 
@@ -481,19 +571,30 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
         namespace: Api::<Namespace>::all(client.clone()).get(&ns).await?,
         streams: cached_live_streams(ctx, &ns).await?,
         pods: namespace_pods(ctx, &ns).await?,
-        pull_token: pull_token(client, &ns).await?,
+        pull_token: namespace_token(ctx, &ns).await?,
         ingress_classes: ingress_classes(client, ls).await?,
         http_routes: http_routes(client, ls).await?,
     };
     // Build.
     let plan = plan::plan(ls, &seen, &ctx.build);
     // Apply.
-    label_namespace(client, &ns, true).await?;
-    apply_or_delete(client, &ns, &plan.stream_service).await?;
-    apply_or_delete(client, &ns, &plan.ingress).await?;
+    if seen
+        .namespace
+        .labels()
+        .get(NAMESPACE_LABEL)
+        .map(String::as_str)
+        != Some("enabled")
+    {
+        label_namespace(client, &ns, true).await?;
+    }
+    apply_or_delete(ctx, &ns, &plan.stream_service).await?;
+    apply_or_delete(ctx, &ns, &plan.ingress).await?;
     let route = apply_route(client, &ns, ls, &plan).await?;
-    apply_aggregator(client, &ns, &plan.aggregator).await?;
-    apply_auth_binding(client, &plan.auth_binding).await?;
+    apply_aggregator(ctx, &ns, &plan.aggregator).await?;
+    if let Ok(mut t) = ctx.tokens.lock() {
+        t.insert(ns.clone(), seen.pull_token.clone());
+    }
+    apply_auth_binding(ctx, &plan.auth_binding).await?;
     ctx.metrics
         .pods_pending_restart
         .set(plan.census.pending.len() as i64);
@@ -785,13 +886,17 @@ pub(crate) async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Err
     if others.is_empty() {
         // The last one: stop injecting here; owner references remove the rest.
         label_namespace(client, &ns, false).await?;
+        ctx.applied.forget_namespace(&ns);
+        if let Ok(mut t) = ctx.tokens.lock() {
+            t.remove(&ns);
+        }
         for del in [
-            delete_if_present::<Deployment>(client, &ns, AGGREGATOR).await,
-            delete_if_present::<Service>(client, &ns, AGGREGATOR).await,
-            delete_if_present::<RoleBinding>(client, &ns, AGGREGATOR).await,
-            delete_if_present::<Role>(client, &ns, AGGREGATOR).await,
-            delete_if_present::<ServiceAccount>(client, &ns, AGGREGATOR).await,
-            delete_if_present::<Secret>(client, &ns, PULL_SECRET).await,
+            delete_if_present::<Deployment>(ctx, &ns, AGGREGATOR).await,
+            delete_if_present::<Service>(ctx, &ns, AGGREGATOR).await,
+            delete_if_present::<RoleBinding>(ctx, &ns, AGGREGATOR).await,
+            delete_if_present::<Role>(ctx, &ns, AGGREGATOR).await,
+            delete_if_present::<ServiceAccount>(ctx, &ns, AGGREGATOR).await,
+            delete_if_present::<Secret>(ctx, &ns, PULL_SECRET).await,
         ] {
             del?;
         }
@@ -805,7 +910,7 @@ pub(crate) async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Err
             &pull_token(client, &ns).await?,
             crate::mesh::of_meta(&namespace.metadata),
         );
-        apply_aggregator(client, &ns, &objs).await?;
+        apply_aggregator(ctx, &ns, &objs).await?;
     }
     // Without `others` (or none in kubernetes mode) this deletes the binding;
     // otherwise it drops the ServiceAccounts only this LogStream needed.
@@ -817,7 +922,7 @@ pub(crate) async fn cleanup(ls: &LogStream, ctx: &Context) -> Result<Action, Err
             .await?
             .items
     };
-    apply_auth_binding(client, &plan::auth_binding(&ns, &others, &pods, &ctx.build)).await?;
+    apply_auth_binding(ctx, &plan::auth_binding(&ns, &others, &pods, &ctx.build)).await?;
     tracing::info!(namespace = %ns, name = %ls.name_any(), remaining = others.len(), "LogStream cleaned up");
     Ok(Action::await_change())
 }

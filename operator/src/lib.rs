@@ -9,6 +9,7 @@
 //! ```
 
 pub mod apicalls;
+pub mod applied;
 pub mod controller;
 pub mod crd;
 pub mod dataplane;

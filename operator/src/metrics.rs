@@ -30,6 +30,8 @@ pub struct Metrics {
     pub api_requests: Family<ApiCall, Counter>,
     /// Time of one reconcile, reads to status.
     pub reconcile_seconds: Histogram,
+    /// Applies skipped: the same object was applied lately (applied.rs).
+    pub applies_skipped: Counter,
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabel, Counter>,
     pub admissions: Family<Outcome, Counter>,
@@ -47,6 +49,7 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             api_requests: Family::default(),
+            applies_skipped: Counter::default(),
             reconcile_seconds: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
@@ -63,6 +66,11 @@ impl Metrics {
             "Time of a reconciliation, from its reads to its status",
             prometheus_client::registry::Unit::Seconds,
             m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "applies_skipped",
+            "Server-side applies not sent: the same object was applied lately",
+            m.applies_skipped.clone(),
         );
         registry.register(
             "api_requests",

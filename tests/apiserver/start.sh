@@ -65,6 +65,9 @@ wait_ready etcd curl -fsS --max-time 5 "$ETCD_URL/health"
 API_URL="https://127.0.0.1:$API_PORT"
 # Flags follow envtest; --endpoint-reconciler-type=none because 127.0.0.1 is not
 # a valid Endpoints IP (the reconciler would only log errors).
+# More flags for a benchmark (e.g. an audit log): LOGSTREAM_APISERVER_ARGS,
+# split on spaces.
+read -r -a EXTRA_API_ARGS <<< "${LOGSTREAM_APISERVER_ARGS:-}"
 launch kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers="$ETCD_URL" \
   --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
@@ -78,7 +81,8 @@ launch kube-apiserver "$BIN/kube-apiserver" \
   --disable-admission-plugins=ServiceAccount \
   --endpoint-reconciler-type=none \
   --allow-privileged=true \
-  --profiling=false
+  --profiling=false \
+  "${EXTRA_API_ARGS[@]}"
 api_readyz() {
   body_is_ok --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$API_URL/readyz"
 }

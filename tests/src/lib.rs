@@ -111,10 +111,16 @@ impl ControlPlane {
     /// Blocks the calling thread for a few seconds (fine inside
     /// `#[tokio::test]`).
     pub fn start() -> ControlPlane {
+        ControlPlane::start_with_apiserver_args("")
+    }
+
+    /// [`ControlPlane::start`] with more kube-apiserver flags (split on
+    /// spaces; e.g. an audit log for a benchmark).
+    pub fn start_with_apiserver_args(api_args: &str) -> ControlPlane {
         let bin_dir = bin_dir();
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            match Self::try_start(&bin_dir) {
+            match Self::try_start(&bin_dir, api_args) {
                 Ok(cp) => {
                     eprintln!(
                         "logstream-tests: control plane at {} started in {:.1?} ({})",
@@ -138,7 +144,7 @@ impl ControlPlane {
         );
     }
 
-    fn try_start(bin_dir: &Path) -> Result<ControlPlane, String> {
+    fn try_start(bin_dir: &Path, api_args: &str) -> Result<ControlPlane, String> {
         let work_dir = tempfile::Builder::new()
             .prefix("logstream-cp-")
             .tempdir()
@@ -162,6 +168,7 @@ impl ControlPlane {
         let out = Command::new(apiserver_script("start.sh"))
             .arg(bin_dir)
             .arg(&cp.work_dir)
+            .env("LOGSTREAM_APISERVER_ARGS", api_args)
             .stdin(Stdio::null())
             .output()
             .expect("run tests/apiserver/start.sh");
@@ -612,9 +619,22 @@ impl OperatorProcess {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The value of one series of the operator's `/metrics` (`name` or
     /// `name{labels}` as exposed), `None` when absent or unreachable.
     pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics_text()?;
+        text.lines().find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+    }
+
+    /// The operator's whole `/metrics` answer (head included).
+    pub fn metrics_text(&self) -> Option<String> {
         use std::io::{Read, Write};
         let mut c = std::net::TcpStream::connect(&self.health).ok()?;
         c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -626,10 +646,7 @@ impl OperatorProcess {
         .ok()?;
         let mut text = String::new();
         c.read_to_string(&mut text).ok()?;
-        text.lines().find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
+        Some(text)
     }
 
     /// SIGTERM, then waits for the exit.

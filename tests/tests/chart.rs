@@ -86,6 +86,8 @@ const CLUSTER_ALLOWED: &[&str] = &[
     "rbac.authorization.k8s.io/clusterroles:bind@system:auth-delegator",
     // Its own ClusterRole's uid: the owner of its run-time objects.
     "rbac.authorization.k8s.io/clusterroles:get@logstream-operator",
+    "apps/deployments:list",
+    "apps/deployments:watch",
     "apps/deployments:create",
     "apps/deployments:patch",
     "apps/deployments:delete",
@@ -755,6 +757,13 @@ fn monitoring_dashboard_and_loki_datasource() {
         .reconcile_errors
         .get_or_create(&logstream_operator::metrics::ErrorLabel { error: "kube" })
         .inc();
+    metrics
+        .api_requests
+        .get_or_create(&logstream_operator::metrics::ApiCall {
+            verb: "list".into(),
+            resource: "pods".into(),
+        })
+        .inc();
     let exposition = metrics.encode();
     let families: BTreeSet<String> = exposition
         .lines()
@@ -769,9 +778,11 @@ fn monitoring_dashboard_and_loki_datasource() {
         })
         .collect();
     assert!(families.len() >= 5, "{exposition}");
+    // A histogram is plotted through its buckets.
     let plotted: BTreeSet<String> = dashboard_metrics(&dash)
         .into_iter()
         .filter(|m| m.starts_with("logstream_operator_"))
+        .map(|m| m.strip_suffix("_bucket").map_or(m.clone(), str::to_string))
         .collect();
     assert_eq!(
         plotted, families,

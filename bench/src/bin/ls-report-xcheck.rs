@@ -1,7 +1,7 @@
 //! `ls-report-xcheck`: the Markdown sections of `bench/RESULTS.md` for the
-//! `k6`, `stall`, `callgrind` and `compress` groups of `bench/run.sh`, from
-//! their JSON results (`k6-*.json`, `stall-*.json`, `callgrind*.json`,
-//! `compress-*.json`). Prints to stdout;
+//! `k6`, `stall`, `callgrind`, `compress` and `operator` groups of
+//! `bench/run.sh`, from their JSON results (`k6-*.json`, `stall-*.json`,
+//! `callgrind*.json`, `compress-*.json`, `operator-scale.json`). Prints to stdout;
 //! `run.sh` inserts it before the hand-written analysis.
 
 use std::fmt::Write as _;
@@ -95,6 +95,7 @@ fn main() -> Result<()> {
     stall(&a.dir, &mut md)?;
     callgrind(&a.dir, &mut md)?;
     compress(&a.dir, &mut md)?;
+    operator(&a.dir, &mut md)?;
     print!("{md}");
     Ok(())
 }
@@ -591,5 +592,95 @@ fn compress(dir: &Path, md: &mut String) -> Result<()> {
         }
         writeln!(md)?;
     }
+    Ok(())
+}
+
+fn operator(dir: &Path, md: &mut String) -> Result<()> {
+    let Some(v) = load(dir, "operator-scale.json") else {
+        return Ok(());
+    };
+    let runs = v["runs"].as_array().cloned().unwrap_or_default();
+    if runs.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## Operator at scale: a real API server, 10,000 pods, churn\n"
+    )?;
+    writeln!(
+        md,
+        "`ls-operator-scale` (tests/src/bin) starts etcd, kube-apiserver and kube-controller-manager (tests/apiserver, with an \
+         audit log), {ns} namespaces with 4 LogStreams each, then {pods} pods created through the operator's webhook (no node: \
+         they stay Pending), then churn: every second 25 pods created and 25 deleted (one namespace in turn) and one \
+         LogStream's `paths` edited, for the churn time below. Requests are the operator's, counted by the API server's \
+         audit log (every request not from kubectl, kube-controller-manager or the API server itself), over the churn only. \
+         Admission latency: the API server's `apiserver_admission_webhook_admission_duration_seconds` over the churn, as \
+         the bucket bound that holds the quantile (buckets 5 ms, 25 ms, 100 ms, ...). Each operator runs on a fresh \
+         control plane, one after the other, in the same invocation: `{}`.\n",
+        cmd(&v),
+        ns = big(&runs[0]["namespaces"]),
+        pods = big(&runs[0]["pods"]),
+    )?;
+    writeln!(
+        md,
+        "| operator | churn s | pod events/s | LogStream edits | **API requests/s** | **per pod event** | LISTs | writes/s | reconciles/s | reconcile p99 | admission p50 / **p99** (bucket) | RSS settled / max |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    let secs = |x: &Value| {
+        x.as_f64().map_or("–".to_string(), |s| {
+            if s < 1.0 {
+                format!("≤ {:.0} ms", s * 1000.0)
+            } else {
+                format!("≤ {s:.1} s")
+            }
+        })
+    };
+    for r in &runs {
+        writeln!(
+            md,
+            "| {} | {:.0} | {:.1} | {} | **{:.1}** | **{}** | {} | {:.1} | {:.2} | {} | {} / **{}** | {} / {} MiB |",
+            r["label"].as_str().unwrap_or("?"),
+            r["churn_secs"].as_f64().unwrap_or(f64::NAN),
+            r["pod_events_per_sec"].as_f64().unwrap_or(f64::NAN),
+            big(&r["logstream_edits"]),
+            r["operator_requests_per_sec"].as_f64().unwrap_or(f64::NAN),
+            ratio(&r["operator_requests_per_pod_event"]),
+            big(&r["operator_lists"]),
+            r["operator_writes_per_sec"].as_f64().unwrap_or(f64::NAN),
+            r["reconciles_per_sec"].as_f64().unwrap_or(f64::NAN),
+            secs(&r["reconcile_p99_secs"]),
+            secs(&r["admission_p50_bound_secs"]),
+            secs(&r["admission_p99_bound_secs"]),
+            mib(&r["operator_rss_settled_bytes"]),
+            mib(&r["operator_rss_max_bytes"]),
+        )?;
+    }
+    writeln!(md)?;
+    writeln!(md, "Requests by verb and resource over the churn:\n")?;
+    let mut keys: Vec<String> = runs
+        .iter()
+        .flat_map(|r| {
+            r["operator_requests_by_verb_resource"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let header: Vec<String> = runs
+        .iter()
+        .map(|r| r["label"].as_str().unwrap_or("?").to_string())
+        .collect();
+    writeln!(md, "| verb resource | {} |", header.join(" | "))?;
+    writeln!(md, "|---|{}", "---|".repeat(runs.len()))?;
+    for k in &keys {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|r| big(&r["operator_requests_by_verb_resource"][k.as_str()]))
+            .collect();
+        writeln!(md, "| `{k}` | {} |", cells.join(" | "))?;
+    }
+    writeln!(md)?;
     Ok(())
 }

@@ -570,20 +570,10 @@ mod tests {
             c.compress_vec(&text, &mut out, flate2::FlushCompress::Sync)
                 .unwrap();
             out.truncate(out.len() - SYNC_TAIL.len());
-            let mut f = frame(1, &out, false);
-            f[0] |= 0x40;
-            wire.extend(f);
+            wire.extend(server_frame(&out));
         }
-        let (mut server, client) = tokio::io::duplex(1 << 20);
-        server.write_all(&wire).await.unwrap();
-        server.shutdown().await.unwrap();
-        let mut out = Vec::new();
-        Inflating::client(client, 1 << 20, true)
-            .read_to_end(&mut out)
-            .await
-            .unwrap();
         assert_eq!(
-            out,
+            as_client(wire, true).await,
             [frame(1, &text, false), frame(1, &text, false)].concat()
         );
     }
@@ -593,22 +583,32 @@ mod tests {
         let texts: [&[u8]; 2] = [b"first message, first message", b"second, second, second"];
         let mut wire = Vec::new();
         for t in texts {
-            let mut f = frame(1, &compress(t), false);
-            f[0] |= 0x40;
-            wire.extend(f);
+            wire.extend(server_frame(&compress(t)));
         }
+        assert_eq!(
+            as_client(wire, false).await,
+            [frame(1, texts[0], false), frame(1, texts[1], false)].concat()
+        );
+    }
+
+    /// A compressed text message from a server (unmasked, RSV1).
+    fn server_frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = frame(1, payload, false);
+        f[0] |= 0x40;
+        f
+    }
+
+    /// What a client's inflating layer hands up for `wire` from its server.
+    async fn as_client(wire: Vec<u8>, takeover: bool) -> Vec<u8> {
         let (mut server, client) = tokio::io::duplex(1 << 20);
         server.write_all(&wire).await.unwrap();
         server.shutdown().await.unwrap();
         let mut out = Vec::new();
-        Inflating::client(client, 1 << 20, false)
+        Inflating::client(client, 1 << 20, takeover)
             .read_to_end(&mut out)
             .await
             .unwrap();
-        assert_eq!(
-            out,
-            [frame(1, texts[0], false), frame(1, texts[1], false)].concat()
-        );
+        out
     }
 
     #[test]
