@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+/// The content recorded for an object deleted (or found absent).
+pub const ABSENT: u64 = 0;
+
 /// The longest an applied object goes without being applied again.
 pub const REAPPLY_AFTER: Duration = Duration::from_secs(300);
 

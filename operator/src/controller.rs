@@ -73,6 +73,9 @@ pub struct Context {
     /// triggers reconciles: a reconcile reads its namespace's pods here
     /// instead of a LIST.
     pods: std::sync::OnceLock<kube::runtime::reflector::Store<Pod>>,
+    /// The cluster's namespaces, from a watch: a reconcile reads its
+    /// namespace here instead of a GET.
+    namespaces: std::sync::OnceLock<kube::runtime::reflector::Store<Namespace>>,
     /// What was applied lately: unchanged objects are not applied again.
     pub applied: Applied,
     /// Each namespace's pull token once applied (it never changes while
@@ -96,6 +99,7 @@ impl Context {
             recorder,
             streams: std::sync::OnceLock::new(),
             pods: std::sync::OnceLock::new(),
+            namespaces: std::sync::OnceLock::new(),
             applied: Applied::default(),
             tokens: std::sync::Mutex::default(),
         }
@@ -157,13 +161,17 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    ctx.applied.forget(&Key::new(&K::kind(&()), ns, name));
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
+    // Deleted (or found absent) lately: nothing to send.
+    let key = Key::new(&K::kind(&()), ns, name);
+    unless_fresh(ctx, key, applied::ABSENT, || async {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    })
+    .await
 }
 
 /// Applies the namespace's auth-delegator binding, or deletes it when no
@@ -185,13 +193,15 @@ async fn apply_auth_binding(
             .await?;
         }
         Want::Delete(name) => {
-            ctx.applied
-                .forget(&Key::new("ClusterRoleBinding", "", name));
-            match api.delete(name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e),
-            }
+            let key = Key::new("ClusterRoleBinding", "", name);
+            unless_fresh(ctx, key, applied::ABSENT, || async {
+                match api.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
         }
     }
     Ok(())
@@ -310,6 +320,18 @@ pub async fn run(ctx: Arc<Context>) {
         .with_config(ControllerConfig::default().debounce(DEBOUNCE));
     let store = controller.store();
     let _ = ctx.streams.set(store.clone());
+    // Namespaces: a cache only (their changes trigger nothing).
+    let (ns_reader, ns_writer) = kube::runtime::reflector::store::<Namespace>();
+    let _ = ctx.namespaces.set(ns_reader);
+    tokio::spawn(
+        watcher::watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .reflect(ns_writer)
+        .for_each(|_| futures::future::ready(())),
+    );
     // One pod watch both fills the reconciles' pod cache and triggers them.
     let (pod_reader, pod_writer) = kube::runtime::reflector::store::<Pod>();
     let _ = ctx.pods.set(pod_reader);
@@ -447,6 +469,18 @@ where
     })
 }
 
+/// The namespace as the namespace watch has it, or from the API server
+/// until that is synced (or does not know it yet).
+async fn namespace(ctx: &Context, ns: &str) -> Result<Namespace, kube::Error> {
+    let cached = synced(ctx.namespaces.get())
+        .and_then(|s| s.get(&ObjectRef::<Namespace>::new(ns)))
+        .map(|n| Namespace::clone(&n));
+    match cached {
+        Some(n) => Ok(n),
+        None => Api::<Namespace>::all(ctx.client.clone()).get(ns).await,
+    }
+}
+
 /// The namespace's pods: from the pod watch's cache once it is synced,
 /// from the API server before.
 async fn namespace_pods(ctx: &Context, ns: &str) -> Result<Vec<Pod>, kube::Error> {
@@ -568,7 +602,7 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     let ns = ls.namespace().ok_or(Error::NoNamespace)?;
     // Read.
     let seen = Observed {
-        namespace: Api::<Namespace>::all(client.clone()).get(&ns).await?,
+        namespace: namespace(ctx, &ns).await?,
         streams: cached_live_streams(ctx, &ns).await?,
         pods: namespace_pods(ctx, &ns).await?,
         pull_token: namespace_token(ctx, &ns).await?,
@@ -589,7 +623,7 @@ async fn apply_stream(ls: &LogStream, ctx: &Context) -> Result<Action, Error> {
     }
     apply_or_delete(ctx, &ns, &plan.stream_service).await?;
     apply_or_delete(ctx, &ns, &plan.ingress).await?;
-    let route = apply_route(client, &ns, ls, &plan).await?;
+    let route = apply_route(ctx, &ns, ls, &plan).await?;
     apply_aggregator(ctx, &ns, &plan.aggregator).await?;
     if let Ok(mut t) = ctx.tokens.lock() {
         t.insert(ns.clone(), seen.pull_token.clone());
@@ -659,29 +693,41 @@ async fn http_routes(client: &kube::Client, ls: &LogStream) -> Result<Option<Per
 /// Gateway API is an outcome, not an error: the rest of the reconcile goes
 /// on and the status says so. `None`: no route wanted.
 async fn apply_route(
-    client: &kube::Client,
+    ctx: &Context,
     ns: &str,
     ls: &LogStream,
     plan: &Plan<'_>,
 ) -> Result<Option<RouteOutcome>, Error> {
     let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &routing::http_route_resource());
+        Api::namespaced_with(ctx.client.clone(), ns, &routing::http_route_resource());
     match (&plan.route, plan.route_schema) {
         (Want::Apply(_), None) => Ok(Some(RouteOutcome::NotInstalled)),
-        (Want::Apply(route), Some(persistence)) => match api
-            .patch(&route.name_any(), &ssa(), &Patch::Apply(route))
-            .await
-        {
-            Ok(stored) => Ok(Some(routing::route_outcome(ls, persistence, &stored))),
-            // The CRD went away since it was read.
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(Some(RouteOutcome::NotInstalled)),
-            Err(e) => Err(e.into()),
-        },
-        (Want::Delete(name), _) => match api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => Ok(None),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
-            Err(e) => Err(e.into()),
-        },
+        (Want::Apply(route), Some(persistence)) => {
+            // Applied every time: its status feeds the LogStream's.
+            ctx.applied
+                .forget(&Key::new("HTTPRoute", ns, &route.name_any()));
+            let applied = api
+                .patch(&route.name_any(), &ssa(), &Patch::Apply(route))
+                .await;
+            match applied {
+                Ok(stored) => Ok(Some(routing::route_outcome(ls, persistence, &stored))),
+                // The CRD went away since it was read.
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(Some(RouteOutcome::NotInstalled)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        (Want::Delete(name), _) => {
+            let key = Key::new("HTTPRoute", ns, name);
+            unless_fresh(ctx, key, applied::ABSENT, || async {
+                match api.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+            Ok(None)
+        }
     }
 }
 

@@ -95,6 +95,8 @@ const CLUSTER_ALLOWED: &[&str] = &[
     "apps/daemonsets:patch",
     "apps/replicasets:get",
     "/namespaces:get",
+    "/namespaces:list",
+    "/namespaces:watch",
     "/namespaces:patch",
     "/secrets:get@logstream-pull-token",
     "/secrets:create@logstream-pull-token",

@@ -168,12 +168,66 @@ fn rss(pid: u32) -> Option<u64> {
         .map(|kb| kb * 1024)
 }
 
-/// Who sent an audited request: the operator is whoever is not one of the
-/// control plane's own clients or kubectl.
+/// This tool's own client, named in the audit log.
+const AGENT: &str = "ls-operator-scale/1";
+
+/// Who sent an audited request: the operator names itself (this code) or
+/// sends no User-Agent at all (older revisions); kubectl, the control
+/// plane's own components and this tool name themselves otherwise.
 fn is_operator(user_agent: &str) -> bool {
-    !["kubectl/", "kube-controller-manager/", "kube-apiserver/"]
-        .iter()
-        .any(|p| user_agent.starts_with(p))
+    user_agent.is_empty() || user_agent.starts_with("logstream-operator/")
+}
+
+/// A client of the control plane that names itself [`AGENT`].
+async fn load_client(cp: &ControlPlane) -> kube::Client {
+    let layer = tower::util::MapRequestLayer::new(|mut req: http::Request<kube::client::Body>| {
+        req.headers_mut().insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(AGENT),
+        );
+        req
+    });
+    kube::client::ClientBuilder::try_from(cp.config().await)
+        .expect("client for the control plane")
+        .with_layer(&layer)
+        .build()
+}
+
+/// Creates `pods` (up to 32 requests at once); how many were created.
+async fn create_pods(client: &kube::Client, pods: Vec<Value>) -> usize {
+    use futures::StreamExt;
+    futures::stream::iter(pods)
+        .map(|p| {
+            let client = client.clone();
+            async move {
+                let ns = p["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_string();
+                let Ok(pod) = serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(p) else {
+                    return false;
+                };
+                kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, &ns)
+                    .create(&kube::api::PostParams::default(), &pod)
+                    .await
+                    .is_ok()
+            }
+        })
+        .buffer_unordered(32)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await
+}
+
+/// Deletes the named pods of `ns` (all at once); how many were deleted.
+async fn delete_pods(client: &kube::Client, ns: &str, names: &[String]) -> usize {
+    let api = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
+    let dp = kube::api::DeleteParams::default();
+    futures::future::join_all(names.iter().map(|n| api.delete(n, &dp)))
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count()
 }
 
 /// The operator's requests in `log` between the byte offsets: by
@@ -314,13 +368,19 @@ fn run_one(a: &Args, label: &str, bin: &Path, work: &Path) -> Value {
     }
     let streams_secs = t_start.elapsed().as_secs_f64();
     let t_pods = Instant::now();
-    for ns in &nss {
-        let pods: Vec<Value> = (0..a.pods)
-            .map(|i| pod_json(ns, &format!("p-{i}"), i % a.streams.max(1)))
-            .collect();
-        cp.kubectl_stdin(&["create", "-f", "-"], &list(pods))
-            .stdout_if_success();
-    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let load = rt.block_on(load_client(&cp));
+    let all: Vec<Value> = nss
+        .iter()
+        .flat_map(|ns| {
+            (0..a.pods).map(move |i| pod_json(ns, &format!("p-{i}"), i % a.streams.max(1)))
+        })
+        .collect();
+    let made = rt.block_on(create_pods(&load, all));
+    assert_eq!(made, a.namespaces * a.pods, "pods created");
     let pods_secs = t_pods.elapsed().as_secs_f64();
     eprintln!(
         "ls-operator-scale {label}: {} LogStreams wired in {streams_secs:.1} s, {} pods created in {pods_secs:.1} s",
@@ -351,12 +411,6 @@ fn run_one(a: &Args, label: &str, bin: &Path, work: &Path) -> Value {
         let pods: Vec<Value> = (0..per_tick)
             .map(|i| pod_json(ns, &format!("c{tick}-{i}"), i % a.streams.max(1)))
             .collect();
-        if cp
-            .kubectl_stdin(&["create", "-f", "-"], &list(pods))
-            .success
-        {
-            created += per_tick;
-        }
         // The first rounds delete pods made before the churn; later ones
         // those the churn made ten rounds before (same namespace count).
         let names: Vec<String> = if tick >= 10 * nss.len() {
@@ -369,11 +423,11 @@ fn run_one(a: &Args, label: &str, bin: &Path, work: &Path) -> Value {
                 .map(|i| format!("p-{}", round * per_tick + i))
                 .collect()
         };
-        let mut del = vec!["delete", "pod", "-n", ns.as_str(), "--wait=false"];
-        del.extend(names.iter().map(String::as_str));
-        if cp.kubectl(&del).success {
-            deleted += per_tick;
-        }
+        let (c, d) = rt.block_on(async {
+            futures::join!(create_pods(&load, pods), delete_pods(&load, ns, &names))
+        });
+        created += c;
+        deleted += d;
         let (ens, k) = (&nss[(tick * 7) % nss.len()], tick % a.streams.max(1));
         let paths = if tick.is_multiple_of(2) {
             r#"{"spec":{"paths":["**/*.log","**/*.txt"]}}"#
@@ -381,20 +435,28 @@ fn run_one(a: &Args, label: &str, bin: &Path, work: &Path) -> Value {
             r#"{"spec":{"paths":["**/*.log"]}}"#
         };
         let name = format!("ls-{k}");
-        if cp
-            .kubectl(&[
-                "patch",
-                "logstream",
-                &name,
-                "-n",
+        let patch: Value = serde_json::from_str(paths).unwrap_or(Value::Null);
+        let edited = rt.block_on(async {
+            kube::Api::<kube::api::DynamicObject>::namespaced_with(
+                load.clone(),
                 ens,
-                "--type",
-                "merge",
-                "-p",
-                paths,
-            ])
-            .success
-        {
+                &kube::api::ApiResource {
+                    group: "logstream.dev".into(),
+                    version: "v1alpha1".into(),
+                    api_version: "logstream.dev/v1alpha1".into(),
+                    kind: "LogStream".into(),
+                    plural: "logstreams".into(),
+                },
+            )
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await
+            .is_ok()
+        });
+        if edited {
             edits += 1;
         }
         rss_max = rss_max.max(rss(pid).unwrap_or(0));
