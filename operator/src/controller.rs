@@ -310,6 +310,29 @@ fn applied_key<K: Resource<DynamicType = ()>>(o: &K) -> Key {
     )
 }
 
+/// The watch of an owned kind, forgetting in the apply record (applied.rs)
+/// whatever it sees change.
+fn owned_watch<K>(
+    ctx: &Arc<Context>,
+    cfg: watcher::Config,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    let ctx = ctx.clone();
+    watcher::watcher(Api::<K>::all(ctx.client.clone()), cfg)
+        .default_backoff()
+        .touched_objects()
+        .inspect_ok(move |o: &K| ctx.applied.forget(&applied_key(o)))
+}
+
 /// Runs the controller until SIGTERM.
 pub async fn run(ctx: Arc<Context>) {
     use kube::runtime::WatchStreamExt;
@@ -349,28 +372,10 @@ pub async fn run(ctx: Arc<Context>) {
     // The owned kinds' watches also tell the apply record (applied.rs) what
     // changed under it: an edit or a deletion by someone else is undone by
     // the reconcile the same event triggers.
-    let services = {
-        let ctx = ctx.clone();
-        watcher::watcher(Api::<Service>::all(client.clone()), managed.clone())
-            .default_backoff()
-            .touched_objects()
-            .inspect_ok(move |o: &Service| ctx.applied.forget(&applied_key(o)))
-    };
-    let ingresses = {
-        let ctx = ctx.clone();
-        watcher::watcher(Api::<Ingress>::all(client.clone()), managed.clone())
-            .default_backoff()
-            .touched_objects()
-            .inspect_ok(move |o: &Ingress| ctx.applied.forget(&applied_key(o)))
-    };
+    let services = owned_watch::<Service>(&ctx, managed.clone());
+    let ingresses = owned_watch::<Ingress>(&ctx, managed.clone());
     // The aggregator (owned by every LogStream of its namespace).
-    let deployments = {
-        let ctx = ctx.clone();
-        watcher::watcher(Api::<Deployment>::all(client.clone()), managed)
-            .default_backoff()
-            .touched_objects()
-            .inspect_ok(move |o: &Deployment| ctx.applied.forget(&applied_key(o)))
-    };
+    let deployments = owned_watch::<Deployment>(&ctx, managed);
     controller
         .owns_stream(services)
         .owns_stream(ingresses)
