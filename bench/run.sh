@@ -273,7 +273,9 @@ if want operator; then
         cp "$HOME/.cache/logstream/operator-baseline/target/release/logstream-operator" "$base_dir/bin/"
         git worktree remove --force "$base_dir/src" >&2 || true
     fi
-    nice cargo build --release -p logstream-operator -p logstream-tests --bin ls-operator-scale >&2
+    # (Two builds: a `--bin` would apply to both packages.)
+    nice cargo build --release -p logstream-operator >&2
+    nice cargo build --release -p logstream-tests --bin ls-operator-scale >&2
     run "$BIN/ls-operator-scale" --operator "baseline-$OP_BASE=$base_dir/bin/logstream-operator" \
         --operator "current=$BIN/logstream-operator" --namespaces "$OP_NS" --pods "$OP_PODS" \
         --streams 4 --churn-secs "$OP_CHURN" --churn-rate 50 --json-out "$OUT/operator-scale.json"

@@ -34,6 +34,7 @@ use crate::keys::{AGGREGATOR, FINALIZER, MANAGED_BY, NAMESPACE_LABEL, PULL_SECRE
 use crate::metrics::{ErrorLabel, Metrics};
 use crate::mutate::selects;
 use crate::plan::{self, Observed, Plan, Want};
+use crate::podcache::{self, CachedPod};
 use crate::probe;
 use crate::restart::{self, Workload, WorkloadKind};
 use crate::status::status;
@@ -69,10 +70,10 @@ pub struct Context {
     /// The controller's own cache of LogStreams, once it runs: a reconcile
     /// reads the namespace's LogStreams from it instead of a LIST.
     streams: std::sync::OnceLock<kube::runtime::reflector::Store<DeserializeGuard<LogStream>>>,
-    /// The cluster's pods (trimmed, [`trim_pod`]) from the watch that
+    /// The cluster's pods (compact, [`CachedPod`]) from the watch that
     /// triggers reconciles: a reconcile reads its namespace's pods here
     /// instead of a LIST.
-    pods: std::sync::OnceLock<kube::runtime::reflector::Store<Pod>>,
+    pods: std::sync::OnceLock<kube::runtime::reflector::Store<CachedPod>>,
     /// The cluster's namespaces, from a watch: a reconcile reads its
     /// namespace here instead of a GET.
     namespaces: std::sync::OnceLock<kube::runtime::reflector::Store<Namespace>>,
@@ -229,66 +230,16 @@ where
 /// they pause.
 pub const DEBOUNCE: Duration = Duration::from_millis(500);
 
-/// What of a pod the reconcile reads: the rest (managed fields, the
-/// last-applied annotation, status conditions) is dropped before the pod
-/// is cached, so 10,000 pods take little memory.
-pub fn trim_pod(p: &mut Pod) {
-    p.metadata.managed_fields = None;
-    if let Some(a) = p.metadata.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-    if let Some(st) = p.status.as_mut() {
-        st.conditions = None;
-    }
-}
-
-/// What a reconcile reads of a pod, hashed: a pod event that changes none
-/// of it (a probe's timestamps, a condition) reconciles nothing.
-pub fn pod_fingerprint(p: &Pod) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    p.metadata.labels.hash(&mut h);
-    p.metadata.annotations.hash(&mut h);
-    p.metadata.deletion_timestamp.is_some().hash(&mut h);
-    p.metadata
-        .owner_references
-        .as_ref()
-        .map(|o| o.len())
-        .hash(&mut h);
-    if let Some(spec) = &p.spec {
-        for c in spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(&spec.containers)
-        {
-            c.name.hash(&mut h);
-        }
-        spec.service_account_name.hash(&mut h);
-    }
-    if let Some(st) = &p.status {
-        st.phase.hash(&mut h);
-        st.pod_ip.hash(&mut h);
-        for c in st.init_container_statuses.iter().flatten() {
-            (c.ready, c.started).hash(&mut h);
-        }
-        for c in st.container_statuses.iter().flatten() {
-            (c.ready, c.started).hash(&mut h);
-        }
-    }
-    h.finish()
-}
-
 /// Which pod events trigger reconciles: a pod's first sight and every
-/// change of what a reconcile reads of it ([`pod_fingerprint`]), and every
+/// change of what a reconcile reads of it ([`podcache::fingerprint`]), and every
 /// deletion; a re-list's unchanged pods do not.
 fn pod_trigger(
-    seen: &mut std::collections::HashMap<ObjectRef<Pod>, u64>,
-    event: Result<watcher::Event<Pod>, watcher::Error>,
-) -> Option<Result<Pod, watcher::Error>> {
+    seen: &mut std::collections::HashMap<ObjectRef<CachedPod>, u64>,
+    event: Result<watcher::Event<CachedPod>, watcher::Error>,
+) -> Option<Result<CachedPod, watcher::Error>> {
     match event {
         Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-            let print = pod_fingerprint(&p);
+            let print = podcache::fingerprint(&p);
             let changed = seen.insert(ObjectRef::from_obj(&p), print) != Some(print);
             changed.then_some(Ok(p))
         }
@@ -356,15 +307,15 @@ pub async fn run(ctx: Arc<Context>) {
         .for_each(|_| futures::future::ready(())),
     );
     // One pod watch both fills the reconciles' pod cache and triggers them.
-    let (pod_reader, pod_writer) = kube::runtime::reflector::store::<Pod>();
+    let (pod_reader, pod_writer) = kube::runtime::reflector::store::<CachedPod>();
     let _ = ctx.pods.set(pod_reader);
     let mut fingerprints = std::collections::HashMap::new();
     let pod_events = watcher::watcher(
-        Api::<Pod>::all(client.clone()),
+        Api::<CachedPod>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(trim_pod)
+    .modify(CachedPod::compact)
     .reflect(pod_writer)
     .filter_map(move |event| futures::future::ready(pod_trigger(&mut fingerprints, event)));
     let managed =
@@ -380,7 +331,7 @@ pub async fn run(ctx: Arc<Context>) {
         .owns_stream(services)
         .owns_stream(ingresses)
         .owns_stream(deployments)
-        .watches_stream(pod_events, move |pod: Pod| {
+        .watches_stream(pod_events, move |pod: CachedPod| {
             // A pod change re-counts every LogStream of its namespace that
             // selects it; an aggregator pod's concerns them all (the
             // auth-delegator binding stays while an old replica runs).
@@ -499,7 +450,7 @@ async fn namespace_pods(ctx: &Context, ns: &str) -> Result<Vec<Pod>, kube::Error
         .state()
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(ns))
-        .map(|p| Pod::clone(p))
+        .map(|p| p.to_pod())
         .collect();
     // The order a LIST gives, so plans do not depend on the cache's.
     pods.sort_by_key(|p| p.name_any());

@@ -22,6 +22,7 @@ pub mod mutate;
 pub mod names;
 pub mod owner;
 pub mod plan;
+pub mod podcache;
 pub mod probe;
 pub mod restart;
 pub mod run;

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub api_requests: Family<ApiCall, Counter>,
     /// Time of one reconcile, reads to status.
     pub reconcile_seconds: Histogram,
+    /// The webhook's own time per admission review, from the request to
+    /// the answer (the API server's histogram adds its call on top).
+    pub admission_seconds: Histogram,
     /// Applies skipped: the same object was applied lately (applied.rs).
     pub applies_skipped: Counter,
     pub reconciles: Counter,
@@ -53,6 +56,9 @@ impl Metrics {
             reconcile_seconds: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
+            admission_seconds: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5,
+            ]),
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
             admissions: Family::default(),
@@ -66,6 +72,12 @@ impl Metrics {
             "Time of a reconciliation, from its reads to its status",
             prometheus_client::registry::Unit::Seconds,
             m.reconcile_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "admission_duration",
+            "Time the injection webhook takes to answer an admission review",
+            prometheus_client::registry::Unit::Seconds,
+            m.admission_seconds.clone(),
         );
         registry.register(
             "applies_skipped",

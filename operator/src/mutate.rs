@@ -181,13 +181,6 @@ pub fn opted_out(pod: &Pod) -> bool {
 /// Already carries a sidecar from us?
 pub fn is_injected(pod: &Pod) -> bool {
     pod.annotations().contains_key(INJECTED_ANNOTATION)
-        || pod.spec.as_ref().is_some_and(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-                .any(|c| c.name == SIDECAR_NAME)
-                && pod.annotations().contains_key(INJECTED_ANNOTATION)
-        })
 }
 
 /// Returns the pod with the sidecar injected, `None` when nothing applies

@@ -74,10 +74,25 @@ pub fn cached_streams(ns: &str, ready: bool, all: &[Arc<LogStream>]) -> Option<V
 }
 
 pub fn router(state: Arc<WebhookState>) -> Router {
+    let timed = axum::middleware::from_fn_with_state(state.clone(), timed);
     Router::new()
-        .route("/mutate", post(handle))
+        .route("/mutate", post(handle).layer(timed))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
+}
+
+/// Times a review whole: the body read and parsed, the answer serialized.
+async fn timed(
+    State(st): State<Arc<WebhookState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .admission_seconds
+        .observe(start.elapsed().as_secs_f64());
+    resp
 }
 
 async fn handle(

@@ -395,7 +395,8 @@ fn run_one(a: &Args, label: &str, bin: &Path, work: &Path) -> Value {
     let reconciles0 = op
         .metric("logstream_operator_reconciles_total")
         .unwrap_or(0.0);
-    let rec_hist0 = op_buckets(&op);
+    let rec_hist0 = op_buckets(&op, RECONCILE);
+    let adm_hist0 = op_buckets(&op, ADMISSION);
     let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let t_churn = Instant::now();
     let per_tick = (a.churn_rate / 2).max(1);
@@ -470,7 +471,8 @@ fn run_one(a: &Args, label: &str, bin: &Path, work: &Path) -> Value {
     let reconciles1 = op
         .metric("logstream_operator_reconciles_total")
         .unwrap_or(0.0);
-    let rec_hist1 = op_buckets(&op);
+    let rec_hist1 = op_buckets(&op, RECONCILE);
+    let adm_hist1 = op_buckets(&op, ADMISSION);
     let (by, total, agents) = audited(&log, from, to);
     let lists: u64 = by
         .iter()
@@ -515,6 +517,8 @@ fn run_one(a: &Args, label: &str, bin: &Path, work: &Path) -> Value {
         "reconciles": reconciles,
         "reconciles_per_sec": reconciles / churn_secs,
         "reconcile_p99_secs": rec_hist0.as_ref().zip(rec_hist1.as_ref()).and_then(|(b, a)| quantile_bound(b, a, 0.99)),
+        "webhook_admission_p99_bound_secs": adm_hist0.as_ref().zip(adm_hist1.as_ref()).and_then(|(b, a)| quantile_bound(b, a, 0.99)),
+        "webhook_admission_p50_bound_secs": adm_hist0.as_ref().zip(adm_hist1.as_ref()).and_then(|(b, a)| quantile_bound(b, a, 0.50)),
         "admission_p99_bound_secs": quantile_bound(&adm0, &adm1, 0.99),
         "admission_p50_bound_secs": quantile_bound(&adm0, &adm1, 0.50),
         "admission_buckets_during_churn": adm1.iter().map(|(le, n)| {
@@ -530,10 +534,16 @@ fn run_one(a: &Args, label: &str, bin: &Path, work: &Path) -> Value {
     result
 }
 
-/// The operator's reconcile-duration buckets, when it has the histogram.
-fn op_buckets(op: &OperatorProcess) -> Option<Vec<(f64, f64)>> {
+const RECONCILE: &str = "logstream_operator_reconcile_duration_seconds";
+/// The webhook's own time per review (the API server's histogram adds the
+/// call: connection, TLS, queueing on a busy machine).
+const ADMISSION: &str = "logstream_operator_admission_duration_seconds";
+
+/// One of the operator's histograms, when it has it (the baseline has
+/// neither).
+fn op_buckets(op: &OperatorProcess, name: &str) -> Option<Vec<(f64, f64)>> {
     let text = op.metrics_text()?;
-    let b = buckets(&text, "logstream_operator_reconcile_duration_seconds", &[]);
+    let b = buckets(&text, name, &[]);
     (!b.is_empty()).then_some(b)
 }
 
