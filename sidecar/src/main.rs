@@ -247,7 +247,9 @@ struct Common {
     pong_timeout: Duration,
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     send_timeout: Duration,
-    /// SSE keep-alive comment period.
+    /// SSE keep-alive clock period: on each tick, every SSE stream that sent
+    /// nothing since the tick before sends a `: keep-alive` comment (one
+    /// clock for all streams, none per connection).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     keepalive: Duration,
     /// Bearer token clients must present (header or `access_token=`).

@@ -878,11 +878,20 @@ fn bad_folder_and_bad_glob_are_clear_errors() {
 
 #[test]
 fn sse_sends_keepalive_comments_when_idle() {
+    // One clock for every stream (server/listen.rs): each idle stream gets
+    // its comments, gzip-encoded ones included.
     let s = Server::start(&["--keepalive", "50ms"]);
-    let (mut child, rx) = spawn_lines(Command::new(tool("curl")).args(["-sN", &s.url("/sse")]));
-    wait_line(&rx, |l| l == ": keep-alive");
-    child.kill().unwrap();
-    let _ = child.wait();
+    let url = s.url("/sse");
+    let clients: Vec<_> = [&["-sN"][..], &["-sN"], &["-sN", "--compressed"]]
+        .into_iter()
+        .map(|flags| spawn_lines(Command::new(tool("curl")).args(flags).arg(&url)))
+        .collect();
+    for (mut child, rx) in clients {
+        wait_line(&rx, |l| l == ": keep-alive");
+        wait_line(&rx, |l| l == ": keep-alive");
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
 }
 
 #[test]

@@ -88,35 +88,51 @@ pub async fn serve(listener: TcpListener, st: Arc<AppState>, mut stop: watch::Re
     clock.abort();
 }
 
-/// What WebSocket sessions wait for besides records, in one task: the
-/// ping clock (one timer for every connection; each tick bumps `ping_epoch`)
-/// and the start of the drain. Either wakes the sessions through the hub;
-/// they then ping their client (or drop it when it has been silent too
-/// long), or tell it to reconnect.
+/// What streaming sessions wait for besides records, in one task: the
+/// ping clock (one timer for every WebSocket and Loki tail; each tick bumps
+/// `ping_epoch`), the SSE keep-alive clock (`keepalive_epoch`) and the
+/// start of the drain. Each wakes the sessions through the hub; they then
+/// ping their client (or drop it when it has been silent too long), send a
+/// keep-alive comment, or tell it to reconnect.
 async fn session_clock(st: std::sync::Weak<AppState>) {
-    let Some((period, mut draining)) = st
+    use std::sync::atomic::Ordering;
+    let Some((period, keepalive, mut draining)) = st
         .upgrade()
-        .map(|s| (s.cfg.ping_interval, s.draining.clone()))
+        .map(|s| (s.cfg.ping_interval, s.cfg.keepalive, s.draining.clone()))
     else {
         return;
     };
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(start + period, period);
+    let mut keep = tokio::time::interval_at(start + keepalive, keepalive);
+    keep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drain_seen = false;
     loop {
-        let ticked = tokio::select! {
-            _ = tick.tick() => true,
+        enum Why {
+            Ping,
+            KeepAlive,
+            Drain,
+        }
+        let why = tokio::select! {
+            _ = tick.tick() => Why::Ping,
+            _ = keep.tick() => Why::KeepAlive,
             _ = super::until_true(&mut draining), if !drain_seen => {
                 drain_seen = true;
-                false
+                Why::Drain
             }
         };
         let Some(st) = st.upgrade() else { return };
-        if ticked {
-            st.ping_epoch
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Refilled buckets are forgotten on the same clock.
-            let held = st.limits.forget();
-            st.metrics.rate_limit_buckets.set(held as i64);
+        match why {
+            Why::Ping => {
+                st.ping_epoch.fetch_add(1, Ordering::Relaxed);
+                // Refilled buckets are forgotten on the same clock.
+                let held = st.limits.forget();
+                st.metrics.rate_limit_buckets.set(held as i64);
+            }
+            Why::KeepAlive => {
+                st.keepalive_epoch.fetch_add(1, Ordering::Relaxed);
+            }
+            Why::Drain => {}
         }
         st.hub.wake();
     }

@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -13,7 +14,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::watch;
-use tokio::time::{Instant, Interval};
 
 use super::compress::{self, GzipBody};
 use super::frame;
@@ -87,9 +87,7 @@ async fn respond(
                 .filter_map(|v| v.to_str().ok()),
         );
     let session = Session::new(st.hub.clone(), &q.sub, q.filter, st.cfg.session);
-    let mut keepalive =
-        tokio::time::interval_at(Instant::now() + st.cfg.keepalive, st.cfg.keepalive);
-    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let kept = st.keepalive_epoch.load(Ordering::Relaxed);
     // Boxed: the body stream then holds a pointer beside the chunk in the
     // making, not a second copy of the whole state (smaller idle streams).
     let state = Box::new(BodyState {
@@ -97,7 +95,9 @@ async fn respond(
         draining: st.draining.clone(),
         st: st.clone(),
         session,
-        keepalive,
+        kept,
+        // The hello counts: the first comment comes after a whole quiet period.
+        sent: true,
         kind,
         transport,
         started: false,
@@ -134,7 +134,10 @@ struct BodyState {
     head: watch::Receiver<Head>,
     draining: watch::Receiver<bool>,
     session: Session,
-    keepalive: Interval,
+    /// The keep-alive clock's tick last seen (server/listen.rs).
+    kept: u64,
+    /// Something went out since that tick.
+    sent: bool,
     kind: Kind,
     transport: Transport,
     started: bool,
@@ -197,7 +200,7 @@ impl BodyState {
                     self.st
                         .metrics
                         .sent(self.transport.clone(), entries.len(), chunk.len());
-                    self.keepalive.reset();
+                    self.sent = true;
                     return Some(Bytes::from(chunk));
                 }
                 Next::Gap {
@@ -224,6 +227,18 @@ impl BodyState {
                     return Some(self.control(&ServerMessage::Draining { cursor }));
                 }
                 Next::Idle => {
+                    // A comment when a tick of the shared keep-alive clock
+                    // found nothing sent since the one before: a stream
+                    // quiet for one to two periods gets one.
+                    let epoch = self.st.keepalive_epoch.load(Ordering::Relaxed);
+                    if epoch != self.kept {
+                        self.kept = epoch;
+                        let quiet = !std::mem::take(&mut self.sent);
+                        if quiet && self.kind == Kind::Sse {
+                            return Some(Bytes::from_static(b": keep-alive\n\n"));
+                        }
+                    }
+                    // The clock's ticks and the drain wake the hub's waiters.
                     tokio::select! {
                         changed = self.head.changed() => {
                             if changed.is_err() {
@@ -232,11 +247,6 @@ impl BodyState {
                             }
                         }
                         _ = super::until_true(&mut self.draining), if reconnect_on_drain => {}
-                        _ = self.keepalive.tick() => {
-                            if self.kind == Kind::Sse {
-                                return Some(Bytes::from_static(b": keep-alive\n\n"));
-                            }
-                        }
                     }
                 }
             }

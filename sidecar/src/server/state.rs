@@ -156,6 +156,10 @@ pub struct AppState {
     /// Ticks of the shared ping clock (server/listen.rs): every WebSocket
     /// pings when it changes, so no connection keeps a timer of its own.
     pub ping_epoch: std::sync::atomic::AtomicU64,
+    /// Ticks of the shared keep-alive clock (every `keepalive`): an SSE
+    /// stream that sent nothing since the previous tick sends a comment,
+    /// so no stream keeps a timer of its own either.
+    pub keepalive_epoch: std::sync::atomic::AtomicU64,
     /// Connections whose request head is still arriving.
     pub(crate) heads: Arc<heads::Pending>,
     /// The rate limits' buckets.
@@ -186,6 +190,7 @@ impl AppState {
             draining,
             sessions: TaskTracker::new(),
             ping_epoch: std::sync::atomic::AtomicU64::new(0),
+            keepalive_epoch: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
