@@ -117,6 +117,35 @@ impl Filter {
         self.matches_source(&e.source.source) && self.matches_record(e)
     }
 
+    /// The source part alone (file, pod, container).
+    pub fn source_part(&self) -> Filter {
+        Filter {
+            file: self.file.clone(),
+            pod: self.pod.clone(),
+            container: self.container.clone(),
+            ..Filter::default()
+        }
+    }
+
+    /// Names the source part (file, pod, container), `None` when the
+    /// filter takes every source: sessions with the same key are woken by
+    /// the same publishes (the hub's wake classes). Compiled patterns are
+    /// shared by text (one `Arc` per text while in use), so the patterns'
+    /// addresses name them; the class holds its patterns, so an address is
+    /// not reused while its key is known.
+    pub fn source_key(&self) -> Option<String> {
+        if self.file.is_none() && self.pod.is_none() && self.container.is_none() {
+            return None;
+        }
+        let addr = |p: Option<usize>| p.unwrap_or(0);
+        Some(format!(
+            "{:x}/{:x}/{:x}",
+            addr(self.file.as_ref().map(|g| Arc::as_ptr(g) as usize)),
+            addr(self.pod.as_ref().map(|r| Arc::as_ptr(r) as usize)),
+            addr(self.container.as_ref().map(|r| Arc::as_ptr(r) as usize)),
+        ))
+    }
+
     /// The part of the filter that depends only on the source (file, pod,
     /// container): sessions ask it once per source, not once per record.
     pub fn matches_source(&self, src: &Source) -> bool {

@@ -9,6 +9,12 @@
 //! Records are serialised once when published; sessions share them as
 //! `Arc<Entry>`, so fan-out costs no per-client copies of history and a slow
 //! client only holds a position, never a growing queue.
+//!
+//! Sessions whose filter names sources (file, pod, container) wait on the
+//! watch of their *wake class*: one per distinct source filter, woken only
+//! by publishes of a source it selects ([`Hub::watch_for`]). A line of one
+//! file then wakes the sessions of that file, not the thousands watching
+//! others; the clock, the drain and the end still wake every class.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -232,8 +238,44 @@ impl Ring {
 pub struct Hub {
     ring: Mutex<Ring>,
     head: watch::Sender<Head>,
+    /// Wake classes (see the module docs). Locked after `ring` when both are.
+    wakers: Mutex<Wakers>,
     limits: HubLimits,
     incarnation: String,
+}
+
+/// Which sources a wake class takes (the source part of a filter).
+pub type Selects = Box<dyn Fn(&Source) -> bool + Send + Sync>;
+
+/// Sessions woken by the same sources.
+struct Class {
+    tx: watch::Sender<Head>,
+    selects: Selects,
+}
+
+#[derive(Default)]
+struct Wakers {
+    /// By the source filter's text.
+    classes: HashMap<String, Arc<Class>>,
+    /// Per hub slot: the classes that select the source.
+    by_slot: Vec<Vec<Arc<Class>>>,
+}
+
+impl Wakers {
+    /// Forgets the classes no session waits on any more.
+    fn prune(&mut self) {
+        let before = self.classes.len();
+        self.classes.retain(|_, c| c.tx.receiver_count() > 0);
+        if self.classes.len() != before {
+            for v in &mut self.by_slot {
+                v.retain(|c| c.tx.receiver_count() > 0);
+            }
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<Class>> {
+        self.classes.values()
+    }
 }
 
 impl Hub {
@@ -251,6 +293,7 @@ impl Hub {
                 evicted: 0,
             }),
             head,
+            wakers: Mutex::new(Wakers::default()),
             limits,
             incarnation: incarnation.into(),
         })
@@ -272,6 +315,36 @@ impl Hub {
 
     pub fn watch(&self) -> watch::Receiver<Head> {
         self.head.subscribe()
+    }
+
+    fn wakers(&self) -> MutexGuard<'_, Wakers> {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The watch of the wake class `key` (the source filter's text, the
+    /// same text for the same `selects`): changed by publishes of sources
+    /// that `selects` takes, and by every [`Hub::wake`] and [`Hub::close`].
+    pub fn watch_for(&self, key: &str, selects: impl FnOnce() -> Selects) -> watch::Receiver<Head> {
+        // Ring first: the sources cannot change while the class is placed.
+        let ring = self.lock();
+        let mut w = self.wakers();
+        if let Some(c) = w.classes.get(key) {
+            return c.tx.subscribe();
+        }
+        w.prune();
+        let (tx, rx) = watch::channel(self.head());
+        let class = Arc::new(Class {
+            tx,
+            selects: selects(),
+        });
+        w.by_slot.resize_with(ring.sources.len(), Vec::new);
+        for (src, slot) in ring.sources.iter().zip(&mut w.by_slot) {
+            if (class.selects)(&src.source) {
+                slot.push(class.clone());
+            }
+        }
+        w.classes.insert(key.to_string(), class);
+        rx
     }
 
     pub fn head(&self) -> Head {
@@ -311,6 +384,14 @@ impl Hub {
         ring.sources.push(info.clone());
         ring.by_sid.insert(sid, slot);
         ring.last_seq.push(0);
+        let mut w = self.wakers();
+        let takers = w
+            .all()
+            .filter(|c| (c.selects)(&info.source))
+            .cloned()
+            .collect();
+        w.by_slot.resize_with(slot as usize, Vec::new);
+        w.by_slot.push(takers);
         info
     }
 
@@ -321,6 +402,13 @@ impl Hub {
         }
         // Sized before the lock: the line is scanned for escapes.
         let wires: Vec<u32> = batch.iter().map(wire_size).collect();
+        // The sources published (a batch usually holds one or a few).
+        let mut slots: Vec<u32> = Vec::new();
+        for p in &batch {
+            if !slots.contains(&p.source.slot) {
+                slots.push(p.source.slot);
+            }
+        }
         let next_idx = {
             let mut ring = self.lock();
             for (p, wire) in batch.into_iter().zip(wires) {
@@ -359,17 +447,41 @@ impl Hub {
             ring.next_idx()
         };
         self.head.send_modify(|h| h.next_idx = next_idx);
+        let w = self.wakers();
+        if w.classes.is_empty() {
+            return;
+        }
+        let mut woken: Vec<*const Class> = Vec::new();
+        for slot in slots {
+            for c in w.by_slot.get(slot as usize).into_iter().flatten() {
+                // A class that takes several of the batch's sources: once.
+                let id = Arc::as_ptr(c);
+                if !woken.contains(&id) {
+                    woken.push(id);
+                    c.tx.send_modify(|h| h.next_idx = next_idx);
+                }
+            }
+        }
     }
 
     /// Wakes every waiting session without new records, so it looks at the
-    /// server's state again (the ping clock, the drain flag).
+    /// server's state again (the ping clock, the drain flag). Classes no
+    /// session waits on any more are forgotten on the way.
     pub fn wake(&self) {
         self.head.send_modify(|_| {});
+        let mut w = self.wakers();
+        w.prune();
+        for c in w.all() {
+            c.tx.send_modify(|_| {});
+        }
     }
 
     /// Marks the end of the stream: sessions finish once they reach the head.
     pub fn close(&self) {
         self.head.send_modify(|h| h.closed = true);
+        for c in self.wakers().all() {
+            c.tx.send_modify(|h| h.closed = true);
+        }
     }
 }
 
@@ -468,6 +580,24 @@ pub(crate) mod tests {
                 })
                 .collect(),
         );
+    }
+
+    #[test]
+    fn wake_classes_nobody_waits_on_are_forgotten() {
+        let hub = small_hub();
+        let a = hub.source(src("a.log"));
+        let of_a = || -> Selects { Box::new(|s: &Source| s.file == "a.log") };
+        let w1 = hub.watch_for("a", of_a);
+        let w2 = hub.watch_for("a", || unreachable!("one class per key"));
+        assert_eq!(hub.wakers().classes.len(), 1);
+        assert_eq!(hub.wakers().by_slot[a.slot as usize].len(), 1);
+        drop((w1, w2));
+        hub.wake();
+        assert!(hub.wakers().classes.is_empty());
+        assert!(hub.wakers().by_slot.iter().all(Vec::is_empty));
+        // And a publish wakes nothing it should not.
+        publish_lines(&hub, &a, &["x"]);
+        assert_eq!(hub.head().next_idx, 1);
     }
 
     #[test]

@@ -98,6 +98,20 @@ pub struct Session {
 
 impl Session {
     /// Positions a new session according to `sub` (`resume`, `tail`, `since`).
+    /// What to wait on for this session's records: the hub's watch, or its
+    /// filter's wake class when the filter names sources. Asked again after
+    /// a resubscribe.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<crate::hub::Head> {
+        match self.filter.source_key() {
+            None => self.hub.watch(),
+            Some(key) => self.hub.watch_for(&key, || {
+                // The source part only: a class holds no grep pattern.
+                let f = self.filter.source_part();
+                Box::new(move |s| f.matches_source(s))
+            }),
+        }
+    }
+
     /// The bounds this session runs under.
     pub fn limits(&self) -> &SessionLimits {
         &self.limits
@@ -418,6 +432,57 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_session_of_some_sources_is_woken_by_them_only() {
+        let h = hub(100);
+        let a = h.source(src("a.log"));
+        let of_b = Subscribe {
+            file: Some("b*.log".into()),
+            ..Default::default()
+        };
+        let s = session(&h, of_b.clone());
+        let mut w = s.watch();
+        let all = session(&h, Subscribe::default());
+        let mut w_all = all.watch();
+        publish_lines(&h, &a, &["a1"]);
+        assert!(!w.has_changed().unwrap(), "woken by another file");
+        assert!(w_all.has_changed().unwrap());
+        w_all.borrow_and_update();
+        // A source that appears after the session is taken in.
+        let b = h.source(src("b.log"));
+        publish_lines(&h, &b, &["b1"]);
+        assert!(w.has_changed().unwrap());
+        w.borrow_and_update();
+        // A batch of several sources wakes the class once, and every
+        // session of the same filter shares it.
+        let b2 = h.source(src("b2.log"));
+        let twin = session(&h, of_b);
+        let mut w_twin = twin.watch();
+        h.publish(
+            [&b, &b2, &a]
+                .into_iter()
+                .map(|s| crate::hub::Pending {
+                    source: s.clone(),
+                    seq: s.next_seq(),
+                    ts_ns: crate::hub::now_ns(),
+                    level: None,
+                    line: "x".into(),
+                    partial: false,
+                    split: None,
+                })
+                .collect(),
+        );
+        assert!(w.has_changed().unwrap() && w_twin.has_changed().unwrap());
+        w.borrow_and_update();
+        w_twin.borrow_and_update();
+        // The clock and the end wake every session.
+        h.wake();
+        assert!(w.has_changed().unwrap());
+        w.borrow_and_update();
+        h.close();
+        assert!(w.has_changed().unwrap() && w.borrow_and_update().closed);
     }
 
     #[test]

@@ -78,7 +78,10 @@ async fn live_lines_then_resume_without_gap_or_duplicate() {
 
 #[tokio::test]
 async fn filters_and_raw_format_and_subscribe_message() {
-    let s = Server::start(&[]);
+    // No clock ticks: only the publishes a session's filter takes may wake
+    // it (a session still waiting on its old filter's wake class after a
+    // resubscribe would never see the new file's lines).
+    let s = Server::start(&["--ping-interval", "1h", "--keepalive", "1h"]);
     let sub = Subscribe {
         level: Some("warn+".into()),
         file: Some("a*.log".into()),
@@ -112,6 +115,23 @@ async fn filters_and_raw_format_and_subscribe_message() {
     let (r, _) = records(&mut c, 1).await;
     assert_eq!(r[0].line, "zzz");
     assert_eq!(r[0].source.file, "zzz.log");
+    // From every file to one, then to another.
+    for file in ["b.log", "c.log"] {
+        c.send(&ClientMessage::Subscribe(Subscribe {
+            file: Some(file.into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        loop {
+            if let Some(ServerMessage::Subscribed { .. }) = c.next().await.unwrap() {
+                break;
+            }
+        }
+        s.append(file, &format!("in {file}\n"));
+        let (r, _) = records(&mut c, 1).await;
+        assert_eq!(r[0].line, format!("in {file}"));
+    }
 }
 
 #[tokio::test]

@@ -91,7 +91,7 @@ async fn respond(
     // Boxed: the body stream then holds a pointer beside the chunk in the
     // making, not a second copy of the whole state (smaller idle streams).
     let state = Box::new(BodyState {
-        head: st.hub.watch(),
+        head: session.watch(),
         draining: st.draining.clone(),
         st: st.clone(),
         session,

@@ -549,7 +549,7 @@ where
     }
     let format = session.filter.format;
     send!(text(frame::notice(&stream::hello(session, cfg), format)));
-    let mut head = st.hub.watch();
+    let mut head = session.watch();
     // Pings follow the server's shared clock (server/listen.rs).
     let mut pinged = st.ping_epoch.load(Ordering::Relaxed);
     let mut last_heard = Instant::now();
@@ -631,10 +631,16 @@ where
                 // Handled by a plain function: the parsed message never
                 // lives across an await, so it takes no room in the
                 // connection's state while it idles.
+                let resubscribed = matches!(&msg, Some(Ok(Message::Text(_))));
                 match on_client_message(msg, session, draining.as_ref(), st) {
                     Step::Continue => {}
                     Step::Reply(m) => send!(m),
                     Step::End(end) => return end,
+                }
+                // A new filter may wait on another wake class (the loop
+                // pulls before it waits again: nothing is missed).
+                if resubscribed {
+                    head = session.watch();
                 }
             }
             Wake::DrainTimeout => return End::DrainTimeout,
