@@ -88,6 +88,19 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
 done
 rm -rf "${CLIENT_ETC:?}/$CLIENT_NETNS_PREFIX"*
 rmdir "$CLIENT_ETC" 2>/dev/null
+# The first `ip netns add` mounted /run/netns on itself: undone when it was
+# not a mount before the node and no namespace is left (a fresh machine has
+# none; otherwise the mount stays for whoever else uses it).
+if [[ -f $NETNS_RESTORE && -z "$(ip netns list 2>/dev/null)" ]]; then
+  was="$(cat "$NETNS_RESTORE")"
+  if [[ $was != mount ]]; then
+    for _ in 1 2 3; do
+      mountpoint -q /run/netns || break
+      umount /run/netns 2>/dev/null || umount -l /run/netns 2>/dev/null
+    done
+  fi
+  [[ $was == absent ]] && rmdir /run/netns 2>/dev/null
+fi
 for v in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
   [[ $v == lsc* ]] && ip link del "$v" 2>/dev/null
 done
@@ -139,6 +152,7 @@ if [[ -f $HOST_RESTORE ]]; then
   done <"$HOST_RESTORE"
   rm -f "$HOST_RESTORE"
 fi
+rm -f "$NETNS_RESTORE"
 rm -f "$PIDS"
 [[ -f $STATE_FILE && "$(cat "$STATE_FILE")" == "$WORK" ]] && rm -f "$STATE_FILE"
 rmdir "$(dirname "$STATE_FILE")" 2>/dev/null

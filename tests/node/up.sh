@@ -102,6 +102,9 @@ if [[ ! -f "$HOST_RESTORE" ]]; then
     v="$(sysctl -n "$s" 2>/dev/null)" && echo "$s=$v"
   done >"$HOST_RESTORE"
 fi
+if [[ ! -f "$NETNS_RESTORE" ]]; then
+  if mountpoint -q /run/netns; then echo mount; elif [[ -d /run/netns ]]; then echo dir; else echo absent; fi >"$NETNS_RESTORE"
+fi
 
 # --- certificates ------------------------------------------------------------------
 pki_ca
