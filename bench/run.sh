@@ -147,10 +147,10 @@ if want latency; then
     run "$BIN/ls-latency" --rate 1 --duration "$LAT_IDLE" --clients 1 "${QL[@]}" --json-out "$OUT/latency-1hz.json"
     run "$BIN/ls-latency" --rate 1000 --duration "$LAT_FAST" --clients 1 "${QL[@]}" --json-out "$OUT/latency-1khz.json"
     run "$BIN/ls-latency" --rate 1 --duration "$LAT_FAN" --clients 100 "${QL[@]}" --json-out "$OUT/latency-1hz-100c.json"
-    run "$BIN/ls-latency" --rate 1 --duration "$LAT_FAN" --clients 1 --extra-conns 10000 \
-        --server-arg=--max-connections --server-arg=20000 "${QL[@]}" --json-out "$OUT/latency-1hz-10k-idle.json"
-    run "$BIN/ls-latency" --rate 1000 --duration "$LAT_FAST" --clients 1 --extra-conns 10000 \
-        --server-arg=--max-connections --server-arg=20000 "${QL[@]}" --json-out "$OUT/latency-1khz-10k-idle.json"
+    run "$BIN/ls-latency" --rate 1 --duration "$LAT_FAN" --clients 1 --extra-conns 9900 \
+        --server-arg=--max-connections --server-arg=20000 "${QL[@]}" --json-out "$OUT/latency-1hz-9900-idle.json"
+    run "$BIN/ls-latency" --rate 1000 --duration "$LAT_FAST" --clients 1 --extra-conns 9900 \
+        --server-arg=--max-connections --server-arg=20000 "${QL[@]}" --json-out "$OUT/latency-1khz-9900-idle.json"
 fi
 
 if want idle; then
