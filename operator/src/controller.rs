@@ -162,10 +162,23 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    // Deleted (or found absent) lately: nothing to send.
     let key = Key::new(&K::kind(&()), ns, name);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    delete_unless_absent(ctx, key, &api, name).await
+}
+
+/// Deletes `name` unless it was deleted (or found absent) lately: then
+/// there is nothing to send.
+async fn delete_unless_absent<K>(
+    ctx: &Context,
+    key: Key,
+    api: &Api<K>,
+    name: &str,
+) -> Result<(), kube::Error>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
     unless_fresh(ctx, key, applied::ABSENT, || async {
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
         match api.delete(name, &DeleteParams::background()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -195,14 +208,7 @@ async fn apply_auth_binding(
         }
         Want::Delete(name) => {
             let key = Key::new("ClusterRoleBinding", "", name);
-            unless_fresh(ctx, key, applied::ABSENT, || async {
-                match api.delete(name, &DeleteParams::background()).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
+            delete_unless_absent(ctx, key, &api, name).await?;
         }
     }
     Ok(())
@@ -674,14 +680,7 @@ async fn apply_route(
         }
         (Want::Delete(name), _) => {
             let key = Key::new("HTTPRoute", ns, name);
-            unless_fresh(ctx, key, applied::ABSENT, || async {
-                match api.delete(name, &DeleteParams::background()).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
+            delete_unless_absent(ctx, key, &api, name).await?;
             Ok(None)
         }
     }

@@ -100,34 +100,30 @@ async fn filters_and_raw_format_and_subscribe_message() {
         ["WARN careful", r#"{"level":"error","msg":"bad"}"#]
     );
     // Change filters on the fly.
-    c.send(&ClientMessage::Subscribe(Subscribe {
+    let resubscribe = async |c: &mut Connection, sub: Subscribe| {
+        c.send(&ClientMessage::Subscribe(sub)).await.unwrap();
+        loop {
+            if let Some(ServerMessage::Subscribed { .. }) = c.next().await.unwrap() {
+                break;
+            }
+        }
+    };
+    let grep = Subscribe {
         grep: Some("^z+$".into()),
         ..Default::default()
-    }))
-    .await
-    .unwrap();
-    loop {
-        if let Some(ServerMessage::Subscribed { .. }) = c.next().await.unwrap() {
-            break;
-        }
-    }
+    };
+    resubscribe(&mut c, grep).await;
     s.append("zzz.log", "no\nzzz\n");
     let (r, _) = records(&mut c, 1).await;
     assert_eq!(r[0].line, "zzz");
     assert_eq!(r[0].source.file, "zzz.log");
     // From every file to one, then to another.
     for file in ["b.log", "c.log"] {
-        c.send(&ClientMessage::Subscribe(Subscribe {
+        let one = Subscribe {
             file: Some(file.into()),
             ..Default::default()
-        }))
-        .await
-        .unwrap();
-        loop {
-            if let Some(ServerMessage::Subscribed { .. }) = c.next().await.unwrap() {
-                break;
-            }
-        }
+        };
+        resubscribe(&mut c, one).await;
         s.append(file, &format!("in {file}\n"));
         let (r, _) = records(&mut c, 1).await;
         assert_eq!(r[0].line, format!("in {file}"));
