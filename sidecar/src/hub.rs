@@ -401,14 +401,18 @@ impl Hub {
             return;
         }
         // Sized before the lock: the line is scanned for escapes.
-        let wires: Vec<u32> = batch.iter().map(wire_size).collect();
-        // The sources published (a batch usually holds one or a few).
+        // In the same pass, the sources published (a batch usually holds
+        // one or a few): the wake classes to change.
         let mut slots: Vec<u32> = Vec::new();
-        for p in &batch {
-            if !slots.contains(&p.source.slot) {
-                slots.push(p.source.slot);
-            }
-        }
+        let wires: Vec<u32> = batch
+            .iter()
+            .map(|p| {
+                if !slots.contains(&p.source.slot) {
+                    slots.push(p.source.slot);
+                }
+                wire_size(p)
+            })
+            .collect();
         let next_idx = {
             let mut ring = self.lock();
             for (p, wire) in batch.into_iter().zip(wires) {
