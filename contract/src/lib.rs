@@ -46,6 +46,11 @@ pub mod env {
     pub const LEVEL_KEY: &str = "LOGSTREAM_LEVEL_KEY";
     pub const BUFFER_LINES: &str = "LOGSTREAM_BUFFER_LINES";
     pub const BUFFER_BYTES: &str = "LOGSTREAM_BUFFER_BYTES";
+    /// The aggregator's history on disk: its directory (unset: none),
+    /// its bound in bytes and its bound in age (a duration such as `24h`).
+    pub const HISTORY_DIR: &str = "LOGSTREAM_HISTORY_DIR";
+    pub const HISTORY_MAX_BYTES: &str = "LOGSTREAM_HISTORY_MAX_BYTES";
+    pub const HISTORY_MAX_AGE: &str = "LOGSTREAM_HISTORY_MAX_AGE";
     /// `json` or `text`.
     pub const LOG_FORMAT: &str = "LOGSTREAM_LOG_FORMAT";
     /// Longest a shutdown may take (a duration such as `25s`).

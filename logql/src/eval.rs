@@ -51,6 +51,74 @@ impl<T: LogEntry + ?Sized> LogEntry for Arc<T> {
     }
 }
 
+/// Entries a query reads, in chunks: a slice is one chunk; a history on
+/// disk gives one per block, read only when wanted, so a query holds the
+/// rows it keeps, never the whole window.
+pub trait EntryChunks {
+    type Entry: LogEntry;
+    /// Calls `visit` with chunks that hold every entry with a time in
+    /// `[from, to)` (and maybe others), in about the order of `dir`. Before
+    /// a chunk is read, `want(min_ts, max_ts)` may skip it.
+    fn each_chunk(
+        &self,
+        from: i64,
+        to: i64,
+        dir: Direction,
+        want: &mut dyn FnMut(i64, i64) -> bool,
+        visit: &mut dyn FnMut(&[Self::Entry]),
+    ) -> Result<(), crate::LokiError>;
+}
+
+impl<E: LogEntry> EntryChunks for [E] {
+    type Entry = E;
+    fn each_chunk(
+        &self,
+        _from: i64,
+        _to: i64,
+        _dir: Direction,
+        _want: &mut dyn FnMut(i64, i64) -> bool,
+        visit: &mut dyn FnMut(&[E]),
+    ) -> Result<(), crate::LokiError> {
+        visit(self);
+        Ok(())
+    }
+}
+
+impl<E: LogEntry> EntryChunks for Vec<E> {
+    type Entry = E;
+    fn each_chunk(
+        &self,
+        from: i64,
+        to: i64,
+        dir: Direction,
+        want: &mut dyn FnMut(i64, i64) -> bool,
+        visit: &mut dyn FnMut(&[E]),
+    ) -> Result<(), crate::LokiError> {
+        EntryChunks::each_chunk(self.as_slice(), from, to, dir, want, visit)
+    }
+}
+
+/// The literals every line a log query returns contains: its `|= "text"`
+/// filters (one text each) before any stage that rewrites the line. A
+/// store can skip lines without them before running the pipeline.
+pub fn required_literals(q: &LogQuery) -> Vec<String> {
+    let mut out = Vec::new();
+    for st in &q.pipeline {
+        match st {
+            Stage::Line(f) => {
+                if let (crate::LineOp::Contains, [p]) = (f.op, f.patterns.as_slice())
+                    && !p.is_empty()
+                {
+                    out.push(p.clone());
+                }
+            }
+            Stage::LineFormat(_) | Stage::Decolorize | Stage::Unpack => break,
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Stream labels per stream key, computed once per query, with the verdict
 /// of the query's selector.
 #[derive(Default)]
@@ -504,30 +572,82 @@ pub struct Stream {
 #[derive(Debug)]
 pub struct LogResult {
     pub streams: Vec<Stream>,
-    /// Lines that matched; more than were returned when the limit cut.
+    /// Lines that matched in what was read (a chunk that could not hold
+    /// a returned line is not read, so this is a lower bound when the
+    /// limit cut).
     pub matched: usize,
     pub returned: usize,
 }
 
+/// A row kept by a log query.
+struct Kept {
+    ts_ns: i64,
+    idx: u64,
+    labels: Arc<Labels>,
+    line: String,
+}
+
 /// Runs a log query over `[start, end)`: the `limit` newest (backward) or
-/// oldest (forward) matching lines across all streams.
-pub fn log_query(
+/// oldest (forward) matching lines across all streams. Rows are kept in a
+/// bounded set (at most twice `limit`), and once it holds `limit` rows a
+/// chunk that cannot hold a better one is not read.
+pub fn log_query<C: EntryChunks + ?Sized>(
     q: &LogQuery,
-    entries: &[impl LogEntry],
+    entries: &C,
     start: i64,
     end: i64,
     limit: usize,
     dir: Direction,
-) -> LogResult {
-    let mut rows: Vec<Row<'_>> = select(q, entries, start, end).collect();
-    let matched = rows.len();
-    match dir {
-        Direction::Forward => rows.sort_by_key(|r| (r.ts_ns, r.idx)),
-        Direction::Backward => {
-            rows.sort_by_key(|r| std::cmp::Reverse((r.ts_ns, r.idx)));
+) -> Result<LogResult, crate::LokiError> {
+    let order = |r: &Kept| match dir {
+        Direction::Forward => (r.ts_ns, r.idx),
+        Direction::Backward => (i64::MAX - r.ts_ns, u64::MAX - r.idx),
+    };
+    let mut rows: Vec<Kept> = Vec::new();
+    let mut matched = 0usize;
+    // The time of the worst row kept, once `limit` rows are.
+    let worst: std::cell::Cell<Option<i64>> = std::cell::Cell::new(None);
+    let compact = |rows: &mut Vec<Kept>| {
+        rows.sort_by_key(order);
+        rows.truncate(limit);
+        if rows.len() >= limit {
+            worst.set(rows.last().map(|r| r.ts_ns));
         }
-    }
-    rows.truncate(limit);
+    };
+    entries.each_chunk(
+        start,
+        end,
+        dir,
+        &mut |min, max| match (worst.get(), dir) {
+            (None, _) => true,
+            (Some(w), Direction::Backward) => max >= w,
+            (Some(w), Direction::Forward) => min <= w,
+        },
+        &mut |chunk| {
+            for r in select(q, chunk, start, end) {
+                matched += 1;
+                if let (Some(w), true) = (worst.get(), rows.len() >= limit) {
+                    let worse = match dir {
+                        Direction::Backward => r.ts_ns < w,
+                        Direction::Forward => r.ts_ns > w,
+                    };
+                    if worse {
+                        continue;
+                    }
+                }
+                rows.push(Kept {
+                    ts_ns: r.ts_ns,
+                    idx: r.idx,
+                    labels: r.labels,
+                    line: r.line.into_owned(),
+                });
+                if rows.len() >= 2 * limit.max(512) {
+                    compact(&mut rows);
+                }
+            }
+        },
+    )?;
+    compact(&mut rows);
     let returned = rows.len();
     let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
     let mut streams: Vec<Stream> = Vec::new();
@@ -540,15 +660,15 @@ pub fn log_query(
             streams.len() - 1
         });
         if let Some(s) = streams.get_mut(i) {
-            s.values.push((r.ts_ns, r.line.into_owned()));
+            s.values.push((r.ts_ns, r.line));
         }
     }
     streams.sort_by(|a, b| a.labels.cmp(&b.labels));
-    LogResult {
+    Ok(LogResult {
         streams,
         matched,
         returned,
-    }
+    })
 }
 
 mod metric;

@@ -397,6 +397,13 @@ impl Hub {
 
     /// Appends records in order and wakes the sessions.
     pub fn publish(&self, batch: Vec<Pending>) {
+        self.publish_with(batch, |_| {});
+    }
+
+    /// [`Hub::publish`], handing the new entries to `sink` while the ring is
+    /// still locked: before any later publish can evict them, so a reader
+    /// that looks at the ring and then at what the sink keeps misses none.
+    pub fn publish_with(&self, batch: Vec<Pending>, sink: impl FnOnce(&[Arc<Entry>])) {
         if batch.is_empty() {
             return;
         }
@@ -415,6 +422,7 @@ impl Hub {
             .collect();
         let next_idx = {
             let mut ring = self.lock();
+            let first_new = ring.next_idx();
             for (p, wire) in batch.into_iter().zip(wires) {
                 let idx = ring.next_idx();
                 let slot = p.source.slot as usize;
@@ -438,6 +446,15 @@ impl Hub {
                 ring.total_bytes += entry.wire_size() as u64;
                 ring.bytes += size;
                 ring.entries.push_back(Arc::new(entry));
+            }
+            let added = (ring.next_idx() - first_new) as usize;
+            let (a, b) = ring.entries.as_slices();
+            if b.len() >= added {
+                sink(&b[b.len() - added..]);
+            } else {
+                let mut new: Vec<Arc<Entry>> = a[a.len() - (added - b.len())..].to_vec();
+                new.extend_from_slice(b);
+                sink(&new);
             }
             while ring.entries.len() > self.limits.max_lines.max(1)
                 || (ring.bytes > self.limits.max_bytes && ring.entries.len() > 1)

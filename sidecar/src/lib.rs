@@ -17,6 +17,7 @@ pub mod fds;
 pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod history;
 pub mod hub;
 pub mod lines;
 pub mod loki;

@@ -124,6 +124,22 @@ struct AggregatorArgs {
     /// Upper bound of the random delay clients are asked to wait before reconnecting.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     reconnect_jitter: Duration,
+    /// Keep the history on disk too, in this directory (compressed
+    /// segments, read back after a restart); Loki queries read memory and
+    /// disk as one history.
+    #[arg(long, env = env::HISTORY_DIR)]
+    history_dir: Option<PathBuf>,
+    /// Bytes the history on disk may take; the oldest segments go first.
+    #[arg(long, env = env::HISTORY_MAX_BYTES, default_value_t = 2 << 30)]
+    history_max_bytes: u64,
+    /// Records older than this leave the history on disk (0s: kept until
+    /// the bytes bound).
+    #[arg(long, env = env::HISTORY_MAX_AGE, default_value = "24h", value_parser = humantime::parse_duration)]
+    history_max_age: Duration,
+    /// A record waits at most this long before it is written to disk (what
+    /// a crash can lose).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    history_flush_after: Duration,
     #[command(flatten)]
     kubernetes: KubernetesAuth,
     #[command(flatten)]
@@ -547,9 +563,20 @@ impl AggregatorArgs {
             upstream_token_file,
             drain_delay,
             reconnect_jitter,
+            history_dir,
+            history_max_bytes,
+            history_max_age,
+            history_flush_after,
             kubernetes,
             common,
         } = self;
+        let disk_history = history_dir.map(|dir| {
+            let mut h = logstream::history::HistoryOptions::new(dir);
+            h.max_bytes = history_max_bytes;
+            h.max_age = (!history_max_age.is_zero()).then_some(history_max_age);
+            h.flush_after = history_flush_after;
+            h
+        });
         let mut server = common.server("aggregator")?;
         kubernetes.apply(
             &mut server,
@@ -571,6 +598,7 @@ impl AggregatorArgs {
             discovery,
             server,
             history: common.history(),
+            disk_history,
             listen,
             reorder_window,
             upstream_token: upstream_token_file

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub client_errors: Counter,
     pub history_records: Gauge,
     pub history_bytes: Gauge,
+    /// The aggregator's history on disk (zero without one).
+    pub disk_history: crate::history::Stats,
     pub upstreams_connected: Gauge,
     pub upstreams_known: Gauge,
     pub upstream_records: Counter,
@@ -104,6 +106,7 @@ impl Metrics {
             client_errors: Counter::default(),
             history_records: Gauge::default(),
             history_bytes: Gauge::default(),
+            disk_history: crate::history::Stats::default(),
             upstreams_connected: Gauge::default(),
             upstreams_known: Gauge::default(),
             upstream_records: Counter::default(),
@@ -258,6 +261,61 @@ impl Metrics {
             "Bytes held in history",
             Unit::Bytes,
             self.history_bytes.clone(),
+        );
+        let d = &self.disk_history;
+        for (name, help, c) in [
+            (
+                "history_disk_records_written",
+                "Records written to the history on disk",
+                &d.records_written,
+            ),
+            (
+                "history_disk_write_errors",
+                "Failed writes of the history on disk (a full disk stops it; it is retried)",
+                &d.write_errors,
+            ),
+            (
+                "history_disk_records_dropped",
+                "Records that never reached the history on disk (its queue was full while writing failed)",
+                &d.records_dropped,
+            ),
+        ] {
+            r.register(name, help, c.clone());
+        }
+        for (name, help, c) in [
+            (
+                "history_disk_written",
+                "Compressed bytes written to the history on disk",
+                &d.bytes_written,
+            ),
+            (
+                "history_disk_lines_written",
+                "Bytes of lines written to the history on disk, before compression",
+                &d.raw_bytes_written,
+            ),
+            (
+                "history_disk_removed",
+                "Bytes of old segments removed from the history on disk (retention by bytes and age)",
+                &d.bytes_removed,
+            ),
+            (
+                "history_disk_truncated",
+                "Bytes of a torn tail cut off the history on disk at start-up",
+                &d.truncated_bytes,
+            ),
+        ] {
+            r.register_with_unit(name, help, Unit::Bytes, c.clone());
+        }
+        r.register_with_unit(
+            "history_disk",
+            "Bytes of the segments of the history on disk",
+            Unit::Bytes,
+            d.disk_bytes.clone(),
+        );
+        r.register(
+            "history_disk_writing",
+            "1 while the history on disk is written, 0 while writing fails",
+            d.writing.clone(),
         );
         r.register_with_unit(
             "drain",

@@ -36,6 +36,8 @@ pub enum RunError {
     Thread(std::io::Error),
     #[error("kubernetes client: {0}")]
     Kube(kube::Error),
+    #[error(transparent)]
+    History(crate::history::StoreError),
 }
 
 /// Runs a streamer until `shutdown` resolves, then drains.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::{ERROR_LABEL, Labels, LogEntry, run_pipeline, select};
+use super::{Direction, ERROR_LABEL, EntryChunks, Labels, run_pipeline, select};
 use crate::{AggOp, BinOp, Grouping, LogQuery, MetricExpr, RangeFn, Unwrap, UnwrapConv};
 
 // ---------------------------------------------------------------------------
@@ -59,9 +59,9 @@ pub fn needed_window(expr: &MetricExpr, steps: &Steps) -> (i64, i64) {
 }
 
 /// Evaluates a metric expression at every step.
-pub fn metric_query<E: LogEntry>(
+pub fn metric_query<C: EntryChunks + ?Sized>(
     expr: &MetricExpr,
-    entries: &[E],
+    entries: &C,
     steps: &Steps,
 ) -> Result<Grid, crate::LokiError> {
     Ok(match expr {
@@ -79,7 +79,7 @@ pub fn metric_query<E: LogEntry>(
             ..
         } => Grid::Vector(range_fn(
             *func, query, *range_ns, *offset_ns, entries, steps,
-        )),
+        )?),
         MetricExpr::Range {
             func,
             query,
@@ -172,9 +172,9 @@ fn range_fn(
     q: &LogQuery,
     range_ns: i64,
     offset_ns: i64,
-    entries: &[impl LogEntry],
+    entries: &(impl EntryChunks + ?Sized),
     steps: &Steps,
-) -> Vec<Series> {
+) -> Result<Vec<Series>, crate::LokiError> {
     // Window for step t: (t - offset - range, t - offset].
     let from = steps
         .start
@@ -183,12 +183,20 @@ fn range_fn(
         .saturating_add(1);
     let to = steps.last().saturating_sub(offset_ns).saturating_add(1);
     let mut by_series: HashMap<Arc<Labels>, Vec<(i64, u64)>> = HashMap::new();
-    for r in select(q, entries, from, to) {
-        by_series
-            .entry(r.labels)
-            .or_default()
-            .push((r.ts_ns, r.line.len() as u64));
-    }
+    entries.each_chunk(
+        from,
+        to,
+        Direction::Forward,
+        &mut |_, _| true,
+        &mut |chunk| {
+            for r in select(q, chunk, from, to) {
+                by_series
+                    .entry(r.labels)
+                    .or_default()
+                    .push((r.ts_ns, r.line.len() as u64));
+            }
+        },
+    )?;
     let secs = range_ns as f64 / 1e9;
     let mut out: Vec<Series> = by_series
         .into_iter()
@@ -229,7 +237,7 @@ fn range_fn(
         })
         .collect();
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    out
+    Ok(out)
 }
 
 /// A range function over unwrapped samples.
@@ -292,7 +300,7 @@ fn group_key(l: &Labels, g: Option<&Grouping>) -> Labels {
 /// the unwrap drops it (`| __error__=""`).
 fn unwrapped_fn(
     u: &Unwrapped<'_>,
-    entries: &[impl LogEntry],
+    entries: &(impl EntryChunks + ?Sized),
     steps: &Steps,
 ) -> Result<Vec<Series>, crate::LokiError> {
     let from = steps
@@ -302,35 +310,46 @@ fn unwrapped_fn(
         .saturating_add(1);
     let to = steps.last().saturating_sub(u.offset_ns).saturating_add(1);
     let mut by_series: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
-    for r in select(u.query, entries, from, to) {
-        let mut labels = Arc::unwrap_or_clone(r.labels);
-        let value = labels
-            .remove(&u.unwrap.label)
-            .and_then(|v| sample(&v, u.unwrap.conv));
-        if value.is_none() {
-            labels.insert(ERROR_LABEL.into(), "SampleExtractionErr".into());
+    let mut failed: Option<crate::LokiError> = None;
+    entries.each_chunk(from, to, Direction::Forward, &mut |_, _| true, &mut |chunk| {
+        if failed.is_some() {
+            return;
         }
-        if !u.unwrap.post.is_empty() {
-            let Some((_, changed)) = run_pipeline(&u.unwrap.post, &labels, &r.line, r.ts_ns) else {
-                continue;
-            };
-            if let Some(c) = changed {
-                labels = c;
+        for r in select(u.query, chunk, from, to) {
+            let mut labels = Arc::unwrap_or_clone(r.labels);
+            let value = labels
+                .remove(&u.unwrap.label)
+                .and_then(|v| sample(&v, u.unwrap.conv));
+            if value.is_none() {
+                labels.insert(ERROR_LABEL.into(), "SampleExtractionErr".into());
             }
+            if !u.unwrap.post.is_empty() {
+                let Some((_, changed)) = run_pipeline(&u.unwrap.post, &labels, &r.line, r.ts_ns)
+                else {
+                    continue;
+                };
+                if let Some(c) = changed {
+                    labels = c;
+                }
+            }
+            if let Some(err) = labels.get(ERROR_LABEL) {
+                failed = Some(crate::LokiError::Query(format!(
+                    "pipeline error: '{err}' for series: '{labels:?}'. Use a label filter to intentionally skip this error. (e.g | __error__!=\"{err}\")"
+                )));
+                return;
+            }
+            let Some(v) = value else { continue };
+            by_series
+                .entry(match u.grouping {
+                    None => labels,
+                    Some(g) => grouped(&labels, g),
+                })
+                .or_default()
+                .push((r.ts_ns, v));
         }
-        if let Some(err) = labels.get(ERROR_LABEL) {
-            return Err(crate::LokiError::Query(format!(
-                "pipeline error: '{err}' for series: '{labels:?}'. Use a label filter to intentionally skip this error. (e.g | __error__!=\"{err}\")"
-            )));
-        }
-        let Some(v) = value else { continue };
-        by_series
-            .entry(match u.grouping {
-                None => labels,
-                Some(g) => grouped(&labels, g),
-            })
-            .or_default()
-            .push((r.ts_ns, v));
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
     }
     let secs = u.range_ns as f64 / 1e9;
     let mut out: Vec<Series> = by_series

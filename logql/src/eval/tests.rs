@@ -1,6 +1,18 @@
 use super::*;
 use crate::{MetricExpr, Query, parse};
 
+/// [`super::log_query`] over one slice, which cannot fail.
+fn log_query(
+    q: &LogQuery,
+    e: &[impl LogEntry],
+    start: i64,
+    end: i64,
+    limit: usize,
+    dir: Direction,
+) -> LogResult {
+    super::log_query(q, e, start, end, limit, dir).expect("a slice is read whole")
+}
+
 pub const T0: i64 = 1_700_000_000_000_000_000;
 pub const SEC: i64 = 1_000_000_000;
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::history::{History, HistoryOptions};
 use crate::hub::{Hub, HubLimits, Pending, now_ns};
 use crate::metrics::Metrics;
 use crate::run::{RunError, start_server};
@@ -43,6 +44,8 @@ pub struct AggregatorOptions {
     pub discovery: Discovery,
     pub server: ServerConfig,
     pub history: HubLimits,
+    /// The history on disk, if any (`crate::history`).
+    pub disk_history: Option<HistoryOptions>,
     pub listen: SocketAddr,
     pub reorder_window: Duration,
     /// Token presented to the sidecars.
@@ -64,6 +67,15 @@ pub async fn run_aggregator(
     let incarnation = format!("agg-{}-{}", now_ns(), std::process::id());
     let hub = Hub::new(opts.history, incarnation);
     let metrics = Arc::new(Metrics::new());
+    let disk = match opts.disk_history.clone() {
+        Some(h) => {
+            let (history, _recovery) =
+                History::open(h, metrics.disk_history.clone()).map_err(RunError::History)?;
+            let writer = history.spawn_writer().map_err(RunError::Thread)?;
+            Some((history, writer))
+        }
+        None => None,
+    };
     let (ups_tx, ups_rx) = watch::channel(Upstreams::new());
     let (ready_tx, ready_rx) = watch::channel(false);
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -87,6 +99,7 @@ pub async fn run_aggregator(
     let merger = tokio::spawn(merge_loop(
         rec_rx,
         hub.clone(),
+        disk.as_ref().map(|(h, _)| h.clone()),
         metrics.clone(),
         opts.reorder_window,
     ));
@@ -110,6 +123,9 @@ pub async fn run_aggregator(
         drain_rx,
         None,
     );
+    if let Some((h, _)) = &disk {
+        let _ = state.history.set(h.clone());
+    }
     let (server, _local) = start_server(state.clone(), opts.listen, stop_rx).await?;
 
     shutdown.await;
@@ -133,6 +149,11 @@ pub async fn run_aggregator(
     merger.abort();
     if let Some(d) = discovery {
         d.abort();
+    }
+    if let Some((h, writer)) = disk {
+        // What is queued goes to disk before the process ends.
+        h.close();
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
     metrics.drain_seconds.set(started.elapsed().as_secs_f64());
     match finished {
@@ -186,9 +207,14 @@ async fn supervise(
 async fn merge_loop(
     mut rx: mpsc::Receiver<Vec<Pending>>,
     hub: Arc<Hub>,
+    disk: Option<Arc<History>>,
     metrics: Arc<Metrics>,
     window: Duration,
 ) {
+    let publish = |batch: Vec<Pending>| match &disk {
+        Some(h) => hub.publish_with(batch, |new| h.push(new)),
+        None => hub.publish(batch),
+    };
     let mut reorder = Reorder::new(window);
     loop {
         let deadline = reorder.next_deadline();
@@ -211,14 +237,14 @@ async fn merge_loop(
         let ready = reorder.pop_ready(now_ns());
         metrics.reorder_buffered.set(reorder.len() as i64);
         if !ready.is_empty() {
-            hub.publish(ready);
+            publish(ready);
             let ring = hub.lock();
             metrics.history_records.set(ring.len() as i64);
             metrics.history_bytes.set(ring.bytes() as i64);
         }
     }
     let rest = reorder.drain_all();
-    hub.publish(rest);
+    publish(rest);
 }
 
 async fn sleep_until_ns(deadline: Option<i64>) {

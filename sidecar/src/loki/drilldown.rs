@@ -63,16 +63,16 @@ fn log_query_param(p: &Params) -> Result<LogQuery, LokiError> {
 
 /// Runs a log query over the history, newest first, at most `limit` lines.
 async fn lines(
-    hub: &std::sync::Arc<Hub>,
+    app: &std::sync::Arc<crate::server::AppState>,
     q: LogQuery,
     start: i64,
     end: i64,
     limit: usize,
-) -> Result<eval::LogResult, Response> {
-    let hub = hub.clone();
+) -> Result<Result<eval::LogResult, LokiError>, Response> {
+    let app = app.clone();
     blocking(move || {
-        let snap = snapshot(&hub, start, end);
-        eval::log_query(&q, &snap.entries, start, end, limit, Direction::Backward)
+        let snap = snapshot(&app, start, end, &[&q]);
+        eval::log_query(&q, &snap, start, end, limit, Direction::Backward)
     })
     .await
 }
@@ -289,7 +289,7 @@ pub(super) async fn detected_labels(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let (start, end, sels) = window_and_selectors(raw, &body, &["query"])?;
-    let streams = streams_in(&lk.app.hub, start, end, &sels);
+    let streams = streams_in(&lk.app, start, end, &sels);
     let detected: Vec<Value> = drilldown::detected_labels(streams.iter())
         .into_iter()
         .map(|(label, cardinality)| json!({"label": label, "cardinality": cardinality}))
@@ -307,8 +307,8 @@ pub(super) async fn detected_fields(
     let q = log_query_param(&p)?;
     let limit = usize_param(&p, &["limit", "field_limit"], FIELD_LIMIT)?;
     let line_limit = usize_param(&p, &["line_limit"], FIELD_LINES)?;
-    let r = match lines(&lk.app.hub, q, start, end, line_limit).await {
-        Ok(r) => r,
+    let r = match lines(&lk.app, q, start, end, line_limit).await {
+        Ok(r) => r?,
         Err(resp) => return Ok(resp),
     };
     let all = r
@@ -343,8 +343,8 @@ pub(super) async fn detected_field_values(
     let (start, end) = bounds(&p, now_ns())?;
     let q = log_query_param(&p)?;
     let limit = usize_param(&p, &["limit"], FIELD_LIMIT)?;
-    let r = match lines(&lk.app.hub, q, start, end, VALUE_LINES).await {
-        Ok(r) => r,
+    let r = match lines(&lk.app, q, start, end, VALUE_LINES).await {
+        Ok(r) => r?,
         Err(resp) => return Ok(resp),
     };
     let rows = r
@@ -373,17 +373,10 @@ pub(super) async fn patterns(
     if step <= 0 {
         return Err(LokiError::Param("step must be greater than 0".into()).into());
     }
-    let hub = lk.app.hub.clone();
+    let app = lk.app.clone();
     let found = blocking(move || {
-        let snap = snapshot(&hub, start, end);
-        let r = eval::log_query(
-            &q,
-            &snap.entries,
-            start,
-            end,
-            usize::MAX,
-            Direction::Forward,
-        );
+        let snap = snapshot(&app, start, end, &[&q]);
+        let r = eval::log_query(&q, &snap, start, end, usize::MAX, Direction::Forward)?;
         let mut pat = Patterns::new(step);
         for s in &r.streams {
             let level = s.labels.get("detected_level").map_or("", String::as_str);
@@ -391,11 +384,11 @@ pub(super) async fn patterns(
                 pat.add(*ts, level, line);
             }
         }
-        pat.finish()
+        Ok::<_, LokiError>(pat.finish())
     })
     .await;
     let found = match found {
-        Ok(f) => f,
+        Ok(f) => f?,
         Err(resp) => return Ok(resp),
     };
     let data: Vec<Value> = found

@@ -19,7 +19,7 @@ pub(super) async fn labels(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let (start, end, sels) = window_and_selectors(raw, &body, &["query"])?;
-    let names: BTreeSet<String> = streams_in(&lk.app.hub, start, end, &sels)
+    let names: BTreeSet<String> = streams_in(&lk.app, start, end, &sels)
         .into_iter()
         .flat_map(|l| l.into_keys())
         .collect();
@@ -33,7 +33,7 @@ pub(super) async fn label_values(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let (start, end, sels) = window_and_selectors(raw, &body, &["query"])?;
-    let values: BTreeSet<String> = streams_in(&lk.app.hub, start, end, &sels)
+    let values: BTreeSet<String> = streams_in(&lk.app, start, end, &sels)
         .into_iter()
         .filter_map(|mut l| l.remove(&name))
         .collect();
@@ -46,9 +46,7 @@ pub(super) async fn series(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let (start, end, sels) = window_and_selectors(raw, &body, &["match[]", "match"])?;
-    let all: Vec<Labels> = streams_in(&lk.app.hub, start, end, &sels)
-        .into_iter()
-        .collect();
+    let all: Vec<Labels> = streams_in(&lk.app, start, end, &sels).into_iter().collect();
     Ok(success(all, Vec::new()))
 }
 

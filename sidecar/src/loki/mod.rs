@@ -53,7 +53,11 @@ struct Loki {
 /// `container`, `file` (each only when not empty) and `level` (`unknown`
 /// when the line had none).
 pub fn stream_labels(e: &Entry) -> Labels {
-    let s = &e.source.source;
+    labels_of(&e.source.source, e.level)
+}
+
+/// The labels of the Loki stream of a source's lines at a level.
+pub fn labels_of(s: &crate::protocol::Source, level: Option<Level>) -> Labels {
     let mut l = Labels::new();
     for (k, v) in [
         ("namespace", &s.namespace),
@@ -65,7 +69,7 @@ pub fn stream_labels(e: &Entry) -> Labels {
             l.insert(k.to_string(), v.clone());
         }
     }
-    let level = level_name(e.level);
+    let level = level_name(level);
     l.insert("level".into(), level.into());
     // What Loki derives at ingestion and Grafana's Logs Drilldown keys on:
     // the level (Loki keeps it as structured metadata; here it is a label,
@@ -102,6 +106,59 @@ impl LogEntry for Entry {
     }
     fn line(&self) -> &str {
         &self.line
+    }
+}
+
+/// A record a query reads: from the ring or the writer's queue (an entry
+/// and the position of the hub's index 0), or from a block on disk.
+pub enum HistEntry {
+    Mem(Arc<Entry>, u64),
+    Disk {
+        block: Arc<crate::history::block::Decoded>,
+        i: u32,
+        /// The source's index in the disk's dictionary.
+        dict: u32,
+    },
+}
+
+impl LogEntry for HistEntry {
+    fn stream_key(&self) -> u64 {
+        match self {
+            HistEntry::Mem(e, _) => e.stream_key(),
+            // Keys of the ring's streams stay below 2^40 (slot, level).
+            HistEntry::Disk { block, i, dict } => {
+                (1 << 62)
+                    | (u64::from(*dict) << 8)
+                    | u64::from(crate::history::block::level_code(block.level(*i as usize)))
+            }
+        }
+    }
+    fn stream_labels(&self) -> Labels {
+        match self {
+            HistEntry::Mem(e, _) => stream_labels(e),
+            HistEntry::Disk { block, i, .. } => match block.source(*i as usize) {
+                Some(s) => labels_of(&s.source, block.level(*i as usize)),
+                None => Labels::new(),
+            },
+        }
+    }
+    fn ts_ns(&self) -> i64 {
+        match self {
+            HistEntry::Mem(e, _) => e.ts_ns,
+            HistEntry::Disk { block, i, .. } => block.ts.get(*i as usize).copied().unwrap_or(0),
+        }
+    }
+    fn idx(&self) -> u64 {
+        match self {
+            HistEntry::Mem(e, base) => base + e.idx,
+            HistEntry::Disk { block, i, .. } => block.first_pos + u64::from(*i),
+        }
+    }
+    fn line(&self) -> &str {
+        match self {
+            HistEntry::Mem(e, _) => &e.line,
+            HistEntry::Disk { block, i, .. } => block.line(*i as usize),
+        }
     }
 }
 

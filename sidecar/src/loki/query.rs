@@ -11,7 +11,8 @@ use super::Loki;
 use super::params::{bounds, direction, limit, params, step, time_param};
 use super::response::{Data, Refusal, StreamOut, metric_response, success};
 use super::select::{blocking, history_warning, snapshot};
-use crate::hub::{Hub, now_ns};
+use crate::hub::now_ns;
+use crate::server::state::AppState;
 use logstream_logql::eval::{self, Direction, Steps};
 use logstream_logql::{self as logql, LogQuery, LokiError, MetricExpr, Query};
 
@@ -38,11 +39,11 @@ pub(super) async fn query_range(
     Ok(match q {
         Query::Log(q) => {
             let (limit, dir) = (limit(&p)?, direction(&p)?);
-            log_response(&lk.app.hub, q, start, end, limit, dir).await
+            log_response(&lk.app, q, start, end, limit, dir).await?
         }
         Query::Metric(m) => {
             let steps = range_steps(start, end, step(&p, start, end)?)?;
-            metric_eval(&lk.app.hub, m, steps, start, false).await?
+            metric_eval(&lk.app, m, steps, start, false).await?
         }
     })
 }
@@ -65,26 +66,26 @@ fn range_steps(start: i64, end: i64, step: i64) -> Result<Steps, LokiError> {
 }
 
 async fn log_response(
-    hub: &Arc<Hub>,
+    app: &Arc<AppState>,
     q: LogQuery,
     start: i64,
     end: i64,
     limit: usize,
     dir: Direction,
-) -> Response {
-    let hub = hub.clone();
+) -> Result<Response, Refusal> {
+    let app = app.clone();
     let result = blocking(move || {
-        let snap = snapshot(&hub, start, end);
-        let r = eval::log_query(&q, &snap.entries, start, end, limit, dir);
+        let snap = snapshot(&app, start, end, &[&q]);
+        let r = eval::log_query(&q, &snap, start, end, limit, dir);
         // A result cut at `limit` carries no notice, as in Loki: Explore
         // asks for 1000 lines and says itself when it got that many.
-        let warnings: Vec<String> = history_warning(&snap, start).into_iter().collect();
-        (r, warnings)
+        r.map(|r| (r, history_warning(&snap, start)))
     })
     .await;
     let (r, warnings) = match result {
-        Ok(v) => v,
-        Err(resp) => return resp,
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(resp) => return Ok(resp),
     };
     let result: Vec<StreamOut<'_>> = r
         .streams
@@ -98,30 +99,27 @@ async fn log_response(
                 .collect(),
         })
         .collect();
-    success(
+    Ok(success(
         Data {
             result_type: "streams",
             result,
         },
         warnings,
-    )
+    ))
 }
 
 async fn metric_eval(
-    hub: &Arc<Hub>,
+    app: &Arc<AppState>,
     m: MetricExpr,
     steps: Steps,
     start: i64,
     instant: bool,
 ) -> Result<Response, Refusal> {
-    let hub = hub.clone();
+    let app = app.clone();
     let result = blocking(move || {
         let (from, to) = eval::needed_window(&m, &steps);
-        let snap = snapshot(&hub, from, to);
-        let warnings: Vec<String> = history_warning(&snap, start.min(from))
-            .into_iter()
-            .collect();
-        eval::metric_query(&m, &snap.entries, &steps).map(|g| (g, warnings))
+        let snap = snapshot(&app, from, to, &m.log_queries());
+        eval::metric_query(&m, &snap, &steps).map(|g| (g, history_warning(&snap, start.min(from))))
     })
     .await;
     Ok(match result {
@@ -144,7 +142,7 @@ pub(super) async fn query(
             "log queries are not supported as an instant query type, please change your query to a range query type".into(),
         )
         .into()),
-        Query::Metric(m) => metric_eval(&lk.app.hub, m, Steps::instant(t), t, true).await,
+        Query::Metric(m) => metric_eval(&lk.app, m, Steps::instant(t), t, true).await,
     }
 }
 

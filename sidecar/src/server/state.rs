@@ -166,6 +166,8 @@ pub struct AppState {
     pub(crate) limits: super::limits::RateLimits,
     /// The shared compressor and its cache of recent batches.
     pub compression: super::compress::Compression,
+    /// The history on disk (an aggregator with `--history-dir`).
+    pub history: std::sync::OnceLock<Arc<crate::history::History>>,
 }
 
 impl AppState {
@@ -191,6 +193,7 @@ impl AppState {
             sessions: TaskTracker::new(),
             ping_epoch: std::sync::atomic::AtomicU64::new(0),
             keepalive_epoch: std::sync::atomic::AtomicU64::new(0),
+            history: std::sync::OnceLock::new(),
         })
     }
 
