@@ -103,6 +103,7 @@ pub async fn run_aggregator(
         metrics.clone(),
         opts.reorder_window,
     ));
+    let stored = disk.as_ref().map(|(h, _)| h.clone());
     let supervisor = tokio::spawn(supervise(
         ups_rx,
         hub.clone(),
@@ -110,6 +111,7 @@ pub async fn run_aggregator(
         metrics.clone(),
         opts.upstream_token.clone(),
         ready_tx,
+        stored,
     ));
 
     let mut server_cfg = opts.server;
@@ -171,6 +173,7 @@ async fn supervise(
     metrics: Arc<Metrics>,
     token: Option<String>,
     ready: watch::Sender<bool>,
+    stored: Option<Arc<History>>,
 ) {
     let mut running: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
@@ -185,13 +188,24 @@ async fn supervise(
         });
         for (key, url) in current {
             if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(key.clone()) {
+                // Resumed where the history on disk stands: by pod when the
+                // key is one (pod discovery), else every stored source.
+                let start = stored.as_ref().map_or_else(Default::default, |h| {
+                    let pod = (key != url).then_some(key.as_str());
+                    h.stored_cursor(pod, 256)
+                });
                 let up = Upstream {
                     key,
                     url: url.clone(),
                     token: token.clone(),
                 };
-                let task =
-                    tokio::spawn(puller::pull(up, hub.clone(), out.clone(), metrics.clone()));
+                let task = tokio::spawn(puller::pull(
+                    up,
+                    hub.clone(),
+                    out.clone(),
+                    metrics.clone(),
+                    start,
+                ));
                 slot.insert((url, task));
             }
         }

@@ -25,8 +25,10 @@ pub async fn pull(
     hub: Arc<Hub>,
     out: mpsc::Sender<Vec<Pending>>,
     metrics: Arc<Metrics>,
+    start: Cursor,
 ) {
-    let mut cursor = Cursor::default();
+    // Empty, or where the history on disk stands (a restart).
+    let mut cursor = start;
     let mut sources: HashMap<SourceId, Arc<SourceInfo>> = HashMap::new();
     let mut backoff = Duration::from_millis(100);
     let opts = ClientOptions {

@@ -81,6 +81,9 @@ pub struct Header {
     /// Per source, the levels its records in the block have (bit `n` for
     /// level code `n`, 0 being none), so metadata queries need no payload.
     pub levels: Vec<u8>,
+    /// Per source, the highest sequence number of its records in the block
+    /// (a restarted aggregator resumes its upstreams after them).
+    pub last_seqs: Vec<u64>,
     /// Bytes of the header itself.
     pub header_len: u32,
 }
@@ -259,7 +262,7 @@ pub fn encode(
     }
     let raw_len = u32::try_from(raw.len()).map_err(|_| BlockError::Bounds("raw length"))?;
     let payload = zstd::bulk::compress(raw, level).map_err(BlockError::Zstd)?;
-    let table = encode_sources(&sources, &levels, level)?;
+    let table = encode_sources(&sources, &levels, &last_seq, level)?;
     let header_len = FIXED + table.len() + 4;
     let mut out = Vec::with_capacity(header_len + payload.len());
     out.extend_from_slice(MAGIC);
@@ -279,12 +282,18 @@ pub fn encode(
     Ok(out)
 }
 
-fn encode_sources(sources: &[SourceRec], levels: &[u8], level: i32) -> Result<Vec<u8>, BlockError> {
+fn encode_sources(
+    sources: &[SourceRec],
+    levels: &[u8],
+    last_seqs: &[u64],
+    level: i32,
+) -> Result<Vec<u8>, BlockError> {
     let mut raw = Vec::new();
     put_varint(&mut raw, sources.len() as u64);
-    for (s, l) in sources.iter().zip(levels) {
+    for ((s, l), seq) in sources.iter().zip(levels).zip(last_seqs) {
         raw.extend_from_slice(&s.sid.0.to_le_bytes());
         raw.push(*l);
+        put_varint(&mut raw, *seq);
         for f in [
             &s.source.namespace,
             &s.source.pod,
@@ -299,7 +308,7 @@ fn encode_sources(sources: &[SourceRec], levels: &[u8], level: i32) -> Result<Ve
     zstd::bulk::compress(&raw, level).map_err(BlockError::Zstd)
 }
 
-type SourceTable = (Vec<SourceRec>, Vec<u8>);
+type SourceTable = (Vec<SourceRec>, Vec<u8>, Vec<u64>);
 
 fn decode_sources(table: &[u8]) -> Result<SourceTable, BlockError> {
     let raw = zstd::bulk::decompress(table, MAX_HEADER).map_err(BlockError::Zstd)?;
@@ -307,9 +316,11 @@ fn decode_sources(table: &[u8]) -> Result<SourceTable, BlockError> {
     let n = r.varint()?;
     let mut out = Vec::new();
     let mut levels = Vec::new();
+    let mut seqs = Vec::new();
     for _ in 0..n {
         let sid = SourceId(u64::from_le_bytes(r.array()?));
         levels.push(r.array::<1>()?[0]);
+        seqs.push(r.varint()?);
         let mut f = || -> Result<String, BlockError> {
             let len = r.varint()? as usize;
             String::from_utf8(r.bytes(len)?.to_vec()).map_err(|_| BlockError::Malformed("utf-8"))
@@ -323,7 +334,7 @@ fn decode_sources(table: &[u8]) -> Result<SourceTable, BlockError> {
         };
         out.push(SourceRec { sid, source });
     }
-    Ok((out, levels))
+    Ok((out, levels, seqs))
 }
 
 /// Bytes of the header that `prefix` (the first bytes of a block, at least
@@ -364,7 +375,7 @@ pub fn parse_header(h: &[u8]) -> Result<Header, BlockError> {
     let max_ts = i64::from_le_bytes(r.array()?);
     let payload_crc = u32::from_le_bytes(r.array()?);
     let table_len = u32::from_le_bytes(r.array()?) as usize;
-    let (sources, levels) = decode_sources(r.bytes(table_len)?)?;
+    let (sources, levels, last_seqs) = decode_sources(r.bytes(table_len)?)?;
     if payload_len as usize > MAX_PAYLOAD || raw_len as usize > MAX_PAYLOAD {
         return Err(BlockError::Bounds("payload length"));
     }
@@ -378,6 +389,7 @@ pub fn parse_header(h: &[u8]) -> Result<Header, BlockError> {
         payload_crc,
         sources,
         levels,
+        last_seqs,
         header_len: len as u32,
     })
 }

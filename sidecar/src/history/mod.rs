@@ -29,6 +29,9 @@ pub mod block;
 pub mod store;
 mod view;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,6 +173,33 @@ impl History {
             }),
             rec,
         ))
+    }
+
+    /// Where each source stored stands (sequence numbers): a restarted
+    /// aggregator resumes its upstreams from here, so what the disk holds
+    /// is neither pulled nor stored twice.
+    /// `pod`: only the sources of that pod (an upstream found by pod
+    /// discovery; a fixed upstream URL names no pod). At most the `max`
+    /// most recently stored sources: a cursor travels in a URL.
+    pub fn stored_cursor(&self, pod: Option<&str>, max: usize) -> crate::protocol::Cursor {
+        let store = self.store();
+        let of_pod: Option<std::collections::HashSet<crate::protocol::SourceId>> = pod.map(|p| {
+            store
+                .dict()
+                .iter()
+                .filter(|s| s.source.pod == p)
+                .map(|s| s.sid)
+                .collect()
+        });
+        let mut all: Vec<(u64, crate::protocol::SourceId, u64)> = store
+            .last_seqs()
+            .iter()
+            .filter(|(sid, _)| of_pod.as_ref().is_none_or(|set| set.contains(*sid)))
+            .map(|(sid, (seq, at))| (*at, *sid, *seq))
+            .collect();
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        all.truncate(max);
+        crate::protocol::Cursor(all.into_iter().map(|(_, sid, seq)| (sid, seq)).collect())
     }
 
     /// The position of the hub's index 0.

@@ -108,6 +108,9 @@ pub struct Store {
     segments: Vec<(Arc<Segment>, u64)>,
     dict: Vec<Arc<SourceRec>>,
     by_sid: HashMap<SourceId, u32>,
+    /// The highest sequence number stored per source, and the position of
+    /// the newest block holding it (how recent the source is).
+    last_seqs: HashMap<SourceId, (u64, u64)>,
     next_pos: u64,
     bytes: u64,
 }
@@ -146,6 +149,7 @@ impl Store {
             segments: Vec::new(),
             dict: Vec::new(),
             by_sid: HashMap::new(),
+            last_seqs: HashMap::new(),
             next_pos: 0,
             bytes: 0,
         };
@@ -251,6 +255,10 @@ impl Store {
     }
 
     fn add_block(&mut self, seg: &Arc<Segment>, offset: u64, h: Header) {
+        for (s, seq) in h.sources.iter().zip(&h.last_seqs) {
+            let e = self.last_seqs.entry(s.sid).or_insert((0, 0));
+            *e = ((e.0).max(*seq), h.first_pos);
+        }
         let sources: Arc<[(u32, u8)]> = h
             .sources
             .into_iter()
@@ -295,6 +303,11 @@ impl Store {
     }
     pub fn dict(&self) -> &[Arc<SourceRec>] {
         &self.dict
+    }
+    /// The highest sequence number stored of every source ever stored, and
+    /// the position of the newest block with the source.
+    pub fn last_seqs(&self) -> &HashMap<SourceId, (u64, u64)> {
+        &self.last_seqs
     }
     pub fn segments(&self) -> usize {
         self.segments.len()
@@ -457,6 +470,7 @@ pub fn read_block(meta: &BlockMeta, dict: &[Arc<SourceRec>]) -> Result<Decoded, 
         payload_crc: meta.payload_crc,
         sources: Vec::new(),
         levels: Vec::new(),
+        last_seqs: Vec::new(),
         header_len: meta.header_len,
     };
     block::decode(&header, sources, &payload).map_err(err)
