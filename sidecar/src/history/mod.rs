@@ -253,6 +253,11 @@ impl History {
         }
     }
 
+    /// Bytes of lines waiting for the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue().bytes
+    }
+
     /// Starts the writer thread; it ends after [`History::close`] once the
     /// queue is written.
     pub fn spawn_writer(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
