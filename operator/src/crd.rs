@@ -412,6 +412,12 @@ pub struct AggregatorSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 10))]
     pub replicas: i32,
+    /// History on disk, so Grafana's "Last 6 hours" reads hours of lines,
+    /// not what fits in memory (unset: memory only). Each replica keeps
+    /// its own copy; among a namespace's LogStreams the largest size and
+    /// age win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistorySpec>,
 }
 
 fn default_replicas() -> i32 {
@@ -422,8 +428,38 @@ impl Default for AggregatorSpec {
     fn default() -> Self {
         AggregatorSpec {
             replicas: default_replicas(),
+            history: None,
         }
     }
+}
+
+/// The aggregator's history on disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistorySpec {
+    /// The volume each replica keeps it on; the history stays below it
+    /// (the oldest lines go first).
+    #[serde(default = "default_history_size")]
+    pub size: k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+    /// Lines older than this go (`0s`: only the size bounds it).
+    #[serde(default = "default_history_max_age")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub max_age: String,
+    /// A StorageClass: the volume is a PersistentVolumeClaim made with each
+    /// aggregator pod (a generic ephemeral volume). Unset: an emptyDir of
+    /// `size`. Either survives a restart of the aggregator's container, not
+    /// the replacement of its pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_history_size() -> k8s_openapi::apimachinery::pkg::api::resource::Quantity {
+    k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into())
+}
+
+fn default_history_max_age() -> String {
+    "24h".into()
 }
 
 /// Observed state.

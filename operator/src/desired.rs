@@ -232,6 +232,19 @@ fn aggregator_container(
         }
     }
     let mut extra_env = vec![value_env(env::UPSTREAM_TOKEN_FILE, PULL_TOKEN_FILE)];
+    if let Some(h) = history_of(streams) {
+        extra_env.extend([
+            value_env(env::HISTORY_DIR, HISTORY_DIR),
+            value_env(env::HISTORY_MAX_BYTES, &h.max_bytes.to_string()),
+            value_env(env::HISTORY_MAX_AGE, &h.max_age),
+        ]);
+        volumes.push(h.volume);
+        mounts.push(VolumeMount {
+            name: "history".into(),
+            mount_path: HISTORY_DIR.into(),
+            ..VolumeMount::default()
+        });
+    }
     if !user_tokens.is_empty() {
         extra_env.push(value_env(env::TOKEN_FILE, &user_tokens.join(",")));
     }
@@ -277,6 +290,118 @@ fn aggregator_container(
         ..Container::default()
     };
     (container, volumes)
+}
+
+/// Where the aggregator keeps its history on disk.
+const HISTORY_DIR: &str = "/var/lib/logstream/history";
+
+/// The aggregator's history on disk, merged over a namespace's LogStreams.
+struct History {
+    volume: Volume,
+    /// What the history may take: the volume less room for one segment and
+    /// the index (an emptyDir over its sizeLimit gets its pod evicted).
+    max_bytes: u64,
+    max_age: String,
+}
+
+/// The largest size and the longest age any LogStream asks for, on the
+/// first StorageClass named; `None` when none asks for a history.
+fn history_of(streams: &[LogStream]) -> Option<History> {
+    use k8s_openapi::api::core::v1::{
+        EmptyDirVolumeSource, EphemeralVolumeSource, PersistentVolumeClaimSpec,
+        PersistentVolumeClaimTemplate, VolumeResourceRequirements,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let specs: Vec<&crate::crd::HistorySpec> = streams
+        .iter()
+        .filter_map(|s| s.spec.aggregator.history.as_ref())
+        .collect();
+    let size = specs
+        .iter()
+        .filter_map(|h| quantity_bytes(&h.size.0))
+        .max()?;
+    let max_age = specs
+        .iter()
+        .max_by_key(|h| {
+            humantime::parse_duration(&h.max_age)
+                .map(|d| {
+                    if d.is_zero() {
+                        std::time::Duration::MAX
+                    } else {
+                        d
+                    }
+                })
+                .unwrap_or_default()
+        })
+        .map_or_else(|| "24h".into(), |h| h.max_age.clone());
+    let class = specs.iter().find_map(|h| h.storage_class_name.clone());
+    let quantity = Quantity(size.to_string());
+    let volume = match class {
+        None => Volume {
+            name: "history".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(quantity),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Some(class) => Volume {
+            name: "history".into(),
+            ephemeral: Some(EphemeralVolumeSource {
+                volume_claim_template: Some(PersistentVolumeClaimTemplate {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels("aggregator", None)),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: PersistentVolumeClaimSpec {
+                        access_modes: Some(vec!["ReadWriteOnce".into()]),
+                        storage_class_name: Some(class),
+                        resources: Some(VolumeResourceRequirements {
+                            requests: Some(BTreeMap::from([("storage".to_string(), quantity)])),
+                            ..VolumeResourceRequirements::default()
+                        }),
+                        ..PersistentVolumeClaimSpec::default()
+                    },
+                }),
+            }),
+            ..Volume::default()
+        },
+    };
+    // Room for the segment being written (at most 64 MiB) and 10%.
+    let max_bytes = size.saturating_sub((size / 10).max(64 << 20).min(size / 2));
+    Some(History {
+        volume,
+        max_bytes,
+        max_age,
+    })
+}
+
+/// Bytes of a Kubernetes quantity (`2Gi`, `500M`, `1e9`, `1073741824`);
+/// `None` for anything else or a fraction of a byte.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let at = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(at);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let bytes = n * mult;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// What the aggregator may read: pods (discovery) and LogStreams.

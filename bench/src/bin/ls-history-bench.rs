@@ -82,7 +82,10 @@ fn level(s: &str) -> Option<Level> {
 fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(300)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -92,7 +95,10 @@ fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no status")?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut rest = body;
         while let Some((size, r)) = rest.split_once("\r\n") {
@@ -247,7 +253,12 @@ fn main() -> anyhow::Result<()> {
             "--history-dir",
         ])
         .arg(&args.dir)
-        .args(["--history-max-age", "0s", "--history-max-bytes", "68719476736"])
+        .args([
+            "--history-max-age",
+            "0s",
+            "--history-max-bytes",
+            "68719476736",
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -264,7 +275,10 @@ fn main() -> anyhow::Result<()> {
     let start_ns = summary["start_ns"].as_i64().unwrap_or(0);
     let end_ns = summary["end_ns"].as_i64().unwrap_or(0);
     let b_range = &expected["b_range_ns"];
-    let (b_from, b_to) = (b_range[0].as_i64().unwrap_or(0), b_range[1].as_i64().unwrap_or(0));
+    let (b_from, b_to) = (
+        b_range[0].as_i64().unwrap_or(0),
+        b_range[1].as_i64().unwrap_or(0),
+    );
     let (s, e) = (start_ns.to_string(), end_ns.to_string());
     let (bf, bt) = (b_from.to_string(), b_to.to_string());
     let queries: Vec<(&str, String, String)> = vec![
@@ -288,7 +302,10 @@ fn main() -> anyhow::Result<()> {
             format!(
                 "/loki/api/v1/query?{}",
                 enc(&[
-                    ("query", r#"sum(count_over_time({pod="pod-07"} |= "error" [1h]))"#),
+                    (
+                        "query",
+                        r#"sum(count_over_time({pod="pod-07"} |= "error" [1h]))"#
+                    ),
                     ("time", &(b_to - 1).to_string()),
                 ])
             ),
@@ -313,7 +330,10 @@ fn main() -> anyhow::Result<()> {
             format!(
                 "/loki/api/v1/query_range?{}",
                 enc(&[
-                    ("query", r#"sum by (level) (count_over_time({namespace="bench"}[1m]))"#),
+                    (
+                        "query",
+                        r#"sum by (level) (count_over_time({namespace="bench"}[1m]))"#
+                    ),
                     ("start", &(start_ns + 60_000_000_000).to_string()),
                     ("end", &e),
                     ("step", "60s"),
@@ -338,9 +358,15 @@ fn main() -> anyhow::Result<()> {
             answer = summarise(&v);
             runs.push(json!({"wall_s": wall.as_secs_f64(), "cpu_s": cpu.as_secs_f64()}));
         }
-        let mut walls: Vec<f64> = runs.iter().map(|r| r["wall_s"].as_f64().unwrap_or(0.0)).collect();
+        let mut walls: Vec<f64> = runs
+            .iter()
+            .map(|r| r["wall_s"].as_f64().unwrap_or(0.0))
+            .collect();
         walls.sort_by(f64::total_cmp);
-        eprintln!("{name}: median {:.4} s, answer {answer}", walls[walls.len() / 2]);
+        eprintln!(
+            "{name}: median {:.4} s, answer {answer}",
+            walls[walls.len() / 2]
+        );
         results.insert(
             (*name).into(),
             json!({

@@ -327,3 +327,114 @@ fn aggregator_placement_pull_policy_and_traefik_stickiness() {
     );
     assert_eq!(objs.service.metadata.name.as_deref(), Some(AGGREGATOR));
 }
+
+#[test]
+fn aggregator_history_on_disk_takes_the_largest_size_and_age_of_the_namespace() {
+    let selector = serde_json::json!({"matchLabels": {"app": "a"}});
+    let none = stream("none", serde_json::json!({"selector": selector}));
+    let objs = aggregator(
+        "shop",
+        std::slice::from_ref(&none),
+        &BuildConfig::default(),
+        "t",
+        None,
+    );
+    let pod = objs.deployment.spec.unwrap().template.spec.unwrap();
+    assert!(
+        pod.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|e| !e.name.starts_with("LOGSTREAM_HISTORY")),
+        "no history unless asked"
+    );
+
+    let small = stream(
+        "small",
+        serde_json::json!({"selector": selector, "aggregator": {"history": {"size": "1Gi", "maxAge": "48h"}}}),
+    );
+    let big = stream(
+        "big",
+        serde_json::json!({"selector": selector, "aggregator": {"history": {"size": "10Gi"}}}),
+    );
+    let objs = aggregator(
+        "shop",
+        &[none, small, big],
+        &BuildConfig::default(),
+        "t",
+        None,
+    );
+    let pod = objs.deployment.spec.unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    let env: BTreeMap<String, String> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(env["LOGSTREAM_HISTORY_DIR"], "/var/lib/logstream/history");
+    // 10 GiB less a tenth: the emptyDir's limit is never reached.
+    assert_eq!(env["LOGSTREAM_HISTORY_MAX_BYTES"], "9663676416");
+    assert_eq!(env["LOGSTREAM_HISTORY_MAX_AGE"], "48h");
+    let vol = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "history")
+        .unwrap();
+    assert_eq!(
+        vol.empty_dir
+            .as_ref()
+            .unwrap()
+            .size_limit
+            .as_ref()
+            .unwrap()
+            .0,
+        "10737418240"
+    );
+    assert!(
+        c.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "history" && m.mount_path == "/var/lib/logstream/history")
+    );
+
+    // A StorageClass: a claim made with each aggregator pod.
+    let pvc = stream(
+        "pvc",
+        serde_json::json!({"selector": selector, "aggregator": {"history": {"size": "500Mi", "storageClassName": "fast"}}}),
+    );
+    let objs = aggregator("shop", &[pvc], &BuildConfig::default(), "t", None);
+    let pod = objs.deployment.spec.unwrap().template.spec.unwrap();
+    let vol = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "history")
+        .unwrap();
+    let claim = vol.ephemeral.unwrap().volume_claim_template.unwrap().spec;
+    assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        claim.resources.unwrap().requests.unwrap()["storage"].0,
+        "524288000"
+    );
+}
+
+#[test]
+fn quantities_in_bytes() {
+    for (q, want) in [
+        ("2Gi", Some(2u64 << 30)),
+        ("500M", Some(500_000_000)),
+        ("1e9", Some(1_000_000_000)),
+        ("1073741824", Some(1 << 30)),
+        ("1.5Ki", Some(1536)),
+        ("12XB", None),
+        ("", None),
+    ] {
+        assert_eq!(quantity_bytes(q), want, "{q}");
+    }
+}
