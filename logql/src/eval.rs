@@ -641,9 +641,14 @@ pub fn log_query<C: EntryChunks + ?Sized>(
                     labels: r.labels,
                     line: r.line.into_owned(),
                 });
-                if rows.len() >= 2 * limit.max(512) {
+                if rows.len() >= limit.max(512).saturating_mul(2) {
                     compact(&mut rows);
                 }
+            }
+            // After each chunk: once `limit` rows are kept, the worst of
+            // them bounds which chunks are worth reading.
+            if rows.len() > limit || (rows.len() == limit && worst.get().is_none()) {
+                compact(&mut rows);
             }
         },
     )?;

@@ -129,7 +129,57 @@ fn wire_size(p: &Pending) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Records older than the ring, kept elsewhere (the aggregator's history
+/// on disk), that a session replays before the ring's: `since=`, `tail=`
+/// and a resume cursor reach back through them. `ring_first` is the ring's
+/// first index when the session looked: what is replayed is older.
+/// Implementations take their own locks after the ring's, never the ring's.
+pub trait Older: Send + Sync {
+    /// Records with a time at or after `since_ns`, in order.
+    fn since(&self, ring_first: u64, since_ns: i64) -> Box<dyn Replay>;
+    /// Records of the sources `marks` names, past their marks; and per
+    /// source the first sequence number still kept.
+    fn resume(
+        &self,
+        ring_first: u64,
+        marks: &HashMap<SourceId, u64>,
+    ) -> (Box<dyn Replay>, HashMap<SourceId, u64>);
+    /// The newest `n` records that `wanted` takes, oldest first.
+    fn tail(
+        &self,
+        hub: &Hub,
+        ring_first: u64,
+        n: usize,
+        wanted: &mut dyn FnMut(&Entry) -> bool,
+    ) -> Vec<Arc<Entry>>;
+}
+
+/// Older records read a piece at a time (a block of the disk).
+pub trait Replay: Send {
+    /// The next records in order; `None` when there are no more. Registers
+    /// their sources in `hub` (takes the ring's lock: call without it).
+    fn next_chunk(&mut self, hub: &Hub) -> Option<Vec<Arc<Entry>>>;
+}
+
 impl Entry {
+    /// An entry made from an older record (not in the ring: its index is 0
+    /// and it counts for no lag).
+    pub fn replayed(p: Pending) -> Entry {
+        Entry {
+            idx: 0,
+            wire: wire_size(&p),
+            source: p.source,
+            seq: p.seq,
+            ts_ns: p.ts_ns,
+            level: p.level,
+            line: p.line.into_boxed_str(),
+            partial: p.partial,
+            split: p.split,
+            json: std::sync::OnceLock::new(),
+            start_bytes: 0,
+        }
+    }
+
     /// The record as JSON (serialised once, on first use).
     pub fn json(&self) -> &Bytes {
         self.json.get_or_init(|| serialise(self))
@@ -242,6 +292,8 @@ pub struct Hub {
     wakers: Mutex<Wakers>,
     limits: HubLimits,
     incarnation: String,
+    /// Where records older than the ring are (an aggregator's disk).
+    older: std::sync::OnceLock<Arc<dyn Older>>,
 }
 
 /// Which sources a wake class takes (the source part of a filter).
@@ -296,7 +348,17 @@ impl Hub {
             wakers: Mutex::new(Wakers::default()),
             limits,
             incarnation: incarnation.into(),
+            older: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives sessions the records older than the ring (once).
+    pub fn set_older(&self, older: Arc<dyn Older>) {
+        let _ = self.older.set(older);
+    }
+
+    pub fn older(&self) -> Option<&Arc<dyn Older>> {
+        self.older.get()
     }
 
     pub fn incarnation(&self) -> &str {

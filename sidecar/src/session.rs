@@ -1,11 +1,12 @@
 //! One subscriber's view of the hub: its position, filter and cursor, and the
 //! slow-client policy. Transports (WebSocket, SSE, plain HTTP) drive it.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::filter::Filter;
-use crate::hub::{Entry, Hub, Ring};
+use crate::hub::{Entry, Hub, Older, Replay, Ring};
 use crate::protocol::{Cursor, GapReason, Subscribe};
 
 /// What to do with a client that falls behind by more than its queue.
@@ -94,6 +95,14 @@ pub struct Session {
     /// 1: yes, 2: no)? Pod, container and file filters then cost one lookup
     /// per record instead of a regex match.
     source_ok: Vec<u8>,
+    /// Records older than the ring still to send first (an aggregator's
+    /// history on disk, [`Older`]). Boxed: rare.
+    replay: Option<Box<ReplayState>>,
+}
+
+struct ReplayState {
+    src: Option<Box<dyn Replay>>,
+    buf: VecDeque<Arc<Entry>>,
 }
 
 impl Session {
@@ -128,6 +137,7 @@ impl Session {
             pending_gap: None,
             behind_since: None,
             source_ok: Vec::new(),
+            replay: None,
         };
         s.reposition(sub);
         s
@@ -146,52 +156,103 @@ impl Session {
 
     fn reposition(&mut self, sub: &Subscribe) {
         let hub = self.hub.clone();
-        let ring = hub.lock();
-        self.seen = vec![0; ring.sources().len()];
-        let head = ring.next_idx();
-        if let Some(cursor) = &sub.resume {
-            self.resume_from(&ring, cursor);
-            return;
-        }
-        let start = if let Some(n) = sub.tail {
-            let mut count = 0;
-            let mut idx = head;
-            while idx > ring.first_idx() && count < n {
-                idx -= 1;
-                if let Some(e) = ring.get(idx)
-                    && self.filter.matches(e)
+        self.replay = None;
+        let older = hub.older().cloned();
+        // `tail=` that the ring cannot fill: how many more, before which index.
+        let mut tail_more: Option<(usize, u64)> = None;
+        {
+            let ring = hub.lock();
+            self.seen = vec![0; ring.sources().len()];
+            let head = ring.next_idx();
+            if let Some(cursor) = &sub.resume {
+                self.resume_from(&ring, cursor, older.as_ref());
+                return;
+            }
+            let start = if let Some(n) = sub.tail {
+                let mut count = 0;
+                let mut idx = head;
+                while idx > ring.first_idx() && count < n {
+                    idx -= 1;
+                    if let Some(e) = ring.get(idx)
+                        && self.filter.matches(e)
+                    {
+                        count += 1;
+                    }
+                }
+                if count < n && older.is_some() {
+                    tail_more = Some((n - count, ring.first_idx()));
+                }
+                // Skip non-matching entries in front of the first match.
+                while idx < head && ring.get(idx).is_some_and(|e| !self.filter.matches(e)) {
+                    idx += 1;
+                }
+                idx
+            } else if let Some(since) = self.filter.since_ns {
+                if let Some(older) = &older
+                    && ring.get(ring.first_idx()).is_none_or(|e| e.ts_ns > since)
                 {
-                    count += 1;
+                    self.replay = Some(Box::new(ReplayState {
+                        src: Some(older.since(ring.first_idx(), since)),
+                        buf: VecDeque::new(),
+                    }));
+                }
+                ring.iter_from(ring.first_idx())
+                    .find(|e| e.ts_ns >= since)
+                    .map_or(head, |e| e.idx)
+            } else {
+                head
+            };
+            self.next = start;
+            if self.replay.is_none() && tail_more.is_none() {
+                // The cursor at `start`: the last sequence of every source
+                // before it. (With older records to replay, every mark stays
+                // 0: what is sent is exactly the replay, then the ring from
+                // `start`.)
+                for (slot, seq) in self.seen.iter_mut().enumerate() {
+                    *seq = ring.last_seq(slot as u32);
+                }
+                let mut lowered = vec![false; self.seen.len()];
+                for e in ring.iter_from(start) {
+                    let slot = e.source.slot as usize;
+                    if !lowered[slot] {
+                        lowered[slot] = true;
+                        self.seen[slot] = e.seq.saturating_sub(1);
+                    }
                 }
             }
-            // Skip non-matching entries in front of the first match.
-            while idx < head && ring.get(idx).is_some_and(|e| !self.filter.matches(e)) {
-                idx += 1;
-            }
-            idx
-        } else if let Some(since) = self.filter.since_ns {
-            ring.iter_from(ring.first_idx())
-                .find(|e| e.ts_ns >= since)
-                .map_or(head, |e| e.idx)
-        } else {
-            head
-        };
-        // The cursor at `start`: the last sequence of every source before it.
-        for (slot, seq) in self.seen.iter_mut().enumerate() {
-            *seq = ring.last_seq(slot as u32);
         }
-        let mut lowered = vec![false; self.seen.len()];
-        for e in ring.iter_from(start) {
-            let slot = e.source.slot as usize;
-            if !lowered[slot] {
-                lowered[slot] = true;
-                self.seen[slot] = e.seq.saturating_sub(1);
+        // Read off the disk without the ring's lock (it registers sources).
+        if let (Some((n, first)), Some(older)) = (tail_more, older) {
+            let filter = &self.filter;
+            let pre = older.tail(&hub, first, n, &mut |e| filter.matches(e));
+            if !pre.is_empty() {
+                self.replay = Some(Box::new(ReplayState {
+                    src: None,
+                    buf: pre.into(),
+                }));
             }
         }
-        self.next = start;
     }
 
-    fn resume_from(&mut self, ring: &Ring, cursor: &Cursor) {
+    fn resume_from(&mut self, ring: &Ring, cursor: &Cursor, older: Option<&Arc<dyn Older>>) {
+        // What the disk still has of the cursor's sources, replayed first.
+        let on_disk: HashMap<crate::protocol::SourceId, u64> = match older {
+            Some(older) => {
+                let marks: HashMap<_, _> = cursor
+                    .0
+                    .iter()
+                    .filter(|(_, seq)| **seq > 0)
+                    .map(|(sid, seq)| (*sid, *seq))
+                    .collect();
+                let (replay, first) = older.resume(ring.first_idx(), &marks);
+                self.replay = Some(Box::new(ReplayState {
+                    src: Some(replay),
+                    buf: VecDeque::new(),
+                }));
+                first
+            }
+            None => HashMap::new(),
+        };
         for (sid, seq) in &cursor.0 {
             match ring.slot_of(*sid) {
                 Some(slot) => self.seen[slot as usize] = *seq,
@@ -216,9 +277,22 @@ impl Session {
         }
         let mut missed = 0;
         for (slot, seen) in self.seen.iter().enumerate() {
-            let first_kept = oldest[slot].unwrap_or(ring.last_seq(slot as u32) + 1);
+            let in_ring = oldest[slot].unwrap_or(ring.last_seq(slot as u32) + 1);
+            let first_kept = ring
+                .sources()
+                .get(slot)
+                .and_then(|info| on_disk.get(&info.sid))
+                .map_or(in_ring, |d| in_ring.min(*d));
             if *seen > 0 || cursor.0.is_empty() {
                 missed += first_kept.saturating_sub(seen + 1);
+            }
+        }
+        // Sources only the disk still knows (the ring evicted all of them).
+        if let Some(foreign) = &self.foreign {
+            for (sid, seen) in &foreign.0 {
+                if let Some(first) = on_disk.get(sid) {
+                    missed += first.saturating_sub(seen + 1);
+                }
             }
         }
         if missed > 0 {
@@ -325,6 +399,54 @@ impl Session {
         }
     }
 
+    /// The mark of an entry's source (a resume cursor's, if it named the
+    /// source before the hub knew it).
+    fn mark_of(&mut self, e: &Entry) -> &mut u64 {
+        let slot = e.source.slot as usize;
+        if self.seen.len() <= slot {
+            self.seen.resize(slot + 1, 0);
+        }
+        if let Some(m) = self
+            .foreign
+            .as_mut()
+            .and_then(|f| f.0.remove(&e.source.sid))
+        {
+            self.seen[slot] = self.seen[slot].max(m);
+        }
+        &mut self.seen[slot]
+    }
+
+    /// A batch of the older records still to replay, if any. Reads the
+    /// disk (a block at a time) outside the ring's lock.
+    fn pull_replay(&mut self) -> Option<Pull> {
+        let mut r = self.replay.take()?;
+        while r.buf.is_empty() {
+            let chunk = r.src.as_mut().and_then(|s| s.next_chunk(&self.hub))?;
+            r.buf.extend(chunk);
+        }
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        while let Some(e) = r.buf.pop_front() {
+            let mark = self.mark_of(&e);
+            if e.seq <= *mark {
+                continue;
+            }
+            *mark = e.seq;
+            if self.wants(&e) {
+                bytes += e.wire_size();
+                entries.push(e);
+            }
+            if entries.len() >= self.limits.batch_records || bytes >= self.limits.batch_bytes {
+                break;
+            }
+        }
+        self.replay = Some(r);
+        Some(Pull::Batch {
+            entries,
+            more: true,
+        })
+    }
+
     /// Takes the next step for this client.
     pub fn pull(&mut self) -> Pull {
         if let Some(gap) = self.pending_gap.take() {
@@ -334,6 +456,9 @@ impl Session {
                 reason,
                 cursor,
             };
+        }
+        if let Some(batch) = self.pull_replay() {
+            return batch;
         }
         let closed = self.hub.head().closed;
         let hub = self.hub.clone();
@@ -376,11 +501,11 @@ impl Session {
                 break;
             }
             self.next = e.idx + 1;
-            let slot = e.source.slot as usize;
-            if e.seq <= self.seen[slot] {
-                continue; // covered by the resume cursor
+            let mark = self.mark_of(e);
+            if e.seq <= *mark {
+                continue; // covered by the resume cursor (or a replay)
             }
-            self.seen[slot] = e.seq;
+            *mark = e.seq;
             if self.wants(e) {
                 bytes += e.wire_size();
                 entries.push(e.clone());

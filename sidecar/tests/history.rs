@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{PATIENCE, Server, http_get};
+use logstream::protocol::Subscribe;
 use serde_json::Value;
 
 const WRITTEN: &str = "logstream_history_disk_records_written_total";
@@ -211,4 +212,79 @@ fn kill_9_while_writing_loses_at_most_the_queue_and_corrupts_nothing() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+async fn connect(agg: &Server, sub: Subscribe) -> logstream::client::Connection {
+    let o = common::opts(agg, sub);
+    let mut c = logstream::client::Connection::open(&o, o.sub.resume.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(common::hello(&mut c).await, "aggregator");
+    c
+}
+
+fn record_lines(recs: &[logstream::protocol::Record]) -> Vec<String> {
+    recs.iter().map(|r| r.line.clone()).collect()
+}
+
+/// Live clients reach into the disk too: `since=`, `tail=` and a resume
+/// cursor from before a restart get the lines the ring no longer holds, in
+/// order, once each, and a gap notice only for what no part kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_tail_and_resume_read_the_disk_before_the_ring() {
+    let history = tempfile::tempdir().unwrap();
+    let sidecar = Server::sidecar("ns", "pod-a", &[]);
+    sidecar.append("app.log", &numbered(1, 2000));
+    let agg = aggregator(&sidecar, history.path());
+    agg.wait_metric(WRITTEN, 2000.0);
+
+    // since=1h: everything, though the ring holds the last 100.
+    let mut c = connect(
+        &agg,
+        Subscribe {
+            since: Some("1h".into()),
+            ..Subscribe::default()
+        },
+    )
+    .await;
+    let (recs, other) = common::records(&mut c, 2000).await;
+    assert_eq!(record_lines(&recs[..2000]), want(1, 2000), "{other:?}");
+    // A client that saw the first 500 lines, for the resume below.
+    let cursor =
+        logstream::protocol::Cursor([(recs[499].sid, recs[499].seq)].into_iter().collect());
+
+    // tail=300 with a filter: 300 matching lines, 200 of them from disk.
+    let mut c = connect(
+        &agg,
+        Subscribe {
+            tail: Some(300),
+            grep: Some("line 0[01]".into()),
+            ..Subscribe::default()
+        },
+    )
+    .await;
+    let (recs, _) = common::records(&mut c, 300).await;
+    assert_eq!(record_lines(&recs[..300]), want(1700, 1999));
+
+    // A restart: the resume cursor from before it still works, from disk.
+    drop(agg);
+    let agg = aggregator(&sidecar, history.path());
+    sidecar.append("app.log", &numbered(2001, 2010));
+    agg.wait_metric(WRITTEN, 10.0);
+    let mut c = connect(
+        &agg,
+        Subscribe {
+            resume: Some(cursor),
+            ..Subscribe::default()
+        },
+    )
+    .await;
+    let (recs, other) = common::records(&mut c, 1510).await;
+    assert_eq!(record_lines(&recs[..1510]), want(501, 2010));
+    assert!(
+        !other
+            .iter()
+            .any(|m| matches!(m, logstream::protocol::ServerMessage::Gap { .. })),
+        "nothing was missing: {other:?}"
+    );
 }

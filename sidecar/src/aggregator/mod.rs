@@ -72,6 +72,8 @@ pub async fn run_aggregator(
             let (history, _recovery) =
                 History::open(h, metrics.disk_history.clone()).map_err(RunError::History)?;
             let writer = history.spawn_writer().map_err(RunError::Thread)?;
+            // Sessions reach back into it (since=, tail=, resume).
+            hub.set_older(history.clone());
             Some((history, writer))
         }
         None => None,

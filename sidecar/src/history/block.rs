@@ -84,6 +84,8 @@ pub struct Header {
     /// Per source, the highest sequence number of its records in the block
     /// (a restarted aggregator resumes its upstreams after them).
     pub last_seqs: Vec<u64>,
+    /// Per source, the lowest (a resumed client learns what is missing).
+    pub first_seqs: Vec<u64>,
     /// Bytes of the header itself.
     pub header_len: u32,
 }
@@ -244,6 +246,11 @@ pub fn encode(
     for (r, s) in records.iter().zip(&src_col) {
         levels[*s as usize] |= 1 << level_code(r.record.level);
     }
+    let mut first_seq = vec![u64::MAX; sources.len()];
+    for (r, s) in records.iter().zip(&src_col) {
+        let f = &mut first_seq[*s as usize];
+        *f = (*f).min(r.record.seq);
+    }
     let mut last_seq = vec![0u64; sources.len()];
     for (r, s) in records.iter().zip(&src_col) {
         let slot = &mut last_seq[*s as usize];
@@ -262,7 +269,7 @@ pub fn encode(
     }
     let raw_len = u32::try_from(raw.len()).map_err(|_| BlockError::Bounds("raw length"))?;
     let payload = zstd::bulk::compress(raw, level).map_err(BlockError::Zstd)?;
-    let table = encode_sources(&sources, &levels, &last_seq, level)?;
+    let table = encode_sources(&sources, &levels, &first_seq, &last_seq, level)?;
     let header_len = FIXED + table.len() + 4;
     let mut out = Vec::with_capacity(header_len + payload.len());
     out.extend_from_slice(MAGIC);
@@ -285,15 +292,17 @@ pub fn encode(
 fn encode_sources(
     sources: &[SourceRec],
     levels: &[u8],
+    first_seqs: &[u64],
     last_seqs: &[u64],
     level: i32,
 ) -> Result<Vec<u8>, BlockError> {
     let mut raw = Vec::new();
     put_varint(&mut raw, sources.len() as u64);
-    for ((s, l), seq) in sources.iter().zip(levels).zip(last_seqs) {
+    for (((s, l), first), last) in sources.iter().zip(levels).zip(first_seqs).zip(last_seqs) {
         raw.extend_from_slice(&s.sid.0.to_le_bytes());
         raw.push(*l);
-        put_varint(&mut raw, *seq);
+        put_varint(&mut raw, *last);
+        put_varint(&mut raw, last.saturating_sub(*first));
         for f in [
             &s.source.namespace,
             &s.source.pod,
@@ -308,7 +317,8 @@ fn encode_sources(
     zstd::bulk::compress(&raw, level).map_err(BlockError::Zstd)
 }
 
-type SourceTable = (Vec<SourceRec>, Vec<u8>, Vec<u64>);
+/// Sources, and per source its levels, first and last sequence numbers.
+type SourceTable = (Vec<SourceRec>, Vec<u8>, Vec<u64>, Vec<u64>);
 
 fn decode_sources(table: &[u8]) -> Result<SourceTable, BlockError> {
     let raw = zstd::bulk::decompress(table, MAX_HEADER).map_err(BlockError::Zstd)?;
@@ -317,10 +327,13 @@ fn decode_sources(table: &[u8]) -> Result<SourceTable, BlockError> {
     let mut out = Vec::new();
     let mut levels = Vec::new();
     let mut seqs = Vec::new();
+    let mut firsts = Vec::new();
     for _ in 0..n {
         let sid = SourceId(u64::from_le_bytes(r.array()?));
         levels.push(r.array::<1>()?[0]);
-        seqs.push(r.varint()?);
+        let last = r.varint()?;
+        seqs.push(last);
+        firsts.push(last.saturating_sub(r.varint()?));
         let mut f = || -> Result<String, BlockError> {
             let len = r.varint()? as usize;
             String::from_utf8(r.bytes(len)?.to_vec()).map_err(|_| BlockError::Malformed("utf-8"))
@@ -334,7 +347,7 @@ fn decode_sources(table: &[u8]) -> Result<SourceTable, BlockError> {
         };
         out.push(SourceRec { sid, source });
     }
-    Ok((out, levels, seqs))
+    Ok((out, levels, firsts, seqs))
 }
 
 /// Bytes of the header that `prefix` (the first bytes of a block, at least
@@ -375,7 +388,7 @@ pub fn parse_header(h: &[u8]) -> Result<Header, BlockError> {
     let max_ts = i64::from_le_bytes(r.array()?);
     let payload_crc = u32::from_le_bytes(r.array()?);
     let table_len = u32::from_le_bytes(r.array()?) as usize;
-    let (sources, levels, last_seqs) = decode_sources(r.bytes(table_len)?)?;
+    let (sources, levels, first_seqs, last_seqs) = decode_sources(r.bytes(table_len)?)?;
     if payload_len as usize > MAX_PAYLOAD || raw_len as usize > MAX_PAYLOAD {
         return Err(BlockError::Bounds("payload length"));
     }
@@ -390,6 +403,7 @@ pub fn parse_header(h: &[u8]) -> Result<Header, BlockError> {
         sources,
         levels,
         last_seqs,
+        first_seqs,
         header_len: len as u32,
     })
 }

@@ -26,6 +26,7 @@
 //! (counted) while it cannot be written.
 
 pub mod block;
+mod replay;
 pub mod store;
 mod view;
 

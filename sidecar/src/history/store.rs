@@ -69,15 +69,25 @@ pub struct BlockMeta {
     pub min_ts: i64,
     pub max_ts: i64,
     pub payload_crc: u32,
-    /// Indices into the store's source dictionary, with the levels (a
-    /// bit per level code) of the source's records in the block.
-    pub sources: Arc<[(u32, u8)]>,
+    /// What the block holds of each source.
+    pub sources: Arc<[SourceMark]>,
 }
 
 impl BlockMeta {
     pub fn end_pos(&self) -> u64 {
         self.first_pos + u64::from(self.count)
     }
+}
+
+/// A source's records in one block.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceMark {
+    /// Index into the store's source dictionary.
+    pub dict: u32,
+    /// A bit per level code of its records.
+    pub levels: u8,
+    pub first_seq: u64,
+    pub last_seq: u64,
 }
 
 /// One segment file, shared by the index and readers (a segment removed
@@ -259,11 +269,17 @@ impl Store {
             let e = self.last_seqs.entry(s.sid).or_insert((0, 0));
             *e = ((e.0).max(*seq), h.first_pos);
         }
-        let sources: Arc<[(u32, u8)]> = h
+        let sources: Arc<[SourceMark]> = h
             .sources
             .into_iter()
             .zip(h.levels)
-            .map(|(s, l)| (self.intern(s), l))
+            .zip(h.first_seqs.iter().zip(&h.last_seqs))
+            .map(|((s, levels), (first, last))| SourceMark {
+                dict: self.intern(s),
+                levels,
+                first_seq: *first,
+                last_seq: *last,
+            })
             .collect();
         self.next_pos = h.first_pos + u64::from(h.count);
         self.blocks.push(BlockMeta {
@@ -457,7 +473,7 @@ pub fn read_block(meta: &BlockMeta, dict: &[Arc<SourceRec>]) -> Result<Decoded, 
     let sources = meta
         .sources
         .iter()
-        .map(|(i, _)| dict.get(*i as usize).cloned())
+        .map(|m| dict.get(m.dict as usize).cloned())
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| err(BlockError::Bounds("source dictionary")))?;
     let header = Header {
@@ -471,6 +487,7 @@ pub fn read_block(meta: &BlockMeta, dict: &[Arc<SourceRec>]) -> Result<Decoded, 
         sources: Vec::new(),
         levels: Vec::new(),
         last_seqs: Vec::new(),
+        first_seqs: Vec::new(),
         header_len: meta.header_len,
     };
     block::decode(&header, sources, &payload).map_err(err)

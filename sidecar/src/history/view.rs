@@ -73,7 +73,7 @@ impl Hits<'_> {
             .src
             .get(i as usize)
             .and_then(|s| self.meta.sources.get(*s as usize))
-            .map_or(u32::MAX, |(d, _)| *d)
+            .map_or(u32::MAX, |m| m.dict)
     }
 }
 
@@ -114,7 +114,7 @@ impl DiskView {
             if meta.max_ts < from || meta.min_ts >= to {
                 continue;
             }
-            if !meta.sources.iter().any(|(d, _)| accept(*d)) {
+            if !meta.sources.iter().any(|m| accept(m.dict)) {
                 continue;
             }
             if !want(meta.min_ts, meta.max_ts) {
@@ -144,7 +144,7 @@ impl DiskView {
                     .src
                     .get(i)
                     .and_then(|s| meta.sources.get(*s as usize))
-                    .map(|(d, _)| *d);
+                    .map(|m| m.dict);
                 pos < self.limit && ts >= from && ts < to && src.is_some_and(accept)
             };
             match literals.split_first() {

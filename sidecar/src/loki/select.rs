@@ -260,12 +260,12 @@ pub(super) fn streams_in(
         let view = h.view(u64::MAX, from, to.saturating_sub(1));
         let mut seen = HashSet::new();
         for b in &view.blocks {
-            for (d, levels) in b.sources.iter() {
+            for m in b.sources.iter() {
                 for code in 0..8u8 {
-                    if levels & (1 << code) == 0 || !seen.insert((*d, code)) {
+                    if m.levels & (1 << code) == 0 || !seen.insert((m.dict, code)) {
                         continue;
                     }
-                    let Some(s) = view.dict.get(*d as usize) else {
+                    let Some(s) = view.dict.get(m.dict as usize) else {
                         continue;
                     };
                     let l = labels_of(&s.source, crate::history::block::level_of(code));
