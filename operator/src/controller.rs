@@ -706,7 +706,7 @@ async fn report(
     let answers = probe::ask_all(&probe::probeable(injected), pull_token).await;
     let files = probe::files_condition(&answers);
     let old = ls.status.clone().unwrap_or_default();
-    let status = status(
+    let mut status = status(
         ls,
         &old,
         selected.len(),
@@ -716,6 +716,17 @@ async fn report(
         files,
         route,
     );
+    // What the aggregators say of their history on disk, when asked for.
+    if ls.spec.aggregator.history.is_some() {
+        let pods = namespace_pods(ctx, ns).await.map_err(Error::Kube)?;
+        let answers = probe::ask_all(&probe::aggregator_probeable(&pods), pull_token).await;
+        crate::status::add_history_condition(
+            ls,
+            &old,
+            &mut status,
+            probe::history_condition(&answers),
+        );
+    }
     // The paths, not who answered this time: a flaky sidecar must not
     // repeat the Event.
     let files_message = |s: &LogStreamStatus| {

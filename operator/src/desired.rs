@@ -245,9 +245,10 @@ fn aggregator_container(
             ..VolumeMount::default()
         });
     }
-    if !user_tokens.is_empty() {
-        extra_env.push(value_env(env::TOKEN_FILE, &user_tokens.join(",")));
-    }
+    // The pull token is accepted too, as by every sidecar: the operator
+    // reads the aggregator's `/readyz?format=json` (its history) with it.
+    user_tokens.insert(0, PULL_TOKEN_FILE.to_string());
+    extra_env.push(value_env(env::TOKEN_FILE, &user_tokens.join(",")));
     if streams.iter().any(uses_kubernetes_access) {
         extra_env.push(value_env(env::KUBERNETES_AUTH, "true"));
     }

@@ -41,11 +41,30 @@ pub enum ProbeError {
     Body(String),
 }
 
-/// `GET /readyz?format=json` as a sidecar answers it.
+/// `GET /readyz?format=json` as a sidecar answers it (and an aggregator:
+/// no files, its history on disk).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct Readiness {
     pub status: String,
+    #[serde(default)]
     pub files: FileReport,
+    #[serde(default)]
+    pub history: Option<HistoryReport>,
+}
+
+/// An aggregator's history on disk, as its `/readyz?format=json` says
+/// (`sidecar/tests/fixtures/readyz-history.json`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct HistoryReport {
+    pub writing: bool,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub max_bytes: u64,
+    #[serde(default)]
+    pub records_dropped: u64,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -83,6 +102,77 @@ pub fn probeable<'a>(pods: &[&'a Pod]) -> Vec<&'a Pod> {
                     .any(|c| c.name == SIDECAR_NAME && c.ready)
         })
         .collect()
+}
+
+/// The namespace's aggregator pods worth asking: running, with an address
+/// and a ready `aggregator` container.
+pub fn aggregator_probeable(pods: &[Pod]) -> Vec<&Pod> {
+    let selector = crate::desired::aggregator_selector();
+    pods.iter()
+        .filter(|p| {
+            let labels = p.labels();
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .filter(|p| {
+            let Some(st) = p.status.as_ref() else {
+                return false;
+            };
+            st.phase.as_deref() == Some("Running")
+                && st.pod_ip.is_some()
+                && st
+                    .container_statuses
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name == "aggregator" && c.ready)
+        })
+        .collect()
+}
+
+/// `HistoryWritable` from the aggregators' answers: `None` when none
+/// answered with a history (not started yet, or an older image).
+pub fn history_condition(
+    answers: &[(String, Result<Readiness, ProbeError>)],
+) -> Option<(bool, &'static str, String)> {
+    let mut failing = Vec::new();
+    let mut writing = Vec::new();
+    for (pod, answer) in answers {
+        let Ok(Readiness {
+            history: Some(h), ..
+        }) = answer
+        else {
+            continue;
+        };
+        if h.writing {
+            writing.push(format!(
+                "{pod} ({} of {} MiB)",
+                h.bytes >> 20,
+                h.max_bytes >> 20
+            ));
+        } else {
+            failing.push(format!(
+                "{pod}: {}; {} records dropped",
+                h.error.as_deref().unwrap_or("writing fails"),
+                h.records_dropped
+            ));
+        }
+    }
+    if !failing.is_empty() {
+        return Some((
+            false,
+            "WriteFailing",
+            format!(
+                "the history on disk is not written (live streaming goes on): {}",
+                listed(&failing, "; ")
+            ),
+        ));
+    }
+    (!writing.is_empty()).then(|| {
+        (
+            true,
+            "Writing",
+            format!("history on disk written by {}", listed(&writing, ", ")),
+        )
+    })
 }
 
 /// Asks every pod, a few at a time; answers in the pods' order.
@@ -228,6 +318,43 @@ mod tests {
     }
 
     #[test]
+    fn the_aggregators_history_becomes_the_condition() {
+        let failing: Readiness = serde_json::from_str(include_str!(
+            "../../sidecar/tests/fixtures/readyz-history.json"
+        ))
+        .unwrap();
+        let h = failing.history.clone().unwrap();
+        assert!(!h.writing);
+        assert_eq!(h.records_dropped, 1200);
+        let mut fine = failing.clone();
+        fine.history = Some(HistoryReport {
+            writing: true,
+            bytes: 300 << 20,
+            max_bytes: 2 << 30,
+            ..HistoryReport::default()
+        });
+        assert_eq!(history_condition(&[]), None);
+        assert_eq!(
+            history_condition(&[("agg-1".into(), Ok(fixture()))]),
+            None,
+            "a sidecar's answer has no history"
+        );
+        let (ok, reason, msg) = history_condition(&[("agg-1".into(), Ok(fine.clone()))]).unwrap();
+        assert_eq!((ok, reason), (true, "Writing"));
+        assert_eq!(msg, "history on disk written by agg-1 (300 of 2048 MiB)");
+        let (ok, reason, msg) = history_condition(&[
+            ("agg-1".into(), Ok(fine)),
+            ("agg-2".into(), Ok(failing)),
+            ("agg-3".into(), Err(ProbeError::Timeout(TIMEOUT))),
+        ])
+        .unwrap();
+        assert_eq!((ok, reason), (false, "WriteFailing"));
+        assert!(msg.contains("agg-2: history segment"), "{msg}");
+        assert!(msg.contains("No space left on device"), "{msg}");
+        assert!(msg.contains("1200 records dropped"), "{msg}");
+    }
+
+    #[test]
     fn the_sidecars_document_parses() {
         let r = fixture();
         assert_eq!(r.status, "ready");
@@ -245,6 +372,7 @@ mod tests {
                 tailed: 2,
                 ..Default::default()
             },
+            history: None,
         };
         assert_eq!(files_condition(&[]), None);
         let (good, reason, msg) = files_condition(&[("web-1".into(), Ok(ok.clone()))]).unwrap();

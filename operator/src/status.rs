@@ -121,6 +121,33 @@ fn route_condition(c: &Conditions<'_>, r: &RouteOutcome) -> Condition {
 
 /// Makes conditions for one status, keeping each one's transition time
 /// from the old status while its status value does not change.
+/// Adds `HistoryWritable` for a LogStream that asks for a history on disk:
+/// what the aggregators' `/readyz` say of it ([`crate::probe::history_condition`];
+/// `None`: no aggregator answered yet).
+pub fn add_history_condition(
+    ls: &LogStream,
+    old: &LogStreamStatus,
+    status: &mut LogStreamStatus,
+    history: Option<(bool, &str, String)>,
+) {
+    if ls.spec.aggregator.history.is_none() {
+        return;
+    }
+    let c = Conditions {
+        old,
+        generation: ls.metadata.generation,
+    };
+    status.conditions.push(match history {
+        Some((ok, reason, message)) => c.flag("HistoryWritable", ok, reason, message),
+        None => c.make(
+            "HistoryWritable",
+            "Unknown",
+            "NoAggregatorRunning",
+            "no aggregator with a history on disk has answered yet".into(),
+        ),
+    });
+}
+
 struct Conditions<'a> {
     old: &'a LogStreamStatus,
     generation: Option<i64>,

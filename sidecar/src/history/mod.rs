@@ -86,6 +86,21 @@ impl HistoryOptions {
     }
 }
 
+/// What `/readyz?format=json` says of the history on disk (the operator
+/// turns it into the LogStream's `HistoryWritable` condition;
+/// `tests/fixtures/readyz-history.json` pins the shape for both).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct HistoryReport {
+    /// False while writing fails (a full disk): live streams go on.
+    pub writing: bool,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub records_dropped: u64,
+    /// The last write error, while writing fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// What `/metrics` shows of the history on disk (clones share values: the
 /// metrics registry holds one, the history another).
 #[derive(Debug, Default, Clone)]
@@ -118,6 +133,8 @@ pub struct History {
     /// Records older than the oldest kept were removed (now or before the
     /// process started).
     removed_before: AtomicBool,
+    /// Why writing fails, while it does.
+    last_error: Mutex<Option<String>>,
     opts: HistoryOptions,
     pub stats: Stats,
 }
@@ -169,6 +186,7 @@ impl History {
                 signal: Condvar::new(),
                 base,
                 removed_before: AtomicBool::new(removed),
+                last_error: Mutex::new(None),
                 opts,
                 stats,
             }),
@@ -254,6 +272,21 @@ impl History {
         }
     }
 
+    /// The state of the history for `/readyz?format=json`.
+    pub fn report(&self) -> HistoryReport {
+        HistoryReport {
+            writing: self.stats.writing.get() == 1,
+            bytes: self.disk_bytes(),
+            max_bytes: self.opts.max_bytes,
+            records_dropped: self.stats.records_dropped.get(),
+            error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
     /// Bytes of lines waiting for the writer.
     pub fn queued_bytes(&self) -> usize {
         self.queue().bytes
@@ -322,11 +355,14 @@ impl History {
                 Ok(()) => {
                     if self.stats.writing.set(1) == 0 {
                         tracing::info!("history: writing again");
+                        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     }
                     retry_at = None;
                 }
                 Err(e) => {
                     self.stats.write_errors.inc();
+                    *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(e.to_string());
                     if self.stats.writing.set(0) == 1 {
                         tracing::error!(error = %e, "history: writing stopped (live streams go on); retrying every 10 s");
                     }

@@ -88,10 +88,31 @@ async fn readyz(
         return refused;
     }
     let report = st.files.borrow().clone();
+    let history = st.history.get().map(|h| h.report());
     if json {
-        return (code, axum::Json(readiness_json(word, &report))).into_response();
+        let mut doc = readiness_json(word, &report);
+        if let (Some(h), Some(obj)) = (&history, doc.as_object_mut()) {
+            obj.insert("history".into(), serde_json::json!(h));
+        }
+        return (code, axum::Json(doc)).into_response();
     }
-    (code, render_readiness(word, &report)).into_response()
+    let mut text = render_readiness(word, &report);
+    if let Some(h) = history {
+        let line = if h.writing {
+            format!(
+                "[+]history: written to disk ({} of {} bytes)\n",
+                h.bytes, h.max_bytes
+            )
+        } else {
+            format!(
+                "[-]history: not written to disk ({}); {} records dropped\n",
+                h.error.as_deref().unwrap_or("write failed"),
+                h.records_dropped
+            )
+        };
+        text.insert_str(0, &line);
+    }
+    (code, text).into_response()
 }
 
 /// `/readyz?format=json`; the operator reads it (operator/src/probe.rs), and
@@ -164,5 +185,23 @@ mod tests {
         let want: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/fixtures/readyz-files.json")).unwrap();
         assert_eq!(readiness_json("ready", &report), want);
+    }
+
+    #[test]
+    fn history_report_matches_the_fixture_the_operator_parses() {
+        let report = crate::history::HistoryReport {
+            writing: false,
+            bytes: 2_147_000_000,
+            max_bytes: 2_147_483_648,
+            records_dropped: 1200,
+            error: Some("history segment /var/lib/logstream/history/seg-00000000000f4240.lsh: No space left on device (os error 28)".into()),
+        };
+        let mut doc = readiness_json("ready", &crate::tailer::FileReport::default());
+        doc.as_object_mut()
+            .unwrap()
+            .insert("history".into(), serde_json::json!(report));
+        let want: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/readyz-history.json")).unwrap();
+        assert_eq!(doc, want);
     }
 }
