@@ -260,14 +260,15 @@ fn page_shows_history_then_live_lines() {
         "4 history lines + 1 live line; page lines:\n{dump}"
     );
 
-    // Levels become classes, and classes colours (page.html's stylesheet).
+    // Levels become classes, and classes colours (page.css, light theme:
+    // headless Chromium prefers light).
     let row = |needle: &str| &rows[find(needle)];
     for (needle, class, color) in [
-        (history.as_str(), "info", "rgb(221, 221, 221)"),
-        ("cache warmed", "debug", "rgb(136, 136, 136)"),
-        ("disk 91% full", "warn", "rgb(255, 204, 102)"),
-        ("request failed", "error", "rgb(255, 119, 119)"),
-        (live.as_str(), "error", "rgb(255, 119, 119)"),
+        (history.as_str(), "info", "rgb(29, 31, 35)"),
+        ("cache warmed", "debug", "rgb(122, 128, 138)"),
+        ("disk 91% full", "warn", "rgb(154, 97, 0)"),
+        ("request failed", "error", "rgb(196, 34, 42)"),
+        (live.as_str(), "error", "rgb(196, 34, 42)"),
     ] {
         let r = row(needle);
         assert!(

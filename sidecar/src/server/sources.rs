@@ -1,0 +1,162 @@
+//! `GET /sources`: what this server streams, one entry per source (namespace,
+//! pod, container, file) with its line counter, for the web page's source
+//! panel. Admitted like the streams (token, then Origin): it names files
+//! and pods.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::AppState;
+use super::query::url_pairs;
+use crate::hub::{Ring, format_ts};
+
+/// One source as the page lists it. Incarnations of the same source (a
+/// restarted sidecar's new sids) are merged.
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct SourceSummary {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ns: String,
+    pub pod: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    pub file: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    /// Lines published by the source (the sum of its incarnations' last
+    /// sequence numbers; upstream numbers on an aggregator).
+    pub lines: u64,
+    /// Of those, records still in this server's history.
+    pub history: u64,
+    /// Time of its newest record in history (absent when none is left).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_ts: Option<String>,
+}
+
+/// The sources of `ring` that published at least one line, sorted by
+/// (namespace, pod, container, file). One pass over the history.
+pub fn summarise(ring: &Ring) -> Vec<SourceSummary> {
+    let n = ring.sources().len();
+    let mut history = vec![0u64; n];
+    let mut last_ts = vec![None::<i64>; n];
+    for e in ring.iter_from(ring.first_idx()) {
+        let slot = e.source.slot as usize;
+        if let Some(h) = history.get_mut(slot) {
+            *h += 1;
+        }
+        if let Some(t) = last_ts.get_mut(slot) {
+            *t = Some(t.map_or(e.ts_ns, |old: i64| old.max(e.ts_ns)));
+        }
+    }
+    let mut merged: BTreeMap<(String, String, String, String), (SourceSummary, Option<i64>)> =
+        BTreeMap::new();
+    for (i, info) in ring.sources().iter().enumerate() {
+        let lines = ring.last_seq(info.slot);
+        if lines == 0 {
+            continue;
+        }
+        let s = &info.source;
+        let key = (
+            s.namespace.clone(),
+            s.pod.clone(),
+            s.container.clone(),
+            s.file.clone(),
+        );
+        let (sum, ts) = merged.entry(key).or_insert_with(|| {
+            (
+                SourceSummary {
+                    ns: s.namespace.clone(),
+                    pod: s.pod.clone(),
+                    container: s.container.clone(),
+                    file: s.file.clone(),
+                    ..SourceSummary::default()
+                },
+                None,
+            )
+        });
+        if !s.service.is_empty() {
+            sum.service = s.service.clone();
+        }
+        sum.lines += lines;
+        sum.history += history.get(i).copied().unwrap_or(0);
+        if let Some(t) = last_ts.get(i).copied().flatten() {
+            *ts = Some(ts.map_or(t, |old| old.max(t)));
+        }
+    }
+    merged
+        .into_values()
+        .map(|(mut sum, ts)| {
+            sum.last_ts = ts.map(format_ts);
+            sum
+        })
+        .collect()
+}
+
+pub async fn sources(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let pairs = url_pairs(raw.as_deref().unwrap_or(""));
+    let token = pairs
+        .iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.as_str());
+    if let Err(refused) = st.admit(&headers, peer, token).await {
+        return refused;
+    }
+    let hub = st.hub.clone();
+    match tokio::task::spawn_blocking(move || summarise(&hub.lock())).await {
+        Ok(list) => axum::Json(serde_json::json!({ "sources": list })).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("sources failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::tests::{publish_lines, small_hub, src};
+    use crate::protocol::Source;
+
+    #[test]
+    fn lists_each_source_with_its_counter_and_merges_incarnations() {
+        let hub = small_hub();
+        let app = hub.source(src("app.log"));
+        let db = hub.source(Source {
+            pod: "db-0".into(),
+            ..src("db.log")
+        });
+        let _quiet = hub.source(src("quiet.log"));
+        publish_lines(&hub, &app, &["a", "b", "c"]);
+        publish_lines(&hub, &db, &["x"]);
+        // A second incarnation of app.log (a restarted tailer).
+        let again = hub.source_with_id(src("app.log"), crate::protocol::SourceId(0xfeed));
+        publish_lines(&hub, &again, &["d", "e"]);
+
+        let list = summarise(&hub.lock());
+        let names: Vec<(&str, &str, u64, u64)> = list
+            .iter()
+            .map(|s| (s.pod.as_str(), s.file.as_str(), s.lines, s.history))
+            .collect();
+        let pod = src("app.log").pod;
+        assert_eq!(
+            names,
+            vec![("db-0", "db.log", 1, 1), (pod.as_str(), "app.log", 5, 5)],
+            "sorted by pod then file; quiet.log published nothing"
+        );
+        assert!(list.iter().all(|s| s.last_ts.is_some()));
+        let json = serde_json::to_value(&list[0]).unwrap();
+        assert_eq!(json["file"], "db.log");
+        assert!(json.get("service").is_none(), "empty fields are omitted");
+    }
+}
