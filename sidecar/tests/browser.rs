@@ -311,3 +311,254 @@ fn page_shows_history_then_live_lines() {
     );
     eprintln!("screenshot: {}", shot.display());
 }
+
+// ---------------------------------------------------------------------------
+// The viewer's behaviours, step by step: `tests/browser/viewer.mjs` runs one
+// JSON command per line and answers `OK <json>` or `ERR <reason>`, while the
+// test writes the server's files between steps. Every wait is on a page
+// condition, never a time.
+
+struct Viewer {
+    page: PageDriver,
+    _work: tempfile::TempDir,
+}
+
+impl Viewer {
+    fn start() -> Viewer {
+        let (node, _) = require_tools();
+        let work = tempfile::tempdir().expect("tempdir");
+        let profile = work.path().join("chromium-profile");
+        let page = PageDriver::start(
+            &node,
+            &browser_dir().join("viewer.mjs"),
+            &[
+                "--user-data-dir",
+                profile.to_str().expect("utf-8 path"),
+                // Not UTC, so the local/UTC toggle shows a difference.
+                "--timezone",
+                "Asia/Kolkata",
+            ],
+            work.path(),
+        );
+        Viewer { page, _work: work }
+    }
+
+    fn call(&mut self, cmd: serde_json::Value) -> serde_json::Value {
+        self.page.send(&cmd.to_string());
+        let Some(answer) = self.page.next_line(&format!("the answer to {cmd}")) else {
+            self.page.fail(&format!("viewer.mjs ended during {cmd}"))
+        };
+        if let Some(v) = answer.strip_prefix("OK ") {
+            return serde_json::from_str(v).unwrap_or(serde_json::Value::Null);
+        }
+        self.page.fail(&format!("{cmd} failed: {answer}"))
+    }
+
+    fn open(&mut self, url: &str) {
+        let status = self.call(serde_json::json!({"op": "open", "url": url}));
+        assert_eq!(status, 200, "GET {url}");
+        self.wait("document.getElementById('status').textContent === 'live'");
+    }
+    fn wait(&mut self, js: &str) {
+        self.call(serde_json::json!({"op": "wait", "js": js}));
+    }
+    fn eval(&mut self, js: &str) -> serde_json::Value {
+        self.call(serde_json::json!({"op": "eval", "js": js}))
+    }
+    fn click(&mut self, sel: &str) {
+        self.call(serde_json::json!({"op": "click", "sel": sel}));
+    }
+    fn fill(&mut self, sel: &str, text: &str) {
+        self.call(serde_json::json!({"op": "fill", "sel": sel, "text": text}));
+    }
+    fn press(&mut self, key: &str) {
+        self.call(serde_json::json!({"op": "press", "key": key}));
+    }
+    /// Waits until the view holds a line containing `needle`.
+    fn wait_line(&mut self, needle: &str) {
+        self.wait(&format!(
+            "window.logstreamStats.lines().some(l => l.includes({}))",
+            js_str(needle)
+        ));
+    }
+    /// Every line the view holds (continuation lines included).
+    fn lines(&mut self) -> Vec<String> {
+        serde_json::from_value(self.eval("window.logstreamStats.lines()")).expect("lines")
+    }
+    fn notices(&mut self) -> Vec<String> {
+        serde_json::from_value(self.eval("window.logstreamStats.notices()")).expect("notices")
+    }
+    fn url_param(&mut self, name: &str) -> Option<String> {
+        self.eval(&format!(
+            "new URLSearchParams(location.search).get({})",
+            js_str(name)
+        ))
+        .as_str()
+        .map(String::from)
+    }
+    fn shot(&mut self, name: &str) {
+        let path = screenshot_path(name);
+        self.call(serde_json::json!({"op": "shot", "path": path.to_str().expect("utf-8 path")}));
+        eprintln!("screenshot: {}", path.display());
+    }
+}
+
+/// A JS string literal.
+fn js_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// Screenshots go to the test's tmp dir, or with `LOGSTREAM_SCREENSHOTS=DIR`
+/// to DIR (docs/screenshots, for the README).
+fn screenshot_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("LOGSTREAM_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser"));
+    std::fs::create_dir_all(&dir).expect("create screenshot dir");
+    dir.join(name)
+}
+
+fn numbered(prefix: &str, range: std::ops::Range<usize>) -> String {
+    range
+        .map(|i| format!("2026-01-01T12:00:00Z INFO {prefix}-{i} ok\n"))
+        .collect()
+}
+
+/// `{file: counter text}` of the source panel, as a JS expression.
+const SOURCE_COUNTS: &str = "JSON.stringify(Object.fromEntries(Array.from(\
+     document.querySelectorAll('[data-testid=source]'), \
+     e => [e.dataset.file, e.querySelector('[data-testid=count]').textContent])))";
+
+#[test]
+fn sources_panel_lists_files_with_live_counters_and_selection_filters_the_stream() {
+    let server = Server::start(&[]);
+    let tag = unique("src");
+    server.append("a.log", &numbered(&format!("{tag}-a"), 0..3));
+    server.append("b.log", &numbered(&format!("{tag}-b"), 0..2));
+    server.append("c.log", &numbered(&format!("{tag}-c"), 0..4));
+    server.wait_metric("logstream_history_records", 9.0);
+
+    let mut v = Viewer::start();
+    v.open(&server.url("/"));
+    v.wait("document.querySelector('[data-testid=sources]') !== null");
+    v.wait(&format!(
+        "{SOURCE_COUNTS} === {}",
+        js_str(r#"{"a.log":"3","b.log":"2","c.log":"4"}"#)
+    ));
+    // Counters are live.
+    server.append("c.log", &numbered(&format!("{tag}-c"), 4..6));
+    v.wait(&format!(
+        "{SOURCE_COUNTS} === {}",
+        js_str(r#"{"a.log":"3","b.log":"2","c.log":"6"}"#)
+    ));
+
+    // Each source a colour of its own, the same in the panel and on its lines.
+    let colours = v.eval(
+        "Array.from(document.querySelectorAll('[data-testid=source]'), e => [e.dataset.file, \
+         getComputedStyle(e.querySelector('.sw')).backgroundColor])",
+    );
+    let colours: Vec<(String, String)> = serde_json::from_value(colours).expect("colours");
+    assert_eq!(colours.len(), 3);
+    let distinct: std::collections::BTreeSet<&String> = colours.iter().map(|(_, c)| c).collect();
+    assert_eq!(distinct.len(), 3, "three sources, three colours: {colours:?}");
+    let line_colours = v.eval(
+        "Array.from(document.querySelectorAll('[data-testid=line] .s'), s => [s.textContent, \
+         getComputedStyle(s).color])",
+    );
+    let line_colours: Vec<(String, String)> =
+        serde_json::from_value(line_colours).expect("line colours");
+    assert!(!line_colours.is_empty());
+    for (file, c) in &line_colours {
+        let want = &colours.iter().find(|(f, _)| f == file).expect("known file").1;
+        assert_eq!(c, want, "lines of {file} take its panel colour");
+    }
+
+    // Two of three selected: the stream's file filter, and only their lines.
+    v.click("[data-testid=source][data-file='a.log']");
+    v.wait("new URLSearchParams(location.search).get('file') === 'a.log'");
+    v.click("[data-testid=source][data-file='b.log']");
+    v.wait("new URLSearchParams(location.search).get('file') === '{a.log,b.log}'");
+    v.wait_line(&format!("{tag}-b-1"));
+    let lines = v.lines();
+    assert_eq!(lines.len(), 5, "a's 3 and b's 2 lines: {lines:?}");
+    assert!(lines.iter().all(|l| !l.contains(&format!("{tag}-c"))));
+    let selected = v.eval(
+        "Array.from(document.querySelectorAll('[data-testid=source].sel'), e => e.dataset.file)",
+    );
+    assert_eq!(selected, serde_json::json!(["a.log", "b.log"]));
+
+    // A line of c (published first) never shows; b's next line does.
+    server.append("c.log", &numbered(&format!("{tag}-c"), 6..7));
+    v.wait(&format!(
+        "{SOURCE_COUNTS} === {}",
+        js_str(r#"{"a.log":"3","b.log":"2","c.log":"7"}"#)
+    ));
+    server.append("b.log", &numbered(&format!("{tag}-b"), 2..3));
+    v.wait_line(&format!("{tag}-b-2"));
+    assert!(
+        v.lines().iter().all(|l| !l.contains(&format!("{tag}-c"))),
+        "c.log is not selected"
+    );
+    v.shot("sidecar.png");
+
+    // "all" clears the selection.
+    v.click("[data-testid=sources-clear]");
+    v.wait("!new URLSearchParams(location.search).get('file')");
+    v.wait_line(&format!("{tag}-c-6"));
+}
+
+#[test]
+fn aggregator_source_panel_shows_the_pods_of_three_sidecars() {
+    let sidecars: Vec<Server> = ["web-1", "web-2", "worker-1"]
+        .iter()
+        .map(|pod| Server::sidecar("shop", pod, &[]))
+        .collect();
+    let tag = unique("agg");
+    for (i, s) in sidecars.iter().enumerate() {
+        s.append("app.log", &numbered(&format!("{tag}-p{i}"), 0..i + 2));
+    }
+    let refs: Vec<&Server> = sidecars.iter().collect();
+    let agg = Server::aggregator(&refs, &["--reorder-window", "20ms"]);
+    agg.wait_metric("logstream_history_records", 9.0);
+
+    let mut v = Viewer::start();
+    v.open(&agg.url("/"));
+    v.wait("document.getElementById('role').textContent.includes('aggregator')");
+    v.wait("document.querySelectorAll('[data-testid=pod]').length === 3");
+    let pods = v.eval(
+        "Array.from(document.querySelectorAll('[data-testid=source]'), e => \
+         [e.dataset.pod, e.dataset.container, e.dataset.file])",
+    );
+    assert_eq!(
+        pods,
+        serde_json::json!([
+            ["web-1", "app", "app.log"],
+            ["web-2", "app", "app.log"],
+            ["worker-1", "app", "app.log"]
+        ])
+    );
+    let counts = "JSON.stringify(Array.from(document.querySelectorAll('[data-testid=source]'), \
+                  e => e.querySelector('[data-testid=count]').textContent))";
+    v.wait(&format!("{counts} === '[\"2\",\"3\",\"4\"]'"));
+    // Lines name their pod when there are several.
+    v.wait_line(&format!("{tag}-p2-3"));
+    let label = v.eval(&format!(
+        "Array.from(document.querySelectorAll('[data-testid=line]')).find(d => \
+         d.textContent.includes({})).querySelector('.s').textContent",
+        js_str(&format!("{tag}-p2-3"))
+    ));
+    assert_eq!(label, "worker-1/app/app.log");
+
+    // A pod's new lines move its counter.
+    sidecars[1].append("app.log", &numbered(&format!("{tag}-p1"), 3..6));
+    v.wait(&format!("{counts} === '[\"2\",\"6\",\"4\"]'"));
+    v.shot("aggregator.png");
+
+    // Selecting a pod filters by pod.
+    v.click("[data-testid=pod][data-pod='web-2']");
+    v.wait("new URLSearchParams(location.search).get('pod') === 'web-2'");
+    v.wait_line(&format!("{tag}-p1-5"));
+    let lines = v.lines();
+    assert_eq!(lines.len(), 6, "web-2's lines only: {lines:?}");
+    assert!(lines.iter().all(|l| l.contains(&format!("{tag}-p1-"))));
+}

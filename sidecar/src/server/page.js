@@ -40,6 +40,13 @@ const sources = new Map();   // key -> {ns, pod, container, file, lines, history
 const bySid = new Map();     // sid -> source key
 const stats = { received: 0, batches: 0, rendered: 0 };
 window.logstreamStats = stats; // read by the tests and the frame-time bench
+// What the view holds (every line, continuation lines included), its
+// notices and the cursor the URL carries: for the tests.
+stats.lines = () => items.flatMap(it => it.r ? [it.r.line, ...(it.cont || []).map(c => c.line)] : []);
+stats.notices = () => items.filter(it => it.notice !== undefined).map(it => it.notice);
+stats.items = () => items.length;
+stats.cursor = () => viewCursor;
+stats.follow = () => follow;
 
 function clamp(n, lo, hi) { return Math.min(hi, Math.max(lo, n)); }
 
