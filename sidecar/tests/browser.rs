@@ -460,7 +460,11 @@ fn sources_panel_lists_files_with_live_counters_and_selection_filters_the_stream
     let colours: Vec<(String, String)> = serde_json::from_value(colours).expect("colours");
     assert_eq!(colours.len(), 3);
     let distinct: std::collections::BTreeSet<&String> = colours.iter().map(|(_, c)| c).collect();
-    assert_eq!(distinct.len(), 3, "three sources, three colours: {colours:?}");
+    assert_eq!(
+        distinct.len(),
+        3,
+        "three sources, three colours: {colours:?}"
+    );
     let line_colours = v.eval(
         "Array.from(document.querySelectorAll('[data-testid=line] .s'), s => [s.textContent, \
          getComputedStyle(s).color])",
@@ -469,7 +473,11 @@ fn sources_panel_lists_files_with_live_counters_and_selection_filters_the_stream
         serde_json::from_value(line_colours).expect("line colours");
     assert!(!line_colours.is_empty());
     for (file, c) in &line_colours {
-        let want = &colours.iter().find(|(f, _)| f == file).expect("known file").1;
+        let want = &colours
+            .iter()
+            .find(|(f, _)| f == file)
+            .expect("known file")
+            .1;
         assert_eq!(c, want, "lines of {file} take its panel colour");
     }
 
@@ -561,4 +569,330 @@ fn aggregator_source_panel_shows_the_pods_of_three_sidecars() {
     let lines = v.lines();
     assert_eq!(lines.len(), 6, "web-2's lines only: {lines:?}");
     assert!(lines.iter().all(|l| l.contains(&format!("{tag}-p1-"))));
+}
+
+#[test]
+fn lines_show_json_fields_logfmt_keys_grouped_stack_traces_and_either_time_zone() {
+    let server = Server::start(&[]);
+    let tag = unique("render");
+    server.append(
+        "app.log",
+        &format!(
+            "{{\"level\":\"info\",\"msg\":\"{tag} order placed\",\"order_id\":4711,\"user\":\"ada\",\"items\":[1,2]}}\n\
+             level=warn msg=\"{tag} slow query\" duration_ms=812 table=orders\n\
+             2026-01-01T12:00:00Z ERROR {tag} request failed\n\
+             java.lang.IllegalStateException: boom\n\
+             \tat com.shop.Orders.place(Orders.java:42)\n\
+             \tat com.shop.Api.handle(Api.java:7)\n\
+             Caused by: java.io.IOException: disk\n\
+             \t... 12 more\n\
+             2026-01-01T12:00:01Z ERROR {tag} worker crashed\n\
+             Traceback (most recent call last):\n\
+             \x20 File \"worker.py\", line 3, in <module>\n\
+             \x20   run()\n\
+             ValueError: bad input\n\
+             2026-01-01T12:00:02Z INFO {tag} after the traces\n"
+        ),
+    );
+    server.wait_metric("logstream_history_records", 14.0);
+
+    let mut v = Viewer::start();
+    v.open(&server.url("/"));
+    v.wait_line(&format!("{tag} after the traces"));
+    // Rows of the view: five heads, each trace folded into its first line.
+    let rows = "Array.from(document.querySelectorAll('[data-testid=line]'), d => d.querySelector('.x') ? d.querySelector('.x').textContent : d.textContent)";
+    let shown: Vec<String> = serde_json::from_value(v.eval(rows)).expect("rows");
+    assert_eq!(shown.len(), 5, "stack traces are grouped: {shown:?}");
+    // A JSON line's fields, and each trace folded under its log line.
+    let expanders =
+        v.eval("Array.from(document.querySelectorAll('[data-testid=expand]'), e => e.textContent)");
+    assert_eq!(
+        expanders,
+        serde_json::json!(["▸ 4 fields", "▸ +5 lines", "▸ +4 lines"])
+    );
+    assert_eq!(
+        shown[0],
+        format!("{tag} order placed"),
+        "a JSON line shows its message"
+    );
+
+    // logfmt keys are marked.
+    let keys = v.eval(&format!(
+        "Array.from(Array.from(document.querySelectorAll('[data-testid=line]')).find(d => \
+         d.textContent.includes({})).querySelectorAll('.x .k'), k => k.textContent)",
+        js_str(&format!("{tag} slow query"))
+    ));
+    assert_eq!(
+        keys,
+        serde_json::json!(["level", "msg", "duration_ms", "table"])
+    );
+
+    // Expanding the JSON line lists its fields, one row each.
+    v.click("[data-testid=expand] >> nth=0");
+    v.wait("document.querySelectorAll('[data-testid=field]').length === 4");
+    let fields =
+        v.eval("Array.from(document.querySelectorAll('[data-testid=field]'), d => d.textContent)");
+    assert_eq!(
+        fields,
+        serde_json::json!(["level: info", "order_id: 4711", "user: ada", "items: [1,2]"])
+    );
+    v.shot("json-expanded.png");
+    v.click("[data-testid=expand] >> nth=0");
+    v.wait("document.querySelectorAll('[data-testid=field]').length === 0");
+
+    // Expanding the Java trace shows its lines; collapsing hides them.
+    v.click("[data-testid=expand] >> nth=1");
+    v.wait("document.querySelectorAll('[data-testid=line].cont').length === 5");
+    let trace = v.eval(
+        "Array.from(document.querySelectorAll('[data-testid=line].cont'), d => d.textContent)",
+    );
+    assert_eq!(
+        trace,
+        serde_json::json!([
+            "java.lang.IllegalStateException: boom",
+            "\tat com.shop.Orders.place(Orders.java:42)",
+            "\tat com.shop.Api.handle(Api.java:7)",
+            "Caused by: java.io.IOException: disk",
+            "\t... 12 more"
+        ])
+    );
+    v.shot("stacktrace.png");
+    v.click("[data-testid=expand] >> nth=1");
+    v.wait("document.querySelectorAll('[data-testid=line].cont').length === 0");
+
+    // Local time (the browser is in Asia/Kolkata) or UTC, as the record's ts.
+    let time = "(() => { const t = document.querySelector('[data-testid=line] .t'); \
+                return [t.textContent, t.title.slice(11, 23)]; })()";
+    let (local, utc): (String, String) = serde_json::from_value(v.eval(time)).expect("time");
+    assert_ne!(local, utc, "local time is shown first");
+    v.click("[data-testid=tz]");
+    v.wait("new URLSearchParams(location.search).get('tz') === 'utc'");
+    let (shown_utc, utc): (String, String) = serde_json::from_value(v.eval(time)).expect("time");
+    assert_eq!(shown_utc, utc, "UTC is the record's own time");
+}
+
+impl Viewer {
+    fn select(&mut self, sel: &str, value: &str) {
+        self.call(serde_json::json!({"op": "select", "sel": sel, "value": value}));
+    }
+    fn wait_lines(&mut self, want: &[String]) {
+        self.wait(&format!(
+            "JSON.stringify(window.logstreamStats.lines()) === {}",
+            js_str(&serde_json::to_string(want).expect("lines serialise"))
+        ));
+    }
+}
+
+#[test]
+fn find_filters_on_the_server_highlights_matches_and_shows_regex_errors_in_place() {
+    let server = Server::start(&[]);
+    let tag = unique("find");
+    let line = |level: &str, text: &str| format!("2026-01-01T12:00:00Z {level} {tag} {text}");
+    let (one, two, three, four) = (
+        line("INFO", "alpha one"),
+        line("INFO", "beta two"),
+        line("INFO", "ALPHA three"),
+        line("WARN", "alpha four"),
+    );
+    server.append("app.log", &format!("{one}\n{two}\n{three}\n{four}\n"));
+    server.wait_metric("logstream_history_records", 4.0);
+
+    let mut v = Viewer::start();
+    v.open(&server.url("/"));
+    v.wait_lines(&[one.clone(), two.clone(), three.clone(), four.clone()]);
+
+    // Case-sensitive by default: the server filters, the page marks.
+    v.fill("[data-testid=grep]", "alpha");
+    v.wait("new URLSearchParams(location.search).get('grep') === 'alpha'");
+    v.wait_lines(&[one.clone(), four.clone()]);
+    let marks =
+        "Array.from(document.querySelectorAll('[data-testid=line] mark'), m => m.textContent)";
+    // (Rendered on the next frame: waited for, like the rest.)
+    v.wait(&format!(
+        "JSON.stringify({marks}) === '[\"alpha\",\"alpha\"]'"
+    ));
+
+    // Either case.
+    v.click("[data-testid=case]");
+    v.wait("new URLSearchParams(location.search).get('icase') === '1'");
+    v.wait_lines(&[one.clone(), three.clone(), four.clone()]);
+    v.wait(&format!(
+        "JSON.stringify({marks}) === '[\"alpha\",\"ALPHA\",\"alpha\"]'"
+    ));
+
+    // Levels.
+    v.select("[data-testid=level]", "warn+");
+    v.wait("new URLSearchParams(location.search).get('level') === 'warn+'");
+    v.wait_lines(std::slice::from_ref(&four));
+
+    // An invalid regex: the server's reason in place; the old filter streams on.
+    v.fill("[data-testid=grep]", "alpha(");
+    v.wait("!document.querySelector('[data-testid=find-error]').hidden");
+    let why = v.eval("document.querySelector('[data-testid=find-error]').textContent");
+    assert!(
+        why.as_str()
+            .is_some_and(|w| w.starts_with("grep: invalid regular expression")),
+        "the server's message: {why}"
+    );
+    assert_eq!(v.url_param("grep").as_deref(), Some("alpha"));
+    let live = line("ERROR", "Alpha live");
+    server.append("app.log", &format!("{live}\n"));
+    v.wait_lines(&[four.clone(), live.clone()]);
+    // Fixing it clears the message.
+    v.fill("[data-testid=grep]", "live");
+    v.wait("document.querySelector('[data-testid=find-error]').hidden");
+    v.wait_lines(std::slice::from_ref(&live));
+}
+
+#[test]
+fn follow_stops_on_scroll_up_counts_new_lines_and_pause_holds_lines() {
+    let server = Server::start(&[]);
+    let tag = unique("flow");
+    server.append("app.log", &numbered(&tag, 0..300));
+    server.wait_metric("logstream_history_records", 300.0);
+
+    let mut v = Viewer::start();
+    v.open(&server.url("/"));
+    v.wait_line(&format!("{tag}-299 "));
+    let last_visible = |n: usize| {
+        format!(
+            "(() => {{ const log = document.getElementById('log'); \
+             const d = Array.from(document.querySelectorAll('[data-testid=line]')).find(d => \
+             d.textContent.includes({})); if (!d) return false; const top = d.offsetTop; \
+             return top >= log.scrollTop && top + d.offsetHeight <= log.scrollTop + log.clientHeight + 1; }})()",
+            js_str(&format!("{tag}-{n} "))
+        )
+    };
+    v.wait(&last_visible(299));
+    assert_eq!(v.eval("window.logstreamStats.follow()"), true);
+
+    // Scrolling up stops following; new lines are counted, not scrolled to.
+    v.call(serde_json::json!({"op": "wheel", "dy": -3000}));
+    v.wait(
+        "!window.logstreamStats.follow() && !document.querySelector('[data-testid=jump]').hidden",
+    );
+    assert_eq!(
+        v.eval("document.querySelector('[data-testid=follow]').getAttribute('aria-pressed')"),
+        "false"
+    );
+    server.append("app.log", &numbered(&tag, 300..305));
+    v.wait("document.querySelector('[data-testid=jump]').textContent === '5 new lines — jump to latest'");
+    assert_eq!(v.eval(&last_visible(304)), false);
+    v.click("[data-testid=jump]");
+    v.wait(&last_visible(304));
+    v.wait("window.logstreamStats.follow() && document.querySelector('[data-testid=jump]').hidden");
+
+    // Keyboard: f toggles follow, / goes to the search box.
+    v.press("f");
+    v.wait("!window.logstreamStats.follow()");
+    v.press("f");
+    v.wait("window.logstreamStats.follow()");
+    v.press("/");
+    v.wait("document.activeElement && document.activeElement.id === 'grep'");
+    v.press("Escape");
+    v.wait("document.activeElement === document.body");
+
+    // Space pauses: lines are held and counted, then shown.
+    v.press(" ");
+    v.wait("document.querySelector('[data-testid=pause]').getAttribute('aria-pressed') === 'true'");
+    server.append("app.log", &numbered(&tag, 305..308));
+    v.wait("document.querySelector('[data-testid=held]').textContent === '3 held'");
+    assert!(
+        !v.lines().iter().any(|l| l.contains(&format!("{tag}-305 "))),
+        "held lines are not shown while paused"
+    );
+    v.press(" ");
+    v.wait_line(&format!("{tag}-307 "));
+    v.wait("document.querySelector('[data-testid=held]').hidden");
+    let lines = v.lines();
+    assert_eq!(lines.len(), 308, "every line once");
+}
+
+#[test]
+fn the_url_holds_filters_and_cursor_so_a_reload_resumes_where_it_was() {
+    let server = Server::start(&[]);
+    let tag = unique("url");
+    server.append("app.log", &numbered(&tag, 0..6));
+    server.append("other.log", &numbered("other", 0..2));
+    server.wait_metric("logstream_history_records", 8.0);
+
+    let mut v = Viewer::start();
+    v.open(&server.url("/"));
+    v.fill("[data-testid=grep]", &tag);
+    v.wait_line(&format!("{tag}-5 "));
+    v.wait(
+        "new URLSearchParams(location.search).get('grep') !== null && \
+         new URLSearchParams(location.search).get('resume') === window.logstreamStats.cursor() && \
+         window.logstreamStats.cursor() !== ''",
+    );
+    let url = v.eval("location.href");
+    v.call(serde_json::json!({"op": "reload"}));
+    v.wait("document.getElementById('status').textContent === 'live'");
+    assert_eq!(v.eval("location.href"), url, "the reload kept the URL");
+    assert_eq!(
+        v.eval("document.getElementById('grep').value"),
+        serde_json::json!(tag)
+    );
+    // Lines written after the cursor arrive; those before it do not repeat.
+    server.append("app.log", &numbered(&tag, 6..8));
+    v.wait_line(&format!("{tag}-7 "));
+    let lines = v.lines();
+    assert_eq!(
+        lines,
+        vec![
+            format!("2026-01-01T12:00:00Z INFO {tag}-6 ok"),
+            format!("2026-01-01T12:00:00Z INFO {tag}-7 ok")
+        ]
+    );
+    assert_eq!(v.notices(), vec!["resumed, nothing lost".to_string()]);
+}
+
+#[test]
+fn a_server_restart_shows_reconnecting_then_resumes_without_duplicates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("logs");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&dir).expect("logs dir");
+    let args = |listen: &str| -> Vec<String> {
+        [
+            "serve",
+            "--dir",
+            dir.to_str().expect("utf-8 path"),
+            "--listen",
+            listen,
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let first_args = args("127.0.0.1:0");
+    let first: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let mut server = Server::spawn(&dir, &first);
+    let tag = unique("restart");
+    server.append("app.log", &numbered(&tag, 0..20));
+    server.wait_metric("logstream_history_records", 20.0);
+
+    let mut v = Viewer::start();
+    v.open(&server.url("/"));
+    v.wait_line(&format!("{tag}-19 "));
+
+    server.signal("TERM");
+    assert!(server.wait_exit().success());
+    v.wait("window.logstreamStats.notices().some(n => n.startsWith('reconnecting…'))");
+    v.wait("document.getElementById('status').textContent === 'reconnecting…'");
+    // Written while no server runs.
+    server.append("app.log", &numbered(&tag, 20..30));
+
+    let again_args = args(&server.addr);
+    let again: Vec<&str> = again_args.iter().map(String::as_str).collect();
+    let server = Server::spawn(&dir, &again);
+    server.append("app.log", &numbered(&tag, 30..32));
+    v.wait_line(&format!("{tag}-31 "));
+    v.wait("window.logstreamStats.notices().includes('resumed, nothing lost')");
+    let want: Vec<String> = (0..32)
+        .map(|i| format!("2026-01-01T12:00:00Z INFO {tag}-{i} ok"))
+        .collect();
+    assert_eq!(v.lines(), want, "every line once, in order");
+    v.shot("reconnect.png");
 }

@@ -13,6 +13,7 @@
 //   click {sel, nth?}       click the nth (0) element matching sel
 //   fill {sel, text}        type into an input and press Enter
 //   press {key}             a key press on the page (keyboard shortcuts)
+//   select {sel, value}     choose an option of a <select>
 //   wheel {dy}              mouse wheel over the line list
 //   download {sel}          click sel, answer {name, text} of the download
 //   shot {path, full?}      screenshot (PNG)
@@ -79,6 +80,7 @@ async function main() {
       case "click": await page.locator(c.sel).nth(c.nth || 0).click(); return true;
       case "fill": { const l = page.locator(c.sel); await l.fill(c.text); await l.press("Enter"); return true; }
       case "press": await page.keyboard.press(c.key); return true;
+      case "select": await page.locator(c.sel).selectOption(c.value); return true;
       case "wheel": {
         const box = await page.locator("#log").boundingBox();
         await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);

@@ -29,7 +29,8 @@ const opt = {
 let cursor = params.get("resume") || "";  // last cursor received
 let viewCursor = cursor;                   // cursor of the last batch shown (the URL's)
 let ws = null, retry = 500, retryTimer = 0, everOpen = false, reconnecting = false, settleNotice = null;
-let pending = null;          // a subscribe sent, not yet answered: {sub, buffered: []}
+let pending = [];            // filters of subscribes sent, not yet answered, oldest first
+let buffered = [];           // records and gaps that arrived meanwhile
 let items = [];              // what the view holds, oldest first
 let openRows = 0;            // extra rows of expanded items
 let starts = null;           // row index of each item, when openRows > 0
@@ -91,8 +92,9 @@ function append(recs) {
 
 function isCont(head, line) {
   if (CONT.test(line)) return true;
-  // Python's last line ("ValueError: boom") closes its traceback.
-  return !!head.cont && EXC.test(line) && head.cont.some(c => c.line.startsWith("Traceback"));
+  // An exception line after an error's line (Java's `x.y.SomeException: why`
+  // before its `at` lines), or closing a Python traceback (`ValueError: why`).
+  return EXC.test(line) && (!!head.cont || /^(?:warn|error|fatal)$/.test(head.r.level || ""));
 }
 
 function notice(text, cls) {
@@ -237,6 +239,13 @@ function lineRow(it) {
   const x = el("span", "x");
   richText(x, v.text, v.keys);
   d.append(x);
+  const n = (it.cont ? it.cont.length : 0), f = v.fields ? v.fields.length : 0;
+  if (n || f) {
+    const more = el("span", "more", (it.open ? "▾ " : "▸ ") + (n ? "+" + n + " lines" : f + " fields"));
+    more.dataset.testid = "expand";
+    d.append(more);
+    d.classList.add("expandable");
+  }
   if (v.fields && v.fields.length && !it.open) {
     const fs = el("span", "fs");
     fs.append("  ");
@@ -245,13 +254,6 @@ function lineRow(it) {
       fs.append(el("span", "k", k), "=" + (val.length > 80 ? val.slice(0, 80) + "…" : val));
     });
     d.append(fs);
-  }
-  const n = (it.cont ? it.cont.length : 0), f = v.fields ? v.fields.length : 0;
-  if (n || f) {
-    const more = el("span", "more", (it.open ? "▾ " : "▸ ") + (n ? "+" + n + " lines" : f + " fields"));
-    more.dataset.testid = "expand";
-    d.append(more);
-    d.classList.add("expandable");
   }
   d.title = r.line.length > MAX_TEXT ? r.line.slice(0, MAX_TEXT) + "…" : r.line;
   return d;
@@ -330,7 +332,6 @@ logEl.addEventListener("click", e => {
   it.open = !it.open;
   openRows += extra(it) - before;
   starts = null;
-  if (it.open && follow && Number(row.dataset.i) < items.length - 1) setFollow(false);
   dirty = true;
 });
 
@@ -561,15 +562,18 @@ function connect() {
   sock.onopen = () => { opened = true; everOpen = true; retry = 500; setStatus("live", true); };
   sock.onmessage = ev => {
     const m = JSON.parse(ev.data);
-    if (pending && (m.type === "records" || m.type === "gap")) { pending.buffered.push(m); return; }
+    if (pending.length && (m.type === "records" || m.type === "gap")) { buffered.push(m); return; }
     handle(m);
   };
   sock.onclose = ev => {
     if (ws !== sock) return;
     ws = null;
-    if (pending) { replay(pending.buffered); pending = null; }
-    if (!opened && !everOpen) { explainRefusal(); return; }
-    if (!opened) { schedule(); return; }
+    if (pending.length) {
+      // Unanswered: the next connection opens with the newest filters.
+      apply(pending[pending.length - 1]);
+      pending = []; buffered = [];
+    }
+    if (!opened) { explainRefusal(); return; }
     setStatus("reconnecting…");
     if (!reconnecting) { reconnecting = true; settleNotice = notice("reconnecting… (" + (ev.reason || "closed " + ev.code) + ")"); }
     schedule();
@@ -639,8 +643,9 @@ function handle(m) {
       notice("gap: " + m.missed + " lines skipped (" + m.reason.replace("_", " ") + ")", "gap");
       break;
     case "subscribed":
-      // Ends a pending subscribe: the view restarts with the new filters.
-      if (pending) { const p = pending; pending = null; apply(p.next); }
+      // Ends a pending subscribe: the view restarts with the new filters
+      // (what arrived before belonged to the old ones).
+      if (pending.length) { apply(pending.shift()); buffered = []; }
       cursor = m.cursor;
       break;
     case "draining":
@@ -651,12 +656,11 @@ function handle(m) {
       setStatus("moving…");
       break;
     case "error":
-      if (pending) {
+      if (pending.length) {
         // The new filters were refused; the old ones still stream.
+        pending.shift();
         showFindError(m.message);
-        const p = pending;
-        pending = null;
-        replay(p.buffered);
+        if (!pending.length) { const b = buffered; buffered = []; replay(b); }
       } else notice("error: " + m.message, "error");
       break;
   }
@@ -674,15 +678,15 @@ function showFindError(text) {
 // New filters: over the open socket (an invalid one is answered in place
 // and the old filters keep streaming), else on the next connection.
 function resubscribe(change) {
-  const next = Object.assign({}, opt, change);
+  const next = Object.assign({}, pending.length ? pending[pending.length - 1] : opt, change);
   const sub = { type: "subscribe", tail: opt.tail };
   for (const k of ["file", "pod", "container", "level"]) if (next[k]) sub[k] = next[k];
   if (next.grep) sub.grep = grepWire(next.grep, next.icase);
-  if (ws && ws.readyState === WebSocket.OPEN && !pending) {
-    pending = { buffered: [], next }; // applied when "subscribed" arrives
+  if (ws && ws.readyState === WebSocket.OPEN) {
+    pending.push(next); // applied when its "subscribed" arrives
     ws.send(JSON.stringify(sub));
   } else {
-    pending = null;
+    pending = []; buffered = [];
     apply(next);
     if (ws) { const old = ws; ws = null; old.close(); }
     clearTimeout(retryTimer);
@@ -754,7 +758,6 @@ capEl.value = String(opt.cap);
 $("tz").textContent = opt.utc ? "UTC" : "local";
 
 grepEl.addEventListener("change", () => resubscribe({ grep: grepEl.value.trim() }));
-grepEl.addEventListener("keydown", e => { if (e.key === "Enter") grepEl.dispatchEvent(new Event("change")); });
 caseEl.addEventListener("change", () => resubscribe({ icase: !caseEl.checked, grep: grepEl.value.trim() }));
 levelEl.addEventListener("change", () => resubscribe({ level: levelEl.value }));
 capEl.addEventListener("change", () => { opt.cap = clamp(Number(capEl.value) || 20000, 100, 200000); capEl.value = String(opt.cap); dirty = true; syncUrl(); });
