@@ -35,7 +35,7 @@ let items = [];              // what the view holds, oldest first
 let openRows = 0;            // extra rows of expanded items
 let starts = null;           // row index of each item, when openRows > 0
 let follow = true, paused = false, held = [], heldCursor = "", newLines = 0;
-let dirty = true, lastUrlAt = 0, role = "";
+let dirty = true, lastUrlAt = 0, role = "", droppedRows = 0;
 let hl = null;               // RegExp of the grep, for highlighting
 const sources = new Map();   // key -> {ns, pod, container, file, lines, history, last_ts, gone}
 const bySid = new Map();     // sid -> source key
@@ -88,6 +88,7 @@ function append(recs) {
     items.push({ r, key, open: false, cont: null, view: null });
     if (!follow) newLines++;
   }
+  droppedRows += trim();
 }
 
 function isCont(head, line) {
@@ -308,7 +309,8 @@ function render() {
 
 function frame() {
   requestAnimationFrame(frame);
-  const dropped = trim();
+  const dropped = droppedRows + trim();
+  droppedRows = 0;
   if (dropped && !follow) logEl.scrollTop = Math.max(0, logEl.scrollTop - dropped * RH);
   if (sourcesDirty) renderSources();
   if (dirty || dropped) { dirty = false; render(); }
