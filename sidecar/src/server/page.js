@@ -39,7 +39,7 @@ let dirty = true, lastUrlAt = 0, role = "", droppedRows = 0;
 let hl = null;               // RegExp of the grep, for highlighting
 const sources = new Map();   // key -> {ns, pod, container, file, lines, history, last_ts, gone}
 const bySid = new Map();     // sid -> source key
-const stats = { received: 0, batches: 0, rendered: 0 };
+const stats = { received: 0, missed: 0, batches: 0, rendered: 0 };
 window.logstreamStats = stats; // read by the tests and the frame-time bench
 // What the view holds (every line, continuation lines included), its
 // notices and the cursor the URL carries: for the tests.
@@ -642,6 +642,7 @@ function handle(m) {
       break;
     case "gap":
       if (settleNotice) { settleNotice.notice = "resumed"; settleNotice = null; }
+      stats.missed += m.missed;
       notice("gap: " + m.missed + " lines skipped (" + m.reason.replace("_", " ") + ")", "gap");
       break;
     case "subscribed":
