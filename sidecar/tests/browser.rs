@@ -1116,3 +1116,152 @@ fn downloads_themes_and_a_page_that_runs_no_log_text() {
     v.wait(&format!("{bg} === 'rgb(17, 19, 22)'"));
     v.shot("dark.png");
 }
+
+/// The README's pictures: realistic logs on a sidecar and an aggregator.
+/// Not a behaviour test (the others are); run it to refresh them:
+/// `LOGSTREAM_SCREENSHOTS=docs/screenshots cargo test -p logstream --test
+/// browser readme_screenshots -- --ignored` (from sidecar/, the path is
+/// relative to it: use an absolute one).
+#[test]
+#[ignore = "makes the README's screenshots; run on demand"]
+fn readme_screenshots() {
+    let server = Server::start(&[]);
+    server.append(
+        "api/access.log",
+        "10.0.3.17 - - [05/Dec/2026:10:31:02 +0000] \"GET /api/orders/4711 HTTP/1.1\" 200 812 \"-\" \"shop-web/2.3\"\n\
+         10.0.3.17 - - [05/Dec/2026:10:31:02 +0000] \"POST /api/cart HTTP/1.1\" 201 97 \"-\" \"shop-web/2.3\"\n\
+         10.0.7.2 - - [05/Dec/2026:10:31:03 +0000] \"GET /healthz HTTP/1.1\" 200 3 \"-\" \"kube-probe/1.34\"\n",
+    );
+    server.append(
+        "api/app.log",
+        "{\"level\":\"info\",\"ts\":\"2026-12-05T10:31:02.114Z\",\"msg\":\"order placed\",\"order_id\":4711,\"user\":\"ada\",\"total_eur\":129.9,\"items\":3,\"trace_id\":\"4bf92f3577b34da6\"}\n\
+         {\"level\":\"debug\",\"ts\":\"2026-12-05T10:31:02.120Z\",\"msg\":\"cache hit\",\"key\":\"cart:ada\",\"age_ms\":412}\n\
+         {\"level\":\"warn\",\"ts\":\"2026-12-05T10:31:02.388Z\",\"msg\":\"payment provider slow\",\"provider\":\"acme-pay\",\"latency_ms\":2380}\n",
+    );
+    server.append(
+        "payments.log",
+        "2026-12-05 10:31:03.002 INFO  [http-nio-8080-exec-4] c.s.p.PaymentService : charging order 4711 (129.90 EUR)\n\
+         2026-12-05 10:31:05.391 ERROR [http-nio-8080-exec-4] c.s.p.PaymentService : charge failed for order 4711\n\
+         com.shop.payments.ProviderException: acme-pay answered 503\n\
+         \tat com.shop.payments.AcmeClient.charge(AcmeClient.java:88)\n\
+         \tat com.shop.payments.PaymentService.charge(PaymentService.java:41)\n\
+         \tat com.shop.api.OrderController.pay(OrderController.java:112)\n\
+         Caused by: java.net.SocketTimeoutException: Read timed out\n\
+         \tat java.base/java.net.SocketInputStream.read(SocketInputStream.java:168)\n\
+         \t... 31 more\n\
+         2026-12-05 10:31:05.402 INFO  [http-nio-8080-exec-4] c.s.p.PaymentService : order 4711 queued for retry in 30s\n",
+    );
+    server.append(
+        "worker/worker.log",
+        "time=2026-12-05T10:31:04Z level=info msg=\"job started\" job=invoice-pdf order=4711 queue=default\n\
+         time=2026-12-05T10:31:04Z level=error msg=\"job failed\" job=invoice-pdf order=4711 attempt=1\n\
+         Traceback (most recent call last):\n\
+         \x20 File \"/app/worker/jobs.py\", line 57, in run\n\
+         \x20   pdf = render(order)\n\
+         \x20 File \"/app/worker/pdf.py\", line 12, in render\n\
+         \x20   raise ValueError(f\"missing VAT id for {order.customer}\")\n\
+         ValueError: missing VAT id for ada\n\
+         time=2026-12-05T10:31:05Z level=info msg=\"job retried\" job=invoice-pdf order=4711 delay=30s\n",
+    );
+    server.wait_metric("logstream_history_records", 25.0);
+
+    let mut v = Viewer::start();
+    v.open(&server.url("/"));
+    v.wait_line("job retried");
+    v.wait("document.querySelectorAll('[data-testid=source]').length === 4");
+    v.shot("sidecar.png");
+    // The Java trace, expanded.
+    v.click("[data-testid=line]:has-text('charge failed') [data-testid=expand]");
+    v.wait("document.querySelectorAll('[data-testid=line].cont').length === 7");
+    v.shot("stacktrace.png");
+    v.click("[data-testid=line]:has-text('charge failed') [data-testid=expand]");
+    v.click("[data-testid=line]:has-text('order placed') [data-testid=expand]");
+    v.wait("document.querySelectorAll('[data-testid=field]').length > 0");
+    v.fill("[data-testid=grep]", "order|4711");
+    v.wait("document.querySelectorAll('[data-testid=line] mark').length > 0");
+    v.click("[data-testid=line]:has-text('order placed') [data-testid=expand]");
+    v.wait("document.querySelectorAll('[data-testid=field]').length > 0");
+    v.shot("json-expanded.png");
+    v.call(serde_json::json!({"op": "scheme", "value": "dark"}));
+    v.wait("getComputedStyle(document.body).backgroundColor === 'rgb(17, 19, 22)'");
+    v.shot("dark.png");
+
+    let pods = [
+        ("checkout-7d9f6c-x2k4q", "checkout"),
+        ("checkout-7d9f6c-pq8zn", "checkout"),
+        ("payments-5c6b8d-9wq2d", "payments"),
+    ];
+    let sidecars: Vec<Server> = pods
+        .iter()
+        .map(|(pod, _)| Server::sidecar("shop", pod, &[]))
+        .collect();
+    for (i, (s, (_, app))) in sidecars.iter().zip(pods).enumerate() {
+        for n in 0..6 {
+            s.append(
+                "app.log",
+                &format!(
+                    "level={} msg=\"{}\" app={app} request_id=r{i}{n:03} duration_ms={}\n",
+                    if n == 4 && i == 2 {
+                        "error"
+                    } else if n == 2 {
+                        "warn"
+                    } else {
+                        "info"
+                    },
+                    [
+                        "request served",
+                        "cart updated",
+                        "slow downstream",
+                        "order placed",
+                        "charge failed",
+                        "retry queued"
+                    ][n],
+                    17 + n * 31 + i * 7
+                ),
+            );
+        }
+        s.append(
+            "access.log",
+            &format!("10.0.3.{i} - - \"GET /api/cart HTTP/1.1\" 200 97\n"),
+        );
+    }
+    let refs: Vec<&Server> = sidecars.iter().collect();
+    let agg = Server::aggregator(&refs, &["--reorder-window", "20ms"]);
+    agg.wait_metric("logstream_history_records", 21.0);
+    let mut v = Viewer::start();
+    v.open(&agg.url("/"));
+    v.wait("document.querySelectorAll('[data-testid=source]').length === 6");
+    v.wait("window.logstreamStats.lines().length === 21");
+    v.shot("aggregator.png");
+}
+
+#[test]
+fn aggregator_pods_leave_the_source_panel_when_their_lines_leave_the_history() {
+    let sidecars: Vec<Server> = ["web-1", "web-2", "web-3"]
+        .iter()
+        .map(|pod| Server::sidecar("shop", pod, &[]))
+        .collect();
+    let tag = unique("leave");
+    for (i, s) in sidecars.iter().enumerate() {
+        s.append("app.log", &numbered(&format!("{tag}-p{i}"), 0..3));
+    }
+    let refs: Vec<&Server> = sidecars.iter().collect();
+    let agg = Server::aggregator(&refs, &["--reorder-window", "20ms", "--buffer-lines", "20"]);
+    agg.wait_metric("logstream_history_records", 9.0);
+
+    let mut v = Viewer::start();
+    v.open(&agg.url("/"));
+    let pods = "JSON.stringify(Array.from(document.querySelectorAll('[data-testid=pod]'), e => e.dataset.pod))";
+    v.wait(&format!(
+        "{pods} === {}",
+        js_str(r#"["web-1","web-2","web-3"]"#)
+    ));
+    // web-1's lines push the others' out of the aggregator's history of 20:
+    // their pods leave the panel (struck through first, then gone).
+    sidecars[0].append("app.log", &numbered(&format!("{tag}-p0"), 3..30));
+    v.wait_line(&format!("{tag}-p0-29 "));
+    v.wait(&format!("{pods} === {}", js_str(r#"["web-1"]"#)));
+    // A pod that writes again comes back.
+    sidecars[2].append("app.log", &numbered(&format!("{tag}-p2"), 3..4));
+    v.wait(&format!("{pods} === {}", js_str(r#"["web-1","web-3"]"#)));
+}

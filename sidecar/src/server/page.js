@@ -34,7 +34,7 @@ let buffered = [];           // records and gaps that arrived meanwhile
 let items = [];              // what the view holds, oldest first
 let openRows = 0;            // extra rows of expanded items
 let starts = null;           // row index of each item, when openRows > 0
-let follow = true, paused = false, held = [], heldCursor = "", newLines = 0;
+let follow = true, paused = false, held = [], heldCursor = "", heldDropped = 0, newLines = 0;
 let dirty = true, lastUrlAt = 0, role = "", droppedRows = 0;
 let hl = null;               // RegExp of the grep, for highlighting
 const sources = new Map();   // key -> {ns, pod, container, file, lines, history, last_ts, gone}
@@ -59,17 +59,16 @@ const EXC = /^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)(?::|$)/;
 
 function srcKey(r) { return (r.ns || "") + "\u0000" + (r.pod || "") + "\u0000" + (r.container || "") + "\u0000" + (r.file || ""); }
 
+// A line's source joins the panel at once (counters come from /sources).
 function keyOf(r) {
   let k = bySid.get(r.sid);
-  if (k === undefined) {
-    k = srcKey(r);
-    bySid.set(r.sid, k);
-    if (!sources.has(k)) {
-      sources.set(k, { ns: r.ns || "", pod: r.pod || "", container: r.container || "", file: r.file || "",
-        lines: r.seq || 0, history: 0, last_ts: r.ts });
-      sourcesDirty = true;
-    }
-  }
+  if (k === undefined) { k = srcKey(r); bySid.set(r.sid, k); }
+  const s = sources.get(k);
+  if (!s) {
+    sources.set(k, { ns: r.ns || "", pod: r.pod || "", container: r.container || "", file: r.file || "",
+      lines: r.seq || 0, history: 1, last_ts: r.ts, gone: false });
+    sourcesDirty = true;
+  } else if (s.gone) { s.gone = false; sourcesDirty = true; }
   return k;
 }
 
@@ -355,10 +354,11 @@ function setPaused(on) {
 function showHeld() {
   const e = $("held");
   e.hidden = !paused;
-  e.textContent = held.length + " held";
+  e.textContent = held.length + " held" + (heldDropped ? " (" + heldDropped + " dropped)" : "");
 }
 
 function flushHeld() {
+  if (heldDropped) { notice("paused past the line cap: the oldest " + heldDropped + " held lines were dropped", "gap"); heldDropped = 0; }
   if (held.length) { append(held); held = []; dirty = true; }
   if (heldCursor) { viewCursor = heldCursor; heldCursor = ""; }
 }
@@ -631,7 +631,7 @@ function handle(m) {
       if (settleNotice) { settleNotice.notice = "resumed, nothing lost"; settleNotice.cls = "ok"; settleNotice = null; }
       if (paused) {
         held.push(...m.records);
-        if (held.length > opt.cap) held.splice(0, held.length - opt.cap);
+        if (held.length > opt.cap) { heldDropped += held.length - opt.cap; held.splice(0, held.length - opt.cap); }
         heldCursor = m.cursor;
         showHeld();
       } else {
@@ -699,7 +699,7 @@ function resubscribe(change) {
 
 function apply(next) {
   Object.assign(opt, next);
-  cursor = ""; viewCursor = ""; held = []; heldCursor = "";
+  cursor = ""; viewCursor = ""; held = []; heldCursor = ""; heldDropped = 0;
   settleNotice = null;
   clearView();
   setFollow(true);

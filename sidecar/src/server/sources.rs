@@ -39,8 +39,11 @@ pub struct SourceSummary {
 }
 
 /// The sources of `ring` that published at least one line, sorted by
-/// (namespace, pod, container, file). One pass over the history.
-pub fn summarise(ring: &Ring) -> Vec<SourceSummary> {
+/// (namespace, pod, container, file). One pass over the history. Without
+/// `keep_idle`, sources with no record left in the history are left out: on
+/// an aggregator, a pod that went away leaves the list when its last line
+/// leaves the history (a sidecar keeps listing the files it tails).
+pub fn summarise(ring: &Ring, keep_idle: bool) -> Vec<SourceSummary> {
     let n = ring.sources().len();
     let mut history = vec![0u64; n];
     let mut last_ts = vec![None::<i64>; n];
@@ -90,6 +93,7 @@ pub fn summarise(ring: &Ring) -> Vec<SourceSummary> {
     }
     merged
         .into_values()
+        .filter(|(sum, _)| keep_idle || sum.history > 0)
         .map(|(mut sum, ts)| {
             sum.last_ts = ts.map(format_ts);
             sum
@@ -112,7 +116,8 @@ pub async fn sources(
         return refused;
     }
     let hub = st.hub.clone();
-    match tokio::task::spawn_blocking(move || summarise(&hub.lock())).await {
+    let keep_idle = st.cfg.role != "aggregator";
+    match tokio::task::spawn_blocking(move || summarise(&hub.lock(), keep_idle)).await {
         Ok(list) => axum::Json(serde_json::json!({ "sources": list })).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -143,7 +148,7 @@ mod tests {
         let again = hub.source_with_id(src("app.log"), crate::protocol::SourceId(0xfeed));
         publish_lines(&hub, &again, &["d", "e"]);
 
-        let list = summarise(&hub.lock());
+        let list = summarise(&hub.lock(), true);
         let names: Vec<(&str, &str, u64, u64)> = list
             .iter()
             .map(|s| (s.pod.as_str(), s.file.as_str(), s.lines, s.history))
@@ -158,5 +163,31 @@ mod tests {
         let json = serde_json::to_value(&list[0]).unwrap();
         assert_eq!(json["file"], "db.log");
         assert!(json.get("service").is_none(), "empty fields are omitted");
+    }
+
+    #[test]
+    fn sources_whose_lines_left_the_history_are_left_out_unless_kept() {
+        let hub = small_hub(); // 100 records
+        let gone = hub.source(src("gone.log"));
+        let busy = hub.source(src("busy.log"));
+        publish_lines(&hub, &gone, &["bye"]);
+        let many: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        publish_lines(&hub, &busy, &many);
+
+        let files = |keep| -> Vec<(String, u64, u64, bool)> {
+            summarise(&hub.lock(), keep)
+                .into_iter()
+                .map(|s| (s.file, s.lines, s.history, s.last_ts.is_some()))
+                .collect()
+        };
+        assert_eq!(files(false), vec![("busy.log".into(), 100, 100, true)]);
+        assert_eq!(
+            files(true),
+            vec![
+                ("busy.log".into(), 100, 100, true),
+                ("gone.log".into(), 1, 0, false)
+            ]
+        );
     }
 }
