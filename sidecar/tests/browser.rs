@@ -990,6 +990,7 @@ fn page_keeps_up_with_10k_lines_per_second_with_bounded_rows() {
     // While it writes: lines keep arriving (each sample waits for 10,000
     // more), and the page holds at most `cap` lines and a screenful of rows.
     let mut samples = Vec::new();
+    let mut heaps = Vec::new();
     let mut want = 10_000;
     while !writer.is_finished() {
         v.wait(&format!(
@@ -997,10 +998,12 @@ fn page_keeps_up_with_10k_lines_per_second_with_bounded_rows() {
         ));
         let s = v.eval(
             "[window.logstreamStats.received + window.logstreamStats.missed, \
-             window.logstreamStats.items(), document.getElementById('spacer').childElementCount]",
+             window.logstreamStats.items(), document.getElementById('spacer').childElementCount, \
+             performance.memory ? performance.memory.usedJSHeapSize : 0]",
         );
-        let (received, items, rows): (u64, usize, usize) =
+        let (received, items, rows, heap): (u64, usize, usize, u64) =
             serde_json::from_value(s).expect("sample");
+        heaps.push(heap);
         assert!(items <= cap, "the page holds at most {cap} lines: {items}");
         assert!(
             rows <= 200,
@@ -1033,6 +1036,8 @@ fn page_keeps_up_with_10k_lines_per_second_with_bounded_rows() {
         "frames": report,
         "cdp_heap_start": heap_start,
         "cdp_heap_end": heap_end,
+        // performance.memory every 10,000 lines: flat once the cap is reached.
+        "heap_every_10k_lines": heaps,
     });
     eprintln!("viewer load: {summary}");
     let out = screenshot_path("viewer-load.json").with_file_name("viewer-load.json");
