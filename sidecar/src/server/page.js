@@ -236,16 +236,17 @@ function lineRow(it) {
   s.style.setProperty("--c", colour(it.key));
   d.append(t, " ", s, " ");
   if (r.level) d.append(el("span", "b", r.level.toUpperCase()), " ");
-  const x = el("span", "x");
-  richText(x, v.text, v.keys);
-  d.append(x);
+  // The expander before the text, so a long line's ellipsis never hides it.
   const n = (it.cont ? it.cont.length : 0), f = v.fields ? v.fields.length : 0;
   if (n || f) {
     const more = el("span", "more", (it.open ? "▾ " : "▸ ") + (n ? "+" + n + " lines" : f + " fields"));
     more.dataset.testid = "expand";
-    d.append(more);
+    d.append(more, " ");
     d.classList.add("expandable");
   }
+  const x = el("span", "x");
+  richText(x, v.text, v.keys);
+  d.append(x);
   if (v.fields && v.fields.length && !it.open) {
     const fs = el("span", "fs");
     fs.append("  ");
