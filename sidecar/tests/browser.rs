@@ -934,7 +934,7 @@ fn write_at_rate(path: &Path, tag: &str, rate: usize, seconds: f64) -> usize {
                 ),
             };
             buf.push_str(&line);
-            written += 1 + usize::from(i % 100 == 0);
+            written += 1 + usize::from(i.is_multiple_of(100));
         }
         f.write_all(buf.as_bytes()).expect("append load lines");
         if elapsed >= seconds {

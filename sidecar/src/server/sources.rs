@@ -36,7 +36,13 @@ pub struct SourceSummary {
     /// Time of its newest record in history (absent when none is left).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_ts: Option<String>,
+    /// `last_ts` in nanoseconds, while merging.
+    #[serde(skip)]
+    last_ns: Option<i64>,
 }
+
+/// (namespace, pod, container, file): what the page lists.
+type SourceKey = (String, String, String, String);
 
 /// The sources of `ring` that published at least one line, sorted by
 /// (namespace, pod, container, file). One pass over the history. Without
@@ -56,8 +62,7 @@ pub fn summarise(ring: &Ring, keep_idle: bool) -> Vec<SourceSummary> {
             *t = Some(t.map_or(e.ts_ns, |old: i64| old.max(e.ts_ns)));
         }
     }
-    let mut merged: BTreeMap<(String, String, String, String), (SourceSummary, Option<i64>)> =
-        BTreeMap::new();
+    let mut merged: BTreeMap<SourceKey, SourceSummary> = BTreeMap::new();
     for (i, info) in ring.sources().iter().enumerate() {
         let lines = ring.last_seq(info.slot);
         if lines == 0 {
@@ -70,17 +75,12 @@ pub fn summarise(ring: &Ring, keep_idle: bool) -> Vec<SourceSummary> {
             s.container.clone(),
             s.file.clone(),
         );
-        let (sum, ts) = merged.entry(key).or_insert_with(|| {
-            (
-                SourceSummary {
-                    ns: s.namespace.clone(),
-                    pod: s.pod.clone(),
-                    container: s.container.clone(),
-                    file: s.file.clone(),
-                    ..SourceSummary::default()
-                },
-                None,
-            )
+        let sum = merged.entry(key).or_insert_with(|| SourceSummary {
+            ns: s.namespace.clone(),
+            pod: s.pod.clone(),
+            container: s.container.clone(),
+            file: s.file.clone(),
+            ..SourceSummary::default()
         });
         if !s.service.is_empty() {
             sum.service = s.service.clone();
@@ -88,14 +88,14 @@ pub fn summarise(ring: &Ring, keep_idle: bool) -> Vec<SourceSummary> {
         sum.lines += lines;
         sum.history += history.get(i).copied().unwrap_or(0);
         if let Some(t) = last_ts.get(i).copied().flatten() {
-            *ts = Some(ts.map_or(t, |old| old.max(t)));
+            sum.last_ns = Some(sum.last_ns.map_or(t, |old| old.max(t)));
         }
     }
     merged
         .into_values()
-        .filter(|(sum, _)| keep_idle || sum.history > 0)
-        .map(|(mut sum, ts)| {
-            sum.last_ts = ts.map(format_ts);
+        .filter(|sum| keep_idle || sum.history > 0)
+        .map(|mut sum| {
+            sum.last_ts = sum.last_ns.map(format_ts);
             sum
         })
         .collect()
