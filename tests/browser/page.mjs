@@ -99,7 +99,9 @@ async function main() {
     const seen = async marker => {
       await step(`waiting ${TIMEOUT_MS} ms for a line containing ${JSON.stringify(marker)} in the page's lines`, () =>
         page.waitForFunction(
-          m => Array.from(document.querySelectorAll("[data-testid=line]"), d => d.textContent).some(t => t.includes(m)),
+          // A rendered row, or a line the page holds off screen (the list is virtual).
+          m => Array.from(document.querySelectorAll("[data-testid=line]"), d => d.textContent).some(t => t.includes(m)) ||
+            (window.logstreamStats?.lines() || []).some(t => t.includes(m)),
           marker, { timeout: TIMEOUT_MS }));
       out(`SEEN ${marker}`);
     };

@@ -21,6 +21,7 @@
 //   reload                  reload the page
 //   heap                    CDP Performance metrics: {JSHeapUsedSize, ...}
 //   header {url, name}      a response header of GET url (from the page)
+//   throttle {rate}         slow the page's CPU down rate times (1: full speed)
 // Every wait is bounded by PAGE_TIMEOUT_MS (default 30000). Browser console
 // errors go to stderr. It never downloads a browser (see page.mjs).
 
@@ -99,6 +100,11 @@ async function main() {
         if (!cdp) { cdp = await context.newCDPSession(page); await cdp.send("Performance.enable"); }
         const { metrics } = await cdp.send("Performance.getMetrics");
         return Object.fromEntries(metrics.map(m => [m.name, m.value]));
+      }
+      case "throttle": {
+        if (!cdp) { cdp = await context.newCDPSession(page); await cdp.send("Performance.enable"); }
+        await cdp.send("Emulation.setCPUThrottlingRate", { rate: c.rate });
+        return true;
       }
       case "header": {
         return await page.evaluate(async ([u, n]) => (await fetch(u)).headers.get(n), [c.url, c.name]);

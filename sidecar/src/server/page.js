@@ -28,7 +28,7 @@ const opt = {
 };
 let cursor = params.get("resume") || "";  // last cursor received
 let viewCursor = cursor;                   // cursor of the last batch shown (the URL's)
-let ws = null, retry = 500, retryTimer = 0, everOpen = false, reconnecting = false, settleNotice = null;
+let ws = null, retry = 500, retryTimer = 0, moveAfter = null, everOpen = false, reconnecting = false, settleNotice = null;
 let pending = [];            // filters of subscribes sent, not yet answered, oldest first
 let buffered = [];           // records and gaps that arrived meanwhile
 let items = [];              // what the view holds, oldest first
@@ -72,19 +72,26 @@ function keyOf(r) {
   return k;
 }
 
-// One item per line, or a line and its continuation lines (a stack trace).
+// One item per line, or a line and its continuation lines (a stack trace):
+// a continuation joins the last line of its own source, even when an
+// aggregator interleaved other sources' lines between them.
+const lastBySid = new Map(); // sid -> its newest item
 function append(recs) {
   for (const r of recs) {
     stats.received++;
     const key = keyOf(r);
-    const last = items[items.length - 1];
-    if (last && last.r && last.key === key && last.r.sid === r.sid && isCont(last, r.line)) {
-      if (!last.cont) last.cont = [];
-      if (last.cont.length < MAX_CONT) last.cont.push(r);
-      if (last.open) { openRows++; starts = null; }
+    const head = lastBySid.get(r.sid);
+    if (head && !head.dead && isCont(head, r.line)) {
+      if (!head.cont) head.cont = [];
+      if (head.cont.length < MAX_CONT) {
+        head.cont.push(r);
+        if (head.open) { openRows++; starts = null; }
+      }
       continue;
     }
-    items.push({ r, key, open: false, cont: null, view: null });
+    const it = { r, key, open: false, cont: null, view: null, dead: false };
+    items.push(it);
+    lastBySid.set(r.sid, it);
     if (!follow) newLines++;
   }
   droppedRows += trim();
@@ -108,13 +115,17 @@ function trim() {
   const over = items.length - opt.cap;
   if (over <= 0) return 0;
   let rows = over;
-  for (let i = 0; i < over; i++) if (items[i].open) { rows += extra(items[i]); openRows -= extra(items[i]); }
+  for (let i = 0; i < over; i++) {
+    const it = items[i];
+    it.dead = true;
+    if (it.open) { rows += extra(it); openRows -= extra(it); }
+  }
   items.splice(0, over);
   starts = null;
   return rows;
 }
 
-function clearView() { items = []; openRows = 0; starts = null; newLines = 0; dirty = true; }
+function clearView() { items = []; lastBySid.clear(); openRows = 0; starts = null; newLines = 0; dirty = true; }
 
 // Rows an item adds when expanded.
 function extra(it) { return it.open ? (it.cont ? it.cont.length : 0) + fieldsOf(it).length : 0; }
@@ -281,7 +292,7 @@ function render() {
   manyPods = podNames().length > 1;
   const total = rowCount();
   spacer.style.height = total * RH + "px";
-  if (follow) logEl.scrollTop = logEl.scrollHeight;
+  if (follow) { logEl.scrollTop = logEl.scrollHeight; ownTop = logEl.scrollTop; }
   const top = logEl.scrollTop, h = logEl.clientHeight;
   const first = Math.max(0, Math.floor(top / RH) - OVERSCAN);
   const last = Math.min(total, Math.ceil((top + h) / RH) + OVERSCAN);
@@ -311,14 +322,21 @@ function frame() {
   requestAnimationFrame(frame);
   const dropped = droppedRows + trim();
   droppedRows = 0;
-  if (dropped && !follow) logEl.scrollTop = Math.max(0, logEl.scrollTop - dropped * RH);
+  if (dropped && !follow) { logEl.scrollTop = Math.max(0, logEl.scrollTop - dropped * RH); ownTop = logEl.scrollTop; }
   if (sourcesDirty) renderSources();
   if (dirty || dropped) { dirty = false; render(); }
   const now = performance.now();
   if (now - lastUrlAt > URL_EVERY_MS) { lastUrlAt = now; syncUrl(); }
 }
 
+// Only the user's scrolling changes follow: scrolling up stops it, down to
+// the end starts it again. The page's own scrolls (to the end, or keeping
+// the view still as old lines are dropped) are told apart by position.
+let ownTop = -1;
 logEl.addEventListener("scroll", () => {
+  dirty = true;
+  if (logEl.scrollTop === ownTop) return;
+  ownTop = -1;
   const atBottom = logEl.scrollTop + logEl.clientHeight >= logEl.scrollHeight - RH;
   if (atBottom && !follow) setFollow(true);
   else if (!atBottom && follow) setFollow(false);
@@ -328,6 +346,8 @@ logEl.addEventListener("scroll", () => {
 logEl.addEventListener("click", e => {
   const row = e.target.closest(".l");
   if (!row || !row.classList.contains("expandable")) return;
+  // Selecting text is not a click on the row.
+  if (!e.target.classList.contains("more") && String(window.getSelection() || "") !== "") return;
   const it = items[Number(row.dataset.i)];
   if (!it || !it.r) return;
   const before = extra(it);
@@ -412,15 +432,18 @@ function anchored(re) {
   try { return new RegExp("^(?:" + re.replace(/\(\?P</g, "(?<") + ")$"); } catch (_) { return null; }
 }
 
-// Sources the current filters select (none when no source filter is set).
+// The filters asked for last (a subscribe may still be on its way).
+function wanted() { return pending.length ? pending[pending.length - 1] : opt; }
+
+// Sources the filters select (none when no source filter is set).
 function selectedKeys() {
-  const out = new Set();
-  if (!opt.file && !opt.pod && !opt.container) return out;
-  const f = opt.file ? globRegExp(opt.file) : null, p = opt.pod ? anchored(opt.pod) : null,
-    c = opt.container ? anchored(opt.container) : null;
+  const o = wanted(), out = new Set();
+  if (!o.file && !o.pod && !o.container) return out;
+  const f = o.file ? globRegExp(o.file) : null, p = o.pod ? anchored(o.pod) : null,
+    c = o.container ? anchored(o.container) : null;
   for (const [k, s] of sources) {
-    if ((!opt.file || (f && f.test(s.file))) && (!opt.pod || (p && p.test(s.pod))) &&
-        (!opt.container || (c && c.test(s.container)))) out.add(k);
+    if ((!o.file || (f && f.test(s.file))) && (!o.pod || (p && p.test(s.pod))) &&
+        (!o.container || (c && c.test(s.container)))) out.add(k);
   }
   return out;
 }
@@ -585,6 +608,7 @@ function connect() {
 
 function schedule() {
   clearTimeout(retryTimer);
+  if (moveAfter !== null) { retryTimer = setTimeout(connect, moveAfter); moveAfter = null; return; }
   retryTimer = setTimeout(connect, retry + Math.random() * retry);
   retry = Math.min(retry * 2, 10000);
 }
@@ -657,7 +681,9 @@ function handle(m) {
       if (ws) ws.send(JSON.stringify({ type: "ack", cursor: m.cursor }));
       break;
     case "reconnect":
+      // The server moves us (a draining aggregator): come back after its delay.
       setStatus("moving…");
+      moveAfter = Math.max(0, Number(m.after_ms) || 0);
       break;
     case "error":
       if (pending.length) {
@@ -682,10 +708,11 @@ function showFindError(text) {
 // New filters: over the open socket (an invalid one is answered in place
 // and the old filters keep streaming), else on the next connection.
 function resubscribe(change) {
-  const next = Object.assign({}, pending.length ? pending[pending.length - 1] : opt, change);
+  const next = Object.assign({}, wanted(), change);
   const sub = { type: "subscribe", tail: opt.tail };
   for (const k of ["file", "pod", "container", "level"]) if (next[k]) sub[k] = next[k];
   if (next.grep) sub.grep = grepWire(next.grep, next.icase);
+  sourcesDirty = true;
   if (ws && ws.readyState === WebSocket.OPEN) {
     pending.push(next); // applied when its "subscribed" arrives
     ws.send(JSON.stringify(sub));
