@@ -1341,3 +1341,50 @@ fn a_page_too_slow_for_the_stream_shows_the_gap_and_goes_on() {
     .expect("count");
     assert_eq!(counted, 20_002, "every line shown or counted in a gap");
 }
+
+#[test]
+fn the_page_passes_its_access_token_to_the_stream_and_the_source_list() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("logs");
+    std::fs::create_dir_all(&dir).expect("logs dir");
+    let args = [
+        "serve",
+        "--dir",
+        dir.to_str().expect("utf-8 path"),
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        "s3cret",
+    ];
+    let server = Server::spawn_env(&dir, &args, &[("LOGSTREAM_NO_LOOPBACK_EXEMPTION", "true")]);
+    let tag = unique("token");
+    server.append("app.log", &numbered(&tag, 0..2));
+    server.wait_metric("logstream_history_records", 2.0);
+    // The source list names files: it takes the token like the streams.
+    assert_eq!(
+        common::http_get(&server.addr, "/sources").map(|r| r.0),
+        Some(401)
+    );
+    let (code, body) =
+        common::http_get(&server.addr, "/sources?access_token=s3cret").expect("GET /sources");
+    assert_eq!(code, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(list["sources"][0]["file"], "app.log");
+    assert_eq!(list["sources"][0]["lines"], 2);
+
+    let mut v = Viewer::start();
+    // Without the token the page says why it shows nothing.
+    assert_eq!(
+        v.call(serde_json::json!({"op": "open", "url": server.url("/")})),
+        200
+    );
+    v.wait("window.logstreamStats.notices().some(n => n.includes('(401)'))");
+    // With it, the stream and the panel.
+    v.open(&server.url("/?access_token=s3cret"));
+    v.wait_line(&format!("{tag}-1 "));
+    v.wait(&format!(
+        "{SOURCE_COUNTS} === {}",
+        js_str(r#"{"app.log":"2"}"#)
+    ));
+    assert_eq!(v.url_param("access_token").as_deref(), Some("s3cret"));
+}

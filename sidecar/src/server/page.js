@@ -570,9 +570,13 @@ function streamQuery(withPosition) {
 
 function grepWire(g, icase) { return icase ? "(?i)" + g : g; }
 
+// A quantified group holding a quantifier ("(a+)+") can backtrack for ages
+// in the browser's engine (the server's is linear): not highlighted.
+const NESTED = /\([^)]*[+*}][^)]*\)\s*[+*{]/;
+
 function setHighlight() {
   hl = null;
-  if (!opt.grep) return;
+  if (!opt.grep || NESTED.test(opt.grep)) return;
   try { hl = new RegExp(opt.grep.replace(/\(\?P</g, "(?<"), opt.icase ? "gi" : "g"); } catch (_) { /* Rust-only syntax: no highlight */ }
 }
 

@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -101,6 +102,15 @@ pub fn summarise(ring: &Ring, keep_idle: bool) -> Vec<SourceSummary> {
         .collect()
 }
 
+/// How long a summary is served again: every open page polls, and each
+/// summary is a pass over the history under its lock, so a process makes
+/// at most one a second however many pages are open.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// The last summary: (hub it describes, when, the JSON).
+type Cached = Option<(usize, Instant, axum::body::Bytes)>;
+static LAST: Mutex<Cached> = Mutex::new(None);
+
 pub async fn sources(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -116,9 +126,26 @@ pub async fn sources(
         return refused;
     }
     let hub = st.hub.clone();
+    let id = Arc::as_ptr(&hub) as usize;
     let keep_idle = st.cfg.role != "aggregator";
-    match tokio::task::spawn_blocking(move || summarise(&hub.lock(), keep_idle)).await {
-        Ok(list) => axum::Json(serde_json::json!({ "sources": list })).into_response(),
+    let json = tokio::task::spawn_blocking(move || {
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((of, at, body)) = last.as_ref()
+            && *of == id
+            && at.elapsed() < FRESH
+        {
+            return body.clone();
+        }
+        let list = summarise(&hub.lock(), keep_idle);
+        let body = axum::body::Bytes::from(
+            serde_json::to_vec(&serde_json::json!({ "sources": list })).unwrap_or_default(),
+        );
+        *last = Some((id, Instant::now(), body.clone()));
+        body
+    })
+    .await;
+    match json {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("sources failed: {e}\n"),
