@@ -496,6 +496,8 @@ function renderSources() {
       li.append(el("span", "box", keys.every(k => sel.has(k)) ? "☑" : keys.some(k => sel.has(k)) ? "◩" : "☐"),
         el("span", "name", pod || "(local)"), el("span", "n", String(list.reduce((a, [, s]) => a + s.lines, 0))));
       if (list.every(([, s]) => s.gone)) li.classList.add("gone");
+      li.setAttribute("role", "checkbox");
+      li.setAttribute("aria-checked", keys.every(k => sel.has(k)) ? "true" : keys.some(k => sel.has(k)) ? "mixed" : "false");
       li.onclick = () => toggleSources(keys);
       frag.append(li);
     }
@@ -513,14 +515,17 @@ function renderSources() {
         el("span", "name", [s.container, s.file].filter(Boolean).join("/")), n);
       li.title = [s.ns, s.pod, s.container, s.file].filter(Boolean).join(" / ") +
         (s.last_ts ? "\nlast line " + s.last_ts : "") + (s.gone ? "\nno longer in this server's history" : "");
+      li.setAttribute("role", "checkbox");
+      li.setAttribute("aria-checked", String(sel.has(k)));
       li.onclick = () => toggleSources([k]);
       frag.append(li);
     }
   }
   ul.replaceChildren(frag);
   $("src-count").textContent = String(sources.size);
-  $("src-clear").hidden = !(opt.file || opt.pod || opt.container);
-  const custom = [["pod", opt.pod], ["container", opt.container], ["file", opt.file]].filter(([, v]) => v);
+  const o = wanted();
+  $("src-clear").hidden = !(o.file || o.pod || o.container);
+  const custom = [["pod", o.pod], ["container", o.container], ["file", o.file]].filter(([, v]) => v);
   $("src-filter").hidden = !custom.length;
   $("src-filter").textContent = custom.map(([k, v]) => k + "=" + v).join(" ");
 }
