@@ -10,7 +10,7 @@
 //   READY           the page is live (#status says "live") and shows the history
 //   SEEN <marker>   for each --live marker, then each line read from stdin
 //                   (with --stdin, until EOF): a line appended after READY
-//   ROW <classes>\t<css color>\t<text>   every line in #log, top to bottom
+//   ROW <classes>\t<css color>\t<text>   every line rendered ([data-testid=line]), top to bottom
 //   SHOT <path>     the screenshot was written (with --screenshot)
 //   DONE
 // Every wait is bounded by PAGE_TIMEOUT_MS (default 30000); on timeout or any
@@ -97,9 +97,11 @@ async function main() {
       }
     };
     const seen = async marker => {
-      await step(`waiting ${TIMEOUT_MS} ms for a line containing ${JSON.stringify(marker)} in #log`, () =>
+      await step(`waiting ${TIMEOUT_MS} ms for a line containing ${JSON.stringify(marker)} in the page's lines`, () =>
         page.waitForFunction(
-          m => Array.from(document.querySelectorAll("#log > .l"), d => d.textContent).some(t => t.includes(m)),
+          // A rendered row, or a line the page holds off screen (the list is virtual).
+          m => Array.from(document.querySelectorAll("[data-testid=line]"), d => d.textContent).some(t => t.includes(m)) ||
+            (window.logstreamStats?.lines() || []).some(t => t.includes(m)),
           marker, { timeout: TIMEOUT_MS }));
       out(`SEEN ${marker}`);
     };
@@ -118,7 +120,7 @@ async function main() {
       }
     }
 
-    const rows = await page.$$eval("#log > div", ds => ds.map(d => [d.className, getComputedStyle(d).color, d.textContent]));
+    const rows = await page.$$eval("[data-testid=line]", ds => ds.map(d => [d.className, getComputedStyle(d).color, d.textContent]));
     for (const [cls, color, text] of rows) out(`ROW ${oneLine(cls)}\t${color}\t${oneLine(text)}`);
     if (opts.screenshot) {
       await step("taking the screenshot", () => page.screenshot({ path: opts.screenshot, fullPage: true }));
@@ -137,8 +139,8 @@ async function describe(page) {
   try {
     const s = await page.evaluate(() => ({
       status: document.getElementById("status")?.textContent,
-      count: document.querySelectorAll("#log > div").length,
-      last: Array.from(document.querySelectorAll("#log > div"), d => d.textContent).slice(-10),
+      count: document.querySelectorAll("[data-testid=line]").length,
+      last: Array.from(document.querySelectorAll("#spacer > div"), d => d.textContent).slice(-10),
     }));
     return `  page status: ${JSON.stringify(s.status)}; ${s.count} lines in #log; last ones:\n` +
       s.last.map(t => `    ${t}`).join("\n");

@@ -16,6 +16,7 @@ pub mod limits;
 mod listen;
 pub mod query;
 pub mod routes;
+pub mod sources;
 pub mod sse;
 pub mod state;
 pub mod stream;

@@ -17,6 +17,8 @@ use super::{AppState, sse, ws};
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(page))
+        .route("/page.js", get(page_js))
+        .route("/page.css", get(page_css))
         .route("/ws", get(ws::handler))
         .route("/sse", get(sse::sse))
         .route("/stream", get(sse::stream))
@@ -24,6 +26,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/protocol.schema.json", get(schema))
+        .route("/sources", get(super::sources::sources))
         .merge(crate::loki::api::router(state.clone()))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -53,8 +56,34 @@ async fn observe(
     resp
 }
 
-async fn page() -> Html<&'static str> {
-    Html(include_str!("page.html"))
+/// The page may load only its own script and stylesheet and talk only to
+/// this server: log text that slipped into markup could run nothing.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+async fn page() -> Response {
+    (
+        [(header::CONTENT_SECURITY_POLICY, PAGE_POLICY)],
+        Html(include_str!("page.html")),
+    )
+        .into_response()
+}
+
+async fn page_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("page.js"),
+    )
+        .into_response()
+}
+
+async fn page_css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("page.css"),
+    )
+        .into_response()
 }
 
 /// Readiness for probes (status code and one word), and with `?verbose`
