@@ -407,6 +407,9 @@ def queries(summary):
         "phrase filter: the words needle, 7f3a9c next to each other (word boundaries); same hits here because the marker stands between non-word characters; VictoriaLogs' indexed path (bloom filters of words); not LogQL's semantics, shown for reference")
     add("b_pod07_error", '{pod="pod-07"} *"error"*', last_hour, "rows", exp["b_pod07_error_substring_last_hour"],
         'substring filter: case-sensitive substring "error" anywhere in _msg (matches errors=0, "level":"error", upstream error; not ERROR), as LogQL |= "error"; returns the matching log entries; the word filter `error` would give fewer (whole words only)')
+    add("b_pod07_error_sorted", '{pod="pod-07"} *"error"* | sort by (_time desc)', last_hour, "rows",
+        exp["b_pod07_error_substring_last_hour"],
+        "the same lines newest first, as Loki's query_range returns them (direction=backward); /select/logsql/query returns them in no set order otherwise")
     add("b_pod07_error_count", '{pod="pod-07"} *"error"* | count()', last_hour, "count", exp["b_pod07_error_substring_last_hour"],
         "the same filter, only the count returned")
     add("c_level_per_minute", '{namespace="bench"} | stats by (level, _time:1m) count() hits', whole, "buckets",
