@@ -93,7 +93,7 @@ SERVER_CMD=("$VL_BIN"
     "-storageDataPath=$STORAGE"
     "-retentionPeriod=100y"
     "-futureRetention=100y"
-    "-loggerLevel=WARN")
+    "-loggerLevel=INFO")
 "${SERVER_CMD[@]}" >"$LOG" 2>&1 &
 echo $! >"$PIDFILE"
 
@@ -128,7 +128,7 @@ python3 bench/history/vl_measure.py \
     --server-cmd "$SERVER_JSON" --server-log "$LOG" \
     --runs "$RUNS" --quiet-wait "${QUIET_WAIT:-60}" --out "$OUT" --meta "$META"
 
-if grep -qiE 'error|panic' "$LOG"; then
+if grep -qP '\t(error|fatal|panic)\t' "$LOG"; then
     echo "victoria-logs logged errors:" >&2
-    grep -iE 'error|panic' "$LOG" | head -20 >&2
+    grep -P '\t(error|fatal|panic)\t' "$LOG" | head -20 >&2
 fi

@@ -22,6 +22,7 @@ Writes one JSON document (--out).
 import argparse
 import http.client
 import json
+import re
 import os
 import platform
 import signal
@@ -245,18 +246,31 @@ def ingest(vl, pid, data_path, insert_params, lines, start_ns, end_ns):
     }
 
 
-def force_merge(vl, pid, timeout=1200):
+FORCE_MERGE_DONE = re.compile(r"forced merge for partition_prefix=.* has been successfully finished in ([0-9.]+) seconds")
+
+
+def force_merge(vl, pid, log, timeout=1200):
+    """/internal/force_merge runs in the background: waits for the server's
+    log line that it finished (-loggerLevel=INFO), which gives its duration."""
+    with open(log, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        log_pos = f.tell()
     meter = Meter(pid)
     st, body, _ = vl.request("GET", "/internal/force_merge")
     if st != 200:
         return {"error": f"HTTP {st}: {body[:200]!r}"}
-    time.sleep(0.5)
     end = time.time() + timeout
-    while time.time() < end and vl.metrics().get("vl_active_force_merges", 0) > 0:
-        time.sleep(0.5)
-    done = vl.metrics().get("vl_active_force_merges", 0) == 0
+    secs = None
+    while time.time() < end and secs is None:
+        time.sleep(0.05)
+        with open(log, "rb") as f:
+            f.seek(log_pos)
+            m = FORCE_MERGE_DONE.search(f.read().decode(errors="replace"))
+        if m:
+            secs = float(m.group(1))
     r = meter.read()
-    r["finished"] = done
+    r["finished"] = secs is not None
+    r["merge_s_logged"] = secs
     return r
 
 
@@ -469,7 +483,7 @@ def main():
     disk["after_flush_bytes_per_line"] = round(disk["after_flush_bytes"] / lines, 2)
     m = vl.metrics()
     disk["metrics_after_flush"] = {k: v for k, v in m.items() if k.startswith(("vl_data_size_bytes", "vl_storage_parts", "vl_partitions"))}
-    merge = force_merge(vl, pid)
+    merge = force_merge(vl, pid, a.server_log)
     disk["force_merge"] = merge
     wait_settled(vl, pid, timeout=60)
     disk["after_force_merge_bytes"] = du(a.storage)
