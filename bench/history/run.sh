@@ -76,8 +76,11 @@ run_victorialogs_side() {
 #           checked against SUMMARY.json's "expected":
 #     (a) {namespace="bench"} |= "needle-7f3a9c"       over the whole 6 h: 3 lines
 #     (b) {pod="pod-07"} |= "error"                     over the last hour: expected.b_pod07_error_substring_last_hour
-#     (c) sum by (level) (count_over_time({namespace="bench"}[1m]))   6 h, step 1m:
-#         expected.c_level_minute_points points, summing to expected.c_total
+#     (c) sum by (level) (count_over_time({namespace="bench"}[1m]))   start..end, step 1m:
+#         expected.c_loki_step_points points (LogQL windows (t-1m, t], so
+#         the first record falls on the point t=start), summing to
+#         expected.c_total; VictoriaLogs' [t, t+1m) buckets give
+#         expected.c_level_minute_points
 #   through the Loki-compatible HTTP API (query_range) like a user, so that
 #   the HTTP and JSON costs are in the figures as they are for VictoriaLogs.
 # Until the binary exists, this side is skipped.

@@ -28,7 +28,10 @@
 //! Prints a JSON summary on stdout, with the answers the benchmark's queries
 //! must give (`expected`): hits of the marker, lines of `pod-07` containing
 //! `error` (case-sensitive substring) in the last hour of the window, and
-//! the number of non-empty (level, 1-minute bucket) series points.
+//! the number of non-empty (level, 1-minute bucket) series points: with
+//! buckets `[t, t + 1m)` (LogsQL `stats by (_time:1m)`), and with LogQL's
+//! `count_over_time(...[1m])` windows `(t - 1m, t]` at `t = start + k·1m`,
+//! `k = 0..=360` (a query_range from start to end, step 1m).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -732,6 +735,10 @@ fn main() -> Result<()> {
     let mut marker_hits = 0u64;
     let mut marker_lines = Vec::new();
     let mut buckets = vec![[0u64; 4]; (WINDOW_NS / MINUTE_NS) as usize];
+    // LogQL's count_over_time(...[1m]) at step t counts (t - 1m, t]; a
+    // query_range from start to end (inclusive) with step 1m evaluates at
+    // t = start + k·1m, k = 0..=360: a record goes to k = ceil(off / 1m).
+    let mut loki_points = vec![[0u64; 4]; (WINDOW_NS / MINUTE_NS) as usize + 1];
     let last_hour = end_ns - 3600 * 1_000_000_000;
     let mut pod07_error_last_hour = 0u64;
     let mut pod07_last_hour = 0u64;
@@ -765,6 +772,7 @@ fn main() -> Result<()> {
         bytes += rec_buf.len() as u64;
         levels[rec.level] += 1;
         buckets[(off / MINUTE_NS) as usize][rec.level] += 1;
+        loki_points[((off + MINUTE_NS - 1) / MINUTE_NS) as usize][rec.level] += 1;
         if contains(&g.line, MARKER.as_bytes()) {
             marker_hits += 1;
             marker_lines.push(i + 1);
@@ -787,6 +795,11 @@ fn main() -> Result<()> {
         .map(|b| b.iter().filter(|&&c| c > 0).count())
         .sum();
     let minutes_nonempty = buckets.iter().filter(|b| b.iter().any(|&c| c > 0)).count();
+    let loki_series_points: usize = loki_points
+        .iter()
+        .map(|b| b.iter().filter(|&&c| c > 0).count())
+        .sum();
+    let boundary_records: u64 = loki_points[0].iter().sum();
     let summary = json!({
         "out": args.out,
         "seed": args.seed,
@@ -812,6 +825,8 @@ fn main() -> Result<()> {
             "c_total": n,
             "c_minutes_nonempty": minutes_nonempty,
             "c_level_minute_points": series_points,
+            "c_loki_step_points": loki_series_points,
+            "c_loki_records_at_start_point": boundary_records,
         },
         "secs": secs,
         "pass1_secs": pass1_secs,
