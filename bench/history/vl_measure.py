@@ -343,15 +343,17 @@ def run_query(vl, pid, q, runs):
     results = []
     oks = []
     cpu = []
+    other = []
     for i in range(runs):
-        c0 = proc_cpu(pid)
+        meter = Meter(pid)
         st, data, secs = vl.request("POST", q["path"], params=q["params"])
-        c1 = proc_cpu(pid)
+        load = meter.read()
         if st != 200:
             raise SystemExit(f"query {q['name']} failed: HTTP {st}: {data[:500]!r}")
         got, ok = check_result(q, data)
         times.append(secs * 1000)
-        cpu.append(round((c1 - c0) * 1000, 1))
+        cpu.append(round(load["server_cpu_s"] * 1000, 1))
+        other.append(round(load["other_cpu_s"] * 1000, 1))
         results.append(got)
         oks.append(ok)
         if i == 0:
@@ -380,6 +382,7 @@ def run_query(vl, pid, q, runs):
         "all_runs_correct": all(oks) and all(r == results[0] for r in results),
         "runs_ms": [round(t, 2) for t in times],
         "server_cpu_ms_per_run": cpu,
+        "other_cpu_ms_per_run": other,
         "cold_ms": round(times[0], 2),
         "min_ms": round(min(times), 2),
         "median_ms": round(statistics.median(times), 2),
