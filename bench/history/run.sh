@@ -35,6 +35,7 @@ if [[ $BYTES != 1073741824 ]]; then SUFFIX="-$BYTES"; fi
 nice -n 10 cargo build --release -p logstream-bench --bin ls-loggen
 if [[ -f bench/src/bin/ls-history-bench.rs ]]; then
     nice -n 10 cargo build --release -p logstream-bench --bin ls-history-bench
+    nice -n 10 cargo build --release -p logstream --bin logstream
 fi
 
 # The data set, once per (size, seed, generator source): DATA.gen records the
@@ -90,7 +91,8 @@ run_logstream_side() {
         echo "logstream side: $bin does not exist yet, skipped" >&2
         return 0
     fi
-    "$bin" --data "$DATA" --summary "$SUMMARY" --out "$RESULTS/history-logstream$SUFFIX.json"
+    "$bin" --data "$DATA" --summary "$SUMMARY" --bin "$BIN/logstream" \
+        --out "$RESULTS/history-logstream$SUFFIX.json"
 }
 
 for side in $SIDES; do

@@ -394,6 +394,29 @@ impl MetricExpr {
         }
     }
 
+    /// Whether evaluating it reads the lines' text: not when every range
+    /// function counts lines (`count_over_time`, `rate`) of a bare
+    /// selector, so a store may leave the lines compressed.
+    pub fn reads_lines(&self) -> bool {
+        match self {
+            MetricExpr::Range {
+                func,
+                query,
+                unwrap,
+                ..
+            } => {
+                !query.pipeline.is_empty()
+                    || unwrap.is_some()
+                    || !matches!(func, crate::RangeFn::CountOverTime | crate::RangeFn::Rate)
+            }
+            MetricExpr::Agg { inner, .. }
+            | MetricExpr::TopK { inner, .. }
+            | MetricExpr::LabelReplace { inner, .. } => inner.reads_lines(),
+            MetricExpr::Binary { lhs, rhs, .. } => lhs.reads_lines() || rhs.reads_lines(),
+            MetricExpr::Scalar(_) | MetricExpr::Vector(_) => false,
+        }
+    }
+
     /// The log queries this expression reads.
     pub fn log_queries(&self) -> Vec<&LogQuery> {
         match self {

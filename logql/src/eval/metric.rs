@@ -189,11 +189,21 @@ fn range_fn(
         Direction::Forward,
         &mut |_, _| true,
         &mut |chunk| {
+            // Rows of one stream share their labels' Arc within a chunk (a
+            // pipeline that changes no label keeps it): grouped by its
+            // address first, a label set is hashed once per chunk, not once
+            // per line.
+            let mut local: HashMap<*const Labels, (Arc<Labels>, Vec<(i64, u64)>)> =
+                HashMap::new();
             for r in select(q, chunk, from, to) {
-                by_series
-                    .entry(r.labels)
-                    .or_default()
+                local
+                    .entry(Arc::as_ptr(&r.labels))
+                    .or_insert_with(|| (r.labels.clone(), Vec::new()))
+                    .1
                     .push((r.ts_ns, r.line.len() as u64));
+            }
+            for (_, (labels, points)) in local {
+                by_series.entry(labels).or_default().extend(points);
             }
         },
     )?;
@@ -201,7 +211,10 @@ fn range_fn(
     let mut out: Vec<Series> = by_series
         .into_iter()
         .map(|(labels, mut points)| {
-            points.sort_unstable();
+            // Chunks of a store arrive nearly in time order: often sorted.
+            if !points.is_sorted() {
+                points.sort_unstable();
+            }
             let mut prefix = Vec::with_capacity(points.len() + 1);
             prefix.push(0u64);
             let mut acc = 0u64;

@@ -8,15 +8,18 @@
 //!    raw length u32 · payload length u32 · min ts i64 · max ts i64
 //!    payload crc32 u32 · source table length u32 · source table (zstd)
 //!    header crc32 u32
-//!  payload (zstd), columns of `count` records each:
-//!    source index (varint) · ts delta (zigzag varint) · seq delta per source
-//!    (zigzag varint) · flags u8 (level, partial, split) · line length (varint)
-//!    then every line, concatenated
+//!  payload: columns length (compressed u32, raw u32), then two zstd frames
+//!    columns of `count` records each: source index (varint) · ts delta
+//!    (zigzag varint) · seq delta per source (zigzag varint) · flags u8
+//!    (level, partial, split) · line length (varint)
+//!    lines: every line, concatenated
 //! ```
 //!
 //! The header is enough to index a block (time range, sources) without
-//! reading its payload; lines are one contiguous region so a substring
-//! prefilter scans them in one pass. Little-endian throughout.
+//! reading its payload. The columns are a frame of their own, so a query
+//! that needs no line (`count_over_time` of a selector) never inflates
+//! one; the lines are one contiguous region, so a substring prefilter scans
+//! them in one pass. Little-endian throughout.
 
 use std::sync::Arc;
 
@@ -261,14 +264,26 @@ pub fn encode(
         let partial = if r.record.partial { PARTIAL } else { 0 };
         raw.push(level_code(r.record.level) | partial | split_code(r.record.split));
     }
+    let mut lines_len = 0usize;
     for r in records {
         put_varint(raw, r.line.len() as u64);
+        lines_len += r.line.len();
     }
+    let cols_raw = raw.len();
+    let cols = zstd::bulk::compress(raw, level).map_err(BlockError::Zstd)?;
+    raw.clear();
+    raw.reserve(lines_len);
     for r in records {
         raw.extend_from_slice(r.line.as_bytes());
     }
-    let raw_len = u32::try_from(raw.len()).map_err(|_| BlockError::Bounds("raw length"))?;
-    let payload = zstd::bulk::compress(raw, level).map_err(BlockError::Zstd)?;
+    let raw_len =
+        u32::try_from(cols_raw + raw.len()).map_err(|_| BlockError::Bounds("raw length"))?;
+    let lines = zstd::bulk::compress(raw, level).map_err(BlockError::Zstd)?;
+    let mut payload = Vec::with_capacity(8 + cols.len() + lines.len());
+    payload.extend_from_slice(&(cols.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&(cols_raw as u32).to_le_bytes());
+    payload.extend_from_slice(&cols);
+    payload.extend_from_slice(&lines);
     let table = encode_sources(&sources, &levels, &first_seq, &last_seq, level)?;
     let header_len = FIXED + table.len() + 4;
     let mut out = Vec::with_capacity(header_len + payload.len());
@@ -420,16 +435,26 @@ pub fn check_payload(h: &Header, payload: &[u8]) -> Result<(), BlockError> {
 }
 
 /// Decodes a checked payload. `sources` are the header's, shared.
+/// Without `with_lines` the lines stay compressed: every line reads as
+/// empty (their lengths are known).
 pub fn decode(
     h: &Header,
     sources: Vec<Arc<SourceRec>>,
     payload: &[u8],
+    with_lines: bool,
 ) -> Result<Decoded, BlockError> {
     check_payload(h, payload)?;
-    let raw = zstd::bulk::decompress(payload, h.raw_len as usize).map_err(BlockError::Zstd)?;
-    if raw.len() != h.raw_len as usize {
-        return Err(BlockError::Malformed("raw length"));
+    let mut p = Reader::new(payload);
+    let cols_len = u32::from_le_bytes(p.array()?) as usize;
+    let cols_raw = u32::from_le_bytes(p.array()?) as usize;
+    if cols_raw > h.raw_len as usize {
+        return Err(BlockError::Bounds("columns length"));
     }
+    let raw = zstd::bulk::decompress(p.bytes(cols_len)?, cols_raw).map_err(BlockError::Zstd)?;
+    if raw.len() != cols_raw {
+        return Err(BlockError::Malformed("columns length"));
+    }
+    let lines_frame = p.rest();
     let n = h.count as usize;
     let mut r = Reader::new(&raw);
     let mut src = Vec::with_capacity(n);
@@ -460,13 +485,18 @@ pub fn decode(
         end += r.varint()?;
         ends.push(u32::try_from(end).map_err(|_| BlockError::Bounds("line lengths"))?);
     }
-    let rest = r.rest();
-    if rest.len() as u64 != end {
+    if !r.rest().is_empty() || end != (h.raw_len as usize - cols_raw) as u64 {
         return Err(BlockError::Malformed("line bytes"));
     }
-    let lines = std::str::from_utf8(rest)
-        .map_err(|_| BlockError::Malformed("utf-8"))?
-        .to_owned();
+    let lines = if with_lines {
+        let raw = zstd::bulk::decompress(lines_frame, end as usize).map_err(BlockError::Zstd)?;
+        if raw.len() as u64 != end {
+            return Err(BlockError::Malformed("line bytes"));
+        }
+        String::from_utf8(raw).map_err(|_| BlockError::Malformed("utf-8"))?
+    } else {
+        String::new()
+    };
     Ok(Decoded {
         first_pos: h.first_pos,
         sources,
@@ -584,8 +614,11 @@ mod tests {
         let h = parse_header(&block[..len]).unwrap();
         assert_eq!((h.first_pos, h.count, h.min_ts, h.max_ts), (40, 4, -5, 120));
         assert_eq!(h.block_len(), block.len() as u64);
-        let sources = h.sources.iter().cloned().map(Arc::new).collect();
-        let d = decode(&h, sources, &block[len..]).unwrap();
+        let sources: Vec<_> = h.sources.iter().cloned().map(Arc::new).collect();
+        let bare = decode(&h, sources.clone(), &block[len..], false).unwrap();
+        assert_eq!(bare.line(0), "", "lines left compressed");
+        assert_eq!(bare.record(2).unwrap(), input[2].record);
+        let d = decode(&h, sources, &block[len..], true).unwrap();
         for (i, inp) in input.iter().enumerate() {
             assert_eq!(d.record(i).unwrap(), inp.record);
             assert_eq!(d.line(i), inp.line);
@@ -620,7 +653,7 @@ mod tests {
             let outcome = header_len(&bad).and_then(|len| {
                 let h = parse_header(bad.get(..len).ok_or(BlockError::Truncated("x"))?)?;
                 let sources = h.sources.iter().cloned().map(Arc::new).collect();
-                decode(&h, sources, bad.get(len..).unwrap_or(&[]))
+                decode(&h, sources, bad.get(len..).unwrap_or(&[]), true)
             });
             assert!(outcome.is_err(), "flipping byte {at} went unnoticed");
         }

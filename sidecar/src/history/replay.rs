@@ -54,7 +54,7 @@ fn entries_of(
     meta: &BlockMeta,
     keep: &mut dyn FnMut(SourceId, u64, i64, u64) -> bool,
 ) -> Vec<Arc<Entry>> {
-    let d = match read_block(meta, &view.dict) {
+    let d = match read_block(meta, &view.dict, true) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "history: a block could not be replayed; skipped");

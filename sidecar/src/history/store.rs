@@ -456,7 +456,11 @@ fn read_header(file: &File, offset: u64, len: u64) -> Result<Header, BlockError>
 
 /// Reads and decodes one block; `dict` is the store's source dictionary at
 /// the time its meta was taken.
-pub fn read_block(meta: &BlockMeta, dict: &[Arc<SourceRec>]) -> Result<Decoded, StoreError> {
+pub fn read_block(
+    meta: &BlockMeta,
+    dict: &[Arc<SourceRec>],
+    with_lines: bool,
+) -> Result<Decoded, StoreError> {
     let err = |source| StoreError::Block {
         path: meta.segment.path.clone(),
         offset: meta.offset,
@@ -490,5 +494,5 @@ pub fn read_block(meta: &BlockMeta, dict: &[Arc<SourceRec>]) -> Result<Decoded, 
         first_seqs: Vec::new(),
         header_len: meta.header_len,
     };
-    block::decode(&header, sources, &payload).map_err(err)
+    block::decode(&header, sources, &payload, with_lines).map_err(err)
 }

@@ -95,7 +95,7 @@ fn encode(rows: &[Row]) -> Vec<u8> {
 fn read_all(store: &Store) -> Vec<Row> {
     let mut out = Vec::new();
     for meta in store.blocks() {
-        let d = read_block(meta, store.dict()).unwrap();
+        let d = read_block(meta, store.dict(), true).unwrap();
         for i in 0..d.len() {
             let s = d.source(i).unwrap();
             out.push(Row {
@@ -218,7 +218,7 @@ fn seen(hub: &Hub, h: &History) -> Vec<u64> {
     let view = h.view(first, i64::MIN, i64::MAX);
     out.extend(view.queued.iter().map(|e| h.base() + e.idx));
     for b in &view.blocks {
-        let d = read_block(b, &view.dict).unwrap();
+        let d = read_block(b, &view.dict, true).unwrap();
         out.extend(
             (0..d.len() as u64)
                 .map(|i| d.first_pos + i)
@@ -262,7 +262,7 @@ fn ring_queue_and_disk_hold_every_record_once_while_the_writer_runs() {
         .blocks
         .iter()
         .flat_map(|b| {
-            let d = read_block(b, &view.dict).unwrap();
+            let d = read_block(b, &view.dict, true).unwrap();
             (0..d.len())
                 .map(move |i| d.line(i).to_string())
                 .collect::<Vec<_>>()

@@ -90,14 +90,16 @@ impl DiskView {
     /// Reads the blocks holding records with a time in `[from, to)` whose
     /// source `accept` takes (by dictionary index) and whose line contains
     /// every one of `literals`, newest block first or oldest first. `want`
-    /// (the block's time range) may skip a block before it is read.
+    /// (the block's time range) may skip a block before it is read. Without
+    /// `lines` the lines stay compressed (and read as empty).
     #[allow(clippy::too_many_arguments)]
     pub fn scan(
         &self,
         from: i64,
         to: i64,
         newest_first: bool,
-        accept: &dyn Fn(u32) -> bool,
+        lines: bool,
+        accept: &(dyn Fn(u32) -> bool + Sync),
         literals: &[Finder<'_>],
         want: &mut dyn FnMut(i64, i64) -> bool,
         visit: &mut dyn FnMut(&Hits<'_>),
@@ -109,67 +111,162 @@ impl DiskView {
         } else {
             Box::new(self.blocks.iter())
         };
-        let mut records: Vec<u32> = Vec::new();
-        for meta in &mut order {
-            if meta.max_ts < from || meta.min_ts >= to {
-                continue;
+        // Blocks are read (inflated and searched) by as many threads as
+        // there are cores, started once per scan, a few blocks ahead of
+        // the visits, which happen in order on this thread.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let ahead = workers * 2;
+        let mut next = |report: &mut ScanReport| -> Result<Option<&BlockMeta>, ScanError> {
+            for meta in &mut order {
+                if meta.max_ts < from || meta.min_ts >= to {
+                    continue;
+                }
+                if !meta.sources.iter().any(|m| accept(m.dict)) {
+                    continue;
+                }
+                if !want(meta.min_ts, meta.max_ts) {
+                    continue;
+                }
+                report.bytes_read += if lines {
+                    u64::from(meta.raw_len)
+                } else {
+                    u64::from(meta.count) * 8
+                };
+                if report.bytes_read > self.scan.max_bytes {
+                    return Err(ScanError::Bytes(self.scan.max_bytes));
+                }
+                if started.elapsed() > self.scan.max_time {
+                    return Err(ScanError::Time(self.scan.max_time));
+                }
+                return Ok(Some(meta));
             }
-            if !meta.sources.iter().any(|m| accept(m.dict)) {
-                continue;
-            }
-            if !want(meta.min_ts, meta.max_ts) {
-                continue;
-            }
-            report.bytes_read += u64::from(meta.raw_len);
-            if report.bytes_read > self.scan.max_bytes {
-                return Err(ScanError::Bytes(self.scan.max_bytes));
-            }
-            if started.elapsed() > self.scan.max_time {
-                return Err(ScanError::Time(self.scan.max_time));
-            }
-            let block = match read_block(meta, &self.dict) {
-                Ok(b) => Arc::new(b),
+            Ok(None)
+        };
+        let mut deliver = |report: &mut ScanReport, meta: &BlockMeta, r: Result<Picked, String>| {
+            match r {
+                Ok((block, records)) => {
+                    report.blocks_read += 1;
+                    if !records.is_empty() {
+                        visit(&Hits {
+                            block: &block,
+                            meta,
+                            records: &records,
+                        });
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "history: a block could not be read; the query goes on without it");
                     report.unreadable += 1;
-                    continue;
                 }
-            };
-            report.blocks_read += 1;
-            records.clear();
-            let take = |i: usize| -> bool {
-                let pos = block.first_pos + i as u64;
-                let ts = block.ts.get(i).copied().unwrap_or(i64::MIN);
-                let src = block
-                    .src
-                    .get(i)
-                    .and_then(|s| meta.sources.get(*s as usize))
-                    .map(|m| m.dict);
-                pos < self.limit && ts >= from && ts < to && src.is_some_and(accept)
-            };
-            match literals.split_first() {
-                Some((first, rest)) => {
-                    let hay = block.lines.as_bytes();
-                    let mut at = 0;
-                    while let Some(off) = hay.get(at..).and_then(|h| first.find(h)) {
-                        let i = block.record_at(at + off);
-                        at = block.ends.get(i).map_or(hay.len(), |e| *e as usize);
-                        let line = block.line(i).as_bytes();
-                        if rest.iter().all(|f| f.find(line).is_some()) && take(i) {
-                            records.push(i as u32);
+            }
+        };
+        let pick = |meta: &BlockMeta| self.pick(meta, from, to, lines, accept, literals);
+        if workers == 1 {
+            while let Some(meta) = next(&mut report)? {
+                deliver(&mut report, meta, pick(meta));
+            }
+            return Ok(report);
+        }
+        let (job_tx, job_rx) = std::sync::mpsc::channel::<(usize, &BlockMeta)>();
+        let job_rx = std::sync::Mutex::new(job_rx);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Result<Picked, String>)>();
+        std::thread::scope(|s| {
+            // Owned here: an early return drops it, so the readers stop and
+            // the scope can join them.
+            let job_tx = job_tx;
+            for _ in 0..workers {
+                let (job_rx, done_tx, pick) = (&job_rx, done_tx.clone(), &pick);
+                s.spawn(move || {
+                    loop {
+                        let job = job_rx.lock().map(|rx| rx.recv());
+                        let Ok(Ok((n, meta))) = job else { break };
+                        if done_tx.send((n, pick(meta))).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+            let mut sent: Vec<&BlockMeta> = Vec::new();
+            let mut waiting: std::collections::HashMap<usize, Result<Picked, String>> =
+                std::collections::HashMap::new();
+            let mut visited = 0;
+            let mut exhausted = false;
+            loop {
+                while !exhausted && sent.len() - visited < ahead {
+                    match next(&mut report)? {
+                        Some(meta) => {
+                            if job_tx.send((sent.len(), meta)).is_err() {
+                                exhausted = true;
+                            }
+                            sent.push(meta);
+                        }
+                        None => exhausted = true,
+                    }
+                }
+                if visited == sent.len() {
+                    break;
+                }
+                while !waiting.contains_key(&visited) {
+                    match done_rx.recv() {
+                        Ok((n, r)) => {
+                            waiting.insert(n, r);
+                        }
+                        Err(_) => {
+                            waiting.insert(visited, Err("reader stopped".into()));
                         }
                     }
                 }
-                None => records.extend((0..block.len()).filter(|i| take(*i)).map(|i| i as u32)),
+                if let (Some(r), Some(meta)) = (waiting.remove(&visited), sent.get(visited)) {
+                    deliver(&mut report, meta, r);
+                }
+                visited += 1;
             }
-            if !records.is_empty() {
-                visit(&Hits {
-                    block: &block,
-                    meta,
-                    records: &records,
-                });
+            drop(job_tx);
+            Ok(report)
+        })
+    }
+
+    /// Reads one block and picks its records a scan takes.
+    fn pick(
+        &self,
+        meta: &BlockMeta,
+        from: i64,
+        to: i64,
+        lines: bool,
+        accept: &(dyn Fn(u32) -> bool + Sync),
+        literals: &[Finder<'_>],
+    ) -> Result<Picked, String> {
+        let block = read_block(meta, &self.dict, lines).map_err(|e| e.to_string())?;
+        let take = |i: usize| -> bool {
+            let pos = block.first_pos + i as u64;
+            let ts = block.ts.get(i).copied().unwrap_or(i64::MIN);
+            let src = block
+                .src
+                .get(i)
+                .and_then(|s| meta.sources.get(*s as usize))
+                .map(|m| m.dict);
+            pos < self.limit && ts >= from && ts < to && src.is_some_and(accept)
+        };
+        let mut records = Vec::new();
+        match literals.split_first() {
+            Some((first, rest)) => {
+                let hay = block.lines.as_bytes();
+                let mut at = 0;
+                while let Some(off) = hay.get(at..).and_then(|h| first.find(h)) {
+                    let i = block.record_at(at + off);
+                    at = block.ends.get(i).map_or(hay.len(), |e| *e as usize);
+                    let line = block.line(i).as_bytes();
+                    if rest.iter().all(|f| f.find(line).is_some()) && take(i) {
+                        records.push(i as u32);
+                    }
+                }
             }
+            None => records.extend((0..block.len()).filter(|i| take(*i)).map(|i| i as u32)),
         }
-        Ok(report)
+        Ok((Arc::new(block), records))
     }
 }
+
+/// A block read, and the records of it a scan takes.
+type Picked = (Arc<Decoded>, Vec<u32>);

@@ -71,7 +71,7 @@ async fn lines(
 ) -> Result<Result<eval::LogResult, LokiError>, Response> {
     let app = app.clone();
     blocking(move || {
-        let snap = snapshot(&app, start, end, &[&q]);
+        let snap = snapshot(&app, start, end, &[&q], true);
         eval::log_query(&q, &snap, start, end, limit, Direction::Backward)
     })
     .await
@@ -375,7 +375,7 @@ pub(super) async fn patterns(
     }
     let app = lk.app.clone();
     let found = blocking(move || {
-        let snap = snapshot(&app, start, end, &[&q]);
+        let snap = snapshot(&app, start, end, &[&q], true);
         let r = eval::log_query(&q, &snap, start, end, usize::MAX, Direction::Forward)?;
         let mut pat = Patterns::new(step);
         for s in &r.streams {

@@ -75,7 +75,7 @@ async fn log_response(
 ) -> Result<Response, Refusal> {
     let app = app.clone();
     let result = blocking(move || {
-        let snap = snapshot(&app, start, end, &[&q]);
+        let snap = snapshot(&app, start, end, &[&q], true);
         let r = eval::log_query(&q, &snap, start, end, limit, dir);
         // A result cut at `limit` carries no notice, as in Loki: Explore
         // asks for 1000 lines and says itself when it got that many.
@@ -118,7 +118,7 @@ async fn metric_eval(
     let app = app.clone();
     let result = blocking(move || {
         let (from, to) = eval::needed_window(&m, &steps);
-        let snap = snapshot(&app, from, to, &m.log_queries());
+        let snap = snapshot(&app, from, to, &m.log_queries(), m.reads_lines());
         eval::metric_query(&m, &snap, &steps).map(|g| (g, history_warning(&snap, start.min(from))))
     })
     .await;

@@ -29,6 +29,8 @@ pub(super) struct Snapshot {
     accept: Vec<bool>,
     /// Texts every returned line contains (one log query's `|=` filters).
     literals: Vec<String>,
+    /// Whether the query reads lines (else the disk leaves them compressed).
+    lines: bool,
     /// Time of the oldest record still kept, when older ones were removed.
     evicted_before: Option<i64>,
     /// Blocks that could not be read.
@@ -37,7 +39,13 @@ pub(super) struct Snapshot {
 
 /// Takes a snapshot for `queries` (their selectors and line filters let
 /// the disk skip blocks; no query: everything).
-pub(super) fn snapshot(app: &AppState, from: i64, to: i64, queries: &[&LogQuery]) -> Snapshot {
+pub(super) fn snapshot(
+    app: &AppState,
+    from: i64,
+    to: i64,
+    queries: &[&LogQuery],
+    lines: bool,
+) -> Snapshot {
     let (mem, mem_first_pos, evicted) = {
         let ring = app.hub.lock();
         let base = app.history.get().map_or(0, |h| h.base());
@@ -58,6 +66,7 @@ pub(super) fn snapshot(app: &AppState, from: i64, to: i64, queries: &[&LogQuery]
             disk: None,
             accept: Vec::new(),
             literals: Vec::new(),
+            lines,
             evicted_before: evicted,
             unreadable: Cell::new(0),
         };
@@ -102,6 +111,7 @@ pub(super) fn snapshot(app: &AppState, from: i64, to: i64, queries: &[&LogQuery]
         disk: Some(view),
         accept,
         literals,
+        lines,
         evicted_before,
         unreadable: Cell::new(0),
     }
@@ -120,7 +130,8 @@ impl Snapshot {
             return Ok(());
         };
         let finders: Vec<Finder<'_>> = self.literals.iter().map(Finder::new).collect();
-        let accept = |d: u32| self.accept.get(d as usize).copied().unwrap_or(false);
+        let verdicts = &self.accept;
+        let accept = move |d: u32| verdicts.get(d as usize).copied().unwrap_or(false);
         let mut chunk: Vec<HistEntry> = Vec::new();
         // `to` is inclusive for the snapshot's window; the scan's is not.
         let report = view
@@ -128,6 +139,7 @@ impl Snapshot {
                 from,
                 to.saturating_add(1),
                 newest_first,
+                self.lines || !self.literals.is_empty(),
                 &accept,
                 &finders,
                 want,
