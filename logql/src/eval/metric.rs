@@ -193,8 +193,7 @@ fn range_fn(
             // pipeline that changes no label keeps it): grouped by its
             // address first, a label set is hashed once per chunk, not once
             // per line.
-            let mut local: HashMap<*const Labels, (Arc<Labels>, Vec<(i64, u64)>)> =
-                HashMap::new();
+            let mut local: HashMap<*const Labels, (Arc<Labels>, Vec<(i64, u64)>)> = HashMap::new();
             for r in select(q, chunk, from, to) {
                 local
                     .entry(Arc::as_ptr(&r.labels))
