@@ -167,6 +167,9 @@ pub fn metric_query<C: EntryChunks + ?Sized>(
     })
 }
 
+/// A series' labels and its (time, bytes) points.
+type Points = (Arc<Labels>, Vec<(i64, u64)>);
+
 fn range_fn(
     func: RangeFn,
     q: &LogQuery,
@@ -193,7 +196,7 @@ fn range_fn(
             // pipeline that changes no label keeps it): grouped by its
             // address first, a label set is hashed once per chunk, not once
             // per line.
-            let mut local: HashMap<*const Labels, (Arc<Labels>, Vec<(i64, u64)>)> = HashMap::new();
+            let mut local: HashMap<*const Labels, Points> = HashMap::new();
             for r in select(q, chunk, from, to) {
                 local
                     .entry(Arc::as_ptr(&r.labels))
