@@ -84,23 +84,26 @@ pub struct NotTailed {
     pub detail: String,
 }
 
+/// Running, with an address, and a ready container named `container`.
+fn answers_as(p: &Pod, container: &str) -> bool {
+    let Some(st) = p.status.as_ref() else {
+        return false;
+    };
+    st.phase.as_deref() == Some("Running")
+        && st.pod_ip.is_some()
+        && st
+            .init_container_statuses
+            .iter()
+            .chain(st.container_statuses.iter())
+            .flatten()
+            .any(|c| c.name == container && c.ready)
+}
+
 /// Pods worth asking: running, with an address and a ready sidecar.
 pub fn probeable<'a>(pods: &[&'a Pod]) -> Vec<&'a Pod> {
     pods.iter()
         .copied()
-        .filter(|p| {
-            let Some(st) = p.status.as_ref() else {
-                return false;
-            };
-            st.phase.as_deref() == Some("Running")
-                && st.pod_ip.is_some()
-                && st
-                    .init_container_statuses
-                    .iter()
-                    .chain(st.container_statuses.iter())
-                    .flatten()
-                    .any(|c| c.name == SIDECAR_NAME && c.ready)
-        })
+        .filter(|p| answers_as(p, SIDECAR_NAME))
         .collect()
 }
 
@@ -113,18 +116,7 @@ pub fn aggregator_probeable(pods: &[Pod]) -> Vec<&Pod> {
             let labels = p.labels();
             selector.iter().all(|(k, v)| labels.get(k) == Some(v))
         })
-        .filter(|p| {
-            let Some(st) = p.status.as_ref() else {
-                return false;
-            };
-            st.phase.as_deref() == Some("Running")
-                && st.pod_ip.is_some()
-                && st
-                    .container_statuses
-                    .iter()
-                    .flatten()
-                    .any(|c| c.name == "aggregator" && c.ready)
-        })
+        .filter(|p| answers_as(p, "aggregator"))
         .collect()
 }
 

@@ -165,9 +165,14 @@ impl Entry {
     /// An entry made from an older record (not in the ring: its index is 0
     /// and it counts for no lag).
     pub fn replayed(p: Pending) -> Entry {
+        let wire = wire_size(&p);
+        Entry::made(p, 0, wire, 0)
+    }
+
+    fn made(p: Pending, idx: u64, wire: u32, start_bytes: u64) -> Entry {
         Entry {
-            idx: 0,
-            wire: wire_size(&p),
+            idx,
+            wire,
             source: p.source,
             seq: p.seq,
             ts_ns: p.ts_ns,
@@ -176,7 +181,7 @@ impl Entry {
             partial: p.partial,
             split: p.split,
             json: std::sync::OnceLock::new(),
-            start_bytes: 0,
+            start_bytes,
         }
     }
 
@@ -491,19 +496,7 @@ impl Hub {
                 if let Some(last) = ring.last_seq.get_mut(slot) {
                     *last = (*last).max(p.seq);
                 }
-                let entry = Entry {
-                    idx,
-                    wire,
-                    source: p.source,
-                    seq: p.seq,
-                    ts_ns: p.ts_ns,
-                    level: p.level,
-                    line: p.line.into_boxed_str(),
-                    partial: p.partial,
-                    split: p.split,
-                    json: std::sync::OnceLock::new(),
-                    start_bytes: ring.total_bytes,
-                };
+                let entry = Entry::made(p, idx, wire, ring.total_bytes);
                 let size = entry.size();
                 ring.total_bytes += entry.wire_size() as u64;
                 ring.bytes += size;
