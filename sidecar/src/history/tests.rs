@@ -303,3 +303,42 @@ fn a_history_that_cannot_write_keeps_streaming_and_counts_what_it_drops() {
     h.close();
     writer.join().unwrap();
 }
+
+#[test]
+fn a_scan_past_its_byte_bound_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, _) = History::open(history_opts(dir.path()), Stats::default()).unwrap();
+    let writer = h.spawn_writer().unwrap();
+    let hub = Hub::new(
+        HubLimits {
+            max_lines: 10,
+            max_bytes: 1 << 20,
+        },
+        "t",
+    );
+    let info = hub.source(source(3));
+    publish(&hub, &h, &info, 5000, 100);
+    h.close();
+    writer.join().unwrap();
+    let mut view = h.view(u64::MAX, i64::MIN, i64::MAX);
+    assert!(view.blocks.len() > 2, "{} blocks", view.blocks.len());
+    let read_all = |view: &DiskView| {
+        let mut n = 0;
+        view.scan(
+            i64::MIN,
+            i64::MAX,
+            false,
+            true,
+            &|_| true,
+            &[],
+            &mut |_, _| true,
+            &mut |hits| n += hits.records.len(),
+        )
+        .map(|_| n)
+    };
+    assert_eq!(read_all(&view).unwrap(), 5000);
+    view.scan.max_bytes = 4 << 10;
+    let err = read_all(&view).unwrap_err();
+    assert!(matches!(err, ScanError::Bytes(_)));
+    assert!(err.to_string().contains("narrow its time range"), "{err}");
+}
