@@ -5,7 +5,7 @@
 #   fuzz/run.sh [SECONDS] [TARGET...]   fuzz each target for SECONDS (default 15)
 #
 # Targets (logstream::fuzzing): request_head websocket_frames websocket_deflate_frames client_message
-# stream_query logql file_bytes. Each starts from fuzz/corpus/TARGET; findings
+# stream_query logql file_bytes history_block. Each starts from fuzz/corpus/TARGET; findings
 # go to $FUZZ_OUT/TARGET (default $HOME/.cache/logstream/fuzz-out). Exits non-zero, naming the
 # inputs, when a run found a crash or a hang: add such an input to
 # fuzz/corpus/TARGET once fixed, so `cargo test` replays it for ever.
@@ -18,7 +18,7 @@ secs=${1:-15}
 shift || true
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-    targets=(request_head websocket_frames websocket_deflate_frames client_message stream_query logql file_bytes)
+    targets=(request_head websocket_frames websocket_deflate_frames client_message stream_query logql file_bytes history_block)
 fi
 cache="$HOME/.cache/logstream"
 afl_root="$cache/afl"

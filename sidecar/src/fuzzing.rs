@@ -353,11 +353,88 @@ pub fn file_bytes(data: &[u8]) {
     }
 }
 
+/// Bytes as blocks of the history on disk (what start-up and queries read
+/// back from segment files): a damaged block is an error, never a panic or
+/// an allocation the header asks for. Input starting with `SEED` is first
+/// made into a valid block (its bytes as lines) and, when its last byte is
+/// a control byte, damaged at the place that byte names, so mutations start
+/// from real blocks.
+pub fn history_block(data: &[u8]) {
+    use crate::history::block::{self, Input, StoredRecord};
+    let made;
+    let bytes: &[u8] = match data.strip_prefix(b"SEED") {
+        Some(rest) => {
+            let text = String::from_utf8_lossy(rest);
+            let source = crate::protocol::Source {
+                namespace: "ns".into(),
+                pod: "p".into(),
+                container: "c".into(),
+                file: "f.log".into(),
+                service: String::new(),
+            };
+            let inputs: Vec<Input<'_>> = text
+                .split('\n')
+                .enumerate()
+                .map(|(i, line)| Input {
+                    record: StoredRecord {
+                        pos: i as u64,
+                        sid: crate::protocol::SourceId(1 + (i % 3) as u64),
+                        seq: i as u64 + 1,
+                        ts_ns: (i as i64) * 1_000 - (line.len() as i64),
+                        level: crate::protocol::Level::ALL.get(line.len() % 7).copied(),
+                        partial: i % 2 == 0,
+                        split: None,
+                    },
+                    source: &source,
+                    line,
+                })
+                .collect();
+            let Ok(mut b) = block::encode(&inputs, 1, &mut Vec::new()) else {
+                return;
+            };
+            let n = b.len().max(1);
+            if let Some(&at) = rest.last()
+                && at < 0x20
+                && let Some(byte) = b.get_mut(usize::from(at) * 7 % n)
+            {
+                *byte ^= at | 1;
+            }
+            made = b;
+            &made
+        }
+        None => data,
+    };
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let Ok(len) = block::header_len(rest) else {
+            return;
+        };
+        let Some(head) = rest.get(..len) else {
+            return;
+        };
+        let Ok(h) = block::parse_header(head) else {
+            return;
+        };
+        let sources: Vec<_> = h.sources.iter().cloned().map(std::sync::Arc::new).collect();
+        let end = len.saturating_add(h.payload_len as usize).min(rest.len());
+        let payload = rest.get(len..end).unwrap_or(&[]);
+        for lines in [false, true] {
+            if let Ok(d) = block::decode(&h, sources.clone(), payload, lines) {
+                for i in 0..d.len() {
+                    let _ = (d.record(i), d.line(i), d.source(i), d.level(i));
+                }
+                let _ = d.record_at(d.lines.len() / 2);
+            }
+        }
+        rest = rest.get(end..).unwrap_or(&[]);
+    }
+}
+
 /// A fuzz target: arbitrary bytes in, a panic on a finding.
 pub type Target = fn(&[u8]);
 
 /// Every target by name, for the fuzz binaries and the corpus replay.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("request_head", request_head),
     ("websocket_frames", websocket_frames),
     ("websocket_deflate_frames", websocket_deflate_frames),
@@ -365,4 +442,5 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("stream_query", stream_query),
     ("logql", logql),
     ("file_bytes", file_bytes),
+    ("history_block", history_block),
 ];
