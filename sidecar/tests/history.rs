@@ -142,6 +142,28 @@ fn check_whole_history(agg: &Server, n: usize) {
     );
     assert_eq!(lines(&v, true), ["line 00042"]);
     assert_eq!(volume_total(agg), n as f64);
+    // Logs Drilldown's volume of the whole window: every line's bytes,
+    // memory and disk (each line is "line NNNNN", 10 bytes).
+    let now = logstream::hub::now_ns();
+    let v = get_json(
+        agg,
+        &format!(
+            "/loki/api/v1/index/volume?{}",
+            enc(&[
+                ("query", r#"{namespace="ns"}"#),
+                ("start", &(now - 6 * 3600 * 1_000_000_000).to_string()),
+                ("end", &now.to_string()),
+                ("limit", "100"),
+            ])
+        ),
+    );
+    let bytes: u64 = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"][1].as_str().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(bytes, 10 * n as u64, "{v}");
     // The series and label values endpoints see the disk's streams.
     let v = get_json(agg, "/loki/api/v1/label/pod/values");
     assert_eq!(v["data"], serde_json::json!(["pod-a"]), "{v}");

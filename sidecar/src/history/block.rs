@@ -130,6 +130,17 @@ impl Decoded {
         let end = self.ends.get(i).copied().unwrap_or(0) as usize;
         self.lines.get(start..end).unwrap_or("")
     }
+    /// Bytes of record i's line (known whether or not the lines were
+    /// inflated).
+    pub fn line_len(&self, i: usize) -> usize {
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends.get(i - 1).copied().unwrap_or(0)
+        };
+        self.ends.get(i).copied().unwrap_or(0).saturating_sub(start) as usize
+    }
+
     /// The record holding byte `offset` of [`Decoded::lines`].
     pub fn record_at(&self, offset: usize) -> usize {
         self.ends.partition_point(|&e| e as usize <= offset)

@@ -16,7 +16,7 @@ use super::Loki;
 use super::params::{Params, bounds, params, parse_seconds_or_duration};
 use super::response::{Data, Refusal, Secs, json, success};
 use super::select::{blocking, selector_param, snapshot, streams_in, window_and_selectors};
-use crate::hub::{Hub, now_ns};
+use crate::hub::now_ns;
 use logstream_logql::drilldown::{self, Patterns};
 use logstream_logql::eval::{self, Direction, Labels};
 use logstream_logql::{self as logql, LogQuery, LokiError, Query};
@@ -81,33 +81,56 @@ async fn lines(
 // Volume
 
 /// Bytes per (grouped) stream and step bucket.
+/// Byte counts of a stream per step bucket.
+type Volume = (Labels, BTreeMap<i64, u64>);
+
 fn volumes(
-    hub: &Hub,
+    app: &crate::server::AppState,
     start: i64,
     end: i64,
     sels: &[LogQuery],
     step: i64,
-) -> Vec<(Labels, BTreeMap<i64, u64>)> {
-    let ring = hub.lock();
-    let mut verdicts: HashMap<(u32, Option<crate::protocol::Level>), Option<usize>> =
-        HashMap::new();
-    let mut out: Vec<(Labels, BTreeMap<i64, u64>)> = Vec::new();
-    for e in ring.iter_from(ring.first_idx()) {
-        if e.ts_ns < start || e.ts_ns > end {
-            continue;
-        }
-        let slot = *verdicts.entry((e.source.slot, e.level)).or_insert_with(|| {
-            let l = super::stream_labels(e);
-            super::select::selected(sels, &l).then(|| {
-                out.push((l, BTreeMap::new()));
-                out.len() - 1
-            })
-        });
-        if let Some((_, buckets)) = slot.and_then(|i| out.get_mut(i)) {
-            *buckets.entry(e.ts_ns.div_euclid(step)).or_insert(0) += e.line.len() as u64;
+) -> Result<Vec<Volume>, LokiError> {
+    use logstream_logql::eval::{EntryChunks, LogEntry};
+    // Memory and the disk as one history; lines' lengths only (a block's
+    // lines stay compressed).
+    let queries: Vec<&LogQuery> = sels.iter().collect();
+    let snap = snapshot(app, start, end, &queries, false);
+    let mut verdicts: HashMap<u64, Option<usize>> = HashMap::new();
+    let mut out: Vec<Volume> = Vec::new();
+    snap.each_chunk(
+        start,
+        end.saturating_add(1),
+        Direction::Forward,
+        &mut |_, _| true,
+        &mut |chunk| {
+            for e in chunk {
+                let ts = e.ts_ns();
+                if ts < start || ts > end {
+                    continue;
+                }
+                let slot = *verdicts.entry(e.stream_key()).or_insert_with(|| {
+                    let l = e.stream_labels();
+                    super::select::selected(sels, &l).then(|| {
+                        out.push((l, BTreeMap::new()));
+                        out.len() - 1
+                    })
+                });
+                if let Some((_, buckets)) = slot.and_then(|i| out.get_mut(i)) {
+                    *buckets.entry(ts.div_euclid(step)).or_insert(0) += e.line_len() as u64;
+                }
+            }
+        },
+    )?;
+    // A stream met in memory and on disk is one stream.
+    let mut merged: BTreeMap<Labels, BTreeMap<i64, u64>> = BTreeMap::new();
+    for (l, b) in out {
+        let m = merged.entry(l).or_default();
+        for (k, n) in b {
+            *m.entry(k).or_insert(0) += n;
         }
     }
-    out
+    Ok(merged.into_iter().collect())
 }
 
 /// How volumes are grouped: by the named labels (`targetLabels`, else the
@@ -197,11 +220,11 @@ fn volume_params(raw: Option<String>, body: &Bytes) -> Result<VolumeRequest, Lok
 /// The request's volumes in `step` buckets (`i64::MAX`: one bucket),
 /// grouped, largest first, at most `limit`; `Err`: the evaluation failed.
 async fn grouped_volumes(
-    hub: &std::sync::Arc<Hub>,
+    app: &std::sync::Arc<crate::server::AppState>,
     r: VolumeRequest,
     step: i64,
-) -> Result<Vec<(Labels, BTreeMap<i64, u64>)>, Response> {
-    let hub = hub.clone();
+) -> Result<Result<Vec<Volume>, LokiError>, Response> {
+    let app = app.clone();
     let VolumeRequest {
         start,
         end,
@@ -211,16 +234,21 @@ async fn grouped_volumes(
         limit,
         ..
     } = r;
-    let grouped =
-        blocking(move || group_volumes(volumes(&hub, start, end, &sels, step), &names, by_label))
-            .await?;
+    let grouped = match blocking(move || {
+        volumes(&app, start, end, &sels, step).map(|v| group_volumes(v, &names, by_label))
+    })
+    .await?
+    {
+        Ok(g) => g,
+        Err(e) => return Ok(Err(e)),
+    };
     let mut rows: Vec<(Labels, BTreeMap<i64, u64>)> = grouped.into_iter().collect();
     rows.sort_by(|a, b| {
         let total = |r: &(Labels, BTreeMap<i64, u64>)| r.1.values().sum::<u64>();
         total(b).cmp(&total(a)).then_with(|| a.0.cmp(&b.0))
     });
     rows.truncate(limit);
-    Ok(rows)
+    Ok(Ok(rows))
 }
 
 pub(super) async fn index_volume(
@@ -230,8 +258,8 @@ pub(super) async fn index_volume(
 ) -> Result<Response, Refusal> {
     let r = volume_params(raw, &body)?;
     let end = r.end;
-    let rows = match grouped_volumes(&lk.app.hub, r, i64::MAX).await {
-        Ok(rows) => rows,
+    let rows = match grouped_volumes(&lk.app, r, i64::MAX).await {
+        Ok(rows) => rows?,
         Err(resp) => return Ok(resp),
     };
     let result: Vec<Value> = rows
@@ -257,8 +285,8 @@ pub(super) async fn index_volume_range(
 ) -> Result<Response, Refusal> {
     let r = volume_params(raw, &body)?;
     let step = super::params::step(&r.p, r.start, r.end)?;
-    let rows = match grouped_volumes(&lk.app.hub, r, step).await {
-        Ok(rows) => rows,
+    let rows = match grouped_volumes(&lk.app, r, step).await {
+        Ok(rows) => rows?,
         Err(resp) => return Ok(resp),
     };
     let result: Vec<Value> = rows

@@ -121,6 +121,16 @@ pub enum HistEntry {
     },
 }
 
+impl HistEntry {
+    /// Bytes of its line, also when a block's lines were left compressed.
+    pub fn line_len(&self) -> usize {
+        match self {
+            HistEntry::Mem(e, _) => e.line.len(),
+            HistEntry::Disk { block, i, .. } => block.line_len(*i as usize),
+        }
+    }
+}
+
 impl LogEntry for HistEntry {
     fn stream_key(&self) -> u64 {
         match self {
