@@ -121,24 +121,22 @@ impl Decoded {
     pub fn is_empty(&self) -> bool {
         self.ts.is_empty()
     }
-    pub fn line(&self, i: usize) -> &str {
-        let start = if i == 0 {
-            0
-        } else {
-            self.ends.get(i - 1).copied().unwrap_or(0) as usize
+    /// Where record i's line is in [`Decoded::lines`].
+    fn span(&self, i: usize) -> std::ops::Range<usize> {
+        let start = match i.checked_sub(1) {
+            Some(p) => self.ends.get(p).copied().unwrap_or(0) as usize,
+            None => 0,
         };
         let end = self.ends.get(i).copied().unwrap_or(0) as usize;
-        self.lines.get(start..end).unwrap_or("")
+        start..end.max(start)
+    }
+    pub fn line(&self, i: usize) -> &str {
+        self.lines.get(self.span(i)).unwrap_or("")
     }
     /// Bytes of record i's line (known whether or not the lines were
     /// inflated).
     pub fn line_len(&self, i: usize) -> usize {
-        let start = if i == 0 {
-            0
-        } else {
-            self.ends.get(i - 1).copied().unwrap_or(0)
-        };
-        self.ends.get(i).copied().unwrap_or(0).saturating_sub(start) as usize
+        self.span(i).len()
     }
 
     /// The record holding byte `offset` of [`Decoded::lines`].

@@ -69,9 +69,7 @@ fn entries_of(
         if rec.pos >= view.limit || !keep(rec.sid, rec.seq, rec.ts_ns, rec.pos) {
             continue;
         }
-        let dict = d.src.get(i).map_or(u32::MAX, |s| {
-            meta.sources.get(*s as usize).map_or(u32::MAX, |m| m.dict)
-        });
+        let dict = meta.dict_of(&d, i).unwrap_or(u32::MAX);
         let info = infos
             .entry(dict)
             .or_insert_with(|| hub.source_with_id(src.source.clone(), src.sid))

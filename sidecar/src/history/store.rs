@@ -77,6 +77,13 @@ impl BlockMeta {
     pub fn end_pos(&self) -> u64 {
         self.first_pos + u64::from(self.count)
     }
+
+    /// The dictionary index of the source of record `i` of this block
+    /// (read into `block`).
+    pub fn dict_of(&self, block: &Decoded, i: usize) -> Option<u32> {
+        let s = block.src.get(i)?;
+        self.sources.get(*s as usize).map(|m| m.dict)
+    }
 }
 
 /// A source's records in one block.

@@ -173,6 +173,17 @@ proptest! {
     }
 }
 
+/// A hub whose ring holds `max_lines` records.
+fn hub(max_lines: usize) -> Arc<Hub> {
+    Hub::new(
+        HubLimits {
+            max_lines,
+            max_bytes: 1 << 20,
+        },
+        "t",
+    )
+}
+
 fn history_opts(dir: &std::path::Path) -> HistoryOptions {
     let mut o = HistoryOptions::new(dir.to_path_buf());
     o.block_bytes = 2 << 10;
@@ -234,13 +245,7 @@ fn ring_queue_and_disk_hold_every_record_once_while_the_writer_runs() {
     let dir = tempfile::tempdir().unwrap();
     let (h, _) = History::open(history_opts(dir.path()), Stats::default()).unwrap();
     let writer = h.spawn_writer().unwrap();
-    let hub = Hub::new(
-        HubLimits {
-            max_lines: 50,
-            max_bytes: 1 << 20,
-        },
-        "t",
-    );
+    let hub = hub(50);
     let info = hub.source(source(1));
     let mut published = 0u64;
     for round in 0..200 {
@@ -283,13 +288,7 @@ fn a_history_that_cannot_write_keeps_streaming_and_counts_what_it_drops() {
     // append fails (as on a full disk), whoever runs the test.
     std::fs::create_dir(dir.path().join("seg-0000000000000000.lsh")).unwrap();
     let writer = h.spawn_writer().unwrap();
-    let hub = Hub::new(
-        HubLimits {
-            max_lines: 10,
-            max_bytes: 1 << 20,
-        },
-        "t",
-    );
+    let hub = hub(10);
     let info = hub.source(source(2));
     // The queue is bounded: far more than its cap goes through the hub.
     let line_bytes = 64;
@@ -309,13 +308,7 @@ fn a_scan_past_its_byte_bound_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (h, _) = History::open(history_opts(dir.path()), Stats::default()).unwrap();
     let writer = h.spawn_writer().unwrap();
-    let hub = Hub::new(
-        HubLimits {
-            max_lines: 10,
-            max_bytes: 1 << 20,
-        },
-        "t",
-    );
+    let hub = hub(10);
     let info = hub.source(source(3));
     publish(&hub, &h, &info, 5000, 100);
     h.close();

@@ -69,11 +69,9 @@ pub struct Hits<'a> {
 impl Hits<'_> {
     /// The dictionary index of record `i`'s source.
     pub fn dict_index(&self, i: u32) -> u32 {
-        self.block
-            .src
-            .get(i as usize)
-            .and_then(|s| self.meta.sources.get(*s as usize))
-            .map_or(u32::MAX, |m| m.dict)
+        self.meta
+            .dict_of(self.block, i as usize)
+            .unwrap_or(u32::MAX)
     }
 }
 
@@ -241,11 +239,7 @@ impl DiskView {
         let take = |i: usize| -> bool {
             let pos = block.first_pos + i as u64;
             let ts = block.ts.get(i).copied().unwrap_or(i64::MIN);
-            let src = block
-                .src
-                .get(i)
-                .and_then(|s| meta.sources.get(*s as usize))
-                .map(|m| m.dict);
+            let src = meta.dict_of(&block, i);
             pos < self.limit && ts >= from && ts < to && src.is_some_and(accept)
         };
         let mut records = Vec::new();
