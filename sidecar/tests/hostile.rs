@@ -745,8 +745,14 @@ fn a_client_leaving_without_a_close_frame_is_not_a_protocol_error() {
 /// Reads `path` at 16 KiB/s (a 64 KiB batch takes 4 s to drain) while the
 /// stream runs at ~2 MB/s and the send timeout is 2 s; returns once the
 /// client has read `marker` (its gap notice). Panics if the server drops it.
+///
+/// The server's socket takes a write once a third of its send buffer is
+/// free: the smallest buffer makes that step ~3 KiB (0.2 s of reading), far
+/// inside the timeout even when a loaded machine delays the reader (a CI run
+/// with 16 KiB buffers and a 2 s timeout once saw a step take longer).
 fn slow_but_reading(path: &str, marker: &[u8]) {
-    let s = Server::start(&["--send-timeout", "2s", "--stream-send-buffer", "16384"]);
+    let _alone = heavy();
+    let s = Server::start(&["--send-timeout", "2s", "--stream-send-buffer", "4096"]);
     s.wait_ready();
     s.append("app.log", "");
     let mut tcp = open_stream_with(path, small_receive_buffer(&s));
