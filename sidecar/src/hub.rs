@@ -240,6 +240,10 @@ pub struct Ring {
     /// Highest published sequence per slot.
     last_seq: Vec<u64>,
     evicted: u64,
+    /// The latest watermark given out ([`Hub::watermark`]): entries
+    /// published later are stamped no earlier, so the promise holds for a
+    /// line read before the watermark and published after it.
+    clock: i64,
 }
 
 impl Ring {
@@ -348,6 +352,7 @@ impl Hub {
                 by_sid: HashMap::new(),
                 last_seq: Vec::new(),
                 evicted: 0,
+                clock: i64::MIN,
             }),
             head,
             wakers: Mutex::new(Wakers::default()),
@@ -378,6 +383,17 @@ impl Hub {
     /// half-updated in a way readers care about, so poisoning is ignored.
     pub fn lock(&self) -> MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A time no entry published from now on will be stamped before (the
+    /// protocol's `watermark`): taken before a session sends what the ring
+    /// holds, it covers everything that session has not been sent yet.
+    /// Only a hub whose records carry its own clock's times (a sidecar's)
+    /// may give one; a later publish is clamped to it.
+    pub fn watermark(&self) -> i64 {
+        let mut ring = self.lock();
+        ring.clock = ring.clock.max(now_ns());
+        ring.clock
     }
 
     pub fn watch(&self) -> watch::Receiver<Head> {
@@ -490,7 +506,9 @@ impl Hub {
         let next_idx = {
             let mut ring = self.lock();
             let first_new = ring.next_idx();
-            for (p, wire) in batch.into_iter().zip(wires) {
+            for (mut p, wire) in batch.into_iter().zip(wires) {
+                // Fixed-width times: the clamp leaves the wire size as is.
+                p.ts_ns = p.ts_ns.max(ring.clock);
                 let idx = ring.next_idx();
                 let slot = p.source.slot as usize;
                 if let Some(last) = ring.last_seq.get_mut(slot) {

@@ -323,6 +323,10 @@ struct Common {
     /// `subscribe` messages one WebSocket client may send (`0`: no limit).
     #[arg(long, default_value = "5,20", value_name = "RATE[,BURST]")]
     rate_limit_subscribes: logstream::server::limits::Rate,
+    /// `watermark` requests one WebSocket client may send (`0`: no limit),
+    /// counted apart from other messages. Over it: close 1008.
+    #[arg(long, default_value = "1000,1000", value_name = "RATE[,BURST]")]
+    rate_limit_watermarks: logstream::server::limits::Rate,
     /// Never compress: no permessage-deflate on WebSockets, no gzip on
     /// `/sse` and `/stream` (compression is negotiated with each client;
     /// a batch is compressed once for every client sent the same bytes).
@@ -399,6 +403,7 @@ impl Common {
                 connections_per_credential: self.rate_limit_token,
                 messages: self.rate_limit_messages,
                 subscribes: self.rate_limit_subscribes,
+                watermarks: self.rate_limit_watermarks,
             },
             compress: logstream::server::compress::CompressConfig {
                 enabled: !self.no_compression,

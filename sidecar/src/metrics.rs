@@ -72,6 +72,10 @@ pub struct Metrics {
     pub upstream_gap_records: Counter,
     pub upstream_reconnects: Counter,
     pub reorder_buffered: Gauge,
+    /// Records released by the reorder window rather than a watermark.
+    pub reorder_window_releases: Counter,
+    pub upstream_watermark_asks: Counter,
+    pub upstream_watermark_stalls: Counter,
     pub drain_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub request_seconds: Family<RequestLabels, Histogram>,
     pub auth_reviews: Family<ResultLabel, Counter>,
@@ -113,6 +117,9 @@ impl Metrics {
             upstream_gap_records: Counter::default(),
             upstream_reconnects: Counter::default(),
             reorder_buffered: Gauge::default(),
+            reorder_window_releases: Counter::default(),
+            upstream_watermark_asks: Counter::default(),
+            upstream_watermark_stalls: Counter::default(),
             drain_seconds: Gauge::default(),
             request_seconds: Family::new_with_constructor(|| {
                 Histogram::new([
@@ -356,6 +363,21 @@ impl Metrics {
             "reorder_buffered",
             "Records waiting in the reorder window (aggregator)",
             self.reorder_buffered.clone(),
+        );
+        r.register(
+            "reorder_window_releases",
+            "Records released when their reorder window ran out rather than by the upstreams' watermarks: an upstream gives none (protocol 1.0) or did not answer (aggregator)",
+            self.reorder_window_releases.clone(),
+        );
+        r.register(
+            "upstream_watermark_asks",
+            "Watermark requests sent to upstreams (aggregator)",
+            self.upstream_watermark_asks.clone(),
+        );
+        r.register(
+            "upstream_watermark_stalls",
+            "Times an upstream left a watermark request unanswered for the reorder window and was merged without until it answered (aggregator)",
+            self.upstream_watermark_stalls.clone(),
         );
     }
 

@@ -16,6 +16,13 @@ use serde::{Deserialize, Serialize};
 /// Version announced in the `hello` message.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Minor version announced in `hello` (absent: 0). 1.1 added `features`
+/// and the watermark exchange; a 1.0 peer ignores both.
+pub const PROTOCOL_MINOR: u32 = 1;
+
+/// The `hello` feature of a server that answers `watermark` requests.
+pub const FEATURE_WATERMARKS: &str = "watermarks";
+
 /// WebSocket close codes used by the servers.
 pub mod close {
     /// Server shutting down or draining: reconnect (elsewhere) with your cursor.
@@ -361,6 +368,8 @@ pub enum ClientMessage {
     Ack { cursor: Cursor },
     /// Application-level ping for clients that cannot see WebSocket pings.
     Ping,
+    /// Asks for a `watermark` (servers whose `hello` lists `watermarks`).
+    Watermark,
 }
 
 /// Why records were skipped.
@@ -388,6 +397,12 @@ pub enum ServerMessage {
         role: String,
         /// The position the stream starts from.
         cursor: Cursor,
+        /// Minor protocol version (absent: 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        minor: u32,
+        /// What this server offers beyond protocol 1.0: `watermarks`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     /// A batch of records in order; `cursor` is the position after the batch.
     Records {
@@ -412,6 +427,15 @@ pub enum ServerMessage {
     Draining { cursor: Cursor },
     /// Reconnect (to another replica) after `after_ms`, resuming with your cursor.
     Reconnect { after_ms: u64, reason: String },
+    /// The answer to a client's `watermark`, sent after every record the
+    /// server held for this connection when it was asked: no record with a
+    /// time before `ts` follows on this connection. `cursor` is the
+    /// position the answer was given at.
+    Watermark { ts: String, cursor: Cursor },
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl ServerMessage {

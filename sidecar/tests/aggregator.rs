@@ -255,3 +255,79 @@ async fn upstream_pulls_need_the_pull_token_when_loopback_is_not_exempt() {
             >= 2.0
     );
 }
+
+/// Protocol 1.1: with a window of an hour, lines still arrive — released by
+/// the sidecars' watermarks — and in time order across sidecars (each
+/// stamps a line as it reads it). Before watermarks, each waited the window.
+#[tokio::test]
+async fn watermarks_merge_in_time_order_without_waiting_for_the_window() {
+    let sidecars = three_sidecars();
+    let refs: Vec<&Server> = sidecars.iter().collect();
+    let agg = Server::aggregator(&refs, &["--reorder-window", "1h"]);
+    agg.wait_metric("logstream_upstreams_connected", 3.0);
+    let mut all = Connection::open(&opts(&agg, Subscribe::default()), None)
+        .await
+        .unwrap();
+    hello(&mut all).await;
+    for round in 0..20 {
+        for (i, s) in sidecars.iter().enumerate() {
+            s.append("app.log", &lines_of(1 + (round + i) % 3, i + 1, round * 10));
+        }
+    }
+    let (recs, _) = collect(&mut all, |r| r.len() >= 120).await;
+    assert_eq!(recs.len(), 120);
+    let times: Vec<i64> = recs
+        .iter()
+        .map(|r| logstream::hub::parse_ts(&r.ts).unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "records in time order across sidecars"
+    );
+    assert_eq!(
+        agg.metric("logstream_reorder_window_releases_total"),
+        Some(0.0)
+    );
+    assert!(
+        agg.metric("logstream_upstream_watermark_asks_total")
+            .unwrap()
+            >= 1.0
+    );
+}
+
+/// A sidecar that stops answering (SIGSTOP: its connection stays open) is
+/// given up after the window, and the aggregator says so; once it answers
+/// again it is waited on again.
+#[tokio::test]
+async fn a_silent_upstream_is_merged_without_after_the_window_and_said_so() {
+    let sidecars: Vec<Server> = (1..=2)
+        .map(|i| Server::sidecar("shop", &format!("web-{i}"), &[]))
+        .collect();
+    let refs: Vec<&Server> = sidecars.iter().collect();
+    let agg = Server::aggregator(&refs, &["--reorder-window", "1s"]);
+    agg.wait_metric("logstream_upstreams_connected", 2.0);
+    let mut all = Connection::open(&opts(&agg, Subscribe::default()), None)
+        .await
+        .unwrap();
+    hello(&mut all).await;
+    // A line from each: both upstreams' hellos were read (what the merge
+    // waits on is what said hello).
+    sidecars[0].append("app.log", &lines_of(1, 1, 0));
+    sidecars[1].append("app.log", &lines_of(1, 2, 0));
+    collect(&mut all, |r| r.len() >= 2).await;
+    sidecars[1].signal("STOP");
+    sidecars[0].append("app.log", &lines_of(5, 1, 1));
+    let (recs, _) = collect(&mut all, |r| r.len() >= 5).await;
+    assert_eq!(recs.len(), 5);
+    agg.wait_metric("logstream_upstream_watermark_stalls_total", 1.0);
+    assert!(
+        agg.stderr().contains("gave no watermark"),
+        "{}",
+        agg.stderr()
+    );
+    sidecars[1].signal("CONT");
+    sidecars[1].append("app.log", &lines_of(5, 2, 1));
+    sidecars[0].append("app.log", &lines_of(5, 1, 6));
+    let (recs, _) = collect(&mut all, |r| r.len() >= 10).await;
+    assert_eq!(by_pod(&recs).values().map(Vec::len).sum::<usize>(), 10);
+}

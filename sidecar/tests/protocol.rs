@@ -62,6 +62,7 @@ fn every_message_type_has_a_fixture() {
         "pong",
         "draining",
         "reconnect",
+        "watermark",
     ] {
         assert!(names.iter().any(|n| n.contains(t)), "no fixture for {t}");
         assert!(schema.contains(&format!("\"{t}\"")), "schema lacks {t}");

@@ -3,6 +3,16 @@
 //! arrived. Per-source order always holds (timestamps are clamped to be
 //! non-decreasing within a source).
 //!
+//! A record is released as soon as either rule allows:
+//! - **watermarks** ([`Watermarks`]): every connected upstream has promised
+//!   that nothing older than the record follows from it (protocol 1.1's
+//!   `watermark`, asked for when a record waits on that upstream), so the
+//!   order is exact and the wait is a round trip;
+//! - **the window**: the record arrived a window ago. That bounds the wait
+//!   on an upstream that does not answer (it is then left out of the
+//!   watermark rule until it answers again) and is the only rule while an
+//!   upstream that gives no watermarks (protocol 1.0) is connected.
+//!
 //! Generic over what it orders ([`Timed`]): the aggregator orders
 //! [`Pending`] records into its hub, `kubectl logstream` orders the lines of
 //! several pods into one terminal.
@@ -57,6 +67,8 @@ impl<T> Ord for Item<T> {
 
 pub struct Reorder<T: Timed = Pending> {
     window_ns: i64,
+    /// Records released by the window rule rather than a watermark.
+    pub by_window: u64,
     heap: BinaryHeap<Reverse<Item<T>>>,
     /// (deadline, effective ts) in arrival order.
     deadlines: VecDeque<(i64, i64)>,
@@ -68,6 +80,7 @@ impl<T: Timed> Reorder<T> {
     pub fn new(window: std::time::Duration) -> Reorder<T> {
         Reorder {
             window_ns: i64::try_from(window.as_nanos()).unwrap_or(i64::MAX),
+            by_window: 0,
             heap: BinaryHeap::new(),
             deadlines: VecDeque::new(),
             last_ts: HashMap::new(),
@@ -100,6 +113,13 @@ impl<T: Timed> Reorder<T> {
 
     /// Records whose time has come, in timestamp order.
     pub fn pop_ready(&mut self, now_ns: i64) -> Vec<T> {
+        self.pop_ready_with(now_ns, None)
+    }
+
+    /// Records whose time has come by the window or by `watermark` (no
+    /// record older than it will arrive), in timestamp order.
+    pub fn pop_ready_with(&mut self, now_ns: i64, watermark: Option<i64>) -> Vec<T> {
+        let marked = watermark.unwrap_or(i64::MIN);
         let mut horizon = i64::MIN;
         while let Some(&(deadline, ts)) = self.deadlines.front() {
             if deadline > now_ns {
@@ -108,16 +128,33 @@ impl<T: Timed> Reorder<T> {
             horizon = horizon.max(ts);
             self.deadlines.pop_front();
         }
+        // The deadline of a record the watermark covers could only release
+        // what the watermark does: dropped, so no wake-up waits for it.
+        while let Some(&(_, ts)) = self.deadlines.front() {
+            if ts > marked {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+        let horizon_all = horizon.max(marked);
         let mut out = Vec::new();
         while let Some(Reverse(top)) = self.heap.peek() {
-            if top.ts > horizon {
+            if top.ts > horizon_all {
                 break;
+            }
+            if top.ts > marked {
+                self.by_window += 1;
             }
             if let Some(Reverse(item)) = self.heap.pop() {
                 out.push(item.pending);
             }
         }
         out
+    }
+
+    /// The time of the oldest record waiting.
+    pub fn oldest(&self) -> Option<i64> {
+        self.heap.peek().map(|Reverse(i)| i.ts)
     }
 
     /// Everything, in timestamp order (shutdown).
@@ -133,6 +170,138 @@ impl<T: Timed> Reorder<T> {
     /// When the next record becomes ready.
     pub fn next_deadline(&self) -> Option<i64> {
         self.deadlines.front().map(|(d, _)| *d)
+    }
+}
+
+/// What each connected upstream has promised (its latest `watermark`),
+/// and whom to ask for a newer one. Pure: times are passed in.
+///
+/// An upstream asked and silent for `stall_ns` is left out of the
+/// watermark rule (the window then bounds what waited on it) until it
+/// answers again.
+pub struct Watermarks<K> {
+    ups: HashMap<K, Up>,
+    stall_ns: i64,
+    /// Least time between two asks of one upstream whose answer fell short
+    /// (its clock behind the record's source's): a bound, not a spin.
+    reask_ns: i64,
+}
+
+#[derive(Debug)]
+struct Up {
+    /// Answers `watermark` (protocol ≥ 1.1).
+    gives: bool,
+    mark: i64,
+    /// When the outstanding ask was sent.
+    asked: Option<i64>,
+    /// Not before this time is it asked again.
+    not_before: i64,
+    stalled: bool,
+}
+
+/// What changed for an upstream, for the log and the metrics.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stall<K> {
+    /// Asked and silent for the bound: left out until it answers.
+    Began(K),
+}
+
+impl<K: Hash + Eq + Clone> Watermarks<K> {
+    pub fn new(stall: std::time::Duration) -> Watermarks<K> {
+        Watermarks {
+            ups: HashMap::new(),
+            stall_ns: i64::try_from(stall.as_nanos()).unwrap_or(i64::MAX),
+            reask_ns: 1_000_000,
+        }
+    }
+
+    /// `up` connected; `gives`: its `hello` lists `watermarks`.
+    pub fn connected(&mut self, up: K, gives: bool) {
+        self.ups.insert(
+            up,
+            Up {
+                gives,
+                mark: i64::MIN,
+                asked: None,
+                not_before: i64::MIN,
+                stalled: false,
+            },
+        );
+    }
+
+    /// `up` disconnected (or was removed): it holds nothing back.
+    pub fn gone(&mut self, up: &K) {
+        self.ups.remove(up);
+    }
+
+    /// `up` answered `mark` at `now`; `true` if it had been left out.
+    pub fn marked(&mut self, up: &K, mark: i64, now: i64) -> bool {
+        let Some(u) = self.ups.get_mut(up) else {
+            return false;
+        };
+        u.mark = u.mark.max(mark);
+        u.asked = None;
+        u.not_before = now.saturating_add(self.reask_ns);
+        std::mem::replace(&mut u.stalled, false)
+    }
+
+    /// No record older than this will arrive from a connected upstream:
+    /// `None` while one gives no watermarks (the window rule alone).
+    pub fn horizon(&self) -> Option<i64> {
+        let mut h = i64::MAX;
+        for u in self.ups.values() {
+            if !u.gives {
+                return None;
+            }
+            if !u.stalled {
+                h = h.min(u.mark);
+            }
+        }
+        Some(h)
+    }
+
+    /// Upstreams to ask now for the record at `oldest` to be released:
+    /// those behind it with no ask outstanding; marked as asked.
+    pub fn to_ask(&mut self, oldest: i64, now: i64) -> Vec<K> {
+        let mut out = Vec::new();
+        for (k, u) in &mut self.ups {
+            if u.gives && !u.stalled && u.mark < oldest && u.asked.is_none() && now >= u.not_before
+            {
+                u.asked = Some(now);
+                out.push(k.clone());
+            }
+        }
+        out
+    }
+
+    /// Upstreams silent past the bound at `now`, now left out.
+    pub fn stalls(&mut self, now: i64) -> Vec<Stall<K>> {
+        let mut out = Vec::new();
+        for (k, u) in &mut self.ups {
+            if let Some(at) = u.asked
+                && !u.stalled
+                && now.saturating_sub(at) >= self.stall_ns
+            {
+                u.stalled = true;
+                out.push(Stall::Began(k.clone()));
+            }
+        }
+        out
+    }
+
+    /// When [`Watermarks::stalls`] or [`Watermarks::to_ask`] may next have
+    /// something to do.
+    pub fn next_timer(&self, oldest: Option<i64>) -> Option<i64> {
+        self.ups
+            .values()
+            .filter_map(|u| match u.asked {
+                Some(at) if !u.stalled => Some(at.saturating_add(self.stall_ns)),
+                None if u.gives && !u.stalled && oldest.is_some_and(|o| u.mark < o) => {
+                    Some(u.not_before)
+                }
+                _ => None,
+            })
+            .min()
     }
 }
 
@@ -194,6 +363,86 @@ mod tests {
         assert_eq!(lines(&out), ["a@50", "a@20"]);
         assert!(out[0].seq < out[1].seq);
         let _ = Arc::new(());
+    }
+
+    #[test]
+    fn a_watermark_releases_before_the_window_and_in_order() {
+        let hub = crate::hub::tests::small_hub();
+        let mut r: Reorder = Reorder::new(Duration::from_secs(3600));
+        r.push(rec(&hub, "a", 30), 0);
+        r.push(rec(&hub, "b", 10), 1);
+        r.push(rec(&hub, "a", 50), 2);
+        assert!(
+            r.pop_ready_with(3, None).is_empty(),
+            "the window alone waits"
+        );
+        assert_eq!(lines(&r.pop_ready_with(3, Some(30))), ["b@10", "a@30"]);
+        assert_eq!(r.oldest(), Some(50));
+        assert_eq!(lines(&r.pop_ready_with(4, Some(i64::MAX))), ["a@50"]);
+        assert_eq!(r.by_window, 0);
+        assert_eq!(r.next_deadline(), None, "no wake-up for what is gone");
+    }
+
+    #[test]
+    fn the_window_still_bounds_the_wait_and_is_counted() {
+        let hub = crate::hub::tests::small_hub();
+        let mut r: Reorder = Reorder::new(Duration::from_nanos(100));
+        r.push(rec(&hub, "a", 30), 0);
+        r.push(rec(&hub, "b", 20), 0);
+        assert_eq!(lines(&r.pop_ready_with(100, Some(20))), ["b@20", "a@30"]);
+        assert_eq!(r.by_window, 1, "a@30 went by the window");
+    }
+
+    fn ms(n: i64) -> i64 {
+        n * 1_000_000
+    }
+
+    #[test]
+    fn the_horizon_is_the_least_promise_of_those_that_answer() {
+        let mut w: Watermarks<u8> = Watermarks::new(Duration::from_millis(200));
+        assert_eq!(
+            w.horizon(),
+            Some(i64::MAX),
+            "no upstream holds anything back"
+        );
+        w.connected(1, true);
+        w.connected(2, true);
+        assert_eq!(w.horizon(), Some(i64::MIN), "no promise yet");
+        w.marked(&1, ms(10), 0);
+        w.marked(&2, ms(7), 0);
+        assert_eq!(w.horizon(), Some(ms(7)));
+        w.marked(&2, ms(5), 0);
+        assert_eq!(w.horizon(), Some(ms(7)), "a promise is never taken back");
+        w.gone(&2);
+        assert_eq!(w.horizon(), Some(ms(10)));
+        w.connected(3, false);
+        assert_eq!(w.horizon(), None, "a 1.0 upstream: the window alone");
+    }
+
+    #[test]
+    fn asks_once_those_behind_and_leaves_out_the_silent() {
+        let mut w: Watermarks<u8> = Watermarks::new(Duration::from_millis(200));
+        w.connected(1, true);
+        w.connected(2, true);
+        w.connected(3, false);
+        w.marked(&1, ms(50), 0);
+        let mut asked = w.to_ask(ms(20), ms(2));
+        asked.sort_unstable();
+        assert_eq!(asked, [2], "1 is past it, 3 gives none");
+        assert!(w.to_ask(ms(20), ms(3)).is_empty(), "one ask outstanding");
+        assert_eq!(w.next_timer(Some(ms(20))), Some(ms(202)));
+        assert!(w.stalls(ms(201)).is_empty());
+        assert_eq!(w.stalls(ms(202)), [Stall::Began(2)]);
+        assert!(w.stalls(ms(300)).is_empty(), "said once");
+        w.gone(&3);
+        assert_eq!(w.horizon(), Some(ms(50)), "the silent one is left out");
+        assert!(w.marked(&2, ms(30), ms(400)), "back");
+        assert_eq!(w.horizon(), Some(ms(30)));
+        // Answered short of the record (a clock behind): asked again, but
+        // not before the re-ask gap.
+        assert!(w.to_ask(ms(40), ms(400)).is_empty());
+        assert_eq!(w.next_timer(Some(ms(40))), Some(ms(401)));
+        assert_eq!(w.to_ask(ms(40), ms(401)), [2]);
     }
 
     #[test]

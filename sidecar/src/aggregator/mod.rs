@@ -2,9 +2,10 @@
 //! history and serves the same streams (plus the Loki API) as a sidecar.
 //!
 //! ```text
-//!  discovery (pods | --source) ──► puller per upstream ──► reorder window ──► hub ──► sessions
-//!                                  resume cursor, acks       ts order,          records keep the
-//!                                  backoff + jitter          ≤ window delay     upstream sid:seq
+//!  discovery (pods | --source) ──► puller per upstream ──► reorder ──────────► hub ──► sessions
+//!                                  resume cursor, acks       ts order by the     records keep the
+//!                                  backoff + jitter,         upstreams' water-   upstream sid:seq
+//!                                  watermark asks            marks, ≤ window
 //! ```
 //!
 //! Records keep their upstream source ids and sequence numbers, so a
@@ -28,8 +29,8 @@ use crate::metrics::Metrics;
 use crate::run::{RunError, start_server};
 use crate::server::{AppState, ServerConfig};
 use discovery::Upstreams;
-use merge::Reorder;
-use puller::Upstream;
+use merge::{Reorder, Stall, Watermarks};
+use puller::{Feed, Upstream};
 
 /// Where upstreams come from.
 #[derive(Clone, Debug)]
@@ -97,7 +98,7 @@ pub async fn run_aggregator(
     };
 
     // Pullers feed the reorder window; one task publishes into the hub.
-    let (rec_tx, rec_rx) = mpsc::channel::<Vec<Pending>>(256);
+    let (rec_tx, rec_rx) = mpsc::channel::<Feed>(256);
     let merger = tokio::spawn(merge_loop(
         rec_rx,
         hub.clone(),
@@ -171,23 +172,34 @@ pub async fn run_aggregator(
 async fn supervise(
     mut ups: watch::Receiver<Upstreams>,
     hub: Arc<Hub>,
-    out: mpsc::Sender<Vec<Pending>>,
+    out: mpsc::Sender<Feed>,
     metrics: Arc<Metrics>,
     token: Option<String>,
     ready: watch::Sender<bool>,
     stored: Option<Arc<History>>,
 ) {
-    let mut running: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+    type Running = HashMap<String, (String, u64, tokio::task::JoinHandle<()>)>;
+    let mut running: Running = HashMap::new();
+    let mut ids = 0u64;
     loop {
         let current = ups.borrow_and_update().clone();
-        running.retain(|key, (url, handle)| {
+        let mut gone = Vec::new();
+        running.retain(|key, (url, id, handle)| {
             let keep = current.get(key) == Some(url);
             if !keep {
                 tracing::info!(upstream = %key, "upstream gone");
                 handle.abort();
+                gone.push(*id);
             }
             keep
         });
+        // An aborted puller says nothing more: the merge stops waiting on
+        // its watermark here.
+        for id in gone {
+            if out.send(Feed::Gone { id }).await.is_err() {
+                return;
+            }
+        }
         for (key, url) in current {
             if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(key.clone()) {
                 // Resumed where the history on disk stands: by pod when the
@@ -196,7 +208,9 @@ async fn supervise(
                     let pod = (key != url).then_some(key.as_str());
                     h.stored_cursor(pod, 256)
                 });
+                ids += 1;
                 let up = Upstream {
+                    id: ids,
                     key,
                     url: url.clone(),
                     token: token.clone(),
@@ -208,7 +222,7 @@ async fn supervise(
                     metrics.clone(),
                     start,
                 ));
-                slot.insert((url, task));
+                slot.insert((url, ids, task));
             }
         }
         metrics.upstreams_known.set(running.len() as i64);
@@ -221,7 +235,7 @@ async fn supervise(
 }
 
 async fn merge_loop(
-    mut rx: mpsc::Receiver<Vec<Pending>>,
+    mut rx: mpsc::Receiver<Feed>,
     hub: Arc<Hub>,
     disk: Option<Arc<History>>,
     metrics: Arc<Metrics>,
@@ -232,25 +246,48 @@ async fn merge_loop(
         None => hub.publish(batch),
     };
     let mut reorder = Reorder::new(window);
+    // An upstream silent on an ask for the window is merged without.
+    let mut marks: Watermarks<u64> = Watermarks::new(window);
+    let mut asks: HashMap<u64, (String, Arc<tokio::sync::Notify>)> = HashMap::new();
     loop {
-        let deadline = reorder.next_deadline();
+        let timer = match (reorder.next_deadline(), marks.next_timer(reorder.oldest())) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
-            batch = rx.recv() => {
-                let Some(batch) = batch else { break };
+            feed = rx.recv() => {
+                let Some(feed) = feed else { break };
                 let now = now_ns();
-                for p in batch {
-                    reorder.push(p, now);
-                }
+                take(feed, &mut reorder, &mut marks, &mut asks, now);
                 // Take whatever else is queued before publishing: fewer, larger batches.
                 while let Ok(more) = rx.try_recv() {
-                    for p in more {
-                        reorder.push(p, now);
-                    }
+                    take(more, &mut reorder, &mut marks, &mut asks, now);
                 }
             }
-            _ = sleep_until_ns(deadline), if deadline.is_some() => {}
+            _ = sleep_until_ns(timer), if timer.is_some() => {}
         }
-        let ready = reorder.pop_ready(now_ns());
+        let now = now_ns();
+        for Stall::Began(id) in marks.stalls(now) {
+            metrics.upstream_watermark_stalls.inc();
+            let key = asks.get(&id).map_or("?", |(k, _)| k.as_str());
+            tracing::warn!(
+                upstream = %key,
+                waited_ms = window.as_millis() as u64,
+                "upstream gave no watermark: merging without it until it answers"
+            );
+        }
+        let released_by_window = reorder.by_window;
+        let ready = reorder.pop_ready_with(now, marks.horizon());
+        metrics
+            .reorder_window_releases
+            .inc_by(reorder.by_window - released_by_window);
+        if let Some(oldest) = reorder.oldest() {
+            for id in marks.to_ask(oldest, now) {
+                if let Some((_, n)) = asks.get(&id) {
+                    n.notify_one();
+                }
+            }
+        }
         metrics.reorder_buffered.set(reorder.len() as i64);
         if !ready.is_empty() {
             publish(ready);
@@ -261,6 +298,45 @@ async fn merge_loop(
     }
     let rest = reorder.drain_all();
     publish(rest);
+}
+
+/// One message of a puller into the merge's state.
+fn take(
+    feed: Feed,
+    reorder: &mut Reorder,
+    marks: &mut Watermarks<u64>,
+    asks: &mut HashMap<u64, (String, Arc<tokio::sync::Notify>)>,
+    now: i64,
+) {
+    match feed {
+        Feed::Records(batch) => {
+            for p in batch {
+                reorder.push(p, now);
+            }
+        }
+        Feed::Connected {
+            id,
+            key,
+            gives,
+            asks: n,
+        } => {
+            if !gives {
+                tracing::info!(upstream = %key, "upstream gives no watermarks (protocol 1.0): the reorder window orders its records");
+            }
+            marks.connected(id, gives);
+            asks.insert(id, (key, n));
+        }
+        Feed::Watermark { id, ts } => {
+            if marks.marked(&id, ts, now) {
+                let key = asks.get(&id).map_or("?", |(k, _)| k.as_str());
+                tracing::info!(upstream = %key, "upstream answers watermarks again");
+            }
+        }
+        Feed::Gone { id } => {
+            marks.gone(&id);
+            asks.remove(&id);
+        }
+    }
 }
 
 async fn sleep_until_ns(deadline: Option<i64>) {

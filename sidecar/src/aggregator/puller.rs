@@ -6,27 +6,55 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::client::{ClientOptions, Connection};
 use crate::hub::{Hub, Pending, SourceInfo, now_ns, parse_ts};
 use crate::metrics::Metrics;
-use crate::protocol::{Cursor, Format, GapReason, ServerMessage, SourceId, Subscribe};
+use crate::protocol::{
+    ClientMessage, Cursor, FEATURE_WATERMARKS, Format, GapReason, ServerMessage, SourceId,
+    Subscribe,
+};
 
 pub struct Upstream {
+    /// Names this upstream to the merge while the aggregator runs.
+    pub id: u64,
     pub key: String,
     pub url: String,
     pub token: Option<String>,
+}
+
+/// What pullers tell the merge, in each upstream's order.
+pub enum Feed {
+    Records(Vec<Pending>),
+    /// Upstream `id` connected; `gives`: it answers watermark requests,
+    /// which the merge asks for by notifying `asks`.
+    Connected {
+        id: u64,
+        key: String,
+        gives: bool,
+        asks: Arc<Notify>,
+    },
+    /// No record older than `ts` will follow from upstream `id`.
+    Watermark {
+        id: u64,
+        ts: i64,
+    },
+    /// Upstream `id` disconnected or was removed.
+    Gone {
+        id: u64,
+    },
 }
 
 /// Runs until aborted. Records go to `out` in upstream order.
 pub async fn pull(
     up: Upstream,
     hub: Arc<Hub>,
-    out: mpsc::Sender<Vec<Pending>>,
+    out: mpsc::Sender<Feed>,
     metrics: Arc<Metrics>,
     start: Cursor,
 ) {
+    let id = up.id;
     // Empty, or where the history on disk stands (a restart).
     let mut cursor = start;
     let mut sources: HashMap<SourceId, Arc<SourceInfo>> = HashMap::new();
@@ -45,8 +73,24 @@ pub async fn pull(
             Ok(mut conn) => {
                 tracing::info!(upstream = %up.key, url = %up.url, cursor = %cursor, "pulling");
                 metrics.upstreams_connected.inc();
+                // One per connection: an ask meant for the last one is void.
+                let asks = Arc::new(Notify::new());
                 loop {
-                    let msg = match conn.next().await {
+                    // The merge's asks are sent between messages (one
+                    // outstanding at most: the notification holds one permit).
+                    let next = tokio::select! {
+                        biased;
+                        m = conn.next() => m,
+                        () = asks.notified() => {
+                            metrics.upstream_watermark_asks.inc();
+                            if let Err(e) = conn.send(&ClientMessage::Watermark).await {
+                                tracing::debug!(upstream = %up.key, error = %e, "upstream write");
+                                break;
+                            }
+                            continue;
+                        }
+                    };
+                    let msg = match next {
                         Ok(Some(m)) => m,
                         Ok(None) => break,
                         Err(e) => {
@@ -55,7 +99,27 @@ pub async fn pull(
                         }
                     };
                     match msg {
-                        ServerMessage::Hello { .. } => backoff = Duration::from_millis(100),
+                        ServerMessage::Hello { features, .. } => {
+                            backoff = Duration::from_millis(100);
+                            let gives = features.iter().any(|f| f == FEATURE_WATERMARKS);
+                            let hello = Feed::Connected {
+                                id,
+                                key: up.key.clone(),
+                                gives,
+                                asks: asks.clone(),
+                            };
+                            if out.send(hello).await.is_err() {
+                                metrics.upstreams_connected.dec();
+                                return;
+                            }
+                        }
+                        ServerMessage::Watermark { ts, .. } => {
+                            let Some(ts) = parse_ts(&ts) else { continue };
+                            if out.send(Feed::Watermark { id, ts }).await.is_err() {
+                                metrics.upstreams_connected.dec();
+                                return;
+                            }
+                        }
                         ServerMessage::Records {
                             records,
                             cursor: after,
@@ -82,7 +146,7 @@ pub async fn pull(
                             }
                             cursor.merge(&after);
                             metrics.upstream_records.inc_by(batch.len() as u64);
-                            if !batch.is_empty() && out.send(batch).await.is_err() {
+                            if !batch.is_empty() && out.send(Feed::Records(batch)).await.is_err() {
                                 metrics.upstreams_connected.dec();
                                 return;
                             }
@@ -101,6 +165,9 @@ pub async fn pull(
                     }
                 }
                 metrics.upstreams_connected.dec();
+                if out.send(Feed::Gone { id }).await.is_err() {
+                    return;
+                }
             }
             Err(e) => tracing::debug!(upstream = %up.key, error = %e, "connect"),
         }

@@ -101,6 +101,9 @@ pub struct RateConfig {
     pub messages: Rate,
     /// `subscribe` messages (each re-positions the session).
     pub subscribes: Rate,
+    /// `watermark` requests, counted apart from `messages`: an aggregator
+    /// asks each sidecar whenever another's line waits on it.
+    pub watermarks: Rate,
 }
 
 impl Default for RateConfig {
@@ -115,6 +118,7 @@ impl Default for RateConfig {
             connections_per_credential: Rate::per_second(20, 100),
             messages: Rate::per_second(50, 100),
             subscribes: Rate::per_second(5, 20),
+            watermarks: Rate::per_second(1000, 1000),
         }
     }
 }
@@ -128,6 +132,7 @@ impl RateConfig {
             connections_per_credential: off,
             messages: off,
             subscribes: off,
+            watermarks: off,
         }
     }
 }
@@ -140,6 +145,7 @@ pub enum Limited {
     ConnectionsPerCredential,
     Messages,
     Subscribes,
+    Watermarks,
 }
 
 impl Limited {
@@ -149,6 +155,7 @@ impl Limited {
             Limited::ConnectionsPerCredential => "connections_per_credential",
             Limited::Messages => "messages",
             Limited::Subscribes => "subscribes",
+            Limited::Watermarks => "watermarks",
         }
     }
 
@@ -159,6 +166,7 @@ impl Limited {
             Limited::ConnectionsPerCredential => "rate limit: too many new streams for this token",
             Limited::Messages => "rate limit: too many messages on this connection",
             Limited::Subscribes => "rate limit: too many subscribe messages on this connection",
+            Limited::Watermarks => "rate limit: too many watermark requests on this connection",
         }
     }
 }
@@ -169,6 +177,7 @@ pub struct RateLimits {
     credentials: Option<DefaultKeyedRateLimiter<u64>>,
     messages: Option<DefaultKeyedRateLimiter<usize>>,
     subscribes: Option<DefaultKeyedRateLimiter<usize>>,
+    watermarks: Option<DefaultKeyedRateLimiter<usize>>,
     /// Hashes credentials with a per-process key: the map never holds a
     /// token, and its keys cannot be chosen to collide.
     hasher: std::collections::hash_map::RandomState,
@@ -188,6 +197,7 @@ impl RateLimits {
                 .map(DefaultKeyedRateLimiter::keyed),
             messages: cfg.messages.quota().map(DefaultKeyedRateLimiter::keyed),
             subscribes: cfg.subscribes.quota().map(DefaultKeyedRateLimiter::keyed),
+            watermarks: cfg.watermarks.quota().map(DefaultKeyedRateLimiter::keyed),
             hasher: std::collections::hash_map::RandomState::new(),
             clock: DefaultClock::default(),
         }
@@ -220,6 +230,12 @@ impl RateLimits {
         Ok(())
     }
 
+    /// A `watermark` request on connection `conn`.
+    pub fn watermark_on(&self, conn: usize) -> Result<(), Limited> {
+        self.take(&self.watermarks, &conn, Limited::Watermarks)
+            .map_err(|(l, _)| l)
+    }
+
     fn take<K: Hash + Eq + Clone>(
         &self,
         limiter: &Option<DefaultKeyedRateLimiter<K>>,
@@ -245,7 +261,10 @@ impl RateLimits {
             l.shrink_to_fit();
             held += l.len();
         }
-        for l in [&self.messages, &self.subscribes].into_iter().flatten() {
+        for l in [&self.messages, &self.subscribes, &self.watermarks]
+            .into_iter()
+            .flatten()
+        {
             l.retain_recent();
             l.shrink_to_fit();
             held += l.len();

@@ -82,6 +82,14 @@ pub struct ServerConfig {
 pub const DEFAULT_STREAM_SEND_BUFFER: usize = 128 << 10;
 
 impl ServerConfig {
+    /// Whether `watermark` requests are answered: a sidecar's records are
+    /// stamped by its own clock as it reads them, so it can promise that no
+    /// earlier time follows. An aggregator passes its upstreams' times on,
+    /// and a late upstream's record may be older than anything it promised.
+    pub fn gives_watermarks(&self) -> bool {
+        self.role != "aggregator"
+    }
+
     /// Most bytes tungstenite may hold to send on one WebSocket. `/ws`
     /// writes record batches to the socket itself, so only control frames
     /// and one batch's worth pass through the buffer; the Loki tail sends

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use super::AppState;
 use super::ServerConfig;
 use crate::hub::Entry;
-use crate::protocol::{Cursor, GapReason, PROTOCOL_VERSION, ServerMessage};
+use crate::protocol::{
+    Cursor, FEATURE_WATERMARKS, GapReason, PROTOCOL_MINOR, PROTOCOL_VERSION, ServerMessage,
+};
 use crate::session::{Pull, Session};
 
 /// What to send a client next.
@@ -89,6 +91,12 @@ pub fn hello(session: &Session, cfg: &ServerConfig) -> ServerMessage {
         server: format!("logstream/{}", env!("CARGO_PKG_VERSION")),
         role: cfg.role.clone(),
         cursor: session.cursor(),
+        minor: PROTOCOL_MINOR,
+        features: if cfg.gives_watermarks() {
+            vec![FEATURE_WATERMARKS.into()]
+        } else {
+            Vec::new()
+        },
     }
 }
 

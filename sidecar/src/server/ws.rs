@@ -25,6 +25,7 @@ use super::query::admit_stream;
 use super::stream::{self, Next};
 use super::{AppState, ConnGuard};
 use crate::filter::Filter;
+use crate::hub::format_ts;
 use crate::metrics::Transport;
 use crate::protocol::{ClientMessage, Cursor, Format, ServerMessage, close};
 use crate::session::Session;
@@ -554,6 +555,8 @@ where
     let mut pinged = st.ping_epoch.load(Ordering::Relaxed);
     let mut last_heard = Instant::now();
     let mut draining: Option<Cursor> = None;
+    // A watermark asked for and not yet sent.
+    let mut watermark: Option<i64> = None;
     // Boxed and made only once draining starts: an idle connection keeps no timer for it.
     let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
@@ -590,7 +593,16 @@ where
                         send!(text(frame::notice(&m, format)));
                     }
                     Next::TooSlow => return End::TooSlow,
-                    Next::Idle => break,
+                    Next::Idle => {
+                        if let Some(ts) = watermark.take() {
+                            let m = ServerMessage::Watermark {
+                                ts: format_ts(ts),
+                                cursor: session.cursor(),
+                            };
+                            send!(text(frame::message(&m)));
+                        }
+                        break;
+                    }
                     Next::Reconnect(m) => {
                         send!(text(frame::notice(&m, format)));
                         return End::Drained;
@@ -635,6 +647,10 @@ where
                 match on_client_message(msg, session, draining.as_ref(), st) {
                     Step::Continue => {}
                     Step::Reply(m) => send!(m),
+                    // Taken before the pull that follows: what was
+                    // published before it is sent first, what comes after
+                    // it is stamped no earlier (Hub::watermark).
+                    Step::Watermark => watermark = Some(st.hub.watermark()),
                     Step::End(end) => return end,
                 }
                 // A new filter may wait on another wake class (the loop
@@ -706,6 +722,9 @@ where
 enum Step {
     Continue,
     Reply(Message),
+    /// A `watermark` was asked for: stamp one now, answer once every
+    /// record held for the connection is sent.
+    Watermark,
     End(End),
 }
 
@@ -736,7 +755,18 @@ where
         Message::Close(_) | Message::Pong(_) | Message::Frame(_) => false,
     };
     let subscribe = matches!(parsed, Some(Ok(ClientMessage::Subscribe(_))));
-    if counted && let Err(why) = st.limits.message_on(conn, subscribe) {
+    // A merging client asks for a watermark whenever a line of another
+    // source waits on this one (up to a few hundred a second): counted
+    // apart from the other messages, with room for that.
+    let watermark = matches!(parsed, Some(Ok(ClientMessage::Watermark)));
+    let limited = if watermark {
+        st.limits.watermark_on(conn)
+    } else if counted {
+        st.limits.message_on(conn, subscribe)
+    } else {
+        Ok(())
+    };
+    if let Err(why) = limited {
         st.limited(why);
         return Step::End(End::RateLimited(why));
     }
@@ -767,6 +797,19 @@ where
             Some(Ok(ClientMessage::Ping)) => {
                 Step::Reply(text(frame::message(&ServerMessage::Pong)))
             }
+            Some(Ok(ClientMessage::Watermark)) if st.cfg.gives_watermarks() => Step::Watermark,
+            Some(Ok(ClientMessage::Watermark)) => error(
+                "unsupported",
+                format!(
+                    "a{} {} gives no watermarks (its hello lists no `watermarks` feature)",
+                    if st.cfg.role.starts_with('a') {
+                        "n"
+                    } else {
+                        ""
+                    },
+                    st.cfg.role
+                ),
+            ),
             Some(Err(e)) => error("bad_message", e.to_string()),
             // Parsed above for every text message.
             None => Step::Continue,

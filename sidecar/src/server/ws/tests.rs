@@ -1,7 +1,7 @@
 //! The WebSocket logic driven through channels instead of a socket.
 use super::*;
-use crate::hub::Hub;
 use crate::hub::tests::{publish_lines, small_hub, src};
+use crate::hub::{Hub, Pending};
 use crate::protocol::Subscribe;
 use crate::server::ServerConfig;
 use futures::channel::mpsc;
@@ -274,4 +274,105 @@ async fn a_compressing_client_is_read_and_sent_compressed_batches() {
     };
     assert_eq!(close.map(|c| u16::from(c.code)), Some(close::TOO_BIG));
     assert_eq!(served.await.unwrap(), End::TooBig);
+}
+
+/// Protocol 1.1: a `watermark` is answered after the records held, and
+/// nothing published later carries an earlier time — even a line read
+/// (stamped) before the watermark was given.
+#[tokio::test]
+async fn a_watermark_comes_after_the_records_and_bounds_what_follows() {
+    let hub = small_hub();
+    let a = hub.source(src("a.log"));
+    let st = state(&hub);
+    let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
+    let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
+    let sub = Subscribe::default();
+    let session = Session::new(
+        hub.clone(),
+        &sub,
+        Filter::compile(&sub).unwrap(),
+        st.cfg.session,
+    );
+    let task = spawn_serve(&st, server_tx, server_rx, session);
+    match recv(&mut client_rx).await {
+        ServerMessage::Hello {
+            minor, features, ..
+        } => {
+            assert_eq!(minor, crate::protocol::PROTOCOL_MINOR);
+            assert_eq!(features, ["watermarks"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    publish_lines(&hub, &a, &["one"]);
+    let one = match recv(&mut client_rx).await {
+        ServerMessage::Records { records, .. } => crate::hub::parse_ts(&records[0].ts).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    client_tx
+        .send(Ok(Message::text(r#"{"type":"watermark"}"#)))
+        .await
+        .unwrap();
+    let mark = match recv(&mut client_rx).await {
+        ServerMessage::Watermark { ts, cursor } => {
+            assert_eq!(cursor.get(a.sid), 1);
+            crate::hub::parse_ts(&ts).unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(mark >= one);
+    // Read at time 0, published after the watermark.
+    hub.publish(vec![Pending {
+        seq: a.next_seq(),
+        source: a.clone(),
+        ts_ns: 0,
+        level: None,
+        line: "late".into(),
+        partial: false,
+        split: None,
+    }]);
+    match recv(&mut client_rx).await {
+        ServerMessage::Records { records, .. } => {
+            assert_eq!(records[0].line, "late");
+            assert!(crate::hub::parse_ts(&records[0].ts).unwrap() >= mark);
+        }
+        other => panic!("{other:?}"),
+    }
+    task.abort();
+}
+
+/// An aggregator passes its upstreams' times on and cannot promise one.
+#[tokio::test]
+async fn an_aggregator_refuses_a_watermark_request_and_lists_no_feature() {
+    let hub = small_hub();
+    let cfg = ServerConfig {
+        role: "aggregator".into(),
+        ..ServerConfig::default()
+    };
+    let st = AppState::for_tests(hub.clone(), cfg);
+    let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
+    let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
+    let sub = Subscribe::default();
+    let session = Session::new(
+        hub.clone(),
+        &sub,
+        Filter::compile(&sub).unwrap(),
+        st.cfg.session,
+    );
+    let task = spawn_serve(&st, server_tx, server_rx, session);
+    match recv(&mut client_rx).await {
+        ServerMessage::Hello { features, .. } => assert!(features.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    client_tx
+        .send(Ok(Message::text(r#"{"type":"watermark"}"#)))
+        .await
+        .unwrap();
+    match recv(&mut client_rx).await {
+        ServerMessage::Error { code, message } => {
+            assert_eq!(code, "unsupported");
+            assert!(message.contains("an aggregator"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    task.abort();
 }
