@@ -103,7 +103,7 @@ PIN_SERVER=(--server-cpu 0)
 # targets, the other targets' compare results are kept (and reported).
 for g in $SCENARIOS; do
     if [[ $g == compare ]]; then
-        for t in $CMP_TARGETS; do rm -f "$OUT"/compare-*-"$t".json; done
+        for t in $CMP_TARGETS; do rm -f "$OUT"/compare-*-"$t".json "$OUT"/compare-*-"$t"-r*.json; done
     else
         rm -f "$OUT/$g"-*.json "$OUT/$g.json"
     fi
@@ -111,10 +111,10 @@ done
 PIN_TOOL=(taskset -c 1)
 if [[ $QUICK == 1 ]]; then
     CMP_STEPS=0,1000,2000,5000; CMP_STEPS_TAILF=0,50,100,200; CMP_LINES=300000
-    CMP_LAT_IDLE=8; CMP_LAT_FAST=3; CMP_DELIVER=200000; CMP_FANOUT="1 10 100 1000 10000"
+    CMP_LAT_IDLE=8; CMP_LAT_FAST=3; CMP_DELIVER=200000; CMP_FANOUT="1 10 100 1000 10000"; CMP_LAT_RUNS=${CMP_LAT_RUNS:-2}
 else
     CMP_STEPS=0,1000,5000,10000,19000; CMP_STEPS_TAILF=0,100,200,400; CMP_LINES=1000000
-    CMP_LAT_IDLE=30; CMP_LAT_FAST=10; CMP_DELIVER=1000000; CMP_FANOUT="1 10 100 1000 10000"
+    CMP_LAT_IDLE=30; CMP_LAT_FAST=10; CMP_DELIVER=1000000; CMP_FANOUT="1 10 100 1000 10000"; CMP_LAT_RUNS=${CMP_LAT_RUNS:-5}
 fi
 
 # k6, stall: the ws baseline as a command template for ls-k6 / ls-stall.
@@ -203,8 +203,13 @@ if want compare; then
         fmt=(); [[ $t == ours-* ]] && fmt=(--format raw)
         run "${PIN_TOOL[@]}" "$BIN/ls-latency" --target "$t" "${fmt[@]}" --rate 1 --duration "$CMP_LAT_IDLE" --clients 1 \
             "${PIN_SERVER[@]}" "${QL[@]}" --json-out "$OUT/compare-latency-1-$t.json"
-        run "${PIN_TOOL[@]}" "$BIN/ls-latency" --target "$t" "${fmt[@]}" --rate 10000 --duration "$CMP_LAT_FAST" --clients 100 \
-            "${PIN_SERVER[@]}" "${QL[@]}" --json-out "$OUT/compare-latency-10000-$t.json"
+        # The loaded row is noisy run to run: run 1 keeps the usual name,
+        # runs 2.. a suffix; the report shows median and min–max.
+        for r in $(seq 1 "$CMP_LAT_RUNS"); do
+            suffix=""; (( r > 1 )) && suffix="-r$r"
+            run "${PIN_TOOL[@]}" "$BIN/ls-latency" --target "$t" "${fmt[@]}" --rate 10000 --duration "$CMP_LAT_FAST" --clients 100 \
+                "${PIN_SERVER[@]}" "${QL[@]}" --json-out "$OUT/compare-latency-10000-$t$suffix.json"
+        done
     done
     for t in $CMP_TARGETS; do
         extra=(); [[ $t == ours-* ]] && extra=("${OURS[@]}")

@@ -18,6 +18,21 @@ fn load(dir: &Path, name: &str) -> Option<Value> {
     serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
 }
 
+/// Microseconds of one run, or of several: "median (min–max, N runs)".
+fn spread(mut xs: Vec<f64>) -> String {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => "–".into(),
+        1 => us(Some(xs[0])),
+        n => format!(
+            "{} ({}–{}, {n} runs)",
+            us(Some(xs[n / 2])),
+            us(Some(xs[0])),
+            us(Some(xs[n - 1]))
+        ),
+    }
+}
+
 fn group(n: f64) -> String {
     let neg = n < 0.0;
     let s = (n.abs().round() as u64).to_string();
@@ -255,7 +270,9 @@ pub fn render(dir: &Path) -> Result<Option<String>> {
              lines like the baselines send (`/ws?format=raw&file=latency.log`, `/sse?format=raw&file=latency.log`): with JSON \
              records at 10,000 lines/s × 100 clients the one client core would parse 1M records/s and measure itself. \
              Lines still missing 5 s after the last write are counted as not received. Ratios are this target's percentile over \
-             `ws`'s.\n"
+             `ws`'s (run 1). The loaded row is run several times (`CMP_LAT_RUNS`, 5): its percentiles read median (min–max). \
+             Its 100 clients share CPU 1 with the writer whatever the number of client processes (the server has CPU 0), \
+             so they are kept in one process; the spread over runs shows how much of a row is the measurement.\n"
         )?;
         writeln!(md, "![latency CDF](plots/compare-latency.png)\n")?;
         writeln!(
@@ -270,6 +287,17 @@ pub fn render(dir: &Path) -> Result<Option<String>> {
                 .map(|(_, _, b)| b.clone())
                 .unwrap_or(Value::Null);
             let q = |v: &Value, k: &str| f(v, &["latency", k]);
+            // Repeated runs of the loaded row (bench/run.sh CMP_LAT_RUNS):
+            // run 1 is `v`, runs 2.. carry `-rN`.
+            let runs: Vec<Value> = std::iter::once(v.clone())
+                .chain((2..=9).filter_map(|r| {
+                    load(
+                        dir,
+                        &format!("compare-latency-{rate}-{}-r{r}.json", t.name()),
+                    )
+                }))
+                .collect();
+            let cell = |k: &str| spread(runs.iter().filter_map(|r| q(r, k)).collect());
             let load_name = if *rate == 1 {
                 "1 line/s, 1 client".to_string()
             } else {
@@ -283,9 +311,9 @@ pub fn render(dir: &Path) -> Result<Option<String>> {
                 n0(f(v, &["lines_written"])
                     .zip(f(v, &["clients"]))
                     .map(|(a, b)| a * b)),
-                us(q(v, "p50_us")),
-                us(q(v, "p99_us")),
-                us(q(v, "max_us")),
+                cell("p50_us"),
+                cell("p99_us"),
+                cell("max_us"),
                 ratio(q(v, "p50_us"), q(&base, "p50_us")),
                 ratio(q(v, "p99_us"), q(&base, "p99_us")),
                 ratio(q(v, "max_us"), q(&base, "max_us")),
