@@ -386,14 +386,15 @@ impl Hub {
     }
 
     /// A time no entry published from now on will be stamped before (the
-    /// protocol's `watermark`): taken before a session sends what the ring
-    /// holds, it covers everything that session has not been sent yet.
-    /// Only a hub whose records carry its own clock's times (a sidecar's)
-    /// may give one; a later publish is clamped to it.
-    pub fn watermark(&self) -> i64 {
+    /// protocol's `watermark`), and the ring's next index then: once a
+    /// session has been sent what the ring held up to that index, nothing
+    /// it is sent later is older. Only a hub whose records carry its own
+    /// clock's times (a sidecar's) may give one; a later publish is
+    /// clamped to it.
+    pub fn watermark(&self) -> (i64, u64) {
         let mut ring = self.lock();
         ring.clock = ring.clock.max(now_ns());
-        ring.clock
+        (ring.clock, ring.next_idx())
     }
 
     pub fn watch(&self) -> watch::Receiver<Head> {

@@ -408,6 +408,11 @@ pub enum ServerMessage {
     Records {
         records: Vec<Record>,
         cursor: Cursor,
+        /// 1.1, once the client asked for watermarks: on the batch that
+        /// reaches what the server held, the `ts` of a `watermark` (no
+        /// record with an earlier time follows on this connection).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        watermark: Option<String>,
     },
     /// Records were skipped; `cursor` is the position before them, so a new
     /// connection with `resume=cursor` fetches what is still in history.
@@ -449,6 +454,8 @@ impl ServerMessage {
             struct Frame {
                 records: Vec<WireRecord>,
                 cursor: Cursor,
+                #[serde(default)]
+                watermark: Option<String>,
             }
             #[derive(Deserialize)]
             struct WireRecord {
@@ -496,6 +503,7 @@ impl ServerMessage {
             return Ok(ServerMessage::Records {
                 records,
                 cursor: f.cursor,
+                watermark: f.watermark,
             });
         }
         serde_json::from_str(text)
@@ -564,10 +572,12 @@ mod tests {
                 ),
             ],
             cursor,
+            watermark: Some("2026-11-25T10:00:00.000000002Z".into()),
         };
         let text = serde_json::to_string(&m).unwrap();
         let fixture = include_str!("../tests/fixtures/server_records.json");
-        for t in [text.as_str(), fixture.trim()] {
+        let marked = include_str!("../tests/fixtures/server_records_watermark.json");
+        for t in [text.as_str(), fixture.trim(), marked.trim()] {
             assert!(t.starts_with(r#"{"type":"records","#), "{t}");
             let slow: ServerMessage = serde_json::from_str(t).unwrap();
             assert_eq!(ServerMessage::parse(t).unwrap(), slow);

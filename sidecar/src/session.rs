@@ -306,6 +306,11 @@ impl Session {
     }
 
     /// The position of this session as a cursor.
+    /// The ring index this session reads next.
+    pub fn next_index(&self) -> u64 {
+        self.next
+    }
+
     pub fn cursor(&self) -> Cursor {
         let ring = self.hub.lock();
         self.cursor_locked(&ring)

@@ -45,6 +45,7 @@ impl Timed for Pending {
 struct Item<T> {
     ts: i64,
     arrival: u64,
+    arrived_ns: i64,
     pending: T,
 }
 
@@ -107,6 +108,7 @@ impl<T: Timed> Reorder<T> {
         self.heap.push(Reverse(Item {
             ts,
             arrival: self.arrivals,
+            arrived_ns: now_ns,
             pending: p,
         }));
     }
@@ -152,9 +154,9 @@ impl<T: Timed> Reorder<T> {
         out
     }
 
-    /// The time of the oldest record waiting.
-    pub fn oldest(&self) -> Option<i64> {
-        self.heap.peek().map(|Reverse(i)| i.ts)
+    /// The oldest record waiting: its time, and when it arrived.
+    pub fn oldest(&self) -> Option<(i64, i64)> {
+        self.heap.peek().map(|Reverse(i)| (i.ts, i.arrived_ns))
     }
 
     /// Everything, in timestamp order (shutdown).
@@ -185,6 +187,10 @@ pub struct Watermarks<K> {
     /// Least time between two asks of one upstream whose answer fell short
     /// (its clock behind the record's source's): a bound, not a spin.
     reask_ns: i64,
+    /// How long a record waits before its upstreams are asked: a sidecar
+    /// that sends records ends the round with a watermark unasked, so the
+    /// busy ones need no ask; each ask wakes a sidecar.
+    ask_after_ns: i64,
 }
 
 #[derive(Debug)]
@@ -207,11 +213,12 @@ pub enum Stall<K> {
 }
 
 impl<K: Hash + Eq + Clone> Watermarks<K> {
-    pub fn new(stall: std::time::Duration) -> Watermarks<K> {
+    pub fn new(stall: std::time::Duration, ask_after: std::time::Duration) -> Watermarks<K> {
         Watermarks {
             ups: HashMap::new(),
             stall_ns: i64::try_from(stall.as_nanos()).unwrap_or(i64::MAX),
             reask_ns: 1_000_000,
+            ask_after_ns: i64::try_from(ask_after.as_nanos()).unwrap_or(i64::MAX),
         }
     }
 
@@ -260,10 +267,14 @@ impl<K: Hash + Eq + Clone> Watermarks<K> {
         Some(h)
     }
 
-    /// Upstreams to ask now for the record at `oldest` to be released:
-    /// those behind it with no ask outstanding; marked as asked.
-    pub fn to_ask(&mut self, oldest: i64, now: i64) -> Vec<K> {
+    /// Upstreams to ask now for the oldest record waiting (its time, when
+    /// it arrived) to be released: those behind it with no ask
+    /// outstanding, once it waited `ask_after`; marked as asked.
+    pub fn to_ask(&mut self, (oldest, arrived): (i64, i64), now: i64) -> Vec<K> {
         let mut out = Vec::new();
+        if now < arrived.saturating_add(self.ask_after_ns) {
+            return out;
+        }
         for (k, u) in &mut self.ups {
             if u.gives && !u.stalled && u.mark < oldest && u.asked.is_none() && now >= u.not_before
             {
@@ -291,13 +302,13 @@ impl<K: Hash + Eq + Clone> Watermarks<K> {
 
     /// When [`Watermarks::stalls`] or [`Watermarks::to_ask`] may next have
     /// something to do.
-    pub fn next_timer(&self, oldest: Option<i64>) -> Option<i64> {
+    pub fn next_timer(&self, oldest: Option<(i64, i64)>) -> Option<i64> {
         self.ups
             .values()
-            .filter_map(|u| match u.asked {
-                Some(at) if !u.stalled => Some(at.saturating_add(self.stall_ns)),
-                None if u.gives && !u.stalled && oldest.is_some_and(|o| u.mark < o) => {
-                    Some(u.not_before)
+            .filter_map(|u| match (u.asked, oldest) {
+                (Some(at), _) if !u.stalled => Some(at.saturating_add(self.stall_ns)),
+                (None, Some((ts, arrived))) if u.gives && !u.stalled && u.mark < ts => {
+                    Some(u.not_before.max(arrived.saturating_add(self.ask_after_ns)))
                 }
                 _ => None,
             })
@@ -377,7 +388,7 @@ mod tests {
             "the window alone waits"
         );
         assert_eq!(lines(&r.pop_ready_with(3, Some(30))), ["b@10", "a@30"]);
-        assert_eq!(r.oldest(), Some(50));
+        assert_eq!(r.oldest(), Some((50, 2)));
         assert_eq!(lines(&r.pop_ready_with(4, Some(i64::MAX))), ["a@50"]);
         assert_eq!(r.by_window, 0);
         assert_eq!(r.next_deadline(), None, "no wake-up for what is gone");
@@ -397,9 +408,13 @@ mod tests {
         n * 1_000_000
     }
 
+    fn ms_d(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
     fn the_horizon_is_the_least_promise_of_those_that_answer() {
-        let mut w: Watermarks<u8> = Watermarks::new(Duration::from_millis(200));
+        let mut w: Watermarks<u8> = Watermarks::new(Duration::from_millis(200), Duration::ZERO);
         assert_eq!(
             w.horizon(),
             Some(i64::MAX),
@@ -421,16 +436,19 @@ mod tests {
 
     #[test]
     fn asks_once_those_behind_and_leaves_out_the_silent() {
-        let mut w: Watermarks<u8> = Watermarks::new(Duration::from_millis(200));
+        let mut w: Watermarks<u8> = Watermarks::new(Duration::from_millis(200), ms_d(1));
         w.connected(1, true);
         w.connected(2, true);
         w.connected(3, false);
         w.marked(&1, ms(50), 0);
-        let mut asked = w.to_ask(ms(20), ms(2));
+        let record = (ms(20), ms(1));
+        assert!(w.to_ask(record, ms(1)).is_empty(), "not before it waited");
+        assert_eq!(w.next_timer(Some(record)), Some(ms(2)));
+        let mut asked = w.to_ask(record, ms(2));
         asked.sort_unstable();
         assert_eq!(asked, [2], "1 is past it, 3 gives none");
-        assert!(w.to_ask(ms(20), ms(3)).is_empty(), "one ask outstanding");
-        assert_eq!(w.next_timer(Some(ms(20))), Some(ms(202)));
+        assert!(w.to_ask(record, ms(3)).is_empty(), "one ask outstanding");
+        assert_eq!(w.next_timer(Some(record)), Some(ms(202)));
         assert!(w.stalls(ms(201)).is_empty());
         assert_eq!(w.stalls(ms(202)), [Stall::Began(2)]);
         assert!(w.stalls(ms(300)).is_empty(), "said once");
@@ -440,9 +458,10 @@ mod tests {
         assert_eq!(w.horizon(), Some(ms(30)));
         // Answered short of the record (a clock behind): asked again, but
         // not before the re-ask gap.
-        assert!(w.to_ask(ms(40), ms(400)).is_empty());
-        assert_eq!(w.next_timer(Some(ms(40))), Some(ms(401)));
-        assert_eq!(w.to_ask(ms(40), ms(401)), [2]);
+        let record = (ms(40), ms(300));
+        assert!(w.to_ask(record, ms(400)).is_empty());
+        assert_eq!(w.next_timer(Some(record)), Some(ms(401)));
+        assert_eq!(w.to_ask(record, ms(401)), [2]);
     }
 
     #[test]

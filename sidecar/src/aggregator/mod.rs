@@ -234,6 +234,9 @@ async fn supervise(
     }
 }
 
+/// See [`Watermarks`]: measured in bench/RESULTS.md (fan-in).
+const ASK_AFTER: Duration = Duration::from_millis(1);
+
 async fn merge_loop(
     mut rx: mpsc::Receiver<Feed>,
     hub: Arc<Hub>,
@@ -246,8 +249,10 @@ async fn merge_loop(
         None => hub.publish(batch),
     };
     let mut reorder = Reorder::new(window);
-    // An upstream silent on an ask for the window is merged without.
-    let mut marks: Watermarks<u64> = Watermarks::new(window);
+    // An upstream silent on an ask for the window is merged without; a
+    // record waits ASK_AFTER for the unasked watermarks that end the
+    // upstreams' rounds before the laggards are asked.
+    let mut marks: Watermarks<u64> = Watermarks::new(window, ASK_AFTER);
     let mut asks: HashMap<u64, (String, Arc<tokio::sync::Notify>)> = HashMap::new();
     loop {
         let timer = match (reorder.next_deadline(), marks.next_timer(reorder.oldest())) {

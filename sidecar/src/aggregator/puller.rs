@@ -123,6 +123,7 @@ pub async fn pull(
                         ServerMessage::Records {
                             records,
                             cursor: after,
+                            watermark,
                         } => {
                             let mut batch = Vec::with_capacity(records.len());
                             for r in records {
@@ -147,6 +148,12 @@ pub async fn pull(
                             cursor.merge(&after);
                             metrics.upstream_records.inc_by(batch.len() as u64);
                             if !batch.is_empty() && out.send(Feed::Records(batch)).await.is_err() {
+                                metrics.upstreams_connected.dec();
+                                return;
+                            }
+                            if let Some(ts) = watermark.as_deref().and_then(parse_ts)
+                                && out.send(Feed::Watermark { id, ts }).await.is_err()
+                            {
                                 metrics.upstreams_connected.dec();
                                 return;
                             }

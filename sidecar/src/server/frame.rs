@@ -5,8 +5,9 @@ use std::sync::Arc;
 use crate::hub::Entry;
 use crate::protocol::{Cursor, Format, ServerMessage};
 
-/// `{"type":"records","records":[...],"cursor":"..."}` from pre-serialised records.
-pub fn records_json(entries: &[Arc<Entry>], cursor: &Cursor) -> String {
+/// `{"type":"records","records":[...],"cursor":"..."}` from pre-serialised
+/// records, with a `watermark` (protocol 1.1) when one is given.
+pub fn records_json(entries: &[Arc<Entry>], cursor: &Cursor, watermark: Option<i64>) -> String {
     let body: usize = entries.iter().map(|e| e.wire_size() + 1).sum();
     let mut s = String::with_capacity(body + 64);
     s.push_str(r#"{"type":"records","records":["#);
@@ -19,6 +20,10 @@ pub fn records_json(entries: &[Arc<Entry>], cursor: &Cursor) -> String {
     }
     s.push_str(r#"],"cursor":""#);
     s.push_str(&cursor.to_string());
+    if let Some(ts) = watermark {
+        s.push_str(r#"","watermark":""#);
+        s.push_str(&crate::hub::format_ts(ts));
+    }
     s.push_str("\"}");
     s
 }

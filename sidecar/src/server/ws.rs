@@ -555,13 +555,21 @@ where
     let mut pinged = st.ping_epoch.load(Ordering::Relaxed);
     let mut last_heard = Instant::now();
     let mut draining: Option<Cursor> = None;
-    // A watermark asked for and not yet sent.
-    let mut watermark: Option<i64> = None;
+    // Watermarks: `.0` the client asks for them (an aggregator), `.1` one
+    // is asked for and not yet sent.
+    let mut marks = (false, false);
     // Boxed and made only once draining starts: an idle connection keeps no timer for it.
     let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         if draining.is_none() {
             head.borrow_and_update();
+            // Taken before the pull: what was published before it is sent
+            // below, what comes after it is stamped no earlier
+            // (Hub::watermark). Once a client asked, every round that sends
+            // records ends with one, so it need not ask for most.
+            let stamp = marks.0.then(|| st.hub.watermark());
+            // Records were sent, and none carried the watermark.
+            let mut sent = false;
             // Until Idle or an end: even at the head one more step is taken,
             // or a close seen before the wake-up above would be missed
             // (regression: a drain waited for the next ping). The drain
@@ -570,13 +578,22 @@ where
             loop {
                 match stream::next(session, st) {
                     Next::Records(entries) => {
+                        // The batch that reaches what the ring held at the
+                        // stamp carries it: no separate message.
+                        let mark = stamp
+                            .filter(|(_, head)| session.next_index() >= *head)
+                            .map(|(ts, _)| ts);
                         let data = match format {
-                            Format::Json => frame::records_json(&entries, &session.cursor()),
+                            Format::Json => frame::records_json(&entries, &session.cursor(), mark),
                             Format::Raw => frame::raw_lines(&entries),
                         };
                         let bytes = data.len();
                         if let Err(end) = Box::pin(send_batch(ws, data, session, st)).await {
                             return end;
+                        }
+                        sent = mark.is_none();
+                        if mark.is_some() {
+                            marks.1 = false;
                         }
                         metrics.sent(Transport::ws, entries.len(), bytes);
                     }
@@ -594,7 +611,10 @@ where
                     }
                     Next::TooSlow => return End::TooSlow,
                     Next::Idle => {
-                        if let Some(ts) = watermark.take() {
+                        if let Some((ts, _)) = stamp
+                            && (sent || marks.1)
+                        {
+                            marks.1 = false;
                             let m = ServerMessage::Watermark {
                                 ts: format_ts(ts),
                                 cursor: session.cursor(),
@@ -647,10 +667,8 @@ where
                 match on_client_message(msg, session, draining.as_ref(), st) {
                     Step::Continue => {}
                     Step::Reply(m) => send!(m),
-                    // Taken before the pull that follows: what was
-                    // published before it is sent first, what comes after
-                    // it is stamped no earlier (Hub::watermark).
-                    Step::Watermark => watermark = Some(st.hub.watermark()),
+                    // Stamped and answered by the pull that follows.
+                    Step::Watermark => marks = (true, true),
                     Step::End(end) => return end,
                 }
                 // A new filter may wait on another wake class (the loop

@@ -53,7 +53,9 @@ async fn subscribe_records_errors_and_drain_over_channels() {
     ));
     publish_lines(&hub, &a, &["one", "two"]);
     match recv(&mut client_rx).await {
-        ServerMessage::Records { records, cursor } => {
+        ServerMessage::Records {
+            records, cursor, ..
+        } => {
             assert_eq!(
                 records.iter().map(|r| r.line.as_str()).collect::<Vec<_>>(),
                 ["one", "two"]
@@ -331,9 +333,15 @@ async fn a_watermark_comes_after_the_records_and_bounds_what_follows() {
         split: None,
     }]);
     match recv(&mut client_rx).await {
-        ServerMessage::Records { records, .. } => {
+        ServerMessage::Records {
+            records, watermark, ..
+        } => {
             assert_eq!(records[0].line, "late");
-            assert!(crate::hub::parse_ts(&records[0].ts).unwrap() >= mark);
+            let ts = crate::hub::parse_ts(&records[0].ts).unwrap();
+            assert!(ts >= mark);
+            // Once asked, a batch that reaches the head carries one unasked.
+            let next = crate::hub::parse_ts(&watermark.expect("a watermark")).unwrap();
+            assert!(next >= ts);
         }
         other => panic!("{other:?}"),
     }
