@@ -962,6 +962,15 @@ fn f(v: &Value) -> f64 {
 }
 
 /// The "Aggregator fan-in" section of RESULTS.md.
+/// A run's row label: its window, and its sidecars when not the usual 50.
+fn label(r: &Value) -> String {
+    let win = r["reorder_window"].as_str().unwrap_or("?");
+    match r["sidecars"].as_u64() {
+        Some(50) | None => win.to_string(),
+        Some(n) => format!("{win}, {n} sidecars"),
+    }
+}
+
 fn render_md(dir: &Path) -> Result<String> {
     let mut runs: Vec<Value> = Vec::new();
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -981,8 +990,13 @@ fn render_md(dir: &Path) -> Result<String> {
         v["file"] = json!(p.display().to_string());
         runs.push(v);
     }
-    // Larger windows first (200ms before 0s).
-    runs.sort_by_key(|v| std::cmp::Reverse(v["reorder_window"].as_str().unwrap_or("").to_string()));
+    // Most sidecars first, then larger windows (200ms before 0s).
+    runs.sort_by_key(|v| {
+        (
+            std::cmp::Reverse(v["sidecars"].as_u64().unwrap_or(0)),
+            std::cmp::Reverse(v["reorder_window"].as_str().unwrap_or("").to_string()),
+        )
+    });
     let mut md = String::new();
     writeln!(md, "## Aggregator fan-in\n")?;
     if runs.is_empty() {
@@ -1039,7 +1053,7 @@ fn render_md(dir: &Path) -> Result<String> {
         writeln!(
             md,
             "| `{}` | {} | {} | {} |",
-            r["reorder_window"].as_str().unwrap_or("?"),
+            label(r),
             fmt_int(f(&o["window_releases"])),
             fmt_int(f(&o["watermark_asks"])),
             fmt_int(f(&o["watermark_stalls"])),
@@ -1054,7 +1068,7 @@ fn render_md(dir: &Path) -> Result<String> {
         writeln!(
             md,
             "| ≥ 400,000 lines/s ingested per aggregator core | `{}` | {} lines per aggregator CPU-second ({:.2} µs per line, fan-out to {} clients included) | **{}** |",
-            r["reorder_window"].as_str().unwrap_or("?"),
+            label(r),
             fmt_int(lpc),
             f(&r["aggregator_us_per_line"]),
             r["clients"],
@@ -1071,7 +1085,7 @@ fn render_md(dir: &Path) -> Result<String> {
         writeln!(
             md,
             "| ≤ 5 ms added p99 | `{}` | {} (percentile difference); {} (paired, pod web-0) | **{}** |",
-            r["reorder_window"].as_str().unwrap_or("?"),
+            label(r),
             fmt_us(p99),
             fmt_us(paired),
             if p99 <= ISSUE_ADDED_P99_US && paired <= ISSUE_ADDED_P99_US {
@@ -1086,7 +1100,7 @@ fn render_md(dir: &Path) -> Result<String> {
         writeln!(
             md,
             "| peak RSS ≤ 100 MiB | `{}` | {:.0} MiB (VmHWM) | **{}** |",
-            r["reorder_window"].as_str().unwrap_or("?"),
+            label(r),
             peak / 1048576.0,
             if peak > 0.0 && peak <= ISSUE_PEAK_RSS_BYTES {
                 "met"
@@ -1115,7 +1129,7 @@ fn render_md(dir: &Path) -> Result<String> {
         writeln!(
             md,
             "| `{}` | {} | {} ({}–{}) | {} | {:.2} | **{}** | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% | {:.1} → {:.1} MiB ({:.1} MiB) | {} |",
-            r["reorder_window"].as_str().unwrap_or("?"),
+            label(r),
             fmt_int(f(&r["offered_lines_per_sec"])),
             fmt_int(f(&r["ingested_lines_per_sec"])),
             fmt_int(mn),
@@ -1148,7 +1162,7 @@ fn render_md(dir: &Path) -> Result<String> {
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|")?;
     for r in &runs {
-        let win = r["reorder_window"].as_str().unwrap_or("?");
+        let win = label(r);
         for g in r["groups"].as_array().into_iter().flatten() {
             let l = &g["latency"];
             writeln!(
@@ -1213,7 +1227,7 @@ fn render_md(dir: &Path) -> Result<String> {
              history record skipped, {} here, not only the ones the filter wanted); the aggregator missed {} records upstream \
              and reconnected {} times; {} clients closed by the server; {} lines did not match their client's filter; \
              the writer was more than 5 ms late on {} of {} ticks (max {}).",
-            r["reorder_window"].as_str().unwrap_or("?"),
+            label(r),
             fmt_int(exp - got),
             fmt_int(exp),
             if exp > 0.0 {
