@@ -261,12 +261,31 @@ impl Cursor {
 }
 
 impl fmt::Display for Cursor {
+    /// `sid:seq,…` by hand: every frame of every session carries one (50
+    /// sources: 1.2 KB), and `write!` with `{:016x}` took 6 % of an
+    /// aggregator's CPU.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // ',' + 16 hex digits + ':' + up to 20 decimal digits.
+        let mut buf = [0u8; 38];
+        let mut seqs = itoa::Buffer::new();
         for (i, (sid, seq)) in self.0.iter().enumerate() {
+            let mut n = 0;
             if i > 0 {
-                f.write_str(",")?;
+                buf[0] = b',';
+                n = 1;
             }
-            write!(f, "{sid}:{seq}")?;
+            for k in (0..16).rev() {
+                buf[n] = HEX[((sid.0 >> (k * 4)) & 0xf) as usize];
+                n += 1;
+            }
+            buf[n] = b':';
+            n += 1;
+            let digits = seqs.format(*seq).as_bytes();
+            buf[n..n + digits.len()].copy_from_slice(digits);
+            n += digits.len();
+            // ASCII only.
+            f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)?;
         }
         Ok(())
     }
@@ -598,6 +617,21 @@ mod tests {
         assert!(c.covers(SourceId(1), 3));
         assert!(!c.covers(SourceId(1), 4));
         assert_eq!("".parse::<Cursor>().unwrap(), Cursor::default());
+    }
+
+    #[test]
+    fn cursor_text_is_hex_sid_and_decimal_seq_at_the_extremes() {
+        let mut c = Cursor::default();
+        let pairs = [(0, 0), (1, 9), (0xabc, 10), (u64::MAX - 1, u64::MAX)];
+        for (sid, seq) in pairs {
+            c.advance(SourceId(sid), seq);
+        }
+        let want: Vec<String> = pairs
+            .iter()
+            .map(|(sid, seq)| format!("{sid:016x}:{seq}"))
+            .collect();
+        assert_eq!(c.to_string(), want.join(","));
+        assert_eq!(c.to_string().parse::<Cursor>().unwrap(), c);
     }
 
     #[test]
