@@ -1072,7 +1072,9 @@ fn render_md(dir: &Path) -> Result<String> {
             fmt_int(lpc),
             f(&r["aggregator_us_per_line"]),
             r["clients"],
-            if lpc >= ISSUE_LINES_PER_CORE {
+            if r["sidecars"].as_u64() != Some(50) {
+                "n/a: the goal is set at 50 sidecars"
+            } else if lpc >= ISSUE_LINES_PER_CORE {
                 "met"
             } else {
                 "MISSED"
@@ -1088,10 +1090,14 @@ fn render_md(dir: &Path) -> Result<String> {
             label(r),
             fmt_us(p99),
             fmt_us(paired),
-            if p99 <= ISSUE_ADDED_P99_US && paired <= ISSUE_ADDED_P99_US {
-                "met"
-            } else {
-                "MISSED"
+            match (
+                p99 <= ISSUE_ADDED_P99_US && paired <= ISSUE_ADDED_P99_US,
+                r["sidecars"].as_u64() == Some(50),
+            ) {
+                (true, true) => "met",
+                (false, true) => "MISSED",
+                (true, false) => "met at this lighter load",
+                (false, false) => "missed at this lighter load",
             }
         )?;
     }
@@ -1309,7 +1315,8 @@ latency figures include CPU contention between our own processes; other processe
   - It probably also explains the 1,000 lines/s tails in the latency section above (p99 24 ms).
 - **The reorder window adds itself plus queueing.** With `200ms` the added p50 is 307 ms (paired), and 277 ms with
   nodelay. The ≤ 5 ms target needs `--reorder-window 0s` (or a window of a few ms), by design
-  (`sidecar/src/aggregator/merge.rs:79`, default at `sidecar/src/main.rs:78`).
+  (`sidecar/src/aggregator/merge.rs:79`, default at `sidecar/src/main.rs:78`). *(2026-12-05: superseded — records
+  are now released by the sidecars' watermarks, protocol 1.1; see "Speed round" in the hand-written analysis.)*
 - **Memory.** RSS is 160–165 MiB with clients and 46 MiB without them. The history (`--buffer-lines` 100,000 by
   default, `sidecar/src/main.rs:145`) holds only 1 s at this rate, and each record's JSON is built lazily, the first time
   a client needs it.

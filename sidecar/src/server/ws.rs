@@ -663,18 +663,20 @@ where
                 // Handled by a plain function: the parsed message never
                 // lives across an await, so it takes no room in the
                 // connection's state while it idles.
-                let resubscribed = matches!(&msg, Some(Ok(Message::Text(_))));
                 match on_client_message(msg, session, draining.as_ref(), st) {
                     Step::Continue => {}
                     Step::Reply(m) => send!(m),
+                    // A new filter may wait on another wake class (the
+                    // loop pulls before it waits again: nothing is
+                    // missed). Only then: an aggregator's watermark asks
+                    // come by the hundred a second.
+                    Step::Subscribed(m) => {
+                        head = session.watch();
+                        send!(m);
+                    }
                     // Stamped and answered by the pull that follows.
                     Step::Watermark => marks = (true, true),
                     Step::End(end) => return end,
-                }
-                // A new filter may wait on another wake class (the loop
-                // pulls before it waits again: nothing is missed).
-                if resubscribed {
-                    head = session.watch();
                 }
             }
             Wake::DrainTimeout => return End::DrainTimeout,
@@ -740,6 +742,8 @@ where
 enum Step {
     Continue,
     Reply(Message),
+    /// A `subscribe` was applied: watch the hub anew, then reply.
+    Subscribed(Message),
     /// A `watermark` was asked for: stamp one now, answer once every
     /// record held for the connection is sent.
     Watermark,
@@ -800,7 +804,7 @@ where
             Some(Ok(ClientMessage::Subscribe(sub))) => match Filter::compile(&sub) {
                 Ok(f) => {
                     session.resubscribe(&sub, f);
-                    Step::Reply(text(frame::message(&ServerMessage::Subscribed {
+                    Step::Subscribed(text(frame::message(&ServerMessage::Subscribed {
                         cursor: session.cursor(),
                     })))
                 }
