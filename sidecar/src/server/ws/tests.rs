@@ -27,6 +27,31 @@ fn spawn_serve(
     })
 }
 
+/// One unfiltered connection served on its own task: what the client sends,
+/// what it receives, the task.
+fn serve_unfiltered(
+    st: &Arc<AppState>,
+) -> (
+    mpsc::Sender<Result<Message, std::io::Error>>,
+    mpsc::Receiver<Message>,
+    tokio::task::JoinHandle<End>,
+) {
+    let (server_tx, client_rx) = mpsc::channel::<Message>(16);
+    let (client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
+    let sub = Subscribe::default();
+    let session = Session::new(
+        st.hub.clone(),
+        &sub,
+        Filter::compile(&sub).unwrap(),
+        st.cfg.session,
+    );
+    (
+        client_tx,
+        client_rx,
+        spawn_serve(st, server_tx, server_rx, session),
+    )
+}
+
 async fn recv(rx: &mut mpsc::Receiver<Message>) -> ServerMessage {
     serde_json::from_str(&super::testing::next_text(rx).await).unwrap()
 }
@@ -36,16 +61,7 @@ async fn subscribe_records_errors_and_drain_over_channels() {
     let hub = small_hub();
     let a = hub.source(src("a.log"));
     let st = state(&hub);
-    let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
-    let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
-    let sub = Subscribe::default();
-    let session = Session::new(
-        hub.clone(),
-        &sub,
-        Filter::compile(&sub).unwrap(),
-        st.cfg.session,
-    );
-    let task = spawn_serve(&st, server_tx, server_rx, session);
+    let (mut client_tx, mut client_rx, task) = serve_unfiltered(&st);
 
     assert!(matches!(
         recv(&mut client_rx).await,
@@ -112,16 +128,7 @@ async fn an_ack_that_does_not_cover_the_end_does_not_finish_the_drain() {
         ..ServerConfig::default()
     };
     let st = AppState::for_tests(hub.clone(), cfg);
-    let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
-    let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
-    let sub = Subscribe::default();
-    let session = Session::new(
-        hub.clone(),
-        &sub,
-        Filter::compile(&sub).unwrap(),
-        st.cfg.session,
-    );
-    let task = spawn_serve(&st, server_tx, server_rx, session);
+    let (mut client_tx, mut client_rx, task) = serve_unfiltered(&st);
     recv(&mut client_rx).await;
     publish_lines(&hub, &a, &["x", "y"]);
     recv(&mut client_rx).await;
@@ -286,16 +293,7 @@ async fn a_watermark_comes_after_the_records_and_bounds_what_follows() {
     let hub = small_hub();
     let a = hub.source(src("a.log"));
     let st = state(&hub);
-    let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
-    let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
-    let sub = Subscribe::default();
-    let session = Session::new(
-        hub.clone(),
-        &sub,
-        Filter::compile(&sub).unwrap(),
-        st.cfg.session,
-    );
-    let task = spawn_serve(&st, server_tx, server_rx, session);
+    let (mut client_tx, mut client_rx, task) = serve_unfiltered(&st);
     match recv(&mut client_rx).await {
         ServerMessage::Hello {
             minor, features, ..
@@ -357,16 +355,7 @@ async fn an_aggregator_refuses_a_watermark_request_and_lists_no_feature() {
         ..ServerConfig::default()
     };
     let st = AppState::for_tests(hub.clone(), cfg);
-    let (server_tx, mut client_rx) = mpsc::channel::<Message>(16);
-    let (mut client_tx, server_rx) = mpsc::channel::<Result<Message, std::io::Error>>(16);
-    let sub = Subscribe::default();
-    let session = Session::new(
-        hub.clone(),
-        &sub,
-        Filter::compile(&sub).unwrap(),
-        st.cfg.session,
-    );
-    let task = spawn_serve(&st, server_tx, server_rx, session);
+    let (mut client_tx, mut client_rx, task) = serve_unfiltered(&st);
     match recv(&mut client_rx).await {
         ServerMessage::Hello { features, .. } => assert!(features.is_empty()),
         other => panic!("{other:?}"),
