@@ -98,6 +98,22 @@ pub struct Session {
     /// Records older than the ring still to send first (an aggregator's
     /// history on disk, [`Older`]). Boxed: rare.
     replay: Option<Box<ReplayState>>,
+    /// Watermarks (protocol 1.1), once the client asked for one. Boxed:
+    /// only an aggregator's connections ask.
+    marks: Option<Box<Marks>>,
+    /// Resubscribed since the transport last asked (it then watches anew).
+    resubscribed: bool,
+}
+
+/// A connection's watermark state (see [`Session::begin_round`]).
+#[derive(Default)]
+struct Marks {
+    /// One is asked for and not yet given.
+    asked: bool,
+    /// This round's: the time and the ring's head when the round began.
+    stamp: Option<(i64, u64)>,
+    /// This round sent records and none carried the watermark.
+    unmarked: bool,
 }
 
 struct ReplayState {
@@ -121,6 +137,53 @@ impl Session {
         }
     }
 
+    /// The client asked for a watermark: given at the end of the next
+    /// round, and one ends every round that sends records from now on.
+    pub fn ask_watermark(&mut self) {
+        self.marks.get_or_insert_with(Box::default).asked = true;
+    }
+
+    /// A transport starts pulling (until Idle): once watermarks were asked
+    /// for, stamps one — taken before the pull, it covers what the ring
+    /// holds, and what is published later is stamped no earlier
+    /// ([`Hub::watermark`]).
+    pub fn begin_round(&mut self) {
+        if let Some(m) = &mut self.marks {
+            m.stamp = Some(self.hub.watermark());
+            m.unmarked = false;
+        }
+    }
+
+    /// For a batch about to be sent: the watermark it carries, when it
+    /// reaches what the ring held at the round's stamp.
+    pub fn batch_watermark(&mut self) -> Option<i64> {
+        let m = self.marks.as_deref_mut()?;
+        match m.stamp {
+            Some((ts, head)) if self.next >= head => {
+                m.asked = false;
+                m.unmarked = false;
+                Some(ts)
+            }
+            _ => {
+                m.unmarked = true;
+                None
+            }
+        }
+    }
+
+    /// The round reached Idle: a watermark to send on its own, if one was
+    /// asked for or the round's records carried none.
+    pub fn end_round(&mut self) -> Option<i64> {
+        let m = self.marks.as_deref_mut()?;
+        let (ts, _) = m.stamp.take()?;
+        if m.asked || m.unmarked {
+            m.asked = false;
+            m.unmarked = false;
+            return Some(ts);
+        }
+        None
+    }
+
     /// The bounds this session runs under.
     pub fn limits(&self) -> &SessionLimits {
         &self.limits
@@ -138,6 +201,8 @@ impl Session {
             behind_since: None,
             source_ok: Vec::new(),
             replay: None,
+            marks: None,
+            resubscribed: false,
         };
         s.reposition(sub);
         s
@@ -151,7 +216,14 @@ impl Session {
         self.seen.clear();
         self.foreign = None;
         self.pending_gap = None;
+        self.resubscribed = true;
         self.reposition(sub);
+    }
+
+    /// Whether [`Session::resubscribe`] ran since the last call: its filter
+    /// may wait on another wake class ([`Session::watch`]).
+    pub fn take_resubscribed(&mut self) -> bool {
+        std::mem::take(&mut self.resubscribed)
     }
 
     fn reposition(&mut self, sub: &Subscribe) {
@@ -306,11 +378,6 @@ impl Session {
     }
 
     /// The position of this session as a cursor.
-    /// The ring index this session reads next.
-    pub fn next_index(&self) -> u64 {
-        self.next
-    }
-
     pub fn cursor(&self) -> Cursor {
         let ring = self.hub.lock();
         self.cursor_locked(&ring)

@@ -555,21 +555,16 @@ where
     let mut pinged = st.ping_epoch.load(Ordering::Relaxed);
     let mut last_heard = Instant::now();
     let mut draining: Option<Cursor> = None;
-    // Watermarks: `.0` the client asks for them (an aggregator), `.1` one
-    // is asked for and not yet sent.
-    let mut marks = (false, false);
     // Boxed and made only once draining starts: an idle connection keeps no timer for it.
     let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         if draining.is_none() {
             head.borrow_and_update();
-            // Taken before the pull: what was published before it is sent
-            // below, what comes after it is stamped no earlier
-            // (Hub::watermark). Once a client asked, every round that sends
-            // records ends with one, so it need not ask for most.
-            let stamp = marks.0.then(|| st.hub.watermark());
-            // Records were sent, and none carried the watermark.
-            let mut sent = false;
+            // Once the client asked for watermarks, every round ends with
+            // one (on the last batch or alone): it need not ask for most.
+            // The state lives in the session: every idle connection
+            // carries this future.
+            session.begin_round();
             // Until Idle or an end: even at the head one more step is taken,
             // or a close seen before the wake-up above would be missed
             // (regression: a drain waited for the next ping). The drain
@@ -578,22 +573,16 @@ where
             loop {
                 match stream::next(session, st) {
                     Next::Records(entries) => {
-                        // The batch that reaches what the ring held at the
-                        // stamp carries it: no separate message.
-                        let mark = stamp
-                            .filter(|(_, head)| session.next_index() >= *head)
-                            .map(|(ts, _)| ts);
                         let data = match format {
-                            Format::Json => frame::records_json(&entries, &session.cursor(), mark),
+                            Format::Json => {
+                                let mark = session.batch_watermark();
+                                frame::records_json(&entries, &session.cursor(), mark)
+                            }
                             Format::Raw => frame::raw_lines(&entries),
                         };
                         let bytes = data.len();
                         if let Err(end) = Box::pin(send_batch(ws, data, session, st)).await {
                             return end;
-                        }
-                        sent = mark.is_none();
-                        if mark.is_some() {
-                            marks.1 = false;
                         }
                         metrics.sent(Transport::ws, entries.len(), bytes);
                     }
@@ -611,15 +600,13 @@ where
                     }
                     Next::TooSlow => return End::TooSlow,
                     Next::Idle => {
-                        if let Some((ts, _)) = stamp
-                            && (sent || marks.1)
-                        {
-                            marks.1 = false;
-                            let m = ServerMessage::Watermark {
+                        if let Some(ts) = session.end_round() {
+                            // Built inside the send: nothing of it is held
+                            // across the await.
+                            send!(text(frame::message(&ServerMessage::Watermark {
                                 ts: format_ts(ts),
                                 cursor: session.cursor(),
-                            };
-                            send!(text(frame::message(&m)));
+                            })));
                         }
                         break;
                     }
@@ -663,20 +650,19 @@ where
                 // Handled by a plain function: the parsed message never
                 // lives across an await, so it takes no room in the
                 // connection's state while it idles.
+                // A new filter may wait on another wake class (the loop
+                // pulls before it waits again: nothing is missed); only
+                // then is the hub watched anew (an aggregator's watermark
+                // asks come by the hundred a second).
                 match on_client_message(msg, session, draining.as_ref(), st) {
                     Step::Continue => {}
                     Step::Reply(m) => send!(m),
-                    // A new filter may wait on another wake class (the
-                    // loop pulls before it waits again: nothing is
-                    // missed). Only then: an aggregator's watermark asks
-                    // come by the hundred a second.
-                    Step::Subscribed(m) => {
-                        head = session.watch();
-                        send!(m);
-                    }
-                    // Stamped and answered by the pull that follows.
-                    Step::Watermark => marks = (true, true),
+                    // Stamped and answered by the round that follows.
+                    Step::Watermark => session.ask_watermark(),
                     Step::End(end) => return end,
+                }
+                if session.take_resubscribed() {
+                    head = session.watch();
                 }
             }
             Wake::DrainTimeout => return End::DrainTimeout,
@@ -742,8 +728,6 @@ where
 enum Step {
     Continue,
     Reply(Message),
-    /// A `subscribe` was applied: watch the hub anew, then reply.
-    Subscribed(Message),
     /// A `watermark` was asked for: stamp one now, answer once every
     /// record held for the connection is sent.
     Watermark,
@@ -804,7 +788,7 @@ where
             Some(Ok(ClientMessage::Subscribe(sub))) => match Filter::compile(&sub) {
                 Ok(f) => {
                     session.resubscribe(&sub, f);
-                    Step::Subscribed(text(frame::message(&ServerMessage::Subscribed {
+                    Step::Reply(text(frame::message(&ServerMessage::Subscribed {
                         cursor: session.cursor(),
                     })))
                 }

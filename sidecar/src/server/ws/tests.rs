@@ -170,6 +170,19 @@ async fn an_idle_streams_task_future_stays_small() {
     let (tcp, _) = l.accept().await.unwrap();
     let st = AppState::for_tests(crate::hub::tests::small_hub(), ServerConfig::default());
     let mut socket = socket(tcp, &st).unwrap();
+    // The loop itself is boxed apart, and so is the session: each stays
+    // within its allocator size class (448 and 224 bytes) — watermark
+    // state once grew the loop by 96 bytes, 192 per idle connection.
+    {
+        let sub = Subscribe::default();
+        let f = Filter::compile(&sub).unwrap();
+        let mut session = Session::new(st.hub.clone(), &sub, f, st.cfg.session);
+        let run = run(&mut socket, &st, &mut session);
+        let size = std::mem::size_of_val(&run);
+        assert!(size <= 448, "the stream loop's future is {size} bytes");
+    }
+    let session = std::mem::size_of::<Session>();
+    assert!(session <= 224, "a session is {session} bytes");
     let mut admitted = Admitted::refused(st.clone());
     let task = async move { run_admitted(&mut socket, &mut admitted).await };
     let size = std::mem::size_of_val(&task);
