@@ -742,17 +742,20 @@ fn a_client_leaving_without_a_close_frame_is_not_a_protocol_error() {
     );
 }
 
-/// Reads `path` at 16 KiB/s (a 64 KiB batch takes 4 s to drain) while the
-/// stream runs at ~2 MB/s and the send timeout is 2 s; returns once the
-/// client has read `marker` (its gap notice). Panics if the server drops it.
+/// Reads `path` at 4 KiB/s (a 64 KiB batch takes 16 s to drain; what the
+/// socket buffers do not hold, longer than the timeout) while the stream
+/// runs at ~2 MB/s and the send timeout is 5 s; returns once the client has
+/// read `marker` (its gap notice). Panics if the server drops it. With one
+/// timeout for the whole batch it fails (checked).
 ///
 /// The server's socket takes a write once a third of its send buffer is
-/// free: the smallest buffer makes that step ~3 KiB (0.2 s of reading), far
-/// inside the timeout even when a loaded machine delays the reader (a CI run
-/// with 16 KiB buffers and a 2 s timeout once saw a step take longer).
+/// free: the smallest buffer makes that step ~3 KiB (0.7 s of reading), so
+/// a reader stalled by a loaded machine has 5 s (CI runs where this suite
+/// took 14 times as long saw a step exceed a 2 s timeout, with 16 KiB and
+/// with 4 KiB buffers).
 fn slow_but_reading(path: &str, marker: &[u8]) {
     let _alone = heavy();
-    let s = Server::start(&["--send-timeout", "2s", "--stream-send-buffer", "4096"]);
+    let s = Server::start(&["--send-timeout", "5s", "--stream-send-buffer", "4096"]);
     s.wait_ready();
     s.append("app.log", "");
     let mut tcp = open_stream_with(path, small_receive_buffer(&s));
@@ -771,7 +774,7 @@ fn slow_but_reading(path: &str, marker: &[u8]) {
             }
         })
     };
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 1024];
     let mut seen = Vec::new();
     loop {
         let n = tcp.read(&mut chunk).unwrap_or(0);
@@ -785,7 +788,7 @@ fn slow_but_reading(path: &str, marker: &[u8]) {
             break;
         }
         seen.drain(..seen.len().saturating_sub(marker.len()));
-        std::thread::sleep(Duration::from_millis(250)); // 16 KiB/s
+        std::thread::sleep(Duration::from_millis(250)); // 4 KiB/s
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
