@@ -314,9 +314,19 @@ fn take(
     now: i64,
 ) {
     match feed {
-        Feed::Records(batch) => {
+        Feed::Records {
+            id,
+            batch,
+            watermark,
+        } => {
             for p in batch {
                 reorder.push(p, now);
+            }
+            if let Some(ts) = watermark
+                && marks.marked(&id, ts, now)
+            {
+                let key = asks.get(&id).map_or("?", |(k, _)| k.as_str());
+                tracing::info!(upstream = %key, "upstream answers watermarks again");
             }
         }
         Feed::Connected {
@@ -330,12 +340,6 @@ fn take(
             }
             marks.connected(id, gives);
             asks.insert(id, (key, n));
-        }
-        Feed::Watermark { id, ts } => {
-            if marks.marked(&id, ts, now) {
-                let key = asks.get(&id).map_or("?", |(k, _)| k.as_str());
-                tracing::info!(upstream = %key, "upstream answers watermarks again");
-            }
         }
         Feed::Gone { id } => {
             marks.gone(&id);

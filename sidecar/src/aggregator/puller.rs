@@ -26,7 +26,13 @@ pub struct Upstream {
 
 /// What pullers tell the merge, in each upstream's order.
 pub enum Feed {
-    Records(Vec<Pending>),
+    /// Records of upstream `id` (perhaps none), then, when it sent one, its
+    /// watermark: no record older than it will follow from that upstream.
+    Records {
+        id: u64,
+        batch: Vec<Pending>,
+        watermark: Option<i64>,
+    },
     /// Upstream `id` connected; `gives`: it answers watermark requests,
     /// which the merge asks for by notifying `asks`.
     Connected {
@@ -35,15 +41,8 @@ pub enum Feed {
         gives: bool,
         asks: Arc<Notify>,
     },
-    /// No record older than `ts` will follow from upstream `id`.
-    Watermark {
-        id: u64,
-        ts: i64,
-    },
     /// Upstream `id` disconnected or was removed.
-    Gone {
-        id: u64,
-    },
+    Gone { id: u64 },
 }
 
 /// Runs until aborted. Records go to `out` in upstream order.
@@ -98,27 +97,23 @@ pub async fn pull(
                             break;
                         }
                     };
-                    match msg {
+                    // What the merge is told, sent below.
+                    let feed = match msg {
                         ServerMessage::Hello { features, .. } => {
                             backoff = Duration::from_millis(100);
-                            let gives = features.iter().any(|f| f == FEATURE_WATERMARKS);
-                            let hello = Feed::Connected {
+                            Some(Feed::Connected {
                                 id,
                                 key: up.key.clone(),
-                                gives,
+                                gives: features.iter().any(|f| f == FEATURE_WATERMARKS),
                                 asks: asks.clone(),
-                            };
-                            if out.send(hello).await.is_err() {
-                                metrics.upstreams_connected.dec();
-                                return;
-                            }
+                            })
                         }
                         ServerMessage::Watermark { ts, .. } => {
-                            let Some(ts) = parse_ts(&ts) else { continue };
-                            if out.send(Feed::Watermark { id, ts }).await.is_err() {
-                                metrics.upstreams_connected.dec();
-                                return;
-                            }
+                            parse_ts(&ts).map(|ts| Feed::Records {
+                                id,
+                                batch: Vec::new(),
+                                watermark: Some(ts),
+                            })
                         }
                         ServerMessage::Records {
                             records,
@@ -147,28 +142,34 @@ pub async fn pull(
                             }
                             cursor.merge(&after);
                             metrics.upstream_records.inc_by(batch.len() as u64);
-                            if !batch.is_empty() && out.send(Feed::Records(batch)).await.is_err() {
-                                metrics.upstreams_connected.dec();
-                                return;
-                            }
-                            if let Some(ts) = watermark.as_deref().and_then(parse_ts)
-                                && out.send(Feed::Watermark { id, ts }).await.is_err()
-                            {
-                                metrics.upstreams_connected.dec();
-                                return;
-                            }
+                            // The frame's watermark rides with its records:
+                            // one message to the merge.
+                            let watermark = watermark.as_deref().and_then(parse_ts);
+                            (!batch.is_empty() || watermark.is_some()).then_some(Feed::Records {
+                                id,
+                                batch,
+                                watermark,
+                            })
                         }
                         ServerMessage::Gap { missed, reason, .. } => {
                             if reason != GapReason::SlowClient {
                                 tracing::warn!(upstream = %up.key, missed, ?reason, "records lost upstream");
                             }
                             metrics.upstream_gap_records.inc_by(missed);
+                            None
                         }
                         // Connection::next has acknowledged it; the upstream closes next.
                         ServerMessage::Draining { .. } => {
-                            tracing::info!(upstream = %up.key, "upstream drained")
+                            tracing::info!(upstream = %up.key, "upstream drained");
+                            None
                         }
-                        _ => {}
+                        _ => None,
+                    };
+                    if let Some(feed) = feed
+                        && out.send(feed).await.is_err()
+                    {
+                        metrics.upstreams_connected.dec();
+                        return;
                     }
                 }
                 metrics.upstreams_connected.dec();
