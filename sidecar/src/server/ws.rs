@@ -650,17 +650,15 @@ where
                 // Handled by a plain function: the parsed message never
                 // lives across an await, so it takes no room in the
                 // connection's state while it idles.
+                match on_client_message(msg, session, draining.as_ref(), st) {
+                    Step::Continue => {}
+                    Step::Reply(m) => send!(m),
+                    Step::End(end) => return end,
+                }
                 // A new filter may wait on another wake class (the loop
                 // pulls before it waits again: nothing is missed); only
                 // then is the hub watched anew (an aggregator's watermark
                 // asks come by the hundred a second).
-                match on_client_message(msg, session, draining.as_ref(), st) {
-                    Step::Continue => {}
-                    Step::Reply(m) => send!(m),
-                    // Stamped and answered by the round that follows.
-                    Step::Watermark => session.ask_watermark(),
-                    Step::End(end) => return end,
-                }
                 if session.take_resubscribed() {
                     head = session.watch();
                 }
@@ -728,9 +726,6 @@ where
 enum Step {
     Continue,
     Reply(Message),
-    /// A `watermark` was asked for: stamp one now, answer once every
-    /// record held for the connection is sent.
-    Watermark,
     End(End),
 }
 
@@ -803,7 +798,11 @@ where
             Some(Ok(ClientMessage::Ping)) => {
                 Step::Reply(text(frame::message(&ServerMessage::Pong)))
             }
-            Some(Ok(ClientMessage::Watermark)) if st.cfg.gives_watermarks() => Step::Watermark,
+            // Stamped and answered by the round that follows.
+            Some(Ok(ClientMessage::Watermark)) if st.cfg.gives_watermarks() => {
+                session.ask_watermark();
+                Step::Continue
+            }
             Some(Ok(ClientMessage::Watermark)) => error(
                 "unsupported",
                 format!(
