@@ -80,10 +80,10 @@ async fn lines(
 // ---------------------------------------------------------------------------
 // Volume
 
-/// Bytes per (grouped) stream and step bucket.
 /// Byte counts of a stream per step bucket.
 type Volume = (Labels, BTreeMap<i64, u64>);
 
+/// Bytes per (grouped) stream and step bucket.
 fn volumes(
     app: &crate::server::AppState,
     start: i64,
