@@ -230,8 +230,21 @@ pub struct HubLimits {
     pub max_bytes: usize,
 }
 
+/// An entry's source slot and sequence number, kept beside the entries in
+/// one array: a session scans these to find the records its filter takes
+/// and to advance its marks, touching an entry itself only when its source
+/// is selected (an aggregator's session filtered to one of 50 pods skips
+/// the other 49 pods' records reading 16 bytes each, in cache-line runs).
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    pub slot: u32,
+    pub seq: u64,
+}
+
 pub struct Ring {
     entries: VecDeque<Arc<Entry>>,
+    /// `entries[i]`'s slot and seq, same indices.
+    meta: VecDeque<Meta>,
     first_idx: u64,
     bytes: usize,
     total_bytes: u64,
@@ -287,10 +300,15 @@ impl Ring {
         self.evicted
     }
     pub fn iter_from(&self, idx: u64) -> impl Iterator<Item = &Arc<Entry>> {
-        let off = idx
-            .saturating_sub(self.first_idx)
-            .min(self.entries.len() as u64) as usize;
-        self.entries.range(off..)
+        self.entries.range(self.offset(idx)..)
+    }
+    /// The slots and sequence numbers of the entries from `idx` on.
+    pub fn meta_from(&self, idx: u64) -> impl Iterator<Item = &Meta> {
+        self.meta.range(self.offset(idx)..)
+    }
+    fn offset(&self, idx: u64) -> usize {
+        idx.saturating_sub(self.first_idx)
+            .min(self.entries.len() as u64) as usize
     }
 }
 
@@ -345,6 +363,7 @@ impl Hub {
         Arc::new(Hub {
             ring: Mutex::new(Ring {
                 entries: VecDeque::new(),
+                meta: VecDeque::new(),
                 first_idx: 0,
                 bytes: 0,
                 total_bytes: 0,
@@ -519,6 +538,10 @@ impl Hub {
                 let size = entry.size();
                 ring.total_bytes += entry.wire_size() as u64;
                 ring.bytes += size;
+                ring.meta.push_back(Meta {
+                    slot: entry.source.slot,
+                    seq: entry.seq,
+                });
                 ring.entries.push_back(Arc::new(entry));
             }
             let added = (ring.next_idx() - first_new) as usize;
@@ -534,6 +557,7 @@ impl Hub {
                 || (ring.bytes > self.limits.max_bytes && ring.entries.len() > 1)
             {
                 if let Some(old) = ring.entries.pop_front() {
+                    ring.meta.pop_front();
                     ring.bytes -= old.size();
                     ring.first_idx += 1;
                     ring.evicted += 1;

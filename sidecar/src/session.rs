@@ -280,15 +280,21 @@ impl Session {
                 // before it. (With older records to replay, every mark stays
                 // 0: what is sent is exactly the replay, then the ring from
                 // `start`.)
+                // Only the sources the filter selects: a session filtered
+                // to one pod hands back a cursor of that pod's sources.
+                let mut lowered: Vec<bool> = (0..self.seen.len())
+                    .map(|slot| !self.selects_slot(&ring, slot))
+                    .collect();
                 for (slot, seq) in self.seen.iter_mut().enumerate() {
-                    *seq = ring.last_seq(slot as u32);
+                    if !lowered[slot] {
+                        *seq = ring.last_seq(slot as u32);
+                    }
                 }
-                let mut lowered = vec![false; self.seen.len()];
-                for e in ring.iter_from(start) {
-                    let slot = e.source.slot as usize;
+                for m in ring.meta_from(start) {
+                    let slot = m.slot as usize;
                     if !lowered[slot] {
                         lowered[slot] = true;
-                        self.seen[slot] = e.seq.saturating_sub(1);
+                        self.seen[slot] = m.seq.saturating_sub(1);
                     }
                 }
             }
@@ -335,20 +341,30 @@ impl Session {
                 }
             }
         }
-        // Records that left the history before the client came back.
+        // Records that left the history before the client came back (of
+        // the sources the filter selects: the others are not sent).
+        let selected: Vec<bool> = (0..self.seen.len())
+            .map(|slot| self.selects_slot(ring, slot))
+            .collect();
         let mut oldest: Vec<Option<u64>> = vec![None; self.seen.len()];
         let mut start = None;
-        for e in ring.iter_from(ring.first_idx()) {
-            let slot = e.source.slot as usize;
-            if oldest[slot].is_none() {
-                oldest[slot] = Some(e.seq);
+        for (i, m) in ring.meta_from(ring.first_idx()).enumerate() {
+            let slot = m.slot as usize;
+            if !selected[slot] {
+                continue;
             }
-            if start.is_none() && e.seq > self.seen[slot] {
-                start = Some(e.idx);
+            if oldest[slot].is_none() {
+                oldest[slot] = Some(m.seq);
+            }
+            if start.is_none() && m.seq > self.seen[slot] {
+                start = Some(ring.first_idx() + i as u64);
             }
         }
         let mut missed = 0;
         for (slot, seen) in self.seen.iter().enumerate() {
+            if !selected[slot] {
+                continue;
+            }
             let in_ring = oldest[slot].unwrap_or(ring.last_seq(slot as u32) + 1);
             let first_kept = ring
                 .sources()
@@ -395,21 +411,32 @@ impl Session {
         c
     }
 
-    /// The filter, with its source part cached per hub slot.
-    fn wants(&mut self, e: &Entry) -> bool {
-        let slot = e.source.slot as usize;
+    /// Does the filter's source part take the source in `slot`? Asked once
+    /// per slot.
+    fn selects(&mut self, slot: usize, source: &crate::protocol::Source) -> bool {
         if self.source_ok.len() <= slot {
             self.source_ok.resize(slot + 1, 0);
         }
-        let ok = match self.source_ok[slot] {
+        match self.source_ok[slot] {
             0 => {
-                let ok = self.filter.matches_source(&e.source.source);
+                let ok = self.filter.matches_source(source);
                 self.source_ok[slot] = if ok { 1 } else { 2 };
                 ok
             }
             v => v == 1,
-        };
-        ok && self.filter.matches_record(e)
+        }
+    }
+
+    /// [`Session::selects`] by slot alone (the ring names its source).
+    fn selects_slot(&mut self, ring: &Ring, slot: usize) -> bool {
+        match self.source_ok.get(slot) {
+            Some(1) => true,
+            Some(2) => false,
+            _ => ring
+                .sources()
+                .get(slot)
+                .is_some_and(|info| self.selects(slot, &info.source)),
+        }
     }
 
     /// Applies the slow-client policy: `Gap` (the session now stands at the
@@ -436,9 +463,11 @@ impl Session {
         let cursor = self.cursor_locked(ring);
         let head = ring.next_idx();
         let missed = head - self.next;
-        for e in ring.iter_from(self.next) {
-            let slot = e.source.slot as usize;
-            self.seen[slot] = self.seen[slot].max(e.seq);
+        for m in ring.meta_from(self.next) {
+            let slot = m.slot as usize;
+            if self.selects_slot(ring, slot) {
+                self.seen[slot] = self.seen[slot].max(m.seq);
+            }
         }
         self.next = head;
         Some(Pull::Gap {
@@ -499,12 +528,15 @@ impl Session {
         let mut entries = Vec::new();
         let mut bytes = 0;
         while let Some(e) = r.buf.pop_front() {
+            if !self.selects(e.source.slot as usize, &e.source.source) {
+                continue;
+            }
             let mark = self.mark_of(&e);
             if e.seq <= *mark {
                 continue;
             }
             *mark = e.seq;
-            if self.wants(&e) {
+            if self.filter.matches_record(&e) {
                 bytes += e.wire_size();
                 entries.push(e);
             }
@@ -565,28 +597,43 @@ impl Session {
         }
         let mut entries = Vec::new();
         let mut bytes = 0;
-        for (scanned, e) in ring.iter_from(self.next).enumerate() {
+        // The compact (slot, seq) array first: an entry is looked at only
+        // when its source is selected. Every slot in the ring has its mark
+        // (`seen` was sized to the sources above).
+        let start = self.next;
+        for (scanned, m) in ring.meta_from(start).enumerate() {
             if entries.len() >= self.limits.batch_records
                 || bytes >= self.limits.batch_bytes
                 || scanned >= SCAN_LIMIT
             {
                 break;
             }
-            self.next = e.idx + 1;
-            let mark = self.mark_of(e);
-            if e.seq <= *mark {
-                continue; // covered by the resume cursor (or a replay)
-            }
-            *mark = e.seq;
-            if self.wants(e) {
-                bytes += e.wire_size();
-                entries.push(e.clone());
-            }
+            let idx = start + scanned as u64;
+            self.next = idx + 1;
             // Batches end on a grid of the ring as well as at the limits:
             // clients that read the same records are then cut the same
             // way whenever they started, and are sent the same bytes (one
             // rendering and compression for all, server/compress.rs).
-            if (e.idx + 1).is_multiple_of(BATCH_GRID) {
+            let grid = (idx + 1).is_multiple_of(BATCH_GRID);
+            let slot = m.slot as usize;
+            if !self.selects_slot(&ring, slot) {
+                // Another source's: its mark is not this session's to keep.
+                if grid {
+                    break;
+                }
+                continue;
+            }
+            if m.seq <= self.seen[slot] {
+                continue; // covered by the resume cursor (or a replay)
+            }
+            self.seen[slot] = m.seq;
+            if let Some(e) = ring.get(idx)
+                && self.filter.matches_record(e)
+            {
+                bytes += e.wire_size();
+                entries.push(e.clone());
+            }
+            if grid {
                 break;
             }
         }
@@ -732,6 +779,68 @@ mod tests {
             },
         );
         assert_eq!(drain(&mut r), ["a3", "b2"]);
+    }
+
+    #[test]
+    fn a_session_of_some_sources_keeps_marks_of_those_only() {
+        let h = hub(100);
+        let a = h.source(src("a.log"));
+        let b = h.source(src("b.log"));
+        publish_lines(&h, &a, &["a1"]);
+        publish_lines(&h, &b, &["b1"]);
+        let of_a = Subscribe {
+            file: Some("a.log".into()),
+            ..Default::default()
+        };
+        // Live, with a tail, and after a slow-client gap alike.
+        let mut live = session(&h, of_a.clone());
+        let mut tail = session(
+            &h,
+            Subscribe {
+                tail: Some(5),
+                ..of_a.clone()
+            },
+        );
+        publish_lines(&h, &b, &["b2", "b3"]);
+        publish_lines(&h, &a, &["a2"]);
+        assert_eq!(drain(&mut live), ["a2"]);
+        assert_eq!(drain(&mut tail), ["a1", "a2"]);
+        for s in [&live, &tail] {
+            let c = s.cursor();
+            assert_eq!(c.0.len(), 1, "{c}");
+            assert_eq!(c.get(a.sid), 2);
+        }
+        // Resumed: no gap for the other file's records, none lost or
+        // repeated of its own.
+        let cursor = live.cursor();
+        publish_lines(&h, &b, &["b4"]);
+        publish_lines(&h, &a, &["a3"]);
+        let mut r = session(
+            &h,
+            Subscribe {
+                resume: Some(cursor),
+                ..of_a.clone()
+            },
+        );
+        assert_eq!(drain(&mut r), ["a3"]);
+        assert_eq!(r.cursor().0.len(), 1);
+        // A resume cursor's marks of sources the filter leaves out are
+        // handed back unchanged.
+        let mut both = Cursor::default();
+        both.advance(a.sid, 3);
+        both.advance(b.sid, 1);
+        let mut r = session(
+            &h,
+            Subscribe {
+                resume: Some(both),
+                ..of_a
+            },
+        );
+        publish_lines(&h, &b, &["b5"]);
+        publish_lines(&h, &a, &["a4"]);
+        assert_eq!(drain(&mut r), ["a4"]);
+        let c = r.cursor();
+        assert_eq!((c.get(a.sid), c.get(b.sid)), (4, 1), "{c}");
     }
 
     #[test]
