@@ -99,6 +99,12 @@ const ALLOC_OVERHEAD: usize = 16;
 /// wire and in the history: counting its raw length let `--buffer-bytes`
 /// hold five times what it said.
 fn json_escaped_len(s: &str) -> usize {
+    // Most lines need no escape: one pass the compiler vectorises says so.
+    if !s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    }) {
+        return s.len();
+    }
     s.len()
         + s.bytes()
             .map(|b| match b {

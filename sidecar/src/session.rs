@@ -428,6 +428,7 @@ impl Session {
     }
 
     /// [`Session::selects`] by slot alone (the ring names its source).
+    #[inline]
     fn selects_slot(&mut self, ring: &Ring, slot: usize) -> bool {
         match self.source_ok.get(slot) {
             Some(1) => true,
