@@ -53,6 +53,8 @@ pub mod env {
     pub const HISTORY_MAX_AGE: &str = "LOGSTREAM_HISTORY_MAX_AGE";
     /// `json` or `text`.
     pub const LOG_FORMAT: &str = "LOGSTREAM_LOG_FORMAT";
+    /// Threads running the server's tasks (default: one per core).
+    pub const WORKER_THREADS: &str = "LOGSTREAM_WORKER_THREADS";
     /// Longest a shutdown may take (a duration such as `25s`).
     pub const GRACE: &str = "LOGSTREAM_GRACE";
     pub const STATE_DIR: &str = "LOGSTREAM_STATE_DIR";

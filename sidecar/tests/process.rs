@@ -1022,3 +1022,29 @@ fn the_operators_loopback_switch_requires_the_token_from_loopback() {
     let s = Server::spawn_env(&dir, &args, &[("LOGSTREAM_NO_LOOPBACK_EXEMPTION", "false")]);
     assert_eq!(http_get(&s.addr, "/readyz?verbose").map(|r| r.0), Some(200));
 }
+
+/// Threads named by the kernel for `pid` whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn worker_threads_sets_the_runtime_threads() {
+    for (args, want) in [
+        (vec!["--worker-threads", "1"], 1),
+        (vec!["--worker-threads", "3"], 3),
+    ] {
+        let s = Server::start(&args);
+        s.wait_ready();
+        s.append("app.log", "one\n");
+        assert_eq!(
+            threads_named(s.child.id(), "tokio-rt-worker"),
+            want,
+            "{args:?}"
+        );
+    }
+}
