@@ -325,7 +325,7 @@ impl Client {
                 match self.target {
                     Target::OursWs if self.json => {
                         use logstream::protocol::ServerMessage;
-                        match serde_json::from_str::<ServerMessage>(t)? {
+                        match ServerMessage::parse(t)? {
                             ServerMessage::Records { records, .. } => {
                                 for r in &records {
                                     f(&r.line, LineMeta { ts: Some(&r.ts) });
