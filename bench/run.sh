@@ -180,6 +180,11 @@ if want fanin; then
         "${Q[@]}" --json-out "$OUT/fanin-200ms.json"
     run "$BIN/ls-fanin" --sidecars 50 --rate 2000 --clients 100 --reorder-window 0s "${FANIN[@]}" \
         "${Q[@]}" --json-out "$OUT/fanin-0s.json"
+    # The aggregator on one thread (fewer wake-ups across threads).
+    run "$BIN/ls-fanin" --sidecars 50 --rate 2000 --clients 100 --reorder-window 200ms "${FANIN[@]}" \
+        --agg-arg=--worker-threads --agg-arg=1 "${Q[@]}" --json-out "$OUT/fanin-200ms-1thread.json"
+    run "$BIN/ls-fanin" --sidecars 50 --rate 2000 --clients 100 --reorder-window 0s "${FANIN[@]}" \
+        --agg-arg=--worker-threads --agg-arg=1 "${Q[@]}" --json-out "$OUT/fanin-0s-1thread.json"
     # The watermark merge where the machine has room (the 50-sidecar rows
     # keep both cores ~95 % busy).
     run "$BIN/ls-fanin" --sidecars 10 --rate 2000 --clients 100 --reorder-window 200ms "${FANIN[@]}" \

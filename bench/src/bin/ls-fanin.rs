@@ -598,6 +598,7 @@ fn run(args: &Args) -> Result<Value> {
         "machine": lb::machine(),
         "reorder_window": args.reorder_window,
         "sidecars": args.sidecars,
+        "agg_args": args.agg_args,
         "rate_per_sidecar": args.rate,
         "tick_ms": args.tick_ms,
         "line_bytes": args.line_bytes,
@@ -962,13 +963,23 @@ fn f(v: &Value) -> f64 {
 }
 
 /// The "Aggregator fan-in" section of RESULTS.md.
-/// A run's row label: its window, and its sidecars when not the usual 50.
+/// A run's row label: its window, its sidecars when not the usual 50, and
+/// the aggregator's extra arguments.
 fn label(r: &Value) -> String {
     let win = r["reorder_window"].as_str().unwrap_or("?");
-    match r["sidecars"].as_u64() {
+    let mut l = match r["sidecars"].as_u64() {
         Some(50) | None => win.to_string(),
         Some(n) => format!("{win}, {n} sidecars"),
+    };
+    let extra: Vec<&str> = r["agg_args"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !extra.is_empty() {
+        l.push_str(", ");
+        l.push_str(&extra.join(" "));
     }
+    l
 }
 
 fn render_md(dir: &Path) -> Result<String> {
@@ -990,11 +1001,13 @@ fn render_md(dir: &Path) -> Result<String> {
         v["file"] = json!(p.display().to_string());
         runs.push(v);
     }
-    // Most sidecars first, then larger windows (200ms before 0s).
+    // Most sidecars first, then larger windows (200ms before 0s), then
+    // the default aggregator before one with extra arguments.
     runs.sort_by_key(|v| {
         (
             std::cmp::Reverse(v["sidecars"].as_u64().unwrap_or(0)),
             std::cmp::Reverse(v["reorder_window"].as_str().unwrap_or("").to_string()),
+            v["agg_args"].as_array().map_or(0, Vec::len),
         )
     });
     let mut md = String::new();
