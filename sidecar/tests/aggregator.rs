@@ -331,3 +331,36 @@ async fn a_silent_upstream_is_merged_without_after_the_window_and_said_so() {
     let (recs, _) = collect(&mut all, |r| r.len() >= 10).await;
     assert_eq!(by_pod(&recs).values().map(Vec::len).sum::<usize>(), 10);
 }
+
+/// `--watermark-ask-after`: an aggregator told to wait longer than its
+/// window before asking never asks; its records are released by the
+/// window, all of them, in order per source.
+#[tokio::test]
+async fn an_ask_after_past_the_window_leaves_the_window_rule() {
+    let sidecars = three_sidecars();
+    let refs: Vec<&Server> = sidecars.iter().collect();
+    let agg = Server::aggregator(
+        &refs,
+        &["--reorder-window", "50ms", "--watermark-ask-after", "1h"],
+    );
+    agg.wait_metric("logstream_upstreams_connected", 3.0);
+    let mut all = Connection::open(&opts(&agg, Subscribe::default()), None)
+        .await
+        .unwrap();
+    hello(&mut all).await;
+    for (i, s) in sidecars.iter().enumerate() {
+        s.append("app.log", &lines_of(10, i + 1, 0));
+    }
+    let (recs, _) = collect(&mut all, |r| r.len() >= 30).await;
+    for seqs in by_pod(&recs).values() {
+        assert_eq!(seqs, &(1..=10).collect::<Vec<u64>>());
+    }
+    assert_eq!(
+        agg.metric("logstream_upstream_watermark_asks_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        agg.metric("logstream_reorder_window_releases_total"),
+        Some(30.0)
+    );
+}

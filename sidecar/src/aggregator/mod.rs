@@ -49,6 +49,9 @@ pub struct AggregatorOptions {
     pub disk_history: Option<HistoryOptions>,
     pub listen: SocketAddr,
     pub reorder_window: Duration,
+    /// How long a record waits before the upstreams holding it back are
+    /// asked for a watermark.
+    pub watermark_ask_after: Duration,
     /// Token presented to the sidecars.
     pub upstream_token: Option<String>,
     /// After SIGTERM, keep answering (readiness 503, `reconnect` to every
@@ -105,6 +108,7 @@ pub async fn run_aggregator(
         disk.as_ref().map(|(h, _)| h.clone()),
         metrics.clone(),
         opts.reorder_window,
+        opts.watermark_ask_after,
     ));
     let stored = disk.as_ref().map(|(h, _)| h.clone());
     let supervisor = tokio::spawn(supervise(
@@ -234,15 +238,13 @@ async fn supervise(
     }
 }
 
-/// See [`Watermarks`]: measured in bench/RESULTS.md (fan-in).
-const ASK_AFTER: Duration = Duration::from_millis(1);
-
 async fn merge_loop(
     mut rx: mpsc::Receiver<Feed>,
     hub: Arc<Hub>,
     disk: Option<Arc<History>>,
     metrics: Arc<Metrics>,
     window: Duration,
+    ask_after: Duration,
 ) {
     let publish = |batch: Vec<Pending>| match &disk {
         Some(h) => hub.publish_with(batch, |new| h.push(new)),
@@ -250,9 +252,9 @@ async fn merge_loop(
     };
     let mut reorder = Reorder::new(window);
     // An upstream silent on an ask for the window is merged without; a
-    // record waits ASK_AFTER for the unasked watermarks that end the
+    // record waits `ask_after` for the unasked watermarks that end the
     // upstreams' rounds before the laggards are asked.
-    let mut marks: Watermarks<u64> = Watermarks::new(window, ASK_AFTER);
+    let mut marks: Watermarks<u64> = Watermarks::new(window, ask_after);
     let mut asks: HashMap<u64, (String, Arc<tokio::sync::Notify>)> = HashMap::new();
     loop {
         let timer = match (reorder.next_deadline(), marks.next_timer(reorder.oldest())) {
