@@ -282,17 +282,16 @@ impl Session {
                 // `start`.)
                 // Only the sources the filter selects: a session filtered
                 // to one pod hands back a cursor of that pod's sources.
-                let mut lowered: Vec<bool> = (0..self.seen.len())
-                    .map(|slot| !self.selects_slot(&ring, slot))
-                    .collect();
+                let selected = self.selected(&ring);
                 for (slot, seq) in self.seen.iter_mut().enumerate() {
-                    if !lowered[slot] {
+                    if selected[slot] {
                         *seq = ring.last_seq(slot as u32);
                     }
                 }
+                let mut lowered = vec![false; self.seen.len()];
                 for m in ring.meta_from(start) {
                     let slot = m.slot as usize;
-                    if !lowered[slot] {
+                    if selected[slot] && !lowered[slot] {
                         lowered[slot] = true;
                         self.seen[slot] = m.seq.saturating_sub(1);
                     }
@@ -343,9 +342,7 @@ impl Session {
         }
         // Records that left the history before the client came back (of
         // the sources the filter selects: the others are not sent).
-        let selected: Vec<bool> = (0..self.seen.len())
-            .map(|slot| self.selects_slot(ring, slot))
-            .collect();
+        let selected = self.selected(ring);
         let mut oldest: Vec<Option<u64>> = vec![None; self.seen.len()];
         let mut start = None;
         for (i, m) in ring.meta_from(ring.first_idx()).enumerate() {
@@ -438,6 +435,13 @@ impl Session {
                 .get(slot)
                 .is_some_and(|info| self.selects(slot, &info.source)),
         }
+    }
+
+    /// Per slot of `seen`: does the filter select its source?
+    fn selected(&mut self, ring: &Ring) -> Vec<bool> {
+        (0..self.seen.len())
+            .map(|slot| self.selects_slot(ring, slot))
+            .collect()
     }
 
     /// Applies the slow-client policy: `Gap` (the session now stands at the
@@ -793,7 +797,7 @@ mod tests {
             file: Some("a.log".into()),
             ..Default::default()
         };
-        // Live, with a tail, and after a slow-client gap alike.
+        // Live and with a tail alike.
         let mut live = session(&h, of_a.clone());
         let mut tail = session(
             &h,

@@ -1040,7 +1040,6 @@ fn worker_threads_sets_the_runtime_threads() {
     ] {
         let s = Server::start(&args);
         s.wait_ready();
-        s.append("app.log", "one\n");
         assert_eq!(
             threads_named(s.child.id(), "tokio-rt-worker"),
             want,

@@ -962,7 +962,6 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
-/// The "Aggregator fan-in" section of RESULTS.md.
 /// A run's row label: its window, its sidecars when not the usual 50, and
 /// the aggregator's extra arguments.
 fn label(r: &Value) -> String {
@@ -982,6 +981,7 @@ fn label(r: &Value) -> String {
     l
 }
 
+/// The "Aggregator fan-in" section of RESULTS.md.
 fn render_md(dir: &Path) -> Result<String> {
     let mut runs: Vec<Value> = Vec::new();
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
